@@ -1,0 +1,379 @@
+//! The agent (`service-mgr-agentd`): subscribes to its topics on the manager's
+//! backend, runs each request through the host's service manager and pushes the
+//! result to the manager's sink.
+//!
+//! The main thread owns every socket. Each request runs on a worker thread,
+//! which hands its result back over an inproc PUSH socket, so a slow command
+//! never holds up the next request (0.1 ran one at a time).
+
+pub mod exec;
+
+use crate::config::AgentConfig;
+use crate::host::HostInfo;
+use crate::protocol::{self as p, Dispatch, ExecResult, MgmtReply, Output, ResultMsg, Status};
+use crate::runtime::Control;
+use crate::transport::{self, try_recv};
+use anyhow::{Context, Result};
+use exec::Backend;
+use serde::Serialize;
+use serde_json::json;
+use slog::{debug, error, info, warn, Logger};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long a stopping agent waits for running commands to deliver their results.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// What the agent is, as it reports itself.
+#[derive(Debug, Clone, Serialize)]
+pub struct Identity {
+    pub node: String,
+    pub system: String,
+    pub version: String,
+    /// Every topic it answers: `any`, the OS name, the node name and the configured ones.
+    pub topics: Vec<String>,
+}
+
+impl Identity {
+    pub fn new(config: &AgentConfig, host: &HostInfo) -> Result<Identity> {
+        let node = config.node.clone().unwrap_or_else(|| host.node.clone());
+        anyhow::ensure!(
+            p::valid_topic(&node),
+            "node name {node:?} is not usable as a topic (printable, no blanks or commas); set node"
+        );
+        let mut topics = BTreeSet::new();
+        topics.insert(p::TOPIC_ANY.to_owned());
+        topics.insert(host.system.clone());
+        topics.insert(node.clone());
+        for t in &config.topics {
+            anyhow::ensure!(p::valid_topic(t), "topic {t:?} is not a valid topic (printable, no blanks or commas); fix topics");
+            topics.insert(t.clone());
+        }
+        Ok(Identity {
+            node,
+            system: host.system.clone(),
+            version: host.version.clone(),
+            topics: topics.into_iter().collect(),
+        })
+    }
+}
+
+/// Run the agent until `control` says stop or `agent.shutdown` arrives.
+pub fn run(config: &AgentConfig, control: &Control, log: &Logger, ready_file: Option<&Path>) -> Result<()> {
+    let host = HostInfo::read();
+    let me = Identity::new(config, &host)?;
+    let backend = Backend::resolve(config);
+    match &backend {
+        Some(b) => info!(log, "service manager found"; "program" => %b.program().display()),
+        None => warn!(log, "no service manager found (service, systemctl, rc-service); every request will fail"),
+    }
+    let ctx = zmq::Context::new();
+    let sub = transport::socket(&ctx, zmq::SUB)?;
+    sub.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
+    for t in &me.topics {
+        sub.set_subscribe(t.as_bytes())?;
+    }
+    transport::connect(&sub, &config.manager_endpoint, "manager_endpoint")?;
+    let push = transport::socket(&ctx, zmq::PUSH)?;
+    push.set_sndhwm(100_000)?;
+    // Results queued when we stop still reach the manager.
+    push.set_linger(5000)?;
+    transport::connect(&push, &config.sink_endpoint, "sink_endpoint")?;
+    let mgmt = transport::socket(&ctx, zmq::REP)?;
+    mgmt.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
+    let mgmt_endpoint = transport::bind(&mgmt, &config.mgmt_endpoint, "mgmt_endpoint", "service-mgr-agentd")?;
+    let inbox_endpoint = format!("inproc://agent-results-{}", uuid::Uuid::new_v4().simple());
+    let inbox = transport::socket(&ctx, zmq::PULL)?;
+    inbox.bind(&inbox_endpoint)?;
+    if let Some(path) = ready_file {
+        let doc = json!({"mgmt_endpoint": mgmt_endpoint, "node": me.node, "topics": me.topics,
+                         "pid": std::process::id()});
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .with_context(|| format!("cannot write ready file {}", path.display()))?;
+    }
+    info!(log, "service manager agent started"; "node" => &me.node, "topics" => me.topics.join(","),
+        "manager" => &config.manager_endpoint, "sink" => &config.sink_endpoint, "mgmt" => &mgmt_endpoint);
+
+    let mut agent = Agent {
+        config,
+        log,
+        ctx,
+        me: Arc::new(me),
+        host,
+        backend: backend.map(Arc::new),
+        inbox_endpoint,
+        sub,
+        push,
+        mgmt,
+        inbox,
+        running: 0,
+        stop: false,
+    };
+    agent.serve(control)?;
+    info!(log, "service manager agent stopped");
+    Ok(())
+}
+
+struct Agent<'a> {
+    config: &'a AgentConfig,
+    log: &'a Logger,
+    ctx: zmq::Context,
+    me: Arc<Identity>,
+    host: HostInfo,
+    backend: Option<Arc<Backend>>,
+    inbox_endpoint: String,
+    sub: zmq::Socket,
+    push: zmq::Socket,
+    mgmt: zmq::Socket,
+    inbox: zmq::Socket,
+    /// Requests whose worker has not yet handed back a result.
+    running: usize,
+    stop: bool,
+}
+
+impl Agent<'_> {
+    fn serve(&mut self, control: &Control) -> Result<()> {
+        while !self.stop {
+            let mut items = [
+                self.sub.as_poll_item(zmq::POLLIN),
+                self.mgmt.as_poll_item(zmq::POLLIN),
+                self.inbox.as_poll_item(zmq::POLLIN),
+                zmq::PollItem::from_fd(control.fd(), zmq::POLLIN),
+            ];
+            transport::poll(&mut items, 1000)?;
+            let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
+            let wake = control.take();
+            if wake.reopen_logs {
+                info!(self.log, "SIGHUP: log file reopened");
+            }
+            if wake.shutdown {
+                info!(self.log, "shutting down on request");
+                self.stop = true;
+            }
+            if ready[2] {
+                self.forward_results();
+            }
+            if ready[0] && !self.stop {
+                while let Ok(Some(frames)) = try_recv(&self.sub) {
+                    self.on_request(frames);
+                }
+            }
+            if ready[1] {
+                while let Ok(Some(frames)) = try_recv(&self.mgmt) {
+                    self.on_mgmt(frames);
+                }
+            }
+        }
+        // Deliver what is still running, within a bound.
+        let deadline = Instant::now() + STOP_GRACE;
+        while self.running > 0 && Instant::now() < deadline {
+            let mut items = [self.inbox.as_poll_item(zmq::POLLIN)];
+            transport::poll(&mut items, 100)?;
+            self.forward_results();
+        }
+        if self.running > 0 {
+            warn!(self.log, "stopping with commands still running; their results are lost"; "running" => self.running);
+        }
+        Ok(())
+    }
+
+    fn forward_results(&mut self) {
+        while let Ok(Some(frames)) = try_recv(&self.inbox) {
+            self.running = self.running.saturating_sub(1);
+            for f in frames {
+                self.send_result_frame(f);
+            }
+        }
+    }
+
+    fn send_result_frame(&self, frame: Vec<u8>) {
+        if let Err(e) = self.push.send(frame, zmq::DONTWAIT) {
+            error!(self.log, "result could not be queued for the manager and is lost"; "error" => %e);
+        }
+    }
+
+    fn on_request(&mut self, frames: Vec<Vec<u8>>) {
+        let [topic, body] = frames.as_slice() else {
+            warn!(self.log, "backend message ignored: expected [topic, request]"; "frames" => frames.len());
+            return;
+        };
+        // Exact match, whatever prefix matching let through (a 0.1 manager does not terminate topics).
+        let topic = p::parse_backend_topic(topic).unwrap_or_default();
+        if !self.me.topics.iter().any(|t| t == topic) {
+            debug!(self.log, "request for another topic ignored"; "topic" => topic);
+            return;
+        }
+        let req = match Dispatch::decode(body) {
+            Ok(r) => r,
+            Err((maybe_uuid, e)) => {
+                warn!(self.log, "bad request"; "uuid" => maybe_uuid.as_deref().unwrap_or("-"), "reason" => %e);
+                if let Some(uuid) = maybe_uuid {
+                    self.send_result_frame(p::encode(&self.refusal(&uuid, None, e.to_string())));
+                }
+                return;
+            }
+        };
+        if let Err(why) = self.check(&req) {
+            warn!(self.log, "request refused"; "uuid" => &req.uuid, "service" => &req.service,
+                "cmd" => &req.cmd, "reason" => &why);
+            self.send_result_frame(p::encode(&self.refusal(&req.uuid, Some(&req.cmd), why)));
+            return;
+        }
+        let Some(backend) = self.backend.clone() else {
+            let mut r = self.refusal(&req.uuid, Some(&req.cmd), "Unable to determine location to service(8)".into());
+            r.status = Some(Status::Failed);
+            self.send_result_frame(p::encode(&r));
+            return;
+        };
+        info!(self.log, "running request"; "uuid" => &req.uuid, "service" => &req.service, "cmd" => &req.cmd);
+        self.running += 1;
+        let ctx = self.ctx.clone();
+        let inbox = self.inbox_endpoint.clone();
+        let me = Arc::clone(&self.me);
+        let timeout = Duration::from_secs(self.config.command_timeout);
+        let cap = self.config.max_output as usize;
+        let log = self.log.clone();
+        thread::spawn(move || {
+            let result = execute(&backend, &me, &req, timeout, cap);
+            let sent = transport::socket(&ctx, zmq::PUSH)
+                .and_then(|s| {
+                    s.set_linger(-1)?;
+                    s.connect(&inbox)?;
+                    s.send(p::encode(&result), 0)?;
+                    Ok(())
+                });
+            if let Err(e) = sent {
+                error!(log, "worker could not hand back its result"; "uuid" => &req.uuid, "error" => %e);
+            }
+        });
+    }
+
+    /// The agent's own checks; it trusts neither the manager nor the client.
+    fn check(&self, req: &Dispatch) -> Result<(), String> {
+        if self.running >= self.config.max_concurrent as usize {
+            return Err(format!(
+                "agent busy: {} commands running (max_concurrent); try again later",
+                self.running
+            ));
+        }
+        p::check_service_name(&req.service)?;
+        p::check_command_word(&req.cmd)?;
+        if !self.config.allowed_commands.iter().any(|c| c == &req.cmd) {
+            return Err(format!(
+                "command {:?} is not allowed on this agent (allowed: {})",
+                req.cmd,
+                self.config.allowed_commands.join(", ")
+            ));
+        }
+        Ok(())
+    }
+
+    /// A `refused` answer: 0.1's error shape plus the node and status.
+    fn refusal(&self, uuid: &str, cmd: Option<&str>, why: String) -> ResultMsg {
+        ResultMsg {
+            msg: why,
+            success: Some(-1),
+            result: None,
+            uuid: Some(uuid.to_owned()),
+            v: Some(p::PROTOCOL_VERSION),
+            node: Some(self.me.node.clone()),
+            status: Some(Status::Refused),
+            cmd: cmd.map(str::to_owned),
+            duration_ms: Some(0),
+            truncated: false,
+        }
+    }
+
+    fn on_mgmt(&mut self, frames: Vec<Vec<u8>>) {
+        let reply = match frames.as_slice() {
+            [one] => match p::MgmtRequest::decode(one) {
+                Ok(req) => self.mgmt_command(&req.cmd),
+                Err(e) => MgmtReply::error(e),
+            },
+            _ => MgmtReply::error(format!("expected one JSON frame, got {}", frames.len())),
+        };
+        if let Err(e) = self.mgmt.send(p::encode(&reply), 0) {
+            warn!(self.log, "cannot answer management request"; "error" => %e);
+        }
+    }
+
+    fn mgmt_command(&mut self, cmd: &str) -> MgmtReply {
+        match cmd {
+            p::AGENT_STATUS => MgmtReply::ok(
+                "Service Manager Agent Status",
+                Some(json!({
+                    "status": "running",
+                    "uname": self.host.uname_json(),
+                    "manager_endpoint": self.config.manager_endpoint,
+                    "sink_endpoint": self.config.sink_endpoint,
+                    "mgmt_endpoint": self.config.mgmt_endpoint,
+                    "node": self.me.node,
+                    "topics": self.me.topics,
+                    "running": self.running,
+                    "service_manager": self.backend.as_ref().map(|b| b.program().display().to_string()),
+                    "version": env!("CARGO_PKG_VERSION"),
+                })),
+            ),
+            p::AGENT_SHUTDOWN => {
+                info!(self.log, "shutdown requested on the management socket");
+                self.stop = true;
+                MgmtReply::ok("Service Manager Agent is shutting down", None)
+            }
+            other => MgmtReply::error(format!(
+                "Unknown management command {other:?}; the agent knows {} and {}",
+                p::AGENT_STATUS,
+                p::AGENT_SHUTDOWN
+            )),
+        }
+    }
+}
+
+/// Run one checked request and build its result (the 0.1 shape plus ours).
+fn execute(backend: &Backend, me: &Identity, req: &Dispatch, timeout: Duration, cap: usize) -> ResultMsg {
+    let base = ResultMsg {
+        msg: format!("Executed service {} request", req.cmd),
+        success: None,
+        result: None,
+        uuid: Some(req.uuid.clone()),
+        v: Some(p::PROTOCOL_VERSION),
+        node: Some(me.node.clone()),
+        status: None,
+        cmd: Some(req.cmd.clone()),
+        duration_ms: None,
+        truncated: false,
+    };
+    match exec::run(backend, &req.service, &req.cmd, timeout, cap) {
+        Ok(o) => ResultMsg {
+            status: Some(if o.timed_out {
+                Status::Timeout
+            } else if o.returncode == 0 {
+                Status::Ok
+            } else {
+                Status::Failed
+            }),
+            duration_ms: Some(o.duration.as_millis() as u64),
+            truncated: o.truncated,
+            result: Some(ExecResult {
+                node: me.node.clone(),
+                service: req.service.clone(),
+                returncode: o.returncode,
+                stdout: Output::Text(o.stdout),
+                stderr: Output::Text(o.stderr),
+                system: me.system.clone(),
+                version: me.version.clone(),
+            }),
+            ..base
+        },
+        Err(e) => ResultMsg {
+            msg: format!("cannot run {}: {e}", backend.program().display()),
+            success: Some(-1),
+            status: Some(Status::Failed),
+            ..base
+        },
+    }
+}

@@ -1,0 +1,325 @@
+//! Configuration files of the manager and the agent.
+//!
+//! Two syntaxes are read into the same structs: TOML (ours) and the 0.1 INI
+//! form (`[Default]` section, unquoted values). An INI file is rewritten line
+//! for line into TOML before parsing, so every error names the line of the
+//! file the user wrote. Precedence is defaults < file < command line; the
+//! command line is applied by the roles.
+
+use anyhow::{Context, Result};
+use serde::{de, Deserialize, Deserializer, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Default location of the manager's config (0.1's).
+pub const MANAGER_CONFIG: &str = "/etc/service-mgr/service-mgrd.conf";
+/// Default location of the agent's config (0.1's).
+pub const AGENT_CONFIG: &str = "/etc/service-mgr/service-mgr-agentd.conf";
+
+/// Commands an agent runs unless its config says otherwise.
+pub const DEFAULT_ALLOWED: [&str; 5] = ["start", "stop", "restart", "reload", "status"];
+
+/// The manager daemon's settings (`service-mgrd.conf`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ManagerConfig {
+    /// ROUTER socket that clients send requests to.
+    pub frontend_endpoint: String,
+    /// XPUB socket that agents subscribe to.
+    pub backend_endpoint: String,
+    /// PULL socket that agents push results to.
+    pub sink_endpoint: String,
+    /// REP socket for management commands.
+    pub mgmt_endpoint: String,
+    /// Where results are published to clients. Default: the frontend's
+    /// interface on a random port (0.1 always used every interface).
+    pub result_endpoint: Option<String>,
+    /// How long (seconds) the manager keeps results of a job that no client has
+    /// collected yet.
+    #[serde(deserialize_with = "lenient_u64")]
+    pub job_ttl: u64,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            frontend_endpoint: "tcp://*:5500".into(),
+            backend_endpoint: "tcp://*:5600".into(),
+            sink_endpoint: "tcp://*:5700".into(),
+            mgmt_endpoint: "tcp://*:5800".into(),
+            result_endpoint: None,
+            job_ttl: 600,
+        }
+    }
+}
+
+/// Which program the agent runs to control a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ServiceManagerKind {
+    /// `service` if on PATH, else `systemctl`, else `rc-service`.
+    Auto,
+    /// `service NAME CMD` (FreeBSD, Debian's and RHEL's service(8)).
+    Service,
+    /// `systemctl CMD NAME`.
+    Systemctl,
+    /// `rc-service NAME CMD` (OpenRC).
+    RcService,
+}
+
+/// The agent's settings (`service-mgr-agentd.conf`).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The manager's backend (XPUB) endpoint.
+    pub manager_endpoint: String,
+    /// The manager's sink (PULL) endpoint.
+    pub sink_endpoint: String,
+    /// REP socket for management commands.
+    pub mgmt_endpoint: String,
+    /// This node's name; default: the host name.
+    pub node: Option<String>,
+    /// Extra topics (groups) besides `any`, the OS name and the node name.
+    /// 0.1 wrote them comma-separated; surrounding blanks are ignored.
+    #[serde(deserialize_with = "lenient_list")]
+    pub topics: Vec<String>,
+    /// Which service manager to drive.
+    pub service_manager: ServiceManagerKind,
+    /// A program to run instead, called as `PROGRAM NAME CMD` (as service(8)).
+    pub service_command: Option<PathBuf>,
+    /// Commands the agent accepts; anything else is refused.
+    #[serde(deserialize_with = "lenient_list")]
+    pub allowed_commands: Vec<String>,
+    /// Seconds a service command may run before its process group is killed.
+    #[serde(deserialize_with = "lenient_u64")]
+    pub command_timeout: u64,
+    /// Bytes of stdout and of stderr kept per command; the rest is cut with a marker.
+    #[serde(deserialize_with = "lenient_u64")]
+    pub max_output: u64,
+    /// Service commands running at once; more requests are refused as busy.
+    #[serde(deserialize_with = "lenient_u64")]
+    pub max_concurrent: u64,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            manager_endpoint: "tcp://localhost:5600".into(),
+            sink_endpoint: "tcp://localhost:5700".into(),
+            mgmt_endpoint: "tcp://*:6000".into(),
+            node: None,
+            topics: Vec::new(),
+            service_manager: ServiceManagerKind::Auto,
+            service_command: None,
+            allowed_commands: DEFAULT_ALLOWED.iter().map(|s| s.to_string()).collect(),
+            command_timeout: 300,
+            max_output: 4 * 1024 * 1024,
+            max_concurrent: 64,
+        }
+    }
+}
+
+/// Load a config file. `explicit` is false for the built-in default path, whose
+/// absence means "run on defaults"; a file named on the command line must exist.
+pub fn load<T: for<'de> Deserialize<'de> + Default>(path: &Path, explicit: bool) -> Result<T> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(T::default()),
+        Err(e) => {
+            return Err(e).with_context(|| format!("cannot read config file {}", path.display()))
+        }
+    };
+    parse(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+/// Parse config text, TOML or the 0.1 INI form.
+pub fn parse<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T> {
+    let toml_text = if is_ini(text) {
+        ini_to_toml(text)?
+    } else {
+        text.to_owned()
+    };
+    // toml's message names the line, the column and the key.
+    toml::from_str(&toml_text).map_err(|e| anyhow::anyhow!("{}", e.to_string().trim_end()))
+}
+
+/// Load a config file, then apply `KEY=VALUE` overrides from the command line.
+/// A value is read as TOML when it parses as such (`30`, `["a", "b"]`), else as a string.
+pub fn load_with<T>(path: &Path, explicit: bool, overrides: &[String]) -> Result<T>
+where
+    T: for<'de> Deserialize<'de> + Serialize + Default,
+{
+    let base: T = load(path, explicit)?;
+    if overrides.is_empty() {
+        return Ok(base);
+    }
+    let mut table = toml::Table::try_from(&base).context("cannot re-read the configuration")?;
+    for o in overrides {
+        let (key, value) = o
+            .split_once('=')
+            .with_context(|| format!("option {o:?} is not KEY=VALUE"))?;
+        let key = key.trim();
+        let value = value.trim();
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(value.to_owned()));
+        table.insert(key.to_owned(), parsed);
+    }
+    T::deserialize(table).map_err(|e| anyhow::anyhow!("invalid command-line option: {}", e.to_string().trim_end()))
+}
+
+/// 0.1 files open with a `[Default]` section; ours never have one.
+fn is_ini(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+        .is_some_and(|l| l.eq_ignore_ascii_case("[default]"))
+}
+
+/// Rewrite INI as TOML with the same line numbers: `key = value` becomes
+/// `key = "value"`, the section header and `;` comments become TOML comments.
+fn ini_to_toml(text: &str) -> Result<String> {
+    let mut out = String::with_capacity(text.len() + 64);
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.is_empty() || t.starts_with('#') || t.starts_with(';') {
+            out.push('\n');
+        } else if t.eq_ignore_ascii_case("[default]") {
+            out.push_str("# [Default]\n");
+        } else if t.starts_with('[') {
+            anyhow::bail!(
+                "line {}: section {t} is not supported; 0.1 config files have only [Default]",
+                i + 1
+            );
+        } else if let Some((k, v)) = t.split_once('=').or_else(|| t.split_once(':')) {
+            let key = k.trim();
+            let value = toml::Value::String(v.trim().to_owned());
+            out.push_str(&format!("{key} = {value}\n"));
+        } else {
+            anyhow::bail!("line {}: expected `key = value`, found {t:?}", i + 1);
+        }
+    }
+    Ok(out)
+}
+
+/// A list given as a TOML array or as 0.1's comma-separated string.
+/// Blanks around items and empty items (a trailing comma) are dropped: 0.1
+/// subscribed to `" db"` and to everything for those.
+fn lenient_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum ListOrString {
+        List(Vec<String>),
+        Text(String),
+    }
+    let items = match ListOrString::deserialize(d)? {
+        ListOrString::List(l) => l,
+        ListOrString::Text(s) => s.split(',').map(str::to_owned).collect(),
+    };
+    Ok(items
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect())
+}
+
+/// A number given as a TOML integer or as an INI string.
+fn lenient_u64<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum NumOrString {
+        Num(u64),
+        Text(String),
+    }
+    match NumOrString::deserialize(d)? {
+        NumOrString::Num(n) => Ok(n),
+        NumOrString::Text(s) => s.trim().parse().map_err(|_| {
+            de::Error::custom(format!("expected a non-negative integer, found {s:?}"))
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_is_the_default() {
+        let m: ManagerConfig = parse("").unwrap();
+        assert_eq!(m, ManagerConfig::default());
+        let a: AgentConfig = parse("").unwrap();
+        assert_eq!(a, AgentConfig::default());
+        assert_eq!(a.allowed_commands, DEFAULT_ALLOWED);
+    }
+
+    #[test]
+    fn the_01_ini_files_still_read() {
+        let m: ManagerConfig = parse(
+            "[Default]\nfrontend_endpoint = tcp://*:5500\nbackend_endpoint  = tcp://*:5601\n\
+             sink_endpoint     = tcp://*:5700\nmgmt_endpoint     = tcp://*:5800\n",
+        )
+        .unwrap();
+        assert_eq!(m.backend_endpoint, "tcp://*:5601");
+        let a: AgentConfig = parse(
+            "; comment\n[Default]\nmanager_endpoint  = tcp://mgr:5600\nsink_endpoint = tcp://mgr:5700\n\
+             mgmt_endpoint     = tcp://*:6000\ntopics = web, db,\ncommand_timeout = 30\n",
+        )
+        .unwrap();
+        assert_eq!(a.manager_endpoint, "tcp://mgr:5600");
+        assert_eq!(a.topics, ["web", "db"]);
+        assert_eq!(a.command_timeout, 30);
+    }
+
+    #[test]
+    fn toml_config() {
+        let a: AgentConfig = parse(
+            "node = \"web1\"\ntopics = [\"web\", \" db \"]\nservice_manager = \"systemctl\"\n\
+             allowed_commands = [\"status\"]\n",
+        )
+        .unwrap();
+        assert_eq!(a.node.as_deref(), Some("web1"));
+        assert_eq!(a.topics, ["web", "db"]);
+        assert_eq!(a.service_manager, ServiceManagerKind::Systemctl);
+        assert_eq!(a.allowed_commands, ["status"]);
+    }
+
+    #[test]
+    fn invalid_key_names_line_and_key() {
+        let err = parse::<AgentConfig>("node = \"a\"\n\nbogus_key = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3") && err.contains("bogus_key"), "{err}");
+        let err = parse::<AgentConfig>("[Default]\nnode = a\ncommand_timeout = soon\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("line 3") && err.contains("soon"), "{err}");
+        let err = parse::<ManagerConfig>("[Default]\njunk line\n").unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn missing_default_file_means_defaults_but_explicit_file_must_exist() {
+        let p = Path::new("/nonexistent/service-mgr-test.conf");
+        let m: ManagerConfig = load(p, false).unwrap();
+        assert_eq!(m, ManagerConfig::default());
+        let err = load::<ManagerConfig>(p, true).unwrap_err();
+        assert!(format!("{err:#}").contains("/nonexistent/service-mgr-test.conf"));
+    }
+    #[test]
+    fn command_line_overrides_win_over_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.conf");
+        std::fs::write(&path, "node = \"from-file\"\ncommand_timeout = 5\n").unwrap();
+        let a: AgentConfig = load_with(
+            &path,
+            true,
+            &["node=cli".into(), "command_timeout = 7".into(), "topics=[\"x\", \"y\"]".into()],
+        )
+        .unwrap();
+        assert_eq!(a.node.as_deref(), Some("cli"));
+        assert_eq!(a.command_timeout, 7);
+        assert_eq!(a.topics, ["x", "y"]);
+        let err = load_with::<AgentConfig>(&path, true, &["nosuch=1".into()]).unwrap_err();
+        assert!(format!("{err:#}").contains("nosuch"), "{err:#}");
+    }
+}

@@ -1,0 +1,143 @@
+//! `service-mgr demo`: the whole system on one machine with built-in defaults.
+//! A manager and an agent start on loopback ports, a real request goes through
+//! the real sockets to this host's real service manager, the result is printed
+//! and both stop again. No root, no config file.
+
+use crate::cli::DemoArgs;
+use crate::client::{self, to_json_pretty};
+use crate::config::{AgentConfig, ManagerConfig};
+use crate::exit::Exit;
+use crate::logging::{self, LogTarget};
+use crate::runtime::Control;
+use crate::{agent, host::HostInfo, manager, mgmt};
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Services that most hosts have, tried in order when `-s` is not given.
+const CANDIDATES: [&str; 6] = ["ssh", "sshd", "cron", "crond", "dbus", "rsyslog"];
+
+pub fn run(args: &DemoArgs) -> Result<Exit> {
+    let service = args.service.clone().unwrap_or_else(pick_service);
+    let log = if args.debug {
+        logging::root(LogTarget::stderr(), "demo", true)
+    } else {
+        logging::discard()
+    };
+    let dir = std::env::temp_dir().join(format!("service-mgr-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let outcome = run_in(&dir, &service, args, &log);
+    let _ = std::fs::remove_dir_all(&dir);
+    outcome
+}
+
+fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Result<Exit> {
+    let loopback = "tcp://127.0.0.1:*".to_owned();
+    let mcfg = ManagerConfig {
+        frontend_endpoint: loopback.clone(),
+        backend_endpoint: loopback.clone(),
+        sink_endpoint: loopback.clone(),
+        mgmt_endpoint: loopback.clone(),
+        ..ManagerConfig::default()
+    };
+    let mready = dir.join("manager.json");
+    let mcontrol = Control::new()?;
+    let mstop = mcontrol.handle();
+    let mlog = log.clone();
+    let mpath = mready.clone();
+    let mthread = thread::spawn(move || manager::run(&mcfg, &mcontrol, &mlog, Some(&mpath)));
+    let m = wait_ready(&mready, &mthread)?;
+    let ep = |k: &str| m[k].as_str().unwrap_or_default().to_owned();
+
+    let node = HostInfo::read().node;
+    let acfg = AgentConfig {
+        manager_endpoint: ep("backend_endpoint"),
+        sink_endpoint: ep("sink_endpoint"),
+        mgmt_endpoint: loopback,
+        node: Some(node.clone()),
+        ..AgentConfig::default()
+    };
+    let aready = dir.join("agent.json");
+    let acontrol = Control::new()?;
+    let astop = acontrol.handle();
+    let alog = log.clone();
+    let apath = aready.clone();
+    let athread = thread::spawn(move || agent::run(&acfg, &acontrol, &alog, Some(&apath)));
+    let result = (|| {
+        wait_ready(&aready, &athread)?;
+        wait_subscribed(&ep("mgmt_endpoint"), &node)?;
+        eprintln!(
+            "demo: manager at {}, agent {node:?}; asking for `{} {service}` ...",
+            ep("frontend_endpoint"),
+            args.cmd
+        );
+        let req = client::Request {
+            endpoint: ep("frontend_endpoint"),
+            topic: node.clone(),
+            cmd: args.cmd.clone(),
+            service: service.to_owned(),
+            wait: Duration::from_secs(30),
+            retries: 3,
+            timeout: Duration::from_secs(1),
+            expect: Some(vec![node.clone()]),
+        };
+        let ctx = zmq::Context::new();
+        client::collect(&ctx, &req, log)
+    })();
+    astop.shutdown();
+    mstop.shutdown();
+    let _ = athread.join();
+    let _ = mthread.join();
+    let got = result?;
+    println!("{}", to_json_pretty(&got.results));
+    if got.results.is_empty() {
+        bail!("the agent did not answer within 30 s");
+    }
+    eprintln!("demo: {} answered in {} ms (job {})", node, got.elapsed.as_millis(), got.uuid);
+    Ok(Exit::Ok)
+}
+
+fn pick_service() -> String {
+    let dirs = ["/etc/init.d", "/etc/rc.d", "/usr/local/etc/rc.d", "/lib/systemd/system", "/usr/lib/systemd/system"];
+    CANDIDATES
+        .iter()
+        .find(|name| {
+            dirs.iter().any(|d| {
+                let p = PathBuf::from(d);
+                p.join(name).exists() || p.join(format!("{name}.service")).exists()
+            })
+        })
+        .unwrap_or(&"cron")
+        .to_string()
+}
+
+/// Wait for a role's ready file, or for its thread to fail.
+fn wait_ready(path: &Path, thread: &thread::JoinHandle<Result<()>>) -> Result<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(bytes) = std::fs::read(path) {
+            return serde_json::from_slice(&bytes).context("unreadable ready file");
+        }
+        if thread.is_finished() {
+            bail!("a demo daemon stopped while starting (run with -D to see why)");
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    bail!("a demo daemon did not start within 10 s")
+}
+
+/// A request published before the agent's subscription arrives would be lost;
+/// wait until the manager has seen it.
+fn wait_subscribed(mgmt_endpoint: &str, node: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        let status = mgmt::call(mgmt_endpoint, crate::protocol::MANAGER_STATUS, Duration::from_secs(1), 1)?;
+        if status["result"]["subscriptions"][node].as_u64().unwrap_or(0) > 0 {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+    bail!("the demo agent did not subscribe within 10 s")
+}

@@ -1,0 +1,21 @@
+//! service-mgr: control the services of a UNIX/Linux cluster from one place.
+//!
+//! # Layout
+//! - [`cli`]: the multicall command line; `main.rs` only calls [`cli::main`].
+//! - [`protocol`]: every wire message, decoders for untrusted bytes, limits.
+//! - [`manager`], [`agent`], [`client`], [`mgmt`], [`demo`]: the roles, each with one `run`.
+//! - [`config`], [`logging`], [`runtime`], [`transport`], [`host`], [`exit`]: what the roles share.
+
+pub mod agent;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod demo;
+pub mod exit;
+pub mod host;
+pub mod logging;
+pub mod manager;
+pub mod mgmt;
+pub mod protocol;
+pub mod runtime;
+pub mod transport;

@@ -1,0 +1,5 @@
+//! The `service-mgr` executable; everything else lives in the library.
+
+fn main() -> std::process::ExitCode {
+    service_mgr::cli::main()
+}

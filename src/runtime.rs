@@ -1,0 +1,213 @@
+//! What a long-running role needs from the OS: a shutdown/reload input that
+//! signals and tests can both trigger, a locked pid file, and detaching.
+
+use anyhow::{bail, Context, Result};
+use nix::fcntl::{Flock, FlockArg};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// The loop's side of the shutdown input: a file descriptor to put into
+/// `zmq::poll` and the flags that say what woke it.
+pub struct Control {
+    wake_rx: UnixStream,
+    wake_tx: UnixStream,
+    term: Arc<AtomicBool>,
+    hup: Arc<AtomicBool>,
+    reopen: std::sync::Mutex<Option<Box<dyn Fn() -> Result<()> + Send>>>,
+}
+
+/// A cloneable trigger for `Control`, for tests, the demo and management
+/// commands that stop a role from another thread.
+#[derive(Clone)]
+pub struct ControlHandle {
+    wake_tx: Arc<UnixStream>,
+    term: Arc<AtomicBool>,
+}
+
+/// What woke the loop.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Wake {
+    pub shutdown: bool,
+    pub reopen_logs: bool,
+}
+
+impl Control {
+    pub fn new() -> Result<Control> {
+        let (wake_rx, wake_tx) = UnixStream::pair().context("cannot create the wake-up socket pair")?;
+        wake_rx.set_nonblocking(true)?;
+        wake_tx.set_nonblocking(true)?;
+        Ok(Control {
+            wake_rx,
+            wake_tx,
+            term: Arc::new(AtomicBool::new(false)),
+            hup: Arc::new(AtomicBool::new(false)),
+            reopen: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Route SIGTERM/SIGINT (shutdown) and SIGHUP (reopen logs) into this
+    /// control. A second SIGTERM/SIGINT while shutting down exits at once.
+    pub fn install_signals(&self) -> Result<()> {
+        use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+        use signal_hook::{flag, low_level::pipe};
+        for sig in [SIGTERM, SIGINT] {
+            // Registered first, so it sees the flag as it was before this signal.
+            flag::register_conditional_shutdown(sig, 1, Arc::clone(&self.term))?;
+            flag::register(sig, Arc::clone(&self.term))?;
+        }
+        flag::register(SIGHUP, Arc::clone(&self.hup))?;
+        for sig in [SIGTERM, SIGINT, SIGHUP] {
+            pipe::register(sig, self.wake_tx.try_clone()?)?;
+        }
+        Ok(())
+    }
+
+    /// What SIGHUP does (reopen the log file), run by `take` on the loop's thread.
+    pub fn on_reopen(&self, f: impl Fn() -> Result<()> + Send + 'static) {
+        *self.reopen.lock().unwrap_or_else(|p| p.into_inner()) = Some(Box::new(f));
+    }
+
+    pub fn handle(&self) -> ControlHandle {
+        ControlHandle {
+            wake_tx: Arc::new(self.wake_tx.try_clone().expect("dup of a socket fd")),
+            term: Arc::clone(&self.term),
+        }
+    }
+
+    /// The descriptor that becomes readable when something happened.
+    pub fn fd(&self) -> RawFd {
+        self.wake_rx.as_raw_fd()
+    }
+
+    /// Empty the wake-up pipe and report what happened since the last call.
+    pub fn take(&self) -> Wake {
+        let mut buf = [0u8; 64];
+        while matches!((&self.wake_rx).read(&mut buf), Ok(n) if n > 0) {}
+        let wake = Wake {
+            shutdown: self.term.load(Ordering::SeqCst),
+            reopen_logs: self.hup.swap(false, Ordering::SeqCst),
+        };
+        if wake.reopen_logs {
+            if let Some(f) = &*self.reopen.lock().unwrap_or_else(|p| p.into_inner()) {
+                if let Err(e) = f() {
+                    // Nowhere better to say it: the log file is what failed.
+                    eprintln!("service-mgr: {e:#}");
+                }
+            }
+        }
+        wake
+    }
+
+    pub fn shutdown_requested(&self) -> bool {
+        self.term.load(Ordering::SeqCst)
+    }
+}
+
+impl ControlHandle {
+    /// Ask the loop to shut down as SIGTERM would.
+    pub fn shutdown(&self) {
+        self.term.store(true, Ordering::SeqCst);
+        let _ = (&*self.wake_tx).write(&[1]);
+    }
+}
+
+/// A pid file held with an exclusive `flock` for the life of the process:
+/// a live daemon keeps others out, a stale file (no lock) is taken over.
+pub struct PidFile {
+    path: PathBuf,
+    file: Flock<File>,
+}
+
+impl PidFile {
+    pub fn acquire(path: &Path, program: &str) -> Result<PidFile> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create pid file directory {}", dir.display()))?;
+        }
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .with_context(|| format!("cannot open pid file {}", path.display()))?;
+        let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(f) => f,
+            Err((mut f, _)) => {
+                let mut pid = String::new();
+                let _ = f.read_to_string(&mut pid);
+                bail!(
+                    "{program} is already running as pid {} (pid file {} is locked); stop it first or use another -p",
+                    pid.trim(),
+                    path.display()
+                );
+            }
+        };
+        write_pid(&mut file)?;
+        Ok(PidFile {
+            path: path.to_owned(),
+            file,
+        })
+    }
+
+    /// Write our (new) pid after detaching.
+    pub fn update(&mut self) -> Result<()> {
+        write_pid(&mut self.file)
+    }
+}
+
+fn write_pid(file: &mut File) -> Result<()> {
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    file.flush()?;
+    Ok(())
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Detach from the terminal (fork, setsid, chdir /, stdio to /dev/null).
+/// Must run before any thread or zmq context exists.
+pub fn detach() -> Result<()> {
+    nix::unistd::daemon(false, false).context("cannot detach (daemon(3) failed)")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handle_wakes_and_requests_shutdown() {
+        let c = Control::new().unwrap();
+        assert_eq!(c.take(), Wake::default());
+        c.handle().shutdown();
+        let mut item = [zmq::PollItem::from_fd(c.fd(), zmq::POLLIN)];
+        assert_eq!(zmq::poll(&mut item, 1000).unwrap(), 1);
+        assert!(c.take().shutdown);
+    }
+
+    #[test]
+    fn pid_file_refuses_a_second_holder_and_takes_over_a_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run/x.pid");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, "999999\n").unwrap(); // stale: nobody holds the lock
+        let held = PidFile::acquire(&path, "service-mgrd").unwrap();
+        let pid: u32 = std::fs::read_to_string(&path).unwrap().trim().parse().unwrap();
+        assert_eq!(pid, std::process::id());
+        let err = PidFile::acquire(&path, "service-mgrd").err().unwrap().to_string();
+        assert!(err.contains("already running"), "{err}");
+        drop(held);
+        assert!(!path.exists());
+    }
+}
