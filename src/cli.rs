@@ -66,10 +66,10 @@ pub enum Command {
     #[command(version, disable_version_flag = true)]
     Client(ClientArgs),
     /// Send a management command to a manager or an agent.
-    #[command(version)]
+    #[command(version, disable_version_flag = true)]
     Mgmt(MgmtArgs),
     /// Start a manager and an agent on loopback, ask for one service's status, print it, stop.
-    #[command(version)]
+    #[command(version, disable_version_flag = true)]
     Demo(DemoArgs),
     /// Create the link names in DIR (same as --install-links).
     InstallLinks {
@@ -160,13 +160,13 @@ pub struct ClientArgs {
     #[arg(short = 'e', long = "endpoint", value_name = "ENDPOINT", default_value = "tcp://localhost:5500")]
     pub endpoint: String,
     /// Who runs it: `any`, an OS name (`Linux`, `FreeBSD`), a node name or a custom topic.
-    #[arg(short = 'T', long = "topic", value_name = "TOPIC")]
+    #[arg(short = 'T', long = "topic", value_name = "TOPIC", allow_hyphen_values = true)]
     pub topic: String,
     /// The service command: start, stop, restart, reload or status.
-    #[arg(short = 'c', long = "cmd", value_name = "CMD")]
+    #[arg(short = 'c', long = "cmd", value_name = "CMD", allow_hyphen_values = true)]
     pub cmd: String,
     /// The service's name.
-    #[arg(short = 's', long = "service", value_name = "SERVICE")]
+    #[arg(short = 's', long = "service", value_name = "SERVICE", allow_hyphen_values = true)]
     pub service: String,
     #[command(flatten)]
     pub version: VersionFlag,
@@ -185,6 +185,8 @@ pub struct MgmtArgs {
     pub retries: u32,
     /// manager.status, manager.shutdown, agent.status or agent.shutdown.
     pub command: String,
+    #[command(flatten)]
+    pub version: VersionFlag,
 }
 
 #[derive(Debug, Args)]
@@ -198,6 +200,8 @@ pub struct DemoArgs {
     /// Debug output of the demo's manager and agent on stderr.
     #[arg(short = 'D', long = "debug")]
     pub debug: bool,
+    #[command(flatten)]
+    pub version: VersionFlag,
 }
 
 /// Parse the command line, run it and map the outcome to an exit code.

@@ -29,7 +29,9 @@ die() { echo "ERROR: $*" >&2; exit 2; }
 
 [ $# -eq 1 ] || die "usage: $0 path/to/service-mgr"
 src_bin=$1
-[ -f "$src_bin" ] && [ -x "$src_bin" ] || die "$src_bin is not an executable file"
+if [ ! -f "$src_bin" ] || [ ! -x "$src_bin" ]; then
+	die "$src_bin is not an executable file"
+fi
 [ "$(id -u)" -eq 0 ] || die "must run as root (it installs $INITSCRIPT)"
 [ -f /etc/debian_version ] || die "not a Debian system"
 if [ -d /run/systemd/system ]; then
@@ -70,14 +72,17 @@ is_our_daemon() {
 	[ "${exe% (deleted)}" = "$real_bin" ]
 }
 
+# shellcheck disable=SC2317  # only invoked through the EXIT trap
 cleanup() {
-	local rc=$? pid f i restore_failed=
+	local rc=$? pid f restore_failed=
 	trap - EXIT HUP INT TERM
+	# An interrupted start/restart may have left a daemon we never saw.
+	[ -s "$pidfile" ] && read -r pid <"$pidfile" && pids_seen+=("$pid")
 	for pid in "${pids_seen[@]}"; do
 		if is_our_daemon "$pid"; then
 			echo "cleanup: stopping leftover daemon pid $pid"
 			kill -TERM "$pid" 2>/dev/null
-			for i in 1 2 3 4 5 6 7 8 9 10; do
+			for _ in 1 2 3 4 5 6 7 8 9 10; do
 				is_our_daemon "$pid" || break
 				sleep 0.5
 			done
@@ -112,7 +117,9 @@ install_file() {
 		moved+=("$dest")
 	fi
 	installed+=("$dest")
-	cat >"$dest" && chmod "$mode" "$dest" || die "cannot write $dest"
+	if ! cat >"$dest" || ! chmod "$mode" "$dest"; then
+		die "cannot write $dest"
+	fi
 }
 
 # --- install ----------------------------------------------------------------
@@ -201,8 +208,9 @@ for table, family in (("tcp", socket.AF_INET), ("tcp6", socket.AF_INET6)):
             continue
         addr, port = f[1].split(":")
         raw = bytes.fromhex(addr)
-        # /proc prints the address as host-order 32-bit words.
-        raw = b"".join(struct.pack("<I", w) for w in struct.unpack(f">{len(raw)//4}I", raw))
+        # /proc prints the address as 32-bit words in host byte order.
+        host = "<" if sys.byteorder == "little" else ">"
+        raw = b"".join(struct.pack(host + "I", w) for w in struct.unpack(f">{len(raw)//4}I", raw))
         print(f"{socket.inet_ntop(family, raw)}:{int(port, 16)}")
 EOF
 }

@@ -1,0 +1,6 @@
+//! Integration tests: the real binary, real sockets, real processes.
+
+mod util;
+
+mod cli;
+mod end_to_end;

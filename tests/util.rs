@@ -1,0 +1,247 @@
+//! Test harness: starts the real `service-mgr` binary as manager and agents on
+//! ephemeral loopback ports, learns readiness from their ready files, and kills
+//! every child on drop.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const LOOPBACK: &str = "tcp://127.0.0.1:*";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_service-mgr")
+}
+
+/// Run `f` on a thread and fail the test if it takes longer than `secs`,
+/// so a hung socket fails instead of hanging CI.
+pub fn with_timeout<F: FnOnce() + Send + 'static>(secs: u64, f: F) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        f();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(()) => t.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            // The closure panicked: re-raise its panic.
+            if let Err(e) = t.join() {
+                std::panic::resume_unwind(e);
+            }
+        }
+        Err(_) => panic!("test timed out after {secs} s"),
+    }
+}
+
+/// A running daemon process; killed on drop.
+pub struct Proc {
+    pub child: Child,
+    pub ready: Value,
+    pub log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    pub fn ep(&self, key: &str) -> String {
+        self.ready[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} missing in ready file: {}", self.ready))
+            .to_owned()
+    }
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    /// Send a signal and wait for the exit status.
+    pub fn signal_and_wait(&mut self, sig: i32, secs: u64) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.pid(), sig) };
+        self.wait_exit(secs).expect("daemon did not exit after the signal")
+    }
+    pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Start `service-mgr ARGS... --ready-file F` and wait until F appears.
+pub fn spawn_ready(args: &[&str]) -> Proc {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready.json");
+    let log = dir.path().join("stderr.log");
+    let child = Command::new(bin())
+        .args(args)
+        .arg("--ready-file")
+        .arg(&ready)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("start service-mgr");
+    let mut p = Proc {
+        child,
+        ready: Value::Null,
+        log,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(bytes) = std::fs::read(&ready) {
+            p.ready = serde_json::from_slice(&bytes).unwrap();
+            return p;
+        }
+        if let Some(status) = p.child.try_wait().unwrap() {
+            panic!("{args:?} exited with {status} before it was ready:\n{}", p.log_text());
+        }
+        assert!(Instant::now() < deadline, "{args:?} not ready in 20 s:\n{}", p.log_text());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A manager on loopback ephemeral ports, no config file.
+pub fn manager(extra: &[&str]) -> Proc {
+    let mut args = vec![
+        "daemon",
+        "-D",
+        "-f",
+        "/dev/null",
+        "-O",
+        "frontend_endpoint=tcp://127.0.0.1:*",
+        "-O",
+        "backend_endpoint=tcp://127.0.0.1:*",
+        "-O",
+        "sink_endpoint=tcp://127.0.0.1:*",
+        "-O",
+        "mgmt_endpoint=tcp://127.0.0.1:*",
+    ];
+    args.extend_from_slice(extra);
+    spawn_ready(&args)
+}
+
+/// An agent named `node` connected to `mgr`, using `service_command` as its
+/// service manager; returns once the manager has seen its subscription.
+pub fn agent(mgr: &Proc, node: &str, service_command: &Path, extra: &[&str]) -> Proc {
+    let backend = format!("manager_endpoint={}", mgr.ep("backend_endpoint"));
+    let sink = format!("sink_endpoint={}", mgr.ep("sink_endpoint"));
+    let svc = format!("service_command={}", toml_str(&service_command.display().to_string()));
+    let mut args = vec![
+        "agent", "-D", "-f", "/dev/null", "-n", node, "-O", &backend, "-O", &sink, "-O",
+        "mgmt_endpoint=tcp://127.0.0.1:*", "-O", &svc,
+    ];
+    args.extend_from_slice(extra);
+    let p = spawn_ready(&args);
+    wait_subscribed(mgr, node);
+    p
+}
+
+pub fn toml_str(s: &str) -> String {
+    format!("{:?}", s)
+}
+
+/// Wait until the manager reports a subscription to `topic`.
+pub fn wait_subscribed(mgr: &Proc, topic: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = mgmt(&mgr.ep("mgmt_endpoint"), "manager.status");
+        if status["result"]["subscriptions"][topic].as_u64().unwrap_or(0) > 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "agent {topic} never subscribed: {status}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// One raw management round trip over a REQ socket.
+pub fn mgmt(endpoint: &str, cmd: &str) -> Value {
+    let reply = req_raw(endpoint, serde_json::json!({ "cmd": cmd }).to_string().as_bytes());
+    serde_json::from_slice(&reply).unwrap()
+}
+
+/// Send raw bytes on a REQ socket and return the reply (panics after 5 s).
+pub fn req_raw(endpoint: &str, payload: &[u8]) -> Vec<u8> {
+    let ctx = zmq::Context::new();
+    let s = ctx.socket(zmq::REQ).unwrap();
+    s.set_linger(0).unwrap();
+    s.set_rcvtimeo(5000).unwrap();
+    s.connect(endpoint).unwrap();
+    s.send(payload, 0).unwrap();
+    s.recv_bytes(0).unwrap_or_else(|e| panic!("no reply from {endpoint}: {e}"))
+}
+
+/// A fake service(8): `fake NAME CMD`. Behaviour by name:
+/// `slow*` sleeps 30 s, `big*` prints 1 MiB plus bytes that are not UTF-8,
+/// `stopped*` exits 3, `fail*` exits 1, anything else prints and exits 0.
+/// Every call is appended to `calls.log` beside the script.
+pub fn fake_service(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("fake-service");
+    let calls = dir.join("calls.log");
+    std::fs::write(
+        &path,
+        format!(
+            r#"#!/bin/sh
+echo "$1 $2" >> '{calls}'
+case "$1" in
+  slow*) sleep 30 ;;
+  big*) head -c 1048576 /dev/zero | tr '\0' 'y'; printf '\377\376 not utf-8\n' ;;
+  stopped*) echo "$1 is not running"; exit 3 ;;
+  fail*) echo "$1: something broke" >&2; exit 1 ;;
+  *) echo "$1 $2 ok" ;;
+esac
+"#,
+            calls = calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Lines of the fake service's call log.
+pub fn calls(dir: &Path) -> Vec<String> {
+    std::fs::read_to_string(dir.join("calls.log"))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Run the binary (optionally under another name via a symlink) and collect its output.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).stdin(Stdio::null()).output().unwrap()
+}
+
+/// Run the client against `mgr` and parse its JSON output.
+pub fn client(mgr: &Proc, topic: &str, cmd: &str, service: &str, extra: &[&str]) -> (Output, Value) {
+    let ep = mgr.ep("frontend_endpoint");
+    let mut args = vec!["client", "-e", &ep, "-T", topic, "-c", cmd, "-s", service];
+    args.extend_from_slice(extra);
+    let out = run(&args);
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "client output is not JSON ({e}):\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out, v)
+}
