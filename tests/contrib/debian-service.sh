@@ -11,6 +11,9 @@
 # replaced for the duration of the test; any existing ones are moved aside
 # and put back on exit.
 #
+# The scratch directory is created under $TMPDIR (default /tmp), which must
+# not be mounted noexec: the daemon binary is run from there.
+#
 # Exit status: 0 all checks passed, 1 a check failed, 2 usage or setup error,
 # 77 skipped (systemd is PID 1: service(8) would go through systemctl).
 
@@ -60,6 +63,7 @@ logfile=$work/log/service-mgr/service-mgrd.log
 backup=$work/backup
 mkdir -p "$backup" "$work/etc"
 
+real_bin_resolved=$real_bin
 installed=()	# files this test put in place, removed on exit
 moved=()	# original files moved to $backup, restored on exit
 pids_seen=()	# daemon pids, killed on exit if still alive
@@ -69,7 +73,7 @@ pids_seen=()	# daemon pids, killed on exit if still alive
 is_our_daemon() {
 	local exe
 	exe=$(readlink "/proc/$1/exe" 2>/dev/null) || return 1
-	[ "${exe% (deleted)}" = "$real_bin" ]
+	[ "${exe% (deleted)}" = "$real_bin_resolved" ]
 }
 
 # shellcheck disable=SC2317  # only invoked through the EXIT trap
@@ -126,6 +130,8 @@ install_file() {
 
 mkdir -p "$prefix/bin" "$prefix/sbin"
 install -m 755 "$src_bin" "$real_bin" || die "cannot install $real_bin"
+# /proc/PID/exe shows the path with symlinks (e.g. in $TMPDIR) resolved.
+real_bin_resolved=$(readlink -f "$real_bin")
 # The packaged layout: sbin/service-mgrd -> ../bin/service-mgr.
 ln -s ../bin/service-mgr "$daemon_link" || die "cannot create $daemon_link"
 
