@@ -6,7 +6,7 @@
 use crate::config::{self, AgentConfig, ManagerConfig};
 use crate::exit::Exit;
 use crate::logging::{self, LogTarget};
-use crate::runtime::{self, Control, PidFile};
+use crate::runtime::{self, Control, OnReady, PidFile};
 use crate::{agent, client, demo, manager, mgmt, transport};
 use anyhow::{Context, Result};
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
@@ -144,9 +144,10 @@ pub struct AgentArgs {
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Seconds to wait for results at most.
-    #[arg(short = 'w', long = "wait", value_name = "WAIT", default_value_t = 0.1)]
-    pub wait: f64,
+    /// Seconds to wait for results at most [default: 60 when the manager says which nodes
+    /// will answer (the client returns as soon as they all did); 0.1 against a 0.1 manager].
+    #[arg(short = 'w', long = "wait", value_name = "WAIT")]
+    pub wait: Option<f64>,
     /// Tries to reach the manager.
     #[arg(short = 'r', long = "retries", value_name = "RETRIES", default_value_t = 3)]
     pub retries: u32,
@@ -159,17 +160,51 @@ pub struct ClientArgs {
     /// The manager's frontend endpoint.
     #[arg(short = 'e', long = "endpoint", value_name = "ENDPOINT", default_value = "tcp://localhost:5500")]
     pub endpoint: String,
-    /// Who runs it: `any`, an OS name (`Linux`, `FreeBSD`), a node name or a custom topic.
-    #[arg(short = 'T', long = "topic", value_name = "TOPIC", allow_hyphen_values = true)]
-    pub topic: String,
+    /// Who runs it: `any`, an OS name (`Linux`, `FreeBSD`), a node name or a custom topic
+    /// [default with -N or -G: any].
+    #[arg(short = 'T', long = "topic", value_name = "TOPIC", allow_hyphen_values = true,
+          required_unless_present_any = ["nodes", "glob", "job"])]
+    pub topic: Option<String>,
+    /// Only these nodes (comma-separated), combined with -T.
+    #[arg(short = 'N', long = "nodes", value_name = "LIST", value_delimiter = ',')]
+    pub nodes: Option<Vec<String>>,
+    /// Only registered nodes whose name matches this glob (e.g. 'web*'), combined with -T and -N.
+    #[arg(short = 'G', long = "glob", value_name = "PATTERN")]
+    pub glob: Option<String>,
     /// The service command: start, stop, restart, reload or status.
-    #[arg(short = 'c', long = "cmd", value_name = "CMD", allow_hyphen_values = true)]
-    pub cmd: String,
+    #[arg(short = 'c', long = "cmd", value_name = "CMD", allow_hyphen_values = true, required_unless_present = "job")]
+    pub cmd: Option<String>,
     /// The service's name.
-    #[arg(short = 's', long = "service", value_name = "SERVICE", allow_hyphen_values = true)]
-    pub service: String,
+    #[arg(short = 's', long = "service", value_name = "SERVICE", allow_hyphen_values = true,
+          required_unless_present = "job")]
+    pub service: Option<String>,
+    /// Run on at most N nodes at a time (N or N%): a rolling restart.
+    #[arg(long, value_name = "N|N%")]
+    pub batch: Option<String>,
+    /// Seconds to pause between batches.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, requires = "batch")]
+    pub batch_wait: f64,
+    /// Stop the rollout after the first batch in which a node did not succeed.
+    #[arg(long, requires = "batch")]
+    pub fail_fast: bool,
+    /// Show an earlier job by its id (its results so far, then any still to come).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["topic", "nodes", "glob", "cmd", "service", "batch"])]
+    pub job: Option<String>,
+    /// Output: json (a document with every node's status), legacy (0.1's array of
+    /// results) [default: legacy as service-mgr-client, json as service-mgr client].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
     #[command(flatten)]
     pub version: VersionFlag,
+}
+
+/// How the client prints what came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// One JSON document: job, request, expected nodes, summary, every node's result.
+    Json,
+    /// 0.1's output: a JSON array of the results (plus entries for silent nodes).
+    Legacy,
 }
 
 #[derive(Debug, Args)]
@@ -239,12 +274,12 @@ fn run(applet: Applet) -> Result<Exit> {
     match applet {
         Applet::Serviced(a) => run_manager(a),
         Applet::Agentd(a) => run_agent(a),
-        Applet::ServiceClient(a) => run_client(a),
+        Applet::ServiceClient(a) => run_client(a, true),
         Applet::ServiceMgr(root) => match (root.command, root.install_links) {
             (_, Some(dir)) | (Some(Command::InstallLinks { dir }), _) => install_links(&dir),
             (Some(Command::Daemon(a)), _) => run_manager(a),
             (Some(Command::Agent(a)), _) => run_agent(a),
-            (Some(Command::Client(a)), _) => run_client(a),
+            (Some(Command::Client(a)), _) => run_client(a, false),
             (Some(Command::Mgmt(a)), _) => {
                 let ok = mgmt::run_and_print(&a.endpoint, &a.command, Duration::from_millis(a.timeout), a.retries)?;
                 Ok(if ok { Exit::Ok } else { Exit::Error })
@@ -306,7 +341,7 @@ fn serve<C>(
     o: &ServerOpts,
     extra_overrides: &[String],
     mgmt_endpoint: impl Fn(&C) -> String,
-    body: impl FnOnce(&C, &Control, &slog::Logger, Option<&Path>) -> Result<()>,
+    body: impl FnOnce(&C, &Control, &slog::Logger, OnReady) -> Result<()>,
 ) -> Result<Exit>
 where
     C: for<'de> serde::Deserialize<'de> + serde::Serialize + Default,
@@ -341,20 +376,34 @@ where
     });
     // Locked before detaching, so "already running" reaches the terminal.
     let mut pid = pidfile.as_deref().map(|p| PidFile::acquire(p, role.program)).transpose()?;
-    if o.daemon {
-        runtime::detach()?;
-        if let Some(p) = pid.as_mut() {
-            p.update()?;
-        }
+    let detached = match o.daemon {
+        true => Some(runtime::detach(role.program, logfile.as_deref())?),
+        false => None,
+    };
+    let detached = std::cell::RefCell::new(detached);
+    if let Some(p) = pid.as_mut() {
+        p.update()?;
     }
     let log = logging::root(target.clone(), role.program, o.debug);
     let control = Control::new()?;
     control.install_signals()?;
     let reopen_target = target.clone();
     control.on_reopen(move || reopen_target.reopen());
-    let result = body(&cfg, &control, &log, o.ready_file.as_deref());
+    let mut on_ready = |doc: &serde_json::Value| -> Result<()> {
+        if let Some(path) = &o.ready_file {
+            runtime::write_ready_file(path, doc)?;
+        }
+        if let Some(d) = detached.borrow_mut().as_mut() {
+            d.ready();
+        }
+        Ok(())
+    };
+    let result = body(&cfg, &control, &log, &mut on_ready);
     if let Err(e) = &result {
         slog::error!(log, "{e:#}");
+        if let Some(d) = detached.borrow_mut().as_mut() {
+            d.failed(&format!("{e:#}"));
+        }
     }
     drop(pid);
     result.map(|_| Exit::Ok)
@@ -369,27 +418,13 @@ fn local_endpoint(bind: &str, default_port: &str) -> String {
     }
 }
 
-fn run_client(a: ClientArgs) -> Result<Exit> {
+fn run_client(a: ClientArgs, legacy_name: bool) -> Result<Exit> {
     let log = if a.debug {
         logging::root(LogTarget::stderr(), "service-mgr-client", true)
     } else {
         logging::discard()
     };
-    anyhow::ensure!(a.wait >= 0.0 && a.wait.is_finite(), "-w must be a number of seconds, got {}", a.wait);
-    let req = client::Request {
-        endpoint: a.endpoint,
-        topic: a.topic,
-        cmd: a.cmd,
-        service: a.service,
-        wait: Duration::from_secs_f64(a.wait),
-        retries: a.retries,
-        timeout: Duration::from_millis(a.timeout),
-        expect: None,
-    };
-    let ctx = zmq::Context::new();
-    let got = client::collect(&ctx, &req, &log)?;
-    println!("{}", client::to_json_pretty(&got.results));
-    Ok(Exit::Ok)
+    client::run(&a, legacy_name, &log)
 }
 
 /// Create the link names next to each other in `dir`, pointing at this executable.
@@ -440,7 +475,7 @@ mod tests {
         .unwrap() else {
             panic!()
         };
-        assert_eq!((c.wait, c.retries, c.timeout), (5.0, 3, 1000));
+        assert_eq!((c.wait, c.retries, c.timeout), (Some(5.0), 3, 1000));
         assert!(Applet::try_parse_from(["service-mgr", "client", "-T", "any", "-c", "status", "-s", "x"]).is_ok());
     }
 

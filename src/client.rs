@@ -1,73 +1,99 @@
-//! The client (`service-mgr-client`): sends one request to the manager's
+//! The client (`service-mgr-client`): sends a request to the manager's
 //! frontend, subscribes to its job id on the result publisher and collects
-//! what the agents answer.
+//! what the agents answer, until every expected node has answered or the wait
+//! runs out. Then it builds the report: every targeted node with a status.
 
+use crate::cli::{ClientArgs, Format};
+use crate::exit::Exit;
 use crate::protocol::{self as p, Accepted, ServiceRequest};
 use crate::transport;
 use anyhow::{bail, Context, Result};
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 use slog::{debug, Logger};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-/// One request as the user gave it.
+/// Upper bound on the wait when the manager says who will answer: the client
+/// returns as soon as they all did, so this only matters for slow commands.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+/// The wait against a 0.1 manager, which cannot say who will answer (0.1's default).
+pub const DEFAULT_WAIT_01: Duration = Duration::from_millis(100);
+
+/// What to ask, of whom.
 #[derive(Debug, Clone)]
 pub struct Request {
     pub endpoint: String,
-    pub topic: String,
-    pub cmd: String,
-    pub service: String,
-    /// Upper bound on how long to wait for results.
-    pub wait: Duration,
+    pub request: ServiceRequest,
+    /// Upper bound on the wait for results; `None` for the defaults above.
+    pub wait: Option<Duration>,
     pub retries: u32,
     pub timeout: Duration,
     /// Nodes to wait for when the manager does not say (a 0.1 manager).
     pub expect: Option<Vec<String>>,
 }
 
-/// What came back for one request.
+/// What came back for one job.
 #[derive(Debug, Clone)]
 pub struct Collected {
     pub uuid: String,
     /// Nodes the manager said the request reached; `None` from a 0.1 manager.
     pub expected: Option<Vec<String>>,
-    /// Result objects in arrival order, one per node.
+    /// Result objects in arrival order, one per node (answers from nodes
+    /// nobody expected, e.g. 0.1 agents, included).
     pub results: Vec<Value>,
     pub elapsed: Duration,
+    /// How long we waited at most.
+    pub waited: Duration,
 }
 
-/// Send the request and collect results until every expected node answered or
-/// `wait` ran out.
+/// Send a request; `follow` instead re-attaches to an earlier job by id.
 pub fn collect(ctx: &zmq::Context, req: &Request, log: &Logger) -> Result<Collected> {
+    let payload = p::encode(&req.request);
+    exchange(ctx, req, &payload, log)
+}
+
+/// Re-attach to a job the manager still holds: its results so far, then the rest.
+pub fn follow(ctx: &zmq::Context, req: &Request, job: &str, log: &Logger) -> Result<Collected> {
+    let payload = p::encode(&json!({ "v": p::PROTOCOL_VERSION, "job": job }));
+    exchange(ctx, req, &payload, log)
+}
+
+/// Ask the manager which nodes a request would reach, running nothing.
+pub fn plan(ctx: &zmq::Context, req: &Request) -> Result<Vec<String>> {
+    let mut dry = req.request.clone();
+    dry.dry_run = true;
+    let reply = transport::request(ctx, &req.endpoint, &p::encode(&dry), req.timeout, req.retries)?;
+    parse_accept(&reply)?
+        .expected
+        .context("the manager cannot say which nodes a request reaches (a 0.1 manager?); --batch needs a service-mgr 0.2 manager")
+}
+
+fn exchange(ctx: &zmq::Context, req: &Request, payload: &[u8], log: &Logger) -> Result<Collected> {
     let started = Instant::now();
     let host = transport::endpoint_host(&req.endpoint)
         .with_context(|| format!("endpoint {} is not tcp://HOST:PORT", req.endpoint))?;
-    let payload = p::encode(&ServiceRequest {
-        cmd: req.cmd.clone(),
-        service: req.service.clone(),
-        topic: req.topic.clone(),
-        v: Some(p::PROTOCOL_VERSION),
-    });
-    let reply = transport::request(ctx, &req.endpoint, &payload, req.timeout, req.retries)?;
+    let reply = transport::request(ctx, &req.endpoint, payload, req.timeout, req.retries)?;
     let accepted = parse_accept(&reply)?;
     debug!(log, "request accepted"; "uuid" => &accepted.uuid, "port" => accepted.port,
-        "expected" => ?accepted.expected);
+        "expected" => ?accepted.expected, "unregistered" => ?accepted.unregistered);
 
     let sub = transport::socket(ctx, zmq::SUB)?;
     sub.set_maxmsgsize(p::RESULT_LIMIT as i64)?;
     sub.set_subscribe(accepted.uuid.as_bytes())?;
-    let results_endpoint = format!("tcp://{host}:{}", accepted.port);
-    transport::connect(&sub, &results_endpoint, "the -e endpoint")?;
+    transport::connect(&sub, &format!("tcp://{host}:{}", accepted.port), "the -e endpoint")?;
 
-    let mut seen_nodes = HashSet::new();
-    let mut results = Vec::new();
-    let deadline = started + req.wait;
     let expected = accepted.expected.clone().or_else(|| req.expect.clone());
-    let done = |seen: &HashSet<String>| match &expected {
-        Some(nodes) => nodes.iter().all(|n| seen.contains(n)),
+    let waited = req.wait.unwrap_or(if expected.is_some() { DEFAULT_WAIT } else { DEFAULT_WAIT_01 });
+    let extra_wanted = accepted.unregistered.unwrap_or(0);
+    let deadline = started + waited;
+    let mut seen = HashSet::new();
+    let mut extra = 0usize;
+    let mut results = Vec::new();
+    let complete = |seen: &HashSet<String>, extra: usize| match &expected {
+        Some(nodes) => extra >= extra_wanted && nodes.iter().all(|n| seen.contains(n)),
         None => false,
     };
-    while !done(&seen_nodes) {
+    while !complete(&seen, extra) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
@@ -85,21 +111,22 @@ pub fn collect(ctx: &zmq::Context, req: &Request, log: &Logger) -> Result<Collec
                 debug!(log, "unreadable result ignored");
                 continue;
             };
-            let node = node_of(&obj);
-            // The manager may replay a job's results to a new subscriber; keep one per node.
-            if let Some(n) = &node {
-                if !seen_nodes.insert(n.clone()) {
-                    continue;
-                }
+            match node_of(&obj) {
+                // The manager replays a job's results to a new subscriber; one per node.
+                Some(n) if !seen.insert(n.clone()) => continue,
+                Some(n) if expected.as_ref().is_some_and(|e| !e.contains(&n)) => extra += 1,
+                None => extra += 1,
+                _ => {}
             }
             results.push(Value::Object(obj));
         }
     }
     Ok(Collected {
         uuid: accepted.uuid,
-        expected: accepted.expected,
+        expected,
         results,
         elapsed: started.elapsed(),
+        waited,
     })
 }
 
@@ -113,11 +140,100 @@ fn parse_accept(reply: &[u8]) -> Result<Accepted> {
 }
 
 /// The node a result came from, wherever its sender put it.
-pub fn node_of(obj: &serde_json::Map<String, Value>) -> Option<String> {
+pub fn node_of(obj: &Map<String, Value>) -> Option<String> {
     obj.get("node")
         .or_else(|| obj.get("result").and_then(|r| r.get("node")))
         .and_then(Value::as_str)
         .map(str::to_owned)
+}
+
+/// The status of one result: ours carry it, 0.1's are derived from the return code.
+pub fn status_of(obj: &Map<String, Value>) -> String {
+    if let Some(s) = obj.get("status").and_then(Value::as_str) {
+        return s.to_owned();
+    }
+    match obj.get("result").and_then(|r| r.get("returncode")).and_then(Value::as_i64) {
+        Some(0) => "ok".to_owned(),
+        _ => "failed".to_owned(),
+    }
+}
+
+/// Every node's outcome, the answers first (0.1 fields kept, `status` added),
+/// then a `no_response` entry for each expected node that stayed silent, then
+/// `skipped` entries (nodes a --fail-fast rollout never reached).
+pub fn node_results(jobs: &[Collected], skipped: &[String]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for job in jobs {
+        let mut answered = HashSet::new();
+        for r in &job.results {
+            let Value::Object(obj) = r else { continue };
+            let mut obj = obj.clone();
+            let status = status_of(&obj);
+            if let Some(n) = node_of(&obj) {
+                obj.entry("node").or_insert(Value::String(n.clone()));
+                answered.insert(n);
+            }
+            obj.insert("status".into(), Value::String(status));
+            out.push(Value::Object(obj));
+        }
+        for n in job.expected.iter().flatten().filter(|n| !answered.contains(*n)) {
+            out.push(json!({
+                "msg": format!("no answer within {:.1} s (-w)", job.waited.as_secs_f64()),
+                "success": -1,
+                "uuid": job.uuid,
+                "node": n,
+                "status": "no_response",
+            }));
+        }
+    }
+    for n in skipped {
+        out.push(json!({"msg": "not run: an earlier batch failed (--fail-fast)", "node": n, "status": "skipped"}));
+    }
+    out
+}
+
+/// Counts per status, plus expected and answered.
+pub fn summary(jobs: &[Collected], results: &[Value]) -> Map<String, Value> {
+    let mut m = Map::new();
+    let expected: usize = jobs.iter().map(|j| j.expected.as_ref().map_or(0, Vec::len)).sum();
+    let skipped = results.iter().filter(|r| r["status"] == "skipped").count();
+    m.insert("expected".into(), json!(expected + skipped));
+    m.insert(
+        "answered".into(),
+        json!(results.iter().filter(|r| r["status"] != "no_response" && r["status"] != "skipped").count()),
+    );
+    for s in ["ok", "failed", "timeout", "refused", "no_response", "skipped"] {
+        m.insert(s.into(), json!(results.iter().filter(|r| r["status"] == s).count()));
+    }
+    m
+}
+
+/// The exit code a report stands for (see `Exit`).
+pub fn exit_code(results: &[Value]) -> Exit {
+    if results.is_empty() || results.iter().any(|r| r["status"] == "no_response") {
+        Exit::NoResponse
+    } else if results.iter().any(|r| r["status"] != "ok") {
+        Exit::SomeFailed
+    } else {
+        Exit::Ok
+    }
+}
+
+/// The JSON document of a run: the job(s), the request, every node's result and a summary.
+pub fn report(request: &ServiceRequest, jobs: &[Collected], skipped: &[String], elapsed: Duration) -> Value {
+    let results = node_results(jobs, skipped);
+    let mut expected: Vec<&String> = jobs.iter().flat_map(|j| j.expected.iter().flatten()).collect();
+    expected.extend(skipped);
+    json!({
+        "v": p::PROTOCOL_VERSION,
+        "job": jobs.first().map(|j| j.uuid.clone()),
+        "jobs": jobs.iter().map(|j| j.uuid.clone()).collect::<Vec<_>>(),
+        "request": request,
+        "expected": expected,
+        "summary": summary(jobs, &results),
+        "elapsed_ms": elapsed.as_millis() as u64,
+        "results": results,
+    })
 }
 
 /// JSON the way 0.1 printed it: indented by four spaces.
@@ -127,4 +243,142 @@ pub fn to_json_pretty(v: &impl serde::Serialize) -> String {
     let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
     v.serialize(&mut ser).expect("JSON values always serialize");
     String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// How many nodes a `--batch` value means for `total` nodes: `N` or `N%` (at least 1).
+pub fn batch_size(spec: &str, total: usize) -> Result<usize> {
+    let size = match spec.strip_suffix('%') {
+        Some(pct) => {
+            let pct: f64 = pct.trim().parse().ok().filter(|p| *p > 0.0 && *p <= 100.0).with_context(|| {
+                format!("--batch {spec}: a percentage must be between 0 and 100")
+            })?;
+            (total as f64 * pct / 100.0).ceil() as usize
+        }
+        None => spec
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .with_context(|| format!("--batch {spec}: expected a number of nodes (e.g. 2) or a percentage (e.g. 25%)"))?,
+    };
+    Ok(size.max(1))
+}
+
+/// `service-mgr client` / `service-mgr-client`: one request (or a rollout in
+/// batches, or an earlier job), printed in the chosen format.
+pub fn run(a: &ClientArgs, legacy_name: bool, log: &Logger) -> Result<Exit> {
+    let wait = match a.wait {
+        Some(w) if w.is_finite() && w >= 0.0 => Some(Duration::from_secs_f64(w)),
+        Some(w) => bail!("-w must be a number of seconds, got {w}"),
+        None => None,
+    };
+    anyhow::ensure!(a.batch_wait.is_finite() && a.batch_wait >= 0.0, "--batch-wait must be a number of seconds");
+    let format = a.format.unwrap_or(if legacy_name { Format::Legacy } else { Format::Json });
+    let mut request = ServiceRequest::new(
+        a.cmd.as_deref().unwrap_or_default(),
+        a.service.as_deref().unwrap_or_default(),
+        a.topic.as_deref().unwrap_or(p::TOPIC_ANY),
+    );
+    request.nodes = a.nodes.clone();
+    request.glob = a.glob.clone();
+    let mut req = Request {
+        endpoint: a.endpoint.clone(),
+        request,
+        wait,
+        retries: a.retries,
+        timeout: Duration::from_millis(a.timeout),
+        expect: None,
+    };
+    let ctx = zmq::Context::new();
+    let started = Instant::now();
+    let mut jobs = Vec::new();
+    let mut skipped = Vec::new();
+    if let Some(id) = &a.job {
+        jobs.push(follow(&ctx, &req, id, log)?);
+    } else if let Some(spec) = &a.batch {
+        let nodes = plan(&ctx, &req)?;
+        let size = batch_size(spec, nodes.len())?;
+        let batches: Vec<&[String]> = nodes.chunks(size).collect();
+        for (i, batch) in batches.iter().enumerate() {
+            if i > 0 && a.batch_wait > 0.0 {
+                std::thread::sleep(Duration::from_secs_f64(a.batch_wait));
+            }
+            req.request.nodes = Some(batch.to_vec());
+            let got = collect(&ctx, &req, log)?;
+            eprintln!("batch {}/{}: {} nodes, job {}", i + 1, batches.len(), batch.len(), got.uuid);
+            let failed = exit_code(&node_results(std::slice::from_ref(&got), &[])) != Exit::Ok;
+            jobs.push(got);
+            if failed && a.fail_fast {
+                skipped = batches[i + 1..].iter().flat_map(|b| b.iter().cloned()).collect();
+                break;
+            }
+        }
+        req.request.nodes = a.nodes.clone();
+    } else {
+        jobs.push(collect(&ctx, &req, log)?);
+    }
+    let results = node_results(&jobs, &skipped);
+    match format {
+        Format::Json => println!("{}", to_json_pretty(&report(&req.request, &jobs, &skipped, started.elapsed()))),
+        Format::Legacy => {
+            println!("{}", to_json_pretty(&results));
+            if results.is_empty() {
+                // Scripts read stdout; the job id still reaches the person.
+                eprintln!("no node answered (job {})", jobs.first().map_or("-", |j| j.uuid.as_str()));
+            }
+        }
+    }
+    Ok(exit_code(&results))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(expected: &[&str], results: Vec<Value>) -> Collected {
+        Collected {
+            uuid: "u".into(),
+            expected: Some(expected.iter().map(|s| s.to_string()).collect()),
+            results,
+            elapsed: Duration::ZERO,
+            waited: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn every_expected_node_gets_a_status() {
+        let j = job(
+            &["a", "b", "c"],
+            vec![
+                json!({"msg": "x", "result": {"node": "a", "returncode": 0}, "uuid": "u"}),
+                json!({"msg": "x", "node": "b", "status": "timeout", "uuid": "u"}),
+            ],
+        );
+        let r = node_results(std::slice::from_ref(&j), &[]);
+        let statuses: Vec<(&str, &str)> =
+            r.iter().map(|v| (v["node"].as_str().unwrap(), v["status"].as_str().unwrap())).collect();
+        assert_eq!(statuses, [("a", "ok"), ("b", "timeout"), ("c", "no_response")]);
+        assert_eq!(exit_code(&r), Exit::NoResponse);
+        let s = summary(&[j], &r);
+        assert_eq!((s["expected"].as_u64(), s["answered"].as_u64()), (Some(3), Some(2)));
+    }
+
+    #[test]
+    fn exit_codes_distinguish_failed_from_silent() {
+        let ok = job(&["a"], vec![json!({"node": "a", "status": "ok"})]);
+        assert_eq!(exit_code(&node_results(&[ok], &[])), Exit::Ok);
+        let failed = job(&["a"], vec![json!({"result": {"node": "a", "returncode": 3}})]);
+        assert_eq!(exit_code(&node_results(&[failed], &[])), Exit::SomeFailed);
+        assert_eq!(exit_code(&[]), Exit::NoResponse, "nobody answered");
+    }
+
+    #[test]
+    fn batch_sizes() {
+        assert_eq!(batch_size("2", 10).unwrap(), 2);
+        assert_eq!(batch_size("25%", 10).unwrap(), 3);
+        assert_eq!(batch_size("1%", 10).unwrap(), 1);
+        assert!(batch_size("0", 10).is_err());
+        assert!(batch_size("150%", 10).is_err());
+        assert!(batch_size("x", 10).is_err());
+    }
 }

@@ -98,6 +98,13 @@ pub struct AgentConfig {
     /// Service commands running at once; more requests are refused as busy.
     #[serde(deserialize_with = "lenient_u64")]
     pub max_concurrent: u64,
+    /// Seconds between heartbeats to the manager.
+    #[serde(deserialize_with = "lenient_u64")]
+    pub heartbeat_interval: u64,
+    /// Names of the agent's own service: `stop`/`restart` of it is answered
+    /// first and run a moment later, so the answer is not lost.
+    #[serde(deserialize_with = "lenient_list")]
+    pub self_services: Vec<String>,
 }
 
 impl Default for AgentConfig {
@@ -114,6 +121,10 @@ impl Default for AgentConfig {
             command_timeout: 300,
             max_output: 4 * 1024 * 1024,
             max_concurrent: 64,
+            heartbeat_interval: 2,
+            self_services: ["service-mgr-agentd", "service-mgr-agent", "service_mgr_agentd"]
+                .map(String::from)
+                .to_vec(),
         }
     }
 }

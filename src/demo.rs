@@ -8,7 +8,7 @@ use crate::client::{self, to_json_pretty};
 use crate::config::{AgentConfig, ManagerConfig};
 use crate::exit::Exit;
 use crate::logging::{self, LogTarget};
-use crate::runtime::Control;
+use crate::runtime::{self, Control};
 use crate::{agent, host::HostInfo, manager, mgmt};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -47,7 +47,9 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
     let mstop = mcontrol.handle();
     let mlog = log.clone();
     let mpath = mready.clone();
-    let mthread = thread::spawn(move || manager::run(&mcfg, &mcontrol, &mlog, Some(&mpath)));
+    let mthread = thread::spawn(move || {
+        manager::run(&mcfg, &mcontrol, &mlog, &mut |doc| runtime::write_ready_file(&mpath, doc))
+    });
     let m = wait_ready(&mready, &mthread)?;
     let ep = |k: &str| m[k].as_str().unwrap_or_default().to_owned();
 
@@ -64,10 +66,12 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
     let astop = acontrol.handle();
     let alog = log.clone();
     let apath = aready.clone();
-    let athread = thread::spawn(move || agent::run(&acfg, &acontrol, &alog, Some(&apath)));
+    let athread = thread::spawn(move || {
+        agent::run(&acfg, &acontrol, &alog, &mut |doc| runtime::write_ready_file(&apath, doc))
+    });
     let result = (|| {
         wait_ready(&aready, &athread)?;
-        wait_subscribed(&ep("mgmt_endpoint"), &node)?;
+        wait_registered(&ep("mgmt_endpoint"), &node)?;
         eprintln!(
             "demo: manager at {}, agent {node:?}; asking for `{} {service}` ...",
             ep("frontend_endpoint"),
@@ -75,10 +79,8 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
         );
         let req = client::Request {
             endpoint: ep("frontend_endpoint"),
-            topic: node.clone(),
-            cmd: args.cmd.clone(),
-            service: service.to_owned(),
-            wait: Duration::from_secs(30),
+            request: crate::protocol::ServiceRequest::new(&args.cmd, service, &node),
+            wait: Some(Duration::from_secs(30)),
             retries: 3,
             timeout: Duration::from_secs(1),
             expect: Some(vec![node.clone()]),
@@ -128,16 +130,16 @@ fn wait_ready(path: &Path, thread: &thread::JoinHandle<Result<()>>) -> Result<Va
     bail!("a demo daemon did not start within 10 s")
 }
 
-/// A request published before the agent's subscription arrives would be lost;
-/// wait until the manager has seen it.
-fn wait_subscribed(mgmt_endpoint: &str, node: &str) -> Result<()> {
+/// The manager dispatches only to agents it knows; wait until ours said hello.
+fn wait_registered(mgmt_endpoint: &str, node: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        let status = mgmt::call(mgmt_endpoint, crate::protocol::MANAGER_STATUS, Duration::from_secs(1), 1)?;
-        if status["result"]["subscriptions"][node].as_u64().unwrap_or(0) > 0 {
+        let agents = mgmt::call(mgmt_endpoint, crate::protocol::MANAGER_AGENTS, Duration::from_secs(1), 1)?;
+        let up = agents["result"].as_array().into_iter().flatten();
+        if up.into_iter().any(|a| a["node"] == node && a["state"] == "up") {
             return Ok(());
         }
         thread::sleep(Duration::from_millis(5));
     }
-    bail!("the demo agent did not subscribe within 10 s")
+    bail!("the demo agent did not register within 10 s")
 }

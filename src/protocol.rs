@@ -30,6 +30,10 @@ pub const MAX_FRAMES: usize = 16;
 /// Management commands of the manager.
 pub const MANAGER_STATUS: &str = "manager.status";
 pub const MANAGER_SHUTDOWN: &str = "manager.shutdown";
+/// Ours: the agent registry, recent jobs, one job.
+pub const MANAGER_AGENTS: &str = "manager.agents";
+pub const MANAGER_JOBS: &str = "manager.jobs";
+pub const MANAGER_JOB: &str = "manager.job";
 /// Management commands of the agent.
 pub const AGENT_STATUS: &str = "agent.status";
 pub const AGENT_SHUTDOWN: &str = "agent.shutdown";
@@ -145,7 +149,10 @@ impl ErrorReply {
 /// ```json
 /// {"cmd": "status", "service": "sshd", "topic": "FreeBSD"}
 /// ```
-/// Ours may add `"v": 2`; the manager copies the request to the agents.
+/// Ours adds `"v": 2` and may narrow the target: `"nodes": ["web1", "web2"]`
+/// (exactly these nodes), `"glob": "web*"` (registered nodes whose name
+/// matches), each combined with `topic` (which then defaults to `any`).
+/// `"dry_run": true` asks which nodes would answer without running anything.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ServiceRequest {
     pub cmd: String,
@@ -153,16 +160,59 @@ pub struct ServiceRequest {
     pub topic: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub glob: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl ServiceRequest {
+    /// A plain request to a topic.
+    pub fn new(cmd: &str, service: &str, topic: &str) -> Self {
+        ServiceRequest {
+            cmd: cmd.to_owned(),
+            service: service.to_owned(),
+            topic: topic.to_owned(),
+            v: Some(PROTOCOL_VERSION),
+            nodes: None,
+            glob: None,
+            dry_run: false,
+        }
+    }
+
     /// Read a request from an untrusted frontend frame; every field is checked
     /// for presence and type, so a bad request is answered and never crashes.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let m = decode_object(bytes, REQUEST_LIMIT)?;
         let cmd = req_str(&m, "cmd")?;
         let service = req_str(&m, "service")?;
-        let topic = req_str(&m, "topic")?;
+        let nodes = match m.get("nodes") {
+            None | Some(Value::Null) => None,
+            Some(Value::Array(items)) => Some(
+                items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_owned))
+                    .collect::<Option<Vec<_>>>()
+                    .ok_or(DecodeError::WrongType {
+                        field: "nodes",
+                        expected: "a list of strings",
+                    })?,
+            ),
+            Some(_) => {
+                return Err(DecodeError::WrongType {
+                    field: "nodes",
+                    expected: "a list of strings",
+                })
+            }
+        };
+        let glob = opt_str(&m, "glob")?.map(str::to_owned);
+        let topic = match opt_str(&m, "topic")? {
+            Some(t) => t.to_owned(),
+            None if nodes.is_some() || glob.is_some() => TOPIC_ANY.to_owned(),
+            None => return Err(DecodeError::Missing("topic")),
+        };
         let v = match m.get("v") {
             None | Some(Value::Null) => None,
             Some(Value::Number(n)) => n.as_u64(),
@@ -173,11 +223,24 @@ impl ServiceRequest {
                 })
             }
         };
+        let dry_run = match m.get("dry_run") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => {
+                return Err(DecodeError::WrongType {
+                    field: "dry_run",
+                    expected: "true or false",
+                })
+            }
+        };
         Ok(ServiceRequest {
             cmd: cmd.to_owned(),
             service: service.to_owned(),
-            topic: topic.to_owned(),
+            topic,
             v,
+            nodes,
+            glob,
+            dry_run,
         })
     }
 }
@@ -197,6 +260,10 @@ pub struct Accepted {
     pub v: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected: Option<Vec<String>>,
+    /// Subscribers to the topic that are not registered agents (0.1 agents):
+    /// they may answer too, and the client waits for that many extra answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unregistered: Option<usize>,
 }
 
 /// A request as the manager publishes it on the backend, second frame after the topic.
@@ -336,9 +403,66 @@ pub struct ResultMsg {
     pub duration_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// For `status`: what the answer means for the service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ServiceState>,
+}
+
+/// What a `status` answer says about the service, from LSB init-script exit
+/// codes (0 running, 1-3 not running, 4 unknown) and systemctl's (3 inactive,
+/// 4 no such unit), and the messages of service(8) for names it does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceState {
+    Running,
+    Stopped,
+    UnknownService,
+    Error,
+}
+
+impl ServiceState {
+    /// Classify a status command's exit code and output. A service that does
+    /// not exist is never "running", whatever the exit code says.
+    pub fn from_status(returncode: i64, stdout: &str, stderr: &str) -> ServiceState {
+        const UNKNOWN: [&str; 6] = [
+            "unrecognized service",
+            "does not exist",
+            "could not be found",
+            "not-found",
+            "no such service",
+            "unknown service",
+        ];
+        let text = format!("{stdout}\n{stderr}").to_ascii_lowercase();
+        if UNKNOWN.iter().any(|m| text.contains(m)) {
+            return ServiceState::UnknownService;
+        }
+        match returncode {
+            0 => ServiceState::Running,
+            1..=3 => ServiceState::Stopped,
+            4 => ServiceState::UnknownService,
+            _ => ServiceState::Error,
+        }
+    }
 }
 
 impl ResultMsg {
+    /// A result that the manager or client writes for a node that did not answer.
+    pub fn no_response(uuid: &str, node: &str, why: &str) -> ResultMsg {
+        ResultMsg {
+            msg: why.to_owned(),
+            success: Some(-1),
+            result: None,
+            uuid: Some(uuid.to_owned()),
+            v: Some(PROTOCOL_VERSION),
+            node: Some(node.to_owned()),
+            status: Some(Status::NoResponse),
+            cmd: None,
+            duration_ms: None,
+            truncated: false,
+            state: None,
+        }
+    }
+
     /// The node that produced this result, from wherever the sender put it.
     pub fn node(&self) -> Option<&str> {
         self.node
@@ -359,16 +483,38 @@ impl ResultMsg {
 }
 
 /// Management request (REQ -> REP): `{"cmd": "manager.status"}`.
+/// `manager.job` takes `"uuid"`, `manager.jobs` an optional `"limit"`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MgmtRequest {
     pub cmd: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
 }
 
 impl MgmtRequest {
+    pub fn new(cmd: &str) -> Self {
+        MgmtRequest {
+            cmd: cmd.to_owned(),
+            uuid: None,
+            limit: None,
+        }
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let m = decode_object(bytes, REQUEST_LIMIT)?;
+        let limit = match m.get("limit") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().ok_or(DecodeError::WrongType {
+                field: "limit",
+                expected: "a non-negative integer",
+            })? as usize),
+        };
         Ok(MgmtRequest {
             cmd: req_str(&m, "cmd")?.to_owned(),
+            uuid: opt_str(&m, "uuid")?.map(str::to_owned),
+            limit,
         })
     }
 }
@@ -420,6 +566,96 @@ pub fn valid_topic(s: &str) -> bool {
         && s.len() <= 255
         && s.bytes().all(|b| b.is_ascii_graphic() && b != b',')
         && !s.starts_with('-')
+        && !s.starts_with('!')
+}
+
+/// The prefix of the agent's presence subscription, `!presence/<instance>`.
+/// No request is ever published on it: when the agent's connection drops,
+/// libzmq reports its unsubscription, so the manager learns at once that the
+/// agent is gone instead of waiting for missed heartbeats.
+pub const PRESENCE_PREFIX: &str = "!presence/";
+
+/// What an agent says about itself on the sink (ours only; 0.1 agents are silent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AnnounceKind {
+    /// First message after start.
+    #[serde(rename = "agent.hello")]
+    Hello,
+    /// Every `interval_ms`; carries everything a hello does, so a restarted
+    /// manager learns the agent from the next heartbeat.
+    #[serde(rename = "agent.heartbeat")]
+    Heartbeat,
+    /// A clean stop.
+    #[serde(rename = "agent.bye")]
+    Bye,
+}
+
+/// An agent's announcement on the sink.
+///
+/// ```json
+/// {"type": "agent.hello", "v": 2, "node": "web1", "instance": "6f1c...",
+///  "system": "Linux", "release": "6.1.0", "os_version": "#1 SMP ...",
+///  "topics": ["Linux", "any", "web", "web1"], "agent_version": "0.2.0",
+///  "started_ms": 1764294000000, "interval_ms": 2000, "running": 0}
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Announce {
+    #[serde(rename = "type")]
+    pub kind: AnnounceKind,
+    pub v: u64,
+    pub node: String,
+    /// Unique per agent process; ties the announcement to its presence subscription.
+    pub instance: String,
+    pub system: String,
+    pub release: String,
+    pub os_version: String,
+    pub topics: Vec<String>,
+    pub agent_version: String,
+    pub started_ms: u64,
+    pub interval_ms: u64,
+    #[serde(default)]
+    pub running: usize,
+}
+
+/// A message on the sink: an agent's announcement or a result.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkMessage {
+    Announce(Announce),
+    /// A result, kept as received (it is republished unchanged), with the
+    /// fields the manager routes by.
+    Result {
+        uuid: String,
+        node: Option<String>,
+        status: Status,
+    },
+}
+
+impl SinkMessage {
+    pub fn decode(bytes: &[u8]) -> Result<SinkMessage, DecodeError> {
+        let m = decode_object(bytes, RESULT_LIMIT)?;
+        if let Some(kind) = opt_str(&m, "type")? {
+            if kind.starts_with("agent.") {
+                let a: Announce = serde_json::from_value(Value::Object(m))
+                    .map_err(|e| DecodeError::Invalid(format!("bad agent announcement: {e}")))?;
+                return Ok(SinkMessage::Announce(a));
+            }
+        }
+        let uuid = req_str(&m, "uuid")?.to_owned();
+        let node = m
+            .get("node")
+            .or_else(|| m.get("result").and_then(|r| r.get("node")))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        // Derive the status the way ResultMsg does, without requiring its full shape.
+        let status = match m.get("status").cloned().map(serde_json::from_value::<Status>) {
+            Some(Ok(s)) => s,
+            _ => match m.get("result").and_then(|r| r.get("returncode")).and_then(Value::as_i64) {
+                Some(0) => Status::Ok,
+                _ => Status::Failed,
+            },
+        };
+        Ok(SinkMessage::Result { uuid, node, status })
+    }
 }
 
 /// Why a service name or command is refused before anything runs.
@@ -477,10 +713,7 @@ mod tests {
         assert_eq!(r.topic, "FreeBSD");
         assert_eq!(r.v, None);
         // What we send is exactly 0.1's object plus `v`.
-        let ours = ServiceRequest {
-            v: Some(PROTOCOL_VERSION),
-            ..r.clone()
-        };
+        let ours = ServiceRequest::new("status", "sshd", "FreeBSD");
         assert_eq!(
             serde_json::to_value(&ours).unwrap(),
             json!({"cmd": "status", "service": "sshd", "topic": "FreeBSD", "v": 2})
@@ -634,6 +867,7 @@ mod tests {
             cmd: Some("status".into()),
             duration_ms: Some(12),
             truncated: false,
+            state: Some(ServiceState::Stopped),
         };
         roundtrip(&r);
         let v = serde_json::to_value(&r).unwrap();
@@ -686,5 +920,65 @@ mod tests {
         for bad in ["", "-h", "STATUS", "st;op", "a b"] {
             assert!(check_command_word(bad).is_err(), "{bad:?}");
         }
+    }
+    #[test]
+    fn narrowed_targets_and_dry_run() {
+        let r = ServiceRequest::decode(br#"{"cmd": "restart", "service": "nginx", "nodes": ["web1", "web2"]}"#).unwrap();
+        assert_eq!(r.topic, "any");
+        assert_eq!(r.nodes.as_deref(), Some(&["web1".to_string(), "web2".to_string()][..]));
+        roundtrip(&r);
+        let r = ServiceRequest::decode(br#"{"cmd": "status", "service": "x", "topic": "Linux", "glob": "web*", "dry_run": true}"#).unwrap();
+        assert!(r.dry_run);
+        assert_eq!(r.glob.as_deref(), Some("web*"));
+        roundtrip(&r);
+        let err = ServiceRequest::decode(br#"{"cmd": "status", "service": "x", "nodes": [1]}"#).unwrap_err();
+        assert!(err.to_string().contains("`nodes`"));
+    }
+
+    #[test]
+    fn announcements_and_results_on_the_sink() {
+        let a = Announce {
+            kind: AnnounceKind::Hello,
+            v: 2,
+            node: "web1".into(),
+            instance: "i1".into(),
+            system: "Linux".into(),
+            release: "6.1".into(),
+            os_version: "#1".into(),
+            topics: vec!["any".into(), "web1".into()],
+            agent_version: "0.2.0".into(),
+            started_ms: 1,
+            interval_ms: 2000,
+            running: 0,
+        };
+        roundtrip(&a);
+        assert_eq!(serde_json::to_value(&a).unwrap()["type"], "agent.hello");
+        assert_eq!(SinkMessage::decode(&encode(&a)).unwrap(), SinkMessage::Announce(a));
+        match SinkMessage::decode(GOLDEN_01_RESULT.as_bytes()).unwrap() {
+            SinkMessage::Result { uuid, node, status } => {
+                assert_eq!(uuid, "f569796669df4bf6982dd14c704900a0");
+                assert_eq!(node.as_deref(), Some("fbsd-dev"));
+                assert_eq!(status, Status::Ok);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(SinkMessage::decode(br#"{"msg": "x"}"#).unwrap_err().to_string().contains("uuid"));
+        assert!(SinkMessage::decode(br#"{"type": "agent.hello"}"#).is_err());
+    }
+
+    #[test]
+    fn status_answers_map_to_states() {
+        use ServiceState::*;
+        assert_eq!(ServiceState::from_status(0, "sshd is running as pid 1768.\n", ""), Running);
+        assert_eq!(ServiceState::from_status(3, "", ""), Stopped);
+        assert_eq!(ServiceState::from_status(1, "", "dummy: unrecognized service\n"), UnknownService);
+        assert_eq!(
+            ServiceState::from_status(1, "dummy does not exist in /etc/rc.d or the local startup\n", ""),
+            UnknownService
+        );
+        assert_eq!(ServiceState::from_status(4, "Unit x.service could not be found.", ""), UnknownService);
+        // Exit 0 with "not found" text is still not "running".
+        assert_eq!(ServiceState::from_status(0, "", "Unit foo.service could not be found."), UnknownService);
+        assert_eq!(ServiceState::from_status(150, "", ""), Error);
     }
 }

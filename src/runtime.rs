@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+/// Called by a role once its sockets are bound, with the bound endpoints as
+/// JSON: writes the ready file, tells a waiting parent that detaching worked.
+pub type OnReady<'a> = &'a mut dyn FnMut(&serde_json::Value) -> Result<()>;
+
 /// The loop's side of the shutdown input: a file descriptor to put into
 /// `zmq::poll` and the flags that say what woke it.
 pub struct Control {
@@ -175,11 +179,72 @@ impl Drop for PidFile {
     }
 }
 
-/// Detach from the terminal (fork, setsid, chdir /, stdio to /dev/null).
+/// The detached child's line back to the parent that is still waiting on the
+/// terminal: "ok" once the sockets are bound, or the error that stopped it.
+pub struct Detached {
+    pipe: Option<File>,
+}
+
+impl Detached {
+    pub fn ready(&mut self) {
+        if let Some(mut p) = self.pipe.take() {
+            let _ = p.write_all(b"ok");
+        }
+    }
+
+    pub fn failed(&mut self, msg: &str) {
+        if let Some(mut p) = self.pipe.take() {
+            let _ = p.write_all(msg.as_bytes());
+        }
+    }
+}
+
+/// Detach from the terminal: fork, setsid, chdir /, stdio to /dev/null.
+/// The parent stays until the child calls `ready` (exit 0) or `failed` or
+/// dies (the error on stderr, exit 1), so a daemon that cannot bind its
+/// ports does not report success to its init script.
 /// Must run before any thread or zmq context exists.
-pub fn detach() -> Result<()> {
-    nix::unistd::daemon(false, false).context("cannot detach (daemon(3) failed)")?;
-    Ok(())
+pub fn detach(program: &str, logfile: Option<&Path>) -> Result<Detached> {
+    use nix::unistd::{fork, setsid, ForkResult};
+    let (read_end, write_end) = nix::unistd::pipe().context("cannot create a pipe")?;
+    // SAFETY: no other thread exists yet (documented precondition).
+    match unsafe { fork() }.context("cannot fork")? {
+        ForkResult::Parent { .. } => {
+            drop(write_end);
+            let mut answer = String::new();
+            let _ = File::from(read_end).read_to_string(&mut answer);
+            if answer == "ok" {
+                std::process::exit(0);
+            }
+            if answer.is_empty() {
+                let log = logfile.map(|l| format!("; see {}", l.display())).unwrap_or_default();
+                answer = format!("the daemon exited while starting{log}");
+            }
+            eprintln!("{program}: error: {answer}");
+            std::process::exit(1);
+        }
+        ForkResult::Child => {
+            drop(read_end);
+            setsid().context("setsid failed")?;
+            std::env::set_current_dir("/")?;
+            let null = OpenOptions::new().read(true).write(true).open("/dev/null")?;
+            for fd in 0..=2 {
+                // SAFETY: dup2 onto the standard descriptors of this process.
+                unsafe { libc::dup2(null.as_raw_fd(), fd) };
+            }
+            Ok(Detached {
+                pipe: Some(File::from(write_end)),
+            })
+        }
+    }
+}
+
+/// Write the ready document atomically (tests and scripts poll for the file).
+pub fn write_ready_file(path: &Path, doc: &serde_json::Value) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(doc)?)
+        .and_then(|_| std::fs::rename(&tmp, path))
+        .with_context(|| format!("cannot write ready file {}", path.display()))
 }
 
 #[cfg(test)]

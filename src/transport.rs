@@ -84,6 +84,16 @@ pub fn poll(items: &mut [zmq::PollItem], timeout_ms: i64) -> Result<i32> {
     }
 }
 
+/// ZMTP heartbeats: a peer that stops answering (a cut cable sends no FIN)
+/// has its connection dropped within seconds; libzmq then reconnects or,
+/// on the manager, ends the peer's subscriptions.
+pub fn set_heartbeats(s: &zmq::Socket) -> Result<()> {
+    s.set_heartbeat_ivl(1000)?;
+    s.set_heartbeat_timeout(3000)?;
+    s.set_heartbeat_ttl(3000)?;
+    Ok(())
+}
+
 /// Set ZMQ_XPUB_MANUAL, which the zmq crate does not wrap: the manager then
 /// decides what each subscriber is subscribed to (exact topic matching).
 pub fn set_xpub_manual(s: &mut zmq::Socket) -> Result<()> {

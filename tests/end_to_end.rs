@@ -2,20 +2,26 @@
 
 use crate::util::*;
 use serde_json::Value;
+use std::time::{Duration, Instant};
 
-fn nodes(v: &Value) -> Vec<String> {
-    let mut n: Vec<String> = v
+/// (node, status) of every entry of a client document, sorted by node.
+fn outcome(doc: &Value) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = doc["results"]
         .as_array()
-        .unwrap()
+        .unwrap_or_else(|| panic!("no results in {doc}"))
         .iter()
-        .map(|r| r["result"]["node"].as_str().or(r["node"].as_str()).unwrap().to_owned())
+        .map(|r| (r["node"].as_str().unwrap().to_owned(), r["status"].as_str().unwrap().to_owned()))
         .collect();
-    n.sort();
-    n
+    v.sort();
+    v
+}
+
+fn oks(nodes: &[&str]) -> Vec<(String, String)> {
+    nodes.iter().map(|n| (n.to_string(), "ok".to_string())).collect()
 }
 
 #[test]
-fn status_reaches_exactly_the_topic() {
+fn status_reaches_exactly_the_topic_and_returns_without_waiting() {
     with_timeout(60, || {
         let dir = tempfile::tempdir().unwrap();
         let fake = fake_service(dir.path());
@@ -23,29 +29,56 @@ fn status_reaches_exactly_the_topic() {
         let _a1 = agent(&mgr, "web1", &fake, &["--topics", "web"]);
         let _a10 = agent(&mgr, "web10", &fake, &["--topics", "web"]);
         let _db = agent(&mgr, "db1", &fake, &["--topics", "db"]);
+        let started = Instant::now();
         // Exact topic: web1 never runs web10's request.
-        let (_, v) = client(&mgr, "web10", "status", "nginx", &["-w", "5"]);
-        assert_eq!(nodes(&v), ["web10"]);
-        let (_, v) = client(&mgr, "web", "status", "nginx", &["-w", "5"]);
-        assert_eq!(nodes(&v), ["web1", "web10"]);
-        let (_, v) = client(&mgr, "any", "status", "nginx", &["-w", "5"]);
-        assert_eq!(nodes(&v), ["db1", "web1", "web10"]);
-        // A prefix of a topic reaches no one.
-        let (_, v) = client(&mgr, "we", "status", "nginx", &["-w", "0.5"]);
-        assert_eq!(nodes(&v), Vec::<String>::new());
-        let r = &v.as_array().map(|_| ()).is_some();
-        assert!(r);
+        let (out, doc) = client(&mgr, "web10", "status", "nginx", &[]);
+        assert_eq!(outcome(&doc), oks(&["web10"]));
+        assert_eq!(doc["expected"], serde_json::json!(["web10"]));
+        assert_eq!(out.status.code(), Some(0));
+        let (_, doc) = client(&mgr, "web", "status", "nginx", &[]);
+        assert_eq!(outcome(&doc), oks(&["web1", "web10"]));
+        let (_, doc) = client(&mgr, "any", "status", "nginx", &[]);
+        assert_eq!(outcome(&doc), oks(&["db1", "web1", "web10"]));
+        assert_eq!(doc["summary"]["answered"], 3);
+        // The default -w is 60 s: these returned because every expected node answered.
+        assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+        // A prefix of a topic reaches no one, and says so with exit 4 and the job id.
+        let (out, doc) = client(&mgr, "we", "status", "nginx", &[]);
+        assert_eq!(out.status.code(), Some(4));
+        assert!(doc["job"].as_str().unwrap().len() == 32);
+        assert_eq!(doc["results"], serde_json::json!([]));
     });
 }
 
 #[test]
-fn result_has_the_01_shape() {
+fn nodes_lists_globs_and_unknown_nodes() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        let _a = ["web1", "web2", "web10", "db1"].map(|n| agent(&mgr, n, &fake, &["--topics", "grp"]));
+        let (_, doc) = client_args(&mgr, &["-N", "web1,db1", "-c", "status", "-s", "x"]);
+        assert_eq!(outcome(&doc), oks(&["db1", "web1"]));
+        let (_, doc) = client_args(&mgr, &["-G", "web?", "-c", "status", "-s", "x"]);
+        assert_eq!(outcome(&doc), oks(&["web1", "web2"]));
+        let (_, doc) = client_args(&mgr, &["-T", "grp", "-G", "web*", "-N", "web10,db1", "-c", "status", "-s", "x"]);
+        assert_eq!(outcome(&doc), oks(&["web10"]));
+        // A named node that does not exist is reported, not silently dropped.
+        let (out, doc) = client_args(&mgr, &["-N", "web1,ghost", "-c", "status", "-s", "x", "-w", "1"]);
+        assert_eq!(outcome(&doc), [("ghost".into(), "no_response".into()), ("web1".into(), "ok".into())]);
+        assert_eq!(out.status.code(), Some(4));
+    });
+}
+
+#[test]
+fn result_has_the_01_shape_and_a_state() {
     with_timeout(60, || {
         let dir = tempfile::tempdir().unwrap();
         let fake = fake_service(dir.path());
         let mgr = manager(&[]);
         let _a = agent(&mgr, "n1", &fake, &[]);
-        let (_, v) = client(&mgr, "n1", "status", "stopped-svc", &["-w", "5"]);
+        let (out, v) = client(&mgr, "n1", "status", "stopped-svc", &["--format", "legacy"]);
+        assert_eq!(out.status.code(), Some(3), "a stopped service is not ok");
         let r = &v[0];
         assert_eq!(r["msg"], "Executed service status request");
         assert!(r["uuid"].as_str().unwrap().len() == 32);
@@ -56,6 +89,7 @@ fn result_has_the_01_shape() {
         assert_eq!(res["stdout"], "stopped-svc is not running\n");
         assert_eq!(res["stderr"], "");
         assert!(res["system"].is_string() && res["version"].is_string());
+        assert_eq!(r["state"], "stopped");
         assert_eq!(calls(dir.path()), ["stopped-svc status"]);
     });
 }
@@ -67,21 +101,172 @@ fn hostile_names_and_commands_run_nothing() {
         let fake = fake_service(dir.path());
         let mgr = manager(&[]);
         let _a = agent(&mgr, "n1", &fake, &[]);
-        for (cmd, svc) in [("status", "../x"), ("status", "-h"), ("status", "a;b"), ("rm", "sshd")] {
-            let ep = mgr.ep("frontend_endpoint");
-            let out = run(&["client", "-e", &ep, "-T", "n1", "-c", cmd, "-s", svc, "-w", "1"]);
-            // The manager refuses before dispatching: a clear error, non-zero exit.
+        for svc in ["../x", "-h", "a;b", ""] {
+            let (out, _) = client_raw(&mgr, &["-T", "n1", "-c", "status", "-s", svc]);
+            // The manager refuses before dispatching: a clear error, exit 1.
             let err = String::from_utf8_lossy(&out.stderr);
-            if cmd == "rm" {
-                // A well-formed word the agent does not allow: refused by the agent.
-                let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-                assert_eq!(v[0]["status"], "refused", "{v}");
-                assert!(v[0]["msg"].as_str().unwrap().contains("not allowed"));
-            } else {
-                assert_eq!(out.status.code(), Some(1), "{svc}: {err}");
-                assert!(err.contains("service name"), "{err}");
+            assert_eq!(out.status.code(), Some(1), "{svc}: {err}");
+            assert!(err.contains("service name"), "{err}");
+        }
+        // A well-formed command word the agent does not allow: refused by the agent.
+        let (out, doc) = client(&mgr, "n1", "rm", "sshd", &[]);
+        assert_eq!(out.status.code(), Some(3));
+        assert_eq!(doc["results"][0]["status"], "refused", "{doc}");
+        assert!(doc["results"][0]["msg"].as_str().unwrap().contains("not allowed"));
+        assert!(calls(dir.path()).is_empty(), "something ran: {:?}", calls(dir.path()));
+    });
+}
+
+#[test]
+fn killed_agent_is_reported_as_no_response_within_seconds() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        let _ok = agent(&mgr, "fine", &fake, &[]);
+        let mut victim = agent(&mgr, "victim", &fake, &[]);
+        let ep = mgr.ep("frontend_endpoint");
+        let started = Instant::now();
+        let child = std::process::Command::new(bin())
+            .args(["client", "-e", &ep, "-N", "victim", "-c", "start", "-s", "slow-svc"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Wait until the victim runs the command, then kill -9 it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while calls(dir.path()).is_empty() {
+            assert!(Instant::now() < deadline, "the agents never ran the command");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        unsafe { libc::kill(victim.pid(), libc::SIGKILL) };
+        victim.wait_exit(5);
+        // The client reports the victim as soon as the manager notices; it does not hang.
+        let out = child.wait_with_output().unwrap();
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let victim_entry = doc["results"].as_array().unwrap().iter().find(|r| r["node"] == "victim").unwrap().clone();
+        assert_eq!(victim_entry["status"], "no_response", "{doc}");
+        assert!(victim_entry["msg"].as_str().unwrap().contains("connection dropped"), "{victim_entry}");
+        assert_eq!(out.status.code(), Some(4));
+        // Its command would have run 30 s; the verdict came within seconds.
+        assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+    });
+}
+
+#[test]
+fn manager_restart_agents_come_back_by_themselves() {
+    with_timeout(90, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mut mgr = manager(&[]);
+        let endpoints: Vec<String> = ["frontend_endpoint", "backend_endpoint", "sink_endpoint", "mgmt_endpoint"]
+            .iter()
+            .map(|k| format!("{k}={}", mgr.ep(k)))
+            .collect();
+        let _a = agent(&mgr, "n1", &fake, &[]);
+        let _b = agent(&mgr, "n2", &fake, &[]);
+        assert_eq!(mgr.signal_and_wait(libc::SIGTERM, 10).code(), Some(0));
+        // Same ports again, so the agents' connections find it.
+        let mut args = vec!["daemon", "-D", "-f", "/dev/null"];
+        for e in &endpoints {
+            args.extend(["-O", e]);
+        }
+        let mgr2 = spawn_ready(&args);
+        wait_registered(&mgr2, "n1");
+        wait_registered(&mgr2, "n2");
+        let (_, doc) = client(&mgr2, "any", "status", "x", &[]);
+        assert_eq!(outcome(&doc), oks(&["n1", "n2"]));
+    });
+}
+
+#[test]
+fn rolling_restart_in_batches_with_fail_fast() {
+    with_timeout(90, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        let _a = ["w1", "w2", "w3", "w4", "w5"].map(|n| agent(&mgr, n, &fake, &["--topics", "web"]));
+        let (out, doc) = client_args(&mgr, &["-T", "web", "-c", "restart", "-s", "nginx", "--batch", "2"]);
+        assert_eq!(out.status.code(), Some(0), "{doc}");
+        assert_eq!(doc["jobs"].as_array().unwrap().len(), 3);
+        assert_eq!(outcome(&doc), oks(&["w1", "w2", "w3", "w4", "w5"]));
+        // The calls came in batches: never more than 2 nodes in one job.
+        assert_eq!(calls(dir.path()).len(), 5);
+        // fail-fast: the first batch fails, the rest is skipped and reported.
+        let (out, doc) = client_args(&mgr, &["-T", "web", "-c", "restart", "-s", "fail-svc", "--batch", "40%", "--fail-fast"]);
+        assert_eq!(out.status.code(), Some(3));
+        let o = outcome(&doc);
+        assert_eq!(o.iter().filter(|(_, s)| s == "failed").count(), 2, "{o:?}");
+        assert_eq!(o.iter().filter(|(_, s)| s == "skipped").count(), 3, "{o:?}");
+    });
+}
+
+#[test]
+fn a_later_client_can_follow_a_job() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        let _a = agent(&mgr, "n1", &fake, &[]);
+        let _b = agent(&mgr, "n2", &fake, &[]);
+        let (_, doc) = client(&mgr, "any", "status", "x", &[]);
+        let job = doc["job"].as_str().unwrap().to_owned();
+        let (out, again) = client_args(&mgr, &["--job", &job]);
+        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(outcome(&again), oks(&["n1", "n2"]));
+        assert_eq!(again["job"], job.as_str());
+        let listed = mgmt(&mgr.ep("mgmt_endpoint"), "manager.jobs");
+        assert_eq!(listed["result"][0]["uuid"], job.as_str(), "{listed}");
+    });
+}
+
+#[test]
+fn restarting_the_agents_own_service_answers_first() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        let _a = agent(&mgr, "n1", &fake, &[]);
+        let (out, doc) = client(&mgr, "n1", "restart", "service-mgr-agentd", &[]);
+        assert_eq!(out.status.code(), Some(0), "{doc}");
+        assert!(doc["results"][0]["msg"].as_str().unwrap().contains("Scheduled"), "{doc}");
+        // The command itself runs a moment after the answer.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while calls(dir.path()).is_empty() {
+            assert!(Instant::now() < deadline, "the restart never ran");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(calls(dir.path()), ["service-mgr-agentd restart"]);
+    });
+}
+
+/// 1000 requests to 3 agents that answer at once, by a raw client that
+/// subscribes only after it has the job id (0.1's order): no result is lost.
+#[test]
+fn thousand_requests_lose_no_result() {
+    with_timeout(120, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("true");
+        std::os::unix::fs::symlink("/bin/true", &fake).unwrap();
+        let mgr = manager(&[]);
+        let _a = ["a1", "a2", "a3"].map(|n| agent(&mgr, n, &fake, &[]));
+        let ctx = zmq::Context::new();
+        let port_host = "tcp://127.0.0.1";
+        let mut received = 0;
+        for _ in 0..1000 {
+            let reply = req_raw(&mgr.ep("frontend_endpoint"), br#"{"cmd": "status", "service": "x", "topic": "any"}"#);
+            let acc: Value = serde_json::from_slice(&reply).unwrap();
+            let uuid = acc["uuid"].as_str().unwrap();
+            let sub = ctx.socket(zmq::SUB).unwrap();
+            sub.set_linger(0).unwrap();
+            sub.set_rcvtimeo(5000).unwrap();
+            sub.set_subscribe(uuid.as_bytes()).unwrap();
+            sub.connect(&format!("{port_host}:{}", acc["port"])).unwrap();
+            for _ in 0..3 {
+                let frames = sub.recv_multipart(0).expect("a result was lost");
+                assert_eq!(frames[0], uuid.as_bytes());
+                received += 1;
             }
         }
-        assert!(calls(dir.path()).is_empty(), "something ran: {:?}", calls(dir.path()));
+        assert_eq!(received, 3000);
     });
 }

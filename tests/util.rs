@@ -149,8 +149,31 @@ pub fn agent(mgr: &Proc, node: &str, service_command: &Path, extra: &[&str]) -> 
     ];
     args.extend_from_slice(extra);
     let p = spawn_ready(&args);
-    wait_subscribed(mgr, node);
+    wait_registered(mgr, node);
     p
+}
+
+/// Wait until the manager lists `node` as up (announced and subscribed).
+pub fn wait_registered(mgr: &Proc, node: &str) {
+    wait_agent_state(mgr, node, "up");
+}
+
+/// Wait until the manager lists `node` in `state` (up, lost, stopped).
+pub fn wait_agent_state(mgr: &Proc, node: &str, state: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let agents = mgmt(&mgr.ep("mgmt_endpoint"), "manager.agents");
+        let found = agents["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["node"] == node && a["state"] == state);
+        if found {
+            return;
+        }
+        assert!(Instant::now() < deadline, "agent {node} never became {state}: {agents}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 pub fn toml_str(s: &str) -> String {
@@ -232,10 +255,24 @@ pub fn run(args: &[&str]) -> Output {
 
 /// Run the client against `mgr` and parse its JSON output.
 pub fn client(mgr: &Proc, topic: &str, cmd: &str, service: &str, extra: &[&str]) -> (Output, Value) {
-    let ep = mgr.ep("frontend_endpoint");
-    let mut args = vec!["client", "-e", &ep, "-T", topic, "-c", cmd, "-s", service];
+    let mut args = vec!["-T", topic, "-c", cmd, "-s", service];
     args.extend_from_slice(extra);
-    let out = run(&args);
+    client_args(mgr, &args)
+}
+
+/// Run `service-mgr client -e <mgr> ARGS...` without parsing stdout.
+pub fn client_raw(mgr: &Proc, args: &[&str]) -> (Output, String) {
+    let ep = mgr.ep("frontend_endpoint");
+    let mut all = vec!["client", "-e", &ep];
+    all.extend_from_slice(args);
+    let out = run(&all);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (out, text)
+}
+
+/// Run `service-mgr client -e <mgr> ARGS...` and parse its JSON output.
+pub fn client_args(mgr: &Proc, args: &[&str]) -> (Output, Value) {
+    let (out, _) = client_raw(mgr, args);
     let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "client output is not JSON ({e}):\nstdout: {}\nstderr: {}",

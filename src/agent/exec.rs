@@ -134,6 +134,28 @@ pub fn run(backend: &Backend, service: &str, cmd: &str, timeout: Duration, max_o
     })
 }
 
+/// Start `service cmd` in a new session after `delay`, not waiting for it:
+/// for commands that stop or restart the agent itself.
+pub fn spawn_detached(backend: &Backend, service: &str, cmd: &str, delay: Duration) -> std::io::Result<()> {
+    let mut command = backend.command(service, cmd);
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    // SAFETY: setsid(2) is async-signal-safe; it detaches the child from our
+    // session so that the agent's stop does not take it down.
+    unsafe {
+        command.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    thread::spawn(move || {
+        thread::sleep(delay);
+        if let Ok(mut child) = command.spawn() {
+            let _ = child.wait();
+        }
+    });
+    Ok(())
+}
+
 /// A reader thread that keeps the first `cap` bytes of a pipe and discards the
 /// rest, so the child never blocks on a full pipe.
 struct Capture {

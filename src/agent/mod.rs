@@ -10,16 +10,15 @@ pub mod exec;
 
 use crate::config::AgentConfig;
 use crate::host::HostInfo;
-use crate::protocol::{self as p, Dispatch, ExecResult, MgmtReply, Output, ResultMsg, Status};
-use crate::runtime::Control;
+use crate::protocol::{self as p, Announce, AnnounceKind, Dispatch, ExecResult, MgmtReply, Output, ResultMsg, ServiceState, Status};
+use crate::runtime::{Control, OnReady};
 use crate::transport::{self, try_recv};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use exec::Backend;
 use serde::Serialize;
 use serde_json::json;
 use slog::{debug, error, info, warn, Logger};
 use std::collections::BTreeSet;
-use std::path::Path;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -62,7 +61,7 @@ impl Identity {
 }
 
 /// Run the agent until `control` says stop or `agent.shutdown` arrives.
-pub fn run(config: &AgentConfig, control: &Control, log: &Logger, ready_file: Option<&Path>) -> Result<()> {
+pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnReady) -> Result<()> {
     let host = HostInfo::read();
     let me = Identity::new(config, &host)?;
     let backend = Backend::resolve(config);
@@ -71,16 +70,21 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, ready_file: Op
         None => warn!(log, "no service manager found (service, systemctl, rc-service); every request will fail"),
     }
     let ctx = zmq::Context::new();
+    let instance = uuid::Uuid::new_v4().simple().to_string();
     let sub = transport::socket(&ctx, zmq::SUB)?;
     sub.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
+    transport::set_heartbeats(&sub)?;
     for t in &me.topics {
         sub.set_subscribe(t.as_bytes())?;
     }
+    // Never published on: its unsubscription tells the manager we are gone.
+    sub.set_subscribe(format!("{}{instance}", p::PRESENCE_PREFIX).as_bytes())?;
     transport::connect(&sub, &config.manager_endpoint, "manager_endpoint")?;
     let push = transport::socket(&ctx, zmq::PUSH)?;
     push.set_sndhwm(100_000)?;
     // Results queued when we stop still reach the manager.
     push.set_linger(5000)?;
+    transport::set_heartbeats(&push)?;
     transport::connect(&push, &config.sink_endpoint, "sink_endpoint")?;
     let mgmt = transport::socket(&ctx, zmq::REP)?;
     mgmt.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
@@ -88,14 +92,8 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, ready_file: Op
     let inbox_endpoint = format!("inproc://agent-results-{}", uuid::Uuid::new_v4().simple());
     let inbox = transport::socket(&ctx, zmq::PULL)?;
     inbox.bind(&inbox_endpoint)?;
-    if let Some(path) = ready_file {
-        let doc = json!({"mgmt_endpoint": mgmt_endpoint, "node": me.node, "topics": me.topics,
-                         "pid": std::process::id()});
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?)
-            .and_then(|_| std::fs::rename(&tmp, path))
-            .with_context(|| format!("cannot write ready file {}", path.display()))?;
-    }
+    on_ready(&json!({"mgmt_endpoint": mgmt_endpoint, "node": me.node, "topics": me.topics,
+                     "pid": std::process::id()}))?;
     info!(log, "service manager agent started"; "node" => &me.node, "topics" => me.topics.join(","),
         "manager" => &config.manager_endpoint, "sink" => &config.sink_endpoint, "mgmt" => &mgmt_endpoint);
 
@@ -111,6 +109,8 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, ready_file: Op
         push,
         mgmt,
         inbox,
+        instance,
+        started_ms: crate::manager::registry::now_ms(),
         running: 0,
         stop: false,
     };
@@ -131,6 +131,8 @@ struct Agent<'a> {
     push: zmq::Socket,
     mgmt: zmq::Socket,
     inbox: zmq::Socket,
+    instance: String,
+    started_ms: u64,
     /// Requests whose worker has not yet handed back a result.
     running: usize,
     stop: bool,
@@ -138,6 +140,9 @@ struct Agent<'a> {
 
 impl Agent<'_> {
     fn serve(&mut self, control: &Control) -> Result<()> {
+        let interval = Duration::from_secs(self.config.heartbeat_interval.max(1));
+        self.announce(AnnounceKind::Hello);
+        let mut next_beat = Instant::now() + interval;
         while !self.stop {
             let mut items = [
                 self.sub.as_poll_item(zmq::POLLIN),
@@ -145,8 +150,13 @@ impl Agent<'_> {
                 self.inbox.as_poll_item(zmq::POLLIN),
                 zmq::PollItem::from_fd(control.fd(), zmq::POLLIN),
             ];
-            transport::poll(&mut items, 1000)?;
+            let wait = next_beat.saturating_duration_since(Instant::now());
+            transport::poll(&mut items, wait.as_millis() as i64)?;
             let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
+            if Instant::now() >= next_beat {
+                self.announce(AnnounceKind::Heartbeat);
+                next_beat = Instant::now() + interval;
+            }
             let wake = control.take();
             if wake.reopen_logs {
                 info!(self.log, "SIGHUP: log file reopened");
@@ -179,7 +189,28 @@ impl Agent<'_> {
         if self.running > 0 {
             warn!(self.log, "stopping with commands still running; their results are lost"; "running" => self.running);
         }
+        self.announce(AnnounceKind::Bye);
         Ok(())
+    }
+
+    /// Tell the manager who we are (hello, heartbeat) or that we leave (bye).
+    fn announce(&self, kind: AnnounceKind) {
+        let a = Announce {
+            kind,
+            v: p::PROTOCOL_VERSION,
+            node: self.me.node.clone(),
+            instance: self.instance.clone(),
+            system: self.me.system.clone(),
+            release: self.host.release.clone(),
+            os_version: self.me.version.clone(),
+            topics: self.me.topics.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_ms: self.started_ms,
+            interval_ms: self.config.heartbeat_interval.max(1) * 1000,
+            running: self.running,
+        };
+        // A full queue (manager away) only costs a heartbeat; the next one will do.
+        let _ = self.push.send(p::encode(&a), zmq::DONTWAIT);
     }
 
     fn forward_results(&mut self) {
@@ -230,6 +261,10 @@ impl Agent<'_> {
             self.send_result_frame(p::encode(&r));
             return;
         };
+        if self.config.self_services.contains(&req.service) && req.cmd != "status" {
+            self.run_on_self(&backend, &req);
+            return;
+        }
         info!(self.log, "running request"; "uuid" => &req.uuid, "service" => &req.service, "cmd" => &req.cmd);
         self.running += 1;
         let ctx = self.ctx.clone();
@@ -251,6 +286,31 @@ impl Agent<'_> {
                 error!(log, "worker could not hand back its result"; "uuid" => &req.uuid, "error" => %e);
             }
         });
+    }
+
+    /// `stop`/`restart` of the agent's own service would kill us before we
+    /// answer: answer first, then run the command detached a moment later.
+    fn run_on_self(&mut self, backend: &Backend, req: &Dispatch) {
+        let delay = Duration::from_secs(1);
+        let outcome = exec::spawn_detached(backend, &req.service, &req.cmd, delay);
+        let mut r = self.refusal(&req.uuid, Some(&req.cmd), String::new());
+        match outcome {
+            Ok(()) => {
+                r.msg = format!(
+                    "Scheduled service {} request: the agent's own service; it runs in {} s, after this answer",
+                    req.cmd,
+                    delay.as_secs()
+                );
+                r.success = None;
+                r.status = Some(Status::Ok);
+                info!(self.log, "own service command scheduled"; "uuid" => &req.uuid, "cmd" => &req.cmd);
+            }
+            Err(e) => {
+                r.msg = format!("cannot schedule {} of the agent's own service: {e}", req.cmd);
+                r.status = Some(Status::Failed);
+            }
+        }
+        self.send_result_frame(p::encode(&r));
     }
 
     /// The agent's own checks; it trusts neither the manager nor the client.
@@ -286,6 +346,7 @@ impl Agent<'_> {
             cmd: cmd.map(str::to_owned),
             duration_ms: Some(0),
             truncated: false,
+            state: None,
         }
     }
 
@@ -315,6 +376,7 @@ impl Agent<'_> {
                     "node": self.me.node,
                     "topics": self.me.topics,
                     "running": self.running,
+                    "instance": self.instance,
                     "service_manager": self.backend.as_ref().map(|b| b.program().display().to_string()),
                     "version": env!("CARGO_PKG_VERSION"),
                 })),
@@ -346,6 +408,7 @@ fn execute(backend: &Backend, me: &Identity, req: &Dispatch, timeout: Duration, 
         cmd: Some(req.cmd.clone()),
         duration_ms: None,
         truncated: false,
+        state: None,
     };
     match exec::run(backend, &req.service, &req.cmd, timeout, cap) {
         Ok(o) => ResultMsg {
@@ -358,6 +421,8 @@ fn execute(backend: &Backend, me: &Identity, req: &Dispatch, timeout: Duration, 
             }),
             duration_ms: Some(o.duration.as_millis() as u64),
             truncated: o.truncated,
+            state: (req.cmd == "status" && !o.timed_out)
+                .then(|| ServiceState::from_status(o.returncode, &o.stdout, &o.stderr)),
             result: Some(ExecResult {
                 node: me.node.clone(),
                 service: req.service.clone(),

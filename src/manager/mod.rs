@@ -1,0 +1,627 @@
+//! The manager daemon (`service-mgrd`): takes requests from clients, publishes
+//! them to agents, collects results on the sink and republishes them to the
+//! client that asked.
+//!
+//! One thread owns every socket and polls them together with the control fd.
+//! Fixes over 0.1 that live here:
+//! - the backend XPUB runs in manual mode and stores each subscription with a
+//!   terminator, so topics match exactly instead of by prefix;
+//! - the result publisher is an XPUB too: results of a job are held until the
+//!   client's subscription to the job id arrives, so none is lost to the race
+//!   between dispatch and subscribe;
+//! - agents register (see [`registry`]); each request names the nodes expected
+//!   to answer, and a node that goes away gets a `no_response` result at once.
+
+pub mod registry;
+
+use crate::config::ManagerConfig;
+use crate::host::HostInfo;
+use crate::protocol::{self as p, Accepted, Dispatch, ErrorReply, MgmtReply, ResultMsg, ServiceRequest, SinkMessage, Status};
+use crate::runtime::{Control, OnReady};
+use crate::transport::{self, try_recv};
+use anyhow::{Context, Result};
+use registry::{now_ms, Departure, Registry};
+use serde::Serialize;
+use serde_json::{json, Value};
+use slog::{debug, error, info, warn, Logger};
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+/// The endpoints the manager really bound (ports resolved), for the ready
+/// notification and `manager.status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Bound {
+    pub frontend_endpoint: String,
+    pub backend_endpoint: String,
+    pub sink_endpoint: String,
+    pub mgmt_endpoint: String,
+    pub result_endpoint: String,
+    pub result_publisher_port: u16,
+}
+
+/// A request the manager dispatched and whose results it routes.
+struct Job {
+    created: Instant,
+    created_ms: u64,
+    request: ServiceRequest,
+    /// Nodes expected to answer.
+    expected: Vec<String>,
+    /// Expected nodes that have not answered yet.
+    pending: BTreeSet<String>,
+    /// Result frames received so far, in arrival order, kept until the job
+    /// expires so that a late or second subscriber gets them all.
+    results: Vec<Vec<u8>>,
+    /// Outcome per node, for `jobs` listings.
+    statuses: Vec<(String, Status)>,
+    /// Whether a client is subscribed to the job id right now.
+    subscribed: bool,
+}
+
+struct Sockets {
+    frontend: zmq::Socket,
+    backend: zmq::Socket,
+    sink: zmq::Socket,
+    mgmt: zmq::Socket,
+    results: zmq::Socket,
+}
+
+/// Run the manager until `control` says stop or `manager.shutdown` arrives.
+/// `on_ready` receives the bound endpoints once every socket is bound.
+pub fn run(config: &ManagerConfig, control: &Control, log: &Logger, on_ready: OnReady) -> Result<()> {
+    let ctx = zmq::Context::new();
+    let (sockets, bound) = bind_all(&ctx, config)?;
+    let mut doc = serde_json::to_value(&bound)?;
+    doc["pid"] = json!(std::process::id());
+    on_ready(&doc)?;
+    info!(log, "service manager started";
+        "frontend" => &bound.frontend_endpoint, "backend" => &bound.backend_endpoint,
+        "sink" => &bound.sink_endpoint, "mgmt" => &bound.mgmt_endpoint,
+        "results" => &bound.result_endpoint);
+    let mut mgr = Manager {
+        config,
+        log,
+        s: sockets,
+        bound,
+        jobs: HashMap::new(),
+        registry: Registry::default(),
+        host: HostInfo::read(),
+        subscriptions: HashMap::new(),
+        stop: false,
+    };
+    mgr.serve(control)?;
+    info!(log, "service manager stopped");
+    Ok(())
+}
+
+fn bind_all(ctx: &zmq::Context, config: &ManagerConfig) -> Result<(Sockets, Bound)> {
+    const PROG: &str = "service-mgrd";
+    let frontend = transport::socket(ctx, zmq::ROUTER)?;
+    frontend.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
+    let mut backend = transport::socket(ctx, zmq::XPUB)?;
+    transport::set_xpub_manual(&mut backend)?;
+    backend.set_sndhwm(100_000)?;
+    // Dead peers (a cut cable sends no FIN) are dropped within seconds, which
+    // ends their presence subscription.
+    transport::set_heartbeats(&backend)?;
+    let sink = transport::socket(ctx, zmq::PULL)?;
+    sink.set_maxmsgsize(p::RESULT_LIMIT as i64)?;
+    sink.set_rcvhwm(100_000)?;
+    let mgmt = transport::socket(ctx, zmq::REP)?;
+    mgmt.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
+    let results = transport::socket(ctx, zmq::XPUB)?;
+    // Every subscription is reported, so a second subscriber to a job gets its results too.
+    results.set_xpub_verbose(true)?;
+    results.set_sndhwm(100_000)?;
+    // Results already published still go out when we stop.
+    results.set_linger(2000)?;
+
+    let frontend_endpoint = transport::bind(&frontend, &config.frontend_endpoint, "frontend_endpoint", PROG)?;
+    let backend_endpoint = transport::bind(&backend, &config.backend_endpoint, "backend_endpoint", PROG)?;
+    let sink_endpoint = transport::bind(&sink, &config.sink_endpoint, "sink_endpoint", PROG)?;
+    let mgmt_endpoint = transport::bind(&mgmt, &config.mgmt_endpoint, "mgmt_endpoint", PROG)?;
+    let wanted = match &config.result_endpoint {
+        Some(e) => e.clone(),
+        None => default_result_endpoint(&config.frontend_endpoint)?,
+    };
+    let result_endpoint = transport::bind(&results, &wanted, "result_endpoint", PROG)?;
+    let result_publisher_port = transport::endpoint_port(&result_endpoint)
+        .with_context(|| format!("result_endpoint {result_endpoint} has no TCP port; clients find results by port"))?;
+    Ok((
+        Sockets {
+            frontend,
+            backend,
+            sink,
+            mgmt,
+            results,
+        },
+        Bound {
+            frontend_endpoint,
+            backend_endpoint,
+            sink_endpoint,
+            mgmt_endpoint,
+            result_endpoint,
+            result_publisher_port,
+        },
+    ))
+}
+
+/// The frontend's interface with a random port: results go out where requests came in.
+fn default_result_endpoint(frontend: &str) -> Result<String> {
+    let host = transport::endpoint_host(frontend).with_context(|| {
+        format!("frontend_endpoint {frontend} is not tcp://HOST:PORT; set result_endpoint explicitly")
+    })?;
+    Ok(format!("tcp://{host}:*"))
+}
+
+struct Manager<'a> {
+    config: &'a ManagerConfig,
+    log: &'a Logger,
+    s: Sockets,
+    bound: Bound,
+    jobs: HashMap<String, Job>,
+    registry: Registry,
+    host: HostInfo,
+    /// Agent subscriptions by topic (how many pipes), as reported by the backend.
+    subscriptions: HashMap<String, usize>,
+    stop: bool,
+}
+
+impl Manager<'_> {
+    fn serve(&mut self, control: &Control) -> Result<()> {
+        let mut last_sweep = Instant::now();
+        while !self.stop {
+            let mut items = [
+                self.s.frontend.as_poll_item(zmq::POLLIN),
+                self.s.backend.as_poll_item(zmq::POLLIN),
+                self.s.sink.as_poll_item(zmq::POLLIN),
+                self.s.mgmt.as_poll_item(zmq::POLLIN),
+                self.s.results.as_poll_item(zmq::POLLIN),
+                zmq::PollItem::from_fd(control.fd(), zmq::POLLIN),
+            ];
+            transport::poll(&mut items, 250)?;
+            let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
+            let wake = control.take();
+            if wake.reopen_logs {
+                info!(self.log, "SIGHUP: log file reopened");
+            }
+            if wake.shutdown {
+                info!(self.log, "shutting down on request");
+                self.stop = true;
+            }
+            // Subscriptions first: a result that arrives in the same round can then go straight out.
+            if ready[1] {
+                self.drain(Self::on_backend_subscription, |s| &s.backend);
+            }
+            if ready[4] {
+                self.drain(Self::on_result_subscription, |s| &s.results);
+            }
+            if ready[2] {
+                self.drain(Self::on_sink, |s| &s.sink);
+            }
+            if ready[0] && !self.stop {
+                self.drain(Self::on_frontend, |s| &s.frontend);
+            }
+            if ready[3] {
+                self.drain(Self::on_mgmt, |s| &s.mgmt);
+            }
+            if last_sweep.elapsed() >= Duration::from_millis(250) {
+                for d in self.registry.sweep() {
+                    self.departed(d);
+                }
+                self.expire_jobs();
+                last_sweep = Instant::now();
+            }
+        }
+        // Results already on their way in are still delivered.
+        self.drain(Self::on_result_subscription, |s| &s.results);
+        self.drain(Self::on_sink, |s| &s.sink);
+        Ok(())
+    }
+
+    /// Handle every queued message of one socket, up to a bound so that one
+    /// busy socket cannot starve the others.
+    fn drain(&mut self, handle: fn(&mut Self, Vec<Vec<u8>>), sock: fn(&Sockets) -> &zmq::Socket) {
+        for _ in 0..1000 {
+            match try_recv(sock(&self.s)) {
+                Ok(Some(frames)) => handle(self, frames),
+                Ok(None) => return,
+                Err(e) => {
+                    error!(self.log, "receive failed"; "error" => %e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_frontend(&mut self, frames: Vec<Vec<u8>>) {
+        // A REQ client sends [identity, "", body]; a DEALER may omit the empty delimiter.
+        let (prefix_len, body) = match frames.iter().position(Vec::is_empty) {
+            Some(i) => (i + 1, &frames[i + 1..]),
+            None => (1, &frames[1.min(frames.len())..]),
+        };
+        let reply = match body {
+            [one] => self.accept(one),
+            _ => Err(ErrorReply::new(format!(
+                "expected one JSON frame after the envelope, got {}",
+                body.len()
+            ))),
+        };
+        let payload = match reply {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(self.log, "request refused"; "reason" => &e.msg);
+                p::encode(&e)
+            }
+        };
+        let mut out: Vec<&[u8]> = frames[..prefix_len].iter().map(Vec::as_slice).collect();
+        out.push(&payload);
+        if let Err(e) = self.s.frontend.send_multipart(out, zmq::DONTWAIT) {
+            warn!(self.log, "cannot answer client"; "error" => %e);
+        }
+    }
+
+    /// Answer a frontend frame: a new request, or `{"job": ID}` to follow an earlier one.
+    fn accept(&mut self, body: &[u8]) -> Result<Vec<u8>, ErrorReply> {
+        if let Ok(m) = p::decode_object(body, p::REQUEST_LIMIT) {
+            if let Some(job) = m.get("job") {
+                let id = job.as_str().ok_or_else(|| ErrorReply::new("field `job` must be a string"))?;
+                return self.follow(id).map(|a| p::encode(&a));
+            }
+        }
+        let req = ServiceRequest::decode(body).map_err(ErrorReply::new)?;
+        self.dispatch(req).map(|a| p::encode(&a))
+    }
+
+    /// Re-attach a client to a job still in memory: it subscribes and gets every result again.
+    fn follow(&self, uuid: &str) -> Result<Accepted, ErrorReply> {
+        let job = self
+            .jobs
+            .get(uuid)
+            .ok_or_else(|| ErrorReply::new(format!("no job {uuid} (jobs are kept for job_ttl seconds)")))?;
+        Ok(Accepted {
+            uuid: uuid.to_owned(),
+            port: self.bound.result_publisher_port,
+            v: Some(p::PROTOCOL_VERSION),
+            expected: Some(job.expected.clone()),
+            unregistered: None,
+        })
+    }
+
+    /// Validate a request, decide who must answer, publish it and say where results appear.
+    fn dispatch(&mut self, req: ServiceRequest) -> Result<Accepted, ErrorReply> {
+        if !p::valid_topic(&req.topic) {
+            return Err(ErrorReply::new(format!(
+                "topic {:?} is not a valid topic (printable, no blanks or commas, 1 to 255 bytes)",
+                req.topic
+            )));
+        }
+        p::check_service_name(&req.service).map_err(ErrorReply::new)?;
+        p::check_command_word(&req.cmd).map_err(ErrorReply::new)?;
+        let glob = match &req.glob {
+            Some(g) => Some(
+                globset::Glob::new(g)
+                    .map_err(|e| ErrorReply::new(format!("glob {g:?} is not a valid pattern: {e}")))?
+                    .compile_matcher(),
+            ),
+            None => None,
+        };
+        if let Some(nodes) = &req.nodes {
+            if let Some(bad) = nodes.iter().find(|n| !p::valid_topic(n)) {
+                return Err(ErrorReply::new(format!("node {bad:?} is not a valid node name")));
+            }
+        }
+        // Who must answer: up agents on the topic, narrowed by the glob. An
+        // explicit node list is taken as is, less known nodes outside the topic:
+        // unknown nodes are asked too (they may be 0.1 agents) and reported.
+        let narrowed = req.nodes.is_some() || req.glob.is_some();
+        let expected: BTreeSet<String> = match &req.nodes {
+            None => self.registry.matching(&req.topic, glob.as_ref()).into_iter().collect(),
+            Some(nodes) => nodes
+                .iter()
+                .filter(|n| match self.registry.get(n) {
+                    None => true,
+                    Some(e) => e.topics.contains(&req.topic) && glob.as_ref().is_none_or(|g| g.is_match(n.as_str())),
+                })
+                .cloned()
+                .collect(),
+        };
+        let unregistered = if narrowed {
+            0
+        } else {
+            let subscribed = self.subscriptions.get(&req.topic).copied().unwrap_or(0);
+            subscribed.saturating_sub(self.registry.count_with_topic(&req.topic))
+        };
+        let expected: Vec<String> = expected.into_iter().collect();
+        let uuid = uuid::Uuid::new_v4().simple().to_string();
+        let accepted = Accepted {
+            uuid: uuid.clone(),
+            port: self.bound.result_publisher_port,
+            v: Some(p::PROTOCOL_VERSION),
+            expected: Some(expected.clone()),
+            unregistered: Some(unregistered),
+        };
+        if req.dry_run {
+            return Ok(accepted);
+        }
+        let dispatch = Dispatch {
+            cmd: req.cmd.clone(),
+            service: req.service.clone(),
+            topic: req.topic.clone(),
+            uuid: uuid.clone(),
+            v: Some(p::PROTOCOL_VERSION),
+        };
+        let body = p::encode(&dispatch);
+        // Narrowed requests go to each node's own topic; the rest is one broadcast.
+        let topics: Vec<&str> = if narrowed {
+            expected.iter().map(String::as_str).collect()
+        } else {
+            vec![req.topic.as_str()]
+        };
+        for t in &topics {
+            let topic = p::backend_topic(t);
+            if let Err(e) = self.s.backend.send_multipart([topic.as_slice(), &body], zmq::DONTWAIT) {
+                return Err(ErrorReply::new(format!("cannot dispatch the request: {e}")));
+            }
+        }
+        // Nodes we know are down will not answer: say so at once.
+        let mut job = Job {
+            created: Instant::now(),
+            created_ms: now_ms(),
+            request: req,
+            expected: expected.clone(),
+            pending: expected.iter().cloned().collect(),
+            results: Vec::new(),
+            statuses: Vec::new(),
+            subscribed: false,
+        };
+        let down: Vec<String> = expected
+            .iter()
+            .filter(|n| self.registry.get(n).is_some() && !self.registry.is_up(n))
+            .cloned()
+            .collect();
+        for n in down {
+            let r = ResultMsg::no_response(&uuid, &n, "the agent is not connected to the manager");
+            job.pending.remove(&n);
+            job.statuses.push((n, Status::NoResponse));
+            job.results.push(p::encode(&r));
+        }
+        info!(self.log, "request dispatched"; "uuid" => &uuid, "topic" => &job.request.topic,
+            "cmd" => &job.request.cmd, "service" => &job.request.service, "expected" => expected.len(),
+            "unregistered" => unregistered);
+        self.jobs.insert(uuid, job);
+        Ok(accepted)
+    }
+
+    /// Manual XPUB: subscribe the agent's pipe to the topic plus terminator,
+    /// and watch presence subscriptions for agents that disconnect.
+    fn on_backend_subscription(&mut self, frames: Vec<Vec<u8>>) {
+        let Some(frame) = frames.first() else { return };
+        let Some((&kind, topic)) = frame.split_first() else { return };
+        let shown = String::from_utf8_lossy(topic).into_owned();
+        if let Some(instance) = shown.strip_prefix(p::PRESENCE_PREFIX) {
+            if kind == 1 {
+                self.registry.connected(instance);
+            } else if let Some(d) = self.registry.disconnected(instance) {
+                self.departed(d);
+            }
+            return;
+        }
+        let mut stored = topic.to_vec();
+        stored.push(p::TOPIC_TERMINATOR);
+        let rc = match kind {
+            1 => {
+                debug!(self.log, "agent subscribed"; "topic" => &shown);
+                *self.subscriptions.entry(shown).or_default() += 1;
+                self.s.backend.set_subscribe(&stored)
+            }
+            0 => {
+                debug!(self.log, "agent unsubscribed"; "topic" => &shown);
+                if let Some(n) = self.subscriptions.get_mut(&shown) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.subscriptions.remove(&shown);
+                    }
+                }
+                self.s.backend.set_unsubscribe(&stored)
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = rc {
+            warn!(self.log, "cannot apply subscription"; "error" => %e);
+        }
+    }
+
+    /// A client subscribed to (or left) a job id: deliver what is held for it.
+    fn on_result_subscription(&mut self, frames: Vec<Vec<u8>>) {
+        let Some(frame) = frames.first() else { return };
+        let Some((&kind, topic)) = frame.split_first() else { return };
+        let uuid = String::from_utf8_lossy(topic).into_owned();
+        let Some(job) = self.jobs.get_mut(&uuid) else {
+            debug!(self.log, "subscription to unknown job"; "uuid" => &uuid);
+            return;
+        };
+        if kind == 0 {
+            job.subscribed = false;
+            return;
+        }
+        job.subscribed = true;
+        for frame in &job.results {
+            publish(&self.s.results, self.log, &uuid, frame);
+        }
+    }
+
+    fn on_sink(&mut self, frames: Vec<Vec<u8>>) {
+        let [frame] = frames.as_slice() else {
+            warn!(self.log, "sink message dropped: expected one frame"; "frames" => frames.len());
+            return;
+        };
+        match SinkMessage::decode(frame) {
+            Ok(SinkMessage::Announce(a)) => {
+                if !self.registry.is_up(&a.node) {
+                    info!(self.log, "agent up"; "node" => &a.node, "system" => &a.system,
+                        "topics" => a.topics.join(","), "version" => &a.agent_version);
+                }
+                if let Some(d) = self.registry.announce(&a) {
+                    self.departed(d);
+                }
+            }
+            Ok(SinkMessage::Result { uuid, node, status }) => self.on_result(uuid, node, status, frame.clone()),
+            Err(e) => {
+                // Nothing can route it; say so loudly rather than lose it silently.
+                warn!(self.log, "sink message dropped"; "reason" => %e,
+                    "start" => %String::from_utf8_lossy(&frame[..frame.len().min(200)]));
+            }
+        }
+    }
+
+    fn on_result(&mut self, uuid: String, node: Option<String>, status: Status, frame: Vec<u8>) {
+        debug!(self.log, "result received"; "uuid" => &uuid, "node" => ?node, "status" => status.as_str());
+        let publish_now = match self.jobs.get_mut(&uuid) {
+            Some(job) => {
+                if let Some(n) = &node {
+                    if job.statuses.iter().any(|(m, _)| m == n) && !job.pending.contains(n) {
+                        // A node answering twice (e.g. after our no_response) is kept, but logged.
+                        debug!(self.log, "second answer from a node"; "uuid" => &uuid, "node" => n);
+                    }
+                    job.pending.remove(n);
+                    job.statuses.push((n.clone(), status));
+                }
+                job.results.push(frame.clone());
+                job.subscribed
+            }
+            // A job we do not know (e.g. dispatched before a restart): publish as 0.1 did.
+            None => true,
+        };
+        if publish_now {
+            publish(&self.s.results, self.log, &uuid, &frame);
+        }
+    }
+
+    /// An agent went away: every job still waiting for it gets `no_response`.
+    fn departed(&mut self, d: Departure) {
+        warn!(self.log, "agent down"; "node" => &d.node, "why" => d.why);
+        let mut out = Vec::new();
+        for (uuid, job) in self.jobs.iter_mut() {
+            if job.pending.remove(&d.node) {
+                let r = p::encode(&ResultMsg::no_response(uuid, &d.node, &format!("no answer: {}", d.why)));
+                job.statuses.push((d.node.clone(), Status::NoResponse));
+                job.results.push(r.clone());
+                if job.subscribed {
+                    out.push((uuid.clone(), r));
+                }
+            }
+        }
+        for (uuid, r) in out {
+            publish(&self.s.results, self.log, &uuid, &r);
+        }
+    }
+
+    fn on_mgmt(&mut self, frames: Vec<Vec<u8>>) {
+        // REP must answer every request, or the socket jams (a 0.1 defect).
+        let reply = match frames.as_slice() {
+            [one] => match p::MgmtRequest::decode(one) {
+                Ok(req) => self.mgmt_command(&req),
+                Err(e) => MgmtReply::error(e),
+            },
+            _ => MgmtReply::error(format!("expected one JSON frame, got {}", frames.len())),
+        };
+        if let Err(e) = self.s.mgmt.send(p::encode(&reply), 0) {
+            warn!(self.log, "cannot answer management request"; "error" => %e);
+        }
+    }
+
+    fn mgmt_command(&mut self, req: &p::MgmtRequest) -> MgmtReply {
+        match req.cmd.as_str() {
+            p::MANAGER_STATUS => MgmtReply::ok(
+                "Service Manager Status",
+                Some(json!({
+                    "status": "running",
+                    "uname": self.host.uname_json(),
+                    "frontend_endpoint": self.config.frontend_endpoint,
+                    "backend_endpoint": self.config.backend_endpoint,
+                    "sink_endpoint": self.config.sink_endpoint,
+                    "mgmt_endpoint": self.config.mgmt_endpoint,
+                    "result_publisher_port": self.bound.result_publisher_port,
+                    "bound": self.bound,
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "agents_up": self.registry.up_count(),
+                    "jobs_in_memory": self.jobs.len(),
+                    "subscriptions": self.subscriptions,
+                })),
+            ),
+            p::MANAGER_SHUTDOWN => {
+                info!(self.log, "shutdown requested on the management socket");
+                self.stop = true;
+                MgmtReply::ok("Service Manager is shutting down", None)
+            }
+            p::MANAGER_AGENTS => {
+                let agents: Vec<Value> = self
+                    .registry
+                    .entries()
+                    .map(|e| {
+                        let mut v = json!(e);
+                        // Announced but its subscriptions not yet in place: not a target yet.
+                        if e.state == registry::AgentState::Up && !self.registry.is_up(&e.node) {
+                            v["state"] = json!("connecting");
+                        }
+                        v
+                    })
+                    .collect();
+                MgmtReply::ok("Service Manager Agents", Some(json!(agents)))
+            }
+            p::MANAGER_JOBS => {
+                let mut jobs: Vec<(&String, &Job)> = self.jobs.iter().collect();
+                jobs.sort_by_key(|(_, j)| std::cmp::Reverse(j.created_ms));
+                let limit = req.limit.unwrap_or(50);
+                let list: Vec<Value> = jobs.into_iter().take(limit).map(|(id, j)| job_summary(id, j)).collect();
+                MgmtReply::ok("Service Manager Jobs", Some(json!(list)))
+            }
+            p::MANAGER_JOB => {
+                let Some(id) = &req.uuid else {
+                    return MgmtReply::error("manager.job needs \"uuid\"");
+                };
+                match self.jobs.get(id) {
+                    Some(j) => {
+                        let mut doc = job_summary(id, j);
+                        doc["results"] = Value::Array(
+                            j.results.iter().filter_map(|f| serde_json::from_slice(f).ok()).collect(),
+                        );
+                        MgmtReply::ok("Service Manager Job", Some(doc))
+                    }
+                    None => MgmtReply::error(format!("no job {id}")),
+                }
+            }
+            other => MgmtReply::error(format!(
+                "Unknown management command {other:?}; the manager knows {}",
+                [p::MANAGER_STATUS, p::MANAGER_SHUTDOWN, p::MANAGER_AGENTS, p::MANAGER_JOBS, p::MANAGER_JOB].join(", ")
+            )),
+        }
+    }
+
+    fn expire_jobs(&mut self) {
+        let ttl = Duration::from_secs(self.config.job_ttl);
+        self.jobs.retain(|_, j| j.created.elapsed() < ttl);
+    }
+}
+
+fn job_summary(uuid: &str, j: &Job) -> Value {
+    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (_, s) in &j.statuses {
+        *counts.entry(s.as_str()).or_default() += 1;
+    }
+    json!({
+        "uuid": uuid,
+        "created_ms": j.created_ms,
+        "request": j.request,
+        "expected": j.expected,
+        "pending": j.pending,
+        "answered": j.statuses.len(),
+        "statuses": counts,
+    })
+}
+
+fn publish(results: &zmq::Socket, log: &Logger, uuid: &str, frame: &[u8]) {
+    if let Err(e) = results.send_multipart([uuid.as_bytes(), frame], zmq::DONTWAIT) {
+        warn!(log, "cannot publish result"; "uuid" => uuid, "error" => %e);
+    }
+}

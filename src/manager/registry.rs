@@ -1,0 +1,263 @@
+//! The manager's view of its agents: who is up, what they answer to, and which
+//! of them a request targets.
+
+use crate::protocol::{Announce, AnnounceKind};
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Heartbeats an agent may miss before it counts as lost (when the transport
+/// did not already tell us).
+const MISSED_BEATS: u32 = 3;
+/// How long an agent that went away stays listed.
+const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    /// Announced itself and is heartbeating.
+    Up,
+    /// Its connection dropped or it missed heartbeats.
+    Lost,
+    /// It said goodbye.
+    Stopped,
+}
+
+/// One agent as last heard from.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentEntry {
+    pub node: String,
+    pub instance: String,
+    pub system: String,
+    pub release: String,
+    pub os_version: String,
+    pub topics: Vec<String>,
+    pub agent_version: String,
+    pub started_ms: u64,
+    pub last_seen_ms: u64,
+    pub state: AgentState,
+    pub running: usize,
+    #[serde(skip)]
+    last_seen: Instant,
+    #[serde(skip)]
+    interval: Duration,
+}
+
+/// A change the manager must act on (fail the agent's pending requests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departure {
+    pub node: String,
+    pub why: &'static str,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    agents: BTreeMap<String, AgentEntry>,
+    /// instance -> node, for presence unsubscriptions.
+    instances: HashMap<String, String>,
+    /// Instances whose presence subscription is in place. Subscriptions travel
+    /// in order, so the agent's topic subscriptions are in place too: only then
+    /// can a published request reach it.
+    present: std::collections::HashSet<String>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl Registry {
+    /// Record an announcement; returns a departure when it was a goodbye.
+    pub fn announce(&mut self, a: &Announce) -> Option<Departure> {
+        let state = match a.kind {
+            AnnounceKind::Bye => AgentState::Stopped,
+            _ => AgentState::Up,
+        };
+        // A restarted agent (new instance) replaces the old entry.
+        if let Some(old) = self.agents.get(&a.node) {
+            if old.instance != a.instance {
+                self.instances.remove(&old.instance);
+            }
+        }
+        self.instances.insert(a.instance.clone(), a.node.clone());
+        let was_up = self.agents.get(&a.node).is_some_and(|e| e.state == AgentState::Up);
+        self.agents.insert(
+            a.node.clone(),
+            AgentEntry {
+                node: a.node.clone(),
+                instance: a.instance.clone(),
+                system: a.system.clone(),
+                release: a.release.clone(),
+                os_version: a.os_version.clone(),
+                topics: a.topics.clone(),
+                agent_version: a.agent_version.clone(),
+                started_ms: a.started_ms,
+                last_seen_ms: now_ms(),
+                state,
+                running: a.running,
+                last_seen: Instant::now(),
+                interval: Duration::from_millis(a.interval_ms.clamp(100, 600_000)),
+            },
+        );
+        (state == AgentState::Stopped && was_up).then(|| Departure {
+            node: a.node.clone(),
+            why: "the agent stopped",
+        })
+    }
+
+    /// The agent's presence subscription arrived (it may precede its hello).
+    pub fn connected(&mut self, instance: &str) {
+        self.present.insert(instance.to_owned());
+    }
+
+    /// The transport says this instance's connection is gone.
+    pub fn disconnected(&mut self, instance: &str) -> Option<Departure> {
+        self.present.remove(instance);
+        let node = self.instances.get(instance)?;
+        let entry = self.agents.get_mut(node)?;
+        if entry.instance != instance || entry.state != AgentState::Up {
+            return None;
+        }
+        entry.state = AgentState::Lost;
+        Some(Departure {
+            node: node.clone(),
+            why: "the agent's connection dropped",
+        })
+    }
+
+    /// Mark agents that stopped heartbeating; forget long-gone ones.
+    pub fn sweep(&mut self) -> Vec<Departure> {
+        let mut gone = Vec::new();
+        for e in self.agents.values_mut() {
+            if e.state == AgentState::Up && e.last_seen.elapsed() > e.interval * MISSED_BEATS {
+                e.state = AgentState::Lost;
+                gone.push(Departure {
+                    node: e.node.clone(),
+                    why: "the agent stopped sending heartbeats",
+                });
+            }
+        }
+        let stale: Vec<String> = self
+            .agents
+            .values()
+            .filter(|e| e.state != AgentState::Up && e.last_seen.elapsed() > FORGET_AFTER)
+            .map(|e| e.node.clone())
+            .collect();
+        for node in stale {
+            if let Some(e) = self.agents.remove(&node) {
+                self.instances.remove(&e.instance);
+                self.present.remove(&e.instance);
+            }
+        }
+        gone
+    }
+
+    pub fn get(&self, node: &str) -> Option<&AgentEntry> {
+        self.agents.get(node)
+    }
+
+    /// Up and reachable: announced, heartbeating, and subscribed.
+    pub fn is_up(&self, node: &str) -> bool {
+        self.agents.get(node).is_some_and(|e| self.reachable(e))
+    }
+
+    fn reachable(&self, e: &AgentEntry) -> bool {
+        e.state == AgentState::Up && self.present.contains(&e.instance)
+    }
+
+    /// Up agents that answer `topic`, narrowed to `glob` when given.
+    pub fn matching(&self, topic: &str, glob: Option<&globset::GlobMatcher>) -> Vec<String> {
+        self.agents
+            .values()
+            .filter(|e| self.reachable(e))
+            .filter(|e| e.topics.iter().any(|t| t == topic))
+            .filter(|e| glob.is_none_or(|g| g.is_match(&e.node)))
+            .map(|e| e.node.clone())
+            .collect()
+    }
+
+    /// How many up registered agents answer `topic` (to tell 0.1 subscribers apart).
+    pub fn count_with_topic(&self, topic: &str) -> usize {
+        self.agents
+            .values()
+            .filter(|e| self.reachable(e) && e.topics.iter().any(|t| t == topic))
+            .count()
+    }
+
+    pub fn entries(&self) -> impl Iterator<Item = &AgentEntry> {
+        self.agents.values()
+    }
+
+    pub fn up_count(&self) -> usize {
+        self.agents.values().filter(|e| self.reachable(e)).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hello(node: &str, instance: &str, topics: &[&str]) -> Announce {
+        Announce {
+            kind: AnnounceKind::Hello,
+            v: 2,
+            node: node.into(),
+            instance: instance.into(),
+            system: "Linux".into(),
+            release: "r".into(),
+            os_version: "v".into(),
+            topics: topics.iter().map(|s| s.to_string()).collect(),
+            agent_version: "0.2.0".into(),
+            started_ms: 0,
+            interval_ms: 100,
+            running: 0,
+        }
+    }
+
+    #[test]
+    fn matching_is_exact_and_globs_narrow() {
+        let mut r = Registry::default();
+        for i in ["a", "b", "c"] {
+            r.connected(i);
+        }
+        r.announce(&hello("web1", "a", &["any", "Linux", "web1", "web"]));
+        r.announce(&hello("web10", "b", &["any", "Linux", "web10", "web"]));
+        r.announce(&hello("db1", "c", &["any", "Linux", "db1"]));
+        assert_eq!(r.matching("web1", None), ["web1"]);
+        assert_eq!(r.matching("web", None), ["web1", "web10"]);
+        assert!(r.matching("we", None).is_empty());
+        let g = globset::Glob::new("web1*").unwrap().compile_matcher();
+        assert_eq!(r.matching("any", Some(&g)), ["web1", "web10"]);
+        assert_eq!(r.count_with_topic("Linux"), 3);
+    }
+
+    #[test]
+    fn disconnect_bye_and_missed_heartbeats_take_agents_down() {
+        let mut r = Registry::default();
+        for i in ["i1", "i2", "i3", "i9"] {
+            r.connected(i);
+        }
+        r.announce(&hello("a", "i1", &["any"]));
+        r.announce(&hello("b", "i2", &["any"]));
+        r.announce(&hello("c", "i3", &["any"]));
+        assert_eq!(r.disconnected("i1").unwrap().node, "a");
+        assert!(r.disconnected("i1").is_none(), "reported once");
+        let mut bye = hello("b", "i2", &["any"]);
+        bye.kind = AnnounceKind::Bye;
+        assert_eq!(r.announce(&bye).unwrap().node, "b");
+        std::thread::sleep(Duration::from_millis(350));
+        assert_eq!(r.sweep(), [Departure { node: "c".into(), why: "the agent stopped sending heartbeats" }]);
+        assert_eq!(r.up_count(), 0);
+        // Announced but not subscribed yet: not a target.
+        r.announce(&hello("d", "i4", &["any"]));
+        assert!(r.matching("any", None).is_empty());
+        r.connected("i4");
+        assert_eq!(r.matching("any", None), ["d"]);
+        // A new instance of the same node comes back up; the old instance's disconnect is ignored.
+        r.announce(&hello("a", "i9", &["any"]));
+        assert!(r.disconnected("i1").is_none());
+        assert!(r.is_up("a"));
+    }
+}
