@@ -76,6 +76,17 @@ pub enum Command {
         /// Directory to create the links in.
         dir: PathBuf,
     },
+    /// Measure latency, throughput and memory with a simulated fleet (see BENCHMARKS.md).
+    #[command(version, disable_version_flag = true)]
+    Bench(crate::bench::BenchArgs),
+    /// Write man pages and shell completions generated from these definitions.
+    #[command(hide = true)]
+    Generate {
+        /// man or completions
+        what: String,
+        /// Output directory.
+        dir: PathBuf,
+    },
 }
 
 /// What a daemon command line asks for (0.1: `start`, `stop`, `status`).
@@ -140,6 +151,13 @@ pub struct AgentArgs {
     /// Extra topics, comma-separated (config `topics`).
     #[arg(long, value_name = "LIST")]
     pub topics: Option<String>,
+    /// Load testing: host N simulated agents in this process, each with its own
+    /// connections and the real protocol, answering from a built-in fake service manager.
+    #[arg(long, value_name = "N")]
+    pub simulate: Option<usize>,
+    /// Node names of simulated agents: PREFIX0001, PREFIX0002, ...
+    #[arg(long, value_name = "PREFIX", default_value = "sim-", requires = "simulate")]
+    pub node_prefix: String,
 }
 
 #[derive(Debug, Args)]
@@ -205,6 +223,10 @@ pub enum Format {
     Json,
     /// 0.1's output: a JSON array of the results (plus entries for silent nodes).
     Legacy,
+    /// One JSON object per line, each result as it arrives, then a summary line.
+    Jsonl,
+    /// A table for people: node, system, status, return code, first line of output, time.
+    Table,
 }
 
 #[derive(Debug, Args)]
@@ -285,6 +307,8 @@ fn run(applet: Applet) -> Result<Exit> {
                 Ok(if ok { Exit::Ok } else { Exit::Error })
             }
             (Some(Command::Demo(a)), _) => demo::run(&a),
+            (Some(Command::Bench(a)), _) => crate::bench::run(&a),
+            (Some(Command::Generate { what, dir }), _) => crate::docs::generate(&what, &dir).map(|_| Exit::Ok),
             (None, None) => Ok(Exit::Usage),
         },
     }
@@ -329,8 +353,13 @@ fn run_agent(a: AgentArgs) -> Result<Exit> {
     if let Some(t) = a.topics {
         extra.push(format!("topics={}", toml::Value::String(t)));
     }
+    let simulate = a.simulate;
+    let prefix = a.node_prefix;
     serve(&AGENT_ROLE, &a.opts, &extra, |cfg: &AgentConfig| cfg.mgmt_endpoint.clone(), |cfg, control, log, ready| {
-        agent::run(cfg, control, log, ready)
+        match simulate {
+            Some(n) => agent::simulate::run(cfg, n, &prefix, control, log, ready),
+            None => agent::run(cfg, control, log, ready),
+        }
     })
 }
 

@@ -320,6 +320,7 @@ pub fn run(a: &ClientArgs, legacy_name: bool, log: &Logger) -> Result<Exit> {
     let results = node_results(&jobs, &skipped);
     match format {
         Format::Json => println!("{}", to_json_pretty(&report(&req.request, &jobs, &skipped, started.elapsed()))),
+        Format::Jsonl | Format::Table => bail!("--format {format:?} is not built yet"),
         Format::Legacy => {
             println!("{}", to_json_pretty(&results));
             if results.is_empty() {

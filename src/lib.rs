@@ -7,15 +7,18 @@
 //! - [`config`], [`logging`], [`runtime`], [`transport`], [`host`], [`exit`]: what the roles share.
 
 pub mod agent;
+pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod docs;
 pub mod exit;
 pub mod host;
 pub mod logging;
 pub mod manager;
 pub mod mgmt;
+pub mod output;
 pub mod protocol;
 pub mod runtime;
 pub mod transport;

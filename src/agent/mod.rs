@@ -7,6 +7,7 @@
 //! never holds up the next request (0.1 ran one at a time).
 
 pub mod exec;
+pub mod simulate;
 
 use crate::config::AgentConfig;
 use crate::host::HostInfo;
@@ -195,97 +196,10 @@ impl Agent<'_> {
 
     /// Tell the manager who we are (hello, heartbeat) or that we leave (bye).
     fn announce(&self, kind: AnnounceKind) {
-        let a = Announce {
-            kind,
-            v: p::PROTOCOL_VERSION,
-            node: self.me.node.clone(),
-            instance: self.instance.clone(),
-            system: self.me.system.clone(),
-            release: self.host.release.clone(),
-            os_version: self.me.version.clone(),
-            topics: self.me.topics.clone(),
-            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            started_ms: self.started_ms,
-            interval_ms: self.config.heartbeat_interval.max(1) * 1000,
-            running: self.running,
-        };
+        let a = announcement(kind, &self.me, &self.host, &self.instance, self.started_ms,
+            self.config.heartbeat_interval.max(1) * 1000, self.running);
         // A full queue (manager away) only costs a heartbeat; the next one will do.
         let _ = self.push.send(p::encode(&a), zmq::DONTWAIT);
-    }
-
-    fn forward_results(&mut self) {
-        while let Ok(Some(frames)) = try_recv(&self.inbox) {
-            self.running = self.running.saturating_sub(1);
-            for f in frames {
-                self.send_result_frame(f);
-            }
-        }
-    }
-
-    fn send_result_frame(&self, frame: Vec<u8>) {
-        if let Err(e) = self.push.send(frame, zmq::DONTWAIT) {
-            error!(self.log, "result could not be queued for the manager and is lost"; "error" => %e);
-        }
-    }
-
-    fn on_request(&mut self, frames: Vec<Vec<u8>>) {
-        let [topic, body] = frames.as_slice() else {
-            warn!(self.log, "backend message ignored: expected [topic, request]"; "frames" => frames.len());
-            return;
-        };
-        // Exact match, whatever prefix matching let through (a 0.1 manager does not terminate topics).
-        let topic = p::parse_backend_topic(topic).unwrap_or_default();
-        if !self.me.topics.iter().any(|t| t == topic) {
-            debug!(self.log, "request for another topic ignored"; "topic" => topic);
-            return;
-        }
-        let req = match Dispatch::decode(body) {
-            Ok(r) => r,
-            Err((maybe_uuid, e)) => {
-                warn!(self.log, "bad request"; "uuid" => maybe_uuid.as_deref().unwrap_or("-"), "reason" => %e);
-                if let Some(uuid) = maybe_uuid {
-                    self.send_result_frame(p::encode(&self.refusal(&uuid, None, e.to_string())));
-                }
-                return;
-            }
-        };
-        if let Err(why) = self.check(&req) {
-            warn!(self.log, "request refused"; "uuid" => &req.uuid, "service" => &req.service,
-                "cmd" => &req.cmd, "reason" => &why);
-            self.send_result_frame(p::encode(&self.refusal(&req.uuid, Some(&req.cmd), why)));
-            return;
-        }
-        let Some(backend) = self.backend.clone() else {
-            let mut r = self.refusal(&req.uuid, Some(&req.cmd), "Unable to determine location to service(8)".into());
-            r.status = Some(Status::Failed);
-            self.send_result_frame(p::encode(&r));
-            return;
-        };
-        if self.config.self_services.contains(&req.service) && req.cmd != "status" {
-            self.run_on_self(&backend, &req);
-            return;
-        }
-        info!(self.log, "running request"; "uuid" => &req.uuid, "service" => &req.service, "cmd" => &req.cmd);
-        self.running += 1;
-        let ctx = self.ctx.clone();
-        let inbox = self.inbox_endpoint.clone();
-        let me = Arc::clone(&self.me);
-        let timeout = Duration::from_secs(self.config.command_timeout);
-        let cap = self.config.max_output as usize;
-        let log = self.log.clone();
-        thread::spawn(move || {
-            let result = execute(&backend, &me, &req, timeout, cap);
-            let sent = transport::socket(&ctx, zmq::PUSH)
-                .and_then(|s| {
-                    s.set_linger(-1)?;
-                    s.connect(&inbox)?;
-                    s.send(p::encode(&result), 0)?;
-                    Ok(())
-                });
-            if let Err(e) = sent {
-                error!(log, "worker could not hand back its result"; "uuid" => &req.uuid, "error" => %e);
-            }
-        });
     }
 
     /// `stop`/`restart` of the agent's own service would kill us before we
@@ -392,6 +306,32 @@ impl Agent<'_> {
                 p::AGENT_SHUTDOWN
             )),
         }
+    }
+}
+
+/// The hello/heartbeat/bye message of an agent.
+pub fn announcement(
+    kind: AnnounceKind,
+    me: &Identity,
+    host: &HostInfo,
+    instance: &str,
+    started_ms: u64,
+    interval_ms: u64,
+    running: usize,
+) -> Announce {
+    Announce {
+        kind,
+        v: p::PROTOCOL_VERSION,
+        node: me.node.clone(),
+        instance: instance.to_owned(),
+        system: me.system.clone(),
+        release: host.release.clone(),
+        os_version: me.version.clone(),
+        topics: me.topics.clone(),
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        started_ms,
+        interval_ms,
+        running,
     }
 }
 

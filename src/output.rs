@@ -1,0 +1,1 @@
+//! Output for people: tables, colour, the live count while waiting.
