@@ -156,7 +156,12 @@ pub struct AgentArgs {
     #[arg(long, value_name = "N")]
     pub simulate: Option<usize>,
     /// Node names of simulated agents: PREFIX0001, PREFIX0002, ...
-    #[arg(long, value_name = "PREFIX", default_value = "sim-", requires = "simulate")]
+    #[arg(
+        long,
+        value_name = "PREFIX",
+        default_value = "sim-",
+        requires = "simulate"
+    )]
     pub node_prefix: String,
 }
 
@@ -167,16 +172,31 @@ pub struct ClientArgs {
     #[arg(short = 'w', long = "wait", value_name = "WAIT")]
     pub wait: Option<f64>,
     /// Tries to reach the manager.
-    #[arg(short = 'r', long = "retries", value_name = "RETRIES", default_value_t = 3)]
+    #[arg(
+        short = 'r',
+        long = "retries",
+        value_name = "RETRIES",
+        default_value_t = 3
+    )]
     pub retries: u32,
     /// Milliseconds to wait for the manager's answer per try.
-    #[arg(short = 't', long = "timeout", value_name = "TIMEOUT", default_value_t = 1000)]
+    #[arg(
+        short = 't',
+        long = "timeout",
+        value_name = "TIMEOUT",
+        default_value_t = 1000
+    )]
     pub timeout: u64,
     /// Debug output on stderr.
     #[arg(short = 'D', long = "debug")]
     pub debug: bool,
     /// The manager's frontend endpoint.
-    #[arg(short = 'e', long = "endpoint", value_name = "ENDPOINT", default_value = "tcp://localhost:5500")]
+    #[arg(
+        short = 'e',
+        long = "endpoint",
+        value_name = "ENDPOINT",
+        default_value = "tcp://localhost:5500"
+    )]
     pub endpoint: String,
     /// Who runs it: `any`, an OS name (`Linux`, `FreeBSD`), a node name or a custom topic
     /// [default with -N or -G: any].
@@ -184,17 +204,33 @@ pub struct ClientArgs {
           required_unless_present_any = ["nodes", "glob", "job"])]
     pub topic: Option<String>,
     /// Only these nodes (comma-separated), combined with -T.
-    #[arg(short = 'N', long = "nodes", value_name = "LIST", value_delimiter = ',')]
+    #[arg(
+        short = 'N',
+        long = "nodes",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
     pub nodes: Option<Vec<String>>,
     /// Only registered nodes whose name matches this glob (e.g. 'web*'), combined with -T and -N.
     #[arg(short = 'G', long = "glob", value_name = "PATTERN")]
     pub glob: Option<String>,
     /// The service command: start, stop, restart, reload or status.
-    #[arg(short = 'c', long = "cmd", value_name = "CMD", allow_hyphen_values = true, required_unless_present = "job")]
+    #[arg(
+        short = 'c',
+        long = "cmd",
+        value_name = "CMD",
+        allow_hyphen_values = true,
+        required_unless_present = "job"
+    )]
     pub cmd: Option<String>,
     /// The service's name.
-    #[arg(short = 's', long = "service", value_name = "SERVICE", allow_hyphen_values = true,
-          required_unless_present = "job")]
+    #[arg(
+        short = 's',
+        long = "service",
+        value_name = "SERVICE",
+        allow_hyphen_values = true,
+        required_unless_present = "job"
+    )]
     pub service: Option<String>,
     /// Run on at most N nodes at a time (N or N%): a rolling restart.
     #[arg(long, value_name = "N|N%")]
@@ -232,7 +268,12 @@ pub enum Format {
 #[derive(Debug, Args)]
 pub struct MgmtArgs {
     /// Management endpoint of a manager (port 5800) or an agent (port 6000).
-    #[arg(short = 'e', long = "endpoint", value_name = "ENDPOINT", default_value = "tcp://localhost:5800")]
+    #[arg(
+        short = 'e',
+        long = "endpoint",
+        value_name = "ENDPOINT",
+        default_value = "tcp://localhost:5800"
+    )]
     pub endpoint: String,
     /// Milliseconds to wait for the answer per try.
     #[arg(short = 't', long = "timeout", default_value_t = 1000)]
@@ -266,7 +307,13 @@ pub fn main() -> std::process::ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     let name = args
         .first()
-        .map(|a| Path::new(a).file_name().unwrap_or(a.as_os_str()).to_string_lossy().into_owned())
+        .map(|a| {
+            Path::new(a)
+                .file_name()
+                .unwrap_or(a.as_os_str())
+                .to_string_lossy()
+                .into_owned()
+        })
         .unwrap_or_default();
     if name != MAIN_NAME && !LINK_NAMES.contains(&name.as_str()) {
         eprintln!(
@@ -280,7 +327,12 @@ pub fn main() -> std::process::ExitCode {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { Exit::Usage } else { Exit::Ok }.into();
+            return if e.use_stderr() {
+                Exit::Usage
+            } else {
+                Exit::Ok
+            }
+            .into();
         }
     };
     match run(applet) {
@@ -303,12 +355,19 @@ fn run(applet: Applet) -> Result<Exit> {
             (Some(Command::Agent(a)), _) => run_agent(a),
             (Some(Command::Client(a)), _) => run_client(a, false),
             (Some(Command::Mgmt(a)), _) => {
-                let ok = mgmt::run_and_print(&a.endpoint, &a.command, Duration::from_millis(a.timeout), a.retries)?;
+                let ok = mgmt::run_and_print(
+                    &a.endpoint,
+                    &a.command,
+                    Duration::from_millis(a.timeout),
+                    a.retries,
+                )?;
                 Ok(if ok { Exit::Ok } else { Exit::Error })
             }
             (Some(Command::Demo(a)), _) => demo::run(&a),
             (Some(Command::Bench(a)), _) => crate::bench::run(&a),
-            (Some(Command::Generate { what, dir }), _) => crate::docs::generate(&what, &dir).map(|_| Exit::Ok),
+            (Some(Command::Generate { what, dir }), _) => {
+                crate::docs::generate(&what, &dir).map(|_| Exit::Ok)
+            }
             (None, None) => Ok(Exit::Usage),
         },
     }
@@ -340,9 +399,13 @@ const AGENT_ROLE: Role = Role {
 };
 
 fn run_manager(a: DaemonArgs) -> Result<Exit> {
-    serve(&MANAGER_ROLE, &a.opts, &[], |cfg: &ManagerConfig| cfg.mgmt_endpoint.clone(), |cfg, control, log, ready| {
-        manager::run(cfg, control, log, ready)
-    })
+    serve(
+        &MANAGER_ROLE,
+        &a.opts,
+        &[],
+        |cfg: &ManagerConfig| cfg.mgmt_endpoint.clone(),
+        |cfg, control, log, ready| manager::run(cfg, control, log, ready),
+    )
 }
 
 fn run_agent(a: AgentArgs) -> Result<Exit> {
@@ -355,12 +418,16 @@ fn run_agent(a: AgentArgs) -> Result<Exit> {
     }
     let simulate = a.simulate;
     let prefix = a.node_prefix;
-    serve(&AGENT_ROLE, &a.opts, &extra, |cfg: &AgentConfig| cfg.mgmt_endpoint.clone(), |cfg, control, log, ready| {
-        match simulate {
+    serve(
+        &AGENT_ROLE,
+        &a.opts,
+        &extra,
+        |cfg: &AgentConfig| cfg.mgmt_endpoint.clone(),
+        |cfg, control, log, ready| match simulate {
             Some(n) => agent::simulate::run(cfg, n, &prefix, control, log, ready),
             None => agent::run(cfg, control, log, ready),
-        }
-    })
+        },
+    )
 }
 
 /// `start`, `stop` or `status` for either daemon: config, pid file, detaching,
@@ -387,7 +454,11 @@ where
             Some(e) => e.clone(),
             None => local_endpoint(&mgmt_endpoint(&cfg), role.default_mgmt_port),
         };
-        let cmd = if o.action == Action::Stop { role.stop_cmd } else { role.status_cmd };
+        let cmd = if o.action == Action::Stop {
+            role.stop_cmd
+        } else {
+            role.status_cmd
+        };
         let ok = mgmt::run_and_print(&endpoint, cmd, Duration::from_millis(1000), 3)?;
         return Ok(if ok { Exit::Ok } else { Exit::Error });
     }
@@ -404,7 +475,10 @@ where
             .then(|| PathBuf::from(format!("/var/run/service-mgr/{}.pid", role.program)))
     });
     // Locked before detaching, so "already running" reaches the terminal.
-    let mut pid = pidfile.as_deref().map(|p| PidFile::acquire(p, role.program)).transpose()?;
+    let mut pid = pidfile
+        .as_deref()
+        .map(|p| PidFile::acquire(p, role.program))
+        .transpose()?;
     let detached = match o.daemon {
         true => Some(runtime::detach(role.program, logfile.as_deref())?),
         false => None,
@@ -441,7 +515,10 @@ where
 /// A bind endpoint (`tcp://*:5800`) as something to connect to (`tcp://localhost:5800`).
 fn local_endpoint(bind: &str, default_port: &str) -> String {
     match transport::endpoint_host(bind) {
-        Some("*") | Some("0.0.0.0") => bind.replacen("*", "localhost", 1).replacen("0.0.0.0", "localhost", 1),
+        Some("*") | Some("0.0.0.0") => {
+            bind.replacen("*", "localhost", 1)
+                .replacen("0.0.0.0", "localhost", 1)
+        }
         Some(_) => bind.to_owned(),
         None => format!("tcp://localhost:{default_port}"),
     }
@@ -464,7 +541,10 @@ fn install_links(dir: &Path) -> Result<Exit> {
         let link = dir.join(name);
         match std::fs::symlink_metadata(&link) {
             Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(&link)?,
-            Ok(_) => anyhow::bail!("{} exists and is not a link; remove it first", link.display()),
+            Ok(_) => anyhow::bail!(
+                "{} exists and is not a link; remove it first",
+                link.display()
+            ),
             Err(_) => {}
         }
         std::os::unix::fs::symlink(&exe, &link)
@@ -487,31 +567,67 @@ mod tests {
     #[test]
     fn the_01_command_lines_parse() {
         let a = Applet::try_parse_from([
-            "service-mgrd", "-d", "-D", "-p", "/tmp/p", "-f", "/tmp/c", "-o", "/tmp/l", "start",
+            "service-mgrd",
+            "-d",
+            "-D",
+            "-p",
+            "/tmp/p",
+            "-f",
+            "/tmp/c",
+            "-o",
+            "/tmp/l",
+            "start",
         ])
         .unwrap();
         let Applet::Serviced(d) = a else { panic!() };
         assert!(d.opts.daemon && d.opts.debug);
         assert_eq!(d.opts.action, Action::Start);
-        let Applet::Serviced(d) = Applet::try_parse_from(["service-mgrd", "-e", "tcp://h:5800", "stop"]).unwrap()
+        let Applet::Serviced(d) =
+            Applet::try_parse_from(["service-mgrd", "-e", "tcp://h:5800", "stop"]).unwrap()
         else {
             panic!()
         };
         assert_eq!(d.opts.action, Action::Stop);
         let Applet::ServiceClient(c) = Applet::try_parse_from([
-            "service-mgr-client", "-w", "5", "-e", "tcp://localhost:5500", "-T", "FreeBSD", "-c", "status", "-s", "sshd",
+            "service-mgr-client",
+            "-w",
+            "5",
+            "-e",
+            "tcp://localhost:5500",
+            "-T",
+            "FreeBSD",
+            "-c",
+            "status",
+            "-s",
+            "sshd",
         ])
         .unwrap() else {
             panic!()
         };
         assert_eq!((c.wait, c.retries, c.timeout), (Some(5.0), 3, 1000));
-        assert!(Applet::try_parse_from(["service-mgr", "client", "-T", "any", "-c", "status", "-s", "x"]).is_ok());
+        assert!(Applet::try_parse_from([
+            "service-mgr",
+            "client",
+            "-T",
+            "any",
+            "-c",
+            "status",
+            "-s",
+            "x"
+        ])
+        .is_ok());
     }
 
     #[test]
     fn local_endpoint_turns_wildcards_into_localhost() {
-        assert_eq!(local_endpoint("tcp://*:5800", "5800"), "tcp://localhost:5800");
-        assert_eq!(local_endpoint("tcp://10.0.0.1:5800", "5800"), "tcp://10.0.0.1:5800");
+        assert_eq!(
+            local_endpoint("tcp://*:5800", "5800"),
+            "tcp://localhost:5800"
+        );
+        assert_eq!(
+            local_endpoint("tcp://10.0.0.1:5800", "5800"),
+            "tcp://10.0.0.1:5800"
+        );
         assert_eq!(local_endpoint("ipc:///x", "6000"), "tcp://localhost:6000");
     }
 }

@@ -62,7 +62,13 @@ pub fn follow(ctx: &zmq::Context, req: &Request, job: &str, log: &Logger) -> Res
 pub fn plan(ctx: &zmq::Context, req: &Request) -> Result<Vec<String>> {
     let mut dry = req.request.clone();
     dry.dry_run = true;
-    let reply = transport::request(ctx, &req.endpoint, &p::encode(&dry), req.timeout, req.retries)?;
+    let reply = transport::request(
+        ctx,
+        &req.endpoint,
+        &p::encode(&dry),
+        req.timeout,
+        req.retries,
+    )?;
     parse_accept(&reply)?
         .expected
         .context("the manager cannot say which nodes a request reaches (a 0.1 manager?); --batch needs a service-mgr 0.2 manager")
@@ -80,10 +86,18 @@ fn exchange(ctx: &zmq::Context, req: &Request, payload: &[u8], log: &Logger) -> 
     let sub = transport::socket(ctx, zmq::SUB)?;
     sub.set_maxmsgsize(p::RESULT_LIMIT as i64)?;
     sub.set_subscribe(accepted.uuid.as_bytes())?;
-    transport::connect(&sub, &format!("tcp://{host}:{}", accepted.port), "the -e endpoint")?;
+    transport::connect(
+        &sub,
+        &format!("tcp://{host}:{}", accepted.port),
+        "the -e endpoint",
+    )?;
 
     let expected = accepted.expected.clone().or_else(|| req.expect.clone());
-    let waited = req.wait.unwrap_or(if expected.is_some() { DEFAULT_WAIT } else { DEFAULT_WAIT_01 });
+    let waited = req.wait.unwrap_or(if expected.is_some() {
+        DEFAULT_WAIT
+    } else {
+        DEFAULT_WAIT_01
+    });
     let extra_wanted = accepted.unregistered.unwrap_or(0);
     let deadline = started + waited;
     let mut seen = HashSet::new();
@@ -103,7 +117,9 @@ fn exchange(ctx: &zmq::Context, req: &Request, payload: &[u8], log: &Logger) -> 
             continue;
         }
         while let Some(frames) = transport::try_recv(&sub)? {
-            let [topic, body] = frames.as_slice() else { continue };
+            let [topic, body] = frames.as_slice() else {
+                continue;
+            };
             if topic.as_slice() != accepted.uuid.as_bytes() {
                 continue;
             }
@@ -131,9 +147,13 @@ fn exchange(ctx: &zmq::Context, req: &Request, payload: &[u8], log: &Logger) -> 
 }
 
 fn parse_accept(reply: &[u8]) -> Result<Accepted> {
-    let obj = p::decode_object(reply, p::RESULT_LIMIT).context("the manager's answer is unreadable")?;
+    let obj =
+        p::decode_object(reply, p::RESULT_LIMIT).context("the manager's answer is unreadable")?;
     if obj.get("success").and_then(Value::as_i64) == Some(-1) {
-        let msg = obj.get("msg").and_then(Value::as_str).unwrap_or("no reason given");
+        let msg = obj
+            .get("msg")
+            .and_then(Value::as_str)
+            .unwrap_or("no reason given");
         bail!("the manager refused the request: {msg}");
     }
     serde_json::from_value(Value::Object(obj)).context("the manager's answer lacks uuid or port")
@@ -152,7 +172,11 @@ pub fn status_of(obj: &Map<String, Value>) -> String {
     if let Some(s) = obj.get("status").and_then(Value::as_str) {
         return s.to_owned();
     }
-    match obj.get("result").and_then(|r| r.get("returncode")).and_then(Value::as_i64) {
+    match obj
+        .get("result")
+        .and_then(|r| r.get("returncode"))
+        .and_then(Value::as_i64)
+    {
         Some(0) => "ok".to_owned(),
         _ => "failed".to_owned(),
     }
@@ -176,7 +200,12 @@ pub fn node_results(jobs: &[Collected], skipped: &[String]) -> Vec<Value> {
             obj.insert("status".into(), Value::String(status));
             out.push(Value::Object(obj));
         }
-        for n in job.expected.iter().flatten().filter(|n| !answered.contains(*n)) {
+        for n in job
+            .expected
+            .iter()
+            .flatten()
+            .filter(|n| !answered.contains(*n))
+        {
             out.push(json!({
                 "msg": format!("no answer within {:.1} s (-w)", job.waited.as_secs_f64()),
                 "success": -1,
@@ -195,15 +224,31 @@ pub fn node_results(jobs: &[Collected], skipped: &[String]) -> Vec<Value> {
 /// Counts per status, plus expected and answered.
 pub fn summary(jobs: &[Collected], results: &[Value]) -> Map<String, Value> {
     let mut m = Map::new();
-    let expected: usize = jobs.iter().map(|j| j.expected.as_ref().map_or(0, Vec::len)).sum();
+    let expected: usize = jobs
+        .iter()
+        .map(|j| j.expected.as_ref().map_or(0, Vec::len))
+        .sum();
     let skipped = results.iter().filter(|r| r["status"] == "skipped").count();
     m.insert("expected".into(), json!(expected + skipped));
     m.insert(
         "answered".into(),
-        json!(results.iter().filter(|r| r["status"] != "no_response" && r["status"] != "skipped").count()),
+        json!(results
+            .iter()
+            .filter(|r| r["status"] != "no_response" && r["status"] != "skipped")
+            .count()),
     );
-    for s in ["ok", "failed", "timeout", "refused", "no_response", "skipped"] {
-        m.insert(s.into(), json!(results.iter().filter(|r| r["status"] == s).count()));
+    for s in [
+        "ok",
+        "failed",
+        "timeout",
+        "refused",
+        "no_response",
+        "skipped",
+    ] {
+        m.insert(
+            s.into(),
+            json!(results.iter().filter(|r| r["status"] == s).count()),
+        );
     }
     m
 }
@@ -220,9 +265,17 @@ pub fn exit_code(results: &[Value]) -> Exit {
 }
 
 /// The JSON document of a run: the job(s), the request, every node's result and a summary.
-pub fn report(request: &ServiceRequest, jobs: &[Collected], skipped: &[String], elapsed: Duration) -> Value {
+pub fn report(
+    request: &ServiceRequest,
+    jobs: &[Collected],
+    skipped: &[String],
+    elapsed: Duration,
+) -> Value {
     let results = node_results(jobs, skipped);
-    let mut expected: Vec<&String> = jobs.iter().flat_map(|j| j.expected.iter().flatten()).collect();
+    let mut expected: Vec<&String> = jobs
+        .iter()
+        .flat_map(|j| j.expected.iter().flatten())
+        .collect();
     expected.extend(skipped);
     json!({
         "v": p::PROTOCOL_VERSION,
@@ -272,8 +325,15 @@ pub fn run(a: &ClientArgs, legacy_name: bool, log: &Logger) -> Result<Exit> {
         Some(w) => bail!("-w must be a number of seconds, got {w}"),
         None => None,
     };
-    anyhow::ensure!(a.batch_wait.is_finite() && a.batch_wait >= 0.0, "--batch-wait must be a number of seconds");
-    let format = a.format.unwrap_or(if legacy_name { Format::Legacy } else { Format::Json });
+    anyhow::ensure!(
+        a.batch_wait.is_finite() && a.batch_wait >= 0.0,
+        "--batch-wait must be a number of seconds"
+    );
+    let format = a.format.unwrap_or(if legacy_name {
+        Format::Legacy
+    } else {
+        Format::Json
+    });
     let mut request = ServiceRequest::new(
         a.cmd.as_deref().unwrap_or_default(),
         a.service.as_deref().unwrap_or_default(),
@@ -305,11 +365,20 @@ pub fn run(a: &ClientArgs, legacy_name: bool, log: &Logger) -> Result<Exit> {
             }
             req.request.nodes = Some(batch.to_vec());
             let got = collect(&ctx, &req, log)?;
-            eprintln!("batch {}/{}: {} nodes, job {}", i + 1, batches.len(), batch.len(), got.uuid);
+            eprintln!(
+                "batch {}/{}: {} nodes, job {}",
+                i + 1,
+                batches.len(),
+                batch.len(),
+                got.uuid
+            );
             let failed = exit_code(&node_results(std::slice::from_ref(&got), &[])) != Exit::Ok;
             jobs.push(got);
             if failed && a.fail_fast {
-                skipped = batches[i + 1..].iter().flat_map(|b| b.iter().cloned()).collect();
+                skipped = batches[i + 1..]
+                    .iter()
+                    .flat_map(|b| b.iter().cloned())
+                    .collect();
                 break;
             }
         }
@@ -319,13 +388,19 @@ pub fn run(a: &ClientArgs, legacy_name: bool, log: &Logger) -> Result<Exit> {
     }
     let results = node_results(&jobs, &skipped);
     match format {
-        Format::Json => println!("{}", to_json_pretty(&report(&req.request, &jobs, &skipped, started.elapsed()))),
+        Format::Json => println!(
+            "{}",
+            to_json_pretty(&report(&req.request, &jobs, &skipped, started.elapsed()))
+        ),
         Format::Jsonl | Format::Table => bail!("--format {format:?} is not built yet"),
         Format::Legacy => {
             println!("{}", to_json_pretty(&results));
             if results.is_empty() {
                 // Scripts read stdout; the job id still reaches the person.
-                eprintln!("no node answered (job {})", jobs.first().map_or("-", |j| j.uuid.as_str()));
+                eprintln!(
+                    "no node answered (job {})",
+                    jobs.first().map_or("-", |j| j.uuid.as_str())
+                );
             }
         }
     }
@@ -356,19 +431,30 @@ mod tests {
             ],
         );
         let r = node_results(std::slice::from_ref(&j), &[]);
-        let statuses: Vec<(&str, &str)> =
-            r.iter().map(|v| (v["node"].as_str().unwrap(), v["status"].as_str().unwrap())).collect();
-        assert_eq!(statuses, [("a", "ok"), ("b", "timeout"), ("c", "no_response")]);
+        let statuses: Vec<(&str, &str)> = r
+            .iter()
+            .map(|v| (v["node"].as_str().unwrap(), v["status"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            statuses,
+            [("a", "ok"), ("b", "timeout"), ("c", "no_response")]
+        );
         assert_eq!(exit_code(&r), Exit::NoResponse);
         let s = summary(&[j], &r);
-        assert_eq!((s["expected"].as_u64(), s["answered"].as_u64()), (Some(3), Some(2)));
+        assert_eq!(
+            (s["expected"].as_u64(), s["answered"].as_u64()),
+            (Some(3), Some(2))
+        );
     }
 
     #[test]
     fn exit_codes_distinguish_failed_from_silent() {
         let ok = job(&["a"], vec![json!({"node": "a", "status": "ok"})]);
         assert_eq!(exit_code(&node_results(&[ok], &[])), Exit::Ok);
-        let failed = job(&["a"], vec![json!({"result": {"node": "a", "returncode": 3}})]);
+        let failed = job(
+            &["a"],
+            vec![json!({"result": {"node": "a", "returncode": 3}})],
+        );
         assert_eq!(exit_code(&node_results(&[failed], &[])), Exit::SomeFailed);
         assert_eq!(exit_code(&[]), Exit::NoResponse, "nobody answered");
     }

@@ -122,9 +122,13 @@ impl Default for AgentConfig {
             max_output: 4 * 1024 * 1024,
             max_concurrent: 64,
             heartbeat_interval: 2,
-            self_services: ["service-mgr-agentd", "service-mgr-agent", "service_mgr_agentd"]
-                .map(String::from)
-                .to_vec(),
+            self_services: [
+                "service-mgr-agentd",
+                "service-mgr-agent",
+                "service_mgr_agentd",
+            ]
+            .map(String::from)
+            .to_vec(),
         }
     }
 }
@@ -176,7 +180,8 @@ where
             .unwrap_or_else(|| toml::Value::String(value.to_owned()));
         table.insert(key.to_owned(), parsed);
     }
-    T::deserialize(table).map_err(|e| anyhow::anyhow!("invalid command-line option: {}", e.to_string().trim_end()))
+    T::deserialize(table)
+        .map_err(|e| anyhow::anyhow!("invalid command-line option: {}", e.to_string().trim_end()))
 }
 
 /// 0.1 files open with a `[Default]` section; ours never have one.
@@ -304,7 +309,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("line 3") && err.contains("soon"), "{err}");
-        let err = parse::<ManagerConfig>("[Default]\njunk line\n").unwrap_err().to_string();
+        let err = parse::<ManagerConfig>("[Default]\njunk line\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 2"), "{err}");
     }
 
@@ -324,7 +331,11 @@ mod tests {
         let a: AgentConfig = load_with(
             &path,
             true,
-            &["node=cli".into(), "command_timeout = 7".into(), "topics=[\"x\", \"y\"]".into()],
+            &[
+                "node=cli".into(),
+                "command_timeout = 7".into(),
+                "topics=[\"x\", \"y\"]".into(),
+            ],
         )
         .unwrap();
         assert_eq!(a.node.as_deref(), Some("cli"));

@@ -48,7 +48,9 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
     let mlog = log.clone();
     let mpath = mready.clone();
     let mthread = thread::spawn(move || {
-        manager::run(&mcfg, &mcontrol, &mlog, &mut |doc| runtime::write_ready_file(&mpath, doc))
+        manager::run(&mcfg, &mcontrol, &mlog, &mut |doc| {
+            runtime::write_ready_file(&mpath, doc)
+        })
     });
     let m = wait_ready(&mready, &mthread)?;
     let ep = |k: &str| m[k].as_str().unwrap_or_default().to_owned();
@@ -67,7 +69,9 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
     let alog = log.clone();
     let apath = aready.clone();
     let athread = thread::spawn(move || {
-        agent::run(&acfg, &acontrol, &alog, &mut |doc| runtime::write_ready_file(&apath, doc))
+        agent::run(&acfg, &acontrol, &alog, &mut |doc| {
+            runtime::write_ready_file(&apath, doc)
+        })
     });
     let result = (|| {
         wait_ready(&aready, &athread)?;
@@ -97,12 +101,23 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
     if got.results.is_empty() {
         bail!("the agent did not answer within 30 s");
     }
-    eprintln!("demo: {} answered in {} ms (job {})", node, got.elapsed.as_millis(), got.uuid);
+    eprintln!(
+        "demo: {} answered in {} ms (job {})",
+        node,
+        got.elapsed.as_millis(),
+        got.uuid
+    );
     Ok(Exit::Ok)
 }
 
 fn pick_service() -> String {
-    let dirs = ["/etc/init.d", "/etc/rc.d", "/usr/local/etc/rc.d", "/lib/systemd/system", "/usr/lib/systemd/system"];
+    let dirs = [
+        "/etc/init.d",
+        "/etc/rc.d",
+        "/usr/local/etc/rc.d",
+        "/lib/systemd/system",
+        "/usr/lib/systemd/system",
+    ];
     CANDIDATES
         .iter()
         .find(|name| {
@@ -134,9 +149,17 @@ fn wait_ready(path: &Path, thread: &thread::JoinHandle<Result<()>>) -> Result<Va
 fn wait_registered(mgmt_endpoint: &str, node: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        let agents = mgmt::call(mgmt_endpoint, crate::protocol::MANAGER_AGENTS, Duration::from_secs(1), 1)?;
+        let agents = mgmt::call(
+            mgmt_endpoint,
+            crate::protocol::MANAGER_AGENTS,
+            Duration::from_secs(1),
+            1,
+        )?;
         let up = agents["result"].as_array().into_iter().flatten();
-        if up.into_iter().any(|a| a["node"] == node && a["state"] == "up") {
+        if up
+            .into_iter()
+            .any(|a| a["node"] == node && a["state"] == "up")
+        {
             return Ok(());
         }
         thread::sleep(Duration::from_millis(5));

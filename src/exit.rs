@@ -30,7 +30,14 @@ mod tests {
     fn codes_are_stable() {
         // Scripts depend on these numbers; change them only with the man page.
         assert_eq!(
-            [Exit::Ok, Exit::Error, Exit::Usage, Exit::SomeFailed, Exit::NoResponse].map(|e| e as u8),
+            [
+                Exit::Ok,
+                Exit::Error,
+                Exit::Usage,
+                Exit::SomeFailed,
+                Exit::NoResponse
+            ]
+            .map(|e| e as u8),
             [0, 1, 2, 3, 4]
         );
     }

@@ -30,6 +30,13 @@ impl HostInfo {
 
     /// 0.1's `uname` array: system, node, release, version, machine, processor.
     pub fn uname_json(&self) -> Value {
-        json!([self.system, self.node, self.release, self.version, self.machine, self.machine])
+        json!([
+            self.system,
+            self.node,
+            self.release,
+            self.version,
+            self.machine,
+            self.machine
+        ])
     }
 }

@@ -12,8 +12,15 @@ use std::time::Duration;
 /// as raw JSON so that a 0.1 peer's answer still prints.
 pub fn call(endpoint: &str, cmd: &str, timeout: Duration, retries: u32) -> Result<Value> {
     let ctx = zmq::Context::new();
-    let reply = transport::request(&ctx, endpoint, &p::encode(&json!({ "cmd": cmd })), timeout, retries)?;
-    serde_json::from_slice(&reply).with_context(|| format!("the answer from {endpoint} is not JSON"))
+    let reply = transport::request(
+        &ctx,
+        endpoint,
+        &p::encode(&json!({ "cmd": cmd })),
+        timeout,
+        retries,
+    )?;
+    serde_json::from_slice(&reply)
+        .with_context(|| format!("the answer from {endpoint} is not JSON"))
 }
 
 /// Whether a reply reports success (`"success": 0`).

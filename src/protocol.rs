@@ -647,9 +647,17 @@ impl SinkMessage {
             .and_then(Value::as_str)
             .map(str::to_owned);
         // Derive the status the way ResultMsg does, without requiring its full shape.
-        let status = match m.get("status").cloned().map(serde_json::from_value::<Status>) {
+        let status = match m
+            .get("status")
+            .cloned()
+            .map(serde_json::from_value::<Status>)
+        {
             Some(Ok(s)) => s,
-            _ => match m.get("result").and_then(|r| r.get("returncode")).and_then(Value::as_i64) {
+            _ => match m
+                .get("result")
+                .and_then(|r| r.get("returncode"))
+                .and_then(Value::as_i64)
+            {
                 Some(0) => Status::Ok,
                 _ => Status::Failed,
             },
@@ -667,10 +675,15 @@ pub fn check_service_name(name: &str) -> Result<(), String> {
         return Err("service name is empty".into());
     }
     if name.len() > 255 {
-        return Err(format!("service name is {} bytes long; the limit is 255", name.len()));
+        return Err(format!(
+            "service name is {} bytes long; the limit is 255",
+            name.len()
+        ));
     }
     if name.starts_with('-') || name.starts_with('.') {
-        return Err(format!("service name {name:?} may not start with '-' or '.'"));
+        return Err(format!(
+            "service name {name:?} may not start with '-' or '.'"
+        ));
     }
     if let Some(c) = name
         .chars()
@@ -686,7 +699,9 @@ pub fn check_service_name(name: &str) -> Result<(), String> {
 pub fn check_command_word(cmd: &str) -> Result<(), String> {
     let ok = !cmd.is_empty()
         && cmd.len() <= 32
-        && cmd.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && cmd
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
         && !cmd.starts_with('-');
     if ok {
         Ok(())
@@ -708,8 +723,9 @@ mod tests {
 
     #[test]
     fn request_roundtrip_and_01_shape() {
-        let r = ServiceRequest::decode(br#"{"cmd": "status", "service": "sshd", "topic": "FreeBSD"}"#)
-            .unwrap();
+        let r =
+            ServiceRequest::decode(br#"{"cmd": "status", "service": "sshd", "topic": "FreeBSD"}"#)
+                .unwrap();
         assert_eq!(r.topic, "FreeBSD");
         assert_eq!(r.v, None);
         // What we send is exactly 0.1's object plus `v`.
@@ -729,7 +745,10 @@ mod tests {
             (b"[1,2]", "an array"),
             (b"\xff\xfe", "UTF-8"),
             (br#"{"cmd": "status", "service": "sshd"}"#, "topic"),
-            (br#"{"cmd": "status", "service": "sshd", "topic": 5}"#, "`topic` must be a string"),
+            (
+                br#"{"cmd": "status", "service": "sshd", "topic": 5}"#,
+                "`topic` must be a string",
+            ),
             (br#"{"cmd": 1, "service": "sshd", "topic": "any"}"#, "`cmd`"),
         ];
         for (bytes, needle) in cases {
@@ -746,7 +765,8 @@ mod tests {
     #[test]
     fn accepted_roundtrip_and_01_shape() {
         let a: Accepted =
-            serde_json::from_str(r#"{"uuid": "f569796669df4bf6982dd14c704900a0", "port": 5701}"#).unwrap();
+            serde_json::from_str(r#"{"uuid": "f569796669df4bf6982dd14c704900a0", "port": 5701}"#)
+                .unwrap();
         assert_eq!(a.port, 5701);
         assert_eq!(a.expected, None);
         roundtrip(&a);
@@ -880,7 +900,10 @@ mod tests {
         let req = MgmtRequest::decode(br#"{"cmd": "manager.status"}"#).unwrap();
         assert_eq!(req.cmd, MANAGER_STATUS);
         roundtrip(&req);
-        assert!(MgmtRequest::decode(b"{}").unwrap_err().to_string().contains("cmd"));
+        assert!(MgmtRequest::decode(b"{}")
+            .unwrap_err()
+            .to_string()
+            .contains("cmd"));
         let reply = MgmtReply::ok("Service Manager Status", Some(json!({"status": "running"})));
         roundtrip(&reply);
         assert_eq!(
@@ -910,7 +933,18 @@ mod tests {
     }
     #[test]
     fn hostile_service_names_are_refused() {
-        for bad in ["../x", "-h", "a;b", "", "a b", "x/y", ".hidden", "$(id)", "a\nb", &"s".repeat(256)] {
+        for bad in [
+            "../x",
+            "-h",
+            "a;b",
+            "",
+            "a b",
+            "x/y",
+            ".hidden",
+            "$(id)",
+            "a\nb",
+            &"s".repeat(256),
+        ] {
             assert!(check_service_name(bad).is_err(), "{bad:?}");
         }
         for good in ["sshd", "nginx", "getty@tty1", "php7.4-fpm", "a_b", "x+y"] {
@@ -923,15 +957,22 @@ mod tests {
     }
     #[test]
     fn narrowed_targets_and_dry_run() {
-        let r = ServiceRequest::decode(br#"{"cmd": "restart", "service": "nginx", "nodes": ["web1", "web2"]}"#).unwrap();
+        let r = ServiceRequest::decode(
+            br#"{"cmd": "restart", "service": "nginx", "nodes": ["web1", "web2"]}"#,
+        )
+        .unwrap();
         assert_eq!(r.topic, "any");
-        assert_eq!(r.nodes.as_deref(), Some(&["web1".to_string(), "web2".to_string()][..]));
+        assert_eq!(
+            r.nodes.as_deref(),
+            Some(&["web1".to_string(), "web2".to_string()][..])
+        );
         roundtrip(&r);
         let r = ServiceRequest::decode(br#"{"cmd": "status", "service": "x", "topic": "Linux", "glob": "web*", "dry_run": true}"#).unwrap();
         assert!(r.dry_run);
         assert_eq!(r.glob.as_deref(), Some("web*"));
         roundtrip(&r);
-        let err = ServiceRequest::decode(br#"{"cmd": "status", "service": "x", "nodes": [1]}"#).unwrap_err();
+        let err = ServiceRequest::decode(br#"{"cmd": "status", "service": "x", "nodes": [1]}"#)
+            .unwrap_err();
         assert!(err.to_string().contains("`nodes`"));
     }
 
@@ -953,7 +994,10 @@ mod tests {
         };
         roundtrip(&a);
         assert_eq!(serde_json::to_value(&a).unwrap()["type"], "agent.hello");
-        assert_eq!(SinkMessage::decode(&encode(&a)).unwrap(), SinkMessage::Announce(a));
+        assert_eq!(
+            SinkMessage::decode(&encode(&a)).unwrap(),
+            SinkMessage::Announce(a)
+        );
         match SinkMessage::decode(GOLDEN_01_RESULT.as_bytes()).unwrap() {
             SinkMessage::Result { uuid, node, status } => {
                 assert_eq!(uuid, "f569796669df4bf6982dd14c704900a0");
@@ -962,23 +1006,42 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert!(SinkMessage::decode(br#"{"msg": "x"}"#).unwrap_err().to_string().contains("uuid"));
+        assert!(SinkMessage::decode(br#"{"msg": "x"}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("uuid"));
         assert!(SinkMessage::decode(br#"{"type": "agent.hello"}"#).is_err());
     }
 
     #[test]
     fn status_answers_map_to_states() {
         use ServiceState::*;
-        assert_eq!(ServiceState::from_status(0, "sshd is running as pid 1768.\n", ""), Running);
-        assert_eq!(ServiceState::from_status(3, "", ""), Stopped);
-        assert_eq!(ServiceState::from_status(1, "", "dummy: unrecognized service\n"), UnknownService);
         assert_eq!(
-            ServiceState::from_status(1, "dummy does not exist in /etc/rc.d or the local startup\n", ""),
+            ServiceState::from_status(0, "sshd is running as pid 1768.\n", ""),
+            Running
+        );
+        assert_eq!(ServiceState::from_status(3, "", ""), Stopped);
+        assert_eq!(
+            ServiceState::from_status(1, "", "dummy: unrecognized service\n"),
             UnknownService
         );
-        assert_eq!(ServiceState::from_status(4, "Unit x.service could not be found.", ""), UnknownService);
+        assert_eq!(
+            ServiceState::from_status(
+                1,
+                "dummy does not exist in /etc/rc.d or the local startup\n",
+                ""
+            ),
+            UnknownService
+        );
+        assert_eq!(
+            ServiceState::from_status(4, "Unit x.service could not be found.", ""),
+            UnknownService
+        );
         // Exit 0 with "not found" text is still not "running".
-        assert_eq!(ServiceState::from_status(0, "", "Unit foo.service could not be found."), UnknownService);
+        assert_eq!(
+            ServiceState::from_status(0, "", "Unit foo.service could not be found."),
+            UnknownService
+        );
         assert_eq!(ServiceState::from_status(150, "", ""), Error);
     }
 }

@@ -42,7 +42,8 @@ pub struct Wake {
 
 impl Control {
     pub fn new() -> Result<Control> {
-        let (wake_rx, wake_tx) = UnixStream::pair().context("cannot create the wake-up socket pair")?;
+        let (wake_rx, wake_tx) =
+            UnixStream::pair().context("cannot create the wake-up socket pair")?;
         wake_rx.set_nonblocking(true)?;
         wake_tx.set_nonblocking(true)?;
         Ok(Control {
@@ -217,7 +218,9 @@ pub fn detach(program: &str, logfile: Option<&Path>) -> Result<Detached> {
                 std::process::exit(0);
             }
             if answer.is_empty() {
-                let log = logfile.map(|l| format!("; see {}", l.display())).unwrap_or_default();
+                let log = logfile
+                    .map(|l| format!("; see {}", l.display()))
+                    .unwrap_or_default();
                 answer = format!("the daemon exited while starting{log}");
             }
             eprintln!("{program}: error: {answer}");
@@ -227,7 +230,10 @@ pub fn detach(program: &str, logfile: Option<&Path>) -> Result<Detached> {
             drop(read_end);
             setsid().context("setsid failed")?;
             std::env::set_current_dir("/")?;
-            let null = OpenOptions::new().read(true).write(true).open("/dev/null")?;
+            let null = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/null")?;
             for fd in 0..=2 {
                 // SAFETY: dup2 onto the standard descriptors of this process.
                 unsafe { libc::dup2(null.as_raw_fd(), fd) };
@@ -268,9 +274,16 @@ mod tests {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, "999999\n").unwrap(); // stale: nobody holds the lock
         let held = PidFile::acquire(&path, "service-mgrd").unwrap();
-        let pid: u32 = std::fs::read_to_string(&path).unwrap().trim().parse().unwrap();
+        let pid: u32 = std::fs::read_to_string(&path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         assert_eq!(pid, std::process::id());
-        let err = PidFile::acquire(&path, "service-mgrd").err().unwrap().to_string();
+        let err = PidFile::acquire(&path, "service-mgrd")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(err.contains("already running"), "{err}");
         drop(held);
         assert!(!path.exists());

@@ -19,12 +19,18 @@ pub fn socket(ctx: &zmq::Context, kind: zmq::SocketType) -> Result<zmq::Socket> 
 pub fn bind(s: &zmq::Socket, endpoint: &str, key: &str, program: &str) -> Result<String> {
     if let Err(e) = s.bind(endpoint) {
         let hint = match e {
-            zmq::Error::EADDRINUSE => format!("address in use; is another {program} running? set {key}"),
-            zmq::Error::EADDRNOTAVAIL => format!("no such local address; set {key} to an address of this host"),
+            zmq::Error::EADDRINUSE => {
+                format!("address in use; is another {program} running? set {key}")
+            }
+            zmq::Error::EADDRNOTAVAIL => {
+                format!("no such local address; set {key} to an address of this host")
+            }
             zmq::Error::EINVAL | zmq::Error::EPROTONOSUPPORT => {
                 format!("not a valid endpoint (expected e.g. tcp://*:5500); set {key}")
             }
-            zmq::Error::EACCES => format!("permission denied; use a port above 1023 or run as root; set {key}"),
+            zmq::Error::EACCES => {
+                format!("permission denied; use a port above 1023 or run as root; set {key}")
+            }
             other => format!("{other}; set {key}"),
         };
         bail!("cannot bind {endpoint}: {hint}");
@@ -163,8 +169,13 @@ mod tests {
         let a = socket(&ctx, zmq::REP).unwrap();
         let ep = bind(&a, "tcp://127.0.0.1:*", "mgmt_endpoint", "service-mgrd").unwrap();
         let b = socket(&ctx, zmq::REP).unwrap();
-        let err = bind(&b, &ep, "mgmt_endpoint", "service-mgrd").unwrap_err().to_string();
-        assert!(err.contains("address in use") && err.contains("set mgmt_endpoint"), "{err}");
+        let err = bind(&b, &ep, "mgmt_endpoint", "service-mgrd")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("address in use") && err.contains("set mgmt_endpoint"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -7,7 +7,11 @@ use std::process::Command;
 fn link_names_dispatch_and_renamed_binary_gets_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let out = run(&["install-links", dir.path().to_str().unwrap()]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for (name, needle) in [
         ("service-mgrd", "service manager daemon"),
         ("service-mgr-agentd", "agent"),
@@ -32,7 +36,10 @@ fn link_names_dispatch_and_renamed_binary_gets_one_line() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(err.contains("service-mgr-1.2") && err.contains("service-mgrd"), "{err}");
+    assert!(
+        err.contains("service-mgr-1.2") && err.contains("service-mgrd"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -51,18 +58,31 @@ fn every_subcommand_has_help_and_version() {
 fn bad_config_names_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("agentd.conf");
-    std::fs::write(&conf, "[Default]\nmanager_endpoint = tcp://localhost:5600\ncommand_timeout = soon\n").unwrap();
+    std::fs::write(
+        &conf,
+        "[Default]\nmanager_endpoint = tcp://localhost:5600\ncommand_timeout = soon\n",
+    )
+    .unwrap();
     let out = run(&["agent", "-f", conf.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(conf.to_str().unwrap()) && err.contains("line 3") && err.contains("command_timeout"), "{err}");
+    assert!(
+        err.contains(conf.to_str().unwrap())
+            && err.contains("line 3")
+            && err.contains("command_timeout"),
+        "{err}"
+    );
 }
 
 #[test]
 fn demo_runs_with_no_config_and_no_root() {
     with_timeout(60, || {
         let out = run(&["demo"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         let r = &v[0]["result"];
         assert!(r["returncode"].is_i64() && r["node"].is_string(), "{v}");

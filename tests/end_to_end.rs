@@ -10,14 +10,22 @@ fn outcome(doc: &Value) -> Vec<(String, String)> {
         .as_array()
         .unwrap_or_else(|| panic!("no results in {doc}"))
         .iter()
-        .map(|r| (r["node"].as_str().unwrap().to_owned(), r["status"].as_str().unwrap().to_owned()))
+        .map(|r| {
+            (
+                r["node"].as_str().unwrap().to_owned(),
+                r["status"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     v.sort();
     v
 }
 
 fn oks(nodes: &[&str]) -> Vec<(String, String)> {
-    nodes.iter().map(|n| (n.to_string(), "ok".to_string())).collect()
+    nodes
+        .iter()
+        .map(|n| (n.to_string(), "ok".to_string()))
+        .collect()
 }
 
 #[test]
@@ -41,7 +49,11 @@ fn status_reaches_exactly_the_topic_and_returns_without_waiting() {
         assert_eq!(outcome(&doc), oks(&["db1", "web1", "web10"]));
         assert_eq!(doc["summary"]["answered"], 3);
         // The default -w is 60 s: these returned because every expected node answered.
-        assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{:?}",
+            started.elapsed()
+        );
         // A prefix of a topic reaches no one, and says so with exit 4 and the job id.
         let (out, doc) = client(&mgr, "we", "status", "nginx", &[]);
         assert_eq!(out.status.code(), Some(4));
@@ -56,16 +68,40 @@ fn nodes_lists_globs_and_unknown_nodes() {
         let dir = tempfile::tempdir().unwrap();
         let fake = fake_service(dir.path());
         let mgr = manager(&[]);
-        let _a = ["web1", "web2", "web10", "db1"].map(|n| agent(&mgr, n, &fake, &["--topics", "grp"]));
+        let _a =
+            ["web1", "web2", "web10", "db1"].map(|n| agent(&mgr, n, &fake, &["--topics", "grp"]));
         let (_, doc) = client_args(&mgr, &["-N", "web1,db1", "-c", "status", "-s", "x"]);
         assert_eq!(outcome(&doc), oks(&["db1", "web1"]));
         let (_, doc) = client_args(&mgr, &["-G", "web?", "-c", "status", "-s", "x"]);
         assert_eq!(outcome(&doc), oks(&["web1", "web2"]));
-        let (_, doc) = client_args(&mgr, &["-T", "grp", "-G", "web*", "-N", "web10,db1", "-c", "status", "-s", "x"]);
+        let (_, doc) = client_args(
+            &mgr,
+            &[
+                "-T",
+                "grp",
+                "-G",
+                "web*",
+                "-N",
+                "web10,db1",
+                "-c",
+                "status",
+                "-s",
+                "x",
+            ],
+        );
         assert_eq!(outcome(&doc), oks(&["web10"]));
         // A named node that does not exist is reported, not silently dropped.
-        let (out, doc) = client_args(&mgr, &["-N", "web1,ghost", "-c", "status", "-s", "x", "-w", "1"]);
-        assert_eq!(outcome(&doc), [("ghost".into(), "no_response".into()), ("web1".into(), "ok".into())]);
+        let (out, doc) = client_args(
+            &mgr,
+            &["-N", "web1,ghost", "-c", "status", "-s", "x", "-w", "1"],
+        );
+        assert_eq!(
+            outcome(&doc),
+            [
+                ("ghost".into(), "no_response".into()),
+                ("web1".into(), "ok".into())
+            ]
+        );
         assert_eq!(out.status.code(), Some(4));
     });
 }
@@ -112,8 +148,15 @@ fn hostile_names_and_commands_run_nothing() {
         let (out, doc) = client(&mgr, "n1", "rm", "sshd", &[]);
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(doc["results"][0]["status"], "refused", "{doc}");
-        assert!(doc["results"][0]["msg"].as_str().unwrap().contains("not allowed"));
-        assert!(calls(dir.path()).is_empty(), "something ran: {:?}", calls(dir.path()));
+        assert!(doc["results"][0]["msg"]
+            .as_str()
+            .unwrap()
+            .contains("not allowed"));
+        assert!(
+            calls(dir.path()).is_empty(),
+            "something ran: {:?}",
+            calls(dir.path())
+        );
     });
 }
 
@@ -128,14 +171,19 @@ fn killed_agent_is_reported_as_no_response_within_seconds() {
         let ep = mgr.ep("frontend_endpoint");
         let started = Instant::now();
         let child = std::process::Command::new(bin())
-            .args(["client", "-e", &ep, "-N", "victim", "-c", "start", "-s", "slow-svc"])
+            .args([
+                "client", "-e", &ep, "-N", "victim", "-c", "start", "-s", "slow-svc",
+            ])
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         // Wait until the victim runs the command, then kill -9 it.
         let deadline = Instant::now() + Duration::from_secs(10);
         while calls(dir.path()).is_empty() {
-            assert!(Instant::now() < deadline, "the agents never ran the command");
+            assert!(
+                Instant::now() < deadline,
+                "the agents never ran the command"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         unsafe { libc::kill(victim.pid(), libc::SIGKILL) };
@@ -143,12 +191,28 @@ fn killed_agent_is_reported_as_no_response_within_seconds() {
         // The client reports the victim as soon as the manager notices; it does not hang.
         let out = child.wait_with_output().unwrap();
         let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-        let victim_entry = doc["results"].as_array().unwrap().iter().find(|r| r["node"] == "victim").unwrap().clone();
+        let victim_entry = doc["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["node"] == "victim")
+            .unwrap()
+            .clone();
         assert_eq!(victim_entry["status"], "no_response", "{doc}");
-        assert!(victim_entry["msg"].as_str().unwrap().contains("connection dropped"), "{victim_entry}");
+        assert!(
+            victim_entry["msg"]
+                .as_str()
+                .unwrap()
+                .contains("connection dropped"),
+            "{victim_entry}"
+        );
         assert_eq!(out.status.code(), Some(4));
         // Its command would have run 30 s; the verdict came within seconds.
-        assert!(started.elapsed() < Duration::from_secs(15), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
     });
 }
 
@@ -158,10 +222,15 @@ fn manager_restart_agents_come_back_by_themselves() {
         let dir = tempfile::tempdir().unwrap();
         let fake = fake_service(dir.path());
         let mut mgr = manager(&[]);
-        let endpoints: Vec<String> = ["frontend_endpoint", "backend_endpoint", "sink_endpoint", "mgmt_endpoint"]
-            .iter()
-            .map(|k| format!("{k}={}", mgr.ep(k)))
-            .collect();
+        let endpoints: Vec<String> = [
+            "frontend_endpoint",
+            "backend_endpoint",
+            "sink_endpoint",
+            "mgmt_endpoint",
+        ]
+        .iter()
+        .map(|k| format!("{k}={}", mgr.ep(k)))
+        .collect();
         let _a = agent(&mgr, "n1", &fake, &[]);
         let _b = agent(&mgr, "n2", &fake, &[]);
         assert_eq!(mgr.signal_and_wait(libc::SIGTERM, 10).code(), Some(0));
@@ -184,15 +253,32 @@ fn rolling_restart_in_batches_with_fail_fast() {
         let dir = tempfile::tempdir().unwrap();
         let fake = fake_service(dir.path());
         let mgr = manager(&[]);
-        let _a = ["w1", "w2", "w3", "w4", "w5"].map(|n| agent(&mgr, n, &fake, &["--topics", "web"]));
-        let (out, doc) = client_args(&mgr, &["-T", "web", "-c", "restart", "-s", "nginx", "--batch", "2"]);
+        let _a =
+            ["w1", "w2", "w3", "w4", "w5"].map(|n| agent(&mgr, n, &fake, &["--topics", "web"]));
+        let (out, doc) = client_args(
+            &mgr,
+            &["-T", "web", "-c", "restart", "-s", "nginx", "--batch", "2"],
+        );
         assert_eq!(out.status.code(), Some(0), "{doc}");
         assert_eq!(doc["jobs"].as_array().unwrap().len(), 3);
         assert_eq!(outcome(&doc), oks(&["w1", "w2", "w3", "w4", "w5"]));
         // The calls came in batches: never more than 2 nodes in one job.
         assert_eq!(calls(dir.path()).len(), 5);
         // fail-fast: the first batch fails, the rest is skipped and reported.
-        let (out, doc) = client_args(&mgr, &["-T", "web", "-c", "restart", "-s", "fail-svc", "--batch", "40%", "--fail-fast"]);
+        let (out, doc) = client_args(
+            &mgr,
+            &[
+                "-T",
+                "web",
+                "-c",
+                "restart",
+                "-s",
+                "fail-svc",
+                "--batch",
+                "40%",
+                "--fail-fast",
+            ],
+        );
         assert_eq!(out.status.code(), Some(3));
         let o = outcome(&doc);
         assert_eq!(o.iter().filter(|(_, s)| s == "failed").count(), 2, "{o:?}");
@@ -228,7 +314,13 @@ fn restarting_the_agents_own_service_answers_first() {
         let _a = agent(&mgr, "n1", &fake, &[]);
         let (out, doc) = client(&mgr, "n1", "restart", "service-mgr-agentd", &[]);
         assert_eq!(out.status.code(), Some(0), "{doc}");
-        assert!(doc["results"][0]["msg"].as_str().unwrap().contains("Scheduled"), "{doc}");
+        assert!(
+            doc["results"][0]["msg"]
+                .as_str()
+                .unwrap()
+                .contains("Scheduled"),
+            "{doc}"
+        );
         // The command itself runs a moment after the answer.
         let deadline = Instant::now() + Duration::from_secs(10);
         while calls(dir.path()).is_empty() {
@@ -253,14 +345,18 @@ fn thousand_requests_lose_no_result() {
         let port_host = "tcp://127.0.0.1";
         let mut received = 0;
         for _ in 0..1000 {
-            let reply = req_raw(&mgr.ep("frontend_endpoint"), br#"{"cmd": "status", "service": "x", "topic": "any"}"#);
+            let reply = req_raw(
+                &mgr.ep("frontend_endpoint"),
+                br#"{"cmd": "status", "service": "x", "topic": "any"}"#,
+            );
             let acc: Value = serde_json::from_slice(&reply).unwrap();
             let uuid = acc["uuid"].as_str().unwrap();
             let sub = ctx.socket(zmq::SUB).unwrap();
             sub.set_linger(0).unwrap();
             sub.set_rcvtimeo(5000).unwrap();
             sub.set_subscribe(uuid.as_bytes()).unwrap();
-            sub.connect(&format!("{port_host}:{}", acc["port"])).unwrap();
+            sub.connect(&format!("{port_host}:{}", acc["port"]))
+                .unwrap();
             for _ in 0..3 {
                 let frames = sub.recv_multipart(0).expect("a result was lost");
                 assert_eq!(frames[0], uuid.as_bytes());

@@ -59,7 +59,8 @@ impl Proc {
     /// Send a signal and wait for the exit status.
     pub fn signal_and_wait(&mut self, sig: i32, secs: u64) -> std::process::ExitStatus {
         unsafe { libc::kill(self.pid(), sig) };
-        self.wait_exit(secs).expect("daemon did not exit after the signal")
+        self.wait_exit(secs)
+            .expect("daemon did not exit after the signal")
     }
     pub fn wait_exit(&mut self, secs: u64) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + Duration::from_secs(secs);
@@ -110,9 +111,16 @@ pub fn spawn_ready(args: &[&str]) -> Proc {
             return p;
         }
         if let Some(status) = p.child.try_wait().unwrap() {
-            panic!("{args:?} exited with {status} before it was ready:\n{}", p.log_text());
+            panic!(
+                "{args:?} exited with {status} before it was ready:\n{}",
+                p.log_text()
+            );
         }
-        assert!(Instant::now() < deadline, "{args:?} not ready in 20 s:\n{}", p.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} not ready in 20 s:\n{}",
+            p.log_text()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -142,10 +150,25 @@ pub fn manager(extra: &[&str]) -> Proc {
 pub fn agent(mgr: &Proc, node: &str, service_command: &Path, extra: &[&str]) -> Proc {
     let backend = format!("manager_endpoint={}", mgr.ep("backend_endpoint"));
     let sink = format!("sink_endpoint={}", mgr.ep("sink_endpoint"));
-    let svc = format!("service_command={}", toml_str(&service_command.display().to_string()));
+    let svc = format!(
+        "service_command={}",
+        toml_str(&service_command.display().to_string())
+    );
     let mut args = vec![
-        "agent", "-D", "-f", "/dev/null", "-n", node, "-O", &backend, "-O", &sink, "-O",
-        "mgmt_endpoint=tcp://127.0.0.1:*", "-O", &svc,
+        "agent",
+        "-D",
+        "-f",
+        "/dev/null",
+        "-n",
+        node,
+        "-O",
+        &backend,
+        "-O",
+        &sink,
+        "-O",
+        "mgmt_endpoint=tcp://127.0.0.1:*",
+        "-O",
+        &svc,
     ];
     args.extend_from_slice(extra);
     let p = spawn_ready(&args);
@@ -171,7 +194,10 @@ pub fn wait_agent_state(mgr: &Proc, node: &str, state: &str) {
         if found {
             return;
         }
-        assert!(Instant::now() < deadline, "agent {node} never became {state}: {agents}");
+        assert!(
+            Instant::now() < deadline,
+            "agent {node} never became {state}: {agents}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -185,17 +211,27 @@ pub fn wait_subscribed(mgr: &Proc, topic: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let status = mgmt(&mgr.ep("mgmt_endpoint"), "manager.status");
-        if status["result"]["subscriptions"][topic].as_u64().unwrap_or(0) > 0 {
+        if status["result"]["subscriptions"][topic]
+            .as_u64()
+            .unwrap_or(0)
+            > 0
+        {
             return;
         }
-        assert!(Instant::now() < deadline, "agent {topic} never subscribed: {status}");
+        assert!(
+            Instant::now() < deadline,
+            "agent {topic} never subscribed: {status}"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 /// One raw management round trip over a REQ socket.
 pub fn mgmt(endpoint: &str, cmd: &str) -> Value {
-    let reply = req_raw(endpoint, serde_json::json!({ "cmd": cmd }).to_string().as_bytes());
+    let reply = req_raw(
+        endpoint,
+        serde_json::json!({ "cmd": cmd }).to_string().as_bytes(),
+    );
     serde_json::from_slice(&reply).unwrap()
 }
 
@@ -207,7 +243,8 @@ pub fn req_raw(endpoint: &str, payload: &[u8]) -> Vec<u8> {
     s.set_rcvtimeo(5000).unwrap();
     s.connect(endpoint).unwrap();
     s.send(payload, 0).unwrap();
-    s.recv_bytes(0).unwrap_or_else(|e| panic!("no reply from {endpoint}: {e}"))
+    s.recv_bytes(0)
+        .unwrap_or_else(|e| panic!("no reply from {endpoint}: {e}"))
 }
 
 /// A fake service(8): `fake NAME CMD`. Behaviour by name:
@@ -250,11 +287,21 @@ pub fn calls(dir: &Path) -> Vec<String> {
 
 /// Run the binary (optionally under another name via a symlink) and collect its output.
 pub fn run(args: &[&str]) -> Output {
-    Command::new(bin()).args(args).stdin(Stdio::null()).output().unwrap()
+    Command::new(bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
 }
 
 /// Run the client against `mgr` and parse its JSON output.
-pub fn client(mgr: &Proc, topic: &str, cmd: &str, service: &str, extra: &[&str]) -> (Output, Value) {
+pub fn client(
+    mgr: &Proc,
+    topic: &str,
+    cmd: &str,
+    service: &str,
+    extra: &[&str],
+) -> (Output, Value) {
     let mut args = vec!["-T", topic, "-c", cmd, "-s", service];
     args.extend_from_slice(extra);
     client_args(mgr, &args)

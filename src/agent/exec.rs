@@ -88,7 +88,13 @@ pub struct Outcome {
 }
 
 /// Run `service cmd` through `backend` and wait at most `timeout`.
-pub fn run(backend: &Backend, service: &str, cmd: &str, timeout: Duration, max_output: usize) -> std::io::Result<Outcome> {
+pub fn run(
+    backend: &Backend,
+    service: &str,
+    cmd: &str,
+    timeout: Duration,
+    max_output: usize,
+) -> std::io::Result<Outcome> {
     let started = Instant::now();
     let mut command = backend.command(service, cmd);
     command
@@ -136,9 +142,17 @@ pub fn run(backend: &Backend, service: &str, cmd: &str, timeout: Duration, max_o
 
 /// Start `service cmd` in a new session after `delay`, not waiting for it:
 /// for commands that stop or restart the agent itself.
-pub fn spawn_detached(backend: &Backend, service: &str, cmd: &str, delay: Duration) -> std::io::Result<()> {
+pub fn spawn_detached(
+    backend: &Backend,
+    service: &str,
+    cmd: &str,
+    delay: Duration,
+) -> std::io::Result<()> {
     let mut command = backend.command(service, cmd);
-    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     // SAFETY: setsid(2) is async-signal-safe; it detaches the child from our
     // session so that the agent's stop does not take it down.
     unsafe {
@@ -193,13 +207,16 @@ impl Capture {
             Ok((bytes, dropped)) => {
                 let mut text = String::from_utf8_lossy(&bytes).into_owned();
                 if dropped > 0 {
-                    text.push_str(&format!("\n[service-mgr: output truncated, {dropped} more bytes not shown]\n"));
+                    text.push_str(&format!(
+                        "\n[service-mgr: output truncated, {dropped} more bytes not shown]\n"
+                    ));
                 }
                 (text, dropped > 0)
             }
             // Something the command started still holds the pipe open; we stop reading.
             Err(_) => (
-                "[service-mgr: output not closed 2 s after the command exited; not read]\n".to_owned(),
+                "[service-mgr: output not closed 2 s after the command exited; not read]\n"
+                    .to_owned(),
                 true,
             ),
         }
@@ -224,7 +241,10 @@ mod tests {
     #[test]
     fn passes_name_and_command_as_separate_arguments() {
         let dir = tempfile::tempdir().unwrap();
-        let b = script(dir.path(), r#"printf '%s|%s|' "$1" "$2"; echo err >&2; exit 3"#);
+        let b = script(
+            dir.path(),
+            r#"printf '%s|%s|' "$1" "$2"; echo err >&2; exit 3"#,
+        );
         let o = run(&b, "a;b", "status", Duration::from_secs(5), 1024).unwrap();
         assert_eq!(o.stdout, "a;b|status|");
         assert_eq!(o.stderr, "err\n");
@@ -235,7 +255,10 @@ mod tests {
     #[test]
     fn large_and_binary_output_is_capped_not_blocking() {
         let dir = tempfile::tempdir().unwrap();
-        let b = script(dir.path(), "head -c 3000000 /dev/zero | tr '\\0' 'x'; printf '\\377\\376' >&2");
+        let b = script(
+            dir.path(),
+            "head -c 3000000 /dev/zero | tr '\\0' 'x'; printf '\\377\\376' >&2",
+        );
         let o = run(&b, "s", "status", Duration::from_secs(20), 1024 * 1024).unwrap();
         assert!(o.truncated);
         assert!(o.stdout.starts_with("xxxx"));

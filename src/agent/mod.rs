@@ -11,7 +11,10 @@ pub mod simulate;
 
 use crate::config::AgentConfig;
 use crate::host::HostInfo;
-use crate::protocol::{self as p, Announce, AnnounceKind, Dispatch, ExecResult, MgmtReply, Output, ResultMsg, ServiceState, Status};
+use crate::protocol::{
+    self as p, Announce, AnnounceKind, Dispatch, ExecResult, MgmtReply, Output, ResultMsg,
+    ServiceState, Status,
+};
 use crate::runtime::{Control, OnReady};
 use crate::transport::{self, try_recv};
 use anyhow::Result;
@@ -49,7 +52,10 @@ impl Identity {
         topics.insert(host.system.clone());
         topics.insert(node.clone());
         for t in &config.topics {
-            anyhow::ensure!(p::valid_topic(t), "topic {t:?} is not a valid topic (printable, no blanks or commas); fix topics");
+            anyhow::ensure!(
+                p::valid_topic(t),
+                "topic {t:?} is not a valid topic (printable, no blanks or commas); fix topics"
+            );
             topics.insert(t.clone());
         }
         Ok(Identity {
@@ -68,7 +74,10 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     let backend = Backend::resolve(config);
     match &backend {
         Some(b) => info!(log, "service manager found"; "program" => %b.program().display()),
-        None => warn!(log, "no service manager found (service, systemctl, rc-service); every request will fail"),
+        None => warn!(
+            log,
+            "no service manager found (service, systemctl, rc-service); every request will fail"
+        ),
     }
     let ctx = zmq::Context::new();
     let instance = uuid::Uuid::new_v4().simple().to_string();
@@ -89,12 +98,19 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     transport::connect(&push, &config.sink_endpoint, "sink_endpoint")?;
     let mgmt = transport::socket(&ctx, zmq::REP)?;
     mgmt.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
-    let mgmt_endpoint = transport::bind(&mgmt, &config.mgmt_endpoint, "mgmt_endpoint", "service-mgr-agentd")?;
+    let mgmt_endpoint = transport::bind(
+        &mgmt,
+        &config.mgmt_endpoint,
+        "mgmt_endpoint",
+        "service-mgr-agentd",
+    )?;
     let inbox_endpoint = format!("inproc://agent-results-{}", uuid::Uuid::new_v4().simple());
     let inbox = transport::socket(&ctx, zmq::PULL)?;
     inbox.bind(&inbox_endpoint)?;
-    on_ready(&json!({"mgmt_endpoint": mgmt_endpoint, "node": me.node, "topics": me.topics,
-                     "pid": std::process::id()}))?;
+    on_ready(
+        &json!({"mgmt_endpoint": mgmt_endpoint, "node": me.node, "topics": me.topics,
+                     "pid": std::process::id()}),
+    )?;
     info!(log, "service manager agent started"; "node" => &me.node, "topics" => me.topics.join(","),
         "manager" => &config.manager_endpoint, "sink" => &config.sink_endpoint, "mgmt" => &mgmt_endpoint);
 
@@ -196,10 +212,95 @@ impl Agent<'_> {
 
     /// Tell the manager who we are (hello, heartbeat) or that we leave (bye).
     fn announce(&self, kind: AnnounceKind) {
-        let a = announcement(kind, &self.me, &self.host, &self.instance, self.started_ms,
-            self.config.heartbeat_interval.max(1) * 1000, self.running);
+        let a = announcement(
+            kind,
+            &self.me,
+            &self.host,
+            &self.instance,
+            self.started_ms,
+            self.config.heartbeat_interval.max(1) * 1000,
+            self.running,
+        );
         // A full queue (manager away) only costs a heartbeat; the next one will do.
         let _ = self.push.send(p::encode(&a), zmq::DONTWAIT);
+    }
+
+    fn forward_results(&mut self) {
+        while let Ok(Some(frames)) = try_recv(&self.inbox) {
+            self.running = self.running.saturating_sub(1);
+            for f in frames {
+                self.send_result_frame(f);
+            }
+        }
+    }
+
+    fn send_result_frame(&self, frame: Vec<u8>) {
+        if let Err(e) = self.push.send(frame, zmq::DONTWAIT) {
+            error!(self.log, "result could not be queued for the manager and is lost"; "error" => %e);
+        }
+    }
+
+    fn on_request(&mut self, frames: Vec<Vec<u8>>) {
+        let [topic, body] = frames.as_slice() else {
+            warn!(self.log, "backend message ignored: expected [topic, request]"; "frames" => frames.len());
+            return;
+        };
+        // Exact match, whatever prefix matching let through (a 0.1 manager does not terminate topics).
+        let topic = p::parse_backend_topic(topic).unwrap_or_default();
+        if !self.me.topics.iter().any(|t| t == topic) {
+            debug!(self.log, "request for another topic ignored"; "topic" => topic);
+            return;
+        }
+        let req = match Dispatch::decode(body) {
+            Ok(r) => r,
+            Err((maybe_uuid, e)) => {
+                warn!(self.log, "bad request"; "uuid" => maybe_uuid.as_deref().unwrap_or("-"), "reason" => %e);
+                if let Some(uuid) = maybe_uuid {
+                    self.send_result_frame(p::encode(&self.refusal(&uuid, None, e.to_string())));
+                }
+                return;
+            }
+        };
+        if let Err(why) = self.check(&req) {
+            warn!(self.log, "request refused"; "uuid" => &req.uuid, "service" => &req.service,
+                "cmd" => &req.cmd, "reason" => &why);
+            self.send_result_frame(p::encode(&self.refusal(&req.uuid, Some(&req.cmd), why)));
+            return;
+        }
+        let Some(backend) = self.backend.clone() else {
+            let mut r = self.refusal(
+                &req.uuid,
+                Some(&req.cmd),
+                "Unable to determine location to service(8)".into(),
+            );
+            r.status = Some(Status::Failed);
+            self.send_result_frame(p::encode(&r));
+            return;
+        };
+        if self.config.self_services.contains(&req.service) && req.cmd != "status" {
+            self.run_on_self(&backend, &req);
+            return;
+        }
+        info!(self.log, "running request"; "uuid" => &req.uuid, "service" => &req.service, "cmd" => &req.cmd);
+        self.running += 1;
+        let ctx = self.ctx.clone();
+        let inbox = self.inbox_endpoint.clone();
+        let me = Arc::clone(&self.me);
+        let timeout = Duration::from_secs(self.config.command_timeout);
+        let cap = self.config.max_output as usize;
+        let log = self.log.clone();
+        thread::spawn(move || {
+            let result = execute(&backend, &me, &req, timeout, cap);
+            let sent = transport::socket(&ctx, zmq::PUSH).and_then(|s| {
+                s.set_linger(-1)?;
+                s.connect(&inbox)?;
+                s.send(p::encode(&result), 0)?;
+                Ok(())
+            });
+            if let Err(e) = sent {
+                error!(log, "worker could not hand back its result"; "uuid" => &req.uuid, "error" => %e);
+            }
+        });
     }
 
     /// `stop`/`restart` of the agent's own service would kill us before we
@@ -220,7 +321,10 @@ impl Agent<'_> {
                 info!(self.log, "own service command scheduled"; "uuid" => &req.uuid, "cmd" => &req.cmd);
             }
             Err(e) => {
-                r.msg = format!("cannot schedule {} of the agent's own service: {e}", req.cmd);
+                r.msg = format!(
+                    "cannot schedule {} of the agent's own service: {e}",
+                    req.cmd
+                );
                 r.status = Some(Status::Failed);
             }
         }
@@ -336,7 +440,13 @@ pub fn announcement(
 }
 
 /// Run one checked request and build its result (the 0.1 shape plus ours).
-fn execute(backend: &Backend, me: &Identity, req: &Dispatch, timeout: Duration, cap: usize) -> ResultMsg {
+fn execute(
+    backend: &Backend,
+    me: &Identity,
+    req: &Dispatch,
+    timeout: Duration,
+    cap: usize,
+) -> ResultMsg {
     let base = ResultMsg {
         msg: format!("Executed service {} request", req.cmd),
         success: None,

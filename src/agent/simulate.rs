@@ -5,6 +5,13 @@ use crate::runtime::{Control, OnReady};
 use anyhow::Result;
 use slog::Logger;
 
-pub fn run(_config: &AgentConfig, _n: usize, _prefix: &str, _control: &Control, _log: &Logger, _on_ready: OnReady) -> Result<()> {
+pub fn run(
+    _config: &AgentConfig,
+    _n: usize,
+    _prefix: &str,
+    _control: &Control,
+    _log: &Logger,
+    _on_ready: OnReady,
+) -> Result<()> {
     anyhow::bail!("the simulated fleet is not built yet")
 }

@@ -16,7 +16,10 @@ pub mod registry;
 
 use crate::config::ManagerConfig;
 use crate::host::HostInfo;
-use crate::protocol::{self as p, Accepted, Dispatch, ErrorReply, MgmtReply, ResultMsg, ServiceRequest, SinkMessage, Status};
+use crate::protocol::{
+    self as p, Accepted, Dispatch, ErrorReply, MgmtReply, ResultMsg, ServiceRequest, SinkMessage,
+    Status,
+};
 use crate::runtime::{Control, OnReady};
 use crate::transport::{self, try_recv};
 use anyhow::{Context, Result};
@@ -67,7 +70,12 @@ struct Sockets {
 
 /// Run the manager until `control` says stop or `manager.shutdown` arrives.
 /// `on_ready` receives the bound endpoints once every socket is bound.
-pub fn run(config: &ManagerConfig, control: &Control, log: &Logger, on_ready: OnReady) -> Result<()> {
+pub fn run(
+    config: &ManagerConfig,
+    control: &Control,
+    log: &Logger,
+    on_ready: OnReady,
+) -> Result<()> {
     let ctx = zmq::Context::new();
     let (sockets, bound) = bind_all(&ctx, config)?;
     let mut doc = serde_json::to_value(&bound)?;
@@ -115,8 +123,14 @@ fn bind_all(ctx: &zmq::Context, config: &ManagerConfig) -> Result<(Sockets, Boun
     // Results already published still go out when we stop.
     results.set_linger(2000)?;
 
-    let frontend_endpoint = transport::bind(&frontend, &config.frontend_endpoint, "frontend_endpoint", PROG)?;
-    let backend_endpoint = transport::bind(&backend, &config.backend_endpoint, "backend_endpoint", PROG)?;
+    let frontend_endpoint = transport::bind(
+        &frontend,
+        &config.frontend_endpoint,
+        "frontend_endpoint",
+        PROG,
+    )?;
+    let backend_endpoint =
+        transport::bind(&backend, &config.backend_endpoint, "backend_endpoint", PROG)?;
     let sink_endpoint = transport::bind(&sink, &config.sink_endpoint, "sink_endpoint", PROG)?;
     let mgmt_endpoint = transport::bind(&mgmt, &config.mgmt_endpoint, "mgmt_endpoint", PROG)?;
     let wanted = match &config.result_endpoint {
@@ -124,8 +138,9 @@ fn bind_all(ctx: &zmq::Context, config: &ManagerConfig) -> Result<(Sockets, Boun
         None => default_result_endpoint(&config.frontend_endpoint)?,
     };
     let result_endpoint = transport::bind(&results, &wanted, "result_endpoint", PROG)?;
-    let result_publisher_port = transport::endpoint_port(&result_endpoint)
-        .with_context(|| format!("result_endpoint {result_endpoint} has no TCP port; clients find results by port"))?;
+    let result_publisher_port = transport::endpoint_port(&result_endpoint).with_context(|| {
+        format!("result_endpoint {result_endpoint} has no TCP port; clients find results by port")
+    })?;
     Ok((
         Sockets {
             frontend,
@@ -148,7 +163,9 @@ fn bind_all(ctx: &zmq::Context, config: &ManagerConfig) -> Result<(Sockets, Boun
 /// The frontend's interface with a random port: results go out where requests came in.
 fn default_result_endpoint(frontend: &str) -> Result<String> {
     let host = transport::endpoint_host(frontend).with_context(|| {
-        format!("frontend_endpoint {frontend} is not tcp://HOST:PORT; set result_endpoint explicitly")
+        format!(
+            "frontend_endpoint {frontend} is not tcp://HOST:PORT; set result_endpoint explicitly"
+        )
     })?;
     Ok(format!("tcp://{host}:*"))
 }
@@ -264,7 +281,9 @@ impl Manager<'_> {
     fn accept(&mut self, body: &[u8]) -> Result<Vec<u8>, ErrorReply> {
         if let Ok(m) = p::decode_object(body, p::REQUEST_LIMIT) {
             if let Some(job) = m.get("job") {
-                let id = job.as_str().ok_or_else(|| ErrorReply::new("field `job` must be a string"))?;
+                let id = job
+                    .as_str()
+                    .ok_or_else(|| ErrorReply::new("field `job` must be a string"))?;
                 return self.follow(id).map(|a| p::encode(&a));
             }
         }
@@ -274,10 +293,9 @@ impl Manager<'_> {
 
     /// Re-attach a client to a job still in memory: it subscribes and gets every result again.
     fn follow(&self, uuid: &str) -> Result<Accepted, ErrorReply> {
-        let job = self
-            .jobs
-            .get(uuid)
-            .ok_or_else(|| ErrorReply::new(format!("no job {uuid} (jobs are kept for job_ttl seconds)")))?;
+        let job = self.jobs.get(uuid).ok_or_else(|| {
+            ErrorReply::new(format!("no job {uuid} (jobs are kept for job_ttl seconds)"))
+        })?;
         Ok(Accepted {
             uuid: uuid.to_owned(),
             port: self.bound.result_publisher_port,
@@ -300,14 +318,18 @@ impl Manager<'_> {
         let glob = match &req.glob {
             Some(g) => Some(
                 globset::Glob::new(g)
-                    .map_err(|e| ErrorReply::new(format!("glob {g:?} is not a valid pattern: {e}")))?
+                    .map_err(|e| {
+                        ErrorReply::new(format!("glob {g:?} is not a valid pattern: {e}"))
+                    })?
                     .compile_matcher(),
             ),
             None => None,
         };
         if let Some(nodes) = &req.nodes {
             if let Some(bad) = nodes.iter().find(|n| !p::valid_topic(n)) {
-                return Err(ErrorReply::new(format!("node {bad:?} is not a valid node name")));
+                return Err(ErrorReply::new(format!(
+                    "node {bad:?} is not a valid node name"
+                )));
             }
         }
         // Who must answer: up agents on the topic, narrowed by the glob. An
@@ -315,12 +337,19 @@ impl Manager<'_> {
         // unknown nodes are asked too (they may be 0.1 agents) and reported.
         let narrowed = req.nodes.is_some() || req.glob.is_some();
         let expected: BTreeSet<String> = match &req.nodes {
-            None => self.registry.matching(&req.topic, glob.as_ref()).into_iter().collect(),
+            None => self
+                .registry
+                .matching(&req.topic, glob.as_ref())
+                .into_iter()
+                .collect(),
             Some(nodes) => nodes
                 .iter()
                 .filter(|n| match self.registry.get(n) {
                     None => true,
-                    Some(e) => e.topics.contains(&req.topic) && glob.as_ref().is_none_or(|g| g.is_match(n.as_str())),
+                    Some(e) => {
+                        e.topics.contains(&req.topic)
+                            && glob.as_ref().is_none_or(|g| g.is_match(n.as_str()))
+                    }
                 })
                 .cloned()
                 .collect(),
@@ -359,7 +388,11 @@ impl Manager<'_> {
         };
         for t in &topics {
             let topic = p::backend_topic(t);
-            if let Err(e) = self.s.backend.send_multipart([topic.as_slice(), &body], zmq::DONTWAIT) {
+            if let Err(e) = self
+                .s
+                .backend
+                .send_multipart([topic.as_slice(), &body], zmq::DONTWAIT)
+            {
                 return Err(ErrorReply::new(format!("cannot dispatch the request: {e}")));
             }
         }
@@ -396,7 +429,9 @@ impl Manager<'_> {
     /// and watch presence subscriptions for agents that disconnect.
     fn on_backend_subscription(&mut self, frames: Vec<Vec<u8>>) {
         let Some(frame) = frames.first() else { return };
-        let Some((&kind, topic)) = frame.split_first() else { return };
+        let Some((&kind, topic)) = frame.split_first() else {
+            return;
+        };
         let shown = String::from_utf8_lossy(topic).into_owned();
         if let Some(instance) = shown.strip_prefix(p::PRESENCE_PREFIX) {
             if kind == 1 {
@@ -434,7 +469,9 @@ impl Manager<'_> {
     /// A client subscribed to (or left) a job id: deliver what is held for it.
     fn on_result_subscription(&mut self, frames: Vec<Vec<u8>>) {
         let Some(frame) = frames.first() else { return };
-        let Some((&kind, topic)) = frame.split_first() else { return };
+        let Some((&kind, topic)) = frame.split_first() else {
+            return;
+        };
         let uuid = String::from_utf8_lossy(topic).into_owned();
         let Some(job) = self.jobs.get_mut(&uuid) else {
             debug!(self.log, "subscription to unknown job"; "uuid" => &uuid);
@@ -465,7 +502,9 @@ impl Manager<'_> {
                     self.departed(d);
                 }
             }
-            Ok(SinkMessage::Result { uuid, node, status }) => self.on_result(uuid, node, status, frame.clone()),
+            Ok(SinkMessage::Result { uuid, node, status }) => {
+                self.on_result(uuid, node, status, frame.clone())
+            }
             Err(e) => {
                 // Nothing can route it; say so loudly rather than lose it silently.
                 warn!(self.log, "sink message dropped"; "reason" => %e,
@@ -503,7 +542,11 @@ impl Manager<'_> {
         let mut out = Vec::new();
         for (uuid, job) in self.jobs.iter_mut() {
             if job.pending.remove(&d.node) {
-                let r = p::encode(&ResultMsg::no_response(uuid, &d.node, &format!("no answer: {}", d.why)));
+                let r = p::encode(&ResultMsg::no_response(
+                    uuid,
+                    &d.node,
+                    &format!("no answer: {}", d.why),
+                ));
                 job.statuses.push((d.node.clone(), Status::NoResponse));
                 job.results.push(r.clone());
                 if job.subscribed {
@@ -573,7 +616,11 @@ impl Manager<'_> {
                 let mut jobs: Vec<(&String, &Job)> = self.jobs.iter().collect();
                 jobs.sort_by_key(|(_, j)| std::cmp::Reverse(j.created_ms));
                 let limit = req.limit.unwrap_or(50);
-                let list: Vec<Value> = jobs.into_iter().take(limit).map(|(id, j)| job_summary(id, j)).collect();
+                let list: Vec<Value> = jobs
+                    .into_iter()
+                    .take(limit)
+                    .map(|(id, j)| job_summary(id, j))
+                    .collect();
                 MgmtReply::ok("Service Manager Jobs", Some(json!(list)))
             }
             p::MANAGER_JOB => {
@@ -584,7 +631,10 @@ impl Manager<'_> {
                     Some(j) => {
                         let mut doc = job_summary(id, j);
                         doc["results"] = Value::Array(
-                            j.results.iter().filter_map(|f| serde_json::from_slice(f).ok()).collect(),
+                            j.results
+                                .iter()
+                                .filter_map(|f| serde_json::from_slice(f).ok())
+                                .collect(),
                         );
                         MgmtReply::ok("Service Manager Job", Some(doc))
                     }
@@ -593,7 +643,14 @@ impl Manager<'_> {
             }
             other => MgmtReply::error(format!(
                 "Unknown management command {other:?}; the manager knows {}",
-                [p::MANAGER_STATUS, p::MANAGER_SHUTDOWN, p::MANAGER_AGENTS, p::MANAGER_JOBS, p::MANAGER_JOB].join(", ")
+                [
+                    p::MANAGER_STATUS,
+                    p::MANAGER_SHUTDOWN,
+                    p::MANAGER_AGENTS,
+                    p::MANAGER_JOBS,
+                    p::MANAGER_JOB
+                ]
+                .join(", ")
             )),
         }
     }

@@ -82,7 +82,10 @@ impl Registry {
             }
         }
         self.instances.insert(a.instance.clone(), a.node.clone());
-        let was_up = self.agents.get(&a.node).is_some_and(|e| e.state == AgentState::Up);
+        let was_up = self
+            .agents
+            .get(&a.node)
+            .is_some_and(|e| e.state == AgentState::Up);
         self.agents.insert(
             a.node.clone(),
             AgentEntry {
@@ -248,7 +251,13 @@ mod tests {
         bye.kind = AnnounceKind::Bye;
         assert_eq!(r.announce(&bye).unwrap().node, "b");
         std::thread::sleep(Duration::from_millis(350));
-        assert_eq!(r.sweep(), [Departure { node: "c".into(), why: "the agent stopped sending heartbeats" }]);
+        assert_eq!(
+            r.sweep(),
+            [Departure {
+                node: "c".into(),
+                why: "the agent stopped sending heartbeats"
+            }]
+        );
         assert_eq!(r.up_count(), 0);
         // Announced but not subscribed yet: not a target.
         r.announce(&hello("d", "i4", &["any"]));
