@@ -21,4 +21,5 @@ pub mod mgmt;
 pub mod output;
 pub mod protocol;
 pub mod runtime;
+pub mod security;
 pub mod transport;
