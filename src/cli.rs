@@ -76,6 +76,9 @@ pub enum Command {
         /// Directory to create the links in.
         dir: PathBuf,
     },
+    /// Make a key pair for a client, an agent or a manager.
+    #[command(version, disable_version_flag = true)]
+    Keygen(KeygenArgs),
     /// Measure latency, throughput and memory with a simulated fleet (see BENCHMARKS.md).
     #[command(version, disable_version_flag = true)]
     Bench(crate::bench::BenchArgs),
@@ -244,6 +247,10 @@ pub struct ClientArgs {
     /// Show an earlier job by its id (its results so far, then any still to come).
     #[arg(long, value_name = "ID", conflicts_with_all = ["topic", "nodes", "glob", "cmd", "service", "batch"])]
     pub job: Option<String>,
+    /// The client key that signs requests [default: $SERVICE_MGR_KEY, else
+    /// ~/.config/service-mgr/client.key if it exists; without a key requests go unsigned].
+    #[arg(short = 'k', long = "key", value_name = "FILE")]
+    pub key: Option<PathBuf>,
     /// Output: json (a document with every node's status), legacy (0.1's array of
     /// results) [default: legacy as service-mgr-client, json as service-mgr client].
     #[arg(long, value_enum)]
@@ -281,8 +288,40 @@ pub struct MgmtArgs {
     /// Tries.
     #[arg(short = 'r', long = "retries", default_value_t = 3)]
     pub retries: u32,
-    /// manager.status, manager.shutdown, agent.status or agent.shutdown.
+    /// manager.status, manager.shutdown, manager.agents, manager.jobs, manager.job,
+    /// agent.status, agent.shutdown; short forms: status, agents, jobs, job ID;
+    /// and `keys list|accept|reject|delete|import ...` (local, on the manager's host).
     pub command: String,
+    /// Arguments of the command (job ID; keys: a fingerprint, key id, name or file).
+    pub args: Vec<String>,
+    /// Client key to sign commands that change something (shutdown) [default: as the client's].
+    #[arg(short = 'k', long = "key", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// keys: the manager's key store [default: keys in the manager's state_dir].
+    #[arg(long, value_name = "DIR")]
+    pub keys_dir: Option<PathBuf>,
+    /// keys: the manager's config file, to find its state_dir.
+    #[arg(short = 'f', long = "file", value_name = "CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub version: VersionFlag,
+}
+
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Whose key: client (signs requests), agent (one per node), manager.
+    #[arg(long, value_parser = ["client", "agent", "manager"], default_value = "client")]
+    pub role: String,
+    /// The key's name: for an agent its node name [default: user@host for a client, the host name otherwise].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Secret key file (mode 0600); the public key goes to FILE.pub
+    /// [default: client.key or agent.key in ~/.config/service-mgr or /etc/service-mgr].
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Replace an existing key file.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub version: VersionFlag,
 }
@@ -354,15 +393,8 @@ fn run(applet: Applet) -> Result<Exit> {
             (Some(Command::Daemon(a)), _) => run_manager(a),
             (Some(Command::Agent(a)), _) => run_agent(a),
             (Some(Command::Client(a)), _) => run_client(a, false),
-            (Some(Command::Mgmt(a)), _) => {
-                let ok = mgmt::run_and_print(
-                    &a.endpoint,
-                    &a.command,
-                    Duration::from_millis(a.timeout),
-                    a.retries,
-                )?;
-                Ok(if ok { Exit::Ok } else { Exit::Error })
-            }
+            (Some(Command::Mgmt(a)), _) => mgmt::run(&a),
+            (Some(Command::Keygen(a)), _) => mgmt::keygen(&a),
             (Some(Command::Demo(a)), _) => demo::run(&a),
             (Some(Command::Bench(a)), _) => crate::bench::run(&a),
             (Some(Command::Generate { what, dir }), _) => {
@@ -459,7 +491,14 @@ where
         } else {
             role.status_cmd
         };
-        let ok = mgmt::run_and_print(&endpoint, cmd, Duration::from_millis(1000), 3)?;
+        let key = client::load_key(None)?;
+        let ok = mgmt::run_and_print(
+            &endpoint,
+            cmd,
+            Duration::from_millis(1000),
+            3,
+            key.as_deref(),
+        )?;
         return Ok(if ok { Exit::Ok } else { Exit::Error });
     }
     let logfile = o.logfile.clone().or_else(|| {

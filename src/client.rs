@@ -5,7 +5,10 @@
 
 use crate::cli::{ClientArgs, Format};
 use crate::exit::Exit;
-use crate::protocol::{self as p, Accepted, ServiceRequest};
+use crate::protocol::{
+    self as p, Accepted, RequestBody, ResultEnvelope, ServiceRequest, SignedResult,
+};
+use crate::security::{self, Identity as KeyPair, PublicKey, Purpose};
 use crate::transport;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
@@ -30,6 +33,106 @@ pub struct Request {
     pub timeout: Duration,
     /// Nodes to wait for when the manager does not say (a 0.1 manager).
     pub expect: Option<Vec<String>>,
+    /// The client's key: requests are signed with it and results sealed to it.
+    /// Without one the request goes unsigned (served only by 0.1-compatible managers).
+    pub key: Option<std::sync::Arc<KeyPair>>,
+}
+
+/// The client key: the file named with -k (must exist), else the default one
+/// if it exists; `None` means the request goes unsigned.
+pub fn load_key(explicit: Option<&std::path::Path>) -> Result<Option<std::sync::Arc<KeyPair>>> {
+    let path = match explicit {
+        Some(p) => p.to_owned(),
+        None => {
+            let p = crate::config::default_client_key();
+            if !p.exists() {
+                return Ok(None);
+            }
+            p
+        }
+    };
+    let key = KeyPair::load(&path)?;
+    anyhow::ensure!(
+        key.role() == security::Role::Client,
+        "{} holds a {} key; requests must be signed with a client key (service-mgr keygen --role client)",
+        path.display(),
+        key.role()
+    );
+    Ok(Some(std::sync::Arc::new(key)))
+}
+
+/// Sign a request with the client's key: a fresh id and time, our key line.
+pub fn sign(request: &mut ServiceRequest, key: &KeyPair) {
+    let body = RequestBody {
+        cmd: request.cmd.clone(),
+        service: request.service.clone(),
+        topic: request.topic.clone(),
+        nodes: request.nodes.clone(),
+        glob: request.glob.clone(),
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        ts: security::now_ms(),
+        client: key.public().to_string(),
+    };
+    let body = serde_json::to_value(&body).expect("serializable");
+    request.auth = Some(security::sign_body(key, Purpose::Request, &body));
+}
+
+/// Check a signed result against the key the manager reported for its node,
+/// and open its sealed content. Unsigned results (0.1 agents, the manager's own
+/// `no_response`) pass unchanged.
+fn verify_result(
+    obj: Map<String, Value>,
+    accepted: &Accepted,
+    key: Option<&KeyPair>,
+) -> Result<Map<String, Value>, String> {
+    if !obj.contains_key("auth") {
+        return Ok(obj);
+    }
+    let env: ResultEnvelope = serde_json::from_value(Value::Object(obj))
+        .map_err(|e| format!("malformed signed result: {e}"))?;
+    let line = accepted
+        .agent_keys
+        .as_ref()
+        .and_then(|k| k.get(&env.node))
+        .ok_or_else(|| {
+            format!(
+                "no known key for node {:?}: cannot verify its result",
+                env.node
+            )
+        })?;
+    let agent: PublicKey = line
+        .parse()
+        .map_err(|e| format!("bad agent key from the manager: {e}"))?;
+    let (_, body) = security::verify(&env.auth, Purpose::Result, |id| {
+        (id == agent.key_id()).then(|| agent.clone())
+    })
+    .map_err(|e| format!("result of {:?} does not verify: {e}", env.node))?;
+    let body: SignedResult =
+        serde_json::from_value(body).map_err(|e| format!("bad signed result: {e}"))?;
+    if body.uuid != accepted.uuid || body.node != env.node {
+        return Err(format!(
+            "result of {:?} was signed for another job or node",
+            env.node
+        ));
+    }
+    let inner = match (body.sealed, body.result) {
+        (Some(sealed), _) => {
+            let key = key.ok_or("a sealed result, but no client key to open it")?;
+            let plain =
+                security::open(key, &sealed).map_err(|e| format!("cannot open the result: {e}"))?;
+            serde_json::from_slice::<Value>(&plain)
+                .map_err(|e| format!("bad sealed result: {e}"))?
+        }
+        (None, Some(r)) => serde_json::to_value(r).expect("serializable"),
+        (None, None) => return Err("signed result without content".into()),
+    };
+    match inner {
+        Value::Object(mut m) => {
+            m.insert("verified".into(), Value::Bool(true));
+            Ok(m)
+        }
+        _ => Err("sealed result is not an object".into()),
+    }
 }
 
 /// What came back for one job.
@@ -48,8 +151,11 @@ pub struct Collected {
 
 /// Send a request; `follow` instead re-attaches to an earlier job by id.
 pub fn collect(ctx: &zmq::Context, req: &Request, log: &Logger) -> Result<Collected> {
-    let payload = p::encode(&req.request);
-    exchange(ctx, req, &payload, log)
+    let mut request = req.request.clone();
+    if let Some(key) = &req.key {
+        sign(&mut request, key);
+    }
+    exchange(ctx, req, &p::encode(&request), log)
 }
 
 /// Re-attach to a job the manager still holds: its results so far, then the rest.
@@ -62,6 +168,9 @@ pub fn follow(ctx: &zmq::Context, req: &Request, job: &str, log: &Logger) -> Res
 pub fn plan(ctx: &zmq::Context, req: &Request) -> Result<Vec<String>> {
     let mut dry = req.request.clone();
     dry.dry_run = true;
+    if let Some(key) = &req.key {
+        sign(&mut dry, key);
+    }
     let reply = transport::request(
         ctx,
         &req.endpoint,
@@ -127,6 +236,19 @@ fn exchange(ctx: &zmq::Context, req: &Request, payload: &[u8], log: &Logger) -> 
                 debug!(log, "unreadable result ignored");
                 continue;
             };
+            let node = obj.get("node").and_then(Value::as_str).map(str::to_owned);
+            // A result that does not verify is reported as such, never shown as the node's answer.
+            let obj = verify_result(obj, &accepted, req.key.as_deref()).unwrap_or_else(|why| {
+                let mut m = Map::new();
+                m.insert("msg".into(), Value::String(why));
+                m.insert(
+                    "node".into(),
+                    node.map(Value::String).unwrap_or(Value::Null),
+                );
+                m.insert("uuid".into(), Value::String(accepted.uuid.clone()));
+                m.insert("status".into(), Value::String("unverified".into()));
+                m
+            });
             match node_of(&obj) {
                 // The manager replays a job's results to a new subscriber; one per node.
                 Some(n) if !seen.insert(n.clone()) => continue,
@@ -244,6 +366,7 @@ pub fn summary(jobs: &[Collected], results: &[Value]) -> Map<String, Value> {
         "refused",
         "no_response",
         "skipped",
+        "unverified",
     ] {
         m.insert(
             s.into(),
@@ -348,6 +471,7 @@ pub fn run(a: &ClientArgs, legacy_name: bool, log: &Logger) -> Result<Exit> {
         retries: a.retries,
         timeout: Duration::from_millis(a.timeout),
         expect: None,
+        key: load_key(a.key.as_deref())?,
     };
     let ctx = zmq::Context::new();
     let started = Instant::now();

@@ -37,6 +37,53 @@ pub struct ManagerConfig {
     /// collected yet.
     #[serde(deserialize_with = "lenient_u64")]
     pub job_ttl: u64,
+    /// Where the manager keeps its key store and job store. Default:
+    /// /var/lib/service-mgr as root, else ~/.local/state/service-mgr.
+    pub state_dir: Option<PathBuf>,
+    /// Serve unsigned 0.1 clients and agents (and warn about it in the log).
+    #[serde(deserialize_with = "lenient_bool")]
+    pub allow_unsigned: bool,
+    /// Seconds a signed request stays valid (clocks must agree this well).
+    #[serde(deserialize_with = "lenient_u64")]
+    pub request_window: u64,
+}
+
+impl ManagerConfig {
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(default_state_dir)
+    }
+}
+
+/// /var/lib/service-mgr for root, the user's state directory otherwise, so that
+/// a manager started by hand does not need root.
+pub fn default_state_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/service-mgr");
+    }
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("service-mgr")
+}
+
+/// /etc/service-mgr for root, the user's config directory otherwise.
+pub fn default_config_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/etc/service-mgr");
+    }
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("service-mgr")
+}
+
+/// The client's key: $SERVICE_MGR_KEY, else client.key in the config directory.
+pub fn default_client_key() -> PathBuf {
+    std::env::var_os("SERVICE_MGR_KEY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| default_config_dir().join("client.key"))
 }
 
 impl Default for ManagerConfig {
@@ -48,6 +95,9 @@ impl Default for ManagerConfig {
             mgmt_endpoint: "tcp://*:5800".into(),
             result_endpoint: None,
             job_ttl: 600,
+            state_dir: None,
+            allow_unsigned: false,
+            request_window: 60,
         }
     }
 }
@@ -105,6 +155,33 @@ pub struct AgentConfig {
     /// first and run a moment later, so the answer is not lost.
     #[serde(deserialize_with = "lenient_list")]
     pub self_services: Vec<String>,
+    /// Run unsigned (0.1) requests too, subject to allowed_commands only.
+    #[serde(deserialize_with = "lenient_bool")]
+    pub allow_unsigned: bool,
+    /// The agent's key; generated on first start if missing. Default:
+    /// agent.key in /etc/service-mgr (root) or ~/.config/service-mgr.
+    pub key_file: Option<PathBuf>,
+    /// Public key lines of the clients whose signed requests this agent runs
+    /// (subject to `policy`). Default: authorized_clients beside key_file.
+    pub authorized_clients: Option<PathBuf>,
+    /// Seconds a signed request stays valid.
+    #[serde(deserialize_with = "lenient_u64")]
+    pub request_window: u64,
+    /// Who may run what: `[[policy]]` rules, default deny.
+    pub policy: Vec<crate::security::PolicyRule>,
+}
+
+impl AgentConfig {
+    pub fn key_file(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| default_config_dir().join("agent.key"))
+    }
+    pub fn authorized_clients(&self) -> PathBuf {
+        self.authorized_clients
+            .clone()
+            .unwrap_or_else(|| default_config_dir().join("authorized_clients"))
+    }
 }
 
 impl Default for AgentConfig {
@@ -129,6 +206,11 @@ impl Default for AgentConfig {
             ]
             .map(String::from)
             .to_vec(),
+            allow_unsigned: false,
+            key_file: None,
+            authorized_clients: None,
+            request_window: 60,
+            policy: Vec::new(),
         }
     }
 }
@@ -237,6 +319,26 @@ fn lenient_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .collect())
+}
+
+/// A boolean given as TOML or as an INI string (yes/no, true/false, on/off, 1/0).
+fn lenient_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum BoolOrString {
+        Bool(bool),
+        Text(String),
+    }
+    match BoolOrString::deserialize(d)? {
+        BoolOrString::Bool(b) => Ok(b),
+        BoolOrString::Text(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "yes" | "true" | "on" | "1" => Ok(true),
+            "no" | "false" | "off" | "0" => Ok(false),
+            other => Err(de::Error::custom(format!(
+                "expected yes or no, found {other:?}"
+            ))),
+        },
+    }
 }
 
 /// A number given as a TOML integer or as an INI string.

@@ -9,6 +9,7 @@ use crate::config::{AgentConfig, ManagerConfig};
 use crate::exit::Exit;
 use crate::logging::{self, LogTarget};
 use crate::runtime::{self, Control};
+use crate::security::{self, Identity as KeyPair, KeyStore, PolicyRule, Role};
 use crate::{agent, host::HostInfo, manager, mgmt};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -33,13 +34,29 @@ pub fn run(args: &DemoArgs) -> Result<Exit> {
     outcome
 }
 
+/// Throwaway keys, so the demo runs secure like a fresh install: a client key
+/// the manager accepted and the agent authorizes, an agent key the manager accepted.
+fn throwaway_keys(dir: &Path, node: &str) -> Result<std::sync::Arc<KeyPair>> {
+    let client_file = dir.join("client.key");
+    security::keygen(&client_file, Role::Client, "demo", false)?;
+    let agent_pub = security::keygen(&dir.join("agent.key"), Role::Agent, node, false)?;
+    let client = KeyPair::load(&client_file)?;
+    let accepted = dir.join("accepted.pub");
+    std::fs::write(&accepted, format!("{}\n{agent_pub}\n", client.public()))?;
+    KeyStore::open(&dir.join("state/keys"))?.import_accepted(&accepted)?;
+    Ok(std::sync::Arc::new(client))
+}
+
 fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Result<Exit> {
+    let node = HostInfo::read().node;
+    let client_key = throwaway_keys(dir, &node)?;
     let loopback = "tcp://127.0.0.1:*".to_owned();
     let mcfg = ManagerConfig {
         frontend_endpoint: loopback.clone(),
         backend_endpoint: loopback.clone(),
         sink_endpoint: loopback.clone(),
         mgmt_endpoint: loopback.clone(),
+        state_dir: Some(dir.join("state")),
         ..ManagerConfig::default()
     };
     let mready = dir.join("manager.json");
@@ -55,12 +72,21 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
     let m = wait_ready(&mready, &mthread)?;
     let ep = |k: &str| m[k].as_str().unwrap_or_default().to_owned();
 
-    let node = HostInfo::read().node;
     let acfg = AgentConfig {
         manager_endpoint: ep("backend_endpoint"),
         sink_endpoint: ep("sink_endpoint"),
         mgmt_endpoint: loopback,
         node: Some(node.clone()),
+        key_file: Some(dir.join("agent.key")),
+        authorized_clients: Some(dir.join("client.key.pub")),
+        // The demo's client may ask what the demo allows (-c, status by default).
+        policy: vec![PolicyRule {
+            name: "demo".into(),
+            keys: vec![client_key.public().to_string()],
+            commands: vec![args.cmd.clone()],
+            services: vec!["*".into()],
+            deny: Vec::new(),
+        }],
         ..AgentConfig::default()
     };
     let aready = dir.join("agent.json");
@@ -88,6 +114,7 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
             retries: 3,
             timeout: Duration::from_secs(1),
             expect: Some(vec![node.clone()]),
+            key: Some(client_key.clone()),
         };
         let ctx = zmq::Context::new();
         client::collect(&ctx, &req, log)
@@ -149,7 +176,7 @@ fn wait_ready(path: &Path, thread: &thread::JoinHandle<Result<()>>) -> Result<Va
 fn wait_registered(mgmt_endpoint: &str, node: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        let agents = mgmt::call(
+        let agents = mgmt::call_cmd(
             mgmt_endpoint,
             crate::protocol::MANAGER_AGENTS,
             Duration::from_secs(1),

@@ -1,26 +1,46 @@
-//! Management requests (`service-mgr mgmt`, `service-mgrd -e EP status|stop`):
-//! one JSON command to a REP socket of the manager or an agent.
+//! Management: commands to the REP socket of a manager or an agent
+//! (`service-mgr mgmt`, `service-mgrd -e EP status|stop`), the manager's key
+//! store on its own host (`mgmt keys`, salt-key style), and `keygen`.
 
-use crate::client::to_json_pretty;
-use crate::protocol::{self as p, MgmtReply};
+use crate::cli::{KeygenArgs, MgmtArgs};
+use crate::client::{load_key, to_json_pretty};
+use crate::config::{self, ManagerConfig};
+use crate::exit::Exit;
+use crate::protocol::{self as p, MgmtReply, MgmtRequest};
+use crate::security::{self, Identity as KeyPair, KeyStore, Purpose, Role};
 use crate::transport;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
+use std::path::PathBuf;
 use std::time::Duration;
 
-/// Send `{"cmd": cmd}` and return the reply. A reply that is not ours is kept
-/// as raw JSON so that a 0.1 peer's answer still prints.
-pub fn call(endpoint: &str, cmd: &str, timeout: Duration, retries: u32) -> Result<Value> {
+/// Commands that change something are signed when a key is at hand.
+fn signed(cmd: &str) -> bool {
+    cmd.ends_with(".shutdown")
+}
+
+/// Send one management request and return the reply. A reply that is not
+/// ours is kept as raw JSON so that a 0.1 peer's answer still prints.
+pub fn call(endpoint: &str, req: &MgmtRequest, timeout: Duration, retries: u32) -> Result<Value> {
     let ctx = zmq::Context::new();
-    let reply = transport::request(
-        &ctx,
-        endpoint,
-        &p::encode(&json!({ "cmd": cmd })),
-        timeout,
-        retries,
-    )?;
+    let reply = transport::request(&ctx, endpoint, &p::encode(req), timeout, retries)?;
     serde_json::from_slice(&reply)
         .with_context(|| format!("the answer from {endpoint} is not JSON"))
+}
+
+/// An unsigned request for `cmd`.
+pub fn call_cmd(endpoint: &str, cmd: &str, timeout: Duration, retries: u32) -> Result<Value> {
+    call(endpoint, &MgmtRequest::new(cmd), timeout, retries)
+}
+
+/// A request for `cmd`, signed with `key` when the command needs it.
+pub fn request(cmd: &str, key: Option<&KeyPair>) -> MgmtRequest {
+    let mut req = MgmtRequest::new(cmd);
+    if let (true, Some(key)) = (signed(cmd), key) {
+        let body = json!({"cmd": cmd, "id": uuid::Uuid::new_v4().simple().to_string(), "ts": security::now_ms()});
+        req.auth = Some(security::sign_body(key, Purpose::Request, &body));
+    }
+    req
 }
 
 /// Whether a reply reports success (`"success": 0`).
@@ -29,8 +49,119 @@ pub fn succeeded(reply: &Value) -> bool {
 }
 
 /// Run a management command and print the reply as 0.1 did; true on success.
-pub fn run_and_print(endpoint: &str, cmd: &str, timeout: Duration, retries: u32) -> Result<bool> {
-    let reply = call(endpoint, cmd, timeout, retries)?;
+pub fn run_and_print(
+    endpoint: &str,
+    cmd: &str,
+    timeout: Duration,
+    retries: u32,
+    key: Option<&KeyPair>,
+) -> Result<bool> {
+    let reply = call(endpoint, &request(cmd, key), timeout, retries)?;
     println!("{}", to_json_pretty(&reply));
     Ok(succeeded(&reply))
+}
+
+/// `service-mgr mgmt ...`
+pub fn run(a: &MgmtArgs) -> Result<Exit> {
+    if a.command == "keys" {
+        return keys(a);
+    }
+    let cmd = match a.command.as_str() {
+        "status" => p::MANAGER_STATUS,
+        "agents" => p::MANAGER_AGENTS,
+        "jobs" => p::MANAGER_JOBS,
+        "job" => p::MANAGER_JOB,
+        "shutdown" => p::MANAGER_SHUTDOWN,
+        other => other,
+    };
+    let key = load_key(a.key.as_deref())?;
+    let mut req = request(cmd, key.as_deref());
+    if cmd == p::MANAGER_JOB {
+        req.uuid = Some(
+            a.args
+                .first()
+                .context("usage: service-mgr mgmt job ID")?
+                .clone(),
+        );
+    }
+    let reply = call(
+        &a.endpoint,
+        &req,
+        Duration::from_millis(a.timeout),
+        a.retries,
+    )?;
+    println!("{}", to_json_pretty(&reply));
+    Ok(if succeeded(&reply) {
+        Exit::Ok
+    } else {
+        Exit::Error
+    })
+}
+
+/// `mgmt keys list|accept|reject|delete|import`: the manager's key store, edited
+/// in place on the manager's host (the manager notices within a second).
+fn keys(a: &MgmtArgs) -> Result<Exit> {
+    let dir = match &a.keys_dir {
+        Some(d) => d.clone(),
+        None => {
+            let (path, explicit) = match &a.config {
+                Some(p) => (p.clone(), true),
+                None => (PathBuf::from(config::MANAGER_CONFIG), false),
+            };
+            config::load::<ManagerConfig>(&path, explicit)?
+                .state_dir()
+                .join("keys")
+        }
+    };
+    let mut store = KeyStore::open(&dir)?;
+    let op = a.args.first().map(String::as_str).unwrap_or("list");
+    let sel = a.args.get(1).map(String::as_str);
+    let need = || {
+        sel.with_context(|| format!("usage: service-mgr mgmt keys {op} FINGERPRINT|NAME|KEY-ID"))
+    };
+    match op {
+        "list" => {
+            for (state, key) in store.list() {
+                println!("{:<9} {} {}", state.as_str(), key.fingerprint(), key);
+            }
+        }
+        "accept" => println!("accepted {}", store.accept(need()?)?),
+        "reject" => println!("rejected {}", store.reject(need()?)?),
+        "delete" => println!("deleted {}", store.delete(need()?)?),
+        "import" => {
+            for k in store.import_accepted(std::path::Path::new(need()?))? {
+                println!("accepted {k}");
+            }
+        }
+        other => {
+            bail!("unknown keys command {other:?}; use list, accept, reject, delete or import")
+        }
+    }
+    Ok(Exit::Ok)
+}
+
+/// `service-mgr keygen`
+pub fn keygen(a: &KeygenArgs) -> Result<Exit> {
+    let role: Role = a.role.parse().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let host = crate::host::HostInfo::read().node;
+    let name = a.name.clone().unwrap_or_else(|| match role {
+        Role::Client => format!(
+            "{}@{host}",
+            std::env::var("USER").unwrap_or_else(|_| "client".into())
+        ),
+        _ => host.clone(),
+    });
+    let path = a.output.clone().unwrap_or_else(|| match role {
+        Role::Client => config::default_client_key(),
+        Role::Agent => config::default_config_dir().join("agent.key"),
+        Role::Manager => config::default_config_dir().join("manager.key"),
+    });
+    let pk = security::keygen(&path, role, &name, a.force)?;
+    eprintln!(
+        "secret key: {} (mode 0600); public key: {}.pub",
+        path.display(),
+        path.display()
+    );
+    println!("{pk}");
+    Ok(Exit::Ok)
 }

@@ -9,6 +9,7 @@
 //! 0.1 shape. Our own messages carry `"v": PROTOCOL_VERSION` so that a peer can
 //! tell a 0.1 sender from ours.
 
+use crate::security::{Sealed, Signed};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::fmt;
@@ -166,6 +167,41 @@ pub struct ServiceRequest {
     pub glob: Option<String>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// The client's signature over a [`RequestBody`] that repeats the fields above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Signed>,
+}
+
+/// What a client signs: the request, a unique id, the time, and its own public
+/// key line (the agent seals the result to it). Agents run only what is signed.
+///
+/// ```json
+/// {"cmd": "restart", "service": "nginx", "topic": "web", "nodes": null, "glob": null,
+///  "id": "0b7c...", "ts": 1764294000000, "client": "smgr1 client alice AAAA..."}
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestBody {
+    pub cmd: String,
+    pub service: String,
+    pub topic: String,
+    #[serde(default)]
+    pub nodes: Option<Vec<String>>,
+    #[serde(default)]
+    pub glob: Option<String>,
+    pub id: String,
+    pub ts: u64,
+    pub client: String,
+}
+
+impl RequestBody {
+    /// Whether the routing copy of a request says the same as the signed body.
+    pub fn matches(&self, r: &ServiceRequest) -> bool {
+        self.cmd == r.cmd
+            && self.service == r.service
+            && self.topic == r.topic
+            && self.nodes == r.nodes
+            && self.glob == r.glob
+    }
 }
 
 impl ServiceRequest {
@@ -179,6 +215,7 @@ impl ServiceRequest {
             nodes: None,
             glob: None,
             dry_run: false,
+            auth: None,
         }
     }
 
@@ -233,6 +270,17 @@ impl ServiceRequest {
                 })
             }
         };
+        let auth = match m.get("auth") {
+            None | Some(Value::Null) => None,
+            Some(a) => {
+                Some(
+                    serde_json::from_value(a.clone()).map_err(|_| DecodeError::WrongType {
+                        field: "auth",
+                        expected: "a signed envelope {key, body, sig}",
+                    })?,
+                )
+            }
+        };
         Ok(ServiceRequest {
             cmd: cmd.to_owned(),
             service: service.to_owned(),
@@ -241,6 +289,7 @@ impl ServiceRequest {
             nodes,
             glob,
             dry_run,
+            auth,
         })
     }
 }
@@ -264,6 +313,10 @@ pub struct Accepted {
     /// they may answer too, and the client waits for that many extra answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unregistered: Option<usize>,
+    /// The public key line of each expected node, as the manager accepted it:
+    /// the client checks each result's signature against it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_keys: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// A request as the manager publishes it on the backend, second frame after the topic.
@@ -279,6 +332,9 @@ pub struct Dispatch {
     pub uuid: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub v: Option<u64>,
+    /// The client's signed request, passed on unchanged: the agent checks it itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Signed>,
 }
 
 impl Dispatch {
@@ -298,6 +354,15 @@ impl Dispatch {
                 topic: opt_str(&m, "topic")?.unwrap_or_default().to_owned(),
                 uuid: uuid.clone().ok_or(DecodeError::Missing("uuid"))?,
                 v: m.get("v").and_then(Value::as_u64),
+                auth: match m.get("auth") {
+                    None | Some(Value::Null) => None,
+                    Some(a) => Some(serde_json::from_value(a.clone()).map_err(|_| {
+                        DecodeError::WrongType {
+                            field: "auth",
+                            expected: "a signed envelope {key, body, sig}",
+                        }
+                    })?),
+                },
             })
         })();
         parsed.map_err(|e| (uuid, e))
@@ -491,6 +556,9 @@ pub struct MgmtRequest {
     pub uuid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// A client's signature over `{"cmd", "id", "ts"}`, required for shutdown in secure mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Signed>,
 }
 
 impl MgmtRequest {
@@ -499,6 +567,7 @@ impl MgmtRequest {
             cmd: cmd.to_owned(),
             uuid: None,
             limit: None,
+            auth: None,
         }
     }
 
@@ -515,6 +584,9 @@ impl MgmtRequest {
             cmd: req_str(&m, "cmd")?.to_owned(),
             uuid: opt_str(&m, "uuid")?.map(str::to_owned),
             limit,
+            auth: m
+                .get("auth")
+                .and_then(|a| serde_json::from_value(a.clone()).ok()),
         })
     }
 }
@@ -575,6 +647,59 @@ pub fn valid_topic(s: &str) -> bool {
 /// agent is gone instead of waiting for missed heartbeats.
 pub const PRESENCE_PREFIX: &str = "!presence/";
 
+/// The topic prefix of an agent's private topic, `!to/<instance>`: in secure
+/// mode the manager subscribes an agent's connection to it only after the
+/// agent proved its accepted key, and publishes its requests there.
+pub const PRIVATE_PREFIX: &str = "!to/";
+
+/// An agent's presence subscription. Unsigned: `!presence/<instance>`; signed:
+/// `!presence/<instance>|<ts>|<key id>|<sig>`, the signature (purpose
+/// announce) over the JSON string `"<instance>:<ts>"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Presence {
+    pub instance: String,
+    pub signed: Option<(u64, Signed)>,
+}
+
+impl Presence {
+    pub fn token(&self) -> String {
+        match &self.signed {
+            None => format!("{PRESENCE_PREFIX}{}", self.instance),
+            Some((ts, s)) => format!(
+                "{PRESENCE_PREFIX}{}|{ts}|{}|{}",
+                self.instance, s.key, s.sig
+            ),
+        }
+    }
+
+    /// The text the agent signs for a presence token.
+    pub fn signed_text(instance: &str, ts: u64) -> Value {
+        Value::String(format!("{instance}:{ts}"))
+    }
+
+    pub fn parse(topic: &str) -> Option<Presence> {
+        let rest = topic.strip_prefix(PRESENCE_PREFIX)?;
+        let mut parts = rest.split('|');
+        let instance = parts.next()?.to_owned();
+        let signed = match (parts.next(), parts.next(), parts.next()) {
+            (Some(ts), Some(key), Some(sig)) => {
+                let ts: u64 = ts.parse().ok()?;
+                let body = serde_json::to_string(&Self::signed_text(&instance, ts)).ok()?;
+                Some((
+                    ts,
+                    Signed {
+                        key: key.to_owned(),
+                        body,
+                        sig: sig.to_owned(),
+                    },
+                ))
+            }
+            _ => None,
+        };
+        Some(Presence { instance, signed })
+    }
+}
+
 /// What an agent says about itself on the sink (ours only; 0.1 agents are silent).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AnnounceKind {
@@ -615,6 +740,9 @@ pub struct Announce {
     pub interval_ms: u64,
     #[serde(default)]
     pub running: usize,
+    /// The agent's signature over `{"key": LINE, "node", "instance", "ts"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Signed>,
 }
 
 /// A message on the sink: an agent's announcement or a result.
@@ -627,6 +755,8 @@ pub enum SinkMessage {
         uuid: String,
         node: Option<String>,
         status: Status,
+        /// The agent's signature (ours in secure mode), checked by manager and client.
+        auth: Option<Signed>,
     },
 }
 
@@ -662,8 +792,51 @@ impl SinkMessage {
                 _ => Status::Failed,
             },
         };
-        Ok(SinkMessage::Result { uuid, node, status })
+        let auth = m
+            .get("auth")
+            .and_then(|a| serde_json::from_value(a.clone()).ok());
+        Ok(SinkMessage::Result {
+            uuid,
+            node,
+            status,
+            auth,
+        })
     }
+}
+
+/// A result of ours in secure mode (agent PUSH -> manager -> client). The
+/// routing fields stay readable; `auth` is the agent's signature over a
+/// [`SignedResult`], whose `sealed` holds the full [`ResultMsg`] encrypted to
+/// the requesting client's key (or `result` in clear when the request was not
+/// signed and there is no key to seal to).
+///
+/// ```json
+/// {"v": 2, "uuid": "f569...", "node": "web1", "status": "ok", "msg": "sealed result",
+///  "auth": {"key": "AAAA...", "body": "{\"uuid\": ...}", "sig": "..."}}
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultEnvelope {
+    pub v: u64,
+    pub uuid: String,
+    pub node: String,
+    pub status: Status,
+    pub msg: String,
+    pub auth: Signed,
+}
+
+/// What an agent signs for a result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SignedResult {
+    pub uuid: String,
+    pub node: String,
+    pub status: Status,
+    /// The id of the signed request it answers, if it was signed.
+    #[serde(default)]
+    pub request_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<Sealed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<ResultMsg>,
 }
 
 /// Why a service name or command is refused before anything runs.
@@ -999,7 +1172,9 @@ mod tests {
             SinkMessage::Announce(a)
         );
         match SinkMessage::decode(GOLDEN_01_RESULT.as_bytes()).unwrap() {
-            SinkMessage::Result { uuid, node, status } => {
+            SinkMessage::Result {
+                uuid, node, status, ..
+            } => {
                 assert_eq!(uuid, "f569796669df4bf6982dd14c704900a0");
                 assert_eq!(node.as_deref(), Some("fbsd-dev"));
                 assert_eq!(status, Status::Ok);

@@ -170,9 +170,10 @@ fn killed_agent_is_reported_as_no_response_within_seconds() {
         let mut victim = agent(&mgr, "victim", &fake, &[]);
         let ep = mgr.ep("frontend_endpoint");
         let started = Instant::now();
+        let key = mgr.pki.as_ref().unwrap().client_key();
         let child = std::process::Command::new(bin())
             .args([
-                "client", "-e", &ep, "-N", "victim", "-c", "start", "-s", "slow-svc",
+                "client", "-e", &ep, "-k", &key, "-N", "victim", "-c", "start", "-s", "slow-svc",
             ])
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -234,12 +235,14 @@ fn manager_restart_agents_come_back_by_themselves() {
         let _a = agent(&mgr, "n1", &fake, &[]);
         let _b = agent(&mgr, "n2", &fake, &[]);
         assert_eq!(mgr.signal_and_wait(libc::SIGTERM, 10).code(), Some(0));
-        // Same ports again, so the agents' connections find it.
-        let mut args = vec!["daemon", "-D", "-f", "/dev/null"];
+        // Same ports and key store again, so the agents' connections find it.
+        let state = format!("state_dir={:?}", mgr.pki.as_ref().unwrap().path("state"));
+        let mut args = vec!["daemon", "-D", "-f", "/dev/null", "-O", state.as_str()];
         for e in &endpoints {
             args.extend(["-O", e]);
         }
-        let mgr2 = spawn_ready(&args);
+        let mut mgr2 = spawn_ready(&args);
+        mgr2.pki = mgr.pki.take();
         wait_registered(&mgr2, "n1");
         wait_registered(&mgr2, "n2");
         let (_, doc) = client(&mgr2, "any", "status", "x", &[]);
@@ -339,8 +342,9 @@ fn thousand_requests_lose_no_result() {
         let dir = tempfile::tempdir().unwrap();
         let fake = dir.path().join("true");
         std::os::unix::fs::symlink("/bin/true", &fake).unwrap();
-        let mgr = manager(&[]);
-        let _a = ["a1", "a2", "a3"].map(|n| agent(&mgr, n, &fake, &[]));
+        // A 0.1 client signs nothing: a manager and agents that serve it.
+        let mgr = manager_compat(&[]);
+        let _a = ["a1", "a2", "a3"].map(|n| agent(&mgr, n, &fake, &["-O", "allow_unsigned=true"]));
         let ctx = zmq::Context::new();
         let port_host = "tcp://127.0.0.1";
         let mut received = 0;

@@ -40,8 +40,58 @@ pub struct Proc {
     pub child: Child,
     pub ready: Value,
     pub log: PathBuf,
+    /// Keys of a manager's test deployment (client key, key store).
+    pub pki: Option<Pki>,
     _dir: tempfile::TempDir,
 }
+
+/// The keys of one test deployment: a client key the manager accepted, the
+/// manager's key store, and agent keys made on demand.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        use service_mgr::security::{keygen, KeyStore, Role};
+        let dir = tempfile::tempdir().unwrap();
+        keygen(
+            &dir.path().join("client.key"),
+            Role::Client,
+            "tester",
+            false,
+        )
+        .unwrap();
+        let mut store = KeyStore::open(&dir.path().join("state/keys")).unwrap();
+        store
+            .import_accepted(&dir.path().join("client.key.pub"))
+            .unwrap();
+        Pki { dir }
+    }
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+    pub fn client_key(&self) -> String {
+        self.path("client.key")
+    }
+    /// An agent key for `node`, accepted by the manager.
+    pub fn agent_key(&self, node: &str) -> String {
+        use service_mgr::security::{keygen, KeyStore, Role};
+        let file = self.dir.path().join(format!("{node}.key"));
+        if !file.exists() {
+            keygen(&file, Role::Agent, node, false).unwrap();
+            let mut store = KeyStore::open(&self.dir.path().join("state/keys")).unwrap();
+            store
+                .import_accepted(&self.dir.path().join(format!("{node}.key.pub")))
+                .unwrap();
+        }
+        file.display().to_string()
+    }
+}
+
+/// A policy that lets the test client do everything (inline TOML for -O).
+pub const ALLOW_ALL: &str =
+    r#"policy=[{name = "tests", keys = ["tester"], commands = ["*"], services = ["*"]}]"#;
 
 impl Proc {
     pub fn ep(&self, key: &str) -> String {
@@ -102,6 +152,7 @@ pub fn spawn_ready(args: &[&str]) -> Proc {
         child,
         ready: Value::Null,
         log,
+        pki: None,
         _dir: dir,
     };
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -127,6 +178,25 @@ pub fn spawn_ready(args: &[&str]) -> Proc {
 
 /// A manager on loopback ephemeral ports, no config file.
 pub fn manager(extra: &[&str]) -> Proc {
+    let pki = Pki::new();
+    let state = format!("state_dir={}", toml_str(&pki.path("state")));
+    let mut args = vec!["-O", state.as_str()];
+    args.extend_from_slice(extra);
+    let mut p = manager_bare(&args);
+    p.pki = Some(pki);
+    p
+}
+
+/// A manager serving unsigned 0.1 peers (allow_unsigned = true).
+pub fn manager_compat(extra: &[&str]) -> Proc {
+    let mut args = vec!["-O", "allow_unsigned=true"];
+    args.extend_from_slice(extra);
+    manager(&args)
+}
+
+/// A manager with only the loopback endpoints set (secure, keys in the default state_dir
+/// unless `extra` sets one).
+pub fn manager_bare(extra: &[&str]) -> Proc {
     let mut args = vec![
         "daemon",
         "-D",
@@ -146,13 +216,30 @@ pub fn manager(extra: &[&str]) -> Proc {
 }
 
 /// An agent named `node` connected to `mgr`, using `service_command` as its
-/// service manager; returns once the manager has seen its subscription.
+/// service manager, with an accepted key and a policy that lets the test client
+/// do everything; returns once the manager lists it as up.
 pub fn agent(mgr: &Proc, node: &str, service_command: &Path, extra: &[&str]) -> Proc {
+    let p = agent_unregistered(mgr, node, service_command, extra);
+    wait_registered(mgr, node);
+    p
+}
+
+/// As `agent`, without waiting for the manager to admit it.
+pub fn agent_unregistered(mgr: &Proc, node: &str, service_command: &Path, extra: &[&str]) -> Proc {
     let backend = format!("manager_endpoint={}", mgr.ep("backend_endpoint"));
     let sink = format!("sink_endpoint={}", mgr.ep("sink_endpoint"));
     let svc = format!(
         "service_command={}",
         toml_str(&service_command.display().to_string())
+    );
+    let pki = mgr
+        .pki
+        .as_ref()
+        .expect("a manager started by util::manager");
+    let key = format!("key_file={}", toml_str(&pki.agent_key(node)));
+    let clients = format!(
+        "authorized_clients={}",
+        toml_str(&pki.path("client.key.pub"))
     );
     let mut args = vec![
         "agent",
@@ -169,11 +256,15 @@ pub fn agent(mgr: &Proc, node: &str, service_command: &Path, extra: &[&str]) -> 
         "mgmt_endpoint=tcp://127.0.0.1:*",
         "-O",
         &svc,
+        "-O",
+        &key,
+        "-O",
+        &clients,
+        "-O",
+        ALLOW_ALL,
     ];
     args.extend_from_slice(extra);
-    let p = spawn_ready(&args);
-    wait_registered(mgr, node);
-    p
+    spawn_ready(&args)
 }
 
 /// Wait until the manager lists `node` as up (announced and subscribed).
@@ -310,7 +401,11 @@ pub fn client(
 /// Run `service-mgr client -e <mgr> ARGS...` without parsing stdout.
 pub fn client_raw(mgr: &Proc, args: &[&str]) -> (Output, String) {
     let ep = mgr.ep("frontend_endpoint");
+    let key = mgr.pki.as_ref().map(Pki::client_key).unwrap_or_default();
     let mut all = vec!["client", "-e", &ep];
+    if !key.is_empty() {
+        all.extend(["-k", key.as_str()]);
+    }
     all.extend_from_slice(args);
     let out = run(&all);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -7,6 +7,7 @@
 //! never holds up the next request (0.1 ran one at a time).
 
 pub mod exec;
+pub mod guard;
 pub mod simulate;
 
 use crate::config::AgentConfig;
@@ -16,6 +17,7 @@ use crate::protocol::{
     ServiceState, Status,
 };
 use crate::runtime::{Control, OnReady};
+use crate::security;
 use crate::transport::{self, try_recv};
 use anyhow::Result;
 use exec::Backend;
@@ -26,6 +28,10 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// How often the agent renews its signed presence subscription (the manager
+/// accepts tokens up to twice the request window old).
+const PRESENCE_REFRESH: Duration = Duration::from_secs(30);
 
 /// How long a stopping agent waits for running commands to deliver their results.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -79,6 +85,13 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
             "no service manager found (service, systemctl, rc-service); every request will fail"
         ),
     }
+    let guard = guard::Guard::load(config, &me.node, log)?;
+    if config.allow_unsigned {
+        warn!(
+            log,
+            "allow_unsigned is on: unsigned (0.1) requests run, limited by allowed_commands only"
+        );
+    }
     let ctx = zmq::Context::new();
     let instance = uuid::Uuid::new_v4().simple().to_string();
     let sub = transport::socket(&ctx, zmq::SUB)?;
@@ -87,8 +100,12 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     for t in &me.topics {
         sub.set_subscribe(t.as_bytes())?;
     }
+    // Our private topic: in secure mode the manager grants it once our signed
+    // presence below proved our key, and sends our requests there.
+    sub.set_subscribe(format!("{}{instance}", p::PRIVATE_PREFIX).as_bytes())?;
     // Never published on: its unsubscription tells the manager we are gone.
-    sub.set_subscribe(format!("{}{instance}", p::PRESENCE_PREFIX).as_bytes())?;
+    let presence = guard.presence(&instance);
+    sub.set_subscribe(presence.as_bytes())?;
     transport::connect(&sub, &config.manager_endpoint, "manager_endpoint")?;
     let push = transport::socket(&ctx, zmq::PUSH)?;
     push.set_sndhwm(100_000)?;
@@ -126,7 +143,11 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
         push,
         mgmt,
         inbox,
+        private_topic: format!("{}{instance}", p::PRIVATE_PREFIX),
         instance,
+        presence,
+        guard,
+        welcomed: false,
         started_ms: crate::manager::registry::now_ms(),
         running: 0,
         stop: false,
@@ -149,6 +170,12 @@ struct Agent<'a> {
     mgmt: zmq::Socket,
     inbox: zmq::Socket,
     instance: String,
+    private_topic: String,
+    /// Our current signed presence subscription, refreshed so it stays recent.
+    presence: String,
+    guard: guard::Guard,
+    /// Whether the manager granted our private topic since our last token.
+    welcomed: bool,
     started_ms: u64,
     /// Requests whose worker has not yet handed back a result.
     running: usize,
@@ -160,6 +187,7 @@ impl Agent<'_> {
         let interval = Duration::from_secs(self.config.heartbeat_interval.max(1));
         self.announce(AnnounceKind::Hello);
         let mut next_beat = Instant::now() + interval;
+        let mut next_presence = Instant::now() + interval;
         while !self.stop {
             let mut items = [
                 self.sub.as_poll_item(zmq::POLLIN),
@@ -174,9 +202,24 @@ impl Agent<'_> {
                 self.announce(AnnounceKind::Heartbeat);
                 next_beat = Instant::now() + interval;
             }
+            if Instant::now() >= next_presence {
+                self.refresh_presence();
+                // Until the manager welcomed us (key not yet accepted, manager
+                // away), try again at every heartbeat.
+                next_presence = Instant::now()
+                    + if self.welcomed {
+                        PRESENCE_REFRESH
+                    } else {
+                        interval
+                    };
+            }
             let wake = control.take();
             if wake.reopen_logs {
-                info!(self.log, "SIGHUP: log file reopened");
+                self.guard.reload(self.log);
+                info!(
+                    self.log,
+                    "SIGHUP: log file reopened, authorized clients reloaded"
+                );
             }
             if wake.shutdown {
                 info!(self.log, "shutting down on request");
@@ -210,9 +253,21 @@ impl Agent<'_> {
         Ok(())
     }
 
+    /// A new signed presence token replaces the old one (subscribe first, so
+    /// that the manager never sees us without one): a restarted manager and a
+    /// key accepted meanwhile both take effect within PRESENCE_REFRESH.
+    fn refresh_presence(&mut self) {
+        let fresh = self.guard.presence(&self.instance);
+        if self.sub.set_subscribe(fresh.as_bytes()).is_ok() {
+            let _ = self.sub.set_unsubscribe(self.presence.as_bytes());
+            self.presence = fresh;
+            self.welcomed = false;
+        }
+    }
+
     /// Tell the manager who we are (hello, heartbeat) or that we leave (bye).
     fn announce(&self, kind: AnnounceKind) {
-        let a = announcement(
+        let mut a = announcement(
             kind,
             &self.me,
             &self.host,
@@ -221,6 +276,7 @@ impl Agent<'_> {
             self.config.heartbeat_interval.max(1) * 1000,
             self.running,
         );
+        self.guard.sign_announce(&mut a);
         // A full queue (manager away) only costs a heartbeat; the next one will do.
         let _ = self.push.send(p::encode(&a), zmq::DONTWAIT);
     }
@@ -247,8 +303,13 @@ impl Agent<'_> {
         };
         // Exact match, whatever prefix matching let through (a 0.1 manager does not terminate topics).
         let topic = p::parse_backend_topic(topic).unwrap_or_default();
-        if !self.me.topics.iter().any(|t| t == topic) {
+        if topic != self.private_topic && !self.me.topics.iter().any(|t| t == topic) {
             debug!(self.log, "request for another topic ignored"; "topic" => topic);
+            return;
+        }
+        if topic == self.private_topic && body.starts_with(br#"{"type":"manager.welcome""#) {
+            debug!(self.log, "the manager admitted us");
+            self.welcomed = true;
             return;
         }
         let req = match Dispatch::decode(body) {
@@ -256,15 +317,34 @@ impl Agent<'_> {
             Err((maybe_uuid, e)) => {
                 warn!(self.log, "bad request"; "uuid" => maybe_uuid.as_deref().unwrap_or("-"), "reason" => %e);
                 if let Some(uuid) = maybe_uuid {
-                    self.send_result_frame(p::encode(&self.refusal(&uuid, None, e.to_string())));
+                    self.answer(&self.refusal(&uuid, None, e.to_string()), None, None);
                 }
                 return;
             }
         };
+        // The signature first, so that even a refusal is sealed to a client we verified.
+        let admitted = match self.guard.admit(&req, &self.me) {
+            Ok(a) => a,
+            Err(r) => {
+                warn!(self.log, "request refused"; "uuid" => &req.uuid, "service" => &req.service,
+                    "cmd" => &req.cmd, "reason" => &r.why);
+                self.answer(
+                    &self.refusal(&req.uuid, Some(&req.cmd), r.why),
+                    r.client.as_ref(),
+                    r.request_id,
+                );
+                return;
+            }
+        };
+        let (client, request_id) = (admitted.client, admitted.request_id);
         if let Err(why) = self.check(&req) {
             warn!(self.log, "request refused"; "uuid" => &req.uuid, "service" => &req.service,
                 "cmd" => &req.cmd, "reason" => &why);
-            self.send_result_frame(p::encode(&self.refusal(&req.uuid, Some(&req.cmd), why)));
+            self.answer(
+                &self.refusal(&req.uuid, Some(&req.cmd), why),
+                client.as_ref(),
+                request_id,
+            );
             return;
         }
         let Some(backend) = self.backend.clone() else {
@@ -274,27 +354,30 @@ impl Agent<'_> {
                 "Unable to determine location to service(8)".into(),
             );
             r.status = Some(Status::Failed);
-            self.send_result_frame(p::encode(&r));
+            self.answer(&r, client.as_ref(), request_id);
             return;
         };
         if self.config.self_services.contains(&req.service) && req.cmd != "status" {
-            self.run_on_self(&backend, &req);
+            self.run_on_self(&backend, &req, client.as_ref(), request_id);
             return;
         }
-        info!(self.log, "running request"; "uuid" => &req.uuid, "service" => &req.service, "cmd" => &req.cmd);
+        info!(self.log, "running request"; "uuid" => &req.uuid, "service" => &req.service, "cmd" => &req.cmd,
+            "client" => client.as_ref().map(|c| c.name().to_owned()).unwrap_or_else(|| "unsigned".into()));
         self.running += 1;
         let ctx = self.ctx.clone();
         let inbox = self.inbox_endpoint.clone();
         let me = Arc::clone(&self.me);
+        let key = Arc::clone(&self.guard.key);
         let timeout = Duration::from_secs(self.config.command_timeout);
         let cap = self.config.max_output as usize;
         let log = self.log.clone();
         thread::spawn(move || {
             let result = execute(&backend, &me, &req, timeout, cap);
+            let frame = guard::result_frame(&key, &result, client.as_ref(), request_id);
             let sent = transport::socket(&ctx, zmq::PUSH).and_then(|s| {
                 s.set_linger(-1)?;
                 s.connect(&inbox)?;
-                s.send(p::encode(&result), 0)?;
+                s.send(frame, 0)?;
                 Ok(())
             });
             if let Err(e) = sent {
@@ -303,9 +386,25 @@ impl Agent<'_> {
         });
     }
 
+    /// Send a result: signed and sealed to `client` when we know it.
+    fn answer(
+        &self,
+        r: &ResultMsg,
+        client: Option<&security::PublicKey>,
+        request_id: Option<String>,
+    ) {
+        self.send_result_frame(guard::result_frame(&self.guard.key, r, client, request_id));
+    }
+
     /// `stop`/`restart` of the agent's own service would kill us before we
     /// answer: answer first, then run the command detached a moment later.
-    fn run_on_self(&mut self, backend: &Backend, req: &Dispatch) {
+    fn run_on_self(
+        &mut self,
+        backend: &Backend,
+        req: &Dispatch,
+        client: Option<&security::PublicKey>,
+        request_id: Option<String>,
+    ) {
         let delay = Duration::from_secs(1);
         let outcome = exec::spawn_detached(backend, &req.service, &req.cmd, delay);
         let mut r = self.refusal(&req.uuid, Some(&req.cmd), String::new());
@@ -328,7 +427,7 @@ impl Agent<'_> {
                 r.status = Some(Status::Failed);
             }
         }
-        self.send_result_frame(p::encode(&r));
+        self.answer(&r, client, request_id);
     }
 
     /// The agent's own checks; it trusts neither the manager nor the client.
@@ -371,7 +470,7 @@ impl Agent<'_> {
     fn on_mgmt(&mut self, frames: Vec<Vec<u8>>) {
         let reply = match frames.as_slice() {
             [one] => match p::MgmtRequest::decode(one) {
-                Ok(req) => self.mgmt_command(&req.cmd),
+                Ok(req) => self.mgmt_command(&req),
                 Err(e) => MgmtReply::error(e),
             },
             _ => MgmtReply::error(format!("expected one JSON frame, got {}", frames.len())),
@@ -381,8 +480,8 @@ impl Agent<'_> {
         }
     }
 
-    fn mgmt_command(&mut self, cmd: &str) -> MgmtReply {
-        match cmd {
+    fn mgmt_command(&mut self, req: &p::MgmtRequest) -> MgmtReply {
+        match req.cmd.as_str() {
             p::AGENT_STATUS => MgmtReply::ok(
                 "Service Manager Agent Status",
                 Some(json!({
@@ -400,6 +499,10 @@ impl Agent<'_> {
                 })),
             ),
             p::AGENT_SHUTDOWN => {
+                if let Err(why) = self.guard.admit_mgmt(req) {
+                    warn!(self.log, "shutdown refused"; "why" => &why);
+                    return MgmtReply::error(format!("shutdown refused: {why}"));
+                }
                 info!(self.log, "shutdown requested on the management socket");
                 self.stop = true;
                 MgmtReply::ok("Service Manager Agent is shutting down", None)
@@ -436,6 +539,7 @@ pub fn announcement(
         started_ms,
         interval_ms,
         running,
+        auth: None,
     }
 }
 

@@ -13,6 +13,7 @@
 //!   to answer, and a node that goes away gets a `no_response` result at once.
 
 pub mod registry;
+pub mod trust;
 
 use crate::config::ManagerConfig;
 use crate::host::HostInfo;
@@ -29,6 +30,7 @@ use serde_json::{json, Value};
 use slog::{debug, error, info, warn, Logger};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
+use trust::Gate;
 
 /// The endpoints the manager really bound (ports resolved), for the ready
 /// notification and `manager.status`.
@@ -76,6 +78,14 @@ pub fn run(
     log: &Logger,
     on_ready: OnReady,
 ) -> Result<()> {
+    let gate = Gate::open(
+        &config.state_dir().join("keys"),
+        config.allow_unsigned,
+        Duration::from_secs(config.request_window),
+    )?;
+    if config.allow_unsigned {
+        warn!(log, "allow_unsigned is on: unsigned 0.1 clients and agents are served; anyone who reaches the ports can run requests");
+    }
     let ctx = zmq::Context::new();
     let (sockets, bound) = bind_all(&ctx, config)?;
     let mut doc = serde_json::to_value(&bound)?;
@@ -92,6 +102,8 @@ pub fn run(
         bound,
         jobs: HashMap::new(),
         registry: Registry::default(),
+        gate,
+        presence: HashMap::new(),
         host: HostInfo::read(),
         subscriptions: HashMap::new(),
         stop: false,
@@ -177,6 +189,10 @@ struct Manager<'a> {
     bound: Bound,
     jobs: HashMap<String, Job>,
     registry: Registry,
+    gate: Gate,
+    /// instance -> its current presence token, so a refreshed token's old
+    /// unsubscription is not taken for a disconnect.
+    presence: HashMap<String, String>,
     host: HostInfo,
     /// Agent subscriptions by topic (how many pipes), as reported by the backend.
     subscriptions: HashMap<String, usize>,
@@ -224,6 +240,13 @@ impl Manager<'_> {
             if last_sweep.elapsed() >= Duration::from_millis(250) {
                 for d in self.registry.sweep() {
                     self.departed(d);
+                }
+                match self.gate.reload_if_changed() {
+                    Ok(true) => info!(self.log, "key store changed; reloaded"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        error!(self.log, "cannot reload the key store"; "error" => format!("{e:#}"))
+                    }
                 }
                 self.expire_jobs();
                 last_sweep = Instant::now();
@@ -302,11 +325,18 @@ impl Manager<'_> {
             v: Some(p::PROTOCOL_VERSION),
             expected: Some(job.expected.clone()),
             unregistered: None,
+            agent_keys: Some(
+                job.expected
+                    .iter()
+                    .filter_map(|n| Some((n.clone(), self.registry.get(n)?.key.clone()?)))
+                    .collect(),
+            ),
         })
     }
 
     /// Validate a request, decide who must answer, publish it and say where results appear.
     fn dispatch(&mut self, req: ServiceRequest) -> Result<Accepted, ErrorReply> {
+        let client = self.gate.check_request(&req).map_err(ErrorReply::new)?;
         if !p::valid_topic(&req.topic) {
             return Err(ErrorReply::new(format!(
                 "topic {:?} is not a valid topic (printable, no blanks or commas, 1 to 255 bytes)",
@@ -354,7 +384,7 @@ impl Manager<'_> {
                 .cloned()
                 .collect(),
         };
-        let unregistered = if narrowed {
+        let unregistered = if narrowed || !self.gate.allow_unsigned {
             0
         } else {
             let subscribed = self.subscriptions.get(&req.topic).copied().unwrap_or(0);
@@ -362,12 +392,17 @@ impl Manager<'_> {
         };
         let expected: Vec<String> = expected.into_iter().collect();
         let uuid = uuid::Uuid::new_v4().simple().to_string();
+        let agent_keys = expected
+            .iter()
+            .filter_map(|n| Some((n.clone(), self.registry.get(n)?.key.clone()?)))
+            .collect();
         let accepted = Accepted {
             uuid: uuid.clone(),
             port: self.bound.result_publisher_port,
             v: Some(p::PROTOCOL_VERSION),
             expected: Some(expected.clone()),
             unregistered: Some(unregistered),
+            agent_keys: Some(agent_keys),
         };
         if req.dry_run {
             return Ok(accepted);
@@ -378,10 +413,20 @@ impl Manager<'_> {
             topic: req.topic.clone(),
             uuid: uuid.clone(),
             v: Some(p::PROTOCOL_VERSION),
+            auth: req.auth.clone(),
         };
         let body = p::encode(&dispatch);
-        // Narrowed requests go to each node's own topic; the rest is one broadcast.
-        let topics: Vec<&str> = if narrowed {
+        // Secure mode: each admitted agent on its private topic. Otherwise narrowed
+        // requests go to each node's own topic and the rest is one broadcast.
+        let private: Vec<String>;
+        let topics: Vec<&str> = if !self.gate.allow_unsigned {
+            private = expected
+                .iter()
+                .filter_map(|n| self.registry.get(n))
+                .map(|e| format!("{}{}", p::PRIVATE_PREFIX, e.instance))
+                .collect();
+            private.iter().map(String::as_str).collect()
+        } else if narrowed {
             expected.iter().map(String::as_str).collect()
         } else {
             vec![req.topic.as_str()]
@@ -419,6 +464,7 @@ impl Manager<'_> {
             job.results.push(p::encode(&r));
         }
         info!(self.log, "request dispatched"; "uuid" => &uuid, "topic" => &job.request.topic,
+            "client" => client.as_ref().map(|k| k.to_string()).unwrap_or_else(|| "unsigned".into()),
             "cmd" => &job.request.cmd, "service" => &job.request.service, "expected" => expected.len(),
             "unregistered" => unregistered);
         self.jobs.insert(uuid, job);
@@ -433,12 +479,22 @@ impl Manager<'_> {
             return;
         };
         let shown = String::from_utf8_lossy(topic).into_owned();
-        if let Some(instance) = shown.strip_prefix(p::PRESENCE_PREFIX) {
-            if kind == 1 {
-                self.registry.connected(instance);
-            } else if let Some(d) = self.registry.disconnected(instance) {
-                self.departed(d);
-            }
+        if let Some(presence) = p::Presence::parse(&shown) {
+            self.on_presence(kind == 1, presence, &shown);
+            return;
+        }
+        if shown.starts_with('!') {
+            return; // reserved prefixes are never granted as topics
+        }
+        if !self.gate.allow_unsigned {
+            // Secure mode: plain topics are not granted; agents get requests on
+            // their private topic once they proved their key.
+            let n = self.subscriptions.entry(shown.clone()).or_default();
+            *n = if kind == 1 {
+                *n + 1
+            } else {
+                n.saturating_sub(1)
+            };
             return;
         }
         let mut stored = topic.to_vec();
@@ -464,6 +520,44 @@ impl Manager<'_> {
         if let Err(e) = rc {
             warn!(self.log, "cannot apply subscription"; "error" => %e);
         }
+    }
+
+    /// A presence subscription arrived or ended. Signed and valid: grant the
+    /// connection its private topic. Ended: the agent's connection is gone.
+    fn on_presence(&mut self, subscribed: bool, presence: p::Presence, token: &str) {
+        let instance = presence.instance.clone();
+        if !subscribed {
+            // A refreshed token's old one going away is not a disconnect.
+            if self.presence.get(&instance).map(String::as_str) == Some(token) {
+                self.presence.remove(&instance);
+                if let Some(d) = self.registry.disconnected(&instance) {
+                    self.departed(d);
+                }
+            }
+            return;
+        }
+        self.presence.insert(instance.clone(), token.to_owned());
+        // The key may have been accepted a moment ago: look again before refusing.
+        if !self.gate.check_presence(&presence)
+            && !(self.gate.reload_if_changed().unwrap_or(false)
+                && self.gate.check_presence(&presence))
+        {
+            debug!(self.log, "presence not granted (unsigned, stale or key not accepted)"; "instance" => &instance);
+            return;
+        }
+        let mut private = format!("{}{instance}", p::PRIVATE_PREFIX).into_bytes();
+        private.push(p::TOPIC_TERMINATOR);
+        if let Err(e) = self.s.backend.set_subscribe(&private) {
+            warn!(self.log, "cannot grant the private topic"; "error" => %e);
+            return;
+        }
+        // Tells the agent it is admitted, so it stops renewing its token often.
+        let welcome = p::encode(&json!({"type": "manager.welcome", "v": p::PROTOCOL_VERSION}));
+        let _ = self
+            .s
+            .backend
+            .send_multipart([private.as_slice(), &welcome], zmq::DONTWAIT);
+        self.registry.connected(&instance);
     }
 
     /// A client subscribed to (or left) a job id: deliver what is held for it.
@@ -494,15 +588,36 @@ impl Manager<'_> {
         };
         match SinkMessage::decode(frame) {
             Ok(SinkMessage::Announce(a)) => {
-                if !self.registry.is_up(&a.node) {
+                let key = match self.gate.check_announce(&a) {
+                    Ok(k) => k.map(|k| k.to_string()),
+                    Err(why) => {
+                        if a.kind == p::AnnounceKind::Hello {
+                            warn!(self.log, "agent not admitted"; "node" => &a.node, "why" => why);
+                        }
+                        return;
+                    }
+                };
+                if !self.registry.is_up(&a.node) && a.kind != p::AnnounceKind::Bye {
                     info!(self.log, "agent up"; "node" => &a.node, "system" => &a.system,
                         "topics" => a.topics.join(","), "version" => &a.agent_version);
                 }
-                if let Some(d) = self.registry.announce(&a) {
+                if let Some(d) = self.registry.announce(&a, key) {
                     self.departed(d);
                 }
             }
-            Ok(SinkMessage::Result { uuid, node, status }) => {
+            Ok(SinkMessage::Result {
+                uuid,
+                node,
+                status,
+                auth,
+            }) => {
+                if let Err(why) = self
+                    .gate
+                    .check_result(auth.as_ref(), &uuid, node.as_deref())
+                {
+                    warn!(self.log, "result not accepted"; "uuid" => &uuid, "node" => ?node, "why" => why);
+                    return;
+                }
                 self.on_result(uuid, node, status, frame.clone())
             }
             Err(e) => {
@@ -588,11 +703,16 @@ impl Manager<'_> {
                     "bound": self.bound,
                     "version": env!("CARGO_PKG_VERSION"),
                     "agents_up": self.registry.up_count(),
+                    "allow_unsigned": self.gate.allow_unsigned,
                     "jobs_in_memory": self.jobs.len(),
                     "subscriptions": self.subscriptions,
                 })),
             ),
             p::MANAGER_SHUTDOWN => {
+                if let Err(why) = self.gate.check_mgmt(req) {
+                    warn!(self.log, "shutdown refused"; "why" => &why);
+                    return MgmtReply::error(format!("shutdown refused: {why}"));
+                }
                 info!(self.log, "shutdown requested on the management socket");
                 self.stop = true;
                 MgmtReply::ok("Service Manager is shutting down", None)

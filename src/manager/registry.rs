@@ -37,6 +37,8 @@ pub struct AgentEntry {
     pub last_seen_ms: u64,
     pub state: AgentState,
     pub running: usize,
+    /// The agent's accepted public key line (none for an unsigned agent).
+    pub key: Option<String>,
     #[serde(skip)]
     last_seen: Instant,
     #[serde(skip)]
@@ -70,7 +72,7 @@ pub fn now_ms() -> u64 {
 
 impl Registry {
     /// Record an announcement; returns a departure when it was a goodbye.
-    pub fn announce(&mut self, a: &Announce) -> Option<Departure> {
+    pub fn announce(&mut self, a: &Announce, key: Option<String>) -> Option<Departure> {
         let state = match a.kind {
             AnnounceKind::Bye => AgentState::Stopped,
             _ => AgentState::Up,
@@ -100,6 +102,7 @@ impl Registry {
                 last_seen_ms: now_ms(),
                 state,
                 running: a.running,
+                key,
                 last_seen: Instant::now(),
                 interval: Duration::from_millis(a.interval_ms.clamp(100, 600_000)),
             },
@@ -225,9 +228,12 @@ mod tests {
         for i in ["a", "b", "c"] {
             r.connected(i);
         }
-        r.announce(&hello("web1", "a", &["any", "Linux", "web1", "web"]));
-        r.announce(&hello("web10", "b", &["any", "Linux", "web10", "web"]));
-        r.announce(&hello("db1", "c", &["any", "Linux", "db1"]));
+        r.announce(&hello("web1", "a", &["any", "Linux", "web1", "web"]), None);
+        r.announce(
+            &hello("web10", "b", &["any", "Linux", "web10", "web"]),
+            None,
+        );
+        r.announce(&hello("db1", "c", &["any", "Linux", "db1"]), None);
         assert_eq!(r.matching("web1", None), ["web1"]);
         assert_eq!(r.matching("web", None), ["web1", "web10"]);
         assert!(r.matching("we", None).is_empty());
@@ -242,14 +248,14 @@ mod tests {
         for i in ["i1", "i2", "i3", "i9"] {
             r.connected(i);
         }
-        r.announce(&hello("a", "i1", &["any"]));
-        r.announce(&hello("b", "i2", &["any"]));
-        r.announce(&hello("c", "i3", &["any"]));
+        r.announce(&hello("a", "i1", &["any"]), None);
+        r.announce(&hello("b", "i2", &["any"]), None);
+        r.announce(&hello("c", "i3", &["any"]), None);
         assert_eq!(r.disconnected("i1").unwrap().node, "a");
         assert!(r.disconnected("i1").is_none(), "reported once");
         let mut bye = hello("b", "i2", &["any"]);
         bye.kind = AnnounceKind::Bye;
-        assert_eq!(r.announce(&bye).unwrap().node, "b");
+        assert_eq!(r.announce(&bye, None).unwrap().node, "b");
         std::thread::sleep(Duration::from_millis(350));
         assert_eq!(
             r.sweep(),
@@ -260,12 +266,12 @@ mod tests {
         );
         assert_eq!(r.up_count(), 0);
         // Announced but not subscribed yet: not a target.
-        r.announce(&hello("d", "i4", &["any"]));
+        r.announce(&hello("d", "i4", &["any"]), None);
         assert!(r.matching("any", None).is_empty());
         r.connected("i4");
         assert_eq!(r.matching("any", None), ["d"]);
         // A new instance of the same node comes back up; the old instance's disconnect is ignored.
-        r.announce(&hello("a", "i9", &["any"]));
+        r.announce(&hello("a", "i9", &["any"]), None);
         assert!(r.disconnected("i1").is_none());
         assert!(r.is_up("a"));
     }

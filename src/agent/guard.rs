@@ -1,0 +1,280 @@
+//! The agent's own checks on a request, and the signing of what it sends.
+//!
+//! The agent trusts neither the manager nor the network: a request runs only if
+//! it carries a valid signature of a client key listed in `authorized_clients`,
+//! is fresh and not replayed, is addressed to this node, and the `[[policy]]`
+//! rules allow that key this command on this service. Results are signed with
+//! the agent's key and sealed to the requesting client's key.
+
+use crate::agent::Identity;
+use crate::config::AgentConfig;
+use crate::protocol::{
+    self as p, Announce, Dispatch, MgmtRequest, Presence, RequestBody, ResultEnvelope, ResultMsg,
+    SignedResult,
+};
+use crate::security::{self, AuthError, Decision, Policy, PublicKey, Purpose, ReplayGuard, Role};
+use anyhow::{Context, Result};
+use serde_json::json;
+use slog::{info, warn, Logger};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The agent's key pair.
+pub type KeyPair = security::Identity;
+
+/// Why a request is refused, and the client to answer (when its signature held).
+pub struct Refusal {
+    pub client: Option<PublicKey>,
+    pub request_id: Option<String>,
+    pub why: String,
+}
+
+/// A request that passed: who asked (None: unsigned, allowed by config).
+pub struct Admitted {
+    pub client: Option<PublicKey>,
+    pub request_id: Option<String>,
+}
+
+pub struct Guard {
+    pub key: std::sync::Arc<KeyPair>,
+    clients: HashMap<String, PublicKey>,
+    clients_file: PathBuf,
+    policy: Policy,
+    replay: ReplayGuard,
+    allow_unsigned: bool,
+}
+
+impl Guard {
+    /// Load (or on first start create) the agent's key, the authorized client
+    /// keys and the policy.
+    pub fn load(config: &AgentConfig, node: &str, log: &Logger) -> Result<Guard> {
+        let key_file = config.key_file();
+        let key = if key_file.exists() {
+            KeyPair::load(&key_file)?
+        } else {
+            let pk = security::keygen(&key_file, Role::Agent, node, false).with_context(|| {
+                format!(
+                    "cannot create the agent key {}; set key_file",
+                    key_file.display()
+                )
+            })?;
+            info!(log, "generated a new agent key; accept it on the manager's host";
+                "file" => %key_file.display(), "command" => format!("service-mgr mgmt keys accept {}", pk.fingerprint()));
+            KeyPair::load(&key_file)?
+        };
+        anyhow::ensure!(
+            key.role() == Role::Agent && key.name() == node,
+            "{} holds a {} key named {:?}; node {node:?} needs an agent key of its own name \
+             (service-mgr keygen --role agent --name {node} -o FILE)",
+            key_file.display(),
+            key.role(),
+            key.name()
+        );
+        let clients_file = config.authorized_clients();
+        let clients = read_clients(&clients_file, log)?;
+        let policy =
+            Policy::new(&config.policy).context("invalid [[policy]] in the agent's config")?;
+        if config.policy.is_empty() && !config.allow_unsigned {
+            warn!(
+                log,
+                "no [[policy]] rules: every signed request is refused (default deny)"
+            );
+        }
+        Ok(Guard {
+            key: std::sync::Arc::new(key),
+            clients,
+            clients_file,
+            policy,
+            replay: ReplayGuard::new(Duration::from_secs(config.request_window), 1_000_000),
+            allow_unsigned: config.allow_unsigned,
+        })
+    }
+
+    /// Re-read authorized_clients (SIGHUP).
+    pub fn reload(&mut self, log: &Logger) {
+        match read_clients(&self.clients_file, log) {
+            Ok(c) => self.clients = c,
+            Err(e) => warn!(log, "cannot reload authorized clients"; "error" => format!("{e:#}")),
+        }
+    }
+
+    /// Decide on a request before anything runs.
+    pub fn admit(&mut self, req: &Dispatch, me: &Identity) -> Result<Admitted, Refusal> {
+        let refuse = |client: Option<PublicKey>, request_id: Option<String>, why: String| Refusal {
+            client,
+            request_id,
+            why,
+        };
+        let Some(auth) = &req.auth else {
+            return if self.allow_unsigned {
+                Ok(Admitted {
+                    client: None,
+                    request_id: None,
+                })
+            } else {
+                Err(refuse(
+                    None,
+                    None,
+                    "unsigned request refused: this agent runs signed requests only".into(),
+                ))
+            };
+        };
+        let clients = &self.clients;
+        let (pk, body) = security::verify(auth, Purpose::Request, |id| clients.get(id).cloned())
+            .map_err(|e| {
+                let why = match e {
+                    AuthError::UnknownKey(fp) => format!(
+                        "client key {fp} is not in this agent's authorized clients ({})",
+                        self.clients_file.display()
+                    ),
+                    other => other.to_string(),
+                };
+                refuse(None, None, format!("request refused: {why}"))
+            })?;
+        let body: RequestBody = serde_json::from_value(body)
+            .map_err(|e| refuse(None, None, format!("request refused: bad signed body: {e}")))?;
+        let id = Some(body.id.clone());
+        if body.client != pk.to_string() {
+            return Err(refuse(
+                None,
+                id,
+                "request refused: the signed body names another client key".into(),
+            ));
+        }
+        if body.cmd != req.cmd || body.service != req.service {
+            return Err(refuse(
+                Some(pk),
+                id,
+                "request refused: command or service differ from what the client signed".into(),
+            ));
+        }
+        if !addressed_to(&body, me) {
+            return Err(refuse(
+                Some(pk),
+                id,
+                format!(
+                    "request refused: the client did not address node {:?}",
+                    me.node
+                ),
+            ));
+        }
+        if let Err(e) = self.replay.check(&body.id, body.ts, security::now_ms()) {
+            return Err(refuse(Some(pk), id, format!("request refused: {e}")));
+        }
+        match self.policy.decide(&pk, &body.cmd, &body.service) {
+            Decision::Allow { .. } => Ok(Admitted {
+                client: Some(pk),
+                request_id: id,
+            }),
+            Decision::Deny { reason } => {
+                Err(refuse(Some(pk), id, format!("refused by policy: {reason}")))
+            }
+        }
+    }
+
+    /// `agent.shutdown` needs a signed request of an authorized client unless
+    /// unsigned peers are allowed.
+    pub fn admit_mgmt(&mut self, req: &MgmtRequest) -> Result<(), String> {
+        if self.allow_unsigned {
+            return Ok(());
+        }
+        let auth = req
+            .auth
+            .as_ref()
+            .ok_or("this command needs a signed request: pass a client key with -k")?;
+        let clients = &self.clients;
+        let (_, body) = security::verify(auth, Purpose::Request, |id| clients.get(id).cloned())
+            .map_err(|e| e.to_string())?;
+        if body.get("cmd").and_then(|c| c.as_str()) != Some(req.cmd.as_str()) {
+            return Err("the signed body names another command".into());
+        }
+        let id = body.get("id").and_then(|v| v.as_str()).unwrap_or_default();
+        let ts = body.get("ts").and_then(|v| v.as_u64()).unwrap_or(0);
+        self.replay
+            .check(id, ts, security::now_ms())
+            .map_err(|e| e.to_string())
+    }
+
+    /// A fresh signed presence token for our subscription.
+    pub fn presence(&self, instance: &str) -> String {
+        let ts = security::now_ms();
+        let signed = security::sign_body(
+            &self.key,
+            Purpose::Announce,
+            &Presence::signed_text(instance, ts),
+        );
+        Presence {
+            instance: instance.to_owned(),
+            signed: Some((ts, signed)),
+        }
+        .token()
+    }
+
+    /// Sign an announcement (proof that we hold the key we announce).
+    pub fn sign_announce(&self, a: &mut Announce) {
+        let body = json!({"key": self.key.public().to_string(), "node": a.node, "instance": a.instance,
+                          "ts": security::now_ms()});
+        a.auth = Some(security::sign_body(&self.key, Purpose::Announce, &body));
+    }
+}
+
+/// The frame for a result: signed, and sealed to the client when we know it;
+/// an unsigned request (0.1 client, allowed by config) gets the plain 0.1 shape.
+pub fn result_frame(
+    key: &KeyPair,
+    r: &ResultMsg,
+    client: Option<&PublicKey>,
+    request_id: Option<String>,
+) -> Vec<u8> {
+    let Some(client) = client else {
+        return p::encode(r);
+    };
+    let uuid = r.uuid.clone().unwrap_or_default();
+    let node = key.name().to_owned();
+    let status = r.effective_status();
+    let body = SignedResult {
+        uuid: uuid.clone(),
+        node: node.clone(),
+        status,
+        request_id,
+        sealed: Some(security::seal(client, &p::encode(r))),
+        result: None,
+    };
+    let auth = security::sign_body(
+        key,
+        Purpose::Result,
+        &serde_json::to_value(&body).expect("serializable"),
+    );
+    p::encode(&ResultEnvelope {
+        v: p::PROTOCOL_VERSION,
+        uuid,
+        node,
+        status,
+        msg: "signed result, sealed to the client".into(),
+        auth,
+    })
+}
+
+/// Whether the signed target covers this node (topic, node list and glob).
+fn addressed_to(body: &RequestBody, me: &Identity) -> bool {
+    me.topics.iter().any(|t| t == &body.topic)
+        && body.nodes.as_ref().is_none_or(|n| n.contains(&me.node))
+        && body.glob.as_ref().is_none_or(|g| {
+            globset::Glob::new(g).is_ok_and(|g| g.compile_matcher().is_match(&me.node))
+        })
+}
+
+fn read_clients(path: &std::path::Path, log: &Logger) -> Result<HashMap<String, PublicKey>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            warn!(log, "no authorized clients file: every signed request is refused"; "file" => %path.display());
+            return Ok(HashMap::new());
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let keys = security::parse_key_lines(&text)
+        .with_context(|| format!("invalid key in {}", path.display()))?;
+    Ok(keys.into_iter().map(|k| (k.key_id(), k)).collect())
+}

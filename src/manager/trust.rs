@@ -1,0 +1,254 @@
+//! The manager's gate: which requests, agents and results it lets through.
+//!
+//! In secure mode (the default) a request must be signed by an accepted client
+//! key, an agent must announce itself with an accepted agent key and prove it
+//! on its connection (a signed presence subscription) before it gets requests,
+//! and a result must be signed by the accepted key of the node it names.
+//! `allow_unsigned = true` also serves 0.1 peers, which sign nothing.
+//! The manager is a relay, not the last line: agents check requests themselves.
+
+use crate::protocol::{Announce, MgmtRequest, Presence, RequestBody, ServiceRequest, SignedResult};
+use crate::security::{
+    self, AuthError, KeyState, KeyStore, PublicKey, Purpose, ReplayGuard, Signed,
+};
+use anyhow::{Context, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+pub struct Gate {
+    pub keys: KeyStore,
+    dir: PathBuf,
+    replay: ReplayGuard,
+    window: Duration,
+    pub allow_unsigned: bool,
+    /// Modification times of the key store's directories, to notice `mgmt keys` edits.
+    seen: Vec<Option<SystemTime>>,
+}
+
+/// What to tell a client whose key is not (yet) accepted.
+fn pending_hint(pk: &PublicKey, state: KeyState) -> String {
+    format!(
+        "client key {} ({}) is {} on the manager; on the manager's host run: service-mgr mgmt keys accept {}",
+        pk.fingerprint(),
+        pk.name(),
+        state.as_str(),
+        pk.fingerprint()
+    )
+}
+
+impl Gate {
+    pub fn open(dir: &Path, allow_unsigned: bool, window: Duration) -> Result<Gate> {
+        let keys = KeyStore::open(dir).with_context(|| {
+            format!("cannot open the key store {}; set state_dir", dir.display())
+        })?;
+        let mut g = Gate {
+            keys,
+            dir: dir.to_owned(),
+            replay: ReplayGuard::new(window, 1_000_000),
+            window,
+            allow_unsigned,
+            seen: Vec::new(),
+        };
+        g.seen = g.mtimes();
+        Ok(g)
+    }
+
+    fn mtimes(&self) -> Vec<Option<SystemTime>> {
+        ["pending", "accepted", "rejected"]
+            .iter()
+            .map(|d| {
+                std::fs::metadata(self.dir.join(d))
+                    .and_then(|m| m.modified())
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// Re-read the key store if `service-mgr mgmt keys` changed it.
+    pub fn reload_if_changed(&mut self) -> Result<bool> {
+        let now = self.mtimes();
+        if now == self.seen {
+            return Ok(false);
+        }
+        self.seen = now;
+        self.keys.reload()?;
+        Ok(true)
+    }
+
+    /// A client request: `Ok(Some(key))` when signed and admitted, `Ok(None)`
+    /// when unsigned and this manager serves 0.1 clients.
+    pub fn check_request(&mut self, req: &ServiceRequest) -> Result<Option<PublicKey>, String> {
+        let Some(auth) = &req.auth else {
+            return if self.allow_unsigned {
+                Ok(None)
+            } else {
+                Err("unsigned request refused: this manager serves signed requests only; create a key with \
+                     `service-mgr keygen --role client` and have it accepted (or set allow_unsigned = true \
+                     for 0.1 clients)"
+                    .into())
+            };
+        };
+        let (pk, body) = match self.keys.verify(auth, Purpose::Request) {
+            Ok(v) => v,
+            Err(AuthError::UnknownKey(_)) | Err(AuthError::NotAccepted(_)) => {
+                return Err(self.admit_client(auth))
+            }
+            Err(e) => return Err(format!("request refused: {e}")),
+        };
+        let body: RequestBody = serde_json::from_value(body)
+            .map_err(|e| format!("request refused: bad signed body: {e}"))?;
+        if !body.matches(req) {
+            return Err(
+                "request refused: the signed body does not match the request's fields".into(),
+            );
+        }
+        if body.client != pk.to_string() {
+            return Err("request refused: the signed body names another client key".into());
+        }
+        self.replay
+            .check(&body.id, body.ts, security::now_ms())
+            .map_err(|e| format!("request refused: {e}"))?;
+        Ok(Some(pk))
+    }
+
+    /// An unknown client key that proves possession is filed as pending.
+    fn admit_client(&mut self, auth: &Signed) -> String {
+        let claimed = serde_json::from_str::<Value>(&auth.body)
+            .ok()
+            .and_then(|b| b.get("client").and_then(Value::as_str).map(str::to_owned))
+            .and_then(|line| line.parse::<PublicKey>().ok());
+        let Some(pk) = claimed else {
+            return "request refused: unknown client key".into();
+        };
+        if security::verify(auth, Purpose::Request, |id| {
+            (id == pk.key_id()).then(|| pk.clone())
+        })
+        .is_err()
+        {
+            return "request refused: bad signature".into();
+        }
+        match self.keys.submit(&pk) {
+            Ok(sub) => pending_hint(&pk, sub.state),
+            Err(e) => format!("request refused: unknown client key ({e:#})"),
+        }
+    }
+
+    /// An agent's hello or heartbeat: `Ok(Some(key))` for an accepted agent,
+    /// `Ok(None)` for an unsigned one this manager serves, `Err` otherwise
+    /// (a new key is filed as pending on the way).
+    pub fn check_announce(&mut self, a: &Announce) -> Result<Option<PublicKey>, String> {
+        let Some(auth) = &a.auth else {
+            return if self.allow_unsigned {
+                Ok(None)
+            } else {
+                Err(format!(
+                    "unsigned announcement from {:?} ignored (allow_unsigned is off)",
+                    a.node
+                ))
+            };
+        };
+        let (pk, body) =
+            security::verify_announce(auth).map_err(|e| format!("announcement refused: {e}"))?;
+        if body.get("node").and_then(Value::as_str) != Some(a.node.as_str())
+            || body.get("instance").and_then(Value::as_str) != Some(a.instance.as_str())
+        {
+            return Err("announcement refused: signed node or instance differ".into());
+        }
+        if pk.role() != security::Role::Agent || pk.name() != a.node {
+            return Err(format!(
+                "announcement refused: key {} is a {} key named {:?}; node {:?} needs an agent key of its own name",
+                pk.fingerprint(),
+                pk.role(),
+                pk.name(),
+                a.node
+            ));
+        }
+        let sub = self.keys.submit(&pk).map_err(|e| format!("{e:#}"))?;
+        match sub.state {
+            KeyState::Accepted => Ok(Some(pk)),
+            other => Err(format!(
+                "agent {:?} key {} is {}; accept it with: service-mgr mgmt keys accept {}",
+                a.node,
+                pk.fingerprint(),
+                other.as_str(),
+                pk.fingerprint()
+            )),
+        }
+    }
+
+    /// A presence subscription: the instance, and whether its connection may
+    /// get requests (signed by an accepted agent key, recent; or unsigned in
+    /// 0.1-compatible mode).
+    pub fn check_presence(&self, p: &Presence) -> bool {
+        match &p.signed {
+            None => self.allow_unsigned,
+            Some((ts, signed)) => {
+                let age = security::now_ms().abs_diff(*ts);
+                age <= self.window.as_millis() as u64 * 2
+                    && self
+                        .keys
+                        .verify(signed, Purpose::Announce)
+                        .is_ok_and(|(pk, _)| pk.role() == security::Role::Agent)
+            }
+        }
+    }
+
+    /// A result on the sink: signed by the accepted key of the node it names,
+    /// or unsigned in 0.1-compatible mode.
+    pub fn check_result(
+        &self,
+        auth: Option<&Signed>,
+        uuid: &str,
+        node: Option<&str>,
+    ) -> Result<(), String> {
+        let Some(auth) = auth else {
+            return if self.allow_unsigned {
+                Ok(())
+            } else {
+                Err("unsigned result dropped (allow_unsigned is off)".into())
+            };
+        };
+        let (pk, body) = self
+            .keys
+            .verify(auth, Purpose::Result)
+            .map_err(|e| format!("result dropped: {e}"))?;
+        let body: SignedResult =
+            serde_json::from_value(body).map_err(|e| format!("result dropped: bad body: {e}"))?;
+        if body.uuid != uuid || Some(body.node.as_str()) != node || pk.name() != body.node {
+            return Err(format!(
+                "result dropped: signed by {} ({}) for node {:?}, job {}",
+                pk.fingerprint(),
+                pk.name(),
+                body.node,
+                body.uuid
+            ));
+        }
+        Ok(())
+    }
+
+    /// Management commands that change something need a signed request from an
+    /// accepted client key in secure mode.
+    pub fn check_mgmt(&mut self, req: &MgmtRequest) -> Result<(), String> {
+        if self.allow_unsigned {
+            return Ok(());
+        }
+        let auth = req
+            .auth
+            .as_ref()
+            .ok_or("this command needs a signed request: pass a client key with -k")?;
+        let (_, body) = self
+            .keys
+            .verify(auth, Purpose::Request)
+            .map_err(|e| e.to_string())?;
+        let cmd = body.get("cmd").and_then(Value::as_str);
+        let id = body.get("id").and_then(Value::as_str).unwrap_or_default();
+        let ts = body.get("ts").and_then(Value::as_u64).unwrap_or(0);
+        if cmd != Some(req.cmd.as_str()) {
+            return Err("the signed body names another command".into());
+        }
+        self.replay
+            .check(id, ts, security::now_ms())
+            .map_err(|e| e.to_string())
+    }
+}
