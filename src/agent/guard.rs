@@ -219,17 +219,20 @@ impl Guard {
     }
 }
 
-/// The frame for a result: signed, and sealed to the client when we know it;
-/// an unsigned request (0.1 client, allowed by config) gets the plain 0.1 shape.
+/// The frame for a result: signed, and sealed to the client when we verified
+/// its key; signed in clear when the request was signed but did not verify (a
+/// refusal is no secret); the plain 0.1 shape for an unsigned request (a 0.1
+/// client, served when allowed).
 pub fn result_frame(
     key: &KeyPair,
     r: &ResultMsg,
     client: Option<&PublicKey>,
     request_id: Option<String>,
+    signed_request: bool,
 ) -> Vec<u8> {
-    let Some(client) = client else {
+    if client.is_none() && !signed_request {
         return p::encode(r);
-    };
+    }
     let uuid = r.uuid.clone().unwrap_or_default();
     let node = key.name().to_owned();
     let status = r.effective_status();
@@ -238,20 +241,25 @@ pub fn result_frame(
         node: node.clone(),
         status,
         request_id,
-        sealed: Some(security::seal(client, &p::encode(r))),
-        result: None,
+        sealed: client.map(|c| security::seal(c, &p::encode(r))),
+        result: client.is_none().then(|| r.clone()),
     };
     let auth = security::sign_body(
         key,
         Purpose::Result,
         &serde_json::to_value(&body).expect("serializable"),
     );
+    let msg = if client.is_some() {
+        "signed result, sealed to the client"
+    } else {
+        "signed result"
+    };
     p::encode(&ResultEnvelope {
         v: p::PROTOCOL_VERSION,
         uuid,
         node,
         status,
-        msg: "signed result, sealed to the client".into(),
+        msg: msg.into(),
         auth,
     })
 }

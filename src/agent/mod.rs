@@ -317,12 +317,13 @@ impl Agent<'_> {
             Err((maybe_uuid, e)) => {
                 warn!(self.log, "bad request"; "uuid" => maybe_uuid.as_deref().unwrap_or("-"), "reason" => %e);
                 if let Some(uuid) = maybe_uuid {
-                    self.answer(&self.refusal(&uuid, None, e.to_string()), None, None);
+                    self.answer(&self.refusal(&uuid, None, e.to_string()), None, None, false);
                 }
                 return;
             }
         };
         // The signature first, so that even a refusal is sealed to a client we verified.
+        let signed = req.auth.is_some();
         let admitted = match self.guard.admit(&req, &self.me) {
             Ok(a) => a,
             Err(r) => {
@@ -332,6 +333,7 @@ impl Agent<'_> {
                     &self.refusal(&req.uuid, Some(&req.cmd), r.why),
                     r.client.as_ref(),
                     r.request_id,
+                    signed,
                 );
                 return;
             }
@@ -344,6 +346,7 @@ impl Agent<'_> {
                 &self.refusal(&req.uuid, Some(&req.cmd), why),
                 client.as_ref(),
                 request_id,
+                signed,
             );
             return;
         }
@@ -354,7 +357,7 @@ impl Agent<'_> {
                 "Unable to determine location to service(8)".into(),
             );
             r.status = Some(Status::Failed);
-            self.answer(&r, client.as_ref(), request_id);
+            self.answer(&r, client.as_ref(), request_id, signed);
             return;
         };
         if self.config.self_services.contains(&req.service) && req.cmd != "status" {
@@ -373,7 +376,7 @@ impl Agent<'_> {
         let log = self.log.clone();
         thread::spawn(move || {
             let result = execute(&backend, &me, &req, timeout, cap);
-            let frame = guard::result_frame(&key, &result, client.as_ref(), request_id);
+            let frame = guard::result_frame(&key, &result, client.as_ref(), request_id, signed);
             let sent = transport::socket(&ctx, zmq::PUSH).and_then(|s| {
                 s.set_linger(-1)?;
                 s.connect(&inbox)?;
@@ -392,8 +395,10 @@ impl Agent<'_> {
         r: &ResultMsg,
         client: Option<&security::PublicKey>,
         request_id: Option<String>,
+        signed: bool,
     ) {
-        self.send_result_frame(guard::result_frame(&self.guard.key, r, client, request_id));
+        let frame = guard::result_frame(&self.guard.key, r, client, request_id, signed);
+        self.send_result_frame(frame);
     }
 
     /// `stop`/`restart` of the agent's own service would kill us before we
@@ -427,7 +432,7 @@ impl Agent<'_> {
                 r.status = Some(Status::Failed);
             }
         }
-        self.answer(&r, client, request_id);
+        self.answer(&r, client, request_id, req.auth.is_some());
     }
 
     /// The agent's own checks; it trusts neither the manager nor the client.

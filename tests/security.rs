@@ -1,0 +1,357 @@
+//! Only the right people: keys, signed requests and results, authorization at
+//! the agent. Every rejection is checked to run nothing and to leave the
+//! daemons serving.
+
+use crate::util::*;
+use serde_json::{json, Value};
+use service_mgr::protocol::{self as p, RequestBody, ServiceRequest};
+use service_mgr::security::{self, Identity, Purpose, Role};
+use std::time::Duration;
+
+/// A signed request frame, with `edit` applied to the signed body first.
+fn signed_frame(
+    key: &Identity,
+    node: &str,
+    service: &str,
+    edit: impl FnOnce(&mut RequestBody),
+) -> Vec<u8> {
+    let mut req = ServiceRequest::new("status", service, node);
+    let mut body = RequestBody {
+        cmd: req.cmd.clone(),
+        service: req.service.clone(),
+        topic: req.topic.clone(),
+        nodes: None,
+        glob: None,
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        ts: security::now_ms(),
+        client: key.public().to_string(),
+    };
+    edit(&mut body);
+    req.auth = Some(security::sign_body(
+        key,
+        Purpose::Request,
+        &serde_json::to_value(&body).unwrap(),
+    ));
+    p::encode(&req)
+}
+
+fn test_key(mgr: &Proc) -> Identity {
+    Identity::load(std::path::Path::new(
+        &mgr.pki.as_ref().unwrap().client_key(),
+    ))
+    .unwrap()
+}
+
+fn reply(mgr: &Proc, frame: &[u8]) -> Value {
+    serde_json::from_slice(&req_raw(&mgr.ep("frontend_endpoint"), frame)).unwrap()
+}
+
+#[test]
+fn unknown_client_is_refused_then_pending_then_accepted() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        let _a = agent(&mgr, "n1", &fake, &[]);
+        let stranger = dir.path().join("stranger.key");
+        security::keygen(&stranger, Role::Client, "tester", false).unwrap();
+        let ep = mgr.ep("frontend_endpoint");
+        let out = run(&[
+            "client",
+            "-e",
+            &ep,
+            "-k",
+            stranger.to_str().unwrap(),
+            "-T",
+            "n1",
+            "-c",
+            "status",
+            "-s",
+            "x",
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("pending") && err.contains("mgmt keys accept"),
+            "{err}"
+        );
+        assert!(calls(dir.path()).is_empty());
+        // The operator accepts it on the manager's host, salt-key style.
+        let keys_dir = mgr.pki.as_ref().unwrap().path("state/keys");
+        let list = run(&["mgmt", "keys", "list", "--keys-dir", &keys_dir]);
+        let listed = String::from_utf8_lossy(&list.stdout);
+        assert!(listed.contains("pending"), "{listed}");
+        let fp = Identity::load(&stranger).unwrap().public().fingerprint();
+        let acc = run(&["mgmt", "keys", "accept", &fp, "--keys-dir", &keys_dir]);
+        assert!(
+            acc.status.success(),
+            "{}",
+            String::from_utf8_lossy(&acc.stderr)
+        );
+        // The manager picks the change up by itself; the agent trusts the key by name ("tester") in
+        // its policy but not in authorized_clients: refused there, and nothing runs.
+        std::thread::sleep(Duration::from_millis(600));
+        let out = run(&[
+            "client",
+            "-e",
+            &ep,
+            "-k",
+            stranger.to_str().unwrap(),
+            "-T",
+            "n1",
+            "-c",
+            "status",
+            "-s",
+            "x",
+        ]);
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(doc["results"][0]["status"], "refused", "{doc}");
+        assert!(
+            doc["results"][0]["msg"]
+                .as_str()
+                .unwrap()
+                .contains("authorized clients"),
+            "{doc}"
+        );
+        assert!(calls(dir.path()).is_empty());
+    });
+}
+
+#[test]
+fn tampered_replayed_and_expired_requests_are_refused() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        let _a = agent(&mgr, "n1", &fake, &[]);
+        let key = test_key(&mgr);
+        // Routing fields that differ from the signed body.
+        let mut v: Value =
+            serde_json::from_slice(&signed_frame(&key, "n1", "sshd", |_| {})).unwrap();
+        v["service"] = json!("nginx");
+        let r = reply(&mgr, v.to_string().as_bytes());
+        assert!(r["msg"].as_str().unwrap().contains("does not match"), "{r}");
+        // A signature that does not fit the body.
+        let mut v: Value =
+            serde_json::from_slice(&signed_frame(&key, "n1", "sshd", |_| {})).unwrap();
+        let body = v["auth"]["body"].as_str().unwrap().replace("sshd", "cron");
+        v["auth"]["body"] = json!(body);
+        v["service"] = json!("cron");
+        let r = reply(&mgr, v.to_string().as_bytes());
+        assert!(r["msg"].as_str().unwrap().contains("signature"), "{r}");
+        // The same signed request twice.
+        let frame = signed_frame(&key, "n1", "sshd", |_| {});
+        assert!(reply(&mgr, &frame)["uuid"].is_string());
+        let r = reply(&mgr, &frame);
+        assert!(r["msg"].as_str().unwrap().contains("replayed"), "{r}");
+        // Signed ten minutes ago.
+        let r = reply(&mgr, &signed_frame(&key, "n1", "sshd", |b| b.ts -= 600_000));
+        assert!(r["msg"].as_str().unwrap().contains("expired"), "{r}");
+        // Unsigned.
+        let r = reply(
+            &mgr,
+            br#"{"cmd": "status", "service": "sshd", "topic": "n1"}"#,
+        );
+        assert!(
+            r["msg"]
+                .as_str()
+                .unwrap()
+                .contains("unsigned request refused"),
+            "{r}"
+        );
+        // Only the one good request ran; the manager still serves.
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(calls(dir.path()), ["sshd status"]);
+        let (out, _) = client(&mgr, "n1", "status", "x", &[]);
+        assert_eq!(out.status.code(), Some(0));
+    });
+}
+
+#[test]
+fn agents_check_requests_themselves() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        // A manager that relays anything (as a compromised one would).
+        let mgr = manager_compat(&[]);
+        let _a = agent(&mgr, "n1", &fake, &[]);
+        let r = reply(
+            &mgr,
+            br#"{"cmd": "stop", "service": "sshd", "topic": "n1"}"#,
+        );
+        let uuid = r["uuid"].as_str().unwrap().to_owned();
+        // The result is the agent's refusal; follow the job to read it.
+        let (_, doc) = client_args(&mgr, &["--job", &uuid, "-w", "5"]);
+        assert_eq!(doc["results"][0]["status"], "refused", "{doc}");
+        assert!(
+            doc["results"][0]["msg"]
+                .as_str()
+                .unwrap()
+                .contains("unsigned"),
+            "{doc}"
+        );
+        assert!(
+            calls(dir.path()).is_empty(),
+            "the agent ran an unsigned request"
+        );
+    });
+}
+
+#[test]
+fn policy_refusals_name_the_rule() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        let policy = r#"policy=[{name = "monitoring", keys = ["tester"], commands = ["status"], services = ["*"]},
+                              {name = "ops", keys = ["tester"], commands = ["*"], services = ["*"], deny = [{commands = ["stop"], services = ["sshd"]}]}]"#;
+        let _a = agent(&mgr, "n1", &fake, &["-O", policy]);
+        let (_, doc) = client(&mgr, "n1", "status", "sshd", &[]);
+        assert_eq!(doc["results"][0]["status"], "ok", "{doc}");
+        let (_, doc) = client(&mgr, "n1", "restart", "nginx", &[]);
+        assert_eq!(doc["results"][0]["status"], "ok", "{doc}");
+        let (out, doc) = client(&mgr, "n1", "stop", "sshd", &[]);
+        assert_eq!(out.status.code(), Some(3));
+        let r = &doc["results"][0];
+        assert_eq!(r["status"], "refused", "{doc}");
+        assert!(r["msg"].as_str().unwrap().contains("policy"), "{r}");
+        assert_eq!(calls(dir.path()), ["sshd status", "nginx restart"]);
+        assert!(std::fs::read_to_string(&_a.log)
+            .unwrap()
+            .contains("refused"));
+    });
+}
+
+#[test]
+fn unaccepted_agent_gets_nothing_until_accepted() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        // Its own key, not in the manager's store.
+        let rogue_key = dir.path().join("rogue.key");
+        security::keygen(&rogue_key, Role::Agent, "rogue", false).unwrap();
+        let key_opt = format!("key_file={:?}", rogue_key.display().to_string());
+        let _r = agent_unregistered(&mgr, "rogue", &fake, &["-O", &key_opt]);
+        let keys_dir = mgr.pki.as_ref().unwrap().path("state/keys");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let list = String::from_utf8_lossy(
+                &run(&["mgmt", "keys", "list", "--keys-dir", &keys_dir]).stdout,
+            )
+            .into_owned();
+            if list
+                .lines()
+                .any(|l| l.starts_with("pending") && l.contains("rogue"))
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "rogue key never pending: {list}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let (out, doc) = client(&mgr, "rogue", "status", "x", &[]);
+        assert_eq!(out.status.code(), Some(4), "{doc}");
+        assert!(
+            calls(dir.path()).is_empty(),
+            "an unaccepted agent ran a request"
+        );
+        let fp = Identity::load(&rogue_key).unwrap().public().fingerprint();
+        assert!(
+            run(&["mgmt", "keys", "accept", &fp, "--keys-dir", &keys_dir])
+                .status
+                .success()
+        );
+        wait_registered(&mgr, "rogue");
+        let (out, doc) = client(&mgr, "rogue", "status", "x", &[]);
+        assert_eq!(out.status.code(), Some(0), "{doc}");
+        assert_eq!(calls(dir.path()), ["x status"]);
+    });
+}
+
+#[test]
+fn forged_results_are_dropped_and_results_are_sealed() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        let _a = agent(&mgr, "n1", &fake, &[]);
+        // A job that n1 takes 30 s to answer; a forger answers first.
+        let key = test_key(&mgr);
+        let mut req = ServiceRequest::new("start", "slow-svc", "n1");
+        service_mgr::client::sign(&mut req, &key);
+        let accepted: Value =
+            serde_json::from_slice(&req_raw(&mgr.ep("frontend_endpoint"), &p::encode(&req)))
+                .unwrap();
+        let uuid = accepted["uuid"].as_str().unwrap().to_owned();
+        let ctx = zmq::Context::new();
+        let sub = ctx.socket(zmq::SUB).unwrap();
+        sub.set_subscribe(uuid.as_bytes()).unwrap();
+        sub.set_rcvtimeo(1500).unwrap();
+        sub.connect(&format!("tcp://127.0.0.1:{}", accepted["port"]))
+            .unwrap();
+        let push = ctx.socket(zmq::PUSH).unwrap();
+        push.set_linger(1000).unwrap();
+        push.connect(&mgr.ep("sink_endpoint")).unwrap();
+        let forged = json!({"msg": "Executed service start request", "uuid": uuid, "node": "n1", "status": "ok",
+            "result": {"node": "n1", "service": "slow-svc", "returncode": 0, "stdout": "forged", "stderr": "",
+                       "system": "Linux", "version": "x"}});
+        push.send(forged.to_string().as_bytes(), 0).unwrap();
+        // Signed by a key the manager never accepted.
+        let other = Identity::generate(Role::Agent, "n1").unwrap();
+        let body = json!({"uuid": uuid, "node": "n1", "status": "ok", "request_id": null,
+                          "result": {"msg": "forged", "uuid": uuid}});
+        let env = json!({"v": 2, "uuid": uuid, "node": "n1", "status": "ok", "msg": "x",
+                         "auth": security::sign_body(&other, Purpose::Result, &body)});
+        push.send(env.to_string().as_bytes(), 0).unwrap();
+        assert!(
+            sub.recv_multipart(0).is_err(),
+            "a forged result was published"
+        );
+        assert!(
+            mgr.log_text().contains("result not accepted"),
+            "{}",
+            mgr.log_text()
+        );
+        // A real result travels sealed: its output is not readable on the wire.
+        let (_, doc) = client(&mgr, "n1", "status", "secret-svc", &[]);
+        let job = doc["job"].as_str().unwrap();
+        assert_eq!(doc["results"][0]["verified"], true, "{doc}");
+        let sub2 = ctx.socket(zmq::SUB).unwrap();
+        sub2.set_subscribe(job.as_bytes()).unwrap();
+        sub2.set_rcvtimeo(3000).unwrap();
+        sub2.connect(&format!("tcp://127.0.0.1:{}", accepted["port"]))
+            .unwrap();
+        // The manager replays a job's results to a new subscriber.
+        let frames = sub2
+            .recv_multipart(0)
+            .expect("the job's result is replayed");
+        let wire = String::from_utf8_lossy(&frames[1]);
+        assert!(
+            wire.contains("sealed") && !wire.contains("secret-svc status ok"),
+            "{wire}"
+        );
+    });
+}
+
+#[test]
+fn shutdown_needs_a_signed_request() {
+    with_timeout(60, || {
+        let mut mgr = manager(&[]);
+        let ep = mgr.ep("mgmt_endpoint");
+        let r = mgmt(&ep, "manager.shutdown");
+        assert_eq!(r["success"], -1, "{r}");
+        assert!(r["msg"].as_str().unwrap().contains("signed"), "{r}");
+        assert!(mgr.alive());
+        let key = mgr.pki.as_ref().unwrap().client_key();
+        let out = run(&["mgmt", "-e", &ep, "-k", &key, "manager.shutdown"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert_eq!(mgr.wait_exit(10).and_then(|s| s.code()), Some(0));
+    });
+}
