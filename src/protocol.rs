@@ -959,6 +959,7 @@ mod tests {
             topic: "any".into(),
             uuid: "abc".into(),
             v: Some(2),
+            auth: None,
         };
         roundtrip(&d);
         assert_eq!(Dispatch::decode(&encode(&d)).unwrap(), d);
@@ -1164,6 +1165,7 @@ mod tests {
             started_ms: 1,
             interval_ms: 2000,
             running: 0,
+            auth: None,
         };
         roundtrip(&a);
         assert_eq!(serde_json::to_value(&a).unwrap()["type"], "agent.hello");

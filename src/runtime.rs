@@ -15,6 +15,9 @@ use std::sync::Arc;
 /// JSON: writes the ready file, tells a waiting parent that detaching worked.
 pub type OnReady<'a> = &'a mut dyn FnMut(&serde_json::Value) -> Result<()>;
 
+/// What SIGHUP runs (reopen the log file).
+type ReopenFn = Box<dyn Fn() -> Result<()> + Send>;
+
 /// The loop's side of the shutdown input: a file descriptor to put into
 /// `zmq::poll` and the flags that say what woke it.
 pub struct Control {
@@ -22,7 +25,7 @@ pub struct Control {
     wake_tx: UnixStream,
     term: Arc<AtomicBool>,
     hup: Arc<AtomicBool>,
-    reopen: std::sync::Mutex<Option<Box<dyn Fn() -> Result<()> + Send>>>,
+    reopen: std::sync::Mutex<Option<ReopenFn>>,
 }
 
 /// A cloneable trigger for `Control`, for tests, the demo and management

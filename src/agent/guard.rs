@@ -100,11 +100,13 @@ impl Guard {
     }
 
     /// Decide on a request before anything runs.
-    pub fn admit(&mut self, req: &Dispatch, me: &Identity) -> Result<Admitted, Refusal> {
-        let refuse = |client: Option<PublicKey>, request_id: Option<String>, why: String| Refusal {
-            client,
-            request_id,
-            why,
+    pub fn admit(&mut self, req: &Dispatch, me: &Identity) -> Result<Admitted, Box<Refusal>> {
+        let refuse = |client: Option<PublicKey>, request_id: Option<String>, why: String| {
+            Box::new(Refusal {
+                client,
+                request_id,
+                why,
+            })
         };
         let Some(auth) = &req.auth else {
             return if self.allow_unsigned {

@@ -538,10 +538,10 @@ impl Manager<'_> {
         }
         self.presence.insert(instance.clone(), token.to_owned());
         // The key may have been accepted a moment ago: look again before refusing.
-        if !self.gate.check_presence(&presence)
-            && !(self.gate.reload_if_changed().unwrap_or(false)
-                && self.gate.check_presence(&presence))
-        {
+        let granted = self.gate.check_presence(&presence)
+            || (self.gate.reload_if_changed().unwrap_or(false)
+                && self.gate.check_presence(&presence));
+        if !granted {
             debug!(self.log, "presence not granted (unsigned, stale or key not accepted)"; "instance" => &instance);
             return;
         }

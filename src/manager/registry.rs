@@ -219,6 +219,7 @@ mod tests {
             started_ms: 0,
             interval_ms: 100,
             running: 0,
+            auth: None,
         }
     }
 

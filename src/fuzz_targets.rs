@@ -1,0 +1,555 @@
+//! Fuzz targets: one function per decoder of untrusted bytes, each checking
+//! what the decoder promises instead of only calling it.
+//!
+//! Every target takes arbitrary bytes, never returns an error and panics when
+//! an invariant breaks, so that libFuzzer (`fuzz/`, nightly) and the stable
+//! smoke test (`tests/fuzz_smoke.rs`) both report the input. [`all`] lists
+//! them by the names of `fuzz/fuzz_targets/*.rs` and `fuzz/seeds/*/`.
+//!
+//! | target | decoder (who reads it) | invariants beyond "no panic" |
+//! |---|---|---|
+//! | `service_request` | [`ServiceRequest::decode`] (manager frontend) | size limit; decode(encode(r)) == r, for decoded and for built requests; a topic, or nodes/glob |
+//! | `dispatch` | [`Dispatch::decode`] (agent backend) | round trip; an error carries the frame's uuid exactly when it has a string one |
+//! | `sink_message` | [`SinkMessage::decode`] (manager sink) | announcements round trip; a result's uuid, node and status agree with the frame and with what the client reads from it |
+//! | `mgmt_request` | [`MgmtRequest::decode`] (manager and agent mgmt) | round trip, for decoded and for built requests |
+//! | `decode_object` | [`decode_object`] (every JSON frame) | `TooLarge` exactly over the limit; an object is valid UTF-8 and re-encodes to itself |
+//! | `backend_topic` | [`parse_backend_topic`], [`valid_topic`] (agent, manager) | `backend_topic` inverts it; valid topics never reach a reserved `!` topic and never prefix-match each other |
+//! | `presence` | [`Presence::parse`] (manager XPUB) | token round trip; instance without `|`; a signed token never verifies for a key the input does not hold |
+//! | `names` | [`check_service_name`], [`check_command_word`], [`security::check_name`] | an accepted name is no path, option, blank or shell syntax, and within its length |
+//! | `public_key` | `PublicKey::from_str`, [`parse_key_lines`] | a parsed key prints to the line it came from (same id) and parses back equal; one key per non-comment line |
+//! | `identity` | [`Identity::from_toml`] (secret key files) | to_toml/from_toml round trip; its own signatures verify only for purposes its role may sign |
+//! | `signed` | [`verify`], [`verify_announce`] on any [`Signed`] | never verifies for a key whose secret the input does not hold; our own signature over the same body verifies once, not for another purpose, not with a changed body |
+//! | `sealed` | [`open`] on any [`Sealed`] | what opens, opens only unaltered; seal/open round trip of the input; another key cannot open it |
+//! | `config` | [`config::parse`] for [`AgentConfig`] and [`ManagerConfig`] | a parsed config re-serialized as TOML parses to the same value; its policy compiles or fails without panic |
+//! | `result_frame` | result and reply frames the client reads ([`ResultMsg`], [`ResultEnvelope`], [`SignedResult`], [`Accepted`], [`MgmtReply`]) | serde round trip; [`client::node_of`] and [`client::status_of`] never panic |
+//!
+//! The keys the targets verify against are fixed (deterministic runs), and no
+//! seed is signed or sealed with them except `fuzz/seeds/sealed/` (sealed, to
+//! reach the success path of `open`): a fuzzer cannot forge a signature.
+
+use crate::client;
+use crate::config::{self, AgentConfig, ManagerConfig};
+use crate::protocol::{
+    backend_topic, check_command_word, check_service_name, decode_object, encode,
+    parse_backend_topic, valid_topic, Accepted, DecodeError, Dispatch, MgmtReply, MgmtRequest,
+    Presence, ResultEnvelope, ResultMsg, ServiceRequest, SignedResult, SinkMessage, Status,
+    PRESENCE_PREFIX, PRIVATE_PREFIX, REQUEST_LIMIT, RESULT_LIMIT, TOPIC_ANY,
+};
+use crate::security::{
+    self, open, parse_key_lines, seal, sign_body, verify, verify_announce, Identity, Policy,
+    PublicKey, Purpose, Role, Sealed, Signed,
+};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+use std::fmt::Debug;
+use std::sync::OnceLock;
+
+/// A fuzz target: arbitrary bytes in, a panic on a broken invariant.
+pub type Target = fn(&[u8]);
+
+/// Every target by name; each name has `fuzz/fuzz_targets/<name>.rs` and `fuzz/seeds/<name>/`.
+pub fn all() -> &'static [(&'static str, Target)] {
+    &[
+        ("service_request", service_request),
+        ("dispatch", dispatch),
+        ("sink_message", sink_message),
+        ("mgmt_request", mgmt_request),
+        ("decode_object", decode_object_target),
+        ("backend_topic", backend_topic_target),
+        ("presence", presence),
+        ("names", names),
+        ("public_key", public_key),
+        ("identity", identity),
+        ("signed", signed),
+        ("sealed", sealed),
+        ("config", config),
+        ("result_frame", result_frame),
+    ]
+}
+
+/// The fields of a structured input: the bytes split at 0xFF (which UTF-8
+/// never contains), each read as lossy UTF-8. Missing fields are empty.
+struct Fields(Vec<String>);
+
+impl Fields {
+    fn new(data: &[u8]) -> Fields {
+        Fields(
+            data.split(|&b| b == 0xff)
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .collect(),
+        )
+    }
+    fn get(&self, i: usize) -> String {
+        self.0.get(i).cloned().unwrap_or_default()
+    }
+    fn opt(&self, i: usize) -> Option<String> {
+        self.0.get(i).filter(|s| !s.is_empty()).cloned()
+    }
+    fn num(&self, i: usize) -> Option<u64> {
+        self.0.get(i).and_then(|s| s.parse().ok())
+    }
+    fn list(&self, i: usize) -> Option<Vec<String>> {
+        self.0
+            .get(i)
+            .map(|s| s.split(',').filter(|x| !x.is_empty()).map(str::to_owned).collect())
+    }
+    fn signed(&self, i: usize) -> Option<Signed> {
+        self.opt(i).map(|key| Signed {
+            key,
+            body: self.get(i + 1),
+            sig: self.get(i + 2),
+        })
+    }
+}
+
+/// Input bytes as a value of `T`: its JSON if the bytes are that, else built from [`Fields`].
+fn json_or<T: DeserializeOwned>(data: &[u8], build: impl FnOnce(&Fields) -> T) -> T {
+    serde_json::from_slice(data).unwrap_or_else(|_| build(&Fields::new(data)))
+}
+
+/// serde's own round trip: what we parsed, we write back unchanged.
+fn serde_round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(data: &[u8]) {
+    if let Ok(v) = serde_json::from_slice::<T>(data) {
+        let back: T = serde_json::from_slice(&encode(&v)).expect("re-encoded value parses");
+        assert_eq!(back, v, "serde round trip of {}", std::any::type_name::<T>());
+    }
+}
+
+/// The size check comes first and alone decides `TooLarge`.
+fn check_limit(data: &[u8], limit: usize, err: Option<&DecodeError>) {
+    let too_large = matches!(err, Some(DecodeError::TooLarge { .. }));
+    assert_eq!(too_large, data.len() > limit, "TooLarge iff over {limit} bytes");
+    if let Some(e) = err {
+        let _ = e.to_string(); // the reply text must format
+    }
+}
+
+/// A fixed identity whose secret no seed uses: a signature by it cannot be in the input.
+fn fixed_identity(role: Role, name: &str, seed: u8) -> Identity {
+    let secret = |k: u8| STANDARD.encode([seed.wrapping_mul(k); 32].map(|b| b ^ 0x5a));
+    let text = format!(
+        "role = \"{role}\"\nname = \"{name}\"\nsign_secret = \"{}\"\nbox_secret = \"{}\"\n",
+        secret(3),
+        secret(7)
+    );
+    Identity::from_toml(&text).expect("the fixed fuzz identity parses")
+}
+
+fn fuzz_client() -> &'static Identity {
+    static ID: OnceLock<Identity> = OnceLock::new();
+    ID.get_or_init(|| fixed_identity(Role::Client, "fuzz-client", 1))
+}
+
+fn fuzz_agent() -> &'static Identity {
+    static ID: OnceLock<Identity> = OnceLock::new();
+    ID.get_or_init(|| fixed_identity(Role::Agent, "fuzz-agent", 2))
+}
+
+/// `trusted` for [`verify`]: exactly this key, under its own id.
+fn only(id: &Identity) -> impl Fn(&str) -> Option<PublicKey> + '_ {
+    move |key_id| (key_id == id.key_id()).then(|| id.public().clone())
+}
+
+/// Which roles may sign for a purpose (the documented rule of [`verify`]).
+fn may_sign(purpose: Purpose, role: Role) -> bool {
+    matches!(
+        (purpose, role),
+        (Purpose::Request, Role::Client)
+            | (Purpose::Result, Role::Agent)
+            | (Purpose::Announce, Role::Client | Role::Agent)
+    )
+}
+
+const PURPOSES: [Purpose; 3] = [Purpose::Request, Purpose::Result, Purpose::Announce];
+
+/// No key of ours accepts a signature the input brings, whatever id it claims.
+fn assert_unforgeable(s: &Signed) {
+    for id in [fuzz_client(), fuzz_agent()] {
+        let claimed = Signed {
+            key: id.key_id(),
+            ..s.clone()
+        };
+        for purpose in PURPOSES {
+            let lenient = |_: &str| Some(id.public().clone());
+            assert!(verify(s, purpose, lenient).is_err(), "forged: {s:?}");
+            assert!(verify(&claimed, purpose, only(id)).is_err(), "forged: {claimed:?}");
+        }
+    }
+}
+
+/// `ServiceRequest::decode`: the manager's frontend.
+pub fn service_request(data: &[u8]) {
+    let decoded = ServiceRequest::decode(data);
+    check_limit(data, REQUEST_LIMIT, decoded.as_ref().err());
+    if let Ok(r) = &decoded {
+        if !has_topic(data) {
+            assert_eq!(r.topic, TOPIC_ANY, "a missing topic means `any`");
+            assert!(r.nodes.is_some() || r.glob.is_some(), "only narrowed requests omit it");
+        }
+        round_trip_request(r);
+        if let Some(auth) = &r.auth {
+            assert_unforgeable(auth);
+        }
+    }
+    // The same fields built rather than parsed: whatever we send, we read back.
+    let f = Fields::new(data);
+    let built = ServiceRequest {
+        cmd: f.get(0),
+        service: f.get(1),
+        topic: f.get(2),
+        v: f.num(3),
+        nodes: f.list(4).filter(|_| f.get(4) != "-"),
+        glob: f.opt(5),
+        dry_run: data.first().is_some_and(|b| b & 1 == 1),
+        auth: f.signed(6),
+    };
+    round_trip_request(&built);
+}
+
+fn has_topic(data: &[u8]) -> bool {
+    decode_object(data, REQUEST_LIMIT).is_ok_and(|m| m.get("topic").is_some_and(Value::is_string))
+}
+
+fn round_trip_request(r: &ServiceRequest) {
+    let bytes = encode(r);
+    // Filling in a missing topic may take a request at the limit over it.
+    if bytes.len() <= REQUEST_LIMIT {
+        let back = ServiceRequest::decode(&bytes).expect("an encoded request decodes");
+        assert_eq!(&back, r, "request round trip");
+    }
+}
+
+/// `Dispatch::decode`: what an agent reads from the backend.
+pub fn dispatch(data: &[u8]) {
+    let decoded = Dispatch::decode(data);
+    check_limit(data, REQUEST_LIMIT, decoded.as_ref().err().map(|(_, e)| e));
+    match &decoded {
+        Ok(d) => {
+            let back = Dispatch::decode(&encode(d)).expect("an encoded dispatch decodes");
+            assert_eq!(&back, d, "dispatch round trip");
+            if let Some(auth) = &d.auth {
+                assert_unforgeable(auth);
+            }
+        }
+        Err((uuid, _)) => {
+            // The agent answers an error to this uuid: it must be the frame's own.
+            let frame_uuid = decode_object(data, REQUEST_LIMIT)
+                .ok()
+                .and_then(|m| m.get("uuid").and_then(Value::as_str).map(str::to_owned));
+            assert_eq!(uuid, &frame_uuid, "error uuid is the frame's uuid");
+        }
+    }
+    let f = Fields::new(data);
+    let built = Dispatch {
+        cmd: f.get(0),
+        service: f.get(1),
+        topic: f.get(2),
+        uuid: f.get(3),
+        v: f.num(4),
+        auth: f.signed(5),
+    };
+    let bytes = encode(&built);
+    if bytes.len() <= REQUEST_LIMIT {
+        assert_eq!(Dispatch::decode(&bytes).expect("built dispatch decodes"), built);
+    }
+}
+
+/// `SinkMessage::decode`: results and announcements on the manager's sink.
+pub fn sink_message(data: &[u8]) {
+    let decoded = SinkMessage::decode(data);
+    check_limit(data, RESULT_LIMIT, decoded.as_ref().err());
+    let Ok(msg) = decoded else { return };
+    let obj = decode_object(data, RESULT_LIMIT).expect("a decoded sink message is an object");
+    match msg {
+        SinkMessage::Announce(a) => {
+            let kind = obj.get("type").and_then(Value::as_str).unwrap_or_default();
+            assert!(kind.starts_with("agent."), "announcement of type {kind:?}");
+            let back = SinkMessage::decode(&encode(&a)).expect("an encoded announcement decodes");
+            assert_eq!(back, SinkMessage::Announce(a), "announcement round trip");
+        }
+        SinkMessage::Result {
+            uuid,
+            node,
+            status,
+            auth,
+        } => {
+            assert_eq!(obj.get("uuid").and_then(Value::as_str), Some(uuid.as_str()));
+            // Manager and client must agree on who answered and how it went,
+            // or the manager's accounting and the client's report differ.
+            assert_eq!(node, client::node_of(&obj), "node as the client reads it");
+            let shown = client::status_of(&obj);
+            let valid_status = serde_json::from_value::<Status>(Value::String(shown.clone()));
+            if valid_status.is_ok() {
+                assert_eq!(status.as_str(), shown, "status as the client reads it");
+            }
+            if let Some(auth) = &auth {
+                assert_unforgeable(auth);
+            }
+        }
+    }
+}
+
+/// `MgmtRequest::decode`: the management sockets of manager and agent.
+pub fn mgmt_request(data: &[u8]) {
+    let decoded = MgmtRequest::decode(data);
+    check_limit(data, REQUEST_LIMIT, decoded.as_ref().err());
+    if let Ok(r) = &decoded {
+        let back = MgmtRequest::decode(&encode(r)).expect("an encoded mgmt request decodes");
+        assert_eq!(&back, r, "mgmt request round trip");
+        if let Some(auth) = &r.auth {
+            assert_unforgeable(auth);
+        }
+    }
+    let f = Fields::new(data);
+    let built = MgmtRequest {
+        cmd: f.get(0),
+        uuid: f.opt(1),
+        limit: f.num(2).map(|n| n as usize),
+        auth: f.signed(3),
+    };
+    let bytes = encode(&built);
+    if bytes.len() <= REQUEST_LIMIT {
+        assert_eq!(MgmtRequest::decode(&bytes).expect("built mgmt decodes"), built);
+    }
+}
+
+/// `decode_object` under a limit taken from the first two bytes.
+pub fn decode_object_target(data: &[u8]) {
+    let (limit, frame) = match data {
+        [a, b, rest @ ..] => (usize::from(u16::from_le_bytes([*a, *b])) % 4096, rest),
+        _ => (REQUEST_LIMIT, data),
+    };
+    let decoded = decode_object(frame, limit);
+    check_limit(frame, limit, decoded.as_ref().err());
+    match decoded {
+        Ok(map) => {
+            assert!(std::str::from_utf8(frame).is_ok());
+            let back: Value = serde_json::from_slice(&encode(&map)).expect("object re-parses");
+            assert_eq!(back, Value::Object(map), "object round trip");
+        }
+        Err(DecodeError::NotUtf8) => assert!(std::str::from_utf8(frame).is_err()),
+        Err(_) => {}
+    }
+}
+
+/// `parse_backend_topic` and `valid_topic`: which requests an agent takes as its own.
+pub fn backend_topic_target(data: &[u8]) {
+    if let Some(t) = parse_backend_topic(data) {
+        let framed = backend_topic(t);
+        assert!(
+            framed == data || framed[..framed.len() - 1] == *data,
+            "backend_topic inverts parse_backend_topic"
+        );
+    }
+    let f = Fields::new(data);
+    let (a, b) = (f.get(0), f.get(1));
+    for t in [&a, &b] {
+        assert_eq!(parse_backend_topic(&backend_topic(t)), Some(t.as_str()));
+        if valid_topic(t) {
+            assert!(!t.is_empty() && t.len() <= 255 && !t.bytes().any(|c| c == 0 || c == b','));
+            assert!(!t.starts_with(PRESENCE_PREFIX) && !t.starts_with(PRIVATE_PREFIX));
+            assert!(!t.starts_with('!') && !t.starts_with('-') && !t.contains(char::is_whitespace));
+        }
+    }
+    // The terminator makes prefix matching (zmq subscriptions) exact.
+    if valid_topic(&a) && valid_topic(&b) && a != b {
+        assert!(!backend_topic(&b).starts_with(&backend_topic(&a)), "{a:?} matches {b:?}");
+    }
+}
+
+/// `Presence::parse`: presence subscriptions the manager sees on its XPUB.
+pub fn presence(data: &[u8]) {
+    // The manager reads subscription frames lossily, as here.
+    let topic = String::from_utf8_lossy(data);
+    let Some(p) = Presence::parse(&topic) else {
+        return;
+    };
+    assert!(topic.starts_with(PRESENCE_PREFIX));
+    assert!(!p.instance.contains('|'), "instance {:?}", p.instance);
+    let token = p.token();
+    assert_eq!(Presence::parse(&token).as_ref(), Some(&p), "presence token round trip");
+    if let Some((ts, s)) = &p.signed {
+        let text = Presence::signed_text(&p.instance, *ts);
+        assert_eq!(serde_json::from_str::<Value>(&s.body).ok(), Some(text));
+        assert_unforgeable(s);
+    }
+}
+
+/// Name checks that keep requests away from paths, options and shells.
+pub fn names(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    const UNSAFE: &[char] = &['/', '\\', ';', '&', '|', '$', '`', '\'', '"', '<', '>', '(', ')', '*', '?', '[', ']', '{', '}', '~', '!', '#', '=', ',', '%'];
+    for name in text.split('\n').chain([text.as_ref()]) {
+        if check_service_name(name).is_ok() {
+            assert!(!name.is_empty() && name.len() <= 255);
+            assert!(!name.starts_with(['-', '.']), "{name:?}");
+            assert!(!name.contains(UNSAFE) && !name.contains(char::is_whitespace), "{name:?}");
+            assert!(name.is_ascii() && !name.contains(char::is_control), "{name:?}");
+        }
+        if check_command_word(name).is_ok() {
+            assert!(!name.is_empty() && name.len() <= 32 && !name.starts_with('-'));
+            assert!(name.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_')));
+        }
+        if security::check_name(name).is_ok() {
+            assert!(!name.is_empty() && name.len() <= 64 && !name.starts_with(['-', '.']));
+            assert!(!name.contains(UNSAFE) && !name.contains(char::is_whitespace), "{name:?}");
+        } else {
+            let _ = security::check_name(name).unwrap_err().to_string();
+        }
+    }
+}
+
+/// `PublicKey::from_str` and `parse_key_lines`: authorized-keys files, policy
+/// entries, announcements and the key map the manager hands to clients.
+pub fn public_key(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(k) = text.parse::<PublicKey>() {
+        check_key(&k, &text);
+    }
+    match parse_key_lines(&text) {
+        Ok(keys) => {
+            let lines: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+                .collect();
+            assert_eq!(keys.len(), lines.len(), "one key per line");
+            for (k, line) in keys.iter().zip(&lines) {
+                check_key(k, line);
+            }
+            // Keys are stored and matched by id: equal keys must have equal ids.
+            for a in &keys {
+                for b in &keys {
+                    assert_eq!(a == b, a.key_id() == b.key_id(), "{a} vs {b}");
+                }
+            }
+        }
+        Err(e) => assert!(e.to_string().contains("line "), "{e}"),
+    }
+}
+
+fn check_key(k: &PublicKey, line: &str) {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields.len(), 4);
+    // The id is the key's canonical text: the one it was parsed from.
+    assert_eq!(k.key_id(), fields[3], "key id is the text it was parsed from");
+    assert_eq!(k.name(), fields[2]);
+    assert_eq!(k.role().as_str(), fields[1]);
+    assert!(security::check_name(k.name()).is_ok());
+    let printed = k.to_string();
+    assert_eq!(printed, fields.join(" "));
+    assert_eq!(&printed.parse::<PublicKey>().expect("a printed key parses"), k);
+    let fp = k.fingerprint();
+    assert!(fp.len() == 16 && fp.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+}
+
+/// `Identity::from_toml`: secret key files.
+pub fn identity(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(id) = Identity::from_toml(&text) else {
+        return;
+    };
+    let again = Identity::from_toml(&id.to_toml()).expect("a written secret file reads back");
+    assert_eq!(again.public(), id.public());
+    assert_eq!(
+        &id.public().to_string().parse::<PublicKey>().expect("its public line parses"),
+        id.public()
+    );
+    let body = serde_json::json!({"fuzz": text});
+    for purpose in PURPOSES {
+        let s = sign_body(&id, purpose, &body);
+        let ok = verify(&s, purpose, only(&id)).is_ok();
+        assert_eq!(ok, may_sign(purpose, id.role()), "{} signs a {purpose}", id.role());
+    }
+}
+
+/// `verify` and `verify_announce` on any signed envelope.
+pub fn signed(data: &[u8]) {
+    let s: Signed = json_or(data, |f| Signed {
+        key: f.get(0),
+        body: f.get(1),
+        sig: f.get(2),
+    });
+    assert_unforgeable(&s);
+    if let Ok((pk, body)) = verify_announce(&s) {
+        // Only a holder of the secret gets here; it must have announced itself.
+        assert_eq!(pk.key_id(), s.key);
+        let line = body.get("key").and_then(Value::as_str).expect("announced key line");
+        assert_eq!(line.parse::<PublicKey>().ok().as_ref(), Some(&pk));
+    }
+    // The same body, signed by us: verifies once, for its purpose only, as signed.
+    if let Ok(body) = serde_json::from_str::<Value>(&s.body) {
+        let me = fuzz_client();
+        let good = sign_body(me, Purpose::Request, &body);
+        let (who, back) = verify(&good, Purpose::Request, only(me)).expect("own signature verifies");
+        assert_eq!((&who, &back), (me.public(), &body));
+        assert!(verify(&good, Purpose::Announce, only(me)).is_err(), "purpose is signed");
+        let mut changed = good.clone();
+        changed.body.push(' ');
+        assert!(verify(&changed, Purpose::Request, only(me)).is_err(), "body is signed");
+        let by_agent = sign_body(fuzz_agent(), Purpose::Request, &body);
+        assert!(verify(&by_agent, Purpose::Request, only(fuzz_agent())).is_err(), "role");
+    }
+}
+
+/// `open` on any sealed box, and seal/open of the input.
+pub fn sealed(data: &[u8]) {
+    let me = fuzz_client();
+    let s: Sealed = json_or(data, |f| Sealed {
+        epk: f.get(0),
+        nonce: f.get(1),
+        ct: f.get(2),
+    });
+    if open(me, &s).is_ok() {
+        // Sealed to us for real (a seed): any change to the ciphertext is caught.
+        let mut ct = STANDARD.decode(&s.ct).expect("opened ct is base64");
+        let i = data.len() % ct.len();
+        ct[i] ^= 1 << (data.len() % 8);
+        let altered = Sealed {
+            ct: STANDARD.encode(ct),
+            ..s.clone()
+        };
+        assert!(open(me, &altered).is_err(), "altered ciphertext opened");
+        assert!(open(fuzz_agent(), &s).is_err(), "opened by another key");
+    }
+    let mine = seal(me.public(), data);
+    assert_eq!(open(me, &mine).expect("own seal opens"), data);
+    assert!(open(fuzz_agent(), &mine).is_err(), "opened by another key");
+}
+
+/// `config::parse`: the manager's and the agent's config files, TOML or 0.1 INI.
+pub fn config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(a) = config::parse::<AgentConfig>(&text) {
+        if let Ok(policy) = Policy::new(&a.policy) {
+            let _ = policy.decide(fuzz_client().public(), "status", "sshd");
+        }
+        config_round_trip(&a);
+    }
+    if let Ok(m) = config::parse::<ManagerConfig>(&text) {
+        config_round_trip(&m);
+    }
+}
+
+fn config_round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(c: &T) {
+    // TOML has no integers over i64::MAX, which the INI form can give: not written.
+    let Ok(text) = toml::to_string(c) else { return };
+    let back: T = config::parse(&text).unwrap_or_else(|e| panic!("{e:#} in\n{text}"));
+    assert_eq!(&back, c, "config round trip through\n{text}");
+}
+
+/// The frames a client reads: the manager's answer, results, management replies.
+pub fn result_frame(data: &[u8]) {
+    serde_round_trip::<ResultMsg>(data);
+    serde_round_trip::<ResultEnvelope>(data);
+    serde_round_trip::<SignedResult>(data);
+    serde_round_trip::<Accepted>(data);
+    serde_round_trip::<MgmtReply>(data);
+    if let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(data) {
+        let _ = (client::node_of(&obj), client::status_of(&obj));
+    }
+    if let Ok(env) = serde_json::from_slice::<ResultEnvelope>(data) {
+        assert_unforgeable(&env.auth);
+    }
+}
