@@ -188,6 +188,9 @@ fn exchange(ctx: &zmq::Context, req: &Request, payload: &[u8], log: &Logger) -> 
     let host = transport::endpoint_host(&req.endpoint)
         .with_context(|| format!("endpoint {} is not tcp://HOST:PORT", req.endpoint))?;
     let reply = transport::request(ctx, &req.endpoint, payload, req.timeout, req.retries)?;
+    if let Some(done) = from_record(&reply, req.key.as_deref(), started)? {
+        return Ok(done);
+    }
     let accepted = parse_accept(&reply)?;
     debug!(log, "request accepted"; "uuid" => &accepted.uuid, "port" => accepted.port,
         "expected" => ?accepted.expected, "unregistered" => ?accepted.unregistered);
@@ -239,15 +242,11 @@ fn exchange(ctx: &zmq::Context, req: &Request, payload: &[u8], log: &Logger) -> 
             let node = obj.get("node").and_then(Value::as_str).map(str::to_owned);
             // A result that does not verify is reported as such, never shown as the node's answer.
             let obj = verify_result(obj, &accepted, req.key.as_deref()).unwrap_or_else(|why| {
-                let mut m = Map::new();
-                m.insert("msg".into(), Value::String(why));
-                m.insert(
-                    "node".into(),
+                unverified(
+                    why,
                     node.map(Value::String).unwrap_or(Value::Null),
-                );
-                m.insert("uuid".into(), Value::String(accepted.uuid.clone()));
-                m.insert("status".into(), Value::String("unverified".into()));
-                m
+                    &accepted.uuid,
+                )
             });
             match node_of(&obj) {
                 // The manager replays a job's results to a new subscriber; one per node.
@@ -266,6 +265,55 @@ fn exchange(ctx: &zmq::Context, req: &Request, payload: &[u8], log: &Logger) -> 
         elapsed: started.elapsed(),
         waited,
     })
+}
+
+/// What stands for a result that did not verify: never the node's answer.
+fn unverified(why: String, node: Value, uuid: &str) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("msg".into(), Value::String(why));
+    m.insert("node".into(), node);
+    m.insert("uuid".into(), Value::String(uuid.to_owned()));
+    m.insert("status".into(), Value::String("unverified".into()));
+    m
+}
+
+/// A job the manager no longer holds in memory comes back whole from its job
+/// store: every result it recorded, checked as if it had just arrived.
+fn from_record(reply: &[u8], key: Option<&KeyPair>, started: Instant) -> Result<Option<Collected>> {
+    let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(reply) else {
+        return Ok(None);
+    };
+    let Some(record) = obj.remove("record") else {
+        return Ok(None);
+    };
+    let uuid = record["uuid"].as_str().unwrap_or_default().to_owned();
+    let expected: Vec<String> =
+        serde_json::from_value(record["expected"].clone()).unwrap_or_default();
+    let accepted = Accepted {
+        uuid: uuid.clone(),
+        port: 0,
+        v: Some(p::PROTOCOL_VERSION),
+        expected: Some(expected.clone()),
+        unregistered: None,
+        agent_keys: serde_json::from_value(obj.remove("agent_keys").unwrap_or_default()).ok(),
+    };
+    let mut results = Vec::new();
+    for r in record["results"].as_array().into_iter().flatten() {
+        let Value::Object(m) = r["result"].clone() else {
+            continue;
+        };
+        let node = r["node"].clone();
+        let checked =
+            verify_result(m, &accepted, key).unwrap_or_else(|why| unverified(why, node, &uuid));
+        results.push(Value::Object(checked));
+    }
+    Ok(Some(Collected {
+        uuid,
+        expected: Some(expected),
+        results,
+        elapsed: started.elapsed(),
+        waited: Duration::ZERO,
+    }))
 }
 
 fn parse_accept(reply: &[u8]) -> Result<Accepted> {

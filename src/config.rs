@@ -37,6 +37,9 @@ pub struct ManagerConfig {
     /// collected yet.
     #[serde(deserialize_with = "lenient_u64")]
     pub job_ttl: u64,
+    /// How long (seconds) the job store keeps finished jobs and their results.
+    #[serde(deserialize_with = "lenient_u64")]
+    pub job_retention: u64,
     /// Where the manager keeps its key store and job store. Default:
     /// /var/lib/service-mgr as root, else ~/.local/state/service-mgr.
     pub state_dir: Option<PathBuf>,
@@ -95,6 +98,7 @@ impl Default for ManagerConfig {
             mgmt_endpoint: "tcp://*:5800".into(),
             result_endpoint: None,
             job_ttl: 600,
+            job_retention: 7 * 24 * 3600,
             state_dir: None,
             allow_unsigned: false,
             request_window: 60,

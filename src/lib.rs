@@ -15,6 +15,7 @@ pub mod demo;
 pub mod docs;
 pub mod exit;
 pub mod host;
+pub mod jobstore;
 pub mod logging;
 pub mod manager;
 pub mod mgmt;

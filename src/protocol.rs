@@ -757,6 +757,8 @@ pub enum SinkMessage {
         status: Status,
         /// The agent's signature (ours in secure mode), checked by manager and client.
         auth: Option<Signed>,
+        /// The whole result object, as received.
+        body: Value,
     },
 }
 
@@ -800,6 +802,7 @@ impl SinkMessage {
             node,
             status,
             auth,
+            body: Value::Object(m),
         })
     }
 }

@@ -370,3 +370,61 @@ fn thousand_requests_lose_no_result() {
         assert_eq!(received, 3000);
     });
 }
+
+#[test]
+fn late_results_are_kept_and_jobs_survive_a_manager_restart() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mut mgr = manager(&[]);
+        let _a = agent(&mgr, "n1", &fake, &[]);
+        // The client gives up before the node answers.
+        let (out, doc) = client(&mgr, "n1", "restart", "nap-svc", &["-w", "0.2"]);
+        assert_eq!(out.status.code(), Some(4), "{doc}");
+        let job = doc["job"].as_str().unwrap().to_owned();
+        // The answer arrives later and is kept by the manager.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = mgmt_req(
+                &mgr.ep("mgmt_endpoint"),
+                serde_json::json!({"cmd": "manager.job", "uuid": job}),
+            );
+            if r["result"]["results"][0]["status"] == "ok" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "late result not kept: {r}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Restart the manager on the same state: the job and its result are still there.
+        let endpoints: Vec<String> = [
+            "frontend_endpoint",
+            "backend_endpoint",
+            "sink_endpoint",
+            "mgmt_endpoint",
+        ]
+        .iter()
+        .map(|k| format!("{k}={}", mgr.ep(k)))
+        .collect();
+        assert_eq!(mgr.signal_and_wait(libc::SIGTERM, 10).code(), Some(0));
+        let state = format!("state_dir={:?}", mgr.pki.as_ref().unwrap().path("state"));
+        let mut args = vec!["daemon", "-D", "-f", "/dev/null", "-O", state.as_str()];
+        for e in &endpoints {
+            args.extend(["-O", e]);
+        }
+        let mut mgr2 = spawn_ready(&args);
+        mgr2.pki = mgr.pki.take();
+        wait_registered(&mgr2, "n1");
+        let (out, again) = client_args(&mgr2, &["--job", &job]);
+        assert_eq!(out.status.code(), Some(0), "{again}");
+        assert_eq!(outcome(&again), oks(&["n1"]));
+        assert!(
+            again["results"][0]["result"]["stdout"]
+                .as_str()
+                .unwrap()
+                .contains("woke up"),
+            "{again}"
+        );
+        let listed = mgmt(&mgr2.ep("mgmt_endpoint"), "manager.jobs");
+        assert_eq!(listed["result"][0]["uuid"], job.as_str(), "{listed}");
+    });
+}

@@ -319,10 +319,12 @@ pub fn wait_subscribed(mgr: &Proc, topic: &str) {
 
 /// One raw management round trip over a REQ socket.
 pub fn mgmt(endpoint: &str, cmd: &str) -> Value {
-    let reply = req_raw(
-        endpoint,
-        serde_json::json!({ "cmd": cmd }).to_string().as_bytes(),
-    );
+    mgmt_req(endpoint, serde_json::json!({ "cmd": cmd }))
+}
+
+/// A management request with arguments.
+pub fn mgmt_req(endpoint: &str, req: Value) -> Value {
+    let reply = req_raw(endpoint, req.to_string().as_bytes());
     serde_json::from_slice(&reply).unwrap()
 }
 
@@ -339,7 +341,7 @@ pub fn req_raw(endpoint: &str, payload: &[u8]) -> Vec<u8> {
 }
 
 /// A fake service(8): `fake NAME CMD`. Behaviour by name:
-/// `slow*` sleeps 30 s, `big*` prints 1 MiB plus bytes that are not UTF-8,
+/// `slow*` sleeps 30 s, `nap*` sleeps 1 s, `big*` prints 1 MiB plus bytes that are not UTF-8,
 /// `stopped*` exits 3, `fail*` exits 1, anything else prints and exits 0.
 /// Every call is appended to `calls.log` beside the script.
 pub fn fake_service(dir: &Path) -> PathBuf {
@@ -353,6 +355,7 @@ pub fn fake_service(dir: &Path) -> PathBuf {
 echo "$1 $2" >> '{calls}'
 case "$1" in
   slow*) sleep 30 ;;
+  nap*) sleep 1; echo "$1 woke up" ;;
   big*) head -c 1048576 /dev/zero | tr '\0' 'y'; printf '\377\376 not utf-8\n' ;;
   stopped*) echo "$1 is not running"; exit 3 ;;
   fail*) echo "$1: something broke" >&2; exit 1 ;;

@@ -17,6 +17,7 @@ pub mod trust;
 
 use crate::config::ManagerConfig;
 use crate::host::HostInfo;
+use crate::jobstore::{JobStore, StoreEvent};
 use crate::protocol::{
     self as p, Accepted, Dispatch, ErrorReply, MgmtReply, ResultMsg, ServiceRequest, SinkMessage,
     Status,
@@ -56,8 +57,6 @@ struct Job {
     /// Result frames received so far, in arrival order, kept until the job
     /// expires so that a late or second subscriber gets them all.
     results: Vec<Vec<u8>>,
-    /// Outcome per node, for `jobs` listings.
-    statuses: Vec<(String, Status)>,
     /// Whether a client is subscribed to the job id right now.
     subscribed: bool,
 }
@@ -86,6 +85,7 @@ pub fn run(
     if config.allow_unsigned {
         warn!(log, "allow_unsigned is on: unsigned 0.1 clients and agents are served; anyone who reaches the ports can run requests");
     }
+    let store = JobStore::open(&config.state_dir().join("jobs.redb"))?;
     let ctx = zmq::Context::new();
     let (sockets, bound) = bind_all(&ctx, config)?;
     let mut doc = serde_json::to_value(&bound)?;
@@ -103,6 +103,8 @@ pub fn run(
         jobs: HashMap::new(),
         registry: Registry::default(),
         gate,
+        store,
+        events: Vec::new(),
         presence: HashMap::new(),
         host: HostInfo::read(),
         subscriptions: HashMap::new(),
@@ -190,6 +192,10 @@ struct Manager<'a> {
     jobs: HashMap<String, Job>,
     registry: Registry,
     gate: Gate,
+    /// Every job, its expected nodes and each result, kept across restarts.
+    store: JobStore,
+    /// Store events of this round of the loop, written in one transaction.
+    events: Vec<StoreEvent>,
     /// instance -> its current presence token, so a refreshed token's old
     /// unsubscription is not taken for a disconnect.
     presence: HashMap<String, String>,
@@ -202,6 +208,7 @@ struct Manager<'a> {
 impl Manager<'_> {
     fn serve(&mut self, control: &Control) -> Result<()> {
         let mut last_sweep = Instant::now();
+        let mut last_expire: Option<Instant> = None;
         while !self.stop {
             let mut items = [
                 self.s.frontend.as_poll_item(zmq::POLLIN),
@@ -251,11 +258,41 @@ impl Manager<'_> {
                 self.expire_jobs();
                 last_sweep = Instant::now();
             }
+            if last_expire.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                let cutoff =
+                    now_ms().saturating_sub(self.config.job_retention.saturating_mul(1000));
+                match self.store.expire(cutoff) {
+                    Ok(0) => {}
+                    Ok(n) => info!(self.log, "expired old jobs from the job store"; "jobs" => n),
+                    Err(e) => {
+                        error!(self.log, "cannot expire old jobs"; "error" => format!("{e:#}"))
+                    }
+                }
+                last_expire = Some(Instant::now());
+            }
+            self.write_events();
         }
         // Results already on their way in are still delivered.
         self.drain(Self::on_result_subscription, |s| &s.results);
         self.drain(Self::on_sink, |s| &s.sink);
+        self.write_events();
+        if let Err(e) = self.store.flush() {
+            error!(self.log, "cannot flush the job store"; "error" => format!("{e:#}"));
+        }
         Ok(())
+    }
+
+    /// One transaction for everything that happened in this round.
+    fn write_events(&mut self) {
+        if self.events.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.apply(&self.events) {
+            // The results still went to the client; only the record is incomplete.
+            error!(self.log, "cannot write to the job store"; "events" => self.events.len(),
+                "error" => format!("{e:#}"));
+        }
+        self.events.clear();
     }
 
     /// Handle every queued message of one socket, up to a bound so that one
@@ -307,19 +344,33 @@ impl Manager<'_> {
                 let id = job
                     .as_str()
                     .ok_or_else(|| ErrorReply::new("field `job` must be a string"))?;
-                return self.follow(id).map(|a| p::encode(&a));
+                return self.follow(id);
             }
         }
         let req = ServiceRequest::decode(body).map_err(ErrorReply::new)?;
         self.dispatch(req).map(|a| p::encode(&a))
     }
 
-    /// Re-attach a client to a job still in memory: it subscribes and gets every result again.
-    fn follow(&self, uuid: &str) -> Result<Accepted, ErrorReply> {
-        let job = self.jobs.get(uuid).ok_or_else(|| {
-            ErrorReply::new(format!("no job {uuid} (jobs are kept for job_ttl seconds)"))
-        })?;
-        Ok(Accepted {
+    /// Re-attach a client to a job: one still in memory is replayed on the
+    /// result publisher (and its missing answers still arrive); an older one is
+    /// answered from the job store in one reply.
+    fn follow(&self, uuid: &str) -> Result<Vec<u8>, ErrorReply> {
+        let Some(job) = self.jobs.get(uuid) else {
+            let record = self
+                .store
+                .get(uuid)
+                .map_err(|e| ErrorReply::new(format!("cannot read the job store: {e:#}")))?
+                .ok_or_else(|| ErrorReply::new(format!("no job {uuid} in the job store")))?;
+            let keys: std::collections::BTreeMap<String, String> = record
+                .expected
+                .iter()
+                .filter_map(|n| Some((n.clone(), self.registry.get(n)?.key.clone()?)))
+                .collect();
+            return Ok(p::encode(
+                &json!({"v": p::PROTOCOL_VERSION, "uuid": uuid, "agent_keys": keys, "record": record}),
+            ));
+        };
+        Ok(p::encode(&Accepted {
             uuid: uuid.to_owned(),
             port: self.bound.result_publisher_port,
             v: Some(p::PROTOCOL_VERSION),
@@ -331,7 +382,7 @@ impl Manager<'_> {
                     .filter_map(|n| Some((n.clone(), self.registry.get(n)?.key.clone()?)))
                     .collect(),
             ),
-        })
+        }))
     }
 
     /// Validate a request, decide who must answer, publish it and say where results appear.
@@ -449,7 +500,6 @@ impl Manager<'_> {
             expected: expected.clone(),
             pending: expected.iter().cloned().collect(),
             results: Vec::new(),
-            statuses: Vec::new(),
             subscribed: false,
         };
         let down: Vec<String> = expected
@@ -457,11 +507,25 @@ impl Manager<'_> {
             .filter(|n| self.registry.get(n).is_some() && !self.registry.is_up(n))
             .cloned()
             .collect();
+        let mut request = serde_json::to_value(&job.request).unwrap_or(Value::Null);
+        if let Value::Object(m) = &mut request {
+            m.remove("auth"); // the record keeps what was asked, not the signature
+        }
+        self.events.push(StoreEvent::NewJob {
+            uuid: uuid.clone(),
+            created_ms: job.created_ms,
+            request,
+            expected: expected.clone(),
+        });
         for n in down {
             let r = ResultMsg::no_response(&uuid, &n, "the agent is not connected to the manager");
             job.pending.remove(&n);
-            job.statuses.push((n, Status::NoResponse));
             job.results.push(p::encode(&r));
+            self.events.push(StoreEvent::NoResponse {
+                uuid: uuid.clone(),
+                node: n,
+                at_ms: now_ms(),
+            });
         }
         info!(self.log, "request dispatched"; "uuid" => &uuid, "topic" => &job.request.topic,
             "client" => client.as_ref().map(|k| k.to_string()).unwrap_or_else(|| "unsigned".into()),
@@ -537,10 +601,7 @@ impl Manager<'_> {
             return;
         }
         self.presence.insert(instance.clone(), token.to_owned());
-        // The key may have been accepted a moment ago: look again before refusing.
-        let granted = self.gate.check_presence(&presence)
-            || (self.gate.reload_if_changed().unwrap_or(false)
-                && self.gate.check_presence(&presence));
+        let granted = self.gate.check_presence(&presence);
         if !granted {
             debug!(self.log, "presence not granted (unsigned, stale or key not accepted)"; "instance" => &instance);
             return;
@@ -610,6 +671,7 @@ impl Manager<'_> {
                 node,
                 status,
                 auth,
+                body,
             }) => {
                 if let Err(why) = self
                     .gate
@@ -618,7 +680,7 @@ impl Manager<'_> {
                     warn!(self.log, "result not accepted"; "uuid" => &uuid, "node" => ?node, "why" => why);
                     return;
                 }
-                self.on_result(uuid, node, status, frame.clone())
+                self.on_result(uuid, node, status, frame.clone(), body)
             }
             Err(e) => {
                 // Nothing can route it; say so loudly rather than lose it silently.
@@ -628,17 +690,25 @@ impl Manager<'_> {
         }
     }
 
-    fn on_result(&mut self, uuid: String, node: Option<String>, status: Status, frame: Vec<u8>) {
+    fn on_result(
+        &mut self,
+        uuid: String,
+        node: Option<String>,
+        status: Status,
+        frame: Vec<u8>,
+        body: Value,
+    ) {
         debug!(self.log, "result received"; "uuid" => &uuid, "node" => ?node, "status" => status.as_str());
         let publish_now = match self.jobs.get_mut(&uuid) {
             Some(job) => {
                 if let Some(n) = &node {
-                    if job.statuses.iter().any(|(m, _)| m == n) && !job.pending.contains(n) {
-                        // A node answering twice (e.g. after our no_response) is kept, but logged.
-                        debug!(self.log, "second answer from a node"; "uuid" => &uuid, "node" => n);
-                    }
                     job.pending.remove(n);
-                    job.statuses.push((n.clone(), status));
+                    if job.pending.is_empty() {
+                        self.events.push(StoreEvent::Finished {
+                            uuid: uuid.clone(),
+                            at_ms: now_ms(),
+                        });
+                    }
                 }
                 job.results.push(frame.clone());
                 job.subscribed
@@ -646,6 +716,14 @@ impl Manager<'_> {
             // A job we do not know (e.g. dispatched before a restart): publish as 0.1 did.
             None => true,
         };
+        // Kept whatever happens to the client: a late answer is in the store.
+        self.events.push(StoreEvent::Result {
+            uuid: uuid.clone(),
+            node: node.unwrap_or_else(|| "(unnamed)".into()),
+            status: status.as_str().to_owned(),
+            received_ms: now_ms(),
+            result: body,
+        });
         if publish_now {
             publish(&self.s.results, self.log, &uuid, &frame);
         }
@@ -662,8 +740,18 @@ impl Manager<'_> {
                     &d.node,
                     &format!("no answer: {}", d.why),
                 ));
-                job.statuses.push((d.node.clone(), Status::NoResponse));
                 job.results.push(r.clone());
+                self.events.push(StoreEvent::NoResponse {
+                    uuid: uuid.clone(),
+                    node: d.node.clone(),
+                    at_ms: now_ms(),
+                });
+                if job.pending.is_empty() {
+                    self.events.push(StoreEvent::Finished {
+                        uuid: uuid.clone(),
+                        at_ms: now_ms(),
+                    });
+                }
                 if job.subscribed {
                     out.push((uuid.clone(), r));
                 }
@@ -732,33 +820,18 @@ impl Manager<'_> {
                     .collect();
                 MgmtReply::ok("Service Manager Agents", Some(json!(agents)))
             }
-            p::MANAGER_JOBS => {
-                let mut jobs: Vec<(&String, &Job)> = self.jobs.iter().collect();
-                jobs.sort_by_key(|(_, j)| std::cmp::Reverse(j.created_ms));
-                let limit = req.limit.unwrap_or(50);
-                let list: Vec<Value> = jobs
-                    .into_iter()
-                    .take(limit)
-                    .map(|(id, j)| job_summary(id, j))
-                    .collect();
-                MgmtReply::ok("Service Manager Jobs", Some(json!(list)))
-            }
+            p::MANAGER_JOBS => match self.store.list(req.limit.unwrap_or(50)) {
+                Ok(list) => MgmtReply::ok("Service Manager Jobs", Some(json!(list))),
+                Err(e) => MgmtReply::error(format!("cannot read the job store: {e:#}")),
+            },
             p::MANAGER_JOB => {
                 let Some(id) = &req.uuid else {
                     return MgmtReply::error("manager.job needs \"uuid\"");
                 };
-                match self.jobs.get(id) {
-                    Some(j) => {
-                        let mut doc = job_summary(id, j);
-                        doc["results"] = Value::Array(
-                            j.results
-                                .iter()
-                                .filter_map(|f| serde_json::from_slice(f).ok())
-                                .collect(),
-                        );
-                        MgmtReply::ok("Service Manager Job", Some(doc))
-                    }
-                    None => MgmtReply::error(format!("no job {id}")),
+                match self.store.get(id) {
+                    Ok(Some(record)) => MgmtReply::ok("Service Manager Job", Some(json!(record))),
+                    Ok(None) => MgmtReply::error(format!("no job {id} in the job store")),
+                    Err(e) => MgmtReply::error(format!("cannot read the job store: {e:#}")),
                 }
             }
             other => MgmtReply::error(format!(
@@ -775,26 +848,30 @@ impl Manager<'_> {
         }
     }
 
+    /// Forget jobs older than job_ttl; their silent nodes are recorded as such.
     fn expire_jobs(&mut self) {
         let ttl = Duration::from_secs(self.config.job_ttl);
-        self.jobs.retain(|_, j| j.created.elapsed() < ttl);
+        let events = &mut self.events;
+        self.jobs.retain(|uuid, j| {
+            if j.created.elapsed() < ttl {
+                return true;
+            }
+            for n in &j.pending {
+                events.push(StoreEvent::NoResponse {
+                    uuid: uuid.clone(),
+                    node: n.clone(),
+                    at_ms: now_ms(),
+                });
+            }
+            if !j.pending.is_empty() {
+                events.push(StoreEvent::Finished {
+                    uuid: uuid.clone(),
+                    at_ms: now_ms(),
+                });
+            }
+            false
+        });
     }
-}
-
-fn job_summary(uuid: &str, j: &Job) -> Value {
-    let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
-    for (_, s) in &j.statuses {
-        *counts.entry(s.as_str()).or_default() += 1;
-    }
-    json!({
-        "uuid": uuid,
-        "created_ms": j.created_ms,
-        "request": j.request,
-        "expected": j.expected,
-        "pending": j.pending,
-        "answered": j.statuses.len(),
-        "statuses": counts,
-    })
 }
 
 fn publish(results: &zmq::Socket, log: &Logger, uuid: &str, frame: &[u8]) {

@@ -76,6 +76,17 @@ impl Gate {
         Ok(true)
     }
 
+    /// File a key we do not know as pending, after one more look at the disk:
+    /// an operator (or a test) may have accepted it a moment ago, and filing it
+    /// as pending then would shadow that.
+    fn submit(&mut self, pk: &PublicKey) -> Result<security::Submission> {
+        if self.keys.state_of(&pk.key_id()).is_none() {
+            self.keys.reload()?;
+            self.seen = self.mtimes();
+        }
+        self.keys.submit(pk)
+    }
+
     /// A client request: `Ok(Some(key))` when signed and admitted, `Ok(None)`
     /// when unsigned and this manager serves 0.1 clients.
     pub fn check_request(&mut self, req: &ServiceRequest) -> Result<Option<PublicKey>, String> {
@@ -128,7 +139,7 @@ impl Gate {
         {
             return "request refused: bad signature".into();
         }
-        match self.keys.submit(&pk) {
+        match self.submit(&pk) {
             Ok(sub) => pending_hint(&pk, sub.state),
             Err(e) => format!("request refused: unknown client key ({e:#})"),
         }
@@ -164,7 +175,7 @@ impl Gate {
                 a.node
             ));
         }
-        let sub = self.keys.submit(&pk).map_err(|e| format!("{e:#}"))?;
+        let sub = self.submit(&pk).map_err(|e| format!("{e:#}"))?;
         match sub.state {
             KeyState::Accepted => Ok(Some(pk)),
             other => Err(format!(
@@ -180,10 +191,14 @@ impl Gate {
     /// A presence subscription: the instance, and whether its connection may
     /// get requests (signed by an accepted agent key, recent; or unsigned in
     /// 0.1-compatible mode).
-    pub fn check_presence(&self, p: &Presence) -> bool {
+    pub fn check_presence(&mut self, p: &Presence) -> bool {
         match &p.signed {
             None => self.allow_unsigned,
             Some((ts, signed)) => {
+                // Accepted a moment ago? One more look at the disk before refusing.
+                if self.keys.state_of(&signed.key).is_none() && self.keys.reload().is_ok() {
+                    self.seen = self.mtimes();
+                }
                 let age = security::now_ms().abs_diff(*ts);
                 age <= self.window.as_millis() as u64 * 2
                     && self
