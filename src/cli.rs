@@ -374,6 +374,21 @@ pub fn main() -> std::process::ExitCode {
             .into();
         }
     };
+    // Commands that print (client, mgmt, keygen) should end quietly when their
+    // reader goes away (`| head`), as other UNIX tools do; daemons keep
+    // ignoring SIGPIPE.
+    if !matches!(&applet, Applet::Serviced(_) | Applet::Agentd(_))
+        && !matches!(
+            &applet,
+            Applet::ServiceMgr(Root {
+                command: Some(Command::Daemon(_) | Command::Agent(_) | Command::Demo(_)),
+                ..
+            })
+        )
+    {
+        // SAFETY: restoring the default disposition of one signal, before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     match run(applet) {
         Ok(code) => code.into(),
         Err(e) => {

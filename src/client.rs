@@ -62,19 +62,23 @@ pub fn load_key(explicit: Option<&std::path::Path>) -> Result<Option<std::sync::
 }
 
 /// Sign a request with the client's key: a fresh id and time, our key line.
-pub fn sign(request: &mut ServiceRequest, key: &KeyPair) {
+/// Returns the request's id, which every signed result must name.
+pub fn sign(request: &mut ServiceRequest, key: &KeyPair) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
     let body = RequestBody {
         cmd: request.cmd.clone(),
         service: request.service.clone(),
         topic: request.topic.clone(),
         nodes: request.nodes.clone(),
         glob: request.glob.clone(),
-        id: uuid::Uuid::new_v4().simple().to_string(),
+        id: id.clone(),
         ts: security::now_ms(),
         client: key.public().to_string(),
+        dry_run: request.dry_run,
     };
     let body = serde_json::to_value(&body).expect("serializable");
     request.auth = Some(security::sign_body(key, Purpose::Request, &body));
+    id
 }
 
 /// Check a signed result against the key the manager reported for its node,
@@ -84,8 +88,24 @@ fn verify_result(
     obj: Map<String, Value>,
     accepted: &Accepted,
     key: Option<&KeyPair>,
+    request_id: Option<&str>,
 ) -> Result<Map<String, Value>, String> {
     if !obj.contains_key("auth") {
+        // Unsigned: fine from a 0.1 agent (no key known for it), and for the
+        // manager's own no_response; not from a node whose key we hold.
+        let node = obj.get("node").and_then(Value::as_str).unwrap_or_default();
+        let keyed = accepted
+            .agent_keys
+            .as_ref()
+            .is_some_and(|k| k.contains_key(node));
+        if keyed
+            && key.is_some()
+            && obj.get("status").and_then(Value::as_str) != Some("no_response")
+        {
+            return Err(format!(
+                "unsigned result for node {node:?}, whose key is known: not accepted"
+            ));
+        }
         return Ok(obj);
     }
     let env: ResultEnvelope = serde_json::from_value(Value::Object(obj))
@@ -114,6 +134,17 @@ fn verify_result(
             "result of {:?} was signed for another job or node",
             env.node
         ));
+    }
+    // It must answer our request: a result naming another request id is a
+    // replay. Only a refusal of a request whose signature failed names none.
+    match (request_id, body.request_id.as_deref()) {
+        (Some(ours), Some(theirs)) if ours != theirs => {
+            return Err(format!("result of {:?} answers another request", env.node))
+        }
+        (Some(_), None) if body.status != p::Status::Refused => {
+            return Err(format!("result of {:?} names no request", env.node))
+        }
+        _ => {}
     }
     let inner = match (body.sealed, body.result) {
         (Some(sealed), _) => {
@@ -152,22 +183,24 @@ pub struct Collected {
 /// Send a request; `follow` instead re-attaches to an earlier job by id.
 pub fn collect(ctx: &zmq::Context, req: &Request, log: &Logger) -> Result<Collected> {
     let mut request = req.request.clone();
-    if let Some(key) = &req.key {
-        sign(&mut request, key);
-    }
-    exchange(ctx, req, &p::encode(&request), log)
+    let id = req.key.as_ref().map(|key| sign(&mut request, key));
+    exchange(ctx, req, &p::encode(&request), id.as_deref(), log)
 }
 
 /// Re-attach to a job the manager still holds: its results so far, then the rest.
 pub fn follow(ctx: &zmq::Context, req: &Request, job: &str, log: &Logger) -> Result<Collected> {
-    let payload = p::encode(&json!({ "v": p::PROTOCOL_VERSION, "job": job }));
-    exchange(ctx, req, &payload, log)
+    // `topic` keeps a 0.1 manager alive (it dies on a request without one);
+    // no agent subscribes to it.
+    let payload = p::encode(&json!({ "v": p::PROTOCOL_VERSION, "job": job, "topic": "!follow" }));
+    exchange(ctx, req, &payload, None, log)
 }
 
 /// Ask the manager which nodes a request would reach, running nothing.
 pub fn plan(ctx: &zmq::Context, req: &Request) -> Result<Vec<String>> {
     let mut dry = req.request.clone();
     dry.dry_run = true;
+    // A 0.1 manager ignores dry_run and runs what it gets: make that harmless.
+    dry.cmd = "status".into();
     if let Some(key) = &req.key {
         sign(&mut dry, key);
     }
@@ -183,7 +216,13 @@ pub fn plan(ctx: &zmq::Context, req: &Request) -> Result<Vec<String>> {
         .context("the manager cannot say which nodes a request reaches (a 0.1 manager?); --batch needs a service-mgr 0.2 manager")
 }
 
-fn exchange(ctx: &zmq::Context, req: &Request, payload: &[u8], log: &Logger) -> Result<Collected> {
+fn exchange(
+    ctx: &zmq::Context,
+    req: &Request,
+    payload: &[u8],
+    request_id: Option<&str>,
+    log: &Logger,
+) -> Result<Collected> {
     let started = Instant::now();
     let host = transport::endpoint_host(&req.endpoint)
         .with_context(|| format!("endpoint {} is not tcp://HOST:PORT", req.endpoint))?;
@@ -241,13 +280,15 @@ fn exchange(ctx: &zmq::Context, req: &Request, payload: &[u8], log: &Logger) -> 
             };
             let node = obj.get("node").and_then(Value::as_str).map(str::to_owned);
             // A result that does not verify is reported as such, never shown as the node's answer.
-            let obj = verify_result(obj, &accepted, req.key.as_deref()).unwrap_or_else(|why| {
-                unverified(
-                    why,
-                    node.map(Value::String).unwrap_or(Value::Null),
-                    &accepted.uuid,
-                )
-            });
+            let obj = verify_result(obj, &accepted, req.key.as_deref(), request_id).unwrap_or_else(
+                |why| {
+                    unverified(
+                        why,
+                        node.map(Value::String).unwrap_or(Value::Null),
+                        &accepted.uuid,
+                    )
+                },
+            );
             match node_of(&obj) {
                 // The manager replays a job's results to a new subscriber; one per node.
                 Some(n) if !seen.insert(n.clone()) => continue,
@@ -303,8 +344,8 @@ fn from_record(reply: &[u8], key: Option<&KeyPair>, started: Instant) -> Result<
             continue;
         };
         let node = r["node"].clone();
-        let checked =
-            verify_result(m, &accepted, key).unwrap_or_else(|why| unverified(why, node, &uuid));
+        let checked = verify_result(m, &accepted, key, None)
+            .unwrap_or_else(|why| unverified(why, node, &uuid));
         results.push(Value::Object(checked));
     }
     Ok(Some(Collected {
@@ -377,7 +418,11 @@ pub fn node_results(jobs: &[Collected], skipped: &[String]) -> Vec<Value> {
             .filter(|n| !answered.contains(*n))
         {
             out.push(json!({
-                "msg": format!("no answer within {:.1} s (-w)", job.waited.as_secs_f64()),
+                "msg": if job.waited.is_zero() {
+                    "no answer recorded".to_owned()
+                } else {
+                    format!("no answer within {:.1} s (-w)", job.waited.as_secs_f64())
+                },
                 "success": -1,
                 "uuid": job.uuid,
                 "node": n,
@@ -556,6 +601,11 @@ pub fn run(a: &ClientArgs, legacy_name: bool, log: &Logger) -> Result<Exit> {
         }
         req.request.nodes = a.nodes.clone();
     } else {
+        if req.request.nodes.is_some() || req.request.glob.is_some() {
+            // A 0.1 manager would ignore -N/-G and broadcast to the whole
+            // topic: make sure the manager understands them first.
+            plan(&ctx, &req)?;
+        }
         jobs.push(collect(&ctx, &req, log)?);
     }
     let results = node_results(&jobs, &skipped);

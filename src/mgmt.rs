@@ -34,13 +34,38 @@ pub fn call_cmd(endpoint: &str, cmd: &str, timeout: Duration, retries: u32) -> R
 }
 
 /// A request for `cmd`, signed with `key` when the command needs it.
-pub fn request(cmd: &str, key: Option<&KeyPair>) -> MgmtRequest {
+pub fn request(cmd: &str, key: Option<&KeyPair>, node: Option<&str>) -> MgmtRequest {
     let mut req = MgmtRequest::new(cmd);
     if let (true, Some(key)) = (signed(cmd), key) {
-        let body = json!({"cmd": cmd, "id": uuid::Uuid::new_v4().simple().to_string(), "ts": security::now_ms()});
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let body = json!({"cmd": cmd, "id": id, "ts": security::now_ms(), "node": node});
         req.auth = Some(security::sign_body(key, Purpose::Request, &body));
     }
     req
+}
+
+/// A signed request for `cmd` at `endpoint`; an agent's shutdown is bound to
+/// its node name, which it tells us first.
+fn prepare(
+    endpoint: &str,
+    cmd: &str,
+    key: Option<&KeyPair>,
+    timeout: Duration,
+    retries: u32,
+) -> Result<MgmtRequest> {
+    let node = match (cmd, key) {
+        (p::AGENT_SHUTDOWN, Some(_)) => {
+            let status = call(
+                endpoint,
+                &MgmtRequest::new(p::AGENT_STATUS),
+                timeout,
+                retries,
+            )?;
+            status["result"]["node"].as_str().map(str::to_owned)
+        }
+        _ => None,
+    };
+    Ok(request(cmd, key, node.as_deref()))
 }
 
 /// Whether a reply reports success (`"success": 0`).
@@ -56,7 +81,12 @@ pub fn run_and_print(
     retries: u32,
     key: Option<&KeyPair>,
 ) -> Result<bool> {
-    let reply = call(endpoint, &request(cmd, key), timeout, retries)?;
+    let reply = call(
+        endpoint,
+        &prepare(endpoint, cmd, key, timeout, retries)?,
+        timeout,
+        retries,
+    )?;
     println!("{}", to_json_pretty(&reply));
     Ok(succeeded(&reply))
 }
@@ -75,7 +105,8 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
         other => other,
     };
     let key = load_key(a.key.as_deref())?;
-    let mut req = request(cmd, key.as_deref());
+    let timeout = Duration::from_millis(a.timeout);
+    let mut req = prepare(&a.endpoint, cmd, key.as_deref(), timeout, a.retries)?;
     if cmd == p::MANAGER_JOB {
         req.uuid = Some(
             a.args

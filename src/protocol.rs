@@ -21,7 +21,11 @@ pub const PROTOCOL_VERSION: u64 = 2;
 /// Larger frames get an error reply (the transport limit is `HARD_FRAME_LIMIT`).
 pub const REQUEST_LIMIT: usize = 64 * 1024;
 /// Largest result an agent may send to the sink (two capped outputs plus JSON escaping).
-pub const RESULT_LIMIT: usize = 48 * 1024 * 1024;
+pub const RESULT_LIMIT: usize = 160 * 1024 * 1024;
+/// Most output an agent may be configured to keep per stream (`max_output`):
+/// worst case 6 bytes of JSON per byte of control characters, two streams,
+/// 4/3 for sealing, stays under RESULT_LIMIT.
+pub const MAX_OUTPUT_LIMIT: u64 = 8 * 1024 * 1024;
 /// Transport-level limit (ZMQ_MAXMSGSIZE) for sockets that read requests:
 /// a peer sending more is disconnected by libzmq before we allocate it.
 pub const HARD_FRAME_LIMIT: i64 = 1024 * 1024;
@@ -191,6 +195,9 @@ pub struct RequestBody {
     pub id: String,
     pub ts: u64,
     pub client: String,
+    /// Signed too, so that nobody on the way can turn a plan into a run.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 impl RequestBody {
@@ -201,6 +208,7 @@ impl RequestBody {
             && self.topic == r.topic
             && self.nodes == r.nodes
             && self.glob == r.glob
+            && self.dry_run == r.dry_run
     }
 }
 
@@ -652,6 +660,13 @@ pub const PRESENCE_PREFIX: &str = "!presence/";
 /// agent proved its accepted key, and publishes its requests there.
 pub const PRIVATE_PREFIX: &str = "!to/";
 
+/// An agent's private topic, `!to/<node>/<instance>`. The node name comes from
+/// the key that signed the presence token, so an accepted key of one node can
+/// never be granted another node's requests.
+pub fn private_topic(node: &str, instance: &str) -> String {
+    format!("{PRIVATE_PREFIX}{node}/{instance}")
+}
+
 /// An agent's presence subscription. Unsigned: `!presence/<instance>`; signed:
 /// `!presence/<instance>|<ts>|<key id>|<sig>`, the signature (purpose
 /// announce) over the JSON string `"<instance>:<ts>"`.
@@ -740,10 +755,22 @@ pub struct Announce {
     pub interval_ms: u64,
     #[serde(default)]
     pub running: usize,
-    /// The agent's signature over `{"key": LINE, "node", "instance", "ts"}`.
+    /// The agent's signature over this whole object (less `auth`) plus
+    /// `"key": LINE` and `"ts"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Signed>,
+    /// Always `"!announce"`: a 0.1 manager dies on a sink message without a
+    /// uuid, and republishes this one on a topic no client subscribes to.
+    #[serde(default = "announce_uuid")]
+    pub uuid: String,
 }
+
+fn announce_uuid() -> String {
+    ANNOUNCE_UUID.to_owned()
+}
+
+/// The `uuid` of every announcement (see [`Announce::uuid`]).
+pub const ANNOUNCE_UUID: &str = "!announce";
 
 /// A message on the sink: an agent's announcement or a result.
 #[derive(Debug, Clone, PartialEq)]
@@ -1169,6 +1196,7 @@ mod tests {
             interval_ms: 2000,
             running: 0,
             auth: None,
+            uuid: ANNOUNCE_UUID.to_owned(),
         };
         roundtrip(&a);
         assert_eq!(serde_json::to_value(&a).unwrap()["type"], "agent.hello");

@@ -242,6 +242,13 @@ impl PublicKey {
     }
 }
 
+/// The fingerprint (the key store's file name) of a key id; `None` if the id
+/// is not one.
+pub fn fingerprint_of_id(key_id: &str) -> Option<String> {
+    let bytes: [u8; 64] = URL_SAFE_NO_PAD.decode(key_id).ok()?.try_into().ok()?;
+    Some(fingerprint_of(&bytes))
+}
+
 /// The fingerprint of a key id, for errors about keys we do not hold.
 fn fingerprint_of(key_bytes: &[u8; 64]) -> String {
     hex(&Sha256::digest(key_bytes)[..8])

@@ -25,6 +25,7 @@ fn signed_frame(
         id: uuid::Uuid::new_v4().simple().to_string(),
         ts: security::now_ms(),
         client: key.public().to_string(),
+        dry_run: false,
     };
     edit(&mut body);
     req.auth = Some(security::sign_body(
@@ -139,11 +140,13 @@ fn tampered_replayed_and_expired_requests_are_refused() {
         v["service"] = json!("cron");
         let r = reply(&mgr, v.to_string().as_bytes());
         assert!(r["msg"].as_str().unwrap().contains("signature"), "{r}");
-        // The same signed request twice.
+        // The same signed request twice (a client's retry, or a replay): the
+        // first answer again, and it runs once.
         let frame = signed_frame(&key, "n1", "sshd", |_| {});
-        assert!(reply(&mgr, &frame)["uuid"].is_string());
-        let r = reply(&mgr, &frame);
-        assert!(r["msg"].as_str().unwrap().contains("replayed"), "{r}");
+        let first = reply(&mgr, &frame);
+        assert!(first["uuid"].is_string(), "{first}");
+        let again = reply(&mgr, &frame);
+        assert_eq!(again["uuid"], first["uuid"], "{again}");
         // Signed ten minutes ago.
         let r = reply(&mgr, &signed_frame(&key, "n1", "sshd", |b| b.ts -= 600_000));
         assert!(r["msg"].as_str().unwrap().contains("expired"), "{r}");
@@ -180,16 +183,26 @@ fn agents_check_requests_themselves() {
             br#"{"cmd": "stop", "service": "sshd", "topic": "n1"}"#,
         );
         let uuid = r["uuid"].as_str().unwrap().to_owned();
-        // The result is the agent's refusal; follow the job to read it.
-        let (_, doc) = client_args(&mgr, &["--job", &uuid, "-w", "5"]);
-        assert_eq!(doc["results"][0]["status"], "refused", "{doc}");
-        assert!(
-            doc["results"][0]["msg"]
-                .as_str()
-                .unwrap()
-                .contains("unsigned"),
-            "{doc}"
-        );
+        // The result is the agent's refusal, kept by the manager.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let record = loop {
+            let r = mgmt_req(
+                &mgr.ep("mgmt_endpoint"),
+                json!({"cmd": "manager.job", "uuid": uuid}),
+            );
+            if r["result"]["results"][0]["status"] == "refused" {
+                break r;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no refusal recorded: {r}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let msg = record["result"]["results"][0]["result"]["msg"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(msg.contains("unsigned"), "{record}");
         assert!(
             calls(dir.path()).is_empty(),
             "the agent ran an unsigned request"

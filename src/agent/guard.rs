@@ -177,7 +177,7 @@ impl Guard {
 
     /// `agent.shutdown` needs a signed request of an authorized client unless
     /// unsigned peers are allowed.
-    pub fn admit_mgmt(&mut self, req: &MgmtRequest) -> Result<(), String> {
+    pub fn admit_mgmt(&mut self, req: &MgmtRequest, node: &str) -> Result<(), String> {
         if self.allow_unsigned {
             return Ok(());
         }
@@ -190,6 +190,12 @@ impl Guard {
             .map_err(|e| e.to_string())?;
         if body.get("cmd").and_then(|c| c.as_str()) != Some(req.cmd.as_str()) {
             return Err("the signed body names another command".into());
+        }
+        // Bound to this node, so a shutdown signed for one agent stops no other.
+        if body.get("node").and_then(|c| c.as_str()) != Some(node) {
+            return Err(format!(
+                "the signed request is not addressed to node {node:?}"
+            ));
         }
         let id = body.get("id").and_then(|v| v.as_str()).unwrap_or_default();
         let ts = body.get("ts").and_then(|v| v.as_u64()).unwrap_or(0);
@@ -214,9 +220,13 @@ impl Guard {
     }
 
     /// Sign an announcement (proof that we hold the key we announce).
+    /// The whole announcement is signed (with our key line and the time), so
+    /// that nobody can rewrite a heartbeat into a goodbye or change our topics.
     pub fn sign_announce(&self, a: &mut Announce) {
-        let body = json!({"key": self.key.public().to_string(), "node": a.node, "instance": a.instance,
-                          "ts": security::now_ms()});
+        a.auth = None;
+        let mut body = serde_json::to_value(&*a).expect("serializable");
+        body["key"] = json!(self.key.public().to_string());
+        body["ts"] = json!(security::now_ms());
         a.auth = Some(security::sign_body(&self.key, Purpose::Announce, &body));
     }
 }

@@ -85,6 +85,12 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
             "no service manager found (service, systemctl, rc-service); every request will fail"
         ),
     }
+    anyhow::ensure!(
+        config.max_output <= p::MAX_OUTPUT_LIMIT,
+        "max_output = {} is over the limit of {} bytes (results must fit a message); lower max_output",
+        config.max_output,
+        p::MAX_OUTPUT_LIMIT
+    );
     let guard = guard::Guard::load(config, &me.node, log)?;
     if config.allow_unsigned {
         warn!(
@@ -102,7 +108,7 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     }
     // Our private topic: in secure mode the manager grants it once our signed
     // presence below proved our key, and sends our requests there.
-    sub.set_subscribe(format!("{}{instance}", p::PRIVATE_PREFIX).as_bytes())?;
+    sub.set_subscribe(p::private_topic(&me.node, &instance).as_bytes())?;
     // Never published on: its unsubscription tells the manager we are gone.
     let presence = guard.presence(&instance);
     sub.set_subscribe(presence.as_bytes())?;
@@ -131,6 +137,7 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     info!(log, "service manager agent started"; "node" => &me.node, "topics" => me.topics.join(","),
         "manager" => &config.manager_endpoint, "sink" => &config.sink_endpoint, "mgmt" => &mgmt_endpoint);
 
+    let private_topic = p::private_topic(&me.node, &instance);
     let mut agent = Agent {
         config,
         log,
@@ -143,7 +150,7 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
         push,
         mgmt,
         inbox,
-        private_topic: format!("{}{instance}", p::PRIVATE_PREFIX),
+        private_topic,
         instance,
         presence,
         guard,
@@ -203,15 +210,15 @@ impl Agent<'_> {
                 next_beat = Instant::now() + interval;
             }
             if Instant::now() >= next_presence {
+                // Until the manager welcomed our current token (key not yet
+                // accepted, manager away), try again at every heartbeat.
+                let period = if self.welcomed {
+                    PRESENCE_REFRESH
+                } else {
+                    interval
+                };
                 self.refresh_presence();
-                // Until the manager welcomed us (key not yet accepted, manager
-                // away), try again at every heartbeat.
-                next_presence = Instant::now()
-                    + if self.welcomed {
-                        PRESENCE_REFRESH
-                    } else {
-                        interval
-                    };
+                next_presence = Instant::now() + period;
             }
             let wake = control.take();
             if wake.reopen_logs {
@@ -504,7 +511,7 @@ impl Agent<'_> {
                 })),
             ),
             p::AGENT_SHUTDOWN => {
-                if let Err(why) = self.guard.admit_mgmt(req) {
+                if let Err(why) = self.guard.admit_mgmt(req, &self.me.node) {
                     warn!(self.log, "shutdown refused"; "why" => &why);
                     return MgmtReply::error(format!("shutdown refused: {why}"));
                 }
@@ -545,6 +552,7 @@ pub fn announcement(
         interval_ms,
         running,
         auth: None,
+        uuid: crate::protocol::ANNOUNCE_UUID.to_owned(),
     }
 }
 

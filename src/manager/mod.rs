@@ -105,6 +105,7 @@ pub fn run(
         gate,
         store,
         events: Vec::new(),
+        answered: HashMap::new(),
         presence: HashMap::new(),
         host: HostInfo::read(),
         subscriptions: HashMap::new(),
@@ -196,6 +197,9 @@ struct Manager<'a> {
     store: JobStore,
     /// Store events of this round of the loop, written in one transaction.
     events: Vec<StoreEvent>,
+    /// Signed request id -> the answer it got, so that a client's retry of the
+    /// same signed bytes gets that answer again instead of "replayed".
+    answered: HashMap<String, (Instant, Accepted)>,
     /// instance -> its current presence token, so a refreshed token's old
     /// unsubscription is not taken for a disconnect.
     presence: HashMap<String, String>,
@@ -387,7 +391,18 @@ impl Manager<'_> {
 
     /// Validate a request, decide who must answer, publish it and say where results appear.
     fn dispatch(&mut self, req: ServiceRequest) -> Result<Accepted, ErrorReply> {
-        let client = self.gate.check_request(&req).map_err(ErrorReply::new)?;
+        let (client, request_id) = match self.gate.check_request(&req) {
+            Ok(Some((key, id))) => (Some(key), Some(id)),
+            Ok(None) => (None, None),
+            Err(trust::Refused::Replayed(id, msg)) => {
+                return self
+                    .answered
+                    .get(&id)
+                    .map(|(_, a)| a.clone())
+                    .ok_or_else(|| ErrorReply::new(msg));
+            }
+            Err(trust::Refused::Other(msg)) => return Err(ErrorReply::new(msg)),
+        };
         if !p::valid_topic(&req.topic) {
             return Err(ErrorReply::new(format!(
                 "topic {:?} is not a valid topic (printable, no blanks or commas, 1 to 255 bytes)",
@@ -474,7 +489,7 @@ impl Manager<'_> {
             private = expected
                 .iter()
                 .filter_map(|n| self.registry.get(n))
-                .map(|e| format!("{}{}", p::PRIVATE_PREFIX, e.instance))
+                .map(|e| p::private_topic(&e.node, &e.instance))
                 .collect();
             private.iter().map(String::as_str).collect()
         } else if narrowed {
@@ -502,11 +517,12 @@ impl Manager<'_> {
             results: Vec::new(),
             subscribed: false,
         };
-        let down: Vec<String> = expected
-            .iter()
-            .filter(|n| self.registry.get(n).is_some() && !self.registry.is_up(n))
-            .cloned()
-            .collect();
+        // Known but down, or (secure mode) not an admitted agent at all: they
+        // were not sent the request, so they are answered for at once.
+        let unreachable = |n: &&String| {
+            !self.registry.is_up(n) && (self.registry.get(n).is_some() || !self.gate.allow_unsigned)
+        };
+        let down: Vec<String> = expected.iter().filter(unreachable).cloned().collect();
         let mut request = serde_json::to_value(&job.request).unwrap_or(Value::Null);
         if let Value::Object(m) = &mut request {
             m.remove("auth"); // the record keeps what was asked, not the signature
@@ -518,7 +534,11 @@ impl Manager<'_> {
             expected: expected.clone(),
         });
         for n in down {
-            let r = ResultMsg::no_response(&uuid, &n, "the agent is not connected to the manager");
+            let why = match self.registry.get(&n) {
+                Some(_) => "the agent is not connected to the manager",
+                None => "no such agent: none by that name is connected with an accepted key",
+            };
+            let r = ResultMsg::no_response(&uuid, &n, why);
             job.pending.remove(&n);
             job.results.push(p::encode(&r));
             self.events.push(StoreEvent::NoResponse {
@@ -532,6 +552,9 @@ impl Manager<'_> {
             "cmd" => &job.request.cmd, "service" => &job.request.service, "expected" => expected.len(),
             "unregistered" => unregistered);
         self.jobs.insert(uuid, job);
+        if let Some(id) = request_id {
+            self.answered.insert(id, (Instant::now(), accepted.clone()));
+        }
         Ok(accepted)
     }
 
@@ -600,13 +623,22 @@ impl Manager<'_> {
             }
             return;
         }
+        let node = match self.gate.check_presence(&presence) {
+            trust::Grant::No => {
+                debug!(self.log, "presence not granted (unsigned, stale or key not accepted)"; "instance" => &instance);
+                return;
+            }
+            trust::Grant::Plain => {
+                // 0.1-compatible mode: present, served on its plain topics.
+                self.presence.insert(instance.clone(), token.to_owned());
+                self.registry.connected(&instance, None);
+                return;
+            }
+            trust::Grant::Private(node) => node,
+        };
+        // Only a granted token stands for the connection: a stranger's cannot end it.
         self.presence.insert(instance.clone(), token.to_owned());
-        let granted = self.gate.check_presence(&presence);
-        if !granted {
-            debug!(self.log, "presence not granted (unsigned, stale or key not accepted)"; "instance" => &instance);
-            return;
-        }
-        let mut private = format!("{}{instance}", p::PRIVATE_PREFIX).into_bytes();
+        let mut private = p::private_topic(&node, &instance).into_bytes();
         private.push(p::TOPIC_TERMINATOR);
         if let Err(e) = self.s.backend.set_subscribe(&private) {
             warn!(self.log, "cannot grant the private topic"; "error" => %e);
@@ -618,7 +650,7 @@ impl Manager<'_> {
             .s
             .backend
             .send_multipart([private.as_slice(), &welcome], zmq::DONTWAIT);
-        self.registry.connected(&instance);
+        self.registry.connected(&instance, Some(node));
     }
 
     /// A client subscribed to (or left) a job id: deliver what is held for it.
@@ -649,8 +681,8 @@ impl Manager<'_> {
         };
         match SinkMessage::decode(frame) {
             Ok(SinkMessage::Announce(a)) => {
-                let key = match self.gate.check_announce(&a) {
-                    Ok(k) => k.map(|k| k.to_string()),
+                let (key, a) = match self.gate.check_announce(&a) {
+                    Ok((k, signed)) => (k.map(|k| k.to_string()), signed),
                     Err(why) => {
                         if a.kind == p::AnnounceKind::Hello {
                             warn!(self.log, "agent not admitted"; "node" => &a.node, "why" => why);
@@ -850,6 +882,8 @@ impl Manager<'_> {
 
     /// Forget jobs older than job_ttl; their silent nodes are recorded as such.
     fn expire_jobs(&mut self) {
+        let window = Duration::from_secs(self.config.request_window * 2);
+        self.answered.retain(|_, (at, _)| at.elapsed() < window);
         let ttl = Duration::from_secs(self.config.job_ttl);
         let events = &mut self.events;
         self.jobs.retain(|uuid, j| {

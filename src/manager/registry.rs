@@ -60,7 +60,9 @@ pub struct Registry {
     /// Instances whose presence subscription is in place. Subscriptions travel
     /// in order, so the agent's topic subscriptions are in place too: only then
     /// can a published request reach it.
-    present: std::collections::HashSet<String>,
+    /// With the node name the presence token was signed for (None: unsigned,
+    /// 0.1-compatible mode), which must be the node that announced the instance.
+    present: HashMap<String, Option<String>>,
 }
 
 pub fn now_ms() -> u64 {
@@ -114,8 +116,8 @@ impl Registry {
     }
 
     /// The agent's presence subscription arrived (it may precede its hello).
-    pub fn connected(&mut self, instance: &str) {
-        self.present.insert(instance.to_owned());
+    pub fn connected(&mut self, instance: &str, node: Option<String>) {
+        self.present.insert(instance.to_owned(), node);
     }
 
     /// The transport says this instance's connection is gone.
@@ -170,7 +172,12 @@ impl Registry {
     }
 
     fn reachable(&self, e: &AgentEntry) -> bool {
-        e.state == AgentState::Up && self.present.contains(&e.instance)
+        e.state == AgentState::Up
+            && match self.present.get(&e.instance) {
+                Some(Some(node)) => node == &e.node,
+                Some(None) => e.key.is_none(),
+                None => false,
+            }
     }
 
     /// Up agents that answer `topic`, narrowed to `glob` when given.
@@ -220,6 +227,7 @@ mod tests {
             interval_ms: 100,
             running: 0,
             auth: None,
+            uuid: crate::protocol::ANNOUNCE_UUID.to_owned(),
         }
     }
 
@@ -227,7 +235,7 @@ mod tests {
     fn matching_is_exact_and_globs_narrow() {
         let mut r = Registry::default();
         for i in ["a", "b", "c"] {
-            r.connected(i);
+            r.connected(i, None);
         }
         r.announce(&hello("web1", "a", &["any", "Linux", "web1", "web"]), None);
         r.announce(
@@ -247,7 +255,7 @@ mod tests {
     fn disconnect_bye_and_missed_heartbeats_take_agents_down() {
         let mut r = Registry::default();
         for i in ["i1", "i2", "i3", "i9"] {
-            r.connected(i);
+            r.connected(i, None);
         }
         r.announce(&hello("a", "i1", &["any"]), None);
         r.announce(&hello("b", "i2", &["any"]), None);
@@ -269,7 +277,7 @@ mod tests {
         // Announced but not subscribed yet: not a target.
         r.announce(&hello("d", "i4", &["any"]), None);
         assert!(r.matching("any", None).is_empty());
-        r.connected("i4");
+        r.connected("i4", None);
         assert_eq!(r.matching("any", None), ["d"]);
         // A new instance of the same node comes back up; the old instance's disconnect is ignored.
         r.announce(&hello("a", "i9", &["any"]), None);

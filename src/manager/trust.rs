@@ -16,6 +16,33 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+/// Why a request was refused; a replay is told apart so that a client's retry
+/// can get the answer it missed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    Replayed(String, String),
+    Other(String),
+}
+
+impl Refused {
+    pub fn message(&self) -> &str {
+        match self {
+            Refused::Replayed(_, m) | Refused::Other(m) => m,
+        }
+    }
+}
+
+/// What a presence subscription earns its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grant {
+    /// Nothing: unsigned in secure mode, stale, or not an accepted agent key.
+    No,
+    /// Unsigned in 0.1-compatible mode: counted present, served on plain topics.
+    Plain,
+    /// Signed by the accepted key of this node: its private topic.
+    Private(String),
+}
+
 pub struct Gate {
     pub keys: KeyStore,
     dir: PathBuf,
@@ -80,47 +107,77 @@ impl Gate {
     /// an operator (or a test) may have accepted it a moment ago, and filing it
     /// as pending then would shadow that.
     fn submit(&mut self, pk: &PublicKey) -> Result<security::Submission> {
-        if self.keys.state_of(&pk.key_id()).is_none() {
-            self.keys.reload()?;
+        self.look_on_disk(&pk.key_id());
+        self.keys.submit(pk)
+    }
+
+    /// A key we do not know may have been filed a moment ago (by `mgmt keys`,
+    /// or a test): if its file is there, re-read the store. One stat per
+    /// directory, so a stranger's unknown keys cost next to nothing.
+    fn look_on_disk(&mut self, key_id: &str) {
+        if self.keys.state_of(key_id).is_some() {
+            return;
+        }
+        let Some(fp) = security::fingerprint_of_id(key_id) else {
+            return;
+        };
+        let filed = ["accepted", "pending", "rejected"]
+            .iter()
+            .any(|d| self.dir.join(d).join(&fp).exists());
+        if filed && self.keys.reload().is_ok() {
             self.seen = self.mtimes();
         }
-        self.keys.submit(pk)
     }
 
     /// A client request: `Ok(Some(key))` when signed and admitted, `Ok(None)`
     /// when unsigned and this manager serves 0.1 clients.
-    pub fn check_request(&mut self, req: &ServiceRequest) -> Result<Option<PublicKey>, String> {
+    pub fn check_request(
+        &mut self,
+        req: &ServiceRequest,
+    ) -> Result<Option<(PublicKey, String)>, Refused> {
         let Some(auth) = &req.auth else {
             return if self.allow_unsigned {
                 Ok(None)
             } else {
-                Err("unsigned request refused: this manager serves signed requests only; create a key with \
+                Err(Refused::Other("unsigned request refused: this manager serves signed requests only; create a key with \
                      `service-mgr keygen --role client` and have it accepted (or set allow_unsigned = true \
                      for 0.1 clients)"
-                    .into())
+                    .into()))
             };
         };
         let (pk, body) = match self.keys.verify(auth, Purpose::Request) {
             Ok(v) => v,
             Err(AuthError::UnknownKey(_)) | Err(AuthError::NotAccepted(_)) => {
-                return Err(self.admit_client(auth))
+                return Err(Refused::Other(self.admit_client(auth)))
             }
-            Err(e) => return Err(format!("request refused: {e}")),
+            Err(e) => return Err(Refused::Other(format!("request refused: {e}"))),
         };
         let body: RequestBody = serde_json::from_value(body)
-            .map_err(|e| format!("request refused: bad signed body: {e}"))?;
+            .map_err(|e| Refused::Other(format!("request refused: bad signed body: {e}")))?;
         if !body.matches(req) {
-            return Err(
+            return Err(Refused::Other(
                 "request refused: the signed body does not match the request's fields".into(),
-            );
+            ));
         }
         if body.client != pk.to_string() {
-            return Err("request refused: the signed body names another client key".into());
+            return Err(Refused::Other(
+                "request refused: the signed body names another client key".into(),
+            ));
         }
-        self.replay
-            .check(&body.id, body.ts, security::now_ms())
-            .map_err(|e| format!("request refused: {e}"))?;
-        Ok(Some(pk))
+        match self.replay.check(&body.id, body.ts, security::now_ms()) {
+            Ok(()) => {}
+            // The client's own retry (Lazy Pirate sends the same bytes again) is
+            // answered with the first answer by the caller; it never runs twice.
+            Err(AuthError::Replayed(_)) => {
+                let msg = format!(
+                    "request refused: request {} replayed: it was seen before",
+                    body.id
+                );
+                return Err(Refused::Replayed(body.id, msg));
+            }
+            Err(e) => return Err(Refused::Other(format!("request refused: {e}"))),
+        }
+        Ok(Some((pk, body.id)))
     }
 
     /// An unknown client key that proves possession is filed as pending.
@@ -148,10 +205,14 @@ impl Gate {
     /// An agent's hello or heartbeat: `Ok(Some(key))` for an accepted agent,
     /// `Ok(None)` for an unsigned one this manager serves, `Err` otherwise
     /// (a new key is filed as pending on the way).
-    pub fn check_announce(&mut self, a: &Announce) -> Result<Option<PublicKey>, String> {
+    /// Returns the announcement to believe: the signed copy, never the clear one.
+    pub fn check_announce(
+        &mut self,
+        a: &Announce,
+    ) -> Result<(Option<PublicKey>, Announce), String> {
         let Some(auth) = &a.auth else {
             return if self.allow_unsigned {
-                Ok(None)
+                Ok((None, a.clone()))
             } else {
                 Err(format!(
                     "unsigned announcement from {:?} ignored (allow_unsigned is off)",
@@ -161,11 +222,15 @@ impl Gate {
         };
         let (pk, body) =
             security::verify_announce(auth).map_err(|e| format!("announcement refused: {e}"))?;
-        if body.get("node").and_then(Value::as_str) != Some(a.node.as_str())
-            || body.get("instance").and_then(Value::as_str) != Some(a.instance.as_str())
-        {
-            return Err("announcement refused: signed node or instance differ".into());
+        let ts = body.get("ts").and_then(Value::as_u64).unwrap_or(0);
+        if security::now_ms().abs_diff(ts) > self.window.as_millis() as u64 * 2 {
+            return Err(
+                "announcement refused: stale or from the future (are the clocks in sync?)".into(),
+            );
         }
+        // Everything the manager acts on (kind, topics, interval) is what was signed.
+        let a: Announce = serde_json::from_value(body)
+            .map_err(|e| format!("announcement refused: bad signed body: {e}"))?;
         if pk.role() != security::Role::Agent || pk.name() != a.node {
             return Err(format!(
                 "announcement refused: key {} is a {} key named {:?}; node {:?} needs an agent key of its own name",
@@ -177,7 +242,7 @@ impl Gate {
         }
         let sub = self.submit(&pk).map_err(|e| format!("{e:#}"))?;
         match sub.state {
-            KeyState::Accepted => Ok(Some(pk)),
+            KeyState::Accepted => Ok((Some(pk), a)),
             other => Err(format!(
                 "agent {:?} key {} is {}; accept it with: service-mgr mgmt keys accept {}",
                 a.node,
@@ -191,21 +256,24 @@ impl Gate {
     /// A presence subscription: the instance, and whether its connection may
     /// get requests (signed by an accepted agent key, recent; or unsigned in
     /// 0.1-compatible mode).
-    pub fn check_presence(&mut self, p: &Presence) -> bool {
-        match &p.signed {
-            None => self.allow_unsigned,
-            Some((ts, signed)) => {
-                // Accepted a moment ago? One more look at the disk before refusing.
-                if self.keys.state_of(&signed.key).is_none() && self.keys.reload().is_ok() {
-                    self.seen = self.mtimes();
-                }
-                let age = security::now_ms().abs_diff(*ts);
-                age <= self.window.as_millis() as u64 * 2
-                    && self
-                        .keys
-                        .verify(signed, Purpose::Announce)
-                        .is_ok_and(|(pk, _)| pk.role() == security::Role::Agent)
+    pub fn check_presence(&mut self, p: &Presence) -> Grant {
+        let Some((ts, signed)) = &p.signed else {
+            return if self.allow_unsigned {
+                Grant::Plain
+            } else {
+                Grant::No
+            };
+        };
+        if security::now_ms().abs_diff(*ts) > self.window.as_millis() as u64 * 2 {
+            return Grant::No;
+        }
+        // Accepted a moment ago? One more look at the disk before refusing.
+        self.look_on_disk(&signed.key);
+        match self.keys.verify(signed, Purpose::Announce) {
+            Ok((pk, _)) if pk.role() == security::Role::Agent => {
+                Grant::Private(pk.name().to_owned())
             }
+            _ => Grant::No,
         }
     }
 
