@@ -516,7 +516,10 @@ where
         )?;
         return Ok(if ok { Exit::Ok } else { Exit::Error });
     }
-    let logfile = o.logfile.clone().or_else(|| {
+    // Absolute before detaching changes the directory to /: the pid file is
+    // removed and the log reopened where the user meant.
+    let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+    let logfile = o.logfile.as_deref().map(absolute).or_else(|| {
         o.daemon
             .then(|| PathBuf::from(format!("/var/log/service-mgr/{}.log", role.program)))
     });
@@ -524,7 +527,7 @@ where
         Some(p) => LogTarget::file(p)?,
         None => LogTarget::stderr(),
     };
-    let pidfile = o.pidfile.clone().or_else(|| {
+    let pidfile = o.pidfile.as_deref().map(absolute).or_else(|| {
         o.daemon
             .then(|| PathBuf::from(format!("/var/run/service-mgr/{}.pid", role.program)))
     });
@@ -546,8 +549,9 @@ where
     control.install_signals()?;
     let reopen_target = target.clone();
     control.on_reopen(move || reopen_target.reopen());
+    let ready_file = o.ready_file.as_deref().map(absolute);
     let mut on_ready = |doc: &serde_json::Value| -> Result<()> {
-        if let Some(path) = &o.ready_file {
+        if let Some(path) = &ready_file {
             runtime::write_ready_file(path, doc)?;
         }
         if let Some(d) = detached.borrow_mut().as_mut() {

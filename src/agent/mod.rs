@@ -257,6 +257,10 @@ impl Agent<'_> {
             warn!(self.log, "stopping with commands still running; their results are lost"; "running" => self.running);
         }
         self.announce(AnnounceKind::Bye);
+        // Closing a PUSH socket right after its last send can lose what is
+        // still queued on a fresh connection (seen in tests); linger alone did
+        // not cover it. Give the I/O thread a moment to flush before we close.
+        std::thread::sleep(Duration::from_millis(200));
         Ok(())
     }
 

@@ -1,0 +1,595 @@
+//! Old peers keep working: the 0.1 side of each conversation is spoken here
+//! with raw `zmq` sockets, frame for frame as the Python 0.1 release did
+//! (see PROTOCOL-0.1.md), never through our client or agent code.
+
+use crate::util::*;
+use crate::util_extra::*;
+use serde_json::{json, Map, Value};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+// ---------------------------------------------------------------------------
+// A.1: a 0.1 client against our manager and agents
+// ---------------------------------------------------------------------------
+
+/// 0.1's client order: REQ for the uuid, and only then SUB to the result
+/// publisher. Our agents answer within milliseconds, so a manager that does
+/// not hold results until the subscription arrives loses some (0.1 did).
+#[test]
+fn a1_raw_01_client_gets_every_result_of_fast_agents() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager_compat(&[]);
+        let nodes = ["a1", "a2", "a3"];
+        let _agents = nodes.map(|n| compat_agent(&mgr, n, &fake));
+        let frontend = mgr.ep("frontend_endpoint");
+        let ctx = zmq::Context::new();
+        let mut received = 0;
+        let mut uuids = BTreeSet::new();
+        for i in 0..50 {
+            let service = format!("svc{i}");
+            // Exactly what 0.1 sends: no "v", no extra field.
+            let request = json!({"cmd": "status", "service": service, "topic": "any"});
+            let reply = json(&req_raw(&frontend, request.to_string().as_bytes()));
+            let uuid = reply["uuid"]
+                .as_str()
+                .unwrap_or_else(|| panic!("request {i}: no uuid in {reply}"))
+                .to_owned();
+            assert!(
+                uuid.len() == 32
+                    && uuid
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()),
+                "uuid is not 32 lowercase hex digits: {uuid:?}"
+            );
+            assert!(uuids.insert(uuid.clone()), "uuid {uuid} handed out twice");
+            let port = reply["port"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("port is not an integer: {reply}"));
+            // Only now, as 0.1 did: SUB to the host of -e and the port it got.
+            let sub = ctx.socket(zmq::SUB).unwrap();
+            sub.set_linger(0).unwrap();
+            sub.set_subscribe(uuid.as_bytes()).unwrap();
+            sub.connect(&format!("tcp://127.0.0.1:{port}")).unwrap();
+            let mut from = BTreeSet::new();
+            while from.len() < nodes.len() {
+                let frames = recv_within(&sub, 5000).unwrap_or_else(|| {
+                    panic!(
+                        "request {i}: only {} of {} results arrived within 5 s (from {from:?}); \
+                         received so far in total: {received}",
+                        from.len(),
+                        nodes.len()
+                    )
+                });
+                assert_eq!(frames.len(), 2, "result is not [uuid, json]: {frames:?}");
+                assert_eq!(frames[0], uuid.as_bytes());
+                let r = json(&frames[1]);
+                assert_eq!(r["uuid"], uuid.as_str(), "{r}");
+                assert_eq!(r["msg"], "Executed service status request", "{r}");
+                let res = &r["result"];
+                assert_eq!(res["returncode"], 0, "{r}");
+                assert_eq!(res["service"], service.as_str(), "{r}");
+                assert_eq!(res["stdout"], format!("{service} status ok\n"), "{r}");
+                assert_eq!(res["stderr"], "", "{r}");
+                let node = res["node"].as_str().unwrap().to_owned();
+                assert!(nodes.contains(&node.as_str()), "{r}");
+                assert!(from.insert(node.clone()), "{node} answered twice: {r}");
+                received += 1;
+            }
+            // A 0.1 client keeps reading for -w: nothing more (no duplicate) comes.
+            if let Some(extra) = recv_within(&sub, 10) {
+                panic!("request {i}: a 4th frame arrived: {extra:?}");
+            }
+        }
+        assert_eq!(received, 150);
+        // Each agent ran each request exactly once.
+        assert_eq!(calls(dir.path()).len(), 150);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// A.2: a 0.1 agent behind our manager
+// ---------------------------------------------------------------------------
+
+/// A 0.1 agent: SUB to the backend with plain prefix subscriptions, PUSH to
+/// the sink, and the 0.1 result object (plus "uuid") for each request.
+struct Raw01Agent {
+    stop: Arc<AtomicBool>,
+    /// (topic frame, request) of every message received, in order.
+    seen: Arc<Mutex<Vec<(Vec<u8>, Value)>>>,
+    /// Every result sent, in order.
+    sent: Arc<Mutex<Vec<Value>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Raw01Agent {
+    /// `lines`: send stdout/stderr as lists of lines (0.1's last commit)
+    /// instead of strings (0.1's README).
+    fn start(backend: &str, sink: &str, node: &str, lines: bool) -> Raw01Agent {
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sent = Arc::new(Mutex::new(Vec::new()));
+        let ctx = zmq::Context::new();
+        let sub = ctx.socket(zmq::SUB).unwrap();
+        sub.set_linger(0).unwrap();
+        for t in ["any", "Linux", node] {
+            sub.set_subscribe(t.as_bytes()).unwrap();
+        }
+        sub.connect(backend).unwrap();
+        let push = ctx.socket(zmq::PUSH).unwrap();
+        push.set_linger(1000).unwrap();
+        push.connect(sink).unwrap();
+        let node = node.to_owned();
+        let (stop2, seen2, sent2) = (stop.clone(), seen.clone(), sent.clone());
+        let thread = std::thread::spawn(move || {
+            let _ctx = ctx;
+            while !stop2.load(Ordering::SeqCst) {
+                let Some(frames) = recv_within(&sub, 20) else {
+                    continue;
+                };
+                let [topic, body] = frames.as_slice() else {
+                    continue;
+                };
+                // recv_unicode + recv_json, as agent.py does.
+                let Ok(req) = serde_json::from_slice::<Value>(body) else {
+                    continue;
+                };
+                seen2.lock().unwrap().push((topic.clone(), req.clone()));
+                let mut result = match (req["cmd"].as_str(), req["service"].as_str()) {
+                    (Some(cmd), Some(service)) => {
+                        let (stdout, stderr) = if lines {
+                            (
+                                json!([format!("{service} is running\n"), "as pid 1768.\n"]),
+                                json!([]),
+                            )
+                        } else {
+                            (
+                                json!(format!("{service} is running as pid 1768.\n")),
+                                json!(""),
+                            )
+                        };
+                        json!({
+                            "msg": format!("Executed service {cmd} request"),
+                            "result": {
+                                "node": node, "returncode": 0, "service": service,
+                                "stdout": stdout, "system": "Linux",
+                                "version": "#1 SMP Debian 3.2.51-1", "stderr": stderr
+                            }
+                        })
+                    }
+                    _ => json!({"success": -1, "msg": "Missing message properties"}),
+                };
+                result["uuid"] = req["uuid"].clone();
+                push.send(result.to_string().as_bytes(), 0).unwrap();
+                sent2.lock().unwrap().push(result);
+            }
+        });
+        Raw01Agent {
+            stop,
+            seen,
+            sent,
+            thread: Some(thread),
+        }
+    }
+
+    fn seen(&self) -> Vec<(Vec<u8>, Value)> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    fn sent(&self) -> Vec<Value> {
+        self.sent.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Raw01Agent {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Every field the 0.1 agent sent is in `printed` unchanged (the client may add some).
+fn assert_contains_01_result(printed: &Value, sent: &Value) {
+    let sent: &Map<String, Value> = sent.as_object().unwrap();
+    for (k, v) in sent {
+        assert_eq!(
+            &printed[k], v,
+            "field {k:?} changed on the way: sent {sent:?}, printed {printed}"
+        );
+    }
+}
+
+#[test]
+fn a2_raw_01_agent_answers_our_client_through_our_manager() {
+    with_timeout(60, || {
+        let mgr = manager_compat(&[]);
+        let backend = mgr.ep("backend_endpoint");
+        let sink = mgr.ep("sink_endpoint");
+        let old1 = Raw01Agent::start(&backend, &sink, "old1", false);
+        let old2 = Raw01Agent::start(&backend, &sink, "old2", true);
+        wait_subscribed(&mgr, "old1");
+        wait_subscribed(&mgr, "old2");
+        let frontend = mgr.ep("frontend_endpoint");
+
+        // stdout as a string (0.1's README).
+        let started = Instant::now();
+        let out = run_unsigned(&[
+            "client", "-e", &frontend, "-T", "old1", "-c", "status", "-s", "x", "-w", "3",
+            "--format", "legacy",
+        ]);
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let printed = json(&out.stdout);
+        let list = printed.as_array().unwrap_or_else(|| panic!("{printed}"));
+        assert_eq!(list.len(), 1, "{printed}\n{stderr}");
+        let sent = old1.sent();
+        assert_eq!(sent.len(), 1, "old1 answered {sent:?}");
+        assert_contains_01_result(&list[0], &sent[0]);
+        assert_eq!(list[0]["result"]["stdout"], "x is running as pid 1768.\n");
+        assert_eq!(out.status.code(), Some(0), "{printed}\n{stderr}");
+        // The request old1 got is the 0.1 object plus uuid.
+        let (_, req) = &old1.seen()[0];
+        for (k, v) in [("cmd", "status"), ("service", "x"), ("topic", "old1")] {
+            assert_eq!(req[k], v, "{req}");
+        }
+        assert_eq!(req["uuid"], sent[0]["uuid"]);
+        // The manager counted old1 as an unregistered subscriber, so the
+        // client returned when it answered instead of waiting the full -w 3.
+        assert!(
+            took < Duration::from_millis(2500),
+            "the client waited {took:?} for one 0.1 agent the manager knew about"
+        );
+        assert!(
+            old2.seen().is_empty(),
+            "old2 got old1's request: {:?}",
+            old2.seen()
+        );
+
+        // stdout as a list of lines (0.1's last commit), and both at once via "any".
+        let out = run_unsigned(&[
+            "client", "-e", &frontend, "-T", "any", "-c", "status", "-s", "y", "-w", "3",
+            "--format", "legacy",
+        ]);
+        let printed = json(&out.stdout);
+        let list = printed.as_array().unwrap_or_else(|| panic!("{printed}"));
+        assert_eq!(list.len(), 2, "{printed}");
+        let of = |node: &str| {
+            list.iter()
+                .find(|r| r["result"]["node"] == node)
+                .unwrap_or_else(|| panic!("no result of {node} in {printed}"))
+                .clone()
+        };
+        assert_contains_01_result(&of("old1"), &old1.sent()[1]);
+        assert_contains_01_result(&of("old2"), &old2.sent()[0]);
+        assert_eq!(
+            of("old2")["result"]["stdout"],
+            json!(["y is running\n", "as pid 1768.\n"])
+        );
+        assert_eq!(out.status.code(), Some(0), "{printed}");
+
+        // Our own JSON report reads the list form too: one ok per node.
+        let out = run_unsigned(&[
+            "client", "-e", &frontend, "-T", "old2", "-c", "status", "-s", "z", "-w", "3",
+        ]);
+        let doc = json(&out.stdout);
+        assert_eq!(doc["results"].as_array().map(Vec::len), Some(1), "{doc}");
+        assert_eq!(doc["results"][0]["node"], "old2", "{doc}");
+        assert_eq!(doc["results"][0]["status"], "ok", "{doc}");
+        assert_eq!(doc["summary"]["ok"], 1, "{doc}");
+    });
+}
+
+/// 0.1 matched by prefix: topic `node10` ran on host `node1`, anything that
+/// starts with `any` or `Linux` reached every agent. Our manager stores each
+/// subscription and each topic with a terminator, so a 0.1 agent gets exactly
+/// its topics even though its SUB socket still matches by prefix.
+#[test]
+fn a2_raw_01_agent_gets_exact_topics_only() {
+    with_timeout(60, || {
+        let mgr = manager_compat(&[]);
+        let old = Raw01Agent::start(
+            &mgr.ep("backend_endpoint"),
+            &mgr.ep("sink_endpoint"),
+            "node1",
+            false,
+        );
+        wait_subscribed(&mgr, "node1");
+        wait_subscribed(&mgr, "any");
+        wait_subscribed(&mgr, "Linux");
+        let frontend = mgr.ep("frontend_endpoint");
+        let send = |topic: &str| {
+            let r = json(&req_raw(
+                &frontend,
+                json!({"cmd": "status", "service": "x", "topic": topic})
+                    .to_string()
+                    .as_bytes(),
+            ));
+            assert!(r["uuid"].is_string(), "request to {topic} refused: {r}");
+        };
+        // None of these may reach node1 ...
+        for topic in [
+            "node10", "node", "nod", "anything", "any1", "Linuxx", "Linux-2",
+        ] {
+            send(topic);
+        }
+        // ... and this one must. Messages from one publisher arrive in order,
+        // so once it is there, any leak of the earlier ones would be there too.
+        send("node1");
+        wait_for(10, "node1's request", || {
+            (!old.seen().is_empty()).then_some(())
+        });
+        let topics = |seen: Vec<(Vec<u8>, Value)>| -> Vec<String> {
+            seen.iter()
+                .map(|(_, r)| r["topic"].as_str().unwrap_or("?").to_owned())
+                .collect()
+        };
+        assert_eq!(
+            topics(old.seen()),
+            ["node1"],
+            "prefix matching let requests through"
+        );
+        // Its own topics, `any` and the OS name, still reach it.
+        send("any");
+        send("Linux");
+        wait_for(10, "the any and Linux requests", || {
+            (old.seen().len() >= 3).then_some(())
+        });
+        assert_eq!(topics(old.seen()), ["node1", "any", "Linux"]);
+        // The topic frame is the topic and the terminator (recv_unicode reads it fine).
+        assert_eq!(old.seen()[0].0, b"node1\0");
+        assert!(std::str::from_utf8(&old.seen()[0].0).is_ok());
+        // Each was answered once and nothing more arrived.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(old.seen().len(), 3, "{:?}", topics(old.seen()));
+        assert_eq!(old.sent().len(), 3);
+    });
+}
+
+// ---------------------------------------------------------------------------
+// A.3: our client and agent against a 0.1 manager
+// ---------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Raw01State {
+    /// Subscription messages from the backend (first byte 1 or 0, then the topic).
+    subscriptions: Vec<Vec<u8>>,
+    /// Every frame read from the sink, in order.
+    sink: Vec<Vec<u8>>,
+    /// Sink frames a 0.1 manager dies on (`recv_json` fails, or `msg['uuid']` raises).
+    fatal: Vec<String>,
+    /// Requests the frontend accepted, with the uuid given.
+    requests: Vec<Value>,
+}
+
+/// The 0.1 manager, run in a thread of the test: ROUTER frontend answering
+/// {"uuid", "port"}, XPUB backend publishing [topic, request + uuid] with the
+/// topic as it came (no terminator), PULL sink, PUB result publisher.
+/// Tolerant where 0.1 died: a sink frame it could not route is recorded in
+/// `fatal` and skipped, so that one test can check the round trip and
+/// another what would have killed a real one.
+struct Raw01Manager {
+    frontend: String,
+    backend: String,
+    sink: String,
+    state: Arc<Mutex<Raw01State>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Raw01Manager {
+    fn start() -> Raw01Manager {
+        let ctx = zmq::Context::new();
+        let (frontend, frontend_ep) = bind_loopback(&ctx, zmq::ROUTER);
+        let (backend, backend_ep) = bind_loopback(&ctx, zmq::XPUB);
+        let (sink, sink_ep) = bind_loopback(&ctx, zmq::PULL);
+        let (results, results_ep) = bind_loopback(&ctx, zmq::PUB);
+        let port: u16 = results_ep.rsplit(':').next().unwrap().parse().unwrap();
+        let state = Arc::new(Mutex::new(Raw01State::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (state2, stop2) = (state.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let _ctx = ctx;
+            while !stop2.load(Ordering::SeqCst) {
+                let mut items = [
+                    frontend.as_poll_item(zmq::POLLIN),
+                    backend.as_poll_item(zmq::POLLIN),
+                    sink.as_poll_item(zmq::POLLIN),
+                ];
+                zmq::poll(&mut items, 20).unwrap();
+                let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
+                if ready[0] {
+                    let frames = frontend.recv_multipart(0).unwrap();
+                    // [identity, "", request], as process_frontend_msg reads it.
+                    let mut msg = json(&frames[2]);
+                    let uuid = uuid::Uuid::new_v4().simple().to_string();
+                    let reply = json!({"uuid": uuid, "port": port}).to_string();
+                    frontend
+                        .send_multipart([frames[0].as_slice(), b"", reply.as_bytes()], 0)
+                        .unwrap();
+                    msg["uuid"] = json!(uuid);
+                    let topic = msg["topic"].as_str().unwrap().to_owned();
+                    backend
+                        .send_multipart([topic.as_bytes(), msg.to_string().as_bytes()], 0)
+                        .unwrap();
+                    state2
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .requests
+                        .push(msg);
+                }
+                if ready[1] {
+                    let frame = backend.recv_bytes(0).unwrap();
+                    state2
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .subscriptions
+                        .push(frame);
+                }
+                if ready[2] {
+                    let frame = sink.recv_bytes(0).unwrap();
+                    let mut st = state2.lock().unwrap_or_else(|p| p.into_inner());
+                    st.sink.push(frame.clone());
+                    match serde_json::from_slice::<Value>(&frame) {
+                        Ok(Value::Object(m)) => match m.get("uuid").and_then(Value::as_str) {
+                            Some(uuid) => {
+                                results
+                                    .send_multipart([uuid.as_bytes(), frame.as_slice()], 0)
+                                    .unwrap();
+                            }
+                            None => st.fatal.push(format!(
+                                "KeyError 'uuid' on {}",
+                                String::from_utf8_lossy(&frame)
+                            )),
+                        },
+                        _ => st.fatal.push(format!(
+                            "recv_json/['uuid'] fails on {}",
+                            String::from_utf8_lossy(&frame)
+                        )),
+                    }
+                }
+            }
+        });
+        Raw01Manager {
+            frontend: frontend_ep,
+            backend: backend_ep,
+            sink: sink_ep,
+            state,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Wait until a subscriber subscribed to exactly `topic`.
+    fn wait_subscription(&self, topic: &str) {
+        let mut want = vec![1u8];
+        want.extend_from_slice(topic.as_bytes());
+        wait_for(20, &format!("a subscription to {topic:?}"), || {
+            self.state
+                .lock()
+                .unwrap()
+                .subscriptions
+                .contains(&want)
+                .then_some(())
+        });
+    }
+}
+
+impl Drop for Raw01Manager {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a3_our_client_and_agent_work_through_a_01_manager() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service_ext(dir.path());
+        let old = Raw01Manager::start();
+        let _agent = agent_at(&old.backend, &old.sink, "new1", &fake, dir.path(), &[]);
+        // Subscriptions are plain prefixes to a 0.1 manager; ours arrive as such.
+        old.wait_subscription("new1");
+        old.wait_subscription("any");
+        // A 0.1 manager dispatches at once and publishes results on a plain PUB:
+        // a result that comes before the client's subscription is lost (0.1's
+        // own defect). `brief-svc` takes 0.3 s, as a real service command does.
+        let started = Instant::now();
+        let out = run_unsigned(&[
+            "client",
+            "-e",
+            &old.frontend,
+            "-T",
+            "new1",
+            "-c",
+            "status",
+            "-s",
+            "brief-svc",
+            "-w",
+            "2",
+        ]);
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let doc = json(&out.stdout);
+        let results = doc["results"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{doc}\n{stderr}"));
+        assert_eq!(results.len(), 1, "{doc}\n{stderr}");
+        let r = &results[0];
+        assert_eq!(r["msg"], "Executed service status request", "{doc}");
+        assert_eq!(r["result"]["node"], "new1", "{doc}");
+        assert_eq!(r["result"]["service"], "brief-svc", "{doc}");
+        assert_eq!(r["result"]["returncode"], 0, "{doc}");
+        assert_eq!(r["result"]["stdout"], "brief-svc status ok\n", "{doc}");
+        assert_eq!(r["status"], "ok", "{doc}");
+        assert_eq!(out.status.code(), Some(0), "{doc}\n{stderr}");
+        // The uuid is the one the 0.1 manager handed out.
+        let requests = old.state.lock().unwrap().requests.clone();
+        assert_eq!(requests.len(), 1);
+        assert_eq!(r["uuid"], requests[0]["uuid"], "{doc}");
+        assert_eq!(doc["job"], requests[0]["uuid"], "{doc}");
+        // Our client sent 0.1's three fields (anything more is ignored by 0.1).
+        for (k, v) in [
+            ("cmd", "status"),
+            ("service", "brief-svc"),
+            ("topic", "new1"),
+        ] {
+            assert_eq!(requests[0][k], v, "{}", requests[0]);
+        }
+        // No "expected" from a 0.1 manager: the client waits its full -w, no more.
+        assert!(took >= Duration::from_secs(2), "returned after {took:?}");
+        assert!(took < Duration::from_secs(5), "returned after {took:?}");
+        assert_eq!(calls(dir.path()), ["brief-svc status"]);
+    });
+}
+
+/// A 0.1 manager reads every sink frame with `recv_json` and then `msg['uuid']`;
+/// a frame without a uuid raises and kills it (PROTOCOL-0.1.md, known defects).
+/// So our agent must send a 0.1 manager's sink nothing but results with a uuid.
+#[test]
+fn a3_our_agent_sends_a_01_manager_nothing_that_kills_it() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service_ext(dir.path());
+        let old = Raw01Manager::start();
+        let _agent = agent_at(&old.backend, &old.sink, "new2", &fake, dir.path(), &[]);
+        old.wait_subscription("new2");
+        // One real request, and long enough for the agent's first heartbeat (2 s).
+        let out = run_unsigned(&[
+            "client",
+            "-e",
+            &old.frontend,
+            "-T",
+            "new2",
+            "-c",
+            "status",
+            "-s",
+            "brief-svc",
+            "-w",
+            "2.5",
+        ]);
+        let doc = json(&out.stdout);
+        assert_eq!(doc["results"][0]["result"]["node"], "new2", "{doc}");
+        let (sink, fatal) = {
+            let st = old.state.lock().unwrap();
+            (st.sink.clone(), st.fatal.clone())
+        };
+        assert!(!sink.is_empty());
+        assert!(
+            fatal.is_empty(),
+            "a real 0.1 manager would have died on our agent's sink frames \
+             ({} of {} frames):\n{}",
+            fatal.len(),
+            sink.len(),
+            fatal.join("\n")
+        );
+    });
+}

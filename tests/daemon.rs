@@ -1,0 +1,518 @@
+//! A real daemon: detaching, pid files, status/stop over the management
+//! socket, signals and log files, as init scripts and logrotate use them.
+
+use crate::util::*;
+use crate::util_extra::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const NO_KEY: (&str, &str) = (
+    "SERVICE_MGR_KEY",
+    "/nonexistent/service-mgr-test/client.key",
+);
+
+/// `daemon -d` arguments on loopback ephemeral ports with the key store of `pki`.
+fn detached_args(
+    pki: &Pki,
+    pidfile: &Path,
+    logfile: &Path,
+    ready: &Path,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut args: Vec<String> = ["daemon", "-d", "-p"].map(String::from).to_vec();
+    args.push(pidfile.display().to_string());
+    args.push("-o".into());
+    args.push(logfile.display().to_string());
+    args.extend(["-f", "/dev/null"].map(String::from));
+    for key in [
+        "frontend_endpoint",
+        "backend_endpoint",
+        "sink_endpoint",
+        "mgmt_endpoint",
+    ] {
+        args.push("-O".into());
+        args.push(format!("{key}={LOOPBACK}"));
+    }
+    args.push("-O".into());
+    args.push(format!("state_dir={}", toml_str(&pki.path("state"))));
+    args.push("--ready-file".into());
+    args.push(ready.display().to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push("start".into());
+    args
+}
+
+fn run_in(dir: Option<&Path>, args: &[String], envs: &[(&str, &str)]) -> std::process::Output {
+    let mut c = Command::new(bin());
+    c.args(args).stdin(Stdio::null());
+    if let Some(d) = dir {
+        c.current_dir(d);
+    }
+    for (k, v) in envs {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+fn wait_ready(path: &Path) -> Value {
+    wait_for(20, &format!("the ready file {}", path.display()), || {
+        std::fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    })
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn c_detached_daemon_start_second_start_status_stop() {
+    with_timeout(60, || {
+        let pki = Pki::new();
+        let dir = tempfile::tempdir().unwrap();
+        // Neither directory exists yet: both must be created.
+        let pidfile = dir.path().join("run/service-mgr/service-mgrd.pid");
+        let logfile = dir.path().join("log/service-mgr/service-mgrd.log");
+        let ready = dir.path().join("ready.json");
+        let args = detached_args(&pki, &pidfile, &logfile, &ready, &[]);
+        let started = Instant::now();
+        let out = run_in(None, &args, &[NO_KEY]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "start failed: {}",
+            text(&out.stderr)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "start took {:?}",
+            started.elapsed()
+        );
+        // The detached child wrote the ready file; the pid file names it, and it lives.
+        let doc = wait_ready(&ready);
+        let pid = read_pid(&pidfile).unwrap_or_else(|| panic!("no pid in {}", pidfile.display()));
+        let _guard = Detached { pid };
+        assert_eq!(doc["pid"], pid, "ready file and pid file disagree: {doc}");
+        assert!(pid_alive(pid), "pid {pid} from the pid file is not running");
+        assert_ne!(pid as u32, std::process::id());
+        wait_for(10, "the log file to get lines", || {
+            std::fs::read_to_string(&logfile)
+                .ok()
+                .filter(|t| t.contains("service manager started"))
+        });
+        let mgmt_ep = doc["mgmt_endpoint"].as_str().unwrap().to_owned();
+
+        // A second start with the same pid file: refused on the terminal, exit 1.
+        let ready2 = dir.path().join("ready2.json");
+        let out = run_in(
+            None,
+            &detached_args(&pki, &pidfile, &logfile, &ready2, &[]),
+            &[NO_KEY],
+        );
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "second start: {err}");
+        assert!(err.contains("already running"), "{err}");
+        assert!(
+            err.contains(&pid.to_string()),
+            "the error should name pid {pid}: {err}"
+        );
+        assert!(!ready2.exists(), "the second daemon got as far as binding");
+        assert!(pid_alive(pid), "the second start hurt the first daemon");
+        assert_eq!(
+            read_pid(&pidfile),
+            Some(pid),
+            "the second start rewrote the pid file"
+        );
+
+        // status: JSON with "running", exit 0.
+        let st = ["daemon", "-f", "/dev/null", "-e", &mgmt_ep, "status"].map(String::from);
+        let out = run_in(None, &st, &[NO_KEY]);
+        assert_eq!(out.status.code(), Some(0), "status: {}", text(&out.stderr));
+        let v = json(&out.stdout);
+        assert_eq!(v["result"]["status"], "running", "{v}");
+        assert_eq!(v["success"], 0, "{v}");
+
+        // stop without a client key is refused in secure mode; with one it stops.
+        let stop = ["daemon", "-f", "/dev/null", "-e", &mgmt_ep, "stop"].map(String::from);
+        let out = run_in(None, &stop, &[NO_KEY]);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "unsigned stop: {}",
+            text(&out.stdout)
+        );
+        assert!(pid_alive(pid), "an unsigned stop stopped a secure manager");
+        let key = pki.client_key();
+        let out = run_in(None, &stop, &[("SERVICE_MGR_KEY", key.as_str())]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "stop: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        assert_eq!(json(&out.stdout)["success"], 0);
+        wait_for(10, "the daemon to exit", || (!pid_alive(pid)).then_some(()));
+        wait_for(5, "the pid file to be removed", || {
+            (!pidfile.exists()).then_some(())
+        });
+        let log = std::fs::read_to_string(&logfile).unwrap();
+        assert!(log.contains("service manager stopped"), "{log}");
+    });
+}
+
+#[test]
+fn c_stale_pid_file_is_taken_over() {
+    with_timeout(60, || {
+        let pki = Pki::new();
+        let dir = tempfile::tempdir().unwrap();
+        // A pid that surely is dead: a child of ours that has exited and been reaped.
+        let mut gone = Command::new("true").spawn().unwrap();
+        let dead = gone.id() as i32;
+        gone.wait().unwrap();
+        assert!(!pid_alive(dead));
+        let pidfile = dir.path().join("mgr.pid");
+        std::fs::write(&pidfile, format!("{dead}\n")).unwrap();
+        let logfile = dir.path().join("mgr.log");
+        let ready = dir.path().join("ready.json");
+        let out = run_in(
+            None,
+            &detached_args(&pki, &pidfile, &logfile, &ready, &[]),
+            &[NO_KEY],
+        );
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let doc = wait_ready(&ready);
+        let pid = read_pid(&pidfile).unwrap();
+        let _guard = Detached { pid };
+        assert_ne!(pid, dead);
+        assert_eq!(doc["pid"], pid);
+        assert!(pid_alive(pid));
+    });
+}
+
+#[test]
+fn c_sigterm_stops_a_foreground_manager_and_agent_with_status_0() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mut mgr = manager(&[]);
+        accept_agent_key(&mgr, "n1");
+        let mut a = agent(&mgr, "n1", &fake, &[]);
+        let st = a.signal_and_wait(libc::SIGTERM, 10);
+        assert_eq!(st.code(), Some(0), "agent: {st:?}\n{}", a.log_text());
+        let st = mgr.signal_and_wait(libc::SIGTERM, 10);
+        assert_eq!(st.code(), Some(0), "manager: {st:?}\n{}", mgr.log_text());
+        assert!(mgr.log_text().contains("service manager stopped"));
+        // SIGINT (Ctrl-C in a terminal) does the same.
+        let mut mgr = manager(&[]);
+        let st = mgr.signal_and_wait(libc::SIGINT, 10);
+        assert_eq!(st.code(), Some(0), "manager on SIGINT: {st:?}");
+    });
+}
+
+/// Agents get SIGTERM while they run a 1.5 s command: each waits for its
+/// command and delivers the result before it exits. (Eight at once, because a
+/// lost result on stop is a race: one agent alone shows it only some of the time.)
+#[test]
+fn c_sigterm_on_busy_agents_still_delivers_their_results() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service_ext(dir.path());
+        let mgr = manager(&[]);
+        let nodes = ["n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8"];
+        let mut agents: Vec<Proc> = nodes
+            .iter()
+            .map(|n| {
+                accept_agent_key(&mgr, n);
+                agent(&mgr, n, &fake, &[])
+            })
+            .collect();
+        let ep = mgr.ep("frontend_endpoint");
+        let key = mgr.pki.as_ref().unwrap().client_key();
+        let client = Command::new(bin())
+            .args([
+                "client",
+                "-e",
+                &ep,
+                "-k",
+                &key,
+                "-T",
+                "any",
+                "-c",
+                "restart",
+                "-s",
+                "pause-svc",
+                "-w",
+                "10",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(10, "every agent to start the command", || {
+            (calls(dir.path()).len() == nodes.len()).then_some(())
+        });
+        // Staggered a little, so that the agents stop at different moments of their
+        // heartbeat cycles.
+        for a in &agents {
+            unsafe { libc::kill(a.pid(), libc::SIGTERM) };
+            std::thread::sleep(Duration::from_millis(37));
+        }
+        for (n, a) in nodes.iter().zip(agents.iter_mut()) {
+            let st = a
+                .wait_exit(15)
+                .unwrap_or_else(|| panic!("{n} did not exit"));
+            assert_eq!(st.code(), Some(0), "{n}: {st:?}\n{}", a.log_text());
+        }
+        let out = client.wait_with_output().unwrap();
+        let doc = json(&out.stdout);
+        let results = doc["results"].as_array().unwrap_or_else(|| panic!("{doc}"));
+        let lost: Vec<&Value> = results.iter().filter(|r| r["status"] != "ok").collect();
+        if !lost.is_empty() {
+            // Let whatever was still on its way reach the manager's log.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert!(
+            lost.is_empty(),
+            "{} of {} results were lost when the agents stopped: {lost:?}\nclient stderr: {}\n\
+             manager log:\n{}\nlog of {}:\n{}",
+            lost.len(),
+            nodes.len(),
+            text(&out.stderr),
+            mgr.log_text(),
+            lost[0]["node"],
+            agents[nodes
+                .iter()
+                .position(|n| lost[0]["node"] == *n)
+                .unwrap_or(0)]
+            .log_text()
+        );
+        assert_eq!(results.len(), nodes.len(), "{doc}");
+        for r in results {
+            assert_eq!(r["result"]["stdout"], "pause-svc restart ok\n", "{doc}");
+        }
+        assert_eq!(out.status.code(), Some(0), "{doc}");
+    });
+}
+
+#[test]
+fn c_sighup_reopens_the_log_file_at_its_path() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let logfile = dir.path().join("logs/service-mgrd.log");
+        let rotated = dir.path().join("logs/service-mgrd.log.1");
+        let log_arg = logfile.display().to_string();
+        let mgr = manager(&["-o", &log_arg]);
+        wait_for(10, "the first log lines", || {
+            std::fs::read_to_string(&logfile)
+                .ok()
+                .filter(|t| t.contains("service manager started"))
+        });
+        // logrotate: move the file away, then HUP.
+        std::fs::rename(&logfile, &rotated).unwrap();
+        unsafe { libc::kill(mgr.pid(), libc::SIGHUP) };
+        let fresh = wait_for(10, "a new log file at the original path", || {
+            std::fs::read_to_string(&logfile)
+                .ok()
+                .filter(|t| t.contains("SIGHUP"))
+        });
+        assert!(!fresh.contains("service manager started"), "{fresh}");
+        let old = std::fs::read_to_string(&rotated).unwrap();
+        assert!(old.contains("service manager started"), "{old}");
+        assert!(
+            !old.contains("SIGHUP"),
+            "the HUP line went to the rotated file: {old}"
+        );
+        // Later lines go to the new file too, and HUP did not stop the daemon.
+        let mgmt_ep = mgr.ep("mgmt_endpoint");
+        let _sub = {
+            let ctx = zmq::Context::new();
+            let s = connect(&ctx, zmq::SUB, &mgr.ep("result_endpoint"));
+            s.set_subscribe(b"nosuchjob").unwrap();
+            (ctx, s)
+        };
+        wait_for(10, "a later line in the new file", || {
+            std::fs::read_to_string(&logfile)
+                .ok()
+                .filter(|t| t.contains("subscription to unknown job"))
+        });
+        assert_eq!(
+            mgmt(&mgmt_ep, "manager.status")["result"]["status"],
+            "running"
+        );
+        assert!(!std::fs::read_to_string(&rotated)
+            .unwrap()
+            .contains("unknown job"));
+    });
+}
+
+/// A manager logging to `log`, with or without -D, in the foreground.
+fn manager_logging_to(log: &Path, pki: &Pki, debug: bool) -> Proc {
+    let state = format!("state_dir={}", toml_str(&pki.path("state")));
+    let log = log.display().to_string();
+    let mut args = vec!["daemon", "-f", "/dev/null", "-o", &log, "-O", &state];
+    if debug {
+        args.push("-D");
+    }
+    for key in [
+        "frontend_endpoint=tcp://127.0.0.1:*",
+        "backend_endpoint=tcp://127.0.0.1:*",
+        "sink_endpoint=tcp://127.0.0.1:*",
+        "mgmt_endpoint=tcp://127.0.0.1:*",
+    ] {
+        args.extend(["-O", key]);
+    }
+    spawn_ready(&args)
+}
+
+#[test]
+fn c_debug_flag_gives_debug_lines_and_only_then() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = zmq::Context::new();
+        let mut subs = Vec::new();
+        let mut logs = Vec::new();
+        for debug in [true, false] {
+            let log = dir.path().join(format!("debug-{debug}.log"));
+            // Each its own state_dir: a job store has one manager at a time.
+            let pki = Pki::new();
+            let mgr = manager_logging_to(&log, &pki, debug);
+            // Something the manager logs at debug level only.
+            let s = connect(&ctx, zmq::SUB, &mgr.ep("result_endpoint"));
+            s.set_subscribe(b"nosuchjob").unwrap();
+            subs.push(s);
+            // And an info line after it, to know it was handled.
+            let r = json(&req_raw(&mgr.ep("frontend_endpoint"), b"[]"));
+            error_msg(&r);
+            logs.push((debug, log, mgr, pki));
+        }
+        for (debug, log, _mgr, _pki) in &logs {
+            let needle = if *debug {
+                "subscription to unknown job"
+            } else {
+                "request refused"
+            };
+            let t = wait_for(10, needle, || {
+                std::fs::read_to_string(log)
+                    .ok()
+                    .filter(|t| t.contains(needle))
+            });
+            if *debug {
+                assert!(
+                    t.lines().any(|l| l.contains(" DEBG ")),
+                    "-D gave no DEBG line:\n{t}"
+                );
+            }
+        }
+        // Give the second manager the same time to log the debug-only line.
+        std::thread::sleep(Duration::from_millis(300));
+        let quiet = std::fs::read_to_string(&logs[1].1).unwrap();
+        assert!(quiet.contains(" INFO "), "{quiet}");
+        assert!(
+            !quiet.contains(" DEBG "),
+            "debug lines without -D:\n{quiet}"
+        );
+    });
+}
+
+/// Init scripts of 0.1 passed absolute paths; a person may not. A detached
+/// daemon changes to /, so relative -p and -o must be resolved before that.
+#[test]
+fn c_relative_pid_file_is_removed_at_stop() {
+    with_timeout(60, || {
+        let pki = Pki::new();
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready.json");
+        let args = detached_args(
+            &pki,
+            Path::new("run/mgr.pid"),
+            Path::new("log/mgr.log"),
+            &ready,
+            &[],
+        );
+        let out = run_in(Some(dir.path()), &args, &[NO_KEY]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let doc = wait_ready(&ready);
+        let pidfile = dir.path().join("run/mgr.pid");
+        let pid =
+            read_pid(&pidfile).unwrap_or_else(|| panic!("no pid file at {}", pidfile.display()));
+        let _guard = Detached { pid };
+        assert_eq!(doc["pid"], pid);
+        let stop = [
+            "daemon",
+            "-f",
+            "/dev/null",
+            "-e",
+            doc["mgmt_endpoint"].as_str().unwrap(),
+            "stop",
+        ]
+        .map(String::from);
+        let key = pki.client_key();
+        let out = run_in(None, &stop, &[("SERVICE_MGR_KEY", key.as_str())]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        wait_for(10, "the daemon to exit", || (!pid_alive(pid)).then_some(()));
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !pidfile.exists(),
+            "a stopped daemon left its pid file {} behind (it was given as run/mgr.pid \
+             and removed relative to / after detaching)",
+            pidfile.display()
+        );
+    });
+}
+
+#[test]
+fn c_relative_log_file_is_reopened_at_its_path_after_sighup() {
+    with_timeout(60, || {
+        let pki = Pki::new();
+        let dir = tempfile::tempdir().unwrap();
+        let ready = dir.path().join("ready.json");
+        // A name of our own: if the daemon reopens it relative to /, we clean up there.
+        let rel = format!("smgr-test-{}", uuid::Uuid::new_v4().simple());
+        let rel_log = PathBuf::from(&rel).join("mgr.log");
+        let args = detached_args(&pki, &dir.path().join("mgr.pid"), &rel_log, &ready, &[]);
+        let out = run_in(Some(dir.path()), &args, &[NO_KEY]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+        let doc = wait_ready(&ready);
+        let pid = doc["pid"].as_i64().unwrap() as i32;
+        let _guard = Detached { pid };
+        let logfile = dir.path().join(&rel_log);
+        wait_for(10, "the first log lines", || {
+            std::fs::read_to_string(&logfile)
+                .ok()
+                .filter(|t| t.contains("service manager started"))
+        });
+        std::fs::rename(&logfile, dir.path().join(&rel).join("mgr.log.1")).unwrap();
+        unsafe { libc::kill(pid, libc::SIGHUP) };
+        let stray = Path::new("/").join(&rel);
+        let found = (0..200).find_map(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            std::fs::read_to_string(&logfile)
+                .ok()
+                .filter(|t| t.contains("SIGHUP"))
+        });
+        let strayed = stray.join("mgr.log").exists();
+        if stray.exists() {
+            let _ = std::fs::remove_dir_all(&stray);
+        }
+        assert!(
+            found.is_some(),
+            "after SIGHUP no new log at {} ({})",
+            logfile.display(),
+            if strayed {
+                format!("it was reopened at {}", stray.join("mgr.log").display())
+            } else {
+                "nothing was written".to_owned()
+            }
+        );
+        assert!(pid_alive(pid));
+    });
+}
