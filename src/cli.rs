@@ -251,8 +251,8 @@ pub struct ClientArgs {
     /// ~/.config/service-mgr/client.key if it exists; without a key requests go unsigned].
     #[arg(short = 'k', long = "key", value_name = "FILE")]
     pub key: Option<PathBuf>,
-    /// Output: json (a document with every node's status), legacy (0.1's array of
-    /// results) [default: legacy as service-mgr-client, json as service-mgr client].
+    /// Output format [default: table on a terminal; when piped, legacy as
+    /// service-mgr-client (0.1's output) and json as service-mgr client].
     #[arg(long, value_enum)]
     pub format: Option<Format>,
     #[command(flatten)]
@@ -262,14 +262,14 @@ pub struct ClientArgs {
 /// How the client prints what came back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
+    /// For people: node, system, status, return code, time, first line of output; a summary.
+    Table,
     /// One JSON document: job, request, expected nodes, summary, every node's result.
     Json,
-    /// 0.1's output: a JSON array of the results (plus entries for silent nodes).
-    Legacy,
     /// One JSON object per line, each result as it arrives, then a summary line.
     Jsonl,
-    /// A table for people: node, system, status, return code, first line of output, time.
-    Table,
+    /// 0.1's output: a JSON array of the results (plus entries for silent nodes).
+    Legacy,
 }
 
 #[derive(Debug, Args)]
@@ -303,6 +303,10 @@ pub struct MgmtArgs {
     /// keys: the manager's config file, to find its state_dir.
     #[arg(short = 'f', long = "file", value_name = "CONFIG")]
     pub config: Option<PathBuf>,
+    /// Output format [default for the short names: table on a terminal, else json;
+    /// full command names print the JSON reply, as 0.1 did].
+    #[arg(long, value_enum)]
+    pub format: Option<MgmtFormat>,
     #[command(flatten)]
     pub version: VersionFlag,
 }
@@ -324,6 +328,15 @@ pub struct KeygenArgs {
     pub force: bool,
     #[command(flatten)]
     pub version: VersionFlag,
+}
+
+/// How `mgmt` prints the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MgmtFormat {
+    /// A table for people.
+    Table,
+    /// The reply as JSON, as 0.1 printed it.
+    Json,
 }
 
 #[derive(Debug, Args)]

@@ -5,6 +5,7 @@
 
 use crate::cli::{ClientArgs, Format};
 use crate::exit::Exit;
+use crate::output;
 use crate::protocol::{
     self as p, Accepted, RequestBody, ResultEnvelope, ServiceRequest, SignedResult,
 };
@@ -180,19 +181,36 @@ pub struct Collected {
     pub waited: Duration,
 }
 
+/// Told what happens while the client waits, for a live count or `--format jsonl`:
+/// `(None, 0, expected)` once the manager has accepted the request, then
+/// `(Some(result), answered, expected)` for each new answer as it arrives.
+/// `expected` is `None` when the manager cannot say (a 0.1 manager).
+pub type Watch<'a> = &'a mut dyn FnMut(Option<&Value>, usize, Option<usize>);
+
 /// Send a request; `follow` instead re-attaches to an earlier job by id.
-pub fn collect(ctx: &zmq::Context, req: &Request, log: &Logger) -> Result<Collected> {
+pub fn collect(
+    ctx: &zmq::Context,
+    req: &Request,
+    log: &Logger,
+    watch: Option<Watch<'_>>,
+) -> Result<Collected> {
     let mut request = req.request.clone();
     let id = req.key.as_ref().map(|key| sign(&mut request, key));
-    exchange(ctx, req, &p::encode(&request), id.as_deref(), log)
+    exchange(ctx, req, &p::encode(&request), id.as_deref(), log, watch)
 }
 
 /// Re-attach to a job the manager still holds: its results so far, then the rest.
-pub fn follow(ctx: &zmq::Context, req: &Request, job: &str, log: &Logger) -> Result<Collected> {
+pub fn follow(
+    ctx: &zmq::Context,
+    req: &Request,
+    job: &str,
+    log: &Logger,
+    watch: Option<Watch<'_>>,
+) -> Result<Collected> {
     // `topic` keeps a 0.1 manager alive (it dies on a request without one);
     // no agent subscribes to it.
     let payload = p::encode(&json!({ "v": p::PROTOCOL_VERSION, "job": job, "topic": "!follow" }));
-    exchange(ctx, req, &payload, None, log)
+    exchange(ctx, req, &payload, None, log, watch)
 }
 
 /// Ask the manager which nodes a request would reach, running nothing.
@@ -222,6 +240,7 @@ fn exchange(
     payload: &[u8],
     request_id: Option<&str>,
     log: &Logger,
+    mut watch: Option<Watch<'_>>,
 ) -> Result<Collected> {
     let started = Instant::now();
     let host = transport::endpoint_host(&req.endpoint)
@@ -254,6 +273,10 @@ fn exchange(
     let mut seen = HashSet::new();
     let mut extra = 0usize;
     let mut results = Vec::new();
+    let expected_count = expected.as_ref().map(|e| e.len() + extra_wanted);
+    if let Some(w) = watch.as_mut() {
+        w(None, 0, expected_count);
+    }
     let complete = |seen: &HashSet<String>, extra: usize| match &expected {
         Some(nodes) => extra >= extra_wanted && nodes.iter().all(|n| seen.contains(n)),
         None => false,
@@ -297,6 +320,9 @@ fn exchange(
                 _ => {}
             }
             results.push(Value::Object(obj));
+            if let Some(w) = watch.as_mut() {
+                w(results.last(), results.len(), expected_count);
+            }
         }
     }
     Ok(Collected {
@@ -393,6 +419,17 @@ pub fn status_of(obj: &Map<String, Value>) -> String {
     }
 }
 
+/// A result as reports show it: 0.1 fields kept, `node` and `status` added.
+pub fn normalized(obj: &Map<String, Value>) -> Value {
+    let mut obj = obj.clone();
+    let status = status_of(&obj);
+    if let Some(n) = node_of(&obj) {
+        obj.entry("node").or_insert(Value::String(n));
+    }
+    obj.insert("status".into(), Value::String(status));
+    Value::Object(obj)
+}
+
 /// Every node's outcome, the answers first (0.1 fields kept, `status` added),
 /// then a `no_response` entry for each expected node that stayed silent, then
 /// `skipped` entries (nodes a --fail-fast rollout never reached).
@@ -402,14 +439,10 @@ pub fn node_results(jobs: &[Collected], skipped: &[String]) -> Vec<Value> {
         let mut answered = HashSet::new();
         for r in &job.results {
             let Value::Object(obj) = r else { continue };
-            let mut obj = obj.clone();
-            let status = status_of(&obj);
-            if let Some(n) = node_of(&obj) {
-                obj.entry("node").or_insert(Value::String(n.clone()));
+            if let Some(n) = node_of(obj) {
                 answered.insert(n);
             }
-            obj.insert("status".into(), Value::String(status));
-            out.push(Value::Object(obj));
+            out.push(normalized(obj));
         }
         for n in job
             .expected
@@ -545,11 +578,8 @@ pub fn run(a: &ClientArgs, legacy_name: bool, log: &Logger) -> Result<Exit> {
         a.batch_wait.is_finite() && a.batch_wait >= 0.0,
         "--batch-wait must be a number of seconds"
     );
-    let format = a.format.unwrap_or(if legacy_name {
-        Format::Legacy
-    } else {
-        Format::Json
-    });
+    let format = output::client_format(a.format, legacy_name);
+    let mut progress = output::Progress::new(format);
     let mut request = ServiceRequest::new(
         a.cmd.as_deref().unwrap_or_default(),
         a.service.as_deref().unwrap_or_default(),
@@ -571,7 +601,13 @@ pub fn run(a: &ClientArgs, legacy_name: bool, log: &Logger) -> Result<Exit> {
     let mut jobs = Vec::new();
     let mut skipped = Vec::new();
     if let Some(id) = &a.job {
-        jobs.push(follow(&ctx, &req, id, log)?);
+        jobs.push(follow(
+            &ctx,
+            &req,
+            id,
+            log,
+            Some(&mut |r, n, e| progress.watch(r, n, e)),
+        )?);
     } else if let Some(spec) = &a.batch {
         let nodes = plan(&ctx, &req)?;
         let size = batch_size(spec, nodes.len())?;
@@ -581,14 +617,19 @@ pub fn run(a: &ClientArgs, legacy_name: bool, log: &Logger) -> Result<Exit> {
                 std::thread::sleep(Duration::from_secs_f64(a.batch_wait));
             }
             req.request.nodes = Some(batch.to_vec());
-            let got = collect(&ctx, &req, log)?;
-            eprintln!(
+            let got = collect(
+                &ctx,
+                &req,
+                log,
+                Some(&mut |r, n, e| progress.watch(r, n, e)),
+            )?;
+            progress.note(&format!(
                 "batch {}/{}: {} nodes, job {}",
                 i + 1,
                 batches.len(),
                 batch.len(),
                 got.uuid
-            );
+            ));
             let failed = exit_code(&node_results(std::slice::from_ref(&got), &[])) != Exit::Ok;
             jobs.push(got);
             if failed && a.fail_fast {
@@ -606,15 +647,43 @@ pub fn run(a: &ClientArgs, legacy_name: bool, log: &Logger) -> Result<Exit> {
             // topic: make sure the manager understands them first.
             plan(&ctx, &req)?;
         }
-        jobs.push(collect(&ctx, &req, log)?);
+        jobs.push(collect(
+            &ctx,
+            &req,
+            log,
+            Some(&mut |r, n, e| progress.watch(r, n, e)),
+        )?);
     }
+    progress.finish();
     let results = node_results(&jobs, &skipped);
     match format {
         Format::Json => println!(
             "{}",
             to_json_pretty(&report(&req.request, &jobs, &skipped, started.elapsed()))
         ),
-        Format::Jsonl | Format::Table => bail!("--format {format:?} is not built yet"),
+        Format::Table => print!(
+            "{}",
+            output::client_table(
+                &report(&req.request, &jobs, &skipped, started.elapsed()),
+                output::Style::stdout()
+            )
+        ),
+        Format::Jsonl => {
+            // The answers went out as they arrived; now the silent nodes, then the summary.
+            for job in &jobs {
+                for r in &node_results(std::slice::from_ref(job), &[])[job.results.len()..] {
+                    println!("{r}");
+                }
+            }
+            for r in node_results(&[], &skipped) {
+                println!("{r}");
+            }
+            let mut doc = report(&req.request, &jobs, &skipped, started.elapsed());
+            if let Some(m) = doc.as_object_mut() {
+                m.remove("results");
+            }
+            println!("{doc}");
+        }
         Format::Legacy => {
             println!("{}", to_json_pretty(&results));
             if results.is_empty() {

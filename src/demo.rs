@@ -117,7 +117,7 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
             key: Some(client_key.clone()),
         };
         let ctx = zmq::Context::new();
-        client::collect(&ctx, &req, log)
+        client::collect(&ctx, &req, log, None)
     })();
     astop.shutdown();
     mstop.shutdown();

@@ -2,10 +2,11 @@
 //! (`service-mgr mgmt`, `service-mgrd -e EP status|stop`), the manager's key
 //! store on its own host (`mgmt keys`, salt-key style), and `keygen`.
 
-use crate::cli::{KeygenArgs, MgmtArgs};
+use crate::cli::{KeygenArgs, MgmtArgs, MgmtFormat};
 use crate::client::{load_key, to_json_pretty};
 use crate::config::{self, ManagerConfig};
 use crate::exit::Exit;
+use crate::output::{self, Style};
 use crate::protocol::{self as p, MgmtReply, MgmtRequest};
 use crate::security::{self, Identity as KeyPair, KeyStore, Purpose, Role};
 use crate::transport;
@@ -91,42 +92,74 @@ pub fn run_and_print(
     Ok(succeeded(&reply))
 }
 
-/// `service-mgr mgmt ...`
+/// How a reply can be shown as a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum View {
+    Agents,
+    Jobs,
+    Job,
+    Status,
+}
+
+/// `service-mgr mgmt ...`: short names (`status`, `agents`, `jobs`, `job ID`)
+/// print a table on a terminal; full names print the JSON reply, as 0.1 did.
 pub fn run(a: &MgmtArgs) -> Result<Exit> {
     if a.command == "keys" {
         return keys(a);
     }
-    let cmd = match a.command.as_str() {
-        "status" => p::MANAGER_STATUS,
-        "agents" => p::MANAGER_AGENTS,
-        "jobs" => p::MANAGER_JOBS,
-        "job" => p::MANAGER_JOB,
-        "shutdown" => p::MANAGER_SHUTDOWN,
-        other => other,
+    let (cmd, short) = match a.command.as_str() {
+        "status" => (p::MANAGER_STATUS, true),
+        "agents" => (p::MANAGER_AGENTS, true),
+        "jobs" => (p::MANAGER_JOBS, true),
+        "job" => (p::MANAGER_JOB, true),
+        "shutdown" => (p::MANAGER_SHUTDOWN, true),
+        other => (other, false),
+    };
+    let view = match cmd {
+        p::MANAGER_AGENTS => Some(View::Agents),
+        p::MANAGER_JOBS => Some(View::Jobs),
+        p::MANAGER_JOB => Some(View::Job),
+        p::MANAGER_STATUS | p::AGENT_STATUS => Some(View::Status),
+        _ => None,
     };
     let key = load_key(a.key.as_deref())?;
     let timeout = Duration::from_millis(a.timeout);
     let mut req = prepare(&a.endpoint, cmd, key.as_deref(), timeout, a.retries)?;
     if cmd == p::MANAGER_JOB {
-        req.uuid = Some(
-            a.args
-                .first()
-                .context("usage: service-mgr mgmt job ID")?
-                .clone(),
-        );
+        let Some(id) = a.args.first() else {
+            eprintln!("service-mgr: usage: service-mgr mgmt job ID");
+            return Ok(Exit::Usage);
+        };
+        req.uuid = Some(id.clone());
     }
-    let reply = call(
-        &a.endpoint,
-        &req,
-        Duration::from_millis(a.timeout),
-        a.retries,
-    )?;
-    println!("{}", to_json_pretty(&reply));
-    Ok(if succeeded(&reply) {
-        Exit::Ok
-    } else {
-        Exit::Error
-    })
+    let reply = call(&a.endpoint, &req, timeout, a.retries)?;
+    let ok = succeeded(&reply);
+    match (output::mgmt_format(a.format, short), view) {
+        (MgmtFormat::Table, Some(view)) if ok => {
+            print!(
+                "{}",
+                render(view, &reply["result"], output::now_ms(), Style::stdout())
+            )
+        }
+        (MgmtFormat::Table, _) if !ok => {
+            let msg = reply["msg"].as_str().unwrap_or("no reason given");
+            eprintln!("service-mgr: {} answered: {msg}", a.endpoint);
+        }
+        _ => println!("{}", to_json_pretty(&reply)),
+    }
+    Ok(if ok { Exit::Ok } else { Exit::Error })
+}
+
+fn render(view: View, result: &Value, now_ms: u64, style: Style) -> String {
+    let list = result.as_array().map_or(&[][..], Vec::as_slice);
+    match view {
+        View::Agents if list.is_empty() => "no agent has announced itself\n".into(),
+        View::Agents => output::agents_table(list, now_ms).render(style),
+        View::Jobs if list.is_empty() => "no jobs\n".into(),
+        View::Jobs => output::jobs_table(list, now_ms).render(style),
+        View::Job => output::job_view(result, now_ms, style),
+        View::Status => output::status_view(result, style),
+    }
 }
 
 /// `mgmt keys list|accept|reject|delete|import`: the manager's key store, edited

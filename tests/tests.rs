@@ -5,7 +5,11 @@ mod util_extra;
 
 mod cli;
 mod compat01;
+mod contrib;
 mod daemon;
+mod docs;
 mod end_to_end;
+mod install;
+mod output;
 mod robustness;
 mod security;

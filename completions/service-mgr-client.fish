@@ -1,0 +1,21 @@
+complete -c service-mgr-client -s w -l wait -d 'Seconds to wait for results at most [default: 60 when the manager says which nodes will answer (the client returns as soon as they all did); 0.1 against a 0.1 manager]' -r
+complete -c service-mgr-client -s r -l retries -d 'Tries to reach the manager' -r
+complete -c service-mgr-client -s t -l timeout -d 'Milliseconds to wait for the manager\'s answer per try' -r
+complete -c service-mgr-client -s e -l endpoint -d 'The manager\'s frontend endpoint' -r
+complete -c service-mgr-client -s T -l topic -d 'Who runs it: `any`, an OS name (`Linux`, `FreeBSD`), a node name or a custom topic [default with -N or -G: any]' -r
+complete -c service-mgr-client -s N -l nodes -d 'Only these nodes (comma-separated), combined with -T' -r
+complete -c service-mgr-client -s G -l glob -d 'Only registered nodes whose name matches this glob (e.g. \'web*\'), combined with -T and -N' -r
+complete -c service-mgr-client -s c -l cmd -d 'The service command: start, stop, restart, reload or status' -r
+complete -c service-mgr-client -s s -l service -d 'The service\'s name' -r
+complete -c service-mgr-client -l batch -d 'Run on at most N nodes at a time (N or N%): a rolling restart' -r
+complete -c service-mgr-client -l batch-wait -d 'Seconds to pause between batches' -r
+complete -c service-mgr-client -l job -d 'Show an earlier job by its id (its results so far, then any still to come)' -r
+complete -c service-mgr-client -s k -l key -d 'The client key that signs requests [default: $SERVICE_MGR_KEY, else ~/.config/service-mgr/client.key if it exists; without a key requests go unsigned]' -r -F
+complete -c service-mgr-client -l format -d 'Output format [default: table on a terminal; when piped, legacy as service-mgr-client (0.1\'s output) and json as service-mgr client]' -r -f -a "table\t'For people: node, system, status, return code, time, first line of output; a summary'
+json\t'One JSON document: job, request, expected nodes, summary, every node\'s result'
+jsonl\t'One JSON object per line, each result as it arrives, then a summary line'
+legacy\t'0.1\'s output: a JSON array of the results (plus entries for silent nodes)'"
+complete -c service-mgr-client -s D -l debug -d 'Debug output on stderr'
+complete -c service-mgr-client -l fail-fast -d 'Stop the rollout after the first batch in which a node did not succeed'
+complete -c service-mgr-client -s v -l version -d 'Print version and exit'
+complete -c service-mgr-client -s h -l help -d 'Print help (see more with \'--help\')'

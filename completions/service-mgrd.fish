@@ -1,0 +1,10 @@
+complete -c service-mgrd -s p -l pidfile -d 'Pid file [default with -d: /var/run/service-mgr/PROGRAM.pid; none in the foreground]' -r -F
+complete -c service-mgrd -s f -l file -d 'Config file, TOML or 0.1 INI [default: /etc/service-mgr/PROGRAM.conf, if it exists]' -r -F
+complete -c service-mgrd -s o -l output -d 'Log file [default: stderr; with -d: /var/log/service-mgr/PROGRAM.log]' -r -F
+complete -c service-mgrd -s e -l endpoint -d 'Management endpoint to send `stop`/`status` to [default: from the config, on localhost]' -r
+complete -c service-mgrd -s O -l set -d 'Override a config key (repeatable), e.g. -O frontend_endpoint=tcp://127.0.0.1:5500' -r
+complete -c service-mgrd -l ready-file -d 'Once every socket is bound, write the bound endpoints as JSON to this file' -r -F
+complete -c service-mgrd -s d -l daemon -d 'Detach and run in the background (writes the pid file)'
+complete -c service-mgrd -s D -l debug -d 'Debug output'
+complete -c service-mgrd -s v -l version -d 'Print version and exit'
+complete -c service-mgrd -s h -l help -d 'Print help (see more with \'--help\')'
