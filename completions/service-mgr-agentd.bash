@@ -23,7 +23,7 @@ _service__mgr__agentd() {
 
     case "${cmd}" in
         service__mgr__agentd)
-            opts="-d -D -p -f -o -e -O -v -n -h --daemon --debug --pidfile --file --output --endpoint --set --ready-file --version --node --topics --simulate --node-prefix --help start stop status"
+            opts="-d -D -p -f -o -e -O -k -v -n -h --daemon --debug --pidfile --file --output --endpoint --set --key --ready-file --version --node --topics --simulate --node-prefix --help start stop status"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -66,6 +66,14 @@ _service__mgr__agentd() {
                     return 0
                     ;;
                 -O)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -k)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -3,6 +3,7 @@ complete -c service-mgr-agentd -s f -l file -d 'Config file, TOML or 0.1 INI [de
 complete -c service-mgr-agentd -s o -l output -d 'Log file [default: stderr; with -d: /var/log/service-mgr/PROGRAM.log]' -r -F
 complete -c service-mgr-agentd -s e -l endpoint -d 'Management endpoint to send `stop`/`status` to [default: from the config, on localhost]' -r
 complete -c service-mgr-agentd -s O -l set -d 'Override a config key (repeatable), e.g. -O frontend_endpoint=tcp://127.0.0.1:5500' -r
+complete -c service-mgr-agentd -s k -l key -d 'stop: the client key that signs the shutdown [default: as the client\'s]' -r -F
 complete -c service-mgr-agentd -l ready-file -d 'Once every socket is bound, write the bound endpoints as JSON to this file' -r -F
 complete -c service-mgr-agentd -s n -l node -d 'This node\'s name (config `node`) [default: the host name]' -r
 complete -c service-mgr-agentd -l topics -d 'Extra topics, comma-separated (config `topics`)' -r

@@ -101,7 +101,7 @@ _service__mgr() {
             return 0
             ;;
         service__subcmd__mgr__subcmd__agent)
-            opts="-d -D -p -f -o -e -O -v -n -h --daemon --debug --pidfile --file --output --endpoint --set --ready-file --version --node --topics --simulate --node-prefix --help start stop status"
+            opts="-d -D -p -f -o -e -O -k -v -n -h --daemon --debug --pidfile --file --output --endpoint --set --key --ready-file --version --node --topics --simulate --node-prefix --help start stop status"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -144,6 +144,14 @@ _service__mgr() {
                     return 0
                     ;;
                 -O)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -k)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -303,7 +311,7 @@ _service__mgr() {
             return 0
             ;;
         service__subcmd__mgr__subcmd__daemon)
-            opts="-d -D -p -f -o -e -O -v -h --daemon --debug --pidfile --file --output --endpoint --set --ready-file --version --help start stop status"
+            opts="-d -D -p -f -o -e -O -k -v -h --daemon --debug --pidfile --file --output --endpoint --set --key --ready-file --version --help start stop status"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -346,6 +354,14 @@ _service__mgr() {
                     return 0
                     ;;
                 -O)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -k)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

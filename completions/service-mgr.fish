@@ -42,6 +42,7 @@ complete -c service-mgr -n "__fish_service_mgr_using_subcommand daemon" -s f -l 
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand daemon" -s o -l output -d 'Log file [default: stderr; with -d: /var/log/service-mgr/PROGRAM.log]' -r -F
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand daemon" -s e -l endpoint -d 'Management endpoint to send `stop`/`status` to [default: from the config, on localhost]' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand daemon" -s O -l set -d 'Override a config key (repeatable), e.g. -O frontend_endpoint=tcp://127.0.0.1:5500' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand daemon" -s k -l key -d 'stop: the client key that signs the shutdown [default: as the client\'s]' -r -F
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand daemon" -l ready-file -d 'Once every socket is bound, write the bound endpoints as JSON to this file' -r -F
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand daemon" -s d -l daemon -d 'Detach and run in the background (writes the pid file)'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand daemon" -s D -l debug -d 'Debug output'
@@ -52,6 +53,7 @@ complete -c service-mgr -n "__fish_service_mgr_using_subcommand agent" -s f -l f
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand agent" -s o -l output -d 'Log file [default: stderr; with -d: /var/log/service-mgr/PROGRAM.log]' -r -F
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand agent" -s e -l endpoint -d 'Management endpoint to send `stop`/`status` to [default: from the config, on localhost]' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand agent" -s O -l set -d 'Override a config key (repeatable), e.g. -O frontend_endpoint=tcp://127.0.0.1:5500' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand agent" -s k -l key -d 'stop: the client key that signs the shutdown [default: as the client\'s]' -r -F
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand agent" -l ready-file -d 'Once every socket is bound, write the bound endpoints as JSON to this file' -r -F
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand agent" -s n -l node -d 'This node\'s name (config `node`) [default: the host name]' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand agent" -l topics -d 'Extra topics, comma-separated (config `topics`)' -r

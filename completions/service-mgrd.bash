@@ -23,7 +23,7 @@ _service__mgrd() {
 
     case "${cmd}" in
         service__mgrd)
-            opts="-d -D -p -f -o -e -O -v -h --daemon --debug --pidfile --file --output --endpoint --set --ready-file --version --help start stop status"
+            opts="-d -D -p -f -o -e -O -k -v -h --daemon --debug --pidfile --file --output --endpoint --set --key --ready-file --version --help start stop status"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -66,6 +66,14 @@ _service__mgrd() {
                     return 0
                     ;;
                 -O)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                -k)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -3,6 +3,7 @@ complete -c service-mgrd -s f -l file -d 'Config file, TOML or 0.1 INI [default:
 complete -c service-mgrd -s o -l output -d 'Log file [default: stderr; with -d: /var/log/service-mgr/PROGRAM.log]' -r -F
 complete -c service-mgrd -s e -l endpoint -d 'Management endpoint to send `stop`/`status` to [default: from the config, on localhost]' -r
 complete -c service-mgrd -s O -l set -d 'Override a config key (repeatable), e.g. -O frontend_endpoint=tcp://127.0.0.1:5500' -r
+complete -c service-mgrd -s k -l key -d 'stop: the client key that signs the shutdown [default: as the client\'s]' -r -F
 complete -c service-mgrd -l ready-file -d 'Once every socket is bound, write the bound endpoints as JSON to this file' -r -F
 complete -c service-mgrd -s d -l daemon -d 'Detach and run in the background (writes the pid file)'
 complete -c service-mgrd -s D -l debug -d 'Debug output'

@@ -128,6 +128,9 @@ pub struct ServerOpts {
     /// Override a config key (repeatable), e.g. -O frontend_endpoint=tcp://127.0.0.1:5500.
     #[arg(short = 'O', long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// stop: the client key that signs the shutdown [default: as the client's].
+    #[arg(short = 'k', long = "key", value_name = "FILE")]
+    pub key: Option<PathBuf>,
     /// Once every socket is bound, write the bound endpoints as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub ready_file: Option<PathBuf>,
@@ -519,7 +522,7 @@ where
         } else {
             role.status_cmd
         };
-        let key = client::load_key(None)?;
+        let key = client::load_key(o.key.as_deref())?;
         let ok = mgmt::run_and_print(
             &endpoint,
             cmd,
