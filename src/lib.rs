@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod docs;
 pub mod exit;
+pub mod fuzz_targets;
 pub mod host;
 pub mod jobstore;
 pub mod logging;

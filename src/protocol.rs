@@ -20,6 +20,10 @@ pub const PROTOCOL_VERSION: u64 = 2;
 /// Largest client request or management message we read (bytes).
 /// Larger frames get an error reply (the transport limit is `HARD_FRAME_LIMIT`).
 pub const REQUEST_LIMIT: usize = 64 * 1024;
+/// What an agent accepts from the backend: an accepted request plus the few
+/// fields the manager adds (uuid, v). Found by fuzzing: with REQUEST_LIMIT
+/// here, a request just under the limit was accepted but refused by agents.
+pub const DISPATCH_LIMIT: usize = REQUEST_LIMIT + 4096;
 /// Largest result an agent may send to the sink (two capped outputs plus JSON escaping).
 pub const RESULT_LIMIT: usize = 160 * 1024 * 1024;
 /// Most output an agent may be configured to keep per stream (`max_output`):
@@ -349,7 +353,7 @@ impl Dispatch {
     /// Read a backend frame (agent side). A frame without `cmd` or `service`
     /// still yields its uuid, so that the agent can answer it with an error.
     pub fn decode(bytes: &[u8]) -> Result<Self, (Option<String>, DecodeError)> {
-        let m = decode_object(bytes, REQUEST_LIMIT).map_err(|e| (None, e))?;
+        let m = decode_object(bytes, DISPATCH_LIMIT).map_err(|e| (None, e))?;
         let uuid = match opt_str(&m, "uuid") {
             Ok(u) => u.map(str::to_owned),
             Err(e) => return Err((None, e)),

@@ -96,11 +96,14 @@ fn a1_raw_01_client_gets_every_result_of_fast_agents() {
 // ---------------------------------------------------------------------------
 
 /// A 0.1 agent: SUB to the backend with plain prefix subscriptions, PUSH to
+/// Every (topic, request) frame a raw 0.1 agent saw.
+type Seen = Arc<Mutex<Vec<(Vec<u8>, Value)>>>;
+
 /// the sink, and the 0.1 result object (plus "uuid") for each request.
 struct Raw01Agent {
     stop: Arc<AtomicBool>,
     /// (topic frame, request) of every message received, in order.
-    seen: Arc<Mutex<Vec<(Vec<u8>, Value)>>>,
+    seen: Seen,
     /// Every result sent, in order.
     sent: Arc<Mutex<Vec<Value>>>,
     thread: Option<JoinHandle<()>>,

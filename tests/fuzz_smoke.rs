@@ -43,11 +43,40 @@ impl Rng {
 
 /// Tokens the decoders care about, for the mutator to insert.
 const TOKENS: &[&[u8]] = &[
-    b"{", b"}", b"[", b"]", b"\"", b":", b",", b"null", b"true", b"0", b"-1", b"1e999",
-    b"18446744073709551616", b"\\u0000", b"\\ud800", b"\xff", b"\x00", b"\n", b"|", b"=",
-    b"[Default]", b"[[policy]]", b"\"cmd\"", b"\"uuid\"", b"\"auth\"", b"\"topic\"",
-    b"\"nodes\"", b"\"type\":\"agent.hello\"", b"!presence/", b"smgr1 client ",
-    b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA", b"==", b"\xc3\xa9", b"\xe2\x80\xae",
+    b"{",
+    b"}",
+    b"[",
+    b"]",
+    b"\"",
+    b":",
+    b",",
+    b"null",
+    b"true",
+    b"0",
+    b"-1",
+    b"1e999",
+    b"18446744073709551616",
+    b"\\u0000",
+    b"\\ud800",
+    b"\xff",
+    b"\x00",
+    b"\n",
+    b"|",
+    b"=",
+    b"[Default]",
+    b"[[policy]]",
+    b"\"cmd\"",
+    b"\"uuid\"",
+    b"\"auth\"",
+    b"\"topic\"",
+    b"\"nodes\"",
+    b"\"type\":\"agent.hello\"",
+    b"!presence/",
+    b"smgr1 client ",
+    b"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    b"==",
+    b"\xc3\xa9",
+    b"\xe2\x80\xae",
 ];
 
 fn random_bytes(rng: &mut Rng, out: &mut Vec<u8>) {
@@ -114,24 +143,74 @@ fn seed_files(target: &str) -> Vec<(String, Vec<u8>)> {
         .map(|entry| {
             let path = entry.unwrap().path();
             let data = std::fs::read(&path).unwrap();
-            (path.file_name().unwrap().to_string_lossy().into_owned(), data)
+            (
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                data,
+            )
         })
         .collect();
     files.sort();
     files
 }
 
-/// Run one input; on a panic, say which target and input, in a form to paste
-/// into a seed file (`printf '%b' '...' > fuzz/seeds/<target>/crash-...`).
-fn run_one(name: &str, target: fuzz_targets::Target, input: &[u8], origin: &str) {
-    if catch_unwind(AssertUnwindSafe(|| target(input))).is_err() {
-        let escaped: String = input.iter().flat_map(|&b| std::ascii::escape_default(b)).map(char::from).collect();
-        panic!(
-            "fuzz target {name} panicked on {origin} ({} bytes): '{escaped}'\n\
-             replay: cargo +nightly fuzz run {name} <file with these bytes>",
-            input.len()
-        );
+/// Run one input; on a panic, describe the target and the input, saved to a
+/// file that `cargo fuzz run` replays (and that can become a seed once fixed).
+fn run_one(
+    name: &str,
+    target: fuzz_targets::Target,
+    input: &[u8],
+    origin: &str,
+) -> Result<(), String> {
+    if catch_unwind(AssertUnwindSafe(|| target(input))).is_ok() {
+        return Ok(());
     }
+    let file = std::env::temp_dir().join(format!("fuzz-smoke-{name}-crash"));
+    let saved = match std::fs::write(&file, input) {
+        Ok(()) => format!("saved to {}", file.display()),
+        Err(e) => format!("not saved: {e}"),
+    };
+    let head: String = input
+        .iter()
+        .take(120)
+        .flat_map(|&b| std::ascii::escape_default(b))
+        .map(char::from)
+        .collect();
+    Err(format!(
+        "fuzz target {name} panicked (message above) on {origin}: {} bytes starting \
+         '{head}', {saved}; replay: cargo +nightly fuzz run {name} {}",
+        input.len(),
+        file.display()
+    ))
+}
+
+/// Seeds, then generated inputs, until the first failure.
+fn run_target(i: usize, name: &str, target: fuzz_targets::Target, seed: u64) -> Result<(), String> {
+    let files = seed_files(name);
+    for (file, data) in &files {
+        run_one(
+            name,
+            target,
+            data,
+            &format!("seed file fuzz/seeds/{name}/{file}"),
+        )?;
+    }
+    let seeds: Vec<Vec<u8>> = files.into_iter().map(|(_, d)| d).collect();
+    let mut rng = Rng::new(seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let mut input = Vec::new();
+    let start = Instant::now();
+    let mut n = 0;
+    while n < INPUTS && (n < MIN_INPUTS || start.elapsed() < BUDGET) {
+        generate(&mut rng, &seeds, &mut input);
+        let origin = format!("generated input {n} (FUZZ_SMOKE_SEED={seed})");
+        run_one(name, target, &input, &origin)?;
+        n += 1;
+    }
+    eprintln!(
+        "fuzz smoke: {name}: {} seeds, {n} generated inputs in {:?}",
+        seeds.len(),
+        start.elapsed()
+    );
+    Ok(())
 }
 
 #[test]
@@ -140,23 +219,13 @@ fn every_fuzz_target_survives_its_seeds_and_generated_inputs() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_f022);
-    let mut input = Vec::new();
-    for (i, &(name, target)) in fuzz_targets::all().iter().enumerate() {
-        let files = seed_files(name);
-        for (file, data) in &files {
-            run_one(name, target, data, &format!("seed file {file}"));
-        }
-        let seeds: Vec<Vec<u8>> = files.into_iter().map(|(_, d)| d).collect();
-        let mut rng = Rng::new(seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let start = Instant::now();
-        let mut n = 0;
-        while n < INPUTS && (n < MIN_INPUTS || start.elapsed() < BUDGET) {
-            generate(&mut rng, &seeds, &mut input);
-            run_one(name, target, &input, &format!("generated input {n} (FUZZ_SMOKE_SEED={seed})"));
-            n += 1;
-        }
-        eprintln!("fuzz smoke: {name}: {} seeds, {n} generated inputs in {:?}", seeds.len(), start.elapsed());
-    }
+    // Every target runs, so that one failure does not hide another.
+    let failures: Vec<String> = fuzz_targets::all()
+        .iter()
+        .enumerate()
+        .filter_map(|(i, &(name, target))| run_target(i, name, target, seed).err())
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// Each target has its cargo-fuzz binary and its seeds, and nothing else is there.
@@ -166,16 +235,34 @@ fn fuzz_project_lists_every_target() {
     let mut names: Vec<&str> = fuzz_targets::all().iter().map(|(n, _)| *n).collect();
     for name in &names {
         let bin = fuzz_dir().join("fuzz_targets").join(format!("{name}.rs"));
-        let text = std::fs::read_to_string(&bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
-        assert!(text.contains("service_mgr::fuzz_targets::"), "{}", bin.display());
-        assert!(manifest.contains(&format!("name = \"{name}\"")), "{name} not in fuzz/Cargo.toml");
+        let text =
+            std::fs::read_to_string(&bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
+        assert!(
+            text.contains("service_mgr::fuzz_targets::"),
+            "{}",
+            bin.display()
+        );
+        assert!(
+            manifest.contains(&format!("name = \"{name}\"")),
+            "{name} not in fuzz/Cargo.toml"
+        );
         assert!(!seed_files(name).is_empty(), "no seeds for {name}");
     }
     names.sort();
     let mut on_disk: Vec<String> = std::fs::read_dir(fuzz_dir().join("fuzz_targets"))
         .unwrap()
-        .map(|e| e.unwrap().path().file_stem().unwrap().to_string_lossy().into_owned())
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     on_disk.sort();
-    assert_eq!(on_disk, names, "fuzz/fuzz_targets/ and fuzz_targets::all() differ");
+    assert_eq!(
+        on_disk, names,
+        "fuzz/fuzz_targets/ and fuzz_targets::all() differ"
+    );
 }

@@ -9,6 +9,7 @@ mod contrib;
 mod daemon;
 mod docs;
 mod end_to_end;
+mod fuzz_smoke;
 mod install;
 mod output;
 mod robustness;

@@ -87,6 +87,13 @@ pub fn run(
     }
     let store = JobStore::open(&config.state_dir().join("jobs.redb"))?;
     let ctx = zmq::Context::new();
+    // libzmq cancels timers by a linear scan per I/O thread, and every ZMTP
+    // heartbeat arms one per connection: with a fleet on one thread that scan
+    // dominated the profile. One I/O thread per core, at most 4.
+    let cores = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
+    ctx.set_io_threads(cores as i32)?;
     let (sockets, bound) = bind_all(&ctx, config)?;
     let mut doc = serde_json::to_value(&bound)?;
     doc["pid"] = json!(std::process::id());
@@ -126,7 +133,11 @@ fn bind_all(ctx: &zmq::Context, config: &ManagerConfig) -> Result<(Sockets, Boun
     // Dead peers (a cut cable sends no FIN) are dropped within seconds, which
     // ends their presence subscription.
     transport::set_heartbeats(&backend)?;
+    // A whole fleet connects at once after a manager restart: libzmq's default
+    // listen backlog of 100 made the kernel drop most handshakes.
+    backend.set_backlog(4096)?;
     let sink = transport::socket(ctx, zmq::PULL)?;
+    sink.set_backlog(4096)?;
     sink.set_maxmsgsize(p::RESULT_LIMIT as i64)?;
     sink.set_rcvhwm(100_000)?;
     let mgmt = transport::socket(ctx, zmq::REP)?;
