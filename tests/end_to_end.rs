@@ -223,26 +223,9 @@ fn manager_restart_agents_come_back_by_themselves() {
         let dir = tempfile::tempdir().unwrap();
         let fake = fake_service(dir.path());
         let mut mgr = manager(&[]);
-        let endpoints: Vec<String> = [
-            "frontend_endpoint",
-            "backend_endpoint",
-            "sink_endpoint",
-            "mgmt_endpoint",
-        ]
-        .iter()
-        .map(|k| format!("{k}={}", mgr.ep(k)))
-        .collect();
         let _a = agent(&mgr, "n1", &fake, &[]);
         let _b = agent(&mgr, "n2", &fake, &[]);
-        assert_eq!(mgr.signal_and_wait(libc::SIGTERM, 10).code(), Some(0));
-        // Same ports and key store again, so the agents' connections find it.
-        let state = format!("state_dir={:?}", mgr.pki.as_ref().unwrap().path("state"));
-        let mut args = vec!["daemon", "-D", "-f", "/dev/null", "-O", state.as_str()];
-        for e in &endpoints {
-            args.extend(["-O", e]);
-        }
-        let mut mgr2 = spawn_ready(&args);
-        mgr2.pki = mgr.pki.take();
+        let mgr2 = restart_manager(&mut mgr);
         wait_registered(&mgr2, "n1");
         wait_registered(&mgr2, "n2");
         let (_, doc) = client(&mgr2, "any", "status", "x", &[]);
@@ -396,23 +379,7 @@ fn late_results_are_kept_and_jobs_survive_a_manager_restart() {
             std::thread::sleep(Duration::from_millis(50));
         }
         // Restart the manager on the same state: the job and its result are still there.
-        let endpoints: Vec<String> = [
-            "frontend_endpoint",
-            "backend_endpoint",
-            "sink_endpoint",
-            "mgmt_endpoint",
-        ]
-        .iter()
-        .map(|k| format!("{k}={}", mgr.ep(k)))
-        .collect();
-        assert_eq!(mgr.signal_and_wait(libc::SIGTERM, 10).code(), Some(0));
-        let state = format!("state_dir={:?}", mgr.pki.as_ref().unwrap().path("state"));
-        let mut args = vec!["daemon", "-D", "-f", "/dev/null", "-O", state.as_str()];
-        for e in &endpoints {
-            args.extend(["-O", e]);
-        }
-        let mut mgr2 = spawn_ready(&args);
-        mgr2.pki = mgr.pki.take();
+        let mgr2 = restart_manager(&mut mgr);
         wait_registered(&mgr2, "n1");
         let (out, again) = client_args(&mgr2, &["--job", &job]);
         assert_eq!(out.status.code(), Some(0), "{again}");

@@ -427,3 +427,26 @@ pub fn client_args(mgr: &Proc, args: &[&str]) -> (Output, Value) {
     });
     (out, v)
 }
+
+/// Stop a manager with SIGTERM (it must exit 0) and start it again on the same
+/// ports and state, as an operator's restart would.
+pub fn restart_manager(mgr: &mut Proc) -> Proc {
+    let endpoints: Vec<String> = [
+        "frontend_endpoint",
+        "backend_endpoint",
+        "sink_endpoint",
+        "mgmt_endpoint",
+    ]
+    .iter()
+    .map(|k| format!("{k}={}", mgr.ep(k)))
+    .collect();
+    assert_eq!(mgr.signal_and_wait(libc::SIGTERM, 10).code(), Some(0));
+    let state = format!("state_dir={:?}", mgr.pki.as_ref().unwrap().path("state"));
+    let mut args = vec!["daemon", "-D", "-f", "/dev/null", "-O", state.as_str()];
+    for e in &endpoints {
+        args.extend(["-O", e.as_str()]);
+    }
+    let mut again = spawn_ready(&args);
+    again.pki = mgr.pki.take();
+    again
+}
