@@ -37,7 +37,7 @@ use crate::protocol::{
 };
 use crate::security::{
     self, open, parse_key_lines, seal, sign_body, verify, verify_announce, Identity, Policy,
-    PublicKey, Purpose, Role, Sealed, Signed,
+    PublicKey, Purpose, Role, Sealed, Signed, KEY_PREFIX,
 };
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -512,13 +512,16 @@ pub fn public_key(data: &[u8]) {
             for (k, line) in keys.iter().zip(&lines) {
                 check_key(k, line);
             }
-            // Keys are stored and matched by id: equal keys must have equal ids.
+            // Keys are stored and matched by id: one key, one id. `==` also
+            // compares role and name, so give b's key a's role and name first.
             for a in &keys {
                 for b in &keys {
+                    let line = format!("{KEY_PREFIX} {} {} {}", a.role(), a.name(), b.key_id());
+                    let b_as_a: PublicKey = line.parse().expect("a parsed key id parses again");
                     assert_eq!(
-                        a == b,
+                        *a == b_as_a,
                         a.key_id() == b.key_id(),
-                        "keys equal but ids differ (or the reverse): {a} vs {b}"
+                        "one key with two ids, or one id for two keys: {a} vs {b}"
                     );
                 }
             }
