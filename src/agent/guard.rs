@@ -12,12 +12,15 @@ use crate::protocol::{
     self as p, Announce, Dispatch, MgmtRequest, Presence, RequestBody, ResultEnvelope, ResultMsg,
     SignedResult,
 };
-use crate::security::{self, AuthError, Decision, Policy, PublicKey, Purpose, ReplayGuard, Role};
+use crate::security::{
+    self, AuthError, Decision, Policy, PublicKey, Purpose, ReplayGuard, Role, Signed,
+};
 use anyhow::{Context, Result};
 use serde_json::json;
 use slog::{info, warn, Logger};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The agent's key pair.
@@ -37,10 +40,11 @@ pub struct Admitted {
 }
 
 pub struct Guard {
-    pub key: std::sync::Arc<KeyPair>,
-    clients: HashMap<String, PublicKey>,
+    pub key: Arc<KeyPair>,
+    /// Shared, so that a simulated fleet holds one copy for all its nodes.
+    clients: Arc<HashMap<String, PublicKey>>,
     clients_file: PathBuf,
-    policy: Policy,
+    policy: Arc<Policy>,
     replay: ReplayGuard,
     allow_unsigned: bool,
 }
@@ -71,30 +75,31 @@ impl Guard {
             key.role(),
             key.name()
         );
-        let clients_file = config.authorized_clients();
-        let clients = read_clients(&clients_file, log)?;
-        let policy =
-            Policy::new(&config.policy).context("invalid [[policy]] in the agent's config")?;
-        if config.policy.is_empty() && !config.allow_unsigned {
-            warn!(
-                log,
-                "no [[policy]] rules: every signed request is refused (default deny)"
-            );
-        }
-        Ok(Guard {
-            key: std::sync::Arc::new(key),
+        let (clients, policy) = load_trust(config, log)?;
+        Ok(Guard::new(Arc::new(key), clients, policy, config))
+    }
+
+    /// A guard for `key` over already loaded trust (see [`load_trust`]).
+    pub fn new(
+        key: Arc<KeyPair>,
+        clients: Arc<HashMap<String, PublicKey>>,
+        policy: Arc<Policy>,
+        config: &AgentConfig,
+    ) -> Guard {
+        Guard {
+            key,
             clients,
-            clients_file,
+            clients_file: config.authorized_clients(),
             policy,
             replay: ReplayGuard::new(Duration::from_secs(config.request_window), 1_000_000),
             allow_unsigned: config.allow_unsigned,
-        })
+        }
     }
 
     /// Re-read authorized_clients (SIGHUP).
     pub fn reload(&mut self, log: &Logger) {
         match read_clients(&self.clients_file, log) {
-            Ok(c) => self.clients = c,
+            Ok(c) => self.clients = Arc::new(c),
             Err(e) => warn!(log, "cannot reload authorized clients"; "error" => format!("{e:#}")),
         }
     }
@@ -122,20 +127,53 @@ impl Guard {
                 ))
             };
         };
+        let (pk, body) = self.verify_request(auth)?;
+        self.admit_verified(req, me, pk, body)
+    }
+
+    /// Who signed a request, and what: the costly part of [`Guard::admit`],
+    /// which depends on nothing but the signed envelope.
+    pub fn verify_request(&self, auth: &Signed) -> Result<(PublicKey, RequestBody), Box<Refusal>> {
+        let refuse = |why: String| {
+            Box::new(Refusal {
+                client: None,
+                request_id: None,
+                why: format!("request refused: {why}"),
+            })
+        };
         let clients = &self.clients;
         let (pk, body) = security::verify(auth, Purpose::Request, |id| clients.get(id).cloned())
             .map_err(|e| {
-                let why = match e {
+                refuse(match e {
                     AuthError::UnknownKey(fp) => format!(
                         "client key {fp} is not in this agent's authorized clients ({})",
                         self.clients_file.display()
                     ),
                     other => other.to_string(),
-                };
-                refuse(None, None, format!("request refused: {why}"))
+                })
             })?;
-        let body: RequestBody = serde_json::from_value(body)
-            .map_err(|e| refuse(None, None, format!("request refused: bad signed body: {e}")))?;
+        let body: RequestBody =
+            serde_json::from_value(body).map_err(|e| refuse(format!("bad signed body: {e}")))?;
+        Ok((pk, body))
+    }
+
+    /// The rest of [`Guard::admit`] once [`Guard::verify_request`] passed:
+    /// the signed body matches the request, is addressed to us, is fresh and
+    /// the policy allows it.
+    pub fn admit_verified(
+        &mut self,
+        req: &Dispatch,
+        me: &Identity,
+        pk: PublicKey,
+        body: RequestBody,
+    ) -> Result<Admitted, Box<Refusal>> {
+        let refuse = |client: Option<PublicKey>, request_id: Option<String>, why: String| {
+            Box::new(Refusal {
+                client,
+                request_id,
+                why,
+            })
+        };
         let id = Some(body.id.clone());
         if body.client != pk.to_string() {
             return Err(refuse(
@@ -283,6 +321,22 @@ fn addressed_to(body: &RequestBody, me: &Identity) -> bool {
         && body.glob.as_ref().is_none_or(|g| {
             globset::Glob::new(g).is_ok_and(|g| g.compile_matcher().is_match(&me.node))
         })
+}
+
+/// The authorized client keys and the policy of an agent's config.
+pub fn load_trust(
+    config: &AgentConfig,
+    log: &Logger,
+) -> Result<(Arc<HashMap<String, PublicKey>>, Arc<Policy>)> {
+    let clients = read_clients(&config.authorized_clients(), log)?;
+    let policy = Policy::new(&config.policy).context("invalid [[policy]] in the agent's config")?;
+    if config.policy.is_empty() && !config.allow_unsigned {
+        warn!(
+            log,
+            "no [[policy]] rules: every signed request is refused (default deny)"
+        );
+    }
+    Ok((Arc::new(clients), Arc::new(policy)))
 }
 
 fn read_clients(path: &std::path::Path, log: &Logger) -> Result<HashMap<String, PublicKey>> {

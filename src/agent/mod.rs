@@ -446,41 +446,12 @@ impl Agent<'_> {
         self.answer(&r, client, request_id, req.auth.is_some());
     }
 
-    /// The agent's own checks; it trusts neither the manager nor the client.
     fn check(&self, req: &Dispatch) -> Result<(), String> {
-        if self.running >= self.config.max_concurrent as usize {
-            return Err(format!(
-                "agent busy: {} commands running (max_concurrent); try again later",
-                self.running
-            ));
-        }
-        p::check_service_name(&req.service)?;
-        p::check_command_word(&req.cmd)?;
-        if !self.config.allowed_commands.iter().any(|c| c == &req.cmd) {
-            return Err(format!(
-                "command {:?} is not allowed on this agent (allowed: {})",
-                req.cmd,
-                self.config.allowed_commands.join(", ")
-            ));
-        }
-        Ok(())
+        check_request(self.config, self.running, req)
     }
 
-    /// A `refused` answer: 0.1's error shape plus the node and status.
     fn refusal(&self, uuid: &str, cmd: Option<&str>, why: String) -> ResultMsg {
-        ResultMsg {
-            msg: why,
-            success: Some(-1),
-            result: None,
-            uuid: Some(uuid.to_owned()),
-            v: Some(p::PROTOCOL_VERSION),
-            node: Some(self.me.node.clone()),
-            status: Some(Status::Refused),
-            cmd: cmd.map(str::to_owned),
-            duration_ms: Some(0),
-            truncated: false,
-            state: None,
-        }
+        refusal(&self.me.node, uuid, cmd, why)
     }
 
     fn on_mgmt(&mut self, frames: Vec<Vec<u8>>) {
@@ -532,6 +503,46 @@ impl Agent<'_> {
     }
 }
 
+/// The agent's own checks; it trusts neither the manager nor the client.
+pub(crate) fn check_request(
+    config: &AgentConfig,
+    running: usize,
+    req: &Dispatch,
+) -> Result<(), String> {
+    if running >= config.max_concurrent as usize {
+        return Err(format!(
+            "agent busy: {running} commands running (max_concurrent); try again later"
+        ));
+    }
+    p::check_service_name(&req.service)?;
+    p::check_command_word(&req.cmd)?;
+    if !config.allowed_commands.iter().any(|c| c == &req.cmd) {
+        return Err(format!(
+            "command {:?} is not allowed on this agent (allowed: {})",
+            req.cmd,
+            config.allowed_commands.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// A `refused` answer: 0.1's error shape plus the node and status.
+pub(crate) fn refusal(node: &str, uuid: &str, cmd: Option<&str>, why: String) -> ResultMsg {
+    ResultMsg {
+        msg: why,
+        success: Some(-1),
+        result: None,
+        uuid: Some(uuid.to_owned()),
+        v: Some(p::PROTOCOL_VERSION),
+        node: Some(node.to_owned()),
+        status: Some(Status::Refused),
+        cmd: cmd.map(str::to_owned),
+        duration_ms: Some(0),
+        truncated: false,
+        state: None,
+    }
+}
+
 /// The hello/heartbeat/bye message of an agent.
 pub fn announcement(
     kind: AnnounceKind,
@@ -560,13 +571,25 @@ pub fn announcement(
     }
 }
 
-/// Run one checked request and build its result (the 0.1 shape plus ours).
+/// Run one checked request and build its result.
 fn execute(
     backend: &Backend,
     me: &Identity,
     req: &Dispatch,
     timeout: Duration,
     cap: usize,
+) -> ResultMsg {
+    let outcome = exec::run(backend, &req.service, &req.cmd, timeout, cap)
+        .map_err(|e| format!("cannot run {}: {e}", backend.program().display()));
+    executed(me, req, outcome)
+}
+
+/// The result of a request that ran (the 0.1 shape plus ours), or of one that
+/// could not be started (`Err`: why).
+pub(crate) fn executed(
+    me: &Identity,
+    req: &Dispatch,
+    outcome: Result<exec::Outcome, String>,
 ) -> ResultMsg {
     let base = ResultMsg {
         msg: format!("Executed service {} request", req.cmd),
@@ -581,7 +604,7 @@ fn execute(
         truncated: false,
         state: None,
     };
-    match exec::run(backend, &req.service, &req.cmd, timeout, cap) {
+    match outcome {
         Ok(o) => ResultMsg {
             status: Some(if o.timed_out {
                 Status::Timeout
@@ -605,8 +628,8 @@ fn execute(
             }),
             ..base
         },
-        Err(e) => ResultMsg {
-            msg: format!("cannot run {}: {e}", backend.program().display()),
+        Err(why) => ResultMsg {
+            msg: why,
             success: Some(-1),
             status: Some(Status::Failed),
             ..base

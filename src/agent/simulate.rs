@@ -1,17 +1,533 @@
 //! `service-mgr agent --simulate N`: many agents in one process, for load tests.
+//!
+//! Each simulated node is a whole agent as the manager sees it: its own key,
+//! its own SUB and PUSH connections, signed presence, hello and heartbeats,
+//! requests checked by the same guard (signature, replay, addressing, policy,
+//! allowed commands) and results signed and sealed like a real agent's. Only
+//! the service manager is fake: an in-memory table of service states, so that
+//! a request costs what the protocol costs and nothing else.
+//!
+//! The nodes are spread over a few threads ("shards"), each polling its own
+//! sockets. One management socket serves the whole fleet.
 
+use super::guard::{self, Guard, KeyPair};
+use super::{announcement, check_request, exec::Outcome, executed, refusal, Identity};
 use crate::config::AgentConfig;
-use crate::runtime::{Control, OnReady};
-use anyhow::Result;
-use slog::Logger;
+use crate::host::HostInfo;
+use crate::protocol::{
+    self as p, AnnounceKind, Dispatch, MgmtReply, RequestBody, ResultMsg, Status,
+};
+use crate::runtime::{self, Control, OnReady};
+use crate::security::{self, PublicKey, Role, Signed};
+use crate::transport::{self, try_recv};
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+use slog::{debug, info, warn, Logger};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
 
+/// Upper bound on simulated nodes in one process (file descriptors, memory).
+pub const MAX_SIMULATED: usize = 20_000;
+
+/// How often a shard wakes at least, to send heartbeats and see a stop.
+const TICK: Duration = Duration::from_millis(100);
+
+/// The directory holding the simulated nodes' keys: `simulated/` beside the
+/// configured agent key.
+pub fn key_dir(config: &AgentConfig) -> PathBuf {
+    let key_file = config.key_file();
+    key_file
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("simulated")
+}
+
+/// The name of simulated node `i` (1-based): PREFIX0001, PREFIX0002, ...
+pub fn node_name(prefix: &str, i: usize) -> String {
+    format!("{prefix}{i:04}")
+}
+
+/// Create (or keep) one agent key per simulated node in `dir`, and write the
+/// list of their public keys to `dir/PREFIXfleet.pub`, whose path is returned:
+/// `service-mgr mgmt keys import FILE` on the manager's host accepts them all.
+pub fn ensure_keys(dir: &Path, prefix: &str, n: usize) -> Result<PathBuf> {
+    check_fleet(prefix, n)?;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the key directory {}", dir.display()))?;
+    let mut lines = String::new();
+    for i in 1..=n {
+        let node = node_name(prefix, i);
+        let file = dir.join(format!("{node}.key"));
+        let public = if file.exists() {
+            KeyPair::load(&file)?.public().clone()
+        } else {
+            security::keygen(&file, Role::Agent, &node, false)?
+        };
+        lines.push_str(&format!("{public}\n"));
+    }
+    let list = dir.join(format!("{prefix}fleet.pub"));
+    std::fs::write(&list, lines).with_context(|| format!("cannot write {}", list.display()))?;
+    Ok(list)
+}
+
+fn check_fleet(prefix: &str, n: usize) -> Result<()> {
+    if n == 0 || n > MAX_SIMULATED {
+        bail!("--simulate takes 1 to {MAX_SIMULATED} nodes, not {n}");
+    }
+    let sample = node_name(prefix, n);
+    if !p::valid_topic(&sample) || security::check_name(&sample).is_err() {
+        bail!("--node-prefix {prefix:?} makes node names like {sample:?}, which are not valid node names (letters, digits, '-', '_', '.')");
+    }
+    Ok(())
+}
+
+/// Run `n` simulated agents until `control` says stop or `agent.shutdown` arrives.
 pub fn run(
-    _config: &AgentConfig,
-    _n: usize,
-    _prefix: &str,
-    _control: &Control,
-    _log: &Logger,
-    _on_ready: OnReady,
+    config: &AgentConfig,
+    n: usize,
+    prefix: &str,
+    control: &Control,
+    log: &Logger,
+    on_ready: OnReady,
 ) -> Result<()> {
-    anyhow::bail!("the simulated fleet is not built yet")
+    check_fleet(prefix, n)?;
+    // Two sockets per node, each a connection and a mailbox.
+    let limit = runtime::raise_nofile_limit()?;
+    if (limit as usize) < n * 4 + 64 {
+        bail!("{n} simulated nodes need about {} open files; the limit is {limit} (raise it with ulimit -n)", n * 4 + 64);
+    }
+    let dir = key_dir(config);
+    let list = ensure_keys(&dir, prefix, n)?;
+    let keys = (1..=n)
+        .map(|i| KeyPair::load(&dir.join(format!("{}.key", node_name(prefix, i)))).map(Arc::new))
+        .collect::<Result<Vec<_>>>()?;
+    let (clients, policy) = guard::load_trust(config, log)?;
+    let host = HostInfo::read();
+
+    let ctx = zmq::Context::new();
+    // Connections are what libzmq's I/O threads serve; a few hundred per thread.
+    ctx.set_io_threads((n / 250).clamp(1, 4) as i32)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let shards = thread::available_parallelism()
+        .map_or(1, |c| c.get())
+        .clamp(1, 4)
+        .min(n);
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let mut handles = Vec::new();
+    let mut nodes: Vec<Vec<SimNode>> = (0..shards).map(|_| Vec::new()).collect();
+    for (i, key) in keys.into_iter().enumerate() {
+        let me = identity(config, &host, key.name());
+        let guard = Guard::new(key, clients.clone(), policy.clone(), config);
+        nodes[i % shards].push(SimNode::new(me, guard));
+    }
+    for (s, shard_nodes) in nodes.into_iter().enumerate() {
+        let shard = Shard {
+            ctx: ctx.clone(),
+            config: config.clone(),
+            host: host.clone(),
+            nodes: shard_nodes,
+            stop: stop.clone(),
+            log: log.new(slog::o!("shard" => s)),
+            verified: None,
+        };
+        let tx = ready_tx.clone();
+        handles.push(
+            thread::Builder::new()
+                .name(format!("sim-shard-{s}"))
+                .spawn(move || shard.run(tx))
+                .context("cannot start a simulator thread")?,
+        );
+    }
+    drop(ready_tx);
+    let outcome = (|| {
+        for _ in 0..shards {
+            ready_rx
+                .recv()
+                .context("a simulator thread stopped while starting")??;
+        }
+        let mgmt = transport::socket(&ctx, zmq::REP)?;
+        mgmt.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
+        let mgmt_endpoint = transport::bind(
+            &mgmt,
+            &config.mgmt_endpoint,
+            "mgmt_endpoint",
+            "service-mgr-agentd",
+        )?;
+        let fleet = format!("{prefix}*");
+        on_ready(&json!({
+            "mgmt_endpoint": mgmt_endpoint, "node": fleet, "nodes": n,
+            "first": node_name(prefix, 1), "last": node_name(prefix, n),
+            "keys_file": list, "pid": std::process::id(),
+        }))?;
+        info!(log, "simulated agents started"; "nodes" => n, "first" => node_name(prefix, 1),
+            "last" => node_name(prefix, n), "threads" => shards, "manager" => &config.manager_endpoint,
+            "mgmt" => &mgmt_endpoint, "keys" => %list.display());
+        // Admin of the fleet: the first node's guard checks signed shutdowns,
+        // which name the fleet ("PREFIX*") as their node.
+        let first_key = Arc::new(KeyPair::load(
+            &dir.join(format!("{}.key", node_name(prefix, 1))),
+        )?);
+        let mut admin = Guard::new(first_key, clients.clone(), policy.clone(), config);
+        let mut done = false;
+        while !done && !handles.iter().any(|h| h.is_finished()) {
+            let mut items = [
+                mgmt.as_poll_item(zmq::POLLIN),
+                zmq::PollItem::from_fd(control.fd(), zmq::POLLIN),
+            ];
+            transport::poll(&mut items, 500)?;
+            let wake = control.take();
+            if wake.reopen_logs {
+                info!(log, "SIGHUP: log file reopened");
+            }
+            done |= wake.shutdown;
+            while let Ok(Some(frames)) = try_recv(&mgmt) {
+                let reply = match frames.as_slice() {
+                    [one] => match p::MgmtRequest::decode(one) {
+                        Ok(req) => match req.cmd.as_str() {
+                            p::AGENT_STATUS => MgmtReply::ok(
+                                "Service Manager Agent Status",
+                                Some(json!({
+                                    "status": "running", "simulated": true, "node": fleet,
+                                    "nodes": n, "manager_endpoint": config.manager_endpoint,
+                                    "sink_endpoint": config.sink_endpoint,
+                                    "version": env!("CARGO_PKG_VERSION"),
+                                })),
+                            ),
+                            p::AGENT_SHUTDOWN => match admin.admit_mgmt(&req, &fleet) {
+                                Ok(()) => {
+                                    done = true;
+                                    MgmtReply::ok("Service Manager Agent is shutting down", None)
+                                }
+                                Err(why) => MgmtReply::error(format!("shutdown refused: {why}")),
+                            },
+                            other => MgmtReply::error(format!(
+                                "Unknown management command {other:?}; the agent knows {} and {}",
+                                p::AGENT_STATUS,
+                                p::AGENT_SHUTDOWN
+                            )),
+                        },
+                        Err(e) => MgmtReply::error(e),
+                    },
+                    _ => MgmtReply::error(format!("expected one JSON frame, got {}", frames.len())),
+                };
+                let _ = mgmt.send(p::encode(&reply), 0);
+            }
+        }
+        Ok(())
+    })();
+    stop.store(true, Ordering::SeqCst);
+    for h in handles {
+        match h.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(log, "a simulator thread failed"; "error" => format!("{e:#}")),
+            Err(_) => warn!(log, "a simulator thread panicked"),
+        }
+    }
+    info!(log, "simulated agents stopped");
+    outcome
+}
+
+fn identity(config: &AgentConfig, host: &HostInfo, node: &str) -> Identity {
+    let mut topics: BTreeSet<String> = config.topics.iter().cloned().collect();
+    topics.insert(p::TOPIC_ANY.to_owned());
+    topics.insert(host.system.clone());
+    topics.insert(node.to_owned());
+    Identity {
+        node: node.to_owned(),
+        system: host.system.clone(),
+        version: host.version.clone(),
+        topics: topics.into_iter().collect(),
+    }
+}
+
+/// One simulated agent.
+struct SimNode {
+    me: Identity,
+    guard: Guard,
+    instance: String,
+    private_topic: String,
+    presence: String,
+    welcomed: bool,
+    started_ms: u64,
+    next_beat: Instant,
+    next_presence: Instant,
+    /// Services this node stopped; every other service is running.
+    stopped: BTreeSet<String>,
+    sockets: Option<(zmq::Socket, zmq::Socket)>,
+}
+
+impl SimNode {
+    fn new(me: Identity, guard: Guard) -> SimNode {
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        SimNode {
+            private_topic: p::private_topic(&me.node, &instance),
+            presence: guard.presence(&instance),
+            me,
+            guard,
+            instance,
+            welcomed: false,
+            started_ms: crate::manager::registry::now_ms(),
+            next_beat: Instant::now(),
+            next_presence: Instant::now(),
+            stopped: BTreeSet::new(),
+            sockets: None,
+        }
+    }
+
+    fn connect(&mut self, ctx: &zmq::Context, config: &AgentConfig) -> Result<()> {
+        let sub = transport::socket(ctx, zmq::SUB)?;
+        sub.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
+        transport::set_heartbeats(&sub)?;
+        for t in &self.me.topics {
+            sub.set_subscribe(t.as_bytes())?;
+        }
+        sub.set_subscribe(self.private_topic.as_bytes())?;
+        sub.set_subscribe(self.presence.as_bytes())?;
+        transport::connect(&sub, &config.manager_endpoint, "manager_endpoint")?;
+        let push = transport::socket(ctx, zmq::PUSH)?;
+        push.set_sndhwm(10_000)?;
+        push.set_linger(2000)?;
+        transport::set_heartbeats(&push)?;
+        transport::connect(&push, &config.sink_endpoint, "sink_endpoint")?;
+        self.sockets = Some((sub, push));
+        Ok(())
+    }
+
+    fn send(&self, frame: Vec<u8>) -> bool {
+        self.sockets
+            .as_ref()
+            .is_some_and(|(_, push)| push.send(frame, zmq::DONTWAIT).is_ok())
+    }
+
+    fn announce(&self, kind: AnnounceKind, config: &AgentConfig, host: &HostInfo) {
+        let interval_ms = config.heartbeat_interval.max(1) * 1000;
+        let mut a = announcement(
+            kind,
+            &self.me,
+            host,
+            &self.instance,
+            self.started_ms,
+            interval_ms,
+            0,
+        );
+        self.guard.sign_announce(&mut a);
+        // A full queue (manager away) only costs a heartbeat.
+        self.send(p::encode(&a));
+    }
+
+    /// A new presence token replaces the old one (see the agent's refresh_presence).
+    fn refresh_presence(&mut self) {
+        let fresh = self.guard.presence(&self.instance);
+        if let Some((sub, _)) = &self.sockets {
+            if sub.set_subscribe(fresh.as_bytes()).is_ok() {
+                let _ = sub.set_unsubscribe(self.presence.as_bytes());
+                self.presence = fresh;
+                self.welcomed = false;
+            }
+        }
+    }
+
+    /// The fake service manager: instant, with the exit codes and words of
+    /// `service(8)`, so that the result's state reads as a real one would.
+    fn fake_service(&mut self, service: &str, cmd: &str) -> Outcome {
+        let running = !self.stopped.contains(service);
+        let (returncode, stdout) = match cmd {
+            "status" if running => (0, format!("{service} is running as pid 4242.\n")),
+            "status" => (3, format!("{service} is not running.\n")),
+            "start" | "restart" => {
+                self.stopped.remove(service);
+                (0, format!("Starting {service}.\n"))
+            }
+            "stop" => {
+                self.stopped.insert(service.to_owned());
+                (0, format!("Stopping {service}.\n"))
+            }
+            other => (0, format!("{other} {service}: done.\n")),
+        };
+        Outcome {
+            returncode,
+            stdout,
+            stderr: String::new(),
+            timed_out: false,
+            truncated: false,
+            duration: Duration::ZERO,
+        }
+    }
+}
+
+/// A verified request signature, shared by the nodes of a shard: one process
+/// stands in for many hosts, which would each check the same envelope in
+/// parallel; checking it once per shard keeps the simulator from measuring
+/// its own crypto instead of the manager.
+type Verified = (Signed, Result<(PublicKey, RequestBody), String>);
+
+struct Shard {
+    ctx: zmq::Context,
+    config: AgentConfig,
+    host: HostInfo,
+    nodes: Vec<SimNode>,
+    stop: Arc<AtomicBool>,
+    log: Logger,
+    verified: Option<Verified>,
+}
+
+impl Shard {
+    fn run(mut self, ready: mpsc::Sender<Result<()>>) -> Result<()> {
+        let connected = self
+            .nodes
+            .iter_mut()
+            .try_for_each(|n| n.connect(&self.ctx, &self.config));
+        let failed = connected.as_ref().err().map(|e| format!("{e:#}"));
+        let _ = ready.send(connected);
+        if let Some(e) = failed {
+            bail!(e);
+        }
+        let interval = Duration::from_secs(self.config.heartbeat_interval.max(1));
+        // Spread the fleet's heartbeats over the interval.
+        let count = self.nodes.len().max(1) as u32;
+        let start = Instant::now();
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            node.announce(AnnounceKind::Hello, &self.config, &self.host);
+            node.next_beat = start + interval * (i as u32 + 1) / count;
+            node.next_presence = node.next_beat;
+        }
+        let mut readable = Vec::with_capacity(self.nodes.len());
+        while !self.stop.load(Ordering::SeqCst) {
+            {
+                let mut items: Vec<zmq::PollItem> = self
+                    .nodes
+                    .iter()
+                    .filter_map(|n| {
+                        n.sockets
+                            .as_ref()
+                            .map(|(sub, _)| sub.as_poll_item(zmq::POLLIN))
+                    })
+                    .collect();
+                transport::poll(&mut items, TICK.as_millis() as i64)?;
+                readable.clear();
+                readable.extend(
+                    items
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, i)| i.is_readable())
+                        .map(|(k, _)| k),
+                );
+            }
+            for &k in &readable {
+                loop {
+                    let frames = match self.nodes[k].sockets.as_ref().map(|(sub, _)| try_recv(sub))
+                    {
+                        Some(Ok(Some(f))) => f,
+                        _ => break,
+                    };
+                    self.on_request(k, frames);
+                }
+            }
+            let now = Instant::now();
+            for node in &mut self.nodes {
+                if now >= node.next_beat {
+                    node.announce(AnnounceKind::Heartbeat, &self.config, &self.host);
+                    node.next_beat = now + interval;
+                }
+                if now >= node.next_presence {
+                    let period = if node.welcomed {
+                        super::PRESENCE_REFRESH
+                    } else {
+                        interval
+                    };
+                    node.refresh_presence();
+                    node.next_presence = now + period;
+                }
+            }
+        }
+        for node in &self.nodes {
+            node.announce(AnnounceKind::Bye, &self.config, &self.host);
+        }
+        // Let the I/O threads flush the goodbyes before the sockets close.
+        thread::sleep(Duration::from_millis(200));
+        Ok(())
+    }
+
+    fn on_request(&mut self, k: usize, frames: Vec<Vec<u8>>) {
+        let node = &mut self.nodes[k];
+        let [topic, body] = frames.as_slice() else {
+            return;
+        };
+        let topic = p::parse_backend_topic(topic).unwrap_or_default();
+        if topic != node.private_topic && !node.me.topics.iter().any(|t| t == topic) {
+            return;
+        }
+        if topic == node.private_topic && body.starts_with(br#"{"type":"manager.welcome""#) {
+            node.welcomed = true;
+            return;
+        }
+        let req = match Dispatch::decode(body) {
+            Ok(r) => r,
+            Err((uuid, e)) => {
+                debug!(self.log, "bad request"; "node" => &node.me.node, "reason" => %e);
+                if let Some(uuid) = uuid {
+                    let r = refusal(&node.me.node, &uuid, None, e.to_string());
+                    node.send(guard::result_frame(&node.guard.key, &r, None, None, false));
+                }
+                return;
+            }
+        };
+        let signed = req.auth.is_some();
+        let admitted = match &req.auth {
+            None => node.guard.admit(&req, &node.me),
+            Some(auth) => {
+                let hit = matches!(&self.verified, Some((s, _)) if s == auth);
+                if !hit {
+                    let v = node.guard.verify_request(auth).map_err(|r| r.why);
+                    self.verified = Some((auth.clone(), v));
+                }
+                match &self.verified {
+                    Some((_, Ok((pk, body)))) => {
+                        node.guard
+                            .admit_verified(&req, &node.me, pk.clone(), body.clone())
+                    }
+                    Some((_, Err(why))) => Err(Box::new(guard::Refusal {
+                        client: None,
+                        request_id: None,
+                        why: why.clone(),
+                    })),
+                    None => unreachable!("set above"),
+                }
+            }
+        };
+        let result: ResultMsg;
+        let (client, request_id) = match admitted {
+            Ok(a) => match check_request(&self.config, 0, &req) {
+                Ok(()) => {
+                    let outcome = node.fake_service(&req.service, &req.cmd);
+                    result = executed(&node.me, &req, Ok(outcome));
+                    (a.client, a.request_id)
+                }
+                Err(why) => {
+                    result = refusal(&node.me.node, &req.uuid, Some(&req.cmd), why);
+                    (a.client, a.request_id)
+                }
+            },
+            Err(r) => {
+                debug!(self.log, "request refused"; "node" => &node.me.node, "reason" => &r.why);
+                result = refusal(&node.me.node, &req.uuid, Some(&req.cmd), r.why);
+                (r.client, r.request_id)
+            }
+        };
+        debug_assert!(result.status != Some(Status::Timeout));
+        let frame = guard::result_frame(
+            &node.guard.key,
+            &result,
+            client.as_ref(),
+            request_id,
+            signed,
+        );
+        if !node.send(frame) {
+            warn!(self.log, "result could not be queued for the manager and is lost"; "node" => &node.me.node, "uuid" => &req.uuid);
+        }
+    }
 }
