@@ -256,6 +256,37 @@ pub fn write_ready_file(path: &Path, doc: &serde_json::Value) -> Result<()> {
         .with_context(|| format!("cannot write ready file {}", path.display()))
 }
 
+/// Raise the soft limit of open files to the hard limit, for a process that
+/// holds thousands of connections (a simulated fleet, the benchmark).
+/// Returns the new soft limit.
+pub fn raise_nofile_limit() -> Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            bail!(
+                "cannot read the open files limit: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                bail!(
+                    "cannot raise the open files limit to {}: {}",
+                    lim.rlim_max,
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
+    Ok(lim.rlim_cur as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,34 +322,4 @@ mod tests {
         drop(held);
         assert!(!path.exists());
     }
-}
-
-/// Raise the soft limit of open files to the hard limit, for a process that
-/// holds thousands of connections (a simulated fleet, the benchmark).
-/// Returns the new soft limit.
-pub fn raise_nofile_limit() -> Result<u64> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
-            bail!(
-                "cannot read the open files limit: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        if lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                bail!(
-                    "cannot raise the open files limit to {}: {}",
-                    lim.rlim_max,
-                    std::io::Error::last_os_error()
-                );
-            }
-        }
-    }
-    Ok(lim.rlim_cur as u64)
 }

@@ -42,7 +42,7 @@ pub struct Admitted {
 pub struct Guard {
     pub key: Arc<KeyPair>,
     /// Shared, so that a simulated fleet holds one copy for all its nodes.
-    clients: Arc<HashMap<String, PublicKey>>,
+    clients: Clients,
     clients_file: PathBuf,
     policy: Arc<Policy>,
     replay: ReplayGuard,
@@ -82,7 +82,7 @@ impl Guard {
     /// A guard for `key` over already loaded trust (see [`load_trust`]).
     pub fn new(
         key: Arc<KeyPair>,
-        clients: Arc<HashMap<String, PublicKey>>,
+        clients: Clients,
         policy: Arc<Policy>,
         config: &AgentConfig,
     ) -> Guard {
@@ -323,11 +323,11 @@ fn addressed_to(body: &RequestBody, me: &Identity) -> bool {
         })
 }
 
+/// Authorized client keys by key id.
+pub type Clients = Arc<HashMap<String, PublicKey>>;
+
 /// The authorized client keys and the policy of an agent's config.
-pub fn load_trust(
-    config: &AgentConfig,
-    log: &Logger,
-) -> Result<(Arc<HashMap<String, PublicKey>>, Arc<Policy>)> {
+pub fn load_trust(config: &AgentConfig, log: &Logger) -> Result<(Clients, Arc<Policy>)> {
     let clients = read_clients(&config.authorized_clients(), log)?;
     let policy = Policy::new(&config.policy).context("invalid [[policy]] in the agent's config")?;
     if config.policy.is_empty() && !config.allow_unsigned {

@@ -418,12 +418,9 @@ impl Shard {
                 );
             }
             for &k in &readable {
-                loop {
-                    let frames = match self.nodes[k].sockets.as_ref().map(|(sub, _)| try_recv(sub))
-                    {
-                        Some(Ok(Some(f))) => f,
-                        _ => break,
-                    };
+                while let Some(Ok(Some(frames))) =
+                    self.nodes[k].sockets.as_ref().map(|(sub, _)| try_recv(sub))
+                {
                     self.on_request(k, frames);
                 }
             }
