@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 /// Upper bound on simulated nodes in one process (file descriptors, memory).
 pub const MAX_SIMULATED: usize = 20_000;
 
+/// Nodes per thread and zmq context (two sockets each, of 1023 per context).
+const NODES_PER_SHARD: usize = 400;
+
 /// How often a shard wakes at least, to send heartbeats and see a stop.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -108,14 +111,16 @@ pub fn run(
     let (clients, policy) = guard::load_trust(config, log)?;
     let host = HostInfo::read();
 
-    let ctx = zmq::Context::new();
-    // Connections are what libzmq's I/O threads serve; a few hundred per thread.
-    ctx.set_io_threads((n / 250).clamp(1, 4) as i32)?;
-    let stop = Arc::new(AtomicBool::new(false));
+    // libzmq allows 1023 sockets per context and the crate cannot raise
+    // that: each shard has its own context (and I/O thread), for at most
+    // NODES_PER_SHARD nodes.
     let shards = thread::available_parallelism()
         .map_or(1, |c| c.get())
         .clamp(1, 4)
+        .max(n.div_ceil(NODES_PER_SHARD))
         .min(n);
+    let ctx = zmq::Context::new();
+    let stop = Arc::new(AtomicBool::new(false));
     let (ready_tx, ready_rx) = mpsc::channel();
     let mut handles = Vec::new();
     let mut nodes: Vec<Vec<SimNode>> = (0..shards).map(|_| Vec::new()).collect();
@@ -126,7 +131,7 @@ pub fn run(
     }
     for (s, shard_nodes) in nodes.into_iter().enumerate() {
         let shard = Shard {
-            ctx: ctx.clone(),
+            ctx: zmq::Context::new(),
             config: config.clone(),
             host: host.clone(),
             nodes: shard_nodes,
