@@ -232,7 +232,14 @@ pub fn run(args: &BenchArgs) -> Result<Exit> {
     if plan.real_agents && largest.max(THROUGHPUT_AGENTS) > MAX_REAL_AGENTS {
         bail!("--real-agents runs one process per agent: at most {MAX_REAL_AGENTS} (see --sizes)");
     }
-    let nofile = raise_nofile_limit();
+    // A fleet of 1000 needs thousands of sockets in the manager: children inherit the limit.
+    let nofile = match crate::runtime::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("bench: warning: {e:#}");
+            0
+        }
+    };
 
     let config = json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -571,11 +578,11 @@ impl<'a> Bench<'a> {
                 .with_context(|| format!("cannot write {}", list.display()))?;
             Ok(vec![list])
         } else {
-            let dir = self
-                .agent_key_file
-                .parent()
-                .unwrap_or(&self.dir)
-                .join("simulated");
+            // Where the simulator will look for them, given the config's key_file.
+            let dir = crate::agent::simulate::key_dir(&AgentConfig {
+                key_file: Some(self.agent_key_file.clone()),
+                ..AgentConfig::default()
+            });
             let list = crate::agent::simulate::ensure_keys(&dir, PREFIX, n)
                 .context("cannot make the simulated agents' keys")?;
             Ok(vec![list])
@@ -947,7 +954,7 @@ impl<'a> Bench<'a> {
 }
 
 fn node_name(i: usize) -> String {
-    format!("{PREFIX}{i:04}")
+    crate::agent::simulate::node_name(PREFIX, i)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -1039,38 +1046,6 @@ fn proc_kib(text: &str, name: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix(name))
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-}
-
-/// A fleet of 1000 agents needs thousands of sockets, in the manager and in
-/// the simulator: raise the soft limit on open files to the hard limit
-/// (children inherit it). Returns the limit in force.
-fn raise_nofile_limit() -> u64 {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
-            return 0;
-        }
-        let want = r.rlim_max.min(1 << 20);
-        if r.rlim_cur < want {
-            let raised = libc::rlimit {
-                rlim_cur: want,
-                rlim_max: r.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                r.rlim_cur = want;
-            } else {
-                eprintln!(
-                    "bench: warning: cannot raise the open files limit above {}",
-                    r.rlim_cur
-                );
-            }
-        }
-    }
-    r.rlim_cur as u64
 }
 
 /// The report for people.
