@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 /// Upper bound on simulated nodes in one process (file descriptors, memory).
 pub const MAX_SIMULATED: usize = 20_000;
 
+/// Nodes sharing one zmq context: two sockets each, under libzmq's cap of 1023.
+const NODES_PER_CONTEXT: usize = 400;
+
 /// How often a shard wakes at least, to send heartbeats and see a stop.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -108,9 +111,10 @@ pub fn run(
     let (clients, policy) = guard::load_trust(config, log)?;
     let host = HostInfo::read();
 
+    // The fleet's own management socket; the nodes' sockets live in their
+    // shards' contexts (each serving at most NODES_PER_CONTEXT nodes on one
+    // I/O thread: a few hundred connections per thread).
     let ctx = zmq::Context::new();
-    // Connections are what libzmq's I/O threads serve; a few hundred per thread.
-    ctx.set_io_threads((n / 250).clamp(1, 4) as i32)?;
     let stop = Arc::new(AtomicBool::new(false));
     let shards = thread::available_parallelism()
         .map_or(1, |c| c.get())
@@ -126,7 +130,6 @@ pub fn run(
     }
     for (s, shard_nodes) in nodes.into_iter().enumerate() {
         let shard = Shard {
-            ctx: ctx.clone(),
             config: config.clone(),
             host: host.clone(),
             nodes: shard_nodes,
@@ -366,7 +369,6 @@ impl SimNode {
 type Verified = (Signed, Result<(PublicKey, RequestBody), String>);
 
 struct Shard {
-    ctx: zmq::Context,
     config: AgentConfig,
     host: HostInfo,
     nodes: Vec<SimNode>,
@@ -377,10 +379,15 @@ struct Shard {
 
 impl Shard {
     fn run(mut self, ready: mpsc::Sender<Result<()>>) -> Result<()> {
-        let connected = self
-            .nodes
-            .iter_mut()
-            .try_for_each(|n| n.connect(&self.ctx, &self.config));
+        // libzmq caps a context at 1023 sockets (and the zmq crate cannot
+        // raise it): each chunk of nodes gets a context of its own.
+        let mut ctx = zmq::Context::new();
+        let connected = self.nodes.iter_mut().enumerate().try_for_each(|(i, n)| {
+            if i > 0 && i % NODES_PER_CONTEXT == 0 {
+                ctx = zmq::Context::new();
+            }
+            n.connect(&ctx, &self.config)
+        });
         let failed = connected.as_ref().err().map(|e| format!("{e:#}"));
         let _ = ready.send(connected);
         if let Some(e) = failed {
