@@ -32,7 +32,12 @@ fn quick_bench_reports_every_figure_complete() {
             )
         });
         assert!(out.status.success(), "bench failed: {doc:#}\n{stderr}");
-        assert_eq!(doc["config"]["security"].as_str().map(|s| s.starts_with("on")), Some(true));
+        assert_eq!(
+            doc["config"]["security"]
+                .as_str()
+                .map(|s| s.starts_with("on")),
+            Some(true)
+        );
         let figures = doc["figures"].as_array().expect("a list of figures");
         let ids: Vec<&str> = figures.iter().filter_map(|f| f["id"].as_str()).collect();
         for id in [
