@@ -1,12 +1,1180 @@
 //! `service-mgr bench`: latency, throughput and memory figures (see BENCHMARKS.md).
+//!
+//! Every figure is measured against real processes started from this very
+//! executable: a manager (`service-mgr daemon`) and agents (`service-mgr agent`,
+//! a simulated fleet of N agents in one process, or real agent processes with
+//! `--real-agents`), on loopback, in secure mode as shipped: signed requests,
+//! accepted keys, a `[[policy]]` that allows the bench's client `status`.
+//! Everything lives in a scratch directory that is removed at the end; every
+//! child is killed on every way out.
 
+use crate::client;
+use crate::config::AgentConfig;
 use crate::exit::Exit;
-use anyhow::Result;
+use crate::logging;
+use crate::protocol::{self, ServiceRequest};
+use crate::security::{self, Identity, KeyStore, PolicyRule, Role};
+use anyhow::{bail, Context, Result};
 use clap::Args;
+use serde_json::{json, Map, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Args)]
-pub struct BenchArgs {}
+pub struct BenchArgs {
+    /// A short run: 5 repetitions, fleets of 1, 10 and 100 agents, 0.5 s throughput runs.
+    #[arg(long)]
+    pub quick: bool,
+    /// Repetitions of each figure [default: 30; 5 with --quick].
+    #[arg(long, value_name = "N")]
+    pub reps: Option<usize>,
+    /// Fleet sizes for the broadcast latency, comma-separated; the manager's memory
+    /// is measured holding the largest [default: 1,100,1000; 1,10,100 with --quick].
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub sizes: Option<Vec<usize>>,
+    /// Seconds of each throughput run [default: 2; 0.5 with --quick].
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Throughput runs per client count [default: 5; 3 with --quick].
+    #[arg(long, value_name = "N")]
+    pub runs: Option<usize>,
+    /// Print the figures as one JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Run each agent as its own `service-mgr agent` process (at most 200)
+    /// instead of a simulated fleet in one process.
+    #[arg(long)]
+    pub real_agents: bool,
+    /// 0.1-compatible mode for comparison: allow_unsigned on the manager and the
+    /// agents, requests unsigned (not the configuration as shipped).
+    #[arg(long)]
+    pub unsigned: bool,
+    /// Keep the scratch directory (configs, keys, daemon logs) and print its path.
+    #[arg(long)]
+    pub keep: bool,
+}
 
-pub fn run(_args: &BenchArgs) -> Result<Exit> {
-    anyhow::bail!("the benchmark is not built yet")
+/// What a figure's median is held against.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    Below(f64),
+    AtLeast(f64),
+}
+
+/// One line of the report.
+#[derive(Debug)]
+struct Figure {
+    id: String,
+    label: String,
+    unit: &'static str,
+    /// Larger is better (throughput): the tail is the low end.
+    higher_is_better: bool,
+    samples: Vec<f64>,
+    target: Option<Target>,
+    /// Runs that went wrong (missing or failed results), counted, never hidden.
+    errors: usize,
+    /// Why the figure could not be measured (or the first run that went wrong).
+    error: Option<String>,
+    detail: Map<String, Value>,
+}
+
+impl Figure {
+    fn new(id: impl Into<String>, label: impl Into<String>, unit: &'static str) -> Figure {
+        Figure {
+            id: id.into(),
+            label: label.into(),
+            unit,
+            higher_is_better: false,
+            samples: Vec::new(),
+            target: None,
+            errors: 0,
+            error: None,
+            detail: Map::new(),
+        }
+    }
+    fn target(mut self, t: Target) -> Figure {
+        self.target = Some(t);
+        self
+    }
+    fn failed(&mut self, e: &anyhow::Error) {
+        self.errors += 1;
+        if self.error.is_none() {
+            self.error = Some(format!("{e:#}"));
+        }
+    }
+    fn stats(&self) -> Option<Stats> {
+        Stats::of(&self.samples, self.higher_is_better)
+    }
+    fn met(&self) -> Option<bool> {
+        let s = self.stats()?;
+        if self.errors > 0 {
+            return Some(false);
+        }
+        self.target.map(|t| match t {
+            Target::Below(x) => s.median < x,
+            Target::AtLeast(x) => s.median >= x,
+        })
+    }
+    fn to_json(&self) -> Value {
+        let s = self.stats();
+        let mut v = json!({
+            "id": self.id,
+            "label": self.label,
+            "unit": self.unit,
+            "runs": self.samples.len(),
+            "median": s.map(|s| s.median),
+            "p99": s.map(|s| s.p99),
+            "min": s.map(|s| s.min),
+            "max": s.map(|s| s.max),
+            "target": self.target.map(|t| match t {
+                Target::Below(x) => json!({"median_below": x}),
+                Target::AtLeast(x) => json!({"median_at_least": x}),
+            }),
+            "met": self.met(),
+            "errors": self.errors,
+            "error": self.error,
+        });
+        if let Some(m) = v.as_object_mut() {
+            m.extend(self.detail.clone());
+        }
+        v
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Stats {
+    median: f64,
+    /// Nearest rank: the value 99 % of runs did at least as well as.
+    p99: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stats {
+    fn of(samples: &[f64], higher_is_better: bool) -> Option<Stats> {
+        if samples.is_empty() {
+            return None;
+        }
+        let mut v = samples.to_vec();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        let rank = |p: f64| ((p / 100.0 * n as f64).ceil() as usize).clamp(1, n) - 1;
+        let p99 = if higher_is_better {
+            v[rank(1.0)]
+        } else {
+            v[rank(99.0)]
+        };
+        Some(Stats {
+            median,
+            p99,
+            min: v[0],
+            max: v[n - 1],
+        })
+    }
+}
+
+/// The knobs of one bench run, after defaults.
+struct Plan {
+    reps: usize,
+    sizes: Vec<usize>,
+    duration: Duration,
+    runs: usize,
+    real_agents: bool,
+    unsigned: bool,
+}
+
+const LOOPBACK: &str = "tcp://127.0.0.1:*";
+const PREFIX: &str = "bench-";
+const SERVICE: &str = "bench";
+/// Agents answering in the throughput figure (the issue's 10).
+const THROUGHPUT_AGENTS: usize = 10;
+/// Concurrent clients in the second throughput figure.
+const MANY_CLIENTS: usize = 32;
+const MAX_REAL_AGENTS: usize = 200;
+
+pub fn run(args: &BenchArgs) -> Result<Exit> {
+    let plan = Plan {
+        reps: args.reps.unwrap_or(if args.quick { 5 } else { 30 }),
+        sizes: args.sizes.clone().unwrap_or_else(|| {
+            if args.quick {
+                vec![1, 10, 100]
+            } else {
+                vec![1, 100, 1000]
+            }
+        }),
+        duration: Duration::from_secs_f64(args.duration.unwrap_or(if args.quick {
+            0.5
+        } else {
+            2.0
+        })),
+        runs: args.runs.unwrap_or(if args.quick { 3 } else { 5 }),
+        real_agents: args.real_agents,
+        unsigned: args.unsigned,
+    };
+    anyhow::ensure!(plan.reps > 0, "--reps must be at least 1");
+    anyhow::ensure!(plan.runs > 0, "--runs must be at least 1");
+    anyhow::ensure!(
+        !plan.sizes.is_empty() && plan.sizes.iter().all(|&n| n > 0),
+        "--sizes must list fleet sizes of at least 1"
+    );
+    anyhow::ensure!(
+        args.duration.is_none_or(|d| d.is_finite() && d > 0.0),
+        "--duration must be a positive number of seconds"
+    );
+    let largest = plan.sizes.iter().copied().max().unwrap_or(1);
+    if plan.real_agents && largest.max(THROUGHPUT_AGENTS) > MAX_REAL_AGENTS {
+        bail!("--real-agents runs one process per agent: at most {MAX_REAL_AGENTS} (see --sizes)");
+    }
+    // A fleet of 1000 needs thousands of sockets in the manager: children inherit the limit.
+    let nofile = match crate::runtime::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("bench: warning: {e:#}");
+            0
+        }
+    };
+
+    let config = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
+        "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
+        "security": if plan.unsigned { "off (allow_unsigned, unsigned requests)" } else { "on (signed requests, accepted keys, policy)" },
+        "agents": if plan.real_agents { "real processes" } else { "simulated (agent --simulate N)" },
+        "reps": plan.reps,
+        "sizes": plan.sizes,
+        "throughput_runs": plan.runs,
+        "throughput_seconds": plan.duration.as_secs_f64(),
+        "open_files_limit": nofile,
+    });
+    if cfg!(debug_assertions) {
+        eprintln!(
+            "bench: WARNING: this is a DEBUG build; its figures say little about a release \
+             build. Run `cargo run --release -- bench` for real figures."
+        );
+    }
+    eprintln!("bench: configuration {config}");
+
+    let scratch = Scratch::new(args.keep)?;
+    let figures = run_all(&plan, &scratch.path);
+    drop(scratch);
+
+    let failed = figures.iter().any(|f| f.errors > 0 || f.stats().is_none());
+    if args.json {
+        let doc = json!({
+            "config": config,
+            "figures": figures.iter().map(Figure::to_json).collect::<Vec<_>>(),
+        });
+        println!("{}", client::to_json_pretty(&doc));
+    } else {
+        print!("{}", table(&config, &figures));
+    }
+    Ok(if failed { Exit::Error } else { Exit::Ok })
+}
+
+/// Every figure in turn; one that fails is reported and the others still run.
+fn run_all(plan: &Plan, dir: &Path) -> Vec<Figure> {
+    let bench = match Bench::new(plan, dir) {
+        Ok(b) => b,
+        Err(e) => {
+            let mut f = Figure::new("setup", "setting up keys and configs", "");
+            f.failed(&e);
+            return vec![f];
+        }
+    };
+    let mut figures = Vec::new();
+    let mut memory = Vec::new();
+    eprintln!("bench: idle manager and idle agent ...");
+    memory.extend(bench.idle_memory());
+    for &n in &plan.sizes {
+        eprintln!(
+            "bench: broadcast `status` to {n} agents, {} runs ...",
+            plan.reps
+        );
+        let (latency, held) = bench.broadcast(n, n == *plan.sizes.iter().max().unwrap_or(&n));
+        figures.push(latency);
+        memory.extend(held);
+    }
+    for clients in [1, MANY_CLIENTS] {
+        eprintln!(
+            "bench: throughput, {THROUGHPUT_AGENTS} agents, {clients} client(s), {} runs ...",
+            plan.runs
+        );
+        figures.push(bench.throughput(clients));
+    }
+    eprintln!(
+        "bench: client process start to exit, {} runs ...",
+        plan.reps
+    );
+    figures.push(bench.client_exit());
+    figures.extend(memory);
+    figures
+}
+
+/// The scratch directory, removed on drop unless kept.
+struct Scratch {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl Scratch {
+    fn new(keep: bool) -> Result<Scratch> {
+        let path = std::env::temp_dir().join(format!(
+            "service-mgr-bench-{}-{}",
+            std::process::id(),
+            security::now_ms()
+        ));
+        std::fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create the scratch directory {}", path.display()))?;
+        Ok(Scratch { path, keep })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.keep {
+            eprintln!("bench: scratch directory kept: {}", self.path.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// A child process (manager or agents); killed and reaped on drop.
+struct Proc {
+    name: String,
+    child: Child,
+    log: PathBuf,
+    ready: Value,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    fn ep(&self, key: &str) -> Result<String> {
+        self.ready[key]
+            .as_str()
+            .map(str::to_owned)
+            .with_context(|| format!("the {} ready file lacks {key}: {}", self.name, self.ready))
+    }
+    /// Fails with the end of its log if the process has exited.
+    fn check_alive(&mut self) -> Result<()> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => bail!(
+                "the {} exited ({status}); its log ends:\n{}",
+                self.name,
+                log_tail(&self.log)
+            ),
+            Err(e) => Err(e).with_context(|| format!("cannot check on the {}", self.name)),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}
+
+/// Start `service-mgr ARGS --ready-file F start` and wait until F appears.
+fn spawn(dir: &Path, name: &str, args: &[String], within: Duration) -> Result<Proc> {
+    let exe = std::env::current_exe().context("cannot find this executable's path")?;
+    let file_name = name.replace(' ', "-");
+    let ready = dir.join(format!("{file_name}.ready.json"));
+    let log = dir.join(format!("{file_name}.log"));
+    let _ = std::fs::remove_file(&ready);
+    let stderr =
+        std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
+    let child = Command::new(&exe)
+        .args(args)
+        .arg("--ready-file")
+        .arg(&ready)
+        .arg("start")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .with_context(|| format!("cannot start the {name} ({})", exe.display()))?;
+    let mut p = Proc {
+        name: name.to_owned(),
+        child,
+        log,
+        ready: Value::Null,
+    };
+    let deadline = Instant::now() + within;
+    loop {
+        if let Ok(bytes) = std::fs::read(&ready) {
+            if let Ok(doc) = serde_json::from_slice(&bytes) {
+                p.ready = doc;
+                return Ok(p);
+            }
+        }
+        p.check_alive()?;
+        if Instant::now() > deadline {
+            bail!(
+                "the {name} was not ready within {} s; its log ends:\n{}",
+                within.as_secs(),
+                log_tail(&p.log)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Keys and paths shared by every scenario.
+struct Bench<'a> {
+    plan: &'a Plan,
+    dir: PathBuf,
+    client_key: Arc<Identity>,
+    client_key_file: PathBuf,
+    client_pub_file: PathBuf,
+    /// The agents' key_file; simulated agents keep theirs in `simulated/` beside it.
+    agent_key_file: PathBuf,
+    service_command: PathBuf,
+    log: slog::Logger,
+}
+
+/// A manager with its agents.
+struct Deployment {
+    manager: Proc,
+    agents: Vec<Proc>,
+    nodes: usize,
+}
+
+impl Deployment {
+    fn check_alive(&mut self) -> Result<()> {
+        self.manager.check_alive()?;
+        self.agents.iter_mut().try_for_each(Proc::check_alive)
+    }
+}
+
+impl<'a> Bench<'a> {
+    fn new(plan: &'a Plan, dir: &Path) -> Result<Bench<'a>> {
+        let client_key_file = dir.join("client.key");
+        security::keygen(&client_key_file, Role::Client, "bench", false)
+            .context("cannot make the bench's client key")?;
+        let client_key = Arc::new(Identity::load(&client_key_file)?);
+        let keys = dir.join("agent-keys");
+        std::fs::create_dir_all(&keys)
+            .with_context(|| format!("cannot create {}", keys.display()))?;
+        // Agents run a service command that does nothing, as fast as a fork can.
+        let service_command = dir.join("fake-service");
+        std::fs::write(&service_command, "#!/bin/sh\nexit 0\n")
+            .with_context(|| format!("cannot write {}", service_command.display()))?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&service_command, std::fs::Permissions::from_mode(0o755))?;
+        }
+        let service_command = ["/bin/true", "/usr/bin/true"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .unwrap_or(service_command);
+        Ok(Bench {
+            plan,
+            dir: dir.to_owned(),
+            client_key,
+            client_pub_file: dir.join("client.key.pub"),
+            client_key_file,
+            agent_key_file: keys.join("agent.key"),
+            service_command,
+            log: logging::discard(),
+        })
+    }
+
+    fn key(&self) -> Option<Arc<Identity>> {
+        (!self.plan.unsigned).then(|| self.client_key.clone())
+    }
+
+    /// A fresh manager whose key store accepts the client and the `agent_keys` files.
+    fn manager(&self, name: &str, agent_keys: &[PathBuf]) -> Result<Proc> {
+        let state = self.dir.join(format!("{name}-state"));
+        let mut store = KeyStore::open(&state.join("keys"))
+            .with_context(|| format!("cannot open the key store of the {name}"))?;
+        store.import_accepted(&self.client_pub_file)?;
+        for f in agent_keys {
+            store.import_accepted(f)?;
+        }
+        drop(store);
+        let mut args: Vec<String> = vec!["daemon".into(), "-f".into(), "/dev/null".into()];
+        let mut set = |kv: String| args.extend(["-O".to_owned(), kv]);
+        set(format!(
+            "state_dir={}",
+            toml::Value::String(state.display().to_string())
+        ));
+        for ep in [
+            "frontend_endpoint",
+            "backend_endpoint",
+            "sink_endpoint",
+            "mgmt_endpoint",
+        ] {
+            set(format!("{ep}={LOOPBACK}"));
+        }
+        if self.plan.unsigned {
+            set("allow_unsigned=true".into());
+        }
+        spawn(&self.dir, name, &args, Duration::from_secs(20))
+    }
+
+    /// The agents' config file for `manager`: endpoints, keys, fake service, policy.
+    fn agent_config(&self, manager: &Proc, name: &str) -> Result<PathBuf> {
+        let cfg = AgentConfig {
+            manager_endpoint: manager.ep("backend_endpoint")?,
+            sink_endpoint: manager.ep("sink_endpoint")?,
+            mgmt_endpoint: LOOPBACK.into(),
+            key_file: Some(self.agent_key_file.clone()),
+            authorized_clients: Some(self.client_pub_file.clone()),
+            service_command: Some(self.service_command.clone()),
+            allow_unsigned: self.plan.unsigned,
+            policy: vec![PolicyRule {
+                name: "bench".into(),
+                keys: vec![self.client_key.public().to_string()],
+                commands: vec!["status".into()],
+                services: vec!["*".into()],
+                deny: Vec::new(),
+            }],
+            ..AgentConfig::default()
+        };
+        let path = self.dir.join(format!("{name}-agent.toml"));
+        let text = toml::to_string(&cfg).context("cannot write the agents' config")?;
+        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Key files listing the `n` agents' public keys, made before the manager starts.
+    fn fleet_keys(&self, n: usize) -> Result<Vec<PathBuf>> {
+        if self.plan.real_agents {
+            let dir = self.dir.join("real-agents");
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+            let mut lines = String::new();
+            for i in 1..=n {
+                let node = node_name(i);
+                let file = dir.join(format!("{node}.key"));
+                let public = if file.exists() {
+                    Identity::load(&file)?.public().clone()
+                } else {
+                    security::keygen(&file, Role::Agent, &node, false)?
+                };
+                lines.push_str(&format!("{public}\n"));
+            }
+            let list = dir.join(format!("keys-{n}.pub"));
+            std::fs::write(&list, lines)
+                .with_context(|| format!("cannot write {}", list.display()))?;
+            Ok(vec![list])
+        } else {
+            // Where the simulator will look for them, given the config's key_file.
+            let dir = crate::agent::simulate::key_dir(&AgentConfig {
+                key_file: Some(self.agent_key_file.clone()),
+                ..AgentConfig::default()
+            });
+            let list = crate::agent::simulate::ensure_keys(&dir, PREFIX, n)
+                .context("cannot make the simulated agents' keys")?;
+            Ok(vec![list])
+        }
+    }
+
+    /// A manager and `n` agents, every one registered (`up`).
+    fn deploy(&self, name: &str, n: usize) -> Result<Deployment> {
+        let keys = self.fleet_keys(n)?;
+        let manager = self.manager(&format!("{name} manager"), &keys)?;
+        let config = self.agent_config(&manager, name)?;
+        let mut d = Deployment {
+            manager,
+            agents: Vec::new(),
+            nodes: n,
+        };
+        let within = Duration::from_secs(30) + Duration::from_millis(100) * n as u32;
+        if self.plan.real_agents {
+            let keys = self.dir.join("real-agents");
+            for i in 1..=n {
+                let node = node_name(i);
+                let key = keys.join(format!("{node}.key"));
+                let args = vec![
+                    "agent".to_owned(),
+                    "-f".into(),
+                    config.display().to_string(),
+                    "-n".into(),
+                    node.clone(),
+                    "-O".into(),
+                    format!(
+                        "key_file={}",
+                        toml::Value::String(key.display().to_string())
+                    ),
+                ];
+                d.agents.push(spawn(
+                    &self.dir,
+                    &format!("{name} agent {node}"),
+                    &args,
+                    Duration::from_secs(20),
+                )?);
+            }
+        } else {
+            let args = vec![
+                "agent".to_owned(),
+                "-f".into(),
+                config.display().to_string(),
+                "--simulate".into(),
+                n.to_string(),
+                "--node-prefix".into(),
+                PREFIX.into(),
+            ];
+            d.agents
+                .push(spawn(&self.dir, &format!("{name} fleet"), &args, within)?);
+        }
+        wait_up(&mut d, within)?;
+        Ok(d)
+    }
+
+    /// Resident memory of a manager with no agents, and of one real agent, both idle.
+    fn idle_memory(&self) -> Vec<Figure> {
+        let mut mf = Figure::new("rss_manager_idle", "memory: idle manager (RSS)", "MiB");
+        let mut af = Figure::new("rss_agent_idle", "memory: idle agent process (RSS)", "MiB")
+            .target(Target::Below(5.0));
+        let outcome = (|| -> Result<()> {
+            let node = "bench-agent";
+            let keys = self.dir.join("idle-agent.pub");
+            let public = security::keygen(&self.agent_key_file, Role::Agent, node, true)?;
+            std::fs::write(&keys, format!("{public}\n"))
+                .with_context(|| format!("cannot write {}", keys.display()))?;
+            let manager = self.manager("idle manager", &[keys])?;
+            std::thread::sleep(Duration::from_millis(500));
+            sample_memory(&mut mf, manager.pid(), self.plan.reps.min(10))?;
+            let config = self.agent_config(&manager, "idle")?;
+            let agent = spawn(
+                &self.dir,
+                "idle agent",
+                &[
+                    "agent".into(),
+                    "-f".into(),
+                    config.display().to_string(),
+                    "-n".into(),
+                    node.into(),
+                ],
+                Duration::from_secs(20),
+            )?;
+            let mut d = Deployment {
+                manager,
+                agents: vec![agent],
+                nodes: 1,
+            };
+            wait_until_up(&mut d, |a| a["node"] == node, 1, Duration::from_secs(20))?;
+            // One request answered, then idle: what an agent holds between requests.
+            let ctx = zmq::Context::new();
+            let front = d.manager.ep("frontend_endpoint")?;
+            self.broadcast_once(&ctx, &front, 1)?;
+            std::thread::sleep(Duration::from_millis(500));
+            sample_memory(&mut af, d.agents[0].pid(), self.plan.reps.min(10))?;
+            Ok(())
+        })();
+        if let Err(e) = outcome {
+            for f in [&mut mf, &mut af] {
+                if f.samples.is_empty() {
+                    f.failed(&e);
+                }
+            }
+        }
+        vec![mf, af]
+    }
+
+    /// One broadcast of `status` to every agent; its time and whether all `n` answered ok.
+    fn broadcast_once(&self, ctx: &zmq::Context, frontend: &str, n: usize) -> Result<Duration> {
+        let req = client::Request {
+            endpoint: frontend.to_owned(),
+            request: ServiceRequest::new("status", SERVICE, protocol::TOPIC_ANY),
+            wait: Some(Duration::from_secs(30)),
+            retries: 1,
+            timeout: Duration::from_secs(10),
+            expect: None,
+            key: self.key(),
+        };
+        let started = Instant::now();
+        let got = client::collect(ctx, &req, &self.log, None)?;
+        let elapsed = started.elapsed();
+        let expected = got.expected.as_ref().map_or(0, Vec::len);
+        let good = got
+            .results
+            .iter()
+            .filter_map(Value::as_object)
+            .filter(|r| {
+                client::status_of(r) == "ok"
+                    && (self.plan.unsigned || r.get("verified") == Some(&Value::Bool(true)))
+            })
+            .count();
+        if expected != n || good != n {
+            let sample = got
+                .results
+                .iter()
+                .find(|r| {
+                    r.as_object().is_some_and(|o| {
+                        client::status_of(o) != "ok" || o.get("verified").is_none()
+                    })
+                })
+                .map(|r| format!("; e.g. {r}"))
+                .unwrap_or_default();
+            bail!(
+                "job {}: {good} of {n} agents answered ok and verified (the manager expected {expected}, {} results arrived){sample}",
+                got.uuid,
+                got.results.len()
+            );
+        }
+        Ok(elapsed)
+    }
+
+    /// Request to last result, broadcast to `n` agents; with `hold`, also the
+    /// manager's memory once they all registered.
+    fn broadcast(&self, n: usize, hold: bool) -> (Figure, Option<Figure>) {
+        let plural = if n == 1 { "" } else { "s" };
+        let mut f = Figure::new(
+            format!("broadcast_{n}"),
+            format!("broadcast status to {n} agent{plural}: request to last result"),
+            "ms",
+        );
+        if n == 1000 {
+            f = f.target(Target::Below(100.0));
+        }
+        f.detail.insert("agents".into(), json!(n));
+        let mut mem = hold.then(|| {
+            let mut m = Figure::new(
+                format!("rss_manager_{n}_agents"),
+                format!("memory: manager holding {n} agent{plural} (RSS)"),
+                "MiB",
+            );
+            m.detail.insert("agents".into(), json!(n));
+            m
+        });
+        let mut d = match self.deploy(&format!("broadcast-{n}"), n) {
+            Ok(d) => d,
+            Err(e) => {
+                f.failed(&e);
+                if let Some(m) = mem.as_mut() {
+                    m.failed(&e);
+                }
+                return (f, mem);
+            }
+        };
+        if let Some(m) = mem.as_mut() {
+            std::thread::sleep(Duration::from_secs(1));
+            if let Err(e) = sample_memory(m, d.manager.pid(), self.plan.reps.min(10)) {
+                m.failed(&e);
+            }
+        }
+        let ctx = zmq::Context::new();
+        let front = match d.manager.ep("frontend_endpoint") {
+            Ok(e) => e,
+            Err(e) => {
+                f.failed(&e);
+                return (f, mem);
+            }
+        };
+        // One run unmeasured: connections and caches warm up.
+        if let Err(e) = self.broadcast_once(&ctx, &front, n) {
+            f.failed(&e);
+        }
+        let mut received = 0;
+        for _ in 0..self.plan.reps {
+            match self.broadcast_once(&ctx, &front, n) {
+                Ok(t) => {
+                    f.samples.push(ms(t));
+                    received += n;
+                }
+                Err(e) => {
+                    f.failed(&e.context(alive_note(&mut d)));
+                }
+            }
+        }
+        f.detail
+            .insert("results_expected".into(), json!(n * self.plan.reps));
+        f.detail.insert("results_received".into(), json!(received));
+        (f, mem)
+    }
+
+    /// Results per second through one manager, 10 agents answering, `clients` at once.
+    fn throughput(&self, clients: usize) -> Figure {
+        let mut f = Figure::new(
+            format!(
+                "throughput_{clients}_client{}",
+                if clients == 1 { "" } else { "s" }
+            ),
+            format!(
+                "results/s, {THROUGHPUT_AGENTS} agents, {clients} client{} at once",
+                if clients == 1 { "" } else { "s" }
+            ),
+            "results/s",
+        )
+        .target(Target::AtLeast(20_000.0));
+        f.higher_is_better = true;
+        f.detail.insert("agents".into(), json!(THROUGHPUT_AGENTS));
+        f.detail.insert("clients".into(), json!(clients));
+        let mut d = match self.deploy(&format!("throughput-{clients}"), THROUGHPUT_AGENTS) {
+            Ok(d) => d,
+            Err(e) => {
+                f.failed(&e);
+                return f;
+            }
+        };
+        let front = match d.manager.ep("frontend_endpoint") {
+            Ok(e) => e,
+            Err(e) => {
+                f.failed(&e);
+                return f;
+            }
+        };
+        let ctx = zmq::Context::new();
+        let (mut broadcasts, mut results) = (0usize, 0usize);
+        // The first run warms up and is not counted.
+        for run in 0..=self.plan.runs {
+            let deadline = Instant::now() + self.plan.duration;
+            let started = Instant::now();
+            let outcomes: Vec<(usize, usize, Option<anyhow::Error>)> = std::thread::scope(|s| {
+                let workers: Vec<_> = (0..clients)
+                    .map(|_| {
+                        let (ctx, front) = (&ctx, front.as_str());
+                        s.spawn(move || {
+                            let (mut ok, mut bad, mut err) = (0, 0, None);
+                            while Instant::now() < deadline {
+                                match self.broadcast_once(ctx, front, THROUGHPUT_AGENTS) {
+                                    Ok(_) => ok += 1,
+                                    Err(e) => {
+                                        bad += 1;
+                                        err.get_or_insert(e);
+                                        if bad > 3 {
+                                            break;
+                                        }
+                                    }
+                                }
+                            }
+                            (ok, bad, err)
+                        })
+                    })
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| {
+                        w.join().unwrap_or((
+                            0,
+                            1,
+                            Some(anyhow::anyhow!("a client thread panicked")),
+                        ))
+                    })
+                    .collect()
+            });
+            let elapsed = started.elapsed().as_secs_f64();
+            let ok: usize = outcomes.iter().map(|o| o.0).sum();
+            let mut bad = 0;
+            for (_, b, e) in outcomes {
+                bad += b;
+                if let Some(e) = e {
+                    f.failed(&e.context(alive_note(&mut d)));
+                    f.errors += b.saturating_sub(1);
+                }
+            }
+            if run > 0 && bad == 0 && ok > 0 {
+                f.samples
+                    .push((ok * THROUGHPUT_AGENTS) as f64 / elapsed.max(1e-9));
+                broadcasts += ok;
+                results += ok * THROUGHPUT_AGENTS;
+            }
+        }
+        f.detail.insert("broadcasts".into(), json!(broadcasts));
+        f.detail.insert("results_received".into(), json!(results));
+        f.detail.insert(
+            "results_expected".into(),
+            json!(broadcasts * THROUGHPUT_AGENTS),
+        );
+        f
+    }
+
+    /// `service-mgr client ... status` as a process, start to exit, against one agent.
+    fn client_exit(&self) -> Figure {
+        let mut f = Figure::new("client_exit", "client process start to exit, 1 agent", "ms")
+            .target(Target::Below(10.0));
+        let outcome = (|| -> Result<()> {
+            let mut d = self.deploy("client", 1)?;
+            let exe = std::env::current_exe().context("cannot find this executable's path")?;
+            let front = d.manager.ep("frontend_endpoint")?;
+            let mut args: Vec<String> = vec!["client".into(), "-e".into(), front];
+            if !self.plan.unsigned {
+                args.extend(["-k".into(), self.client_key_file.display().to_string()]);
+            }
+            args.extend(
+                [
+                    "-T", "any", "-c", "status", "-s", SERVICE, "--format", "json",
+                ]
+                .map(String::from),
+            );
+            // The first run (page cache, connections) is not counted.
+            for run in 0..=self.plan.reps {
+                let started = Instant::now();
+                let out = Command::new(&exe)
+                    .args(&args)
+                    // No default key when unsigned: a key file in ~/.config would be used otherwise.
+                    .env("SERVICE_MGR_KEY", self.dir.join("no-such-key"))
+                    .stdin(Stdio::null())
+                    .output()
+                    .context("cannot run the client")?;
+                let elapsed = started.elapsed();
+                if !out.status.success() {
+                    let e = anyhow::anyhow!(
+                        "the client exited with {}: {}{}",
+                        out.status,
+                        String::from_utf8_lossy(&out.stderr).trim(),
+                        String::from_utf8_lossy(&out.stdout)
+                            .chars()
+                            .take(400)
+                            .collect::<String>()
+                    );
+                    f.failed(&e.context(alive_note(&mut d)));
+                } else if run > 0 {
+                    f.samples.push(ms(elapsed));
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = outcome {
+            f.failed(&e);
+        }
+        f
+    }
+}
+
+fn node_name(i: usize) -> String {
+    crate::agent::simulate::node_name(PREFIX, i)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// What to add to a failed run: whether the daemons are still alive.
+fn alive_note(d: &mut Deployment) -> String {
+    match d.check_alive() {
+        Ok(()) => "a run went wrong (manager and agents still running)".into(),
+        Err(e) => format!("a run went wrong: {e:#}"),
+    }
+}
+
+/// Wait until the manager lists all of the deployment's agents as up.
+fn wait_up(d: &mut Deployment, within: Duration) -> Result<()> {
+    let n = d.nodes;
+    wait_until_up(
+        d,
+        |a| a["node"].as_str().is_some_and(|s| s.starts_with(PREFIX)),
+        n,
+        within,
+    )
+}
+
+fn wait_until_up(
+    d: &mut Deployment,
+    ours: impl Fn(&Value) -> bool,
+    n: usize,
+    within: Duration,
+) -> Result<()> {
+    let mgmt = d.manager.ep("mgmt_endpoint")?;
+    let deadline = Instant::now() + within;
+    let mut up = 0;
+    while Instant::now() < deadline {
+        d.check_alive()?;
+        let agents =
+            crate::mgmt::call_cmd(&mgmt, protocol::MANAGER_AGENTS, Duration::from_secs(5), 1)
+                .context("cannot ask the manager for its agents")?;
+        up = agents["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| ours(a) && a["state"] == "up")
+            .count();
+        if up >= n {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(if n > 100 { 200 } else { 20 }));
+    }
+    bail!(
+        "only {up} of {n} agents registered within {} s; the agents' log ends:\n{}",
+        within.as_secs(),
+        d.agents
+            .first()
+            .map(|a| log_tail(&a.log))
+            .unwrap_or_default()
+    )
+}
+
+/// Memory of `pid`, sampled `count` times 100 ms apart: VmRSS, and Pss when readable.
+fn sample_memory(f: &mut Figure, pid: u32, count: usize) -> Result<()> {
+    let mut pss = Vec::new();
+    for i in 0..count.max(1) {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .with_context(|| format!("cannot read /proc/{pid}/status (Linux only)"))?;
+        let rss = proc_kib(&status, "VmRSS:")
+            .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
+        f.samples.push(rss as f64 / 1024.0);
+        if let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
+            if let Some(kib) = proc_kib(&rollup, "Pss:") {
+                pss.push(kib as f64 / 1024.0);
+            }
+        }
+    }
+    if let Some(s) = Stats::of(&pss, false) {
+        f.detail.insert("pss_mib_median".into(), json!(s.median));
+    }
+    f.detail.insert("pid_sampled".into(), json!(pid));
+    Ok(())
+}
+
+/// A `Name:   1234 kB` line of a /proc file, in KiB.
+fn proc_kib(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+}
+
+/// The report for people.
+fn table(config: &Value, figures: &[Figure]) -> String {
+    let mut out = String::new();
+    let c = |k: &str| match &config[k] {
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    };
+    out.push_str(&format!(
+        "service-mgr {} bench: {} build, {} cores, security {}, agents {}\n",
+        c("version"),
+        c("profile"),
+        c("cores"),
+        c("security"),
+        c("agents")
+    ));
+    if c("profile") == "debug" {
+        out.push_str("WARNING: debug build; run `cargo run --release -- bench` for real figures\n");
+    }
+    out.push('\n');
+    let fmt = |x: f64| {
+        if x >= 1000.0 {
+            format!("{x:.0}")
+        } else if x >= 10.0 {
+            format!("{x:.1}")
+        } else {
+            format!("{x:.2}")
+        }
+    };
+    let rows: Vec<[String; 8]> = figures
+        .iter()
+        .map(|f| {
+            let s = f.stats();
+            let v = |g: fn(&Stats) -> f64| s.as_ref().map_or("-".into(), |s| fmt(g(s)));
+            let target = match f.target {
+                Some(Target::Below(x)) => format!("< {}", fmt(x)),
+                Some(Target::AtLeast(x)) => format!(">= {}", fmt(x)),
+                None => String::new(),
+            };
+            let met = match (f.met(), f.stats().is_none() || f.errors > 0) {
+                (_, true) => "ERROR".to_owned(),
+                (Some(true), _) => "yes".to_owned(),
+                (Some(false), _) => "NO".to_owned(),
+                (None, _) => String::new(),
+            };
+            [
+                f.label.clone(),
+                v(|s| s.median),
+                v(|s| s.p99),
+                v(|s| s.min),
+                v(|s| s.max),
+                f.unit.to_owned(),
+                target,
+                met,
+            ]
+        })
+        .collect();
+    let head = [
+        "figure", "median", "p99", "min", "max", "unit", "target", "met",
+    ]
+    .map(String::from);
+    let mut widths = [0usize; 8];
+    for r in std::iter::once(&head).chain(&rows) {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    for r in std::iter::once(&head).chain(&rows) {
+        let mut line = format!("{:<w$}", r[0], w = widths[0]);
+        for (i, cell) in r.iter().enumerate().skip(1) {
+            if i >= 5 {
+                line.push_str(&format!("  {:<w$}", cell, w = widths[i]));
+            } else {
+                line.push_str(&format!("  {:>w$}", cell, w = widths[i]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    let failures: Vec<&Figure> = figures.iter().filter(|f| f.error.is_some()).collect();
+    if !failures.is_empty() {
+        out.push('\n');
+        for f in failures {
+            out.push_str(&format!(
+                "error in {:?} ({} failed runs): {}\n",
+                f.label,
+                f.errors,
+                f.error.as_deref().unwrap_or_default()
+            ));
+        }
+    }
+    out.push_str(
+        "\np99: nearest rank over the runs; for results/s the rate 99 % of runs reached.\n",
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_nearest_rank_p99() {
+        let s = Stats::of(&[3.0, 1.0, 2.0], false).unwrap();
+        assert_eq!((s.median, s.p99, s.min, s.max), (2.0, 3.0, 1.0, 3.0));
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        let s = Stats::of(&v, false).unwrap();
+        assert_eq!((s.median, s.p99), (50.5, 99.0));
+        let s = Stats::of(&v, true).unwrap();
+        assert_eq!(s.p99, 1.0, "for rates the tail is the low end");
+        assert!(Stats::of(&[], false).is_none());
+    }
+
+    #[test]
+    fn proc_lines_in_kib() {
+        let text = "Name:\tx\nVmRSS:\t    4321 kB\nPss:  12 kB\n";
+        assert_eq!(proc_kib(text, "VmRSS:"), Some(4321));
+        assert_eq!(proc_kib(text, "Pss:"), Some(12));
+        assert_eq!(proc_kib(text, "VmHWM:"), None);
+    }
+
+    #[test]
+    fn a_missed_run_fails_the_target() {
+        let mut f = Figure::new("x", "x", "ms").target(Target::Below(10.0));
+        f.samples = vec![1.0, 2.0];
+        assert_eq!(f.met(), Some(true));
+        f.failed(&anyhow::anyhow!("2 of 3 answered"));
+        assert_eq!(f.met(), Some(false));
+        assert_eq!(f.to_json()["errors"], 1);
+    }
 }

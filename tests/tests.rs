@@ -3,6 +3,7 @@
 mod util;
 mod util_extra;
 
+mod bench;
 mod cli;
 mod compat01;
 mod contrib;
