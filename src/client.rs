@@ -271,17 +271,20 @@ fn exchange(
     let extra_wanted = accepted.unregistered.unwrap_or(0);
     let deadline = started + waited;
     let mut seen = HashSet::new();
+    // Sets, not the lists: a broadcast to thousands is checked per result.
+    let wanted: Option<HashSet<&str>> = expected
+        .as_ref()
+        .map(|e| e.iter().map(String::as_str).collect());
+    let mut missing = wanted.as_ref().map_or(0, HashSet::len);
     let mut extra = 0usize;
     let mut results = Vec::new();
     let expected_count = expected.as_ref().map(|e| e.len() + extra_wanted);
     if let Some(w) = watch.as_mut() {
         w(None, 0, expected_count);
     }
-    let complete = |seen: &HashSet<String>, extra: usize| match &expected {
-        Some(nodes) => extra >= extra_wanted && nodes.iter().all(|n| seen.contains(n)),
-        None => false,
-    };
-    while !complete(&seen, extra) {
+    let complete =
+        |missing: usize, extra: usize| wanted.is_some() && missing == 0 && extra >= extra_wanted;
+    while !complete(missing, extra) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
@@ -315,9 +318,12 @@ fn exchange(
             match node_of(&obj) {
                 // The manager replays a job's results to a new subscriber; one per node.
                 Some(n) if !seen.insert(n.clone()) => continue,
-                Some(n) if expected.as_ref().is_some_and(|e| !e.contains(&n)) => extra += 1,
+                Some(n) => match &wanted {
+                    Some(w) if w.contains(n.as_str()) => missing -= 1,
+                    Some(_) => extra += 1,
+                    None => {}
+                },
                 None => extra += 1,
-                _ => {}
             }
             results.push(Value::Object(obj));
             if let Some(w) = watch.as_mut() {

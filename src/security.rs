@@ -177,6 +177,37 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Whether an x25519 public key is a point of small order (on the curve or
+/// its twist), with which every shared secret is predictable. This is the
+/// check libsodium makes, by table: the u-coordinates of the torsion points
+/// and -1, ignoring the unused top bit, in canonical or `+p` form. (A
+/// Diffie-Hellman per parsed key did the same at the price of a scalar
+/// multiplication: a third of a client's time over 1000 results.)
+fn is_low_order(u: &[u8; 32]) -> bool {
+    use std::sync::OnceLock;
+    static WEAK: OnceLock<Vec<[u8; 32]>> = OnceLock::new();
+    let weak = WEAK.get_or_init(|| {
+        let mut list: Vec<[u8; 32]> = curve25519_dalek::constants::EIGHT_TORSION
+            .iter()
+            .map(|t| t.to_montgomery().to_bytes())
+            .collect();
+        // p - 1, of order 4 on the twist.
+        let mut minus_one = [0xff; 32];
+        minus_one[0] = 0xec;
+        minus_one[31] = 0x7f;
+        list.push(minus_one);
+        list
+    });
+    let mut v = *u;
+    v[31] &= 0x7f;
+    // Values p..2^255-1 are the non-canonical forms of 0..18.
+    if v[31] == 0x7f && v[1..31].iter().all(|&b| b == 0xff) && v[0] >= 0xed {
+        v = [0; 32];
+        v[0] = u[0] - 0xed;
+    }
+    weak.contains(&v)
+}
+
 /// The public half of an [`Identity`]: what peers store, trust and address.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PublicKey {
@@ -200,13 +231,10 @@ impl PublicKey {
             return Err(malformed("weak ed25519 key"));
         }
         half.copy_from_slice(&bytes[32..]);
-        let boxk = BoxPublic::from(half);
-        if !EphemeralSecret::random_from_rng(OsRng)
-            .diffie_hellman(&boxk)
-            .was_contributory()
-        {
+        if is_low_order(&half) {
             return Err(malformed("weak x25519 key"));
         }
+        let boxk = BoxPublic::from(half);
         Ok(PublicKey {
             role,
             name: name.to_owned(),
@@ -317,7 +345,12 @@ pub struct Identity {
     sign: SigningKey,
     boxk: StaticSecret,
     public: PublicKey,
+    /// AEAD keys shared with peers' x25519 keys, see [`Identity::seal_to`].
+    shared: std::sync::Mutex<HashMap<([u8; 32], bool), Key>>,
 }
+
+/// Peers whose shared AEAD key an identity remembers (then it starts over).
+const SHARED_KEYS: usize = 4096;
 
 /// The secret key file, TOML with standard base64 fields.
 #[derive(Serialize, Deserialize)]
@@ -348,7 +381,12 @@ impl Identity {
             sign: sign.verifying_key(),
             boxk: BoxPublic::from(&boxk),
         };
-        Identity { sign, boxk, public }
+        Identity {
+            sign,
+            boxk,
+            public,
+            shared: Default::default(),
+        }
     }
 
     pub fn public(&self) -> &PublicKey {
@@ -738,14 +776,58 @@ pub fn open(id: &Identity, sealed: &Sealed) -> Result<Vec<u8>, AuthError> {
     let ct = STANDARD
         .decode(&sealed.ct)
         .map_err(|_| malformed("ct is not valid base64"))?;
-    let shared = id.boxk.diffie_hellman(&epk);
-    if !shared.was_contributory() {
-        return Err(AuthError::Decrypt);
-    }
-    let key = seal_key(&shared, &epk, &id.public.boxk);
+    let key = id.shared_key(&epk, false).ok_or(AuthError::Decrypt)?;
     ChaCha20Poly1305::new(&key)
         .decrypt(Nonce::from_slice(&nonce), ct.as_slice())
         .map_err(|_| AuthError::Decrypt)
+}
+
+impl Identity {
+    /// Encrypt `plaintext` so that only `to` can read it (with [`open`]),
+    /// like [`seal`] but from our own x25519 key instead of an ephemeral one:
+    /// the key shared with `to` is computed once and remembered, so an agent
+    /// pays one Diffie-Hellman per client instead of two scalar
+    /// multiplications per result (most of its cost per result). The price:
+    /// whoever steals our secret key can also read what we sealed before.
+    pub fn seal_to(&self, to: &PublicKey, plaintext: &[u8]) -> Result<Sealed, AuthError> {
+        let key = self
+            .shared_key(&to.boxk, true)
+            .ok_or_else(|| malformed("weak x25519 key"))?;
+        let mut nonce = [0u8; 12];
+        OsRng.fill_bytes(&mut nonce);
+        let ct = ChaCha20Poly1305::new(&key)
+            .encrypt(Nonce::from_slice(&nonce), plaintext)
+            .expect("ChaCha20-Poly1305 only fails on plaintexts over 256 GiB");
+        Ok(Sealed {
+            epk: STANDARD.encode(self.public.boxk.as_bytes()),
+            nonce: STANDARD.encode(nonce),
+            ct: STANDARD.encode(ct),
+        })
+    }
+
+    /// The AEAD key shared with `peer`, for sealing to it or opening from it
+    /// (the salt orders the keys sender first); `None` for a low-order peer key.
+    fn shared_key(&self, peer: &BoxPublic, sealing: bool) -> Option<Key> {
+        let slot = (*peer.as_bytes(), sealing);
+        let mut cache = self.shared.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = cache.get(&slot) {
+            return Some(*k);
+        }
+        let shared = self.boxk.diffie_hellman(peer);
+        if !shared.was_contributory() {
+            return None;
+        }
+        let key = if sealing {
+            seal_key(&shared, &self.public.boxk, peer)
+        } else {
+            seal_key(&shared, peer, &self.public.boxk)
+        };
+        if cache.len() >= SHARED_KEYS {
+            cache.clear();
+        }
+        cache.insert(slot, key);
+        Some(key)
+    }
 }
 
 /// Where a key stands with the manager; also the name of its directory.
@@ -1227,6 +1309,64 @@ mod tests {
 
     fn client(name: &str) -> Identity {
         Identity::generate(Role::Client, name).unwrap()
+    }
+
+    #[test]
+    fn low_order_keys_are_exactly_the_weak_ones() {
+        let mut weak: Vec<[u8; 32]> = curve25519_dalek::constants::EIGHT_TORSION
+            .iter()
+            .map(|t| t.to_montgomery().to_bytes())
+            .collect();
+        let mut p = [0xff; 32];
+        p[0] = 0xed;
+        p[31] = 0x7f;
+        for extra in [0xec, 0xed, 0xee] {
+            // p - 1, and p, p + 1 (non-canonical 0 and 1)
+            let mut v = p;
+            v[0] = extra;
+            weak.push(v);
+        }
+        let high: Vec<[u8; 32]> = weak
+            .iter()
+            .map(|w| {
+                let mut v = *w;
+                v[31] |= 0x80;
+                v
+            })
+            .collect();
+        for w in weak.iter().chain(&high) {
+            assert!(is_low_order(w), "{w:02x?} not caught");
+            // Each really makes the shared secret predictable.
+            let dh = StaticSecret::random_from_rng(OsRng).diffie_hellman(&BoxPublic::from(*w));
+            assert!(!dh.was_contributory(), "{w:02x?} is not weak");
+        }
+        for _ in 0..200 {
+            let k = BoxPublic::from(&StaticSecret::random_from_rng(OsRng));
+            assert!(!is_low_order(k.as_bytes()));
+        }
+        // A key line carrying a weak x25519 half is refused.
+        let good = client("alice").public().bytes();
+        let mut bad = good;
+        bad[32..].copy_from_slice(&[0u8; 32]);
+        assert!(PublicKey::from_parts(Role::Client, "alice", &bad).is_err());
+        assert!(PublicKey::from_parts(Role::Client, "alice", &good).is_ok());
+    }
+
+    #[test]
+    fn static_sealing_opens_only_for_the_recipient() {
+        let agent = Identity::generate(Role::Agent, "web1").unwrap();
+        let alice = client("alice");
+        let bob = client("bob");
+        for text in [&b"first"[..], b"second, from the cached key"] {
+            let sealed = agent.seal_to(alice.public(), text).unwrap();
+            assert_eq!(sealed.epk, STANDARD.encode(agent.public().boxk.as_bytes()));
+            assert_eq!(open(&alice, &sealed).unwrap(), text);
+            assert_eq!(open(&bob, &sealed), Err(AuthError::Decrypt));
+        }
+        // Fresh nonces: the same text never gives the same ciphertext.
+        let a = agent.seal_to(alice.public(), b"x").unwrap();
+        let b = agent.seal_to(alice.public(), b"x").unwrap();
+        assert_ne!(a.ct, b.ct);
     }
 
     #[test]

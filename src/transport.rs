@@ -91,12 +91,14 @@ pub fn poll(items: &mut [zmq::PollItem], timeout_ms: i64) -> Result<i32> {
 }
 
 /// ZMTP heartbeats: a peer that stops answering (a cut cable sends no FIN)
-/// has its connection dropped within seconds; libzmq then reconnects or,
-/// on the manager, ends the peer's subscriptions.
+/// has its connection dropped within 20 s; libzmq then reconnects or, on the
+/// manager, ends the peer's subscriptions. Not faster: each ping re-arms a
+/// timer, which libzmq cancels by a linear scan; at 1 s with 1000 agents
+/// that scan alone took 11 % of the manager's time (perf, BENCHMARKS.md).
 pub fn set_heartbeats(s: &zmq::Socket) -> Result<()> {
-    s.set_heartbeat_ivl(1000)?;
-    s.set_heartbeat_timeout(3000)?;
-    s.set_heartbeat_ttl(3000)?;
+    s.set_heartbeat_ivl(5000)?;
+    s.set_heartbeat_timeout(15000)?;
+    s.set_heartbeat_ttl(15000)?;
     Ok(())
 }
 

@@ -15,3 +15,4 @@ mod install;
 mod output;
 mod robustness;
 mod security;
+mod simulate;

@@ -283,6 +283,22 @@ pub fn result_frame(
     if client.is_none() && !signed_request {
         return p::encode(r);
     }
+    let sealed = match client.map(|c| key.seal_to(c, &p::encode(r))) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        // Parsing refuses such keys; never send a result readable by all.
+        Some(Err(e)) => {
+            let uuid = r.uuid.as_deref().unwrap_or_default();
+            let node = key.name();
+            let withheld = crate::agent::refusal(
+                node,
+                uuid,
+                r.cmd.as_deref(),
+                format!("result withheld: cannot seal to the client's key: {e}"),
+            );
+            return result_frame(key, &withheld, None, request_id, true);
+        }
+    };
     let uuid = r.uuid.clone().unwrap_or_default();
     let node = key.name().to_owned();
     let status = r.effective_status();
@@ -291,7 +307,7 @@ pub fn result_frame(
         node: node.clone(),
         status,
         request_id,
-        sealed: client.map(|c| security::seal(c, &p::encode(r))),
+        sealed,
         result: client.is_none().then(|| r.clone()),
     };
     let auth = security::sign_body(

@@ -145,6 +145,10 @@ impl Gate {
                     .into()))
             };
         };
+        // A key accepted a moment ago by `mgmt keys` is on disk, not yet in memory.
+        if self.keys.state_of(&auth.key) != Some(KeyState::Accepted) {
+            self.look_on_disk(&auth.key);
+        }
         let (pk, body) = match self.keys.verify(auth, Purpose::Request) {
             Ok(v) => v,
             Err(AuthError::UnknownKey(_)) | Err(AuthError::NotAccepted(_)) => {

@@ -1,0 +1,197 @@
+//! `agent --simulate N`: a fleet in one process speaks the real, signed protocol.
+
+use crate::util::*;
+use service_mgr::agent::simulate;
+use service_mgr::security::{keygen, KeyStore, Role};
+use std::collections::BTreeSet;
+use std::process::Command;
+
+/// A manager and `n` simulated agents whose keys it accepted.
+fn fleet(n: usize) -> (Proc, Proc) {
+    let mgr = manager(&[]);
+    let pki = mgr.pki.as_ref().unwrap();
+    let list = simulate::ensure_keys(&pki.dir.path().join("simulated"), "sim-", n).unwrap();
+    KeyStore::open(&pki.dir.path().join("state/keys"))
+        .unwrap()
+        .import_accepted(&list)
+        .unwrap();
+    let count = n.to_string();
+    let backend = format!("manager_endpoint={}", mgr.ep("backend_endpoint"));
+    let sink = format!("sink_endpoint={}", mgr.ep("sink_endpoint"));
+    let key = format!("key_file={}", toml_str(&pki.path("agent.key")));
+    let clients = format!(
+        "authorized_clients={}",
+        toml_str(&pki.path("client.key.pub"))
+    );
+    let sim = spawn_ready(&[
+        "agent",
+        "-D",
+        "-f",
+        "/dev/null",
+        "--simulate",
+        &count,
+        "-O",
+        &backend,
+        "-O",
+        &sink,
+        "-O",
+        "mgmt_endpoint=tcp://127.0.0.1:*",
+        "-O",
+        &key,
+        "-O",
+        &clients,
+        "-O",
+        ALLOW_ALL,
+    ]);
+    assert_eq!(sim.ready["nodes"], n);
+    assert_eq!(sim.ready["last"], simulate::node_name("sim-", n));
+    for i in 1..=n {
+        wait_registered(&mgr, &simulate::node_name("sim-", i));
+    }
+    (mgr, sim)
+}
+
+fn nodes_with(v: &serde_json::Value, field: &str, value: &str) -> BTreeSet<String> {
+    v["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r[field] == value)
+        .map(|r| r["node"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn simulated_fleet_answers_signed_and_sealed() {
+    with_timeout(90, || {
+        let n = 25;
+        let (mgr, mut sim) = fleet(n);
+        let all: BTreeSet<String> = (1..=n).map(|i| simulate::node_name("sim-", i)).collect();
+
+        let (out, v) = client(&mgr, "any", "status", "sshd", &[]);
+        assert!(out.status.success(), "{v}");
+        assert_eq!(v["results"].as_array().unwrap().len(), n, "{v}");
+        for r in v["results"].as_array().unwrap() {
+            assert_eq!(r["verified"], true, "{r}");
+            assert_eq!(r["status"], "ok", "{r}");
+        }
+        assert_eq!(nodes_with(&v, "state", "running"), all);
+
+        // The fake service manager keeps state per node.
+        let (out, v) = client(&mgr, "sim-0003", "stop", "nginx", &[]);
+        assert!(out.status.success(), "{v}");
+        let (_, v) = client_args(&mgr, &["-G", "sim-000*", "-c", "status", "-s", "nginx"]);
+        assert_eq!(v["results"].as_array().unwrap().len(), 9, "{v}");
+        assert_eq!(
+            nodes_with(&v, "state", "stopped"),
+            ["sim-0003".to_owned()].into()
+        );
+
+        // A client the manager accepted but the agents do not authorize is
+        // refused by every node, each refusal signed by that node.
+        let pki = mgr.pki.as_ref().unwrap();
+        let stranger = pki.dir.path().join("stranger.key");
+        keygen(&stranger, Role::Client, "stranger", false).unwrap();
+        KeyStore::open(&pki.dir.path().join("state/keys"))
+            .unwrap()
+            .import_accepted(&pki.dir.path().join("stranger.key.pub"))
+            .unwrap();
+        let out = run(&[
+            "client",
+            "-e",
+            &mgr.ep("frontend_endpoint"),
+            "-k",
+            stranger.to_str().unwrap(),
+            "-T",
+            "any",
+            "-c",
+            "status",
+            "-s",
+            "sshd",
+            "--format",
+            "json",
+        ]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        assert_eq!(nodes_with(&v, "status", "refused"), all, "{v}");
+        assert!(!out.status.success());
+
+        // One management socket for the fleet; a signed stop ends it and the
+        // manager sees every node leave.
+        let status = mgmt(&sim.ep("mgmt_endpoint"), "agent.status");
+        assert_eq!(status["result"]["nodes"], n, "{status}");
+        assert_eq!(status["result"]["simulated"], true, "{status}");
+        let out = run(&[
+            "agent",
+            "stop",
+            "-e",
+            &sim.ep("mgmt_endpoint"),
+            "-k",
+            &pki.client_key(),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            sim.wait_exit(20).is_some_and(|s| s.success()),
+            "{}",
+            sim.log_text()
+        );
+        wait_agent_state(&mgr, "sim-0001", "stopped");
+        wait_agent_state(&mgr, &simulate::node_name("sim-", n), "stopped");
+    });
+}
+
+#[test]
+fn simulate_refuses_what_it_cannot_do() {
+    for (args, says) in [
+        (&["--simulate", "0"][..], "1 to"),
+        (
+            &["--simulate", "3", "--node-prefix", "a b"][..],
+            "not valid node names",
+        ),
+        (
+            &["--simulate", "3", "--node-prefix", "../x"][..],
+            "not valid node names",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let key = format!(
+            "key_file={}",
+            toml_str(&dir.path().join("agent.key").display().to_string())
+        );
+        let out = Command::new(bin())
+            .args([
+                "agent",
+                "-f",
+                "/dev/null",
+                "-O",
+                &key,
+                "-O",
+                "mgmt_endpoint=tcp://127.0.0.1:*",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn fleet_keys_are_kept_between_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = simulate::ensure_keys(dir.path(), "web-", 3).unwrap();
+    let text = std::fs::read_to_string(&first).unwrap();
+    assert_eq!(text.lines().count(), 3);
+    assert!(
+        text.lines().all(|l| l.starts_with("smgr1 agent web-000")),
+        "{text}"
+    );
+    let again = simulate::ensure_keys(dir.path(), "web-", 3).unwrap();
+    assert_eq!(std::fs::read_to_string(again).unwrap(), text);
+}
