@@ -108,6 +108,15 @@ complete -c service-mgr -n "__fish_service_mgr_using_subcommand keygen" -s o -l 
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand keygen" -l force -d 'Replace an existing key file'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand keygen" -s v -l version -d 'Print version and exit'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand keygen" -s h -l help -d 'Print help'
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -l reps -d 'Repetitions of each figure [default: 30; 5 with --quick]' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -l sizes -d 'Fleet sizes for the broadcast latency, comma-separated; the manager\'s memory is measured holding the largest [default: 1,100,1000; 1,10,100 with --quick]' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -l duration -d 'Seconds of each throughput run [default: 2; 0.5 with --quick]' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -l runs -d 'Throughput runs per client count [default: 5; 3 with --quick]' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -l quick -d 'A short run: 5 repetitions, fleets of 1, 10 and 100 agents, 0.5 s throughput runs'
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -l json -d 'Print the figures as one JSON document instead of a table'
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -l real-agents -d 'Run each agent as its own `service-mgr agent` process (at most 200) instead of a simulated fleet in one process'
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -l unsigned -d '0.1-compatible mode for comparison: allow_unsigned on the manager and the agents, requests unsigned (not the configuration as shipped)'
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -l keep -d 'Keep the scratch directory (configs, keys, daemon logs) and print its path'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -s h -l help -d 'Print help'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand generate" -s h -l help -d 'Print help'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen bench generate help" -f -a "daemon" -d 'Run or control the manager daemon (as service-mgrd)'

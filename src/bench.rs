@@ -816,8 +816,12 @@ impl<'a> Bench<'a> {
                 if clients == 1 { "" } else { "s" }
             ),
             "results/s",
-        )
-        .target(Target::AtLeast(20_000.0));
+        );
+        // The target is the manager's capacity, which one client waiting for
+        // each answer before the next request cannot load.
+        if clients > 1 {
+            f = f.target(Target::AtLeast(20_000.0));
+        }
         f.higher_is_better = true;
         f.detail.insert("agents".into(), json!(THROUGHPUT_AGENTS));
         f.detail.insert("clients".into(), json!(clients));
