@@ -124,6 +124,9 @@ fn verify_result(
     let agent: PublicKey = line
         .parse()
         .map_err(|e| format!("bad agent key from the manager: {e}"))?;
+    if let Some(m) = opened_from(&env, &agent, &accepted.uuid, key) {
+        return Ok(m);
+    }
     let (_, body) = security::verify(&env.auth, Purpose::Result, |id| {
         (id == agent.key_id()).then(|| agent.clone())
     })
@@ -159,12 +162,53 @@ fn verify_result(
         (None, None) => return Err("signed result without content".into()),
     };
     match inner {
+        // What is shown is the inside: it must name the node and job signed for,
+        // or one accepted agent could answer in another's name.
+        Value::Object(m)
+            if m.get("node").and_then(Value::as_str) != Some(env.node.as_str())
+                || m.get("uuid").and_then(Value::as_str) != Some(accepted.uuid.as_str()) =>
+        {
+            Err(format!(
+                "result signed by {:?} names another node or job inside",
+                env.node
+            ))
+        }
         Value::Object(mut m) => {
             m.insert("verified".into(), Value::Bool(true));
             Ok(m)
         }
         _ => Err("sealed result is not an object".into()),
     }
+}
+
+/// A result the agent sealed from its own x25519 key needs no signature
+/// check: only that agent (or we) can make a ciphertext that opens under the
+/// key we share with it, and the plaintext names the job and the node. That
+/// spares a client a signature verification per result, a third of its time
+/// over a large fleet. Anything else (`None`) takes the signature path.
+fn opened_from(
+    env: &ResultEnvelope,
+    agent: &PublicKey,
+    uuid: &str,
+    key: Option<&KeyPair>,
+) -> Option<Map<String, Value>> {
+    let key = key?;
+    let body: SignedResult = serde_json::from_str(&env.auth.body).ok()?;
+    let sealed = body.sealed?;
+    if sealed.epk != agent.box_key_base64() {
+        return None;
+    }
+    let plain = security::open(key, &sealed).ok()?;
+    let Ok(Value::Object(mut m)) = serde_json::from_slice::<Value>(&plain) else {
+        return None;
+    };
+    if m.get("uuid").and_then(Value::as_str) != Some(uuid)
+        || m.get("node").and_then(Value::as_str) != Some(env.node.as_str())
+    {
+        return None;
+    }
+    m.insert("verified".into(), Value::Bool(true));
+    Some(m)
 }
 
 /// What came back for one job.
@@ -716,6 +760,56 @@ mod tests {
             elapsed: Duration::ZERO,
             waited: Duration::from_secs(1),
         }
+    }
+
+    /// A result as agent `signer` sends it for `node`, job `uuid`, sealed to `client`.
+    fn sealed_result(
+        signer: &KeyPair,
+        node: &str,
+        uuid: &str,
+        client: &KeyPair,
+    ) -> Map<String, Value> {
+        let r = crate::agent::refusal(node, uuid, Some("status"), "test".into());
+        let frame = crate::agent::guard::result_frame(
+            signer,
+            &r,
+            Some(client.public()),
+            Some("req-1".into()),
+            true,
+        );
+        serde_json::from_slice(&frame).unwrap()
+    }
+
+    #[test]
+    fn sealed_results_are_believed_only_from_the_nodes_key() {
+        use crate::security::Role;
+        let client = KeyPair::generate(Role::Client, "alice").unwrap();
+        let web1 = KeyPair::generate(Role::Agent, "web1").unwrap();
+        let web2 = KeyPair::generate(Role::Agent, "web2").unwrap();
+        let accepted: Accepted = serde_json::from_value(json!({
+            "uuid": "job-1", "port": 1,
+            "agent_keys": {"web1": web1.public().to_string(), "web2": web2.public().to_string()},
+        }))
+        .unwrap();
+        let check =
+            |m: Map<String, Value>| verify_result(m, &accepted, Some(&client), Some("req-1"));
+
+        let good = check(sealed_result(&web1, "web1", "job-1", &client)).unwrap();
+        assert_eq!(good["verified"], true);
+        assert_eq!(good["node"], "web1");
+        // The seal alone proves the sender: a broken signature does not matter...
+        let mut m = sealed_result(&web1, "web1", "job-1", &client);
+        m["auth"]["sig"] = json!("AAAA");
+        assert_eq!(check(m).unwrap()["verified"], true);
+        // ...but another node's key does, as does another job or node inside.
+        assert!(check(sealed_result(&web2, "web1", "job-1", &client)).is_err());
+        assert!(check(sealed_result(&web1, "web1", "job-0", &client)).is_err());
+        let mut m = sealed_result(&web1, "web2", "job-1", &client);
+        m["node"] = json!("web1");
+        assert!(check(m).is_err());
+        // Sealed to somebody else: unreadable, refused.
+        let bob = KeyPair::generate(Role::Client, "bob").unwrap();
+        assert!(check(sealed_result(&web1, "web1", "job-1", &bob)).is_err());
     }
 
     #[test]

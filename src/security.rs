@@ -258,6 +258,11 @@ impl PublicKey {
         b
     }
 
+    /// The x25519 half as a sealing sender names it (`Sealed::epk`).
+    pub fn box_key_base64(&self) -> String {
+        STANDARD.encode(self.boxk.as_bytes())
+    }
+
     /// The key as messages name it: base64url (no padding) of [`bytes`](Self::bytes).
     /// Decoding is canonical, so equal keys always have equal ids.
     pub fn key_id(&self) -> String {
