@@ -1029,9 +1029,19 @@ impl KeyStore {
         let target = self.dir.join(to.as_str()).join(&fp);
         if from != to {
             let source = self.dir.join(from.as_str()).join(&fp);
-            fs::rename(&source, &target).with_context(|| {
-                format!("cannot move {} to {}", source.display(), target.display())
-            })?;
+            match fs::rename(&source, &target) {
+                Ok(()) => {}
+                // The manager re-filed it meanwhile (it files keys it sees
+                // announced as pending); we hold the key, so write it anew.
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    write_file(&target, format!("{key}\n").as_bytes(), 0o600, true)?
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("cannot move {} to {}", source.display(), target.display())
+                    })
+                }
+            }
         }
         self.remove_files(&fp, Some(to))?;
         self.keys.insert(key.key_id(), (to, key.clone()));
@@ -1372,6 +1382,24 @@ mod tests {
         let a = agent.seal_to(alice.public(), b"x").unwrap();
         let b = agent.seal_to(alice.public(), b"x").unwrap();
         assert_ne!(a.ct, b.ct);
+    }
+
+    #[test]
+    fn accepting_a_key_whose_pending_file_vanished_still_accepts_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = Identity::generate(Role::Agent, "web1").unwrap();
+        let mut store = KeyStore::open(dir.path()).unwrap();
+        store.submit(agent.public()).unwrap();
+        // Another process (the manager re-filing it) raced us.
+        fs::remove_file(
+            dir.path()
+                .join("pending")
+                .join(agent.public().fingerprint()),
+        )
+        .unwrap();
+        store.accept(&agent.public().fingerprint()).unwrap();
+        let again = KeyStore::open(dir.path()).unwrap();
+        assert!(again.is_accepted(&agent.public().key_id()));
     }
 
     #[test]
