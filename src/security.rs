@@ -836,12 +836,15 @@ impl Identity {
 }
 
 /// Where a key stands with the manager; also the name of its directory.
-/// Ordered from least to most restrictive: when a key is found in two
-/// directories (moved by hand), the more restrictive state wins.
+/// Ordered by the weight of the decision: when a key is found in two
+/// directories, the later state wins. Pending is no decision (the manager
+/// files every unknown key it sees there, possibly just as `mgmt keys`
+/// accepts it from another process), so an accept outranks a stale pending
+/// copy; a reject outranks both.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KeyState {
-    Accepted,
     Pending,
+    Accepted,
     Rejected,
 }
 
