@@ -226,21 +226,42 @@ pub fn agent(mgr: &Proc, node: &str, service_command: &Path, extra: &[&str]) -> 
 
 /// As `agent`, without waiting for the manager to admit it.
 pub fn agent_unregistered(mgr: &Proc, node: &str, service_command: &Path, extra: &[&str]) -> Proc {
-    let backend = format!("manager_endpoint={}", mgr.ep("backend_endpoint"));
-    let sink = format!("sink_endpoint={}", mgr.ep("sink_endpoint"));
-    let svc = format!(
-        "service_command={}",
-        toml_str(&service_command.display().to_string())
-    );
     let pki = mgr
         .pki
         .as_ref()
         .expect("a manager started by util::manager");
-    let key = format!("key_file={}", toml_str(&pki.agent_key(node)));
-    let clients = format!(
-        "authorized_clients={}",
-        toml_str(&pki.path("client.key.pub"))
+    let mut args = vec!["-O", ALLOW_ALL];
+    args.extend_from_slice(extra);
+    spawn_agent(
+        &mgr.ep("backend_endpoint"),
+        &mgr.ep("sink_endpoint"),
+        node,
+        service_command,
+        &pki.agent_key(node),
+        &pki.path("client.key.pub"),
+        &args,
+    )
+}
+
+/// `service-mgr agent` in the foreground on loopback with these endpoints,
+/// service manager, key and authorized clients (nothing read from $HOME).
+pub fn spawn_agent(
+    manager_endpoint: &str,
+    sink_endpoint: &str,
+    node: &str,
+    service_command: &Path,
+    key_file: &str,
+    clients_file: &str,
+    extra: &[&str],
+) -> Proc {
+    let backend = format!("manager_endpoint={manager_endpoint}");
+    let sink = format!("sink_endpoint={sink_endpoint}");
+    let svc = format!(
+        "service_command={}",
+        toml_str(&service_command.display().to_string())
     );
+    let key = format!("key_file={}", toml_str(key_file));
+    let clients = format!("authorized_clients={}", toml_str(clients_file));
     let mut args = vec![
         "agent",
         "-D",
@@ -260,8 +281,6 @@ pub fn agent_unregistered(mgr: &Proc, node: &str, service_command: &Path, extra:
         &key,
         "-O",
         &clients,
-        "-O",
-        ALLOW_ALL,
     ];
     args.extend_from_slice(extra);
     spawn_ready(&args)

@@ -167,44 +167,17 @@ pub fn agent_at(
     dir: &Path,
     extra: &[&str],
 ) -> Proc {
-    let backend = format!("manager_endpoint={manager_endpoint}");
-    let sink = format!("sink_endpoint={sink_endpoint}");
-    let svc = format!(
-        "service_command={}",
-        toml_str(&service_command.display().to_string())
-    );
-    let key = format!(
-        "key_file={}",
-        toml_str(&dir.join(format!("{node}.key")).display().to_string())
-    );
-    let clients = format!(
-        "authorized_clients={}",
-        toml_str(&dir.join("authorized_clients").display().to_string())
-    );
-    let mut args = vec![
-        "agent",
-        "-D",
-        "-f",
-        "/dev/null",
-        "-n",
-        node,
-        "-O",
-        &backend,
-        "-O",
-        &sink,
-        "-O",
-        "mgmt_endpoint=tcp://127.0.0.1:*",
-        "-O",
-        &svc,
-        "-O",
-        &key,
-        "-O",
-        &clients,
-        "-O",
-        "allow_unsigned=true",
-    ];
+    let mut args = vec!["-O", "allow_unsigned=true"];
     args.extend_from_slice(extra);
-    spawn_ready(&args)
+    spawn_agent(
+        manager_endpoint,
+        sink_endpoint,
+        node,
+        service_command,
+        &dir.join(format!("{node}.key")).display().to_string(),
+        &dir.join("authorized_clients").display().to_string(),
+        &args,
+    )
 }
 
 /// Assert that `mgr` is alive and still serves a request end to end: the
