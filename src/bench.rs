@@ -560,22 +560,8 @@ impl<'a> Bench<'a> {
     fn fleet_keys(&self, n: usize) -> Result<Vec<PathBuf>> {
         if self.plan.real_agents {
             let dir = self.dir.join("real-agents");
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-            let mut lines = String::new();
-            for i in 1..=n {
-                let node = node_name(i);
-                let file = dir.join(format!("{node}.key"));
-                let public = if file.exists() {
-                    Identity::load(&file)?.public().clone()
-                } else {
-                    security::keygen(&file, Role::Agent, &node, false)?
-                };
-                lines.push_str(&format!("{public}\n"));
-            }
-            let list = dir.join(format!("keys-{n}.pub"));
-            std::fs::write(&list, lines)
-                .with_context(|| format!("cannot write {}", list.display()))?;
+            let list = crate::agent::simulate::ensure_keys(&dir, PREFIX, n)
+                .context("cannot make the agents' keys")?;
             Ok(vec![list])
         } else {
             // Where the simulator will look for them, given the config's key_file.

@@ -119,14 +119,7 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     push.set_linger(5000)?;
     transport::set_heartbeats(&push)?;
     transport::connect(&push, &config.sink_endpoint, "sink_endpoint")?;
-    let mgmt = transport::socket(&ctx, zmq::REP)?;
-    mgmt.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
-    let mgmt_endpoint = transport::bind(
-        &mgmt,
-        &config.mgmt_endpoint,
-        "mgmt_endpoint",
-        "service-mgr-agentd",
-    )?;
+    let (mgmt, mgmt_endpoint) = bind_mgmt(&ctx, config)?;
     let inbox_endpoint = format!("inproc://agent-results-{}", uuid::Uuid::new_v4().simple());
     let inbox = transport::socket(&ctx, zmq::PULL)?;
     inbox.bind(&inbox_endpoint)?;
@@ -501,6 +494,19 @@ impl Agent<'_> {
             )),
         }
     }
+}
+
+/// The agent's management socket, bound; returns it with the bound endpoint.
+pub(crate) fn bind_mgmt(ctx: &zmq::Context, config: &AgentConfig) -> Result<(zmq::Socket, String)> {
+    let mgmt = transport::socket(ctx, zmq::REP)?;
+    mgmt.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
+    let endpoint = transport::bind(
+        &mgmt,
+        &config.mgmt_endpoint,
+        "mgmt_endpoint",
+        "service-mgr-agentd",
+    )?;
+    Ok((mgmt, endpoint))
 }
 
 /// The agent's own checks; it trusts neither the manager nor the client.

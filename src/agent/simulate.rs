@@ -14,9 +14,7 @@ use super::guard::{self, Guard, KeyPair};
 use super::{announcement, check_request, exec::Outcome, executed, refusal, Identity};
 use crate::config::AgentConfig;
 use crate::host::HostInfo;
-use crate::protocol::{
-    self as p, AnnounceKind, Dispatch, MgmtReply, RequestBody, ResultMsg, Status,
-};
+use crate::protocol::{self as p, AnnounceKind, Dispatch, MgmtReply, RequestBody, ResultMsg};
 use crate::runtime::{self, Control, OnReady};
 use crate::security::{self, PublicKey, Role, Signed};
 use crate::transport::{self, try_recv};
@@ -58,23 +56,29 @@ pub fn node_name(prefix: &str, i: usize) -> String {
 /// list of their public keys to `dir/PREFIXfleet.pub`, whose path is returned:
 /// `service-mgr mgmt keys import FILE` on the manager's host accepts them all.
 pub fn ensure_keys(dir: &Path, prefix: &str, n: usize) -> Result<PathBuf> {
+    fleet_keys(dir, prefix, n).map(|(list, _)| list)
+}
+
+/// [`ensure_keys`], also returning the key pairs in node order.
+fn fleet_keys(dir: &Path, prefix: &str, n: usize) -> Result<(PathBuf, Vec<Arc<KeyPair>>)> {
     check_fleet(prefix, n)?;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create the key directory {}", dir.display()))?;
     let mut lines = String::new();
+    let mut keys = Vec::with_capacity(n);
     for i in 1..=n {
         let node = node_name(prefix, i);
         let file = dir.join(format!("{node}.key"));
-        let public = if file.exists() {
-            KeyPair::load(&file)?.public().clone()
-        } else {
-            security::keygen(&file, Role::Agent, &node, false)?
-        };
-        lines.push_str(&format!("{public}\n"));
+        if !file.exists() {
+            security::keygen(&file, Role::Agent, &node, false)?;
+        }
+        let key = KeyPair::load(&file)?;
+        lines.push_str(&format!("{}\n", key.public()));
+        keys.push(Arc::new(key));
     }
     let list = dir.join(format!("{prefix}fleet.pub"));
     std::fs::write(&list, lines).with_context(|| format!("cannot write {}", list.display()))?;
-    Ok(list)
+    Ok((list, keys))
 }
 
 fn check_fleet(prefix: &str, n: usize) -> Result<()> {
@@ -103,11 +107,8 @@ pub fn run(
     if (limit as usize) < n * 4 + 64 {
         bail!("{n} simulated nodes need about {} open files; the limit is {limit} (raise it with ulimit -n)", n * 4 + 64);
     }
-    let dir = key_dir(config);
-    let list = ensure_keys(&dir, prefix, n)?;
-    let keys = (1..=n)
-        .map(|i| KeyPair::load(&dir.join(format!("{}.key", node_name(prefix, i)))).map(Arc::new))
-        .collect::<Result<Vec<_>>>()?;
+    let (list, keys) = fleet_keys(&key_dir(config), prefix, n)?;
+    let first_key = keys[0].clone();
     let (clients, policy) = guard::load_trust(config, log)?;
     let host = HostInfo::read();
 
@@ -154,14 +155,7 @@ pub fn run(
                 .recv()
                 .context("a simulator thread stopped while starting")??;
         }
-        let mgmt = transport::socket(&ctx, zmq::REP)?;
-        mgmt.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
-        let mgmt_endpoint = transport::bind(
-            &mgmt,
-            &config.mgmt_endpoint,
-            "mgmt_endpoint",
-            "service-mgr-agentd",
-        )?;
+        let (mgmt, mgmt_endpoint) = super::bind_mgmt(&ctx, config)?;
         let fleet = format!("{prefix}*");
         on_ready(&json!({
             "mgmt_endpoint": mgmt_endpoint, "node": fleet, "nodes": n,
@@ -173,9 +167,6 @@ pub fn run(
             "mgmt" => &mgmt_endpoint, "keys" => %list.display());
         // Admin of the fleet: the first node's guard checks signed shutdowns,
         // which name the fleet ("PREFIX*") as their node.
-        let first_key = Arc::new(KeyPair::load(
-            &dir.join(format!("{}.key", node_name(prefix, 1))),
-        )?);
         let mut admin = Guard::new(first_key, clients.clone(), policy.clone(), config);
         let mut done = false;
         while !done && !handles.iter().any(|h| h.is_finished()) {
@@ -526,7 +517,6 @@ impl Shard {
                 (r.client, r.request_id)
             }
         };
-        debug_assert!(result.status != Some(Status::Timeout));
         let frame = guard::result_frame(
             &node.guard.key,
             &result,
