@@ -3,7 +3,7 @@
 //! (see PROTOCOL-0.1.md), never through our client or agent code.
 
 use crate::util::*;
-use crate::util_extra::*;
+
 use serde_json::{json, Map, Value};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -222,10 +222,14 @@ fn a2_raw_01_agent_answers_our_client_through_our_manager() {
 
         // stdout as a string (0.1's README).
         let started = Instant::now();
-        let out = run_unsigned(&[
-            "client", "-e", &frontend, "-T", "old1", "-c", "status", "-s", "x", "-w", "3",
-            "--format", "legacy",
-        ]);
+        let out = Client::at(&frontend)
+            .unsigned()
+            .topic("old1")
+            .cmd("status")
+            .service("x")
+            .wait("3")
+            .format("legacy")
+            .output();
         let took = started.elapsed();
         let stderr = String::from_utf8_lossy(&out.stderr);
         let printed = json(&out.stdout);
@@ -255,10 +259,14 @@ fn a2_raw_01_agent_answers_our_client_through_our_manager() {
         );
 
         // stdout as a list of lines (0.1's last commit), and both at once via "any".
-        let out = run_unsigned(&[
-            "client", "-e", &frontend, "-T", "any", "-c", "status", "-s", "y", "-w", "3",
-            "--format", "legacy",
-        ]);
+        let out = Client::at(&frontend)
+            .unsigned()
+            .topic("any")
+            .cmd("status")
+            .service("y")
+            .wait("3")
+            .format("legacy")
+            .output();
         let printed = json(&out.stdout);
         let list = printed.as_array().unwrap_or_else(|| panic!("{printed}"));
         assert_eq!(list.len(), 2, "{printed}");
@@ -277,9 +285,13 @@ fn a2_raw_01_agent_answers_our_client_through_our_manager() {
         assert_eq!(out.status.code(), Some(0), "{printed}");
 
         // Our own JSON report reads the list form too: one ok per node.
-        let out = run_unsigned(&[
-            "client", "-e", &frontend, "-T", "old2", "-c", "status", "-s", "z", "-w", "3",
-        ]);
+        let out = Client::at(&frontend)
+            .unsigned()
+            .topic("old2")
+            .cmd("status")
+            .service("z")
+            .wait("3")
+            .output();
         let doc = json(&out.stdout);
         assert_eq!(doc["results"].as_array().map(Vec::len), Some(1), "{doc}");
         assert_eq!(doc["results"][0]["node"], "old2", "{doc}");
@@ -496,7 +508,7 @@ impl Drop for Raw01Manager {
 fn a3_our_client_and_agent_work_through_a_01_manager() {
     with_timeout(60, || {
         let dir = tempfile::tempdir().unwrap();
-        let fake = fake_service_ext(dir.path());
+        let fake = fake_service(dir.path());
         let old = Raw01Manager::start();
         let _agent = agent_at(&old.backend, &old.sink, "new1", &fake, dir.path(), &[]);
         // Subscriptions are plain prefixes to a 0.1 manager; ours arrive as such.
@@ -506,19 +518,13 @@ fn a3_our_client_and_agent_work_through_a_01_manager() {
         // a result that comes before the client's subscription is lost (0.1's
         // own defect). `brief-svc` takes 0.3 s, as a real service command does.
         let started = Instant::now();
-        let out = run_unsigned(&[
-            "client",
-            "-e",
-            &old.frontend,
-            "-T",
-            "new1",
-            "-c",
-            "status",
-            "-s",
-            "brief-svc",
-            "-w",
-            "2",
-        ]);
+        let out = Client::at(&old.frontend)
+            .unsigned()
+            .topic("new1")
+            .cmd("status")
+            .service("brief-svc")
+            .wait("2")
+            .output();
         let took = started.elapsed();
         let stderr = String::from_utf8_lossy(&out.stderr);
         let doc = json(&out.stdout);
@@ -561,24 +567,18 @@ fn a3_our_client_and_agent_work_through_a_01_manager() {
 fn a3_our_agent_sends_a_01_manager_nothing_that_kills_it() {
     with_timeout(60, || {
         let dir = tempfile::tempdir().unwrap();
-        let fake = fake_service_ext(dir.path());
+        let fake = fake_service(dir.path());
         let old = Raw01Manager::start();
         let _agent = agent_at(&old.backend, &old.sink, "new2", &fake, dir.path(), &[]);
         old.wait_subscription("new2");
         // One real request, and long enough for the agent's first heartbeat (2 s).
-        let out = run_unsigned(&[
-            "client",
-            "-e",
-            &old.frontend,
-            "-T",
-            "new2",
-            "-c",
-            "status",
-            "-s",
-            "brief-svc",
-            "-w",
-            "2.5",
-        ]);
+        let out = Client::at(&old.frontend)
+            .unsigned()
+            .topic("new2")
+            .cmd("status")
+            .service("brief-svc")
+            .wait("2.5")
+            .output();
         let doc = json(&out.stdout);
         assert_eq!(doc["results"][0]["result"]["node"], "new2", "{doc}");
         let (sink, fatal) = {

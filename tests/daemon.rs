@@ -2,16 +2,11 @@
 //! socket, signals and log files, as init scripts and logrotate use them.
 
 use crate::util::*;
-use crate::util_extra::*;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const NO_KEY: (&str, &str) = (
-    "SERVICE_MGR_KEY",
-    "/nonexistent/service-mgr-test/client.key",
-);
 
 /// `daemon -d` arguments on loopback ephemeral ports with the key store of `pki`.
 fn detached_args(
@@ -53,7 +48,7 @@ fn run_in(dir: Option<&Path>, args: &[String], envs: &[(&str, &str)]) -> std::pr
     for (k, v) in envs {
         c.env(k, v);
     }
-    c.output().unwrap()
+    output(&mut c)
 }
 
 fn read_pid(path: &Path) -> Option<i32> {
@@ -98,7 +93,7 @@ fn c_detached_daemon_start_second_start_status_stop() {
         // The detached child wrote the ready file; the pid file names it, and it lives.
         let doc = wait_ready(&ready);
         let pid = read_pid(&pidfile).unwrap_or_else(|| panic!("no pid in {}", pidfile.display()));
-        let _guard = Detached { pid };
+        let _guard = Detached::new(pid);
         assert_eq!(doc["pid"], pid, "ready file and pid file disagree: {doc}");
         assert!(pid_alive(pid), "pid {pid} from the pid file is not running");
         assert_ne!(pid as u32, std::process::id());
@@ -190,7 +185,7 @@ fn c_stale_pid_file_is_taken_over() {
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         let doc = wait_ready(&ready);
         let pid = read_pid(&pidfile).unwrap();
-        let _guard = Detached { pid };
+        let _guard = Detached::new(pid);
         assert_ne!(pid, dead);
         assert_eq!(doc["pid"], pid);
         assert!(pid_alive(pid));
@@ -224,7 +219,7 @@ fn c_sigterm_stops_a_foreground_manager_and_agent_with_status_0() {
 fn c_sigterm_on_busy_agents_still_delivers_their_results() {
     with_timeout(60, || {
         let dir = tempfile::tempdir().unwrap();
-        let fake = fake_service_ext(dir.path());
+        let fake = fake_service(dir.path());
         let mgr = manager(&[]);
         let nodes = ["n1", "n2", "n3", "n4", "n5", "n6", "n7", "n8"];
         let mut agents: Vec<Proc> = nodes
@@ -234,29 +229,12 @@ fn c_sigterm_on_busy_agents_still_delivers_their_results() {
                 agent(&mgr, n, &fake, &[])
             })
             .collect();
-        let ep = mgr.ep("frontend_endpoint");
-        let key = mgr.pki.as_ref().unwrap().client_key();
-        let client = Command::new(bin())
-            .args([
-                "client",
-                "-e",
-                &ep,
-                "-k",
-                &key,
-                "-T",
-                "any",
-                "-c",
-                "restart",
-                "-s",
-                "pause-svc",
-                "-w",
-                "10",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let client = Client::new(&mgr)
+            .topic("any")
+            .cmd("restart")
+            .service("pause-svc")
+            .wait("10")
+            .spawn();
         wait_for(10, "every agent to start the command", || {
             (calls(dir.path()).len() == nodes.len()).then_some(())
         });
@@ -272,7 +250,7 @@ fn c_sigterm_on_busy_agents_still_delivers_their_results() {
                 .unwrap_or_else(|| panic!("{n} did not exit"));
             assert_eq!(st.code(), Some(0), "{n}: {st:?}\n{}", a.log_text());
         }
-        let out = client.wait_with_output().unwrap();
+        let out = client.output();
         let doc = json(&out.stdout);
         let results = doc["results"].as_array().unwrap_or_else(|| panic!("{doc}"));
         let lost: Vec<&Value> = results.iter().filter(|r| r["status"] != "ok").collect();
@@ -444,7 +422,7 @@ fn c_relative_pid_file_is_removed_at_stop() {
         let pidfile = dir.path().join("run/mgr.pid");
         let pid =
             read_pid(&pidfile).unwrap_or_else(|| panic!("no pid file at {}", pidfile.display()));
-        let _guard = Detached { pid };
+        let _guard = Detached::new(pid);
         assert_eq!(doc["pid"], pid);
         let stop = [
             "daemon",
@@ -483,7 +461,7 @@ fn c_relative_log_file_is_reopened_at_its_path_after_sighup() {
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         let doc = wait_ready(&ready);
         let pid = doc["pid"].as_i64().unwrap() as i32;
-        let _guard = Detached { pid };
+        let _guard = Detached::new(pid);
         let logfile = dir.path().join(&rel_log);
         wait_for(10, "the first log lines", || {
             std::fs::read_to_string(&logfile)

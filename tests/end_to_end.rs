@@ -39,13 +39,25 @@ fn status_reaches_exactly_the_topic_and_returns_without_waiting() {
         let _db = agent(&mgr, "db1", &fake, &["--topics", "db"]);
         let started = Instant::now();
         // Exact topic: web1 never runs web10's request.
-        let (out, doc) = client(&mgr, "web10", "status", "nginx", &[]);
+        let (out, doc) = Client::new(&mgr)
+            .topic("web10")
+            .cmd("status")
+            .service("nginx")
+            .run();
         assert_eq!(outcome(&doc), oks(&["web10"]));
         assert_eq!(doc["expected"], serde_json::json!(["web10"]));
         assert_eq!(out.status.code(), Some(0));
-        let (_, doc) = client(&mgr, "web", "status", "nginx", &[]);
+        let (_, doc) = Client::new(&mgr)
+            .topic("web")
+            .cmd("status")
+            .service("nginx")
+            .run();
         assert_eq!(outcome(&doc), oks(&["web1", "web10"]));
-        let (_, doc) = client(&mgr, "any", "status", "nginx", &[]);
+        let (_, doc) = Client::new(&mgr)
+            .topic("any")
+            .cmd("status")
+            .service("nginx")
+            .run();
         assert_eq!(outcome(&doc), oks(&["db1", "web1", "web10"]));
         assert_eq!(doc["summary"]["answered"], 3);
         // The default -w is 60 s: these returned because every expected node answered.
@@ -55,7 +67,11 @@ fn status_reaches_exactly_the_topic_and_returns_without_waiting() {
             started.elapsed()
         );
         // A prefix of a topic reaches no one, and says so with exit 4 and the job id.
-        let (out, doc) = client(&mgr, "we", "status", "nginx", &[]);
+        let (out, doc) = Client::new(&mgr)
+            .topic("we")
+            .cmd("status")
+            .service("nginx")
+            .run();
         assert_eq!(out.status.code(), Some(4));
         assert!(doc["job"].as_str().unwrap().len() == 32);
         assert_eq!(doc["results"], serde_json::json!([]));
@@ -70,31 +86,33 @@ fn nodes_lists_globs_and_unknown_nodes() {
         let mgr = manager(&[]);
         let _a =
             ["web1", "web2", "web10", "db1"].map(|n| agent(&mgr, n, &fake, &["--topics", "grp"]));
-        let (_, doc) = client_args(&mgr, &["-N", "web1,db1", "-c", "status", "-s", "x"]);
+        let (_, doc) = Client::new(&mgr)
+            .nodes("web1,db1")
+            .cmd("status")
+            .service("x")
+            .run();
         assert_eq!(outcome(&doc), oks(&["db1", "web1"]));
-        let (_, doc) = client_args(&mgr, &["-G", "web?", "-c", "status", "-s", "x"]);
+        let (_, doc) = Client::new(&mgr)
+            .glob("web?")
+            .cmd("status")
+            .service("x")
+            .run();
         assert_eq!(outcome(&doc), oks(&["web1", "web2"]));
-        let (_, doc) = client_args(
-            &mgr,
-            &[
-                "-T",
-                "grp",
-                "-G",
-                "web*",
-                "-N",
-                "web10,db1",
-                "-c",
-                "status",
-                "-s",
-                "x",
-            ],
-        );
+        let (_, doc) = Client::new(&mgr)
+            .topic("grp")
+            .glob("web*")
+            .nodes("web10,db1")
+            .cmd("status")
+            .service("x")
+            .run();
         assert_eq!(outcome(&doc), oks(&["web10"]));
         // A named node that does not exist is reported, not silently dropped.
-        let (out, doc) = client_args(
-            &mgr,
-            &["-N", "web1,ghost", "-c", "status", "-s", "x", "-w", "1"],
-        );
+        let (out, doc) = Client::new(&mgr)
+            .nodes("web1,ghost")
+            .cmd("status")
+            .service("x")
+            .wait("1")
+            .run();
         assert_eq!(
             outcome(&doc),
             [
@@ -113,7 +131,12 @@ fn result_has_the_01_shape_and_a_state() {
         let fake = fake_service(dir.path());
         let mgr = manager(&[]);
         let _a = agent(&mgr, "n1", &fake, &[]);
-        let (out, v) = client(&mgr, "n1", "status", "stopped-svc", &["--format", "legacy"]);
+        let (out, v) = Client::new(&mgr)
+            .topic("n1")
+            .cmd("status")
+            .service("stopped-svc")
+            .format("legacy")
+            .run();
         assert_eq!(out.status.code(), Some(3), "a stopped service is not ok");
         let r = &v[0];
         assert_eq!(r["msg"], "Executed service status request");
@@ -138,14 +161,22 @@ fn hostile_names_and_commands_run_nothing() {
         let mgr = manager(&[]);
         let _a = agent(&mgr, "n1", &fake, &[]);
         for svc in ["../x", "-h", "a;b", ""] {
-            let (out, _) = client_raw(&mgr, &["-T", "n1", "-c", "status", "-s", svc]);
+            let (out, _) = Client::new(&mgr)
+                .topic("n1")
+                .cmd("status")
+                .service(svc)
+                .text();
             // The manager refuses before dispatching: a clear error, exit 1.
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(1), "{svc}: {err}");
             assert!(err.contains("service name"), "{err}");
         }
         // A well-formed command word the agent does not allow: refused by the agent.
-        let (out, doc) = client(&mgr, "n1", "rm", "sshd", &[]);
+        let (out, doc) = Client::new(&mgr)
+            .topic("n1")
+            .cmd("rm")
+            .service("sshd")
+            .run();
         assert_eq!(out.status.code(), Some(3));
         assert_eq!(doc["results"][0]["status"], "refused", "{doc}");
         assert!(doc["results"][0]["msg"]
@@ -168,16 +199,12 @@ fn killed_agent_is_reported_as_no_response_within_seconds() {
         let mgr = manager(&[]);
         let _ok = agent(&mgr, "fine", &fake, &[]);
         let mut victim = agent(&mgr, "victim", &fake, &[]);
-        let ep = mgr.ep("frontend_endpoint");
         let started = Instant::now();
-        let key = mgr.pki.as_ref().unwrap().client_key();
-        let child = std::process::Command::new(bin())
-            .args([
-                "client", "-e", &ep, "-k", &key, "-N", "victim", "-c", "start", "-s", "slow-svc",
-            ])
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = Client::new(&mgr)
+            .nodes("victim")
+            .cmd("start")
+            .service("slow-svc")
+            .spawn();
         // Wait until the victim runs the command, then kill -9 it.
         let deadline = Instant::now() + Duration::from_secs(10);
         while calls(dir.path()).is_empty() {
@@ -190,7 +217,7 @@ fn killed_agent_is_reported_as_no_response_within_seconds() {
         unsafe { libc::kill(victim.pid(), libc::SIGKILL) };
         victim.wait_exit(5);
         // The client reports the victim as soon as the manager notices; it does not hang.
-        let out = child.wait_with_output().unwrap();
+        let out = child.output();
         let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
         let victim_entry = doc["results"]
             .as_array()
@@ -228,7 +255,11 @@ fn manager_restart_agents_come_back_by_themselves() {
         let mgr2 = restart_manager(&mut mgr);
         wait_registered(&mgr2, "n1");
         wait_registered(&mgr2, "n2");
-        let (_, doc) = client(&mgr2, "any", "status", "x", &[]);
+        let (_, doc) = Client::new(&mgr2)
+            .topic("any")
+            .cmd("status")
+            .service("x")
+            .run();
         assert_eq!(outcome(&doc), oks(&["n1", "n2"]));
     });
 }
@@ -241,30 +272,27 @@ fn rolling_restart_in_batches_with_fail_fast() {
         let mgr = manager(&[]);
         let _a =
             ["w1", "w2", "w3", "w4", "w5"].map(|n| agent(&mgr, n, &fake, &["--topics", "web"]));
-        let (out, doc) = client_args(
-            &mgr,
-            &["-T", "web", "-c", "restart", "-s", "nginx", "--batch", "2"],
-        );
+        let (out, doc) = Client::new(&mgr)
+            .topic("web")
+            .cmd("restart")
+            .service("nginx")
+            .arg("--batch")
+            .arg("2")
+            .run();
         assert_eq!(out.status.code(), Some(0), "{doc}");
         assert_eq!(doc["jobs"].as_array().unwrap().len(), 3);
         assert_eq!(outcome(&doc), oks(&["w1", "w2", "w3", "w4", "w5"]));
         // The calls came in batches: never more than 2 nodes in one job.
         assert_eq!(calls(dir.path()).len(), 5);
         // fail-fast: the first batch fails, the rest is skipped and reported.
-        let (out, doc) = client_args(
-            &mgr,
-            &[
-                "-T",
-                "web",
-                "-c",
-                "restart",
-                "-s",
-                "fail-svc",
-                "--batch",
-                "40%",
-                "--fail-fast",
-            ],
-        );
+        let (out, doc) = Client::new(&mgr)
+            .topic("web")
+            .cmd("restart")
+            .service("fail-svc")
+            .arg("--batch")
+            .arg("40%")
+            .arg("--fail-fast")
+            .run();
         assert_eq!(out.status.code(), Some(3));
         let o = outcome(&doc);
         assert_eq!(o.iter().filter(|(_, s)| s == "failed").count(), 2, "{o:?}");
@@ -280,9 +308,13 @@ fn a_later_client_can_follow_a_job() {
         let mgr = manager(&[]);
         let _a = agent(&mgr, "n1", &fake, &[]);
         let _b = agent(&mgr, "n2", &fake, &[]);
-        let (_, doc) = client(&mgr, "any", "status", "x", &[]);
+        let (_, doc) = Client::new(&mgr)
+            .topic("any")
+            .cmd("status")
+            .service("x")
+            .run();
         let job = doc["job"].as_str().unwrap().to_owned();
-        let (out, again) = client_args(&mgr, &["--job", &job]);
+        let (out, again) = Client::new(&mgr).arg("--job").arg(&job).run();
         assert_eq!(out.status.code(), Some(0));
         assert_eq!(outcome(&again), oks(&["n1", "n2"]));
         assert_eq!(again["job"], job.as_str());
@@ -298,7 +330,11 @@ fn restarting_the_agents_own_service_answers_first() {
         let fake = fake_service(dir.path());
         let mgr = manager(&[]);
         let _a = agent(&mgr, "n1", &fake, &[]);
-        let (out, doc) = client(&mgr, "n1", "restart", "service-mgr-agentd", &[]);
+        let (out, doc) = Client::new(&mgr)
+            .topic("n1")
+            .cmd("restart")
+            .service("service-mgr-agentd")
+            .run();
         assert_eq!(out.status.code(), Some(0), "{doc}");
         assert!(
             doc["results"][0]["msg"]
@@ -362,7 +398,12 @@ fn late_results_are_kept_and_jobs_survive_a_manager_restart() {
         let mut mgr = manager(&[]);
         let _a = agent(&mgr, "n1", &fake, &[]);
         // The client gives up before the node answers.
-        let (out, doc) = client(&mgr, "n1", "restart", "nap-svc", &["-w", "0.2"]);
+        let (out, doc) = Client::new(&mgr)
+            .topic("n1")
+            .cmd("restart")
+            .service("nap-svc")
+            .wait("0.2")
+            .run();
         assert_eq!(out.status.code(), Some(4), "{doc}");
         let job = doc["job"].as_str().unwrap().to_owned();
         // The answer arrives later and is kept by the manager.
@@ -381,7 +422,7 @@ fn late_results_are_kept_and_jobs_survive_a_manager_restart() {
         // Restart the manager on the same state: the job and its result are still there.
         let mgr2 = restart_manager(&mut mgr);
         wait_registered(&mgr2, "n1");
-        let (out, again) = client_args(&mgr2, &["--job", &job]);
+        let (out, again) = Client::new(&mgr2).arg("--job").arg(&job).run();
         assert_eq!(out.status.code(), Some(0), "{again}");
         assert_eq!(outcome(&again), oks(&["n1"]));
         assert!(

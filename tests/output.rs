@@ -19,21 +19,13 @@ fn jsonl_prints_each_answer_then_the_silent_nodes_then_a_summary() {
         let mgr = manager(&[]);
         let _a = agent(&mgr, "n1", &fake, &[]);
         let _b = agent(&mgr, "n2", &fake, &[]);
-        let (out, stdout) = client_raw(
-            &mgr,
-            &[
-                "-N",
-                "n1,n2,ghost",
-                "-c",
-                "status",
-                "-s",
-                "svc",
-                "-w",
-                "2",
-                "--format",
-                "jsonl",
-            ],
-        );
+        let (out, stdout) = Client::new(&mgr)
+            .nodes("n1,n2,ghost")
+            .cmd("status")
+            .service("svc")
+            .wait("2")
+            .format("jsonl")
+            .text();
         assert_eq!(out.status.code(), Some(4), "{}", text(&out).1);
         let lines: Vec<Value> = stdout
             .lines()
@@ -76,19 +68,12 @@ fn table_shows_a_row_per_node_and_a_summary() {
         let mgr = manager(&[]);
         let _a = agent(&mgr, "n1", &fake, &[]);
         let _b = agent(&mgr, "n2", &fake, &[]);
-        let (out, stdout) = client_raw(
-            &mgr,
-            &[
-                "-T",
-                "any",
-                "-c",
-                "status",
-                "-s",
-                "stopped-svc",
-                "--format",
-                "table",
-            ],
-        );
+        let (out, stdout) = Client::new(&mgr)
+            .topic("any")
+            .cmd("status")
+            .service("stopped-svc")
+            .format("table")
+            .text();
         assert_eq!(out.status.code(), Some(3), "{}", text(&out).1);
         let lines: Vec<&str> = stdout.lines().collect();
         assert!(
@@ -124,24 +109,25 @@ fn piped_output_keeps_the_01_array_for_the_01_name() {
         assert!(run(&["install-links", links.path().to_str().unwrap()])
             .status
             .success());
-        let out = Command::new(links.path().join("service-mgr-client"))
-            .args([
-                "-k",
-                &mgr.pki.as_ref().unwrap().client_key(),
-                "-e",
-                &mgr.ep("frontend_endpoint"),
-                "-T",
-                "n1",
-                "-c",
-                "status",
-                "-s",
-                "svc",
-            ])
-            .output()
-            .unwrap();
+        let out = output(Command::new(links.path().join("service-mgr-client")).args([
+            "-k",
+            &mgr.pki.as_ref().unwrap().client_key(),
+            "-e",
+            &mgr.ep("frontend_endpoint"),
+            "-T",
+            "n1",
+            "-c",
+            "status",
+            "-s",
+            "svc",
+        ]));
         let v: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(v[0]["result"]["node"], "n1", "{v}");
-        let (_, doc) = client(&mgr, "n1", "status", "svc", &[]);
+        let (_, doc) = Client::new(&mgr)
+            .topic("n1")
+            .cmd("status")
+            .service("svc")
+            .run();
         assert_eq!(
             doc["summary"]["ok"], 1,
             "service-mgr client prints the document: {doc}"
@@ -202,7 +188,11 @@ fn mgmt_short_names_print_tables_and_full_names_the_json_reply() {
         let fake = fake_service(dir.path());
         let mgr = manager(&[]);
         let _a = agent(&mgr, "n1", &fake, &[]);
-        let (_, doc) = client(&mgr, "n1", "status", "svc", &[]);
+        let (_, doc) = Client::new(&mgr)
+            .topic("n1")
+            .cmd("status")
+            .service("svc")
+            .run();
         let job = doc["job"].as_str().unwrap().to_owned();
         let ep = mgr.ep("mgmt_endpoint");
         let mgmt = |args: &[&str]| {

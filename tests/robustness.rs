@@ -5,7 +5,7 @@
 //! real request end to end.
 
 use crate::util::*;
-use crate::util_extra::*;
+
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -329,7 +329,11 @@ fn b_manager_result_publisher_survives_odd_subscriptions() {
         drop(sub);
         // And the status of a job the XSUB subscribed to by hand while it ran.
         assert_serves(&mut mgr, "n1", "odd subscriptions on the result publisher");
-        let (out, doc) = client(&mgr, "n1", "status", "probe2", &[]);
+        let (out, doc) = Client::new(&mgr)
+            .topic("n1")
+            .cmd("status")
+            .service("probe2")
+            .run();
         assert_eq!(out.status.code(), Some(0), "{doc}");
         assert!(mgr.alive());
     });
@@ -351,7 +355,7 @@ struct AgentRig {
 impl AgentRig {
     fn new(extra: &[&str]) -> AgentRig {
         let dir = tempfile::tempdir().unwrap();
-        let fake = fake_service_ext(dir.path());
+        let fake = fake_service(dir.path());
         let ctx = zmq::Context::new();
         let (xpub, xpub_ep) = bind_loopback(&ctx, zmq::XPUB);
         let (pull, pull_ep) = bind_loopback(&ctx, zmq::PULL);
@@ -655,7 +659,11 @@ fn b_agent_key_accepted_just_before_its_hello_is_admitted() {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let (out, doc) = client(&mgr, "n7", "status", "x", &[]);
+        let (out, doc) = Client::new(&mgr)
+            .topic("n7")
+            .cmd("status")
+            .service("x")
+            .run();
         assert_eq!(out.status.code(), Some(0), "{doc}");
     });
 }

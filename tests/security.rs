@@ -57,19 +57,12 @@ fn unknown_client_is_refused_then_pending_then_accepted() {
         let stranger = dir.path().join("stranger.key");
         security::keygen(&stranger, Role::Client, "tester", false).unwrap();
         let ep = mgr.ep("frontend_endpoint");
-        let out = run(&[
-            "client",
-            "-e",
-            &ep,
-            "-k",
-            stranger.to_str().unwrap(),
-            "-T",
-            "n1",
-            "-c",
-            "status",
-            "-s",
-            "x",
-        ]);
+        let out = Client::at(&ep)
+            .key(stranger.to_str().unwrap())
+            .topic("n1")
+            .cmd("status")
+            .service("x")
+            .output();
         assert_eq!(out.status.code(), Some(1));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -92,19 +85,12 @@ fn unknown_client_is_refused_then_pending_then_accepted() {
         // The manager picks the change up by itself; the agent trusts the key by name ("tester") in
         // its policy but not in authorized_clients: refused there, and nothing runs.
         std::thread::sleep(Duration::from_millis(600));
-        let out = run(&[
-            "client",
-            "-e",
-            &ep,
-            "-k",
-            stranger.to_str().unwrap(),
-            "-T",
-            "n1",
-            "-c",
-            "status",
-            "-s",
-            "x",
-        ]);
+        let out = Client::at(&ep)
+            .key(stranger.to_str().unwrap())
+            .topic("n1")
+            .cmd("status")
+            .service("x")
+            .output();
         let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(doc["results"][0]["status"], "refused", "{doc}");
         assert!(
@@ -165,7 +151,11 @@ fn tampered_replayed_and_expired_requests_are_refused() {
         // Only the one good request ran; the manager still serves.
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(calls(dir.path()), ["sshd status"]);
-        let (out, _) = client(&mgr, "n1", "status", "x", &[]);
+        let (out, _) = Client::new(&mgr)
+            .topic("n1")
+            .cmd("status")
+            .service("x")
+            .run();
         assert_eq!(out.status.code(), Some(0));
     });
 }
@@ -219,11 +209,23 @@ fn policy_refusals_name_the_rule() {
         let policy = r#"policy=[{name = "monitoring", keys = ["tester"], commands = ["status"], services = ["*"]},
                               {name = "ops", keys = ["tester"], commands = ["*"], services = ["*"], deny = [{commands = ["stop"], services = ["sshd"]}]}]"#;
         let _a = agent(&mgr, "n1", &fake, &["-O", policy]);
-        let (_, doc) = client(&mgr, "n1", "status", "sshd", &[]);
+        let (_, doc) = Client::new(&mgr)
+            .topic("n1")
+            .cmd("status")
+            .service("sshd")
+            .run();
         assert_eq!(doc["results"][0]["status"], "ok", "{doc}");
-        let (_, doc) = client(&mgr, "n1", "restart", "nginx", &[]);
+        let (_, doc) = Client::new(&mgr)
+            .topic("n1")
+            .cmd("restart")
+            .service("nginx")
+            .run();
         assert_eq!(doc["results"][0]["status"], "ok", "{doc}");
-        let (out, doc) = client(&mgr, "n1", "stop", "sshd", &[]);
+        let (out, doc) = Client::new(&mgr)
+            .topic("n1")
+            .cmd("stop")
+            .service("sshd")
+            .run();
         assert_eq!(out.status.code(), Some(3));
         let r = &doc["results"][0];
         assert_eq!(r["status"], "refused", "{doc}");
@@ -265,7 +267,11 @@ fn unaccepted_agent_gets_nothing_until_accepted() {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let (out, doc) = client(&mgr, "rogue", "status", "x", &[]);
+        let (out, doc) = Client::new(&mgr)
+            .topic("rogue")
+            .cmd("status")
+            .service("x")
+            .run();
         assert_eq!(out.status.code(), Some(4), "{doc}");
         assert!(
             calls(dir.path()).is_empty(),
@@ -278,7 +284,11 @@ fn unaccepted_agent_gets_nothing_until_accepted() {
                 .success()
         );
         wait_registered(&mgr, "rogue");
-        let (out, doc) = client(&mgr, "rogue", "status", "x", &[]);
+        let (out, doc) = Client::new(&mgr)
+            .topic("rogue")
+            .cmd("status")
+            .service("x")
+            .run();
         assert_eq!(out.status.code(), Some(0), "{doc}");
         assert_eq!(calls(dir.path()), ["x status"]);
     });
@@ -329,7 +339,11 @@ fn forged_results_are_dropped_and_results_are_sealed() {
             mgr.log_text()
         );
         // A real result travels sealed: its output is not readable on the wire.
-        let (_, doc) = client(&mgr, "n1", "status", "secret-svc", &[]);
+        let (_, doc) = Client::new(&mgr)
+            .topic("n1")
+            .cmd("status")
+            .service("secret-svc")
+            .run();
         let job = doc["job"].as_str().unwrap();
         assert_eq!(doc["results"][0]["verified"], true, "{doc}");
         let sub2 = ctx.socket(zmq::SUB).unwrap();

@@ -68,7 +68,11 @@ fn simulated_fleet_answers_signed_and_sealed() {
         let (mgr, mut sim) = fleet(n);
         let all: BTreeSet<String> = (1..=n).map(|i| simulate::node_name("sim-", i)).collect();
 
-        let (out, v) = client(&mgr, "any", "status", "sshd", &[]);
+        let (out, v) = Client::new(&mgr)
+            .topic("any")
+            .cmd("status")
+            .service("sshd")
+            .run();
         assert!(out.status.success(), "{v}");
         assert_eq!(v["results"].as_array().unwrap().len(), n, "{v}");
         for r in v["results"].as_array().unwrap() {
@@ -78,9 +82,17 @@ fn simulated_fleet_answers_signed_and_sealed() {
         assert_eq!(nodes_with(&v, "state", "running"), all);
 
         // The fake service manager keeps state per node.
-        let (out, v) = client(&mgr, "sim-0003", "stop", "nginx", &[]);
+        let (out, v) = Client::new(&mgr)
+            .topic("sim-0003")
+            .cmd("stop")
+            .service("nginx")
+            .run();
         assert!(out.status.success(), "{v}");
-        let (_, v) = client_args(&mgr, &["-G", "sim-000*", "-c", "status", "-s", "nginx"]);
+        let (_, v) = Client::new(&mgr)
+            .glob("sim-000*")
+            .cmd("status")
+            .service("nginx")
+            .run();
         assert_eq!(v["results"].as_array().unwrap().len(), 9, "{v}");
         assert_eq!(
             nodes_with(&v, "state", "stopped"),
@@ -96,21 +108,13 @@ fn simulated_fleet_answers_signed_and_sealed() {
             .unwrap()
             .import_accepted(&pki.dir.path().join("stranger.key.pub"))
             .unwrap();
-        let out = run(&[
-            "client",
-            "-e",
-            &mgr.ep("frontend_endpoint"),
-            "-k",
-            stranger.to_str().unwrap(),
-            "-T",
-            "any",
-            "-c",
-            "status",
-            "-s",
-            "sshd",
-            "--format",
-            "json",
-        ]);
+        let out = Client::new(&mgr)
+            .key(stranger.to_str().unwrap())
+            .topic("any")
+            .cmd("status")
+            .service("sshd")
+            .format("json")
+            .output();
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
         assert_eq!(nodes_with(&v, "status", "refused"), all, "{v}");
@@ -162,19 +166,19 @@ fn simulate_refuses_what_it_cannot_do() {
             "key_file={}",
             toml_str(&dir.path().join("agent.key").display().to_string())
         );
-        let out = Command::new(bin())
-            .args([
-                "agent",
-                "-f",
-                "/dev/null",
-                "-O",
-                &key,
-                "-O",
-                "mgmt_endpoint=tcp://127.0.0.1:*",
-            ])
-            .args(args)
-            .output()
-            .unwrap();
+        let out = output(
+            Command::new(bin())
+                .args([
+                    "agent",
+                    "-f",
+                    "/dev/null",
+                    "-O",
+                    &key,
+                    "-O",
+                    "mgmt_endpoint=tcp://127.0.0.1:*",
+                ])
+                .args(args),
+        );
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");

@@ -1,7 +1,6 @@
 //! Integration tests: the real binary, real sockets, real processes.
 
 mod util;
-mod util_extra;
 
 mod bench;
 mod cli;

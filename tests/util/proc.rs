@@ -1,0 +1,320 @@
+//! Child processes of a test: the real binary started and awaited, readiness
+//! from ready files, a per-test timeout, and every child killed on drop, panic
+//! or timeout.
+
+use serde_json::Value;
+use std::cell::RefCell;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_service-mgr")
+}
+
+/// The children one `with_timeout` body started. The body runs on its own
+/// thread, which never unwinds if it hangs, so on timeout `with_timeout` kills
+/// them from here; the test harness' other tests (and their children) are
+/// untouched.
+#[derive(Default)]
+struct Scope {
+    children: Mutex<Vec<Weak<Mutex<Child>>>>,
+    detached: Mutex<Vec<i32>>,
+}
+
+impl Scope {
+    fn kill_all(&self) {
+        for child in self.children.lock().unwrap().iter() {
+            if let Some(child) = child.upgrade() {
+                // A reaped child is not signalled again (std checks), so a
+                // recycled pid is never hit.
+                let _ = child.lock().unwrap().kill();
+            }
+        }
+        for &pid in self.detached.lock().unwrap().iter() {
+            kill_detached(pid);
+        }
+    }
+}
+
+thread_local! {
+    static SCOPE: RefCell<Option<Arc<Scope>>> = const { RefCell::new(None) };
+}
+
+fn with_scope(f: impl FnOnce(&Scope)) {
+    SCOPE.with(|s| {
+        if let Some(scope) = s.borrow().as_ref() {
+            f(scope)
+        }
+    });
+}
+
+/// Run `f` on a thread and fail the test if it takes longer than `secs`,
+/// so a hung socket fails instead of hanging CI. Whatever `f` started is
+/// killed when it times out or panics.
+pub fn with_timeout<F: FnOnce() + Send + 'static>(secs: u64, f: F) {
+    let scope = Arc::new(Scope::default());
+    let inner = scope.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        SCOPE.with(|s| *s.borrow_mut() = Some(inner));
+        f();
+        let _ = tx.send(());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(()) => t.join().unwrap(),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            // The closure panicked: drops have run; kill what they missed, re-raise.
+            let joined = t.join();
+            scope.kill_all();
+            if let Err(e) = joined {
+                std::panic::resume_unwind(e);
+            }
+        }
+        Err(_) => {
+            scope.kill_all();
+            panic!("test timed out after {secs} s");
+        }
+    }
+}
+
+/// A child registered with the current test's scope; killed and reaped on drop.
+struct Tracked(Arc<Mutex<Child>>);
+
+impl Tracked {
+    fn spawn(cmd: &mut Command) -> Tracked {
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
+        let child = Arc::new(Mutex::new(child));
+        with_scope(|s| s.children.lock().unwrap().push(Arc::downgrade(&child)));
+        Tracked(child)
+    }
+    fn id(&self) -> u32 {
+        self.0.lock().unwrap().id()
+    }
+    fn try_wait(&self) -> Option<ExitStatus> {
+        self.0.lock().unwrap().try_wait().unwrap()
+    }
+    /// Wait for the exit without holding the lock, so a timeout can still kill it.
+    fn wait(&self) -> ExitStatus {
+        loop {
+            if let Some(s) = self.try_wait() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        let mut child = self.0.lock().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// A command running in the background (e.g. a client the test races against);
+/// killed on drop.
+pub struct Running {
+    child: Tracked,
+    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
+    stderr: Option<std::thread::JoinHandle<Vec<u8>>>,
+}
+
+fn drain(pipe: Option<impl Read + Send + 'static>) -> Option<std::thread::JoinHandle<Vec<u8>>> {
+    pipe.map(|mut p| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = p.read_to_end(&mut buf);
+            buf
+        })
+    })
+}
+
+impl Running {
+    /// Start `cmd` with its stdout and stderr collected (stdin from /dev/null).
+    pub fn spawn(cmd: &mut Command) -> Running {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = Tracked::spawn(cmd);
+        let (out, err) = {
+            let mut c = child.0.lock().unwrap();
+            (c.stdout.take(), c.stderr.take())
+        };
+        Running {
+            child,
+            stdout: drain(out),
+            stderr: drain(err),
+        }
+    }
+    /// Wait for the exit and collect what it printed.
+    pub fn output(mut self) -> Output {
+        let status = self.child.wait();
+        let take = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
+            h.map(|h| h.join().unwrap()).unwrap_or_default()
+        };
+        Output {
+            status,
+            stdout: take(self.stdout.take()),
+            stderr: take(self.stderr.take()),
+        }
+    }
+}
+
+/// `cmd.output()`, with the child killed if the test times out meanwhile.
+pub fn output(cmd: &mut Command) -> Output {
+    Running::spawn(cmd).output()
+}
+
+/// Run the binary and collect its output.
+pub fn run(args: &[&str]) -> Output {
+    output(Command::new(bin()).args(args))
+}
+
+/// A running daemon process; killed on drop.
+pub struct Proc {
+    child: Tracked,
+    pub ready: Value,
+    pub log: PathBuf,
+    /// Keys of a manager's test deployment (client key, key store).
+    pub pki: Option<crate::util::Pki>,
+    _dir: tempfile::TempDir,
+}
+
+impl Proc {
+    pub fn ep(&self, key: &str) -> String {
+        self.ready[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("{key} missing in ready file: {}", self.ready))
+            .to_owned()
+    }
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    /// Send a signal and wait for the exit status.
+    pub fn signal_and_wait(&mut self, sig: i32, secs: u64) -> ExitStatus {
+        // SAFETY: kill(2) on our own unreaped child's pid.
+        unsafe { libc::kill(self.pid(), sig) };
+        self.wait_exit(secs)
+            .expect("daemon did not exit after the signal")
+    }
+    pub fn wait_exit(&mut self, secs: u64) -> Option<ExitStatus> {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        None
+    }
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().is_none()
+    }
+}
+
+/// Start `service-mgr ARGS... --ready-file F` and wait until F appears.
+pub fn spawn_ready(args: &[&str]) -> Proc {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready.json");
+    let log = dir.path().join("stderr.log");
+    let child = Tracked::spawn(
+        Command::new(bin())
+            .args(args)
+            .arg("--ready-file")
+            .arg(&ready)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let mut p = Proc {
+        child,
+        ready: Value::Null,
+        log,
+        pki: None,
+        _dir: dir,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(bytes) = std::fs::read(&ready) {
+            p.ready = serde_json::from_slice(&bytes).unwrap();
+            return p;
+        }
+        if let Some(status) = p.child.try_wait() {
+            panic!(
+                "{args:?} exited with {status} before it was ready:\n{}",
+                p.log_text()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{args:?} not ready in 20 s:\n{}",
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Poll `f` every 5 ms until it gives `Some`, or panic after `secs` naming `what`.
+pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Whether a process exists and is not a zombie.
+pub fn pid_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+fn kill_detached(pid: i32) {
+    if pid > 0 && pid_alive(pid) {
+        // SAFETY: kill(2) on the pid of a daemon this test started and that still runs.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// A process the test started but that is not its child (a detached daemon):
+/// SIGKILLed by pid on drop (or when the test times out) if still alive.
+pub struct Detached {
+    pub pid: i32,
+}
+
+impl Detached {
+    pub fn new(pid: i32) -> Detached {
+        with_scope(|s| s.detached.lock().unwrap().push(pid));
+        Detached { pid }
+    }
+}
+
+impl Drop for Detached {
+    fn drop(&mut self) {
+        kill_detached(self.pid);
+    }
+}
+
+/// Count the lines of `text` that contain `needle`.
+pub fn count_lines(text: &str, needle: &str) -> usize {
+    text.lines().filter(|l| l.contains(needle)).count()
+}
