@@ -318,3 +318,34 @@ impl Drop for Detached {
 pub fn count_lines(text: &str, needle: &str) -> usize {
     text.lines().filter(|l| l.contains(needle)).count()
 }
+
+/// Regression: a test that timed out left its daemons and clients running
+/// (with_timeout abandoned the body's thread, so no Drop ever ran).
+#[test]
+fn a_timed_out_test_leaves_no_children() {
+    let pids = Arc::new(Mutex::new(Vec::new()));
+    let seen = pids.clone();
+    let timed_out = std::panic::catch_unwind(move || {
+        with_timeout(5, move || {
+            let mut mgr = crate::util::manager(&[]);
+            let sleeper = Running::spawn(Command::new("sleep").arg("60"));
+            seen.lock()
+                .unwrap()
+                .extend([mgr.pid(), sleeper.child.id() as i32]);
+            // Hang until the timeout kills the manager.
+            mgr.wait_exit(60);
+        })
+    });
+    let msg = timed_out.expect_err("the body should have timed out");
+    assert_eq!(
+        msg.downcast_ref::<String>().map(String::as_str),
+        Some("test timed out after 5 s")
+    );
+    let pids = pids.lock().unwrap().clone();
+    assert_eq!(pids.len(), 2);
+    for pid in pids {
+        wait_for(5, &format!("pid {pid} to die"), || {
+            (!pid_alive(pid)).then_some(())
+        });
+    }
+}
