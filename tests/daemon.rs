@@ -21,12 +21,7 @@ fn detached_args(
     args.push("-o".into());
     args.push(logfile.display().to_string());
     args.extend(["-f", "/dev/null"].map(String::from));
-    for key in [
-        "frontend_endpoint",
-        "backend_endpoint",
-        "sink_endpoint",
-        "mgmt_endpoint",
-    ] {
+    for key in MANAGER_ENDPOINTS {
         args.push("-O".into());
         args.push(format!("{key}={LOOPBACK}"));
     }

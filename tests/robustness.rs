@@ -634,12 +634,7 @@ fn b_agent_key_accepted_just_before_its_hello_is_admitted() {
         let _agent = agent_unregistered(&mgr, "n7", &fake, &[]);
         let deadline = Instant::now() + Duration::from_secs(8);
         loop {
-            let agents = mgmt(&mgr.ep("mgmt_endpoint"), "manager.agents");
-            let up = agents["result"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|a| a["node"] == "n7" && a["state"] == "up");
+            let (up, agents) = agent_listed(&mgr, "n7", "up");
             if up {
                 break;
             }

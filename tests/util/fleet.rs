@@ -5,8 +5,17 @@ use super::{
     client::Client, count_lines, mgmt, pki::toml_str, spawn_ready, wait_for, Pki, Proc, ALLOW_ALL,
     LOOPBACK,
 };
+use serde_json::Value;
 use std::path::Path;
 use std::time::{Duration, Instant};
+
+/// The manager's four sockets, as named in its config and ready file.
+pub const MANAGER_ENDPOINTS: [&str; 4] = [
+    "frontend_endpoint",
+    "backend_endpoint",
+    "sink_endpoint",
+    "mgmt_endpoint",
+];
 
 /// A manager on loopback ephemeral ports, no config file.
 pub fn manager(extra: &[&str]) -> Proc {
@@ -29,13 +38,7 @@ pub fn manager_compat(extra: &[&str]) -> Proc {
 /// A manager with only the loopback endpoints set (secure, keys in the default state_dir
 /// unless `extra` sets one).
 fn manager_bare(extra: &[&str]) -> Proc {
-    let endpoints = [
-        "frontend_endpoint",
-        "backend_endpoint",
-        "sink_endpoint",
-        "mgmt_endpoint",
-    ]
-    .map(|k| format!("{k}={LOOPBACK}"));
+    let endpoints = MANAGER_ENDPOINTS.map(|k| format!("{k}={LOOPBACK}"));
     let mut args = vec!["daemon", "-D", "-f", "/dev/null"];
     for e in &endpoints {
         args.extend(["-O", e.as_str()]);
@@ -47,15 +50,7 @@ fn manager_bare(extra: &[&str]) -> Proc {
 /// Stop a manager with SIGTERM (it must exit 0) and start it again on the same
 /// ports and state, as an operator's restart would.
 pub fn restart_manager(mgr: &mut Proc) -> Proc {
-    let endpoints: Vec<String> = [
-        "frontend_endpoint",
-        "backend_endpoint",
-        "sink_endpoint",
-        "mgmt_endpoint",
-    ]
-    .iter()
-    .map(|k| format!("{k}={}", mgr.ep(k)))
-    .collect();
+    let endpoints = MANAGER_ENDPOINTS.map(|k| format!("{k}={}", mgr.ep(k)));
     assert_eq!(mgr.signal_and_wait(libc::SIGTERM, 10).code(), Some(0));
     let state = format!("state_dir={:?}", mgr.pki.as_ref().unwrap().path("state"));
     let mut args = vec!["daemon", "-D", "-f", "/dev/null", "-O", state.as_str()];
@@ -196,16 +191,22 @@ pub fn wait_registered(mgr: &Proc, node: &str) {
     wait_agent_state(mgr, node, "up");
 }
 
+/// Whether the manager lists `node` in `state` now, and the list it gave.
+pub fn agent_listed(mgr: &Proc, node: &str, state: &str) -> (bool, Value) {
+    let agents = mgmt(&mgr.ep("mgmt_endpoint"), "manager.agents");
+    let found = agents["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|a| a["node"] == node && a["state"] == state);
+    (found, agents)
+}
+
 /// Wait until the manager lists `node` in `state` (up, lost, stopped).
 pub fn wait_agent_state(mgr: &Proc, node: &str, state: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let agents = mgmt(&mgr.ep("mgmt_endpoint"), "manager.agents");
-        let found = agents["result"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|a| a["node"] == node && a["state"] == state);
+        let (found, agents) = agent_listed(mgr, node, state);
         if found {
             return;
         }
