@@ -298,7 +298,7 @@ fn kill_detached(pid: i32) {
 /// A process the test started but that is not its child (a detached daemon):
 /// SIGKILLed by pid on drop (or when the test times out) if still alive.
 pub struct Detached {
-    pub pid: i32,
+    pid: i32,
 }
 
 impl Detached {
