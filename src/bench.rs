@@ -328,7 +328,7 @@ impl Scratch {
         let path = std::env::temp_dir().join(format!(
             "service-mgr-bench-{}-{}",
             std::process::id(),
-            security::now_ms()
+            crate::clock::now_ms()
         ));
         std::fs::create_dir_all(&path)
             .with_context(|| format!("cannot create the scratch directory {}", path.display()))?;

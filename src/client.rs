@@ -73,7 +73,7 @@ pub fn sign(request: &mut ServiceRequest, key: &KeyPair) -> String {
         nodes: request.nodes.clone(),
         glob: request.glob.clone(),
         id: id.clone(),
-        ts: security::now_ms(),
+        ts: crate::clock::now_ms(),
         client: key.public().to_string(),
         dry_run: request.dry_run,
     };

@@ -10,6 +10,7 @@ pub mod agent;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod docs;

@@ -4,6 +4,7 @@
 
 use crate::cli::{KeygenArgs, MgmtArgs, MgmtFormat};
 use crate::client::{load_key, to_json_pretty};
+use crate::clock;
 use crate::config::{self, ManagerConfig};
 use crate::exit::Exit;
 use crate::output::{self, Style};
@@ -39,7 +40,7 @@ pub fn request(cmd: &str, key: Option<&KeyPair>, node: Option<&str>) -> MgmtRequ
     let mut req = MgmtRequest::new(cmd);
     if let (true, Some(key)) = (signed(cmd), key) {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let body = json!({"cmd": cmd, "id": id, "ts": security::now_ms(), "node": node});
+        let body = json!({"cmd": cmd, "id": id, "ts": clock::now_ms(), "node": node});
         req.auth = Some(security::sign_body(key, Purpose::Request, &body));
     }
     req
@@ -138,7 +139,7 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
         (MgmtFormat::Table, Some(view)) if ok => {
             print!(
                 "{}",
-                render(view, &reply["result"], output::now_ms(), Style::stdout())
+                render(view, &reply["result"], clock::now_ms(), Style::stdout())
             )
         }
         (MgmtFormat::Table, _) if !ok => {

@@ -278,13 +278,6 @@ pub fn ago(ms: u64) -> String {
     }
 }
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// A service output (0.1: a string; later a list of lines) as one string.
 fn output_text(v: Option<&Value>) -> String {
     match v {

@@ -41,7 +41,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use x25519_dalek::{EphemeralSecret, PublicKey as BoxPublic, SharedSecret, StaticSecret};
 
 /// First word of a public key line; bumped if the key format ever changes.
@@ -168,13 +168,6 @@ fn decode_array<const N: usize>(
     bytes
         .try_into()
         .map_err(|v: Vec<u8>| malformed(format!("{what} must be {N} bytes, got {}", v.len())))
-}
-
-/// Milliseconds since the epoch, the unit of request timestamps.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Whether an x25519 public key is a point of small order (on the curve or

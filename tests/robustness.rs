@@ -617,14 +617,14 @@ fn b_agent_key_accepted_just_before_its_hello_is_admitted() {
             os_version: "#1".into(),
             topics: vec!["Linux".into(), "any".into(), "n7".into()],
             agent_version: "0.2.0".into(),
-            started_ms: security::now_ms(),
+            started_ms: service_mgr::clock::now_ms(),
             interval_ms: 2000,
             running: 0,
             auth: None,
             uuid: p::ANNOUNCE_UUID.into(),
         };
         let body = json!({"key": key.public().to_string(), "node": "n7",
-                          "instance": instance, "ts": security::now_ms()});
+                          "instance": instance, "ts": service_mgr::clock::now_ms()});
         hello.auth = Some(security::sign_body(&key, Purpose::Announce, &body));
         let ctx = zmq::Context::new();
         let push = connect(&ctx, zmq::PUSH, &mgr.ep("sink_endpoint"));

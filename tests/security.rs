@@ -23,7 +23,7 @@ fn signed_frame(
         nodes: None,
         glob: None,
         id: uuid::Uuid::new_v4().simple().to_string(),
-        ts: security::now_ms(),
+        ts: service_mgr::clock::now_ms(),
         client: key.public().to_string(),
         dry_run: false,
     };

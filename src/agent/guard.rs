@@ -199,7 +199,7 @@ impl Guard {
                 ),
             ));
         }
-        if let Err(e) = self.replay.check(&body.id, body.ts, security::now_ms()) {
+        if let Err(e) = self.replay.check(&body.id, body.ts, crate::clock::now_ms()) {
             return Err(refuse(Some(pk), id, format!("request refused: {e}")));
         }
         match self.policy.decide(&pk, &body.cmd, &body.service) {
@@ -238,13 +238,13 @@ impl Guard {
         let id = body.get("id").and_then(|v| v.as_str()).unwrap_or_default();
         let ts = body.get("ts").and_then(|v| v.as_u64()).unwrap_or(0);
         self.replay
-            .check(id, ts, security::now_ms())
+            .check(id, ts, crate::clock::now_ms())
             .map_err(|e| e.to_string())
     }
 
     /// A fresh signed presence token for our subscription.
     pub fn presence(&self, instance: &str) -> String {
-        let ts = security::now_ms();
+        let ts = crate::clock::now_ms();
         let signed = security::sign_body(
             &self.key,
             Purpose::Announce,
@@ -264,7 +264,7 @@ impl Guard {
         a.auth = None;
         let mut body = serde_json::to_value(&*a).expect("serializable");
         body["key"] = json!(self.key.public().to_string());
-        body["ts"] = json!(security::now_ms());
+        body["ts"] = json!(crate::clock::now_ms());
         a.auth = Some(security::sign_body(&self.key, Purpose::Announce, &body));
     }
 }

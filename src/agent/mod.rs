@@ -148,7 +148,7 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
         presence,
         guard,
         welcomed: false,
-        started_ms: crate::manager::registry::now_ms(),
+        started_ms: crate::clock::now_ms(),
         running: 0,
         stop: false,
     };

@@ -266,7 +266,7 @@ impl SimNode {
             guard,
             instance,
             welcomed: false,
-            started_ms: crate::manager::registry::now_ms(),
+            started_ms: crate::clock::now_ms(),
             next_beat: Instant::now(),
             next_presence: Instant::now(),
             stopped: BTreeSet::new(),

@@ -15,6 +15,7 @@
 pub mod registry;
 pub mod trust;
 
+use crate::clock::now_ms;
 use crate::config::ManagerConfig;
 use crate::host::HostInfo;
 use crate::jobstore::{JobStore, StoreEvent};
@@ -25,7 +26,7 @@ use crate::protocol::{
 use crate::runtime::{Control, OnReady};
 use crate::transport::{self, try_recv};
 use anyhow::{Context, Result};
-use registry::{now_ms, Departure, Registry};
+use registry::{Departure, Registry};
 use serde::Serialize;
 use serde_json::{json, Value};
 use slog::{debug, error, info, warn, Logger};

@@ -1,10 +1,11 @@
 //! The manager's view of its agents: who is up, what they answer to, and which
 //! of them a request targets.
 
+use crate::clock::now_ms;
 use crate::protocol::{Announce, AnnounceKind};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// Heartbeats an agent may miss before it counts as lost (when the transport
 /// did not already tell us).
@@ -63,13 +64,6 @@ pub struct Registry {
     /// With the node name the presence token was signed for (None: unsigned,
     /// 0.1-compatible mode), which must be the node that announced the instance.
     present: HashMap<String, Option<String>>,
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 impl Registry {

@@ -168,7 +168,7 @@ impl Gate {
                 "request refused: the signed body names another client key".into(),
             ));
         }
-        match self.replay.check(&body.id, body.ts, security::now_ms()) {
+        match self.replay.check(&body.id, body.ts, crate::clock::now_ms()) {
             Ok(()) => {}
             // The client's own retry (Lazy Pirate sends the same bytes again) is
             // answered with the first answer by the caller; it never runs twice.
@@ -227,7 +227,7 @@ impl Gate {
         let (pk, body) =
             security::verify_announce(auth).map_err(|e| format!("announcement refused: {e}"))?;
         let ts = body.get("ts").and_then(Value::as_u64).unwrap_or(0);
-        if security::now_ms().abs_diff(ts) > self.window.as_millis() as u64 * 2 {
+        if crate::clock::now_ms().abs_diff(ts) > self.window.as_millis() as u64 * 2 {
             return Err(
                 "announcement refused: stale or from the future (are the clocks in sync?)".into(),
             );
@@ -268,7 +268,7 @@ impl Gate {
                 Grant::No
             };
         };
-        if security::now_ms().abs_diff(*ts) > self.window.as_millis() as u64 * 2 {
+        if crate::clock::now_ms().abs_diff(*ts) > self.window.as_millis() as u64 * 2 {
             return Grant::No;
         }
         // Accepted a moment ago? One more look at the disk before refusing.
@@ -335,7 +335,7 @@ impl Gate {
             return Err("the signed body names another command".into());
         }
         self.replay
-            .check(id, ts, security::now_ms())
+            .check(id, ts, crate::clock::now_ms())
             .map_err(|e| e.to_string())
     }
 }
