@@ -13,7 +13,7 @@ use crate::config::AgentConfig;
 use crate::exit::Exit;
 use crate::logging;
 use crate::protocol::{self, ServiceRequest};
-use crate::security::{self, Identity, KeyStore, PolicyRule, Role};
+use crate::security::{self, KeyPair, KeyStore, PolicyRule, Role};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Map, Value};
@@ -440,7 +440,7 @@ fn spawn(dir: &Path, name: &str, args: &[String], within: Duration) -> Result<Pr
 struct Bench<'a> {
     plan: &'a Plan,
     dir: PathBuf,
-    client_key: Arc<Identity>,
+    client_key: Arc<KeyPair>,
     client_key_file: PathBuf,
     client_pub_file: PathBuf,
     /// The agents' key_file; simulated agents keep theirs in `simulated/` beside it.
@@ -468,7 +468,7 @@ impl<'a> Bench<'a> {
         let client_key_file = dir.join("client.key");
         security::keygen(&client_key_file, Role::Client, "bench", false)
             .context("cannot make the bench's client key")?;
-        let client_key = Arc::new(Identity::load(&client_key_file)?);
+        let client_key = Arc::new(KeyPair::load(&client_key_file)?);
         let keys = dir.join("agent-keys");
         std::fs::create_dir_all(&keys)
             .with_context(|| format!("cannot create {}", keys.display()))?;
@@ -497,7 +497,7 @@ impl<'a> Bench<'a> {
         })
     }
 
-    fn key(&self) -> Option<Arc<Identity>> {
+    fn key(&self) -> Option<Arc<KeyPair>> {
         (!self.plan.unsigned).then(|| self.client_key.clone())
     }
 

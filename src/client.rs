@@ -9,7 +9,7 @@ use crate::output;
 use crate::protocol::{
     self as p, Accepted, RequestBody, ResultEnvelope, ServiceRequest, SignedResult,
 };
-use crate::security::{self, Identity as KeyPair, PublicKey, Purpose};
+use crate::security::{self, KeyPair, PublicKey, Purpose};
 use crate::transport;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};

@@ -9,7 +9,7 @@ use crate::config::{AgentConfig, ManagerConfig};
 use crate::exit::Exit;
 use crate::logging::{self, LogTarget};
 use crate::runtime::{self, Control};
-use crate::security::{self, Identity as KeyPair, KeyStore, PolicyRule, Role};
+use crate::security::{self, KeyPair, KeyStore, PolicyRule, Role};
 use crate::{agent, host::HostInfo, manager, mgmt};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;

@@ -17,7 +17,7 @@
 //! | `presence` | [`Presence::parse`] (manager XPUB) | token round trip; instance without `|`; a signed token never verifies for a key the input does not hold |
 //! | `names` | [`check_service_name`], [`check_command_word`], [`security::check_name`] | an accepted name is no path, option, blank or shell syntax, and within its length |
 //! | `public_key` | `PublicKey::from_str`, [`parse_key_lines`] | a parsed key prints to the line it came from (same id) and parses back equal; one key per non-comment line |
-//! | `identity` | [`Identity::from_toml`] (secret key files) | to_toml/from_toml round trip; its own signatures verify only for purposes its role may sign |
+//! | `identity` | [`KeyPair::from_toml`] (secret key files) | to_toml/from_toml round trip; its own signatures verify only for purposes its role may sign |
 //! | `signed` | [`verify`], [`verify_announce`] on any [`Signed`] | never verifies for a key whose secret the input does not hold; our own signature over the same body verifies once, not for another purpose, not with a changed body |
 //! | `sealed` | [`open`] on any [`Sealed`] | what opens, opens only unaltered; seal/open round trip of the input; another key cannot open it |
 //! | `config` | [`config::parse`] for [`AgentConfig`] and [`ManagerConfig`] | a parsed config re-serialized as TOML parses to the same value; its policy compiles or fails without panic |
@@ -36,7 +36,7 @@ use crate::protocol::{
     PRESENCE_PREFIX, PRIVATE_PREFIX, REQUEST_LIMIT, RESULT_LIMIT, TOPIC_ANY,
 };
 use crate::security::{
-    self, open, parse_key_lines, seal, sign_body, verify, verify_announce, Identity, Policy,
+    self, open, parse_key_lines, seal, sign_body, verify, verify_announce, KeyPair, Policy,
     PublicKey, Purpose, Role, Sealed, Signed, KEY_PREFIX,
 };
 use base64::engine::general_purpose::STANDARD;
@@ -168,28 +168,28 @@ fn check_limit(data: &[u8], limit: usize, err: Option<&DecodeError>) {
 }
 
 /// A fixed identity whose secret no seed uses: a signature by it cannot be in the input.
-fn fixed_identity(role: Role, name: &str, seed: u8) -> Identity {
+fn fixed_identity(role: Role, name: &str, seed: u8) -> KeyPair {
     let secret = |k: u8| STANDARD.encode([seed.wrapping_mul(k); 32].map(|b| b ^ 0x5a));
     let text = format!(
         "role = \"{role}\"\nname = \"{name}\"\nsign_secret = \"{}\"\nbox_secret = \"{}\"\n",
         secret(3),
         secret(7)
     );
-    Identity::from_toml(&text).expect("the fixed fuzz identity parses")
+    KeyPair::from_toml(&text).expect("the fixed fuzz identity parses")
 }
 
-fn fuzz_client() -> &'static Identity {
-    static ID: OnceLock<Identity> = OnceLock::new();
+fn fuzz_client() -> &'static KeyPair {
+    static ID: OnceLock<KeyPair> = OnceLock::new();
     ID.get_or_init(|| fixed_identity(Role::Client, "fuzz-client", 1))
 }
 
-fn fuzz_agent() -> &'static Identity {
-    static ID: OnceLock<Identity> = OnceLock::new();
+fn fuzz_agent() -> &'static KeyPair {
+    static ID: OnceLock<KeyPair> = OnceLock::new();
     ID.get_or_init(|| fixed_identity(Role::Agent, "fuzz-agent", 2))
 }
 
 /// `trusted` for [`verify`]: exactly this key, under its own id.
-fn only(id: &Identity) -> impl Fn(&str) -> Option<PublicKey> + '_ {
+fn only(id: &KeyPair) -> impl Fn(&str) -> Option<PublicKey> + '_ {
     move |key_id| (key_id == id.key_id()).then(|| id.public().clone())
 }
 
@@ -552,13 +552,13 @@ fn check_key(k: &PublicKey, line: &str) {
     assert!(fp.len() == 16 && fp.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
 }
 
-/// `Identity::from_toml`: secret key files.
+/// `KeyPair::from_toml`: secret key files.
 pub fn identity(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    let Ok(id) = Identity::from_toml(&text) else {
+    let Ok(id) = KeyPair::from_toml(&text) else {
         return;
     };
-    let again = Identity::from_toml(&id.to_toml()).expect("a written secret file reads back");
+    let again = KeyPair::from_toml(&id.to_toml()).expect("a written secret file reads back");
     assert_eq!(again.public(), id.public());
     assert_eq!(
         &id.public()

@@ -9,7 +9,7 @@ use crate::config::{self, ManagerConfig};
 use crate::exit::Exit;
 use crate::output::{self, Style};
 use crate::protocol::{self as p, MgmtReply, MgmtRequest};
-use crate::security::{self, Identity as KeyPair, KeyStore, Purpose, Role};
+use crate::security::{self, KeyPair, KeyStore, Purpose, Role};
 use crate::transport;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};

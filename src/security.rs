@@ -201,7 +201,7 @@ fn is_low_order(u: &[u8; 32]) -> bool {
     weak.contains(&v)
 }
 
-/// The public half of an [`Identity`]: what peers store, trust and address.
+/// The public half of an [`KeyPair`]: what peers store, trust and address.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct PublicKey {
     role: Role,
@@ -339,15 +339,15 @@ pub fn parse_key_lines(text: &str) -> Result<Vec<PublicKey>, AuthError> {
 
 /// A peer's secret keys: ed25519 to sign, x25519 to receive sealed results.
 /// Both secrets are wiped from memory on drop by the dalek crates.
-pub struct Identity {
+pub struct KeyPair {
     sign: SigningKey,
     boxk: StaticSecret,
     public: PublicKey,
-    /// AEAD keys shared with peers' x25519 keys, see [`Identity::seal_to`].
+    /// AEAD keys shared with peers' x25519 keys, see [`KeyPair::seal_to`].
     shared: std::sync::Mutex<HashMap<([u8; 32], bool), Key>>,
 }
 
-/// Peers whose shared AEAD key an identity remembers (then it starts over).
+/// Peers whose shared AEAD key a key pair remembers (then it starts over).
 const SHARED_KEYS: usize = 4096;
 
 /// The secret key file, TOML with standard base64 fields.
@@ -360,11 +360,11 @@ struct SecretFile {
     box_secret: String,
 }
 
-impl Identity {
+impl KeyPair {
     /// A new random identity (OS randomness).
-    pub fn generate(role: Role, name: &str) -> Result<Identity, AuthError> {
+    pub fn generate(role: Role, name: &str) -> Result<KeyPair, AuthError> {
         check_name(name)?;
-        Ok(Identity::from_secrets(
+        Ok(KeyPair::from_secrets(
             role,
             name,
             SigningKey::generate(&mut OsRng),
@@ -372,14 +372,14 @@ impl Identity {
         ))
     }
 
-    fn from_secrets(role: Role, name: &str, sign: SigningKey, boxk: StaticSecret) -> Identity {
+    fn from_secrets(role: Role, name: &str, sign: SigningKey, boxk: StaticSecret) -> KeyPair {
         let public = PublicKey {
             role,
             name: name.to_owned(),
             sign: sign.verifying_key(),
             boxk: BoxPublic::from(&boxk),
         };
-        Identity {
+        KeyPair {
             sign,
             boxk,
             public,
@@ -415,13 +415,13 @@ impl Identity {
         )
     }
 
-    pub fn from_toml(text: &str) -> Result<Identity, AuthError> {
+    pub fn from_toml(text: &str) -> Result<KeyPair, AuthError> {
         let file: SecretFile =
             toml::from_str(text).map_err(|e| malformed(e.to_string().trim_end()))?;
         check_name(&file.name)?;
         let sign = decode_array::<32>(&STANDARD, &file.sign_secret, "sign_secret")?;
         let boxk = decode_array::<32>(&STANDARD, &file.box_secret, "box_secret")?;
-        Ok(Identity::from_secrets(
+        Ok(KeyPair::from_secrets(
             file.role,
             &file.name,
             SigningKey::from_bytes(&sign),
@@ -436,7 +436,7 @@ impl Identity {
     }
 
     /// Read a secret file, refusing one that group or others can access (as ssh does).
-    pub fn load(path: &Path) -> anyhow::Result<Identity> {
+    pub fn load(path: &Path) -> anyhow::Result<KeyPair> {
         let p = path.display();
         let mut f = File::open(path).with_context(|| format!("cannot open secret key file {p}"))?;
         let mode = f
@@ -453,14 +453,14 @@ impl Identity {
         let mut text = String::new();
         f.read_to_string(&mut text)
             .with_context(|| format!("cannot read {p}"))?;
-        Identity::from_toml(&text).with_context(|| format!("invalid secret key file {p}"))
+        KeyPair::from_toml(&text).with_context(|| format!("invalid secret key file {p}"))
     }
 }
 
-impl fmt::Debug for Identity {
+impl fmt::Debug for KeyPair {
     /// Never prints the secrets.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Identity({})", self.public)
+        write!(f, "KeyPair({})", self.public)
     }
 }
 
@@ -513,7 +513,7 @@ fn write_file(path: &Path, data: &[u8], mode: u32, force: bool) -> anyhow::Resul
 
 /// Create a key pair: PATH gets the secret (0600), PATH.pub the public key line (0644).
 pub fn keygen(path: &Path, role: Role, name: &str, force: bool) -> anyhow::Result<PublicKey> {
-    let id = Identity::generate(role, name)?;
+    let id = KeyPair::generate(role, name)?;
     id.save(path, force)?;
     let mut pub_path = path.as_os_str().to_owned();
     pub_path.push(".pub");
@@ -588,7 +588,7 @@ fn signed_bytes(purpose: Purpose, body: &str) -> Vec<u8> {
 }
 
 /// Sign `body` for `purpose`.
-pub fn sign_body(id: &Identity, purpose: Purpose, body: &Value) -> Signed {
+pub fn sign_body(id: &KeyPair, purpose: Purpose, body: &Value) -> Signed {
     let text = body.to_string();
     let sig = id.sign.sign(&signed_bytes(purpose, &text));
     Signed {
@@ -768,7 +768,7 @@ pub fn seal(to: &PublicKey, plaintext: &[u8]) -> Sealed {
 }
 
 /// Decrypt data sealed to `id`.
-pub fn open(id: &Identity, sealed: &Sealed) -> Result<Vec<u8>, AuthError> {
+pub fn open(id: &KeyPair, sealed: &Sealed) -> Result<Vec<u8>, AuthError> {
     let epk = BoxPublic::from(decode_array::<32>(&STANDARD, &sealed.epk, "epk")?);
     let nonce = decode_array::<12>(&STANDARD, &sealed.nonce, "nonce")?;
     let ct = STANDARD
@@ -780,7 +780,7 @@ pub fn open(id: &Identity, sealed: &Sealed) -> Result<Vec<u8>, AuthError> {
         .map_err(|_| AuthError::Decrypt)
 }
 
-impl Identity {
+impl KeyPair {
     /// Encrypt `plaintext` so that only `to` can read it (with [`open`]),
     /// like [`seal`] but from our own x25519 key instead of an ephemeral one:
     /// the key shared with `to` is computed once and remembered, so an agent
@@ -1318,8 +1318,8 @@ mod tests {
         fs::metadata(path).unwrap().permissions().mode() & 0o777
     }
 
-    fn client(name: &str) -> Identity {
-        Identity::generate(Role::Client, name).unwrap()
+    fn client(name: &str) -> KeyPair {
+        KeyPair::generate(Role::Client, name).unwrap()
     }
 
     #[test]
@@ -1365,7 +1365,7 @@ mod tests {
 
     #[test]
     fn static_sealing_opens_only_for_the_recipient() {
-        let agent = Identity::generate(Role::Agent, "web1").unwrap();
+        let agent = KeyPair::generate(Role::Agent, "web1").unwrap();
         let alice = client("alice");
         let bob = client("bob");
         for text in [&b"first"[..], b"second, from the cached key"] {
@@ -1383,7 +1383,7 @@ mod tests {
     #[test]
     fn accepting_a_key_whose_pending_file_vanished_still_accepts_it() {
         let dir = tempfile::tempdir().unwrap();
-        let agent = Identity::generate(Role::Agent, "web1").unwrap();
+        let agent = KeyPair::generate(Role::Agent, "web1").unwrap();
         let mut store = KeyStore::open(dir.path()).unwrap();
         store.submit(agent.public()).unwrap();
         // Another process (the manager re-filing it) raced us.
@@ -1400,7 +1400,7 @@ mod tests {
 
     #[test]
     fn public_key_line_round_trips() {
-        let id = Identity::generate(Role::Agent, "web-01.example.com").unwrap();
+        let id = KeyPair::generate(Role::Agent, "web-01.example.com").unwrap();
         let line = id.public().to_string();
         assert!(
             line.starts_with("smgr1 agent web-01.example.com "),
@@ -1435,18 +1435,18 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert!(Identity::generate(Role::Client, "a b").is_err());
-        assert!(Identity::generate(Role::Client, "*").is_err());
+        assert!(KeyPair::generate(Role::Client, "a b").is_err());
+        assert!(KeyPair::generate(Role::Client, "*").is_err());
     }
 
     #[test]
     fn secret_file_round_trips_with_mode_0600() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("agent.key");
-        let id = Identity::generate(Role::Agent, "web1").unwrap();
+        let id = KeyPair::generate(Role::Agent, "web1").unwrap();
         id.save(&path, false).unwrap();
         assert_eq!(mode(&path), 0o600);
-        let back = Identity::load(&path).unwrap();
+        let back = KeyPair::load(&path).unwrap();
         assert_eq!(back.public(), id.public());
         assert_eq!(back.role(), Role::Agent);
         assert!(!format!("{back:?}").contains(&STANDARD.encode(id.sign.to_bytes())));
@@ -1455,10 +1455,10 @@ mod tests {
             err.contains("agent.key") && err.contains("already exists"),
             "{err}"
         );
-        let other = Identity::generate(Role::Agent, "web1").unwrap();
+        let other = KeyPair::generate(Role::Agent, "web1").unwrap();
         other.save(&path, true).unwrap();
         assert_eq!(mode(&path), 0o600);
-        assert_eq!(Identity::load(&path).unwrap().public(), other.public());
+        assert_eq!(KeyPair::load(&path).unwrap().public(), other.public());
         // No temp files left behind by the atomic replace.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
     }
@@ -1469,7 +1469,7 @@ mod tests {
         let path = dir.path().join("k");
         client("c").save(&path, false).unwrap();
         fs::set_permissions(&path, Permissions::from_mode(0o644)).unwrap();
-        let err = format!("{:#}", Identity::load(&path).unwrap_err());
+        let err = format!("{:#}", KeyPair::load(&path).unwrap_err());
         assert!(
             err.contains(&format!("chmod 600 {}", path.display())),
             "{err}"
@@ -1480,7 +1480,7 @@ mod tests {
         )
         .unwrap();
         fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
-        let err = format!("{:#}", Identity::load(&path).unwrap_err());
+        let err = format!("{:#}", KeyPair::load(&path).unwrap_err());
         assert!(err.contains("invalid secret key file"), "{err}");
     }
 
@@ -1492,7 +1492,7 @@ mod tests {
         let pub_path = dir.path().join("client.key.pub");
         assert_eq!(fs::read_to_string(&pub_path).unwrap(), format!("{pk}\n"));
         assert_eq!((mode(&path), mode(&pub_path)), (0o600, 0o644));
-        assert_eq!(Identity::load(&path).unwrap().public(), &pk);
+        assert_eq!(KeyPair::load(&path).unwrap().public(), &pk);
         let err = keygen(&path, Role::Client, "alice", false)
             .unwrap_err()
             .to_string();
@@ -1569,7 +1569,7 @@ mod tests {
 
     #[test]
     fn only_clients_sign_requests_and_only_agents_results() {
-        let agent = Identity::generate(Role::Agent, "web1").unwrap();
+        let agent = KeyPair::generate(Role::Agent, "web1").unwrap();
         let alice = client("alice");
         let trusted = trust(&[agent.public(), alice.public()]);
         let req = sign_body(&agent, Purpose::Request, &json!({}));
@@ -1600,12 +1600,12 @@ mod tests {
 
     #[test]
     fn announcements_prove_possession() {
-        let agent = Identity::generate(Role::Agent, "web1").unwrap();
+        let agent = KeyPair::generate(Role::Agent, "web1").unwrap();
         let body = json!({"key": agent.public().to_string()});
         let (pk, _) = verify_announce(&sign_body(&agent, Purpose::Announce, &body)).unwrap();
         assert_eq!(&pk, agent.public());
         // Announcing someone else's key fails without their secret.
-        let mallory = Identity::generate(Role::Agent, "web1").unwrap();
+        let mallory = KeyPair::generate(Role::Agent, "web1").unwrap();
         let mut forged = sign_body(&mallory, Purpose::Announce, &body);
         assert!(matches!(
             verify_announce(&forged),
@@ -1748,7 +1748,7 @@ mod tests {
         for s in KeyState::ALL {
             assert_eq!(mode(&root.join(s.as_str())), 0o700);
         }
-        let web1 = Identity::generate(Role::Agent, "web1").unwrap();
+        let web1 = KeyPair::generate(Role::Agent, "web1").unwrap();
         let pk = web1.public();
         let sub = store.submit(pk).unwrap();
         assert_eq!(
@@ -1769,7 +1769,7 @@ mod tests {
         assert_eq!(store.submit(pk).unwrap().state, KeyState::Accepted);
 
         // A reinstalled (or impersonated) web1: pending, and the clash is reported.
-        let impostor = Identity::generate(Role::Agent, "web1").unwrap();
+        let impostor = KeyPair::generate(Role::Agent, "web1").unwrap();
         let sub = store.submit(impostor.public()).unwrap();
         assert_eq!(
             (sub.state, sub.name_clash),
@@ -1888,7 +1888,7 @@ mod tests {
         let (mon, ops, eve) = (client("mon"), client("ops"), client("eve"));
         let policy =
             Policy::parse(&EXAMPLE.replace("MON_LINE", &mon.public().to_string())).unwrap();
-        let decide = |id: &Identity, cmd, svc| policy.decide(id.public(), cmd, svc);
+        let decide = |id: &KeyPair, cmd, svc| policy.decide(id.public(), cmd, svc);
         assert_eq!(
             decide(&mon, "status", "nginx"),
             Decision::Allow {

@@ -596,7 +596,7 @@ fn b_agent_big_output_and_slow_commands_do_not_block_it() {
 #[test]
 fn b_agent_key_accepted_just_before_its_hello_is_admitted() {
     use service_mgr::protocol::{self as p, Announce, AnnounceKind};
-    use service_mgr::security::{self, Identity, Purpose};
+    use service_mgr::security::{self, KeyPair, Purpose};
     with_timeout(60, || {
         let dir = tempfile::tempdir().unwrap();
         let fake = fake_service(dir.path());
@@ -605,7 +605,7 @@ fn b_agent_key_accepted_just_before_its_hello_is_admitted() {
         // Accepted on disk (as `service-mgr mgmt keys import` does) ...
         let key_file = pki.agent_key("n7");
         // ... and its first hello right away, before the manager's next reload.
-        let key = Identity::load(std::path::Path::new(&key_file)).unwrap();
+        let key = KeyPair::load(std::path::Path::new(&key_file)).unwrap();
         let instance = uuid::Uuid::new_v4().simple().to_string();
         let mut hello = Announce {
             kind: AnnounceKind::Hello,

@@ -5,12 +5,12 @@
 use crate::util::*;
 use serde_json::{json, Value};
 use service_mgr::protocol::{self as p, RequestBody, ServiceRequest};
-use service_mgr::security::{self, Identity, Purpose, Role};
+use service_mgr::security::{self, KeyPair, Purpose, Role};
 use std::time::Duration;
 
 /// A signed request frame, with `edit` applied to the signed body first.
 fn signed_frame(
-    key: &Identity,
+    key: &KeyPair,
     node: &str,
     service: &str,
     edit: impl FnOnce(&mut RequestBody),
@@ -36,8 +36,8 @@ fn signed_frame(
     p::encode(&req)
 }
 
-fn test_key(mgr: &Proc) -> Identity {
-    Identity::load(std::path::Path::new(
+fn test_key(mgr: &Proc) -> KeyPair {
+    KeyPair::load(std::path::Path::new(
         &mgr.pki.as_ref().unwrap().client_key(),
     ))
     .unwrap()
@@ -75,7 +75,7 @@ fn unknown_client_is_refused_then_pending_then_accepted() {
         let list = run(&["mgmt", "keys", "list", "--keys-dir", &keys_dir]);
         let listed = String::from_utf8_lossy(&list.stdout);
         assert!(listed.contains("pending"), "{listed}");
-        let fp = Identity::load(&stranger).unwrap().public().fingerprint();
+        let fp = KeyPair::load(&stranger).unwrap().public().fingerprint();
         let acc = run(&["mgmt", "keys", "accept", &fp, "--keys-dir", &keys_dir]);
         assert!(
             acc.status.success(),
@@ -277,7 +277,7 @@ fn unaccepted_agent_gets_nothing_until_accepted() {
             calls(dir.path()).is_empty(),
             "an unaccepted agent ran a request"
         );
-        let fp = Identity::load(&rogue_key).unwrap().public().fingerprint();
+        let fp = KeyPair::load(&rogue_key).unwrap().public().fingerprint();
         assert!(
             run(&["mgmt", "keys", "accept", &fp, "--keys-dir", &keys_dir])
                 .status
@@ -323,7 +323,7 @@ fn forged_results_are_dropped_and_results_are_sealed() {
                        "system": "Linux", "version": "x"}});
         push.send(forged.to_string().as_bytes(), 0).unwrap();
         // Signed by a key the manager never accepted.
-        let other = Identity::generate(Role::Agent, "n1").unwrap();
+        let other = KeyPair::generate(Role::Agent, "n1").unwrap();
         let body = json!({"uuid": uuid, "node": "n1", "status": "ok", "request_id": null,
                           "result": {"msg": "forged", "uuid": uuid}});
         let env = json!({"v": 2, "uuid": uuid, "node": "n1", "status": "ok", "msg": "x",

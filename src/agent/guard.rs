@@ -13,7 +13,7 @@ use crate::protocol::{
     SignedResult,
 };
 use crate::security::{
-    self, AuthError, Decision, Policy, PublicKey, Purpose, ReplayGuard, Role, Signed,
+    self, AuthError, Decision, KeyPair, Policy, PublicKey, Purpose, ReplayGuard, Role, Signed,
 };
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -22,9 +22,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
-
-/// The agent's key pair.
-pub type KeyPair = security::Identity;
 
 /// Why a request is refused, and the client to answer (when its signature held).
 pub struct Refusal {

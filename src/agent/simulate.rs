@@ -10,13 +10,13 @@
 //! The nodes are spread over a few threads ("shards"), each polling its own
 //! sockets. One management socket serves the whole fleet.
 
-use super::guard::{self, Guard, KeyPair};
+use super::guard::{self, Guard};
 use super::{announcement, check_request, exec::Outcome, executed, refusal, Identity};
 use crate::config::AgentConfig;
 use crate::host::HostInfo;
 use crate::protocol::{self as p, AnnounceKind, Dispatch, MgmtReply, RequestBody, ResultMsg};
 use crate::runtime::{self, Control, OnReady};
-use crate::security::{self, PublicKey, Role, Signed};
+use crate::security::{self, KeyPair, PublicKey, Role, Signed};
 use crate::transport::{self, try_recv};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
