@@ -9,11 +9,11 @@
 //! child is killed on every way out.
 
 use crate::client;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, PolicyRule};
 use crate::exit::Exit;
 use crate::logging;
 use crate::protocol::{self, ServiceRequest};
-use crate::security::{self, KeyPair, KeyStore, PolicyRule, Role};
+use crate::security::{self, KeyPair, KeyStore, Role};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Map, Value};

@@ -5,11 +5,11 @@
 
 use crate::cli::DemoArgs;
 use crate::client::{self, to_json_pretty};
-use crate::config::{AgentConfig, ManagerConfig};
+use crate::config::{AgentConfig, ManagerConfig, PolicyRule};
 use crate::exit::Exit;
 use crate::logging::{self, LogTarget};
 use crate::runtime::{self, Control};
-use crate::security::{self, KeyPair, KeyStore, PolicyRule, Role};
+use crate::security::{self, KeyPair, KeyStore, Role};
 use crate::{agent, host::HostInfo, manager, mgmt};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;

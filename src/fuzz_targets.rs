@@ -28,7 +28,7 @@
 //! reach the success path of `open`): a fuzzer cannot forge a signature.
 
 use crate::client;
-use crate::config::{self, AgentConfig, ManagerConfig};
+use crate::config::{self, AgentConfig, ManagerConfig, Policy};
 use crate::protocol::{
     backend_topic, check_command_word, check_service_name, decode_object, encode,
     parse_backend_topic, valid_topic, Accepted, DecodeError, Dispatch, MgmtReply, MgmtRequest,
@@ -36,8 +36,8 @@ use crate::protocol::{
     PRESENCE_PREFIX, PRIVATE_PREFIX, REQUEST_LIMIT, RESULT_LIMIT, TOPIC_ANY,
 };
 use crate::security::{
-    self, open, parse_key_lines, seal, sign_body, verify, verify_announce, KeyPair, Policy,
-    PublicKey, Purpose, Role, Sealed, Signed, KEY_PREFIX,
+    self, open, parse_key_lines, seal, sign_body, verify, verify_announce, KeyPair, PublicKey,
+    Purpose, Role, Sealed, Signed, KEY_PREFIX,
 };
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;

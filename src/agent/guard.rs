@@ -7,14 +7,12 @@
 //! the agent's key and sealed to the requesting client's key.
 
 use crate::agent::Identity;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, Decision, Policy};
 use crate::protocol::{
     self as p, Announce, Dispatch, MgmtRequest, Presence, RequestBody, ResultEnvelope, ResultMsg,
     SignedResult,
 };
-use crate::security::{
-    self, AuthError, Decision, KeyPair, Policy, PublicKey, Purpose, ReplayGuard, Role, Signed,
-};
+use crate::security::{self, AuthError, KeyPair, PublicKey, Purpose, ReplayGuard, Role, Signed};
 use anyhow::{Context, Result};
 use serde_json::json;
 use slog::{info, warn, Logger};

@@ -108,7 +108,7 @@ impl Gate {
     /// as pending then would shadow that.
     fn submit(&mut self, pk: &PublicKey) -> Result<security::Submission> {
         self.look_on_disk(&pk.key_id());
-        self.keys.submit(pk)
+        Ok(self.keys.submit(pk)?)
     }
 
     /// A key we do not know may have been filed a moment ago (by `mgmt keys`,

@@ -4,7 +4,12 @@
 //! form (`[Default]` section, unquoted values). An INI file is rewritten line
 //! for line into TOML before parsing, so every error names the line of the
 //! file the user wrote. Precedence is defaults < file < command line; the
-//! command line is applied by the roles.
+//! command line is applied by the roles. The `[[policy]]` tables and their
+//! compiled form live in [`policy`].
+
+pub mod policy;
+
+pub use policy::{Decision, DenyRule, Policy, PolicyConfig, PolicyError, PolicyRule};
 
 use anyhow::{Context, Result};
 use serde::{de, Deserialize, Deserializer, Serialize};
@@ -172,7 +177,7 @@ pub struct AgentConfig {
     #[serde(deserialize_with = "lenient_u64")]
     pub request_window: u64,
     /// Who may run what: `[[policy]]` rules, default deny.
-    pub policy: Vec<crate::security::PolicyRule>,
+    pub policy: Vec<PolicyRule>,
 }
 
 impl AgentConfig {
