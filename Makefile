@@ -8,12 +8,17 @@
 #
 # One binary, PREFIX/bin/service-mgr; the other names are relative symlinks
 # to it (sbin/service-mgrd, sbin/service-mgr-agentd, bin/service-mgr-client).
-# BIN picks the binary to install (default: the release build; make builds
-# it if it is missing).
+# BIN picks the binary to install (default: the release build under
+# CARGO_TARGET_DIR, itself defaulting to target/; make builds it if it is
+# missing). The installed binary is stripped with STRIP (STRIP=true keeps the
+# symbols, e.g. for a distribution's own -dbg split). The init scripts and
+# units are installed with the paths of this PREFIX.
 
 PREFIX ?= /usr/local
 DESTDIR ?=
-BIN ?= target/release/service-mgr
+CARGO_TARGET_DIR ?= target
+BIN ?= $(CARGO_TARGET_DIR)/release/service-mgr
+STRIP ?= strip
 CARGO ?= cargo
 INSTALL ?= install
 
@@ -38,8 +43,8 @@ all: build
 build:
 	$(CARGO) build --release --locked
 
-target/release/service-mgr:
-	$(CARGO) build --release --locked
+$(CARGO_TARGET_DIR)/release/service-mgr:
+	CARGO_TARGET_DIR="$(CARGO_TARGET_DIR)" $(CARGO) build --release --locked
 
 check:
 	$(CARGO) test
@@ -51,6 +56,7 @@ docs:
 install: $(BIN)
 	$(INSTALL) -d "$(DESTDIR)$(bindir)" "$(DESTDIR)$(sbindir)"
 	$(INSTALL) -m 755 "$(BIN)" "$(DESTDIR)$(bindir)/service-mgr"
+	$(STRIP) "$(DESTDIR)$(bindir)/service-mgr"
 	ln -sf ../bin/service-mgr "$(DESTDIR)$(sbindir)/service-mgrd"
 	ln -sf ../bin/service-mgr "$(DESTDIR)$(sbindir)/service-mgr-agentd"
 	ln -sf service-mgr "$(DESTDIR)$(bindir)/service-mgr-client"
@@ -65,10 +71,25 @@ install: $(BIN)
 		$(INSTALL) -m 644 "completions/$$n.fish" "$(DESTDIR)$(fishcompdir)/$$n.fish" || exit 1; \
 	done
 	$(INSTALL) -d "$(DESTDIR)$(docdir)/examples" "$(DESTDIR)$(docdir)/contrib"
-	$(INSTALL) -m 644 README.md "$(DESTDIR)$(docdir)/"
+	$(INSTALL) -d "$(DESTDIR)$(docdir)/docs"
+	$(INSTALL) -m 644 README.md SECURITY.md BENCHMARKS.md "$(DESTDIR)$(docdir)/"
+	$(INSTALL) -m 644 docs/protocol.md "$(DESTDIR)$(docdir)/docs/"
 	$(INSTALL) -m 644 contrib/service-mgrd.conf contrib/service-mgr-agentd.conf \
 		"$(DESTDIR)$(docdir)/examples/"
 	cp -R $(addprefix contrib/,$(CONTRIB)) "$(DESTDIR)$(docdir)/contrib/"
+	$(INSTALL) -m 644 contrib/service-mgrd.conf contrib/service-mgr-agentd.conf \
+		"$(DESTDIR)$(docdir)/contrib/"
+	# The scripts name the daemons where this PREFIX puts them.
+	for f in init.d/debian/service-mgrd init.d/debian/service-mgr-agentd \
+		init.d/redhat/service-mgrd init.d/redhat/service-mgr-agentd \
+		systemd/service-mgrd.service systemd/service-mgr-agentd.service; do \
+		sed -i.orig 's|/usr/sbin/service-mgr|$(sbindir)/service-mgr|' "$(DESTDIR)$(docdir)/contrib/$$f" && \
+		rm -f "$(DESTDIR)$(docdir)/contrib/$$f.orig" || exit 1; \
+	done
+	for f in rc.d/service-mgrd rc.d/service-mgr-agentd; do \
+		sed -i.orig 's|/usr/local/sbin/service-mgr|$(sbindir)/service-mgr|' "$(DESTDIR)$(docdir)/contrib/$$f" && \
+		rm -f "$(DESTDIR)$(docdir)/contrib/$$f.orig" || exit 1; \
+	done
 
 uninstall:
 	rm -f "$(DESTDIR)$(bindir)/service-mgr" "$(DESTDIR)$(bindir)/service-mgr-client" \
