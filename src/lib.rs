@@ -20,6 +20,7 @@ pub mod host;
 pub mod jobstore;
 pub mod logging;
 pub mod manager;
+pub mod metrics;
 pub mod mgmt;
 pub mod output;
 pub mod protocol;

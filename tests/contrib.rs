@@ -87,17 +87,29 @@ fn debian_init_script_starts_reloads_restarts_and_stops_the_daemon() {
 fn debian_init_script_says_when_its_daemon_is_missing() {
     let dir = tempfile::tempdir().unwrap();
     for name in ["service-mgrd", "service-mgr-agentd"] {
-        let text = std::fs::read_to_string(script(&format!("contrib/init.d/debian/{name}"))).unwrap();
+        let text =
+            std::fs::read_to_string(script(&format!("contrib/init.d/debian/{name}"))).unwrap();
         let missing = dir.path().join("sbin").join(name);
         // A copy that reads its defaults from the temp dir (never /etc/default)
         // and expects the daemon where there is none.
         let copy = dir.path().join(name);
         let text = text
-            .replace("/etc/default/", &format!("{}/defaults/", dir.path().display()))
-            .replace(&format!("DAEMON=/usr/sbin/{name}"), &format!("DAEMON={}", missing.display()));
+            .replace(
+                "/etc/default/",
+                &format!("{}/defaults/", dir.path().display()),
+            )
+            .replace(
+                &format!("DAEMON=/usr/sbin/{name}"),
+                &format!("DAEMON={}", missing.display()),
+            );
         std::fs::write(&copy, text).unwrap();
         let start = Command::new("sh").arg(&copy).arg("start").output().unwrap();
-        assert_eq!(start.status.code(), Some(5), "{name} start: {}", show(&start));
+        assert_eq!(
+            start.status.code(),
+            Some(5),
+            "{name} start: {}",
+            show(&start)
+        );
         let err = String::from_utf8_lossy(&start.stderr);
         assert!(
             err.contains(&missing.display().to_string()) && err.contains("DAEMON"),

@@ -183,24 +183,52 @@ fn make_install_honours_cargo_target_dir_strips_and_names_the_prefix() {
         String::from_utf8_lossy(&out.stderr)
     );
     let root = dest.path().join("opt/smgr");
-    let installed = std::fs::metadata(root.join("bin/service-mgr")).unwrap().len();
+    let installed = std::fs::metadata(root.join("bin/service-mgr"))
+        .unwrap()
+        .len();
     let original = std::fs::metadata(&built).unwrap().len();
     assert!(
         installed < original / 2,
         "installed binary not stripped: {installed} bytes of {original}"
     );
     let doc = root.join("share/doc/service-mgr");
-    for file in ["SECURITY.md", "BENCHMARKS.md", "docs/protocol.md", "contrib/service-mgrd.conf"] {
-        assert!(doc.join(file).is_file(), "{file} not installed beside the README that links it");
+    for file in [
+        "SECURITY.md",
+        "BENCHMARKS.md",
+        "docs/protocol.md",
+        "contrib/service-mgrd.conf",
+    ] {
+        assert!(
+            doc.join(file).is_file(),
+            "{file} not installed beside the README that links it"
+        );
     }
     for (file, line) in [
-        ("contrib/init.d/debian/service-mgrd", "DAEMON=/opt/smgr/sbin/service-mgrd"),
-        ("contrib/init.d/debian/service-mgr-agentd", "DAEMON=/opt/smgr/sbin/service-mgr-agentd"),
-        ("contrib/init.d/redhat/service-mgrd", "exec=/opt/smgr/sbin/service-mgrd"),
-        ("contrib/systemd/service-mgr-agentd.service", "ExecStart=/opt/smgr/sbin/service-mgr-agentd start"),
-        ("contrib/rc.d/service-mgrd", "command=\"/opt/smgr/sbin/service-mgrd\""),
+        (
+            "contrib/init.d/debian/service-mgrd",
+            "DAEMON=/opt/smgr/sbin/service-mgrd",
+        ),
+        (
+            "contrib/init.d/debian/service-mgr-agentd",
+            "DAEMON=/opt/smgr/sbin/service-mgr-agentd",
+        ),
+        (
+            "contrib/init.d/redhat/service-mgrd",
+            "exec=/opt/smgr/sbin/service-mgrd",
+        ),
+        (
+            "contrib/systemd/service-mgr-agentd.service",
+            "ExecStart=/opt/smgr/sbin/service-mgr-agentd start",
+        ),
+        (
+            "contrib/rc.d/service-mgrd",
+            "command=\"/opt/smgr/sbin/service-mgrd\"",
+        ),
     ] {
         let text = std::fs::read_to_string(doc.join(file)).unwrap();
-        assert!(text.lines().any(|l| l.trim() == line), "{file} lacks `{line}`");
+        assert!(
+            text.lines().any(|l| l.trim() == line),
+            "{file} lacks `{line}`"
+        );
     }
 }
