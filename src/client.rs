@@ -3,18 +3,21 @@
 //! what the agents answer, until every expected node has answered or the wait
 //! runs out. Then it builds the report: every targeted node with a status.
 
-use crate::cli::{ClientArgs, Format};
+use crate::args::VersionFlag;
 use crate::exit::Exit;
-use crate::output;
+use crate::logging::{self, LogTarget};
+use crate::output::{self, Format};
 use crate::protocol::{
     self as p, Accepted, RequestBody, ResultEnvelope, ServiceRequest, SignedResult,
 };
 use crate::security::{self, KeyPair, PublicKey, Purpose};
 use crate::transport;
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use serde_json::{json, Map, Value};
 use slog::{debug, Logger};
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Upper bound on the wait when the manager says who will answer: the client
@@ -22,6 +25,98 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 /// The wait against a 0.1 manager, which cannot say who will answer (0.1's default).
 pub const DEFAULT_WAIT_01: Duration = Duration::from_millis(100);
+
+/// The client's command line (`service-mgr-client`, `service-mgr client`).
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Seconds to wait for results at most [default: 60 when the manager says which nodes
+    /// will answer (the client returns as soon as they all did); 0.1 against a 0.1 manager].
+    #[arg(short = 'w', long = "wait", value_name = "WAIT")]
+    pub wait: Option<f64>,
+    /// Tries to reach the manager.
+    #[arg(
+        short = 'r',
+        long = "retries",
+        value_name = "RETRIES",
+        default_value_t = 3
+    )]
+    pub retries: u32,
+    /// Milliseconds to wait for the manager's answer per try.
+    #[arg(
+        short = 't',
+        long = "timeout",
+        value_name = "TIMEOUT",
+        default_value_t = 1000
+    )]
+    pub timeout: u64,
+    /// Debug output on stderr.
+    #[arg(short = 'D', long = "debug")]
+    pub debug: bool,
+    /// The manager's frontend endpoint.
+    #[arg(
+        short = 'e',
+        long = "endpoint",
+        value_name = "ENDPOINT",
+        default_value = "tcp://localhost:5500"
+    )]
+    pub endpoint: String,
+    /// Who runs it: `any`, an OS name (`Linux`, `FreeBSD`), a node name or a custom topic
+    /// [default with -N or -G: any].
+    #[arg(short = 'T', long = "topic", value_name = "TOPIC", allow_hyphen_values = true,
+          required_unless_present_any = ["nodes", "glob", "job"])]
+    pub topic: Option<String>,
+    /// Only these nodes (comma-separated), combined with -T.
+    #[arg(
+        short = 'N',
+        long = "nodes",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
+    pub nodes: Option<Vec<String>>,
+    /// Only registered nodes whose name matches this glob (e.g. 'web*'), combined with -T and -N.
+    #[arg(short = 'G', long = "glob", value_name = "PATTERN")]
+    pub glob: Option<String>,
+    /// The service command: start, stop, restart, reload or status.
+    #[arg(
+        short = 'c',
+        long = "cmd",
+        value_name = "CMD",
+        allow_hyphen_values = true,
+        required_unless_present = "job"
+    )]
+    pub cmd: Option<String>,
+    /// The service's name.
+    #[arg(
+        short = 's',
+        long = "service",
+        value_name = "SERVICE",
+        allow_hyphen_values = true,
+        required_unless_present = "job"
+    )]
+    pub service: Option<String>,
+    /// Run on at most N nodes at a time (N or N%): a rolling restart.
+    #[arg(long, value_name = "N|N%")]
+    pub batch: Option<String>,
+    /// Seconds to pause between batches.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, requires = "batch")]
+    pub batch_wait: f64,
+    /// Stop the rollout after the first batch in which a node did not succeed.
+    #[arg(long, requires = "batch")]
+    pub fail_fast: bool,
+    /// Show an earlier job by its id (its results so far, then any still to come).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["topic", "nodes", "glob", "cmd", "service", "batch"])]
+    pub job: Option<String>,
+    /// The client key that signs requests [default: $SERVICE_MGR_KEY, else
+    /// ~/.config/service-mgr/client.key if it exists; without a key requests go unsigned].
+    #[arg(short = 'k', long = "key", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Output format [default: table on a terminal; when piped, legacy as
+    /// service-mgr-client (0.1's output) and json as service-mgr client].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    #[command(flatten)]
+    pub version: VersionFlag,
+}
 
 /// What to ask, of whom.
 #[derive(Debug, Clone)]
@@ -618,7 +713,12 @@ pub fn batch_size(spec: &str, total: usize) -> Result<usize> {
 
 /// `service-mgr client` / `service-mgr-client`: one request (or a rollout in
 /// batches, or an earlier job), printed in the chosen format.
-pub fn run(a: &ClientArgs, legacy_name: bool, log: &Logger) -> Result<Exit> {
+pub fn run(a: &ClientArgs, legacy_name: bool) -> Result<Exit> {
+    let log = &if a.debug {
+        logging::root(LogTarget::stderr(), "service-mgr-client", true)
+    } else {
+        logging::discard()
+    };
     let wait = match a.wait {
         Some(w) if w.is_finite() && w >= 0.0 => Some(Duration::from_secs_f64(w)),
         Some(w) => bail!("-w must be a number of seconds, got {w}"),

@@ -3,7 +3,7 @@
 //! the real sockets to this host's real service manager, the result is printed
 //! and both stop again. No root, no config file.
 
-use crate::cli::DemoArgs;
+use crate::args::VersionFlag;
 use crate::client::{self, to_json_pretty};
 use crate::config::{AgentConfig, ManagerConfig, PolicyRule};
 use crate::exit::Exit;
@@ -12,10 +12,27 @@ use crate::runtime::{self, Control};
 use crate::security::{self, KeyPair, KeyStore, Role};
 use crate::{agent, host::HostInfo, manager, mgmt};
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// `service-mgr demo`'s command line.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The service to ask about [default: the first of ssh, sshd, cron, crond, dbus that this host has].
+    #[arg(short = 's', long = "service")]
+    pub service: Option<String>,
+    /// The command to send (status is harmless; the demo refuses anything else unless --any-command).
+    #[arg(short = 'c', long = "cmd", default_value = "status")]
+    pub cmd: String,
+    /// Debug output of the demo's manager and agent on stderr.
+    #[arg(short = 'D', long = "debug")]
+    pub debug: bool,
+    #[command(flatten)]
+    pub version: VersionFlag,
+}
 
 /// Services that most hosts have, tried in order when `-s` is not given.
 const CANDIDATES: [&str; 6] = ["ssh", "sshd", "cron", "crond", "dbus", "rsyslog"];

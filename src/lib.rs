@@ -7,11 +7,13 @@
 //! - [`config`], [`logging`], [`runtime`], [`transport`], [`host`], [`exit`]: what the roles share.
 
 pub mod agent;
+pub mod args;
 pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod docs;
 pub mod exit;

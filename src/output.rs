@@ -5,11 +5,33 @@
 //! never when `NO_COLOR` is set (<https://no-color.org>). Text that came from
 //! a node is cleaned of control characters before it reaches the terminal.
 
-use crate::cli::{Format, MgmtFormat};
 use crate::client::{node_of, status_of};
+use clap::ValueEnum;
 use serde_json::{Map, Value};
 use std::ffi::OsStr;
 use std::io::{IsTerminal, Write};
+
+/// How the client prints what came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// For people: node, system, status, return code, time, first line of output; a summary.
+    Table,
+    /// One JSON document: job, request, expected nodes, summary, every node's result.
+    Json,
+    /// One JSON object per line, each result as it arrives, then a summary line.
+    Jsonl,
+    /// 0.1's output: a JSON array of the results (plus entries for silent nodes).
+    Legacy,
+}
+
+/// How `mgmt` prints the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MgmtFormat {
+    /// A table for people.
+    Table,
+    /// The reply as JSON, as 0.1 printed it.
+    Json,
+}
 
 /// Width used when stdout is not a terminal and `COLUMNS` does not say.
 const DEFAULT_WIDTH: usize = 100;
