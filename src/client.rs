@@ -7,9 +7,13 @@ use crate::args::VersionFlag;
 use crate::exit::Exit;
 use crate::logging::{self, LogTarget};
 use crate::output::{self, Format};
+use crate::report::{NodeResult, Report, Status};
+// Where bench and the fuzz targets have found these.
+pub use crate::output::to_json_pretty;
 use crate::protocol::{
     self as p, Accepted, RequestBody, ResultEnvelope, ServiceRequest, SignedResult,
 };
+pub use crate::report::{node_of, status_of};
 use crate::security::{self, KeyPair, PublicKey, Purpose};
 use crate::transport;
 use anyhow::{bail, Context, Result};
@@ -541,53 +545,20 @@ fn parse_accept(reply: &[u8]) -> Result<Accepted> {
     serde_json::from_value(Value::Object(obj)).context("the manager's answer lacks uuid or port")
 }
 
-/// The node a result came from, wherever its sender put it.
-pub fn node_of(obj: &Map<String, Value>) -> Option<String> {
-    obj.get("node")
-        .or_else(|| obj.get("result").and_then(|r| r.get("node")))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-}
-
-/// The status of one result: ours carry it, 0.1's are derived from the return code.
-pub fn status_of(obj: &Map<String, Value>) -> String {
-    if let Some(s) = obj.get("status").and_then(Value::as_str) {
-        return s.to_owned();
-    }
-    match obj
-        .get("result")
-        .and_then(|r| r.get("returncode"))
-        .and_then(Value::as_i64)
-    {
-        Some(0) => "ok".to_owned(),
-        _ => "failed".to_owned(),
-    }
-}
-
-/// A result as reports show it: 0.1 fields kept, `node` and `status` added.
-pub fn normalized(obj: &Map<String, Value>) -> Value {
-    let mut obj = obj.clone();
-    let status = status_of(&obj);
-    if let Some(n) = node_of(&obj) {
-        obj.entry("node").or_insert(Value::String(n));
-    }
-    obj.insert("status".into(), Value::String(status));
-    Value::Object(obj)
-}
-
 /// Every node's outcome, the answers first (0.1 fields kept, `status` added),
-/// then a `no_response` entry for each expected node that stayed silent, then
-/// `skipped` entries (nodes a --fail-fast rollout never reached).
-pub fn node_results(jobs: &[Collected], skipped: &[String]) -> Vec<Value> {
+/// then a `no_response` line for each expected node that stayed silent, then
+/// `skipped` lines (nodes a --fail-fast rollout never reached).
+pub fn node_results(jobs: &[Collected], skipped: &[String]) -> Vec<NodeResult> {
     let mut out = Vec::new();
     for job in jobs {
         let mut answered = HashSet::new();
         for r in &job.results {
             let Value::Object(obj) = r else { continue };
-            if let Some(n) = node_of(obj) {
-                answered.insert(n);
+            let line = NodeResult::answer(obj.clone());
+            if let Some(n) = &line.node {
+                answered.insert(n.clone());
             }
-            out.push(normalized(obj));
+            out.push(line);
         }
         for n in job
             .expected
@@ -595,101 +566,53 @@ pub fn node_results(jobs: &[Collected], skipped: &[String]) -> Vec<Value> {
             .flatten()
             .filter(|n| !answered.contains(*n))
         {
-            out.push(json!({
-                "msg": if job.waited.is_zero() {
-                    "no answer recorded".to_owned()
-                } else {
-                    format!("no answer within {:.1} s (-w)", job.waited.as_secs_f64())
-                },
-                "success": -1,
-                "uuid": job.uuid,
-                "node": n,
-                "status": "no_response",
-            }));
+            let msg = if job.waited.is_zero() {
+                "no answer recorded".to_owned()
+            } else {
+                format!("no answer within {:.1} s (-w)", job.waited.as_secs_f64())
+            };
+            out.push(NodeResult::no_response(n, &job.uuid, msg));
         }
     }
     for n in skipped {
-        out.push(json!({"msg": "not run: an earlier batch failed (--fail-fast)", "node": n, "status": "skipped"}));
+        out.push(NodeResult::skipped(
+            n,
+            "not run: an earlier batch failed (--fail-fast)",
+        ));
     }
     out
 }
 
-/// Counts per status, plus expected and answered.
-pub fn summary(jobs: &[Collected], results: &[Value]) -> Map<String, Value> {
-    let mut m = Map::new();
-    let expected: usize = jobs
-        .iter()
-        .map(|j| j.expected.as_ref().map_or(0, Vec::len))
-        .sum();
-    let skipped = results.iter().filter(|r| r["status"] == "skipped").count();
-    m.insert("expected".into(), json!(expected + skipped));
-    m.insert(
-        "answered".into(),
-        json!(results
-            .iter()
-            .filter(|r| r["status"] != "no_response" && r["status"] != "skipped")
-            .count()),
-    );
-    for s in [
-        "ok",
-        "failed",
-        "timeout",
-        "refused",
-        "no_response",
-        "skipped",
-        "unverified",
-    ] {
-        m.insert(
-            s.into(),
-            json!(results.iter().filter(|r| r["status"] == s).count()),
-        );
-    }
-    m
-}
-
 /// The exit code a report stands for (see `Exit`).
-pub fn exit_code(results: &[Value]) -> Exit {
-    if results.is_empty() || results.iter().any(|r| r["status"] == "no_response") {
+pub fn exit_code(results: &[NodeResult]) -> Exit {
+    if results.is_empty() || results.iter().any(|r| r.status == Status::NoResponse) {
         Exit::NoResponse
-    } else if results.iter().any(|r| r["status"] != "ok") {
+    } else if results.iter().any(|r| r.status != Status::Ok) {
         Exit::SomeFailed
     } else {
         Exit::Ok
     }
 }
 
-/// The JSON document of a run: the job(s), the request, every node's result and a summary.
+/// The report of a run: the job(s), the request, every node's result and a summary.
 pub fn report(
     request: &ServiceRequest,
     jobs: &[Collected],
     skipped: &[String],
     elapsed: Duration,
-) -> Value {
-    let results = node_results(jobs, skipped);
-    let mut expected: Vec<&String> = jobs
+) -> Report {
+    let mut expected: Vec<String> = jobs
         .iter()
-        .flat_map(|j| j.expected.iter().flatten())
+        .flat_map(|j| j.expected.iter().flatten().cloned())
         .collect();
-    expected.extend(skipped);
-    json!({
-        "v": p::PROTOCOL_VERSION,
-        "job": jobs.first().map(|j| j.uuid.clone()),
-        "jobs": jobs.iter().map(|j| j.uuid.clone()).collect::<Vec<_>>(),
-        "request": request,
-        "expected": expected,
-        "summary": summary(jobs, &results),
-        "elapsed_ms": elapsed.as_millis() as u64,
-        "results": results,
-    })
-}
-
-/// JSON the way 0.1 printed it: indented by four spaces.
-pub fn to_json_pretty(v: &impl serde::Serialize) -> String {
-    let mut out = Vec::new();
-    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
-    v.serialize(&mut ser).expect("JSON values always serialize");
-    String::from_utf8(out).expect("serde_json writes UTF-8")
+    expected.extend_from_slice(skipped);
+    Report::new(
+        request.clone(),
+        jobs.iter().map(|j| j.uuid.clone()).collect(),
+        expected,
+        node_results(jobs, skipped),
+        elapsed.as_millis() as u64,
+    )
 }
 
 /// How many nodes a `--batch` value means for `total` nodes: `N` or `N%` (at least 1).
@@ -756,7 +679,7 @@ pub fn run(a: &ClientArgs, legacy_name: bool) -> Result<Exit> {
             &req,
             id,
             log,
-            Some(&mut |r, n, e| progress.watch(r, n, e)),
+            Some(&mut watcher(&mut progress)),
         )?);
     } else if let Some(spec) = &a.batch {
         let nodes = plan(&ctx, &req)?;
@@ -767,12 +690,7 @@ pub fn run(a: &ClientArgs, legacy_name: bool) -> Result<Exit> {
                 std::thread::sleep(Duration::from_secs_f64(a.batch_wait));
             }
             req.request.nodes = Some(batch.to_vec());
-            let got = collect(
-                &ctx,
-                &req,
-                log,
-                Some(&mut |r, n, e| progress.watch(r, n, e)),
-            )?;
+            let got = collect(&ctx, &req, log, Some(&mut watcher(&mut progress)))?;
             progress.note(&format!(
                 "batch {}/{}: {} nodes, job {}",
                 i + 1,
@@ -797,46 +715,28 @@ pub fn run(a: &ClientArgs, legacy_name: bool) -> Result<Exit> {
             // topic: make sure the manager understands them first.
             plan(&ctx, &req)?;
         }
-        jobs.push(collect(
-            &ctx,
-            &req,
-            log,
-            Some(&mut |r, n, e| progress.watch(r, n, e)),
-        )?);
+        jobs.push(collect(&ctx, &req, log, Some(&mut watcher(&mut progress)))?);
     }
     progress.finish();
-    let results = node_results(&jobs, &skipped);
+    let report = report(&req.request, &jobs, &skipped, started.elapsed());
     match format {
-        Format::Json => println!(
-            "{}",
-            to_json_pretty(&report(&req.request, &jobs, &skipped, started.elapsed()))
-        ),
-        Format::Table => print!(
-            "{}",
-            output::client_table(
-                &report(&req.request, &jobs, &skipped, started.elapsed()),
-                output::Style::stdout()
-            )
-        ),
+        Format::Json => println!("{}", output::to_json_pretty(&report)),
+        Format::Table => print!("{}", output::client_table(&report, output::Style::stdout())),
         Format::Jsonl => {
             // The answers went out as they arrived; now the silent nodes, then the summary.
             for job in &jobs {
                 for r in &node_results(std::slice::from_ref(job), &[])[job.results.len()..] {
-                    println!("{r}");
+                    println!("{}", output::to_json(r));
                 }
             }
             for r in node_results(&[], &skipped) {
-                println!("{r}");
+                println!("{}", output::to_json(&r));
             }
-            let mut doc = report(&req.request, &jobs, &skipped, started.elapsed());
-            if let Some(m) = doc.as_object_mut() {
-                m.remove("results");
-            }
-            println!("{doc}");
+            println!("{}", output::to_json(&report.outline));
         }
         Format::Legacy => {
-            println!("{}", to_json_pretty(&results));
-            if results.is_empty() {
+            println!("{}", output::to_json_pretty(&report.results));
+            if report.results.is_empty() {
                 // Scripts read stdout; the job id still reaches the person.
                 eprintln!(
                     "no node answered (job {})",
@@ -845,7 +745,20 @@ pub fn run(a: &ClientArgs, legacy_name: bool) -> Result<Exit> {
             }
         }
     }
-    Ok(exit_code(&results))
+    Ok(exit_code(&report.results))
+}
+
+/// A `Watch` for the progress display; answers are typed only when it prints them.
+fn watcher(
+    progress: &mut output::Progress,
+) -> impl FnMut(Option<&Value>, usize, Option<usize>) + '_ {
+    move |new, answered, expected| {
+        let shown = new
+            .filter(|_| progress.prints_answers())
+            .and_then(Value::as_object)
+            .map(|obj| NodeResult::answer(obj.clone()));
+        progress.watch(shown.as_ref(), answered, expected)
+    }
 }
 
 #[cfg(test)]
@@ -924,18 +837,16 @@ mod tests {
         let r = node_results(std::slice::from_ref(&j), &[]);
         let statuses: Vec<(&str, &str)> = r
             .iter()
-            .map(|v| (v["node"].as_str().unwrap(), v["status"].as_str().unwrap()))
+            .map(|v| (v.node.as_deref().unwrap(), v.status.as_str()))
             .collect();
         assert_eq!(
             statuses,
             [("a", "ok"), ("b", "timeout"), ("c", "no_response")]
         );
         assert_eq!(exit_code(&r), Exit::NoResponse);
-        let s = summary(&[j], &r);
-        assert_eq!(
-            (s["expected"].as_u64(), s["answered"].as_u64()),
-            (Some(3), Some(2))
-        );
+        let request = ServiceRequest::new("status", "x", "any");
+        let s = report(&request, &[j], &[], Duration::ZERO).outline.summary;
+        assert_eq!((s.expected, s.answered), (3, 2));
     }
 
     #[test]

@@ -4,10 +4,11 @@
 //! and both stop again. No root, no config file.
 
 use crate::args::VersionFlag;
-use crate::client::{self, to_json_pretty};
+use crate::client;
 use crate::config::{AgentConfig, ManagerConfig, PolicyRule};
 use crate::exit::Exit;
 use crate::logging::{self, LogTarget};
+use crate::output::to_json_pretty;
 use crate::runtime::{self, Control};
 use crate::security::{self, KeyPair, KeyStore, Role};
 use crate::{agent, host::HostInfo, manager, mgmt};

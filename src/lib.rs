@@ -25,6 +25,7 @@ pub mod manager;
 pub mod mgmt;
 pub mod output;
 pub mod protocol;
+pub mod report;
 pub mod runtime;
 pub mod security;
 pub mod transport;

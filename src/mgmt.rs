@@ -3,11 +3,11 @@
 //! store on its own host (`mgmt keys`, salt-key style), and `keygen`.
 
 use crate::args::VersionFlag;
-use crate::client::{load_key, to_json_pretty};
+use crate::client::load_key;
 use crate::clock;
 use crate::config::{self, ManagerConfig};
 use crate::exit::Exit;
-use crate::output::{self, MgmtFormat, Style};
+use crate::output::{self, to_json_pretty, MgmtFormat, Style};
 use crate::protocol::{self as p, MgmtReply, MgmtRequest};
 use crate::security::{self, KeyPair, KeyStore, Purpose, Role};
 use crate::transport;
