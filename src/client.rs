@@ -585,9 +585,9 @@ pub fn node_results(jobs: &[Collected], skipped: &[String]) -> Vec<NodeResult> {
 
 /// The exit code a report stands for (see `Exit`).
 pub fn exit_code(results: &[NodeResult]) -> Exit {
-    if results.is_empty() || results.iter().any(|r| r.status == Status::NoResponse) {
+    if results.is_empty() || results.iter().any(|r| r.status == Status::NO_RESPONSE) {
         Exit::NoResponse
-    } else if results.iter().any(|r| r.status != Status::Ok) {
+    } else if results.iter().any(|r| r.status != Status::OK) {
         Exit::SomeFailed
     } else {
         Exit::Ok

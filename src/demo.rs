@@ -9,7 +9,7 @@ use crate::config::{AgentConfig, ManagerConfig, PolicyRule};
 use crate::exit::Exit;
 use crate::logging::{self, LogTarget};
 use crate::output::to_json_pretty;
-use crate::runtime::{self, Control};
+use crate::runtime::{self, Control, ControlHandle, OnReady};
 use crate::security::{self, KeyPair, KeyStore, Role};
 use crate::{agent, host::HostInfo, manager, mgmt};
 use anyhow::{bail, Context, Result};
@@ -78,15 +78,7 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
         ..ManagerConfig::default()
     };
     let mready = dir.join("manager.json");
-    let mcontrol = Control::new()?;
-    let mstop = mcontrol.handle();
-    let mlog = log.clone();
-    let mpath = mready.clone();
-    let mthread = thread::spawn(move || {
-        manager::run(&mcfg, &mcontrol, &mlog, &mut |doc| {
-            runtime::write_ready_file(&mpath, doc)
-        })
-    });
+    let (mstop, mthread) = spawn(&mready, log, move |c, l, r| manager::run(&mcfg, c, l, r))?;
     let m = wait_ready(&mready, &mthread)?;
     let ep = |k: &str| m[k].as_str().unwrap_or_default().to_owned();
 
@@ -108,15 +100,7 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
         ..AgentConfig::default()
     };
     let aready = dir.join("agent.json");
-    let acontrol = Control::new()?;
-    let astop = acontrol.handle();
-    let alog = log.clone();
-    let apath = aready.clone();
-    let athread = thread::spawn(move || {
-        agent::run(&acfg, &acontrol, &alog, &mut |doc| {
-            runtime::write_ready_file(&apath, doc)
-        })
-    });
+    let (astop, athread) = spawn(&aready, log, move |c, l, r| agent::run(&acfg, c, l, r))?;
     let result = (|| {
         wait_ready(&aready, &athread)?;
         wait_registered(&ep("mgmt_endpoint"), &node)?;
@@ -153,6 +137,24 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
         got.uuid
     );
     Ok(Exit::Ok)
+}
+
+/// Run a daemon on a thread of its own; it writes its ready file to `ready`.
+fn spawn(
+    ready: &Path,
+    log: &slog::Logger,
+    daemon: impl FnOnce(&Control, &slog::Logger, OnReady) -> Result<()> + Send + 'static,
+) -> Result<(ControlHandle, thread::JoinHandle<Result<()>>)> {
+    let control = Control::new()?;
+    let stop = control.handle();
+    let log = log.clone();
+    let path = ready.to_owned();
+    let thread = thread::spawn(move || {
+        daemon(&control, &log, &mut |doc| {
+            runtime::write_ready_file(&path, doc)
+        })
+    });
+    Ok((stop, thread))
 }
 
 fn pick_service() -> String {

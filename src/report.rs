@@ -2,21 +2,17 @@
 //! `client` builds it, `output` prints it; it serializes byte for byte as the
 //! documents of `--format json|jsonl|legacy` have always looked.
 
-use crate::protocol::{ServiceRequest, PROTOCOL_VERSION};
+use crate::protocol::{self as p, ServiceRequest, PROTOCOL_VERSION};
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-/// A node's outcome as reports show it: the statuses agents send
-/// (`protocol::Status`) and those the client and manager give.
+/// A node's outcome as reports show it: what the agent (or the manager) sent,
+/// or what the client made of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
-    Ok,
-    Failed,
-    Timeout,
-    Refused,
-    /// Expected to answer, did not.
-    NoResponse,
+    /// `ok`, `failed`, `timeout`, `refused` or `no_response` (a silent node).
+    Sent(p::Status),
     /// Not run: an earlier batch of a `--fail-fast` rollout failed.
     Skipped,
     /// An answer whose signature or seal did not check out; never shown as the node's.
@@ -27,39 +23,45 @@ pub enum Status {
     Other(String),
 }
 
+/// The statuses of the protocol, in the order a summary lists them.
+const SENT: [p::Status; 5] = [
+    p::Status::Ok,
+    p::Status::Failed,
+    p::Status::Timeout,
+    p::Status::Refused,
+    p::Status::NoResponse,
+];
+
 impl Status {
+    pub const OK: Status = Status::Sent(p::Status::Ok);
+    pub const NO_RESPONSE: Status = Status::Sent(p::Status::NoResponse);
+
     /// Every status a summary counts, in the order it lists them.
     pub const COUNTED: [Status; 7] = [
-        Status::Ok,
-        Status::Failed,
-        Status::Timeout,
-        Status::Refused,
-        Status::NoResponse,
+        Status::Sent(SENT[0]),
+        Status::Sent(SENT[1]),
+        Status::Sent(SENT[2]),
+        Status::Sent(SENT[3]),
+        Status::Sent(SENT[4]),
         Status::Skipped,
         Status::Unverified,
     ];
 
     pub fn parse(s: &str) -> Status {
         match s {
-            "ok" => Status::Ok,
-            "failed" => Status::Failed,
-            "timeout" => Status::Timeout,
-            "refused" => Status::Refused,
-            "no_response" => Status::NoResponse,
             "skipped" => Status::Skipped,
             "unverified" => Status::Unverified,
             "pending" => Status::Pending,
-            other => Status::Other(other.to_owned()),
+            other => SENT
+                .into_iter()
+                .find(|k| k.as_str() == other)
+                .map_or_else(|| Status::Other(other.to_owned()), Status::Sent),
         }
     }
 
     pub fn as_str(&self) -> &str {
         match self {
-            Status::Ok => "ok",
-            Status::Failed => "failed",
-            Status::Timeout => "timeout",
-            Status::Refused => "refused",
-            Status::NoResponse => "no_response",
+            Status::Sent(s) => s.as_str(),
             Status::Skipped => "skipped",
             Status::Unverified => "unverified",
             Status::Pending => "pending",
@@ -69,7 +71,7 @@ impl Status {
 
     /// Whether a summary counts the line as answered (whatever a node sent counts).
     pub fn answered(&self) -> bool {
-        !matches!(self, Status::NoResponse | Status::Skipped)
+        !matches!(self, &Status::NO_RESPONSE | Status::Skipped)
     }
 }
 
@@ -186,7 +188,7 @@ impl NodeResult {
         let uuid = uuid.to_owned();
         NodeResult::unanswered(
             Some(node.to_owned()),
-            Status::NoResponse,
+            Status::NO_RESPONSE,
             msg,
             Source::NoResponse { uuid },
         )
@@ -271,11 +273,11 @@ impl Summary {
         Summary {
             expected,
             answered: results.iter().filter(|r| r.status.answered()).count(),
-            ok: count(&Status::Ok),
-            failed: count(&Status::Failed),
-            timeout: count(&Status::Timeout),
-            refused: count(&Status::Refused),
-            no_response: count(&Status::NoResponse),
+            ok: count(&Status::OK),
+            failed: count(&Status::Sent(p::Status::Failed)),
+            timeout: count(&Status::Sent(p::Status::Timeout)),
+            refused: count(&Status::Sent(p::Status::Refused)),
+            no_response: count(&Status::NO_RESPONSE),
             skipped: count(&Status::Skipped),
             unverified: count(&Status::Unverified),
         }
