@@ -5,7 +5,7 @@
 
 use crate::args::VersionFlag;
 use crate::exit::Exit;
-use crate::logging::{self, LogTarget};
+use crate::logging;
 use crate::output::{self, Format};
 use crate::report::{NodeResult, Report, Status};
 // Where bench and the fuzz targets have found these.
@@ -637,11 +637,7 @@ pub fn batch_size(spec: &str, total: usize) -> Result<usize> {
 /// `service-mgr client` / `service-mgr-client`: one request (or a rollout in
 /// batches, or an earlier job), printed in the chosen format.
 pub fn run(a: &ClientArgs, legacy_name: bool) -> Result<Exit> {
-    let log = &if a.debug {
-        logging::root(LogTarget::stderr(), "service-mgr-client", true)
-    } else {
-        logging::discard()
-    };
+    let log = &logging::debug_or_quiet(a.debug, "service-mgr-client");
     let wait = match a.wait {
         Some(w) if w.is_finite() && w >= 0.0 => Some(Duration::from_secs_f64(w)),
         Some(w) => bail!("-w must be a number of seconds, got {w}"),

@@ -7,7 +7,7 @@ use crate::args::VersionFlag;
 use crate::client;
 use crate::config::{AgentConfig, ManagerConfig, PolicyRule};
 use crate::exit::Exit;
-use crate::logging::{self, LogTarget};
+use crate::logging;
 use crate::output::to_json_pretty;
 use crate::runtime::{self, Control, ControlHandle, OnReady};
 use crate::security::{self, KeyPair, KeyStore, Role};
@@ -40,11 +40,7 @@ const CANDIDATES: [&str; 6] = ["ssh", "sshd", "cron", "crond", "dbus", "rsyslog"
 
 pub fn run(args: &DemoArgs) -> Result<Exit> {
     let service = args.service.clone().unwrap_or_else(pick_service);
-    let log = if args.debug {
-        logging::root(LogTarget::stderr(), "demo", true)
-    } else {
-        logging::discard()
-    };
+    let log = logging::debug_or_quiet(args.debug, "demo");
     let dir = std::env::temp_dir().join(format!("service-mgr-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let outcome = run_in(&dir, &service, args, &log);
