@@ -7,13 +7,10 @@ use crate::args::VersionFlag;
 use crate::exit::Exit;
 use crate::logging;
 use crate::output::{self, Format};
-use crate::report::{NodeResult, Report, Status};
-// Where bench and the fuzz targets have found these.
-pub use crate::output::to_json_pretty;
 use crate::protocol::{
     self as p, Accepted, RequestBody, ResultEnvelope, ServiceRequest, SignedResult,
 };
-pub use crate::report::{node_of, status_of};
+use crate::report::{NodeResult, Report, Status};
 use crate::security::{self, KeyPair, PublicKey, Purpose};
 use crate::transport;
 use anyhow::{bail, Context, Result};
@@ -23,6 +20,10 @@ use slog::{debug, Logger};
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+// Bench and the fuzz targets still call these by their old paths.
+pub use crate::output::to_json_pretty;
+pub use crate::report::{node_of, status_of};
 
 /// Upper bound on the wait when the manager says who will answer: the client
 /// returns as soon as they all did, so this only matters for slow commands.
