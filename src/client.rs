@@ -3,25 +3,125 @@
 //! what the agents answer, until every expected node has answered or the wait
 //! runs out. Then it builds the report: every targeted node with a status.
 
-use crate::cli::{ClientArgs, Format};
+use crate::args::VersionFlag;
 use crate::exit::Exit;
-use crate::output;
+use crate::logging;
+use crate::output::{self, Format};
 use crate::protocol::{
     self as p, Accepted, RequestBody, ResultEnvelope, ServiceRequest, SignedResult,
 };
+use crate::report::{NodeResult, Report, Status};
 use crate::security::{self, KeyPair, PublicKey, Purpose};
 use crate::transport;
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use serde_json::{json, Map, Value};
 use slog::{debug, Logger};
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+// Bench and the fuzz targets still call these by their old paths.
+pub use crate::output::to_json_pretty;
+pub use crate::report::{node_of, status_of};
 
 /// Upper bound on the wait when the manager says who will answer: the client
 /// returns as soon as they all did, so this only matters for slow commands.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 /// The wait against a 0.1 manager, which cannot say who will answer (0.1's default).
 pub const DEFAULT_WAIT_01: Duration = Duration::from_millis(100);
+
+/// The client's command line (`service-mgr-client`, `service-mgr client`).
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Seconds to wait for results at most [default: 60 when the manager says which nodes
+    /// will answer (the client returns as soon as they all did); 0.1 against a 0.1 manager].
+    #[arg(short = 'w', long = "wait", value_name = "WAIT")]
+    pub wait: Option<f64>,
+    /// Tries to reach the manager.
+    #[arg(
+        short = 'r',
+        long = "retries",
+        value_name = "RETRIES",
+        default_value_t = 3
+    )]
+    pub retries: u32,
+    /// Milliseconds to wait for the manager's answer per try.
+    #[arg(
+        short = 't',
+        long = "timeout",
+        value_name = "TIMEOUT",
+        default_value_t = 1000
+    )]
+    pub timeout: u64,
+    /// Debug output on stderr.
+    #[arg(short = 'D', long = "debug")]
+    pub debug: bool,
+    /// The manager's frontend endpoint.
+    #[arg(
+        short = 'e',
+        long = "endpoint",
+        value_name = "ENDPOINT",
+        default_value = "tcp://localhost:5500"
+    )]
+    pub endpoint: String,
+    /// Who runs it: `any`, an OS name (`Linux`, `FreeBSD`), a node name or a custom topic
+    /// [default with -N or -G: any].
+    #[arg(short = 'T', long = "topic", value_name = "TOPIC", allow_hyphen_values = true,
+          required_unless_present_any = ["nodes", "glob", "job"])]
+    pub topic: Option<String>,
+    /// Only these nodes (comma-separated), combined with -T.
+    #[arg(
+        short = 'N',
+        long = "nodes",
+        value_name = "LIST",
+        value_delimiter = ','
+    )]
+    pub nodes: Option<Vec<String>>,
+    /// Only registered nodes whose name matches this glob (e.g. 'web*'), combined with -T and -N.
+    #[arg(short = 'G', long = "glob", value_name = "PATTERN")]
+    pub glob: Option<String>,
+    /// The service command: start, stop, restart, reload or status.
+    #[arg(
+        short = 'c',
+        long = "cmd",
+        value_name = "CMD",
+        allow_hyphen_values = true,
+        required_unless_present = "job"
+    )]
+    pub cmd: Option<String>,
+    /// The service's name.
+    #[arg(
+        short = 's',
+        long = "service",
+        value_name = "SERVICE",
+        allow_hyphen_values = true,
+        required_unless_present = "job"
+    )]
+    pub service: Option<String>,
+    /// Run on at most N nodes at a time (N or N%): a rolling restart.
+    #[arg(long, value_name = "N|N%")]
+    pub batch: Option<String>,
+    /// Seconds to pause between batches.
+    #[arg(long, value_name = "SECS", default_value_t = 0.0, requires = "batch")]
+    pub batch_wait: f64,
+    /// Stop the rollout after the first batch in which a node did not succeed.
+    #[arg(long, requires = "batch")]
+    pub fail_fast: bool,
+    /// Show an earlier job by its id (its results so far, then any still to come).
+    #[arg(long, value_name = "ID", conflicts_with_all = ["topic", "nodes", "glob", "cmd", "service", "batch"])]
+    pub job: Option<String>,
+    /// The client key that signs requests [default: $SERVICE_MGR_KEY, else
+    /// ~/.config/service-mgr/client.key if it exists; without a key requests go unsigned].
+    #[arg(short = 'k', long = "key", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Output format [default: table on a terminal; when piped, legacy as
+    /// service-mgr-client (0.1's output) and json as service-mgr client].
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
+    #[command(flatten)]
+    pub version: VersionFlag,
+}
 
 /// What to ask, of whom.
 #[derive(Debug, Clone)]
@@ -446,53 +546,20 @@ fn parse_accept(reply: &[u8]) -> Result<Accepted> {
     serde_json::from_value(Value::Object(obj)).context("the manager's answer lacks uuid or port")
 }
 
-/// The node a result came from, wherever its sender put it.
-pub fn node_of(obj: &Map<String, Value>) -> Option<String> {
-    obj.get("node")
-        .or_else(|| obj.get("result").and_then(|r| r.get("node")))
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-}
-
-/// The status of one result: ours carry it, 0.1's are derived from the return code.
-pub fn status_of(obj: &Map<String, Value>) -> String {
-    if let Some(s) = obj.get("status").and_then(Value::as_str) {
-        return s.to_owned();
-    }
-    match obj
-        .get("result")
-        .and_then(|r| r.get("returncode"))
-        .and_then(Value::as_i64)
-    {
-        Some(0) => "ok".to_owned(),
-        _ => "failed".to_owned(),
-    }
-}
-
-/// A result as reports show it: 0.1 fields kept, `node` and `status` added.
-pub fn normalized(obj: &Map<String, Value>) -> Value {
-    let mut obj = obj.clone();
-    let status = status_of(&obj);
-    if let Some(n) = node_of(&obj) {
-        obj.entry("node").or_insert(Value::String(n));
-    }
-    obj.insert("status".into(), Value::String(status));
-    Value::Object(obj)
-}
-
 /// Every node's outcome, the answers first (0.1 fields kept, `status` added),
-/// then a `no_response` entry for each expected node that stayed silent, then
-/// `skipped` entries (nodes a --fail-fast rollout never reached).
-pub fn node_results(jobs: &[Collected], skipped: &[String]) -> Vec<Value> {
+/// then a `no_response` line for each expected node that stayed silent, then
+/// `skipped` lines (nodes a --fail-fast rollout never reached).
+pub fn node_results(jobs: &[Collected], skipped: &[String]) -> Vec<NodeResult> {
     let mut out = Vec::new();
     for job in jobs {
         let mut answered = HashSet::new();
         for r in &job.results {
             let Value::Object(obj) = r else { continue };
-            if let Some(n) = node_of(obj) {
-                answered.insert(n);
+            let line = NodeResult::answer(obj.clone());
+            if let Some(n) = &line.node {
+                answered.insert(n.clone());
             }
-            out.push(normalized(obj));
+            out.push(line);
         }
         for n in job
             .expected
@@ -500,101 +567,53 @@ pub fn node_results(jobs: &[Collected], skipped: &[String]) -> Vec<Value> {
             .flatten()
             .filter(|n| !answered.contains(*n))
         {
-            out.push(json!({
-                "msg": if job.waited.is_zero() {
-                    "no answer recorded".to_owned()
-                } else {
-                    format!("no answer within {:.1} s (-w)", job.waited.as_secs_f64())
-                },
-                "success": -1,
-                "uuid": job.uuid,
-                "node": n,
-                "status": "no_response",
-            }));
+            let msg = if job.waited.is_zero() {
+                "no answer recorded".to_owned()
+            } else {
+                format!("no answer within {:.1} s (-w)", job.waited.as_secs_f64())
+            };
+            out.push(NodeResult::no_response(n, &job.uuid, msg));
         }
     }
     for n in skipped {
-        out.push(json!({"msg": "not run: an earlier batch failed (--fail-fast)", "node": n, "status": "skipped"}));
+        out.push(NodeResult::skipped(
+            n,
+            "not run: an earlier batch failed (--fail-fast)",
+        ));
     }
     out
 }
 
-/// Counts per status, plus expected and answered.
-pub fn summary(jobs: &[Collected], results: &[Value]) -> Map<String, Value> {
-    let mut m = Map::new();
-    let expected: usize = jobs
-        .iter()
-        .map(|j| j.expected.as_ref().map_or(0, Vec::len))
-        .sum();
-    let skipped = results.iter().filter(|r| r["status"] == "skipped").count();
-    m.insert("expected".into(), json!(expected + skipped));
-    m.insert(
-        "answered".into(),
-        json!(results
-            .iter()
-            .filter(|r| r["status"] != "no_response" && r["status"] != "skipped")
-            .count()),
-    );
-    for s in [
-        "ok",
-        "failed",
-        "timeout",
-        "refused",
-        "no_response",
-        "skipped",
-        "unverified",
-    ] {
-        m.insert(
-            s.into(),
-            json!(results.iter().filter(|r| r["status"] == s).count()),
-        );
-    }
-    m
-}
-
 /// The exit code a report stands for (see `Exit`).
-pub fn exit_code(results: &[Value]) -> Exit {
-    if results.is_empty() || results.iter().any(|r| r["status"] == "no_response") {
+pub fn exit_code(results: &[NodeResult]) -> Exit {
+    if results.is_empty() || results.iter().any(|r| r.status == Status::NO_RESPONSE) {
         Exit::NoResponse
-    } else if results.iter().any(|r| r["status"] != "ok") {
+    } else if results.iter().any(|r| r.status != Status::OK) {
         Exit::SomeFailed
     } else {
         Exit::Ok
     }
 }
 
-/// The JSON document of a run: the job(s), the request, every node's result and a summary.
+/// The report of a run: the job(s), the request, every node's result and a summary.
 pub fn report(
     request: &ServiceRequest,
     jobs: &[Collected],
     skipped: &[String],
     elapsed: Duration,
-) -> Value {
-    let results = node_results(jobs, skipped);
-    let mut expected: Vec<&String> = jobs
+) -> Report {
+    let mut expected: Vec<String> = jobs
         .iter()
-        .flat_map(|j| j.expected.iter().flatten())
+        .flat_map(|j| j.expected.iter().flatten().cloned())
         .collect();
-    expected.extend(skipped);
-    json!({
-        "v": p::PROTOCOL_VERSION,
-        "job": jobs.first().map(|j| j.uuid.clone()),
-        "jobs": jobs.iter().map(|j| j.uuid.clone()).collect::<Vec<_>>(),
-        "request": request,
-        "expected": expected,
-        "summary": summary(jobs, &results),
-        "elapsed_ms": elapsed.as_millis() as u64,
-        "results": results,
-    })
-}
-
-/// JSON the way 0.1 printed it: indented by four spaces.
-pub fn to_json_pretty(v: &impl serde::Serialize) -> String {
-    let mut out = Vec::new();
-    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
-    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
-    v.serialize(&mut ser).expect("JSON values always serialize");
-    String::from_utf8(out).expect("serde_json writes UTF-8")
+    expected.extend_from_slice(skipped);
+    Report::new(
+        request.clone(),
+        jobs.iter().map(|j| j.uuid.clone()).collect(),
+        expected,
+        node_results(jobs, skipped),
+        elapsed.as_millis() as u64,
+    )
 }
 
 /// How many nodes a `--batch` value means for `total` nodes: `N` or `N%` (at least 1).
@@ -618,7 +637,8 @@ pub fn batch_size(spec: &str, total: usize) -> Result<usize> {
 
 /// `service-mgr client` / `service-mgr-client`: one request (or a rollout in
 /// batches, or an earlier job), printed in the chosen format.
-pub fn run(a: &ClientArgs, legacy_name: bool, log: &Logger) -> Result<Exit> {
+pub fn run(a: &ClientArgs, legacy_name: bool) -> Result<Exit> {
+    let log = &logging::debug_or_quiet(a.debug, "service-mgr-client");
     let wait = match a.wait {
         Some(w) if w.is_finite() && w >= 0.0 => Some(Duration::from_secs_f64(w)),
         Some(w) => bail!("-w must be a number of seconds, got {w}"),
@@ -656,7 +676,7 @@ pub fn run(a: &ClientArgs, legacy_name: bool, log: &Logger) -> Result<Exit> {
             &req,
             id,
             log,
-            Some(&mut |r, n, e| progress.watch(r, n, e)),
+            Some(&mut watcher(&mut progress)),
         )?);
     } else if let Some(spec) = &a.batch {
         let nodes = plan(&ctx, &req)?;
@@ -667,12 +687,7 @@ pub fn run(a: &ClientArgs, legacy_name: bool, log: &Logger) -> Result<Exit> {
                 std::thread::sleep(Duration::from_secs_f64(a.batch_wait));
             }
             req.request.nodes = Some(batch.to_vec());
-            let got = collect(
-                &ctx,
-                &req,
-                log,
-                Some(&mut |r, n, e| progress.watch(r, n, e)),
-            )?;
+            let got = collect(&ctx, &req, log, Some(&mut watcher(&mut progress)))?;
             progress.note(&format!(
                 "batch {}/{}: {} nodes, job {}",
                 i + 1,
@@ -697,46 +712,28 @@ pub fn run(a: &ClientArgs, legacy_name: bool, log: &Logger) -> Result<Exit> {
             // topic: make sure the manager understands them first.
             plan(&ctx, &req)?;
         }
-        jobs.push(collect(
-            &ctx,
-            &req,
-            log,
-            Some(&mut |r, n, e| progress.watch(r, n, e)),
-        )?);
+        jobs.push(collect(&ctx, &req, log, Some(&mut watcher(&mut progress)))?);
     }
     progress.finish();
-    let results = node_results(&jobs, &skipped);
+    let report = report(&req.request, &jobs, &skipped, started.elapsed());
     match format {
-        Format::Json => println!(
-            "{}",
-            to_json_pretty(&report(&req.request, &jobs, &skipped, started.elapsed()))
-        ),
-        Format::Table => print!(
-            "{}",
-            output::client_table(
-                &report(&req.request, &jobs, &skipped, started.elapsed()),
-                output::Style::stdout()
-            )
-        ),
+        Format::Json => println!("{}", output::to_json_pretty(&report)),
+        Format::Table => print!("{}", output::client_table(&report, output::Style::stdout())),
         Format::Jsonl => {
             // The answers went out as they arrived; now the silent nodes, then the summary.
             for job in &jobs {
                 for r in &node_results(std::slice::from_ref(job), &[])[job.results.len()..] {
-                    println!("{r}");
+                    println!("{}", output::to_json(r));
                 }
             }
             for r in node_results(&[], &skipped) {
-                println!("{r}");
+                println!("{}", output::to_json(&r));
             }
-            let mut doc = report(&req.request, &jobs, &skipped, started.elapsed());
-            if let Some(m) = doc.as_object_mut() {
-                m.remove("results");
-            }
-            println!("{doc}");
+            println!("{}", output::to_json(&report.outline));
         }
         Format::Legacy => {
-            println!("{}", to_json_pretty(&results));
-            if results.is_empty() {
+            println!("{}", output::to_json_pretty(&report.results));
+            if report.results.is_empty() {
                 // Scripts read stdout; the job id still reaches the person.
                 eprintln!(
                     "no node answered (job {})",
@@ -745,7 +742,20 @@ pub fn run(a: &ClientArgs, legacy_name: bool, log: &Logger) -> Result<Exit> {
             }
         }
     }
-    Ok(exit_code(&results))
+    Ok(exit_code(&report.results))
+}
+
+/// A `Watch` for the progress display; answers are typed only when it prints them.
+fn watcher(
+    progress: &mut output::Progress,
+) -> impl FnMut(Option<&Value>, usize, Option<usize>) + '_ {
+    move |new, answered, expected| {
+        let shown = new
+            .filter(|_| progress.prints_answers())
+            .and_then(Value::as_object)
+            .map(|obj| NodeResult::answer(obj.clone()));
+        progress.watch(shown.as_ref(), answered, expected)
+    }
 }
 
 #[cfg(test)]
@@ -824,18 +834,16 @@ mod tests {
         let r = node_results(std::slice::from_ref(&j), &[]);
         let statuses: Vec<(&str, &str)> = r
             .iter()
-            .map(|v| (v["node"].as_str().unwrap(), v["status"].as_str().unwrap()))
+            .map(|v| (v.node.as_deref().unwrap(), v.status.as_str()))
             .collect();
         assert_eq!(
             statuses,
             [("a", "ok"), ("b", "timeout"), ("c", "no_response")]
         );
         assert_eq!(exit_code(&r), Exit::NoResponse);
-        let s = summary(&[j], &r);
-        assert_eq!(
-            (s["expected"].as_u64(), s["answered"].as_u64()),
-            (Some(3), Some(2))
-        );
+        let request = ServiceRequest::new("status", "x", "any");
+        let s = report(&request, &[j], &[], Duration::ZERO).outline.summary;
+        assert_eq!((s.expected, s.answered), (3, 2));
     }
 
     #[test]

@@ -3,30 +3,44 @@
 //! the real sockets to this host's real service manager, the result is printed
 //! and both stop again. No root, no config file.
 
-use crate::cli::DemoArgs;
-use crate::client::{self, to_json_pretty};
+use crate::args::VersionFlag;
+use crate::client;
 use crate::config::{AgentConfig, ManagerConfig, PolicyRule};
 use crate::exit::Exit;
-use crate::logging::{self, LogTarget};
-use crate::runtime::{self, Control};
+use crate::logging;
+use crate::output::to_json_pretty;
+use crate::runtime::{self, Control, ControlHandle, OnReady};
 use crate::security::{self, KeyPair, KeyStore, Role};
 use crate::{agent, host::HostInfo, manager, mgmt};
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
+
+/// `service-mgr demo`'s command line.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// The service to ask about [default: the first of ssh, sshd, cron, crond, dbus that this host has].
+    #[arg(short = 's', long = "service")]
+    pub service: Option<String>,
+    /// The command to send (status is harmless; the demo refuses anything else unless --any-command).
+    #[arg(short = 'c', long = "cmd", default_value = "status")]
+    pub cmd: String,
+    /// Debug output of the demo's manager and agent on stderr.
+    #[arg(short = 'D', long = "debug")]
+    pub debug: bool,
+    #[command(flatten)]
+    pub version: VersionFlag,
+}
 
 /// Services that most hosts have, tried in order when `-s` is not given.
 const CANDIDATES: [&str; 6] = ["ssh", "sshd", "cron", "crond", "dbus", "rsyslog"];
 
 pub fn run(args: &DemoArgs) -> Result<Exit> {
     let service = args.service.clone().unwrap_or_else(pick_service);
-    let log = if args.debug {
-        logging::root(LogTarget::stderr(), "demo", true)
-    } else {
-        logging::discard()
-    };
+    let log = logging::debug_or_quiet(args.debug, "demo");
     let dir = std::env::temp_dir().join(format!("service-mgr-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let outcome = run_in(&dir, &service, args, &log);
@@ -60,15 +74,7 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
         ..ManagerConfig::default()
     };
     let mready = dir.join("manager.json");
-    let mcontrol = Control::new()?;
-    let mstop = mcontrol.handle();
-    let mlog = log.clone();
-    let mpath = mready.clone();
-    let mthread = thread::spawn(move || {
-        manager::run(&mcfg, &mcontrol, &mlog, &mut |doc| {
-            runtime::write_ready_file(&mpath, doc)
-        })
-    });
+    let (mstop, mthread) = spawn(&mready, log, move |c, l, r| manager::run(&mcfg, c, l, r))?;
     let m = wait_ready(&mready, &mthread)?;
     let ep = |k: &str| m[k].as_str().unwrap_or_default().to_owned();
 
@@ -90,15 +96,7 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
         ..AgentConfig::default()
     };
     let aready = dir.join("agent.json");
-    let acontrol = Control::new()?;
-    let astop = acontrol.handle();
-    let alog = log.clone();
-    let apath = aready.clone();
-    let athread = thread::spawn(move || {
-        agent::run(&acfg, &acontrol, &alog, &mut |doc| {
-            runtime::write_ready_file(&apath, doc)
-        })
-    });
+    let (astop, athread) = spawn(&aready, log, move |c, l, r| agent::run(&acfg, c, l, r))?;
     let result = (|| {
         wait_ready(&aready, &athread)?;
         wait_registered(&ep("mgmt_endpoint"), &node)?;
@@ -135,6 +133,24 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
         got.uuid
     );
     Ok(Exit::Ok)
+}
+
+/// Run a daemon on a thread of its own; it writes its ready file to `ready`.
+fn spawn(
+    ready: &Path,
+    log: &slog::Logger,
+    daemon: impl FnOnce(&Control, &slog::Logger, OnReady) -> Result<()> + Send + 'static,
+) -> Result<(ControlHandle, thread::JoinHandle<Result<()>>)> {
+    let control = Control::new()?;
+    let stop = control.handle();
+    let log = log.clone();
+    let path = ready.to_owned();
+    let thread = thread::spawn(move || {
+        daemon(&control, &log, &mut |doc| {
+            runtime::write_ready_file(&path, doc)
+        })
+    });
+    Ok((stop, thread))
 }
 
 fn pick_service() -> String {

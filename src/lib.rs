@@ -1,17 +1,28 @@
 //! service-mgr: control the services of a UNIX/Linux cluster from one place.
 //!
 //! # Layout
-//! - [`cli`]: the multicall command line; `main.rs` only calls [`cli::main`].
+//! - [`cli`]: the multicall command line, composed from the roles' arguments;
+//!   it parses and dispatches. `main.rs` only calls [`cli::main`].
+//! - [`daemon`]: start-up of both daemons (config, pid file, detaching,
+//!   logging, signals; `stop`/`status`), one entry [`daemon::run`].
+//! - [`manager`], [`agent`], [`client`], [`mgmt`], [`demo`]: the roles, each
+//!   with one `run` and its own clap arguments.
+//! - [`report`]: the client's typed report; [`output`]: formats, tables and
+//!   colour, rendering reports and management replies.
 //! - [`protocol`]: every wire message, decoders for untrusted bytes, limits.
-//! - [`manager`], [`agent`], [`client`], [`mgmt`], [`demo`]: the roles, each with one `run`.
-//! - [`config`], [`logging`], [`runtime`], [`transport`], [`host`], [`exit`]: what the roles share.
+//! - [`config`], [`logging`], [`runtime`], [`transport`], [`host`], [`exit`],
+//!   [`args`]: what the roles share.
+//!
+//! Imports point one way: `cli` → `daemon` → roles → shared modules.
 
 pub mod agent;
+pub mod args;
 pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod daemon;
 pub mod demo;
 pub mod docs;
 pub mod exit;
@@ -24,6 +35,7 @@ pub mod metrics;
 pub mod mgmt;
 pub mod output;
 pub mod protocol;
+pub mod report;
 pub mod runtime;
 pub mod security;
 pub mod transport;

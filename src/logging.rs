@@ -84,6 +84,15 @@ pub fn root(target: LogTarget, role: &'static str, debug: bool) -> Logger {
     Logger::root(drain, o!("role" => role, "pid" => std::process::id()))
 }
 
+/// The logger of a command that is not a daemon (client, demo): debug output
+/// on stderr with `-D`, else nothing.
+pub fn debug_or_quiet(debug: bool, role: &'static str) -> Logger {
+    match debug {
+        true => root(LogTarget::stderr(), role, true),
+        false => discard(),
+    }
+}
+
 /// A logger that drops everything, for tests and quiet helpers.
 pub fn discard() -> Logger {
     Logger::root(slog::Discard, o!())

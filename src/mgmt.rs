@@ -2,19 +2,80 @@
 //! (`service-mgr mgmt`, `service-mgrd -e EP status|stop`), the manager's key
 //! store on its own host (`mgmt keys`, salt-key style), and `keygen`.
 
-use crate::cli::{KeygenArgs, MgmtArgs, MgmtFormat};
-use crate::client::{load_key, to_json_pretty};
+use crate::args::VersionFlag;
+use crate::client::load_key;
 use crate::clock;
 use crate::config::{self, ManagerConfig};
 use crate::exit::Exit;
-use crate::output::{self, Style};
+use crate::output::{self, to_json_pretty, MgmtFormat, Style};
 use crate::protocol::{self as p, MgmtReply, MgmtRequest};
 use crate::security::{self, KeyPair, KeyStore, Purpose, Role};
 use crate::transport;
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// `service-mgr mgmt`'s command line.
+#[derive(Debug, Args)]
+pub struct MgmtArgs {
+    /// Management endpoint of a manager (port 5800) or an agent (port 6000).
+    #[arg(
+        short = 'e',
+        long = "endpoint",
+        value_name = "ENDPOINT",
+        default_value = "tcp://localhost:5800"
+    )]
+    pub endpoint: String,
+    /// Milliseconds to wait for the answer per try.
+    #[arg(short = 't', long = "timeout", default_value_t = 1000)]
+    pub timeout: u64,
+    /// Tries.
+    #[arg(short = 'r', long = "retries", default_value_t = 3)]
+    pub retries: u32,
+    /// manager.status, manager.shutdown, manager.agents, manager.jobs, manager.job,
+    /// agent.status, agent.shutdown; short forms: status, agents, jobs, job ID;
+    /// and `keys list|accept|reject|delete|import ...` (local, on the manager's host).
+    pub command: String,
+    /// Arguments of the command (job ID; keys: a fingerprint, key id, name or file).
+    pub args: Vec<String>,
+    /// Client key to sign commands that change something (shutdown) [default: as the client's].
+    #[arg(short = 'k', long = "key", value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// keys: the manager's key store [default: keys in the manager's state_dir].
+    #[arg(long, value_name = "DIR")]
+    pub keys_dir: Option<PathBuf>,
+    /// keys: the manager's config file, to find its state_dir.
+    #[arg(short = 'f', long = "file", value_name = "CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Output format [default for the short names: table on a terminal, else json;
+    /// full command names print the JSON reply, as 0.1 did].
+    #[arg(long, value_enum)]
+    pub format: Option<MgmtFormat>,
+    #[command(flatten)]
+    pub version: VersionFlag,
+}
+
+/// `service-mgr keygen`'s command line.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// Whose key: client (signs requests), agent (one per node), manager.
+    #[arg(long, value_parser = ["client", "agent", "manager"], default_value = "client")]
+    pub role: String,
+    /// The key's name: for an agent its node name [default: user@host for a client, the host name otherwise].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Secret key file (mode 0600); the public key goes to FILE.pub
+    /// [default: client.key or agent.key in ~/.config/service-mgr or /etc/service-mgr].
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Replace an existing key file.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub version: VersionFlag,
+}
 
 /// Commands that change something are signed when a key is at hand.
 fn signed(cmd: &str) -> bool {

@@ -5,11 +5,33 @@
 //! never when `NO_COLOR` is set (<https://no-color.org>). Text that came from
 //! a node is cleaned of control characters before it reaches the terminal.
 
-use crate::cli::{Format, MgmtFormat};
-use crate::client::{node_of, status_of};
-use serde_json::{Map, Value};
+use crate::report::{NodeResult, Report, Summary};
+use clap::ValueEnum;
+use serde_json::Value;
 use std::ffi::OsStr;
 use std::io::{IsTerminal, Write};
+
+/// How the client prints what came back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// For people: node, system, status, return code, time, first line of output; a summary.
+    Table,
+    /// One JSON document: job, request, expected nodes, summary, every node's result.
+    Json,
+    /// One JSON object per line, each result as it arrives, then a summary line.
+    Jsonl,
+    /// 0.1's output: a JSON array of the results (plus entries for silent nodes).
+    Legacy,
+}
+
+/// How `mgmt` prints the reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MgmtFormat {
+    /// A table for people.
+    Table,
+    /// The reply as JSON, as 0.1 printed it.
+    Json,
+}
 
 /// Width used when stdout is not a terminal and `COLUMNS` does not say.
 const DEFAULT_WIDTH: usize = 100;
@@ -278,31 +300,15 @@ pub fn ago(ms: u64) -> String {
     }
 }
 
-/// A service output (0.1: a string; later a list of lines) as one string.
-fn output_text(v: Option<&Value>) -> String {
-    match v {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(lines)) => lines.iter().filter_map(Value::as_str).collect(),
-        _ => String::new(),
-    }
-}
-
 /// The line a table shows for a result: the first line of stdout, else of
 /// stderr, else the message (why it failed, refused, was not answered).
-pub fn first_line(result: &Map<String, Value>) -> String {
-    let inner = result.get("result");
-    for stream in ["stdout", "stderr"] {
-        let text = output_text(inner.and_then(|r| r.get(stream)));
+pub fn first_line(result: &NodeResult) -> String {
+    for text in [&result.stdout, &result.stderr] {
         if let Some(line) = text.lines().map(str::trim).find(|l| !l.is_empty()) {
             return line.to_owned();
         }
     }
-    result
-        .get("msg")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .trim()
-        .to_owned()
+    result.msg.trim().to_owned()
 }
 
 fn text_or_dash(v: Option<&Value>) -> String {
@@ -314,48 +320,38 @@ fn text_or_dash(v: Option<&Value>) -> String {
 }
 
 /// One row per node result: node, system, status, return code, time, output.
-pub fn results_table(results: &[Value]) -> Table {
+pub fn results_table(results: &[NodeResult]) -> Table {
     let mut t = Table::new(&["NODE", "SYSTEM", "STATUS", ">RC", ">TIME", "OUTPUT~"]);
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
     for r in results {
-        let Value::Object(obj) = r else { continue };
-        let inner = obj.get("result");
-        let status = obj
-            .get("status")
-            .and_then(Value::as_str)
-            .map_or_else(|| status_of(obj), str::to_owned);
+        let status = r.status.as_str();
         t.row(vec![
-            (node_of(obj).unwrap_or_else(|| "?".into()), Tone::Plain),
-            (
-                text_or_dash(inner.and_then(|r| r.get("system"))),
-                Tone::Plain,
-            ),
-            (status.clone(), Tone::of_status(&status)),
-            (
-                text_or_dash(inner.and_then(|r| r.get("returncode"))),
-                Tone::Plain,
-            ),
-            (
-                obj.get("duration_ms")
-                    .and_then(Value::as_u64)
-                    .map_or_else(|| "-".into(), duration),
-                Tone::Plain,
-            ),
-            (first_line(obj), Tone::Plain),
+            (r.node.clone().unwrap_or_else(|| "?".into()), Tone::Plain),
+            (or_dash(r.system.clone()), Tone::Plain),
+            (status.to_owned(), Tone::of_status(status)),
+            (or_dash(r.returncode.map(|c| c.to_string())), Tone::Plain),
+            (or_dash(r.duration_ms.map(duration)), Tone::Plain),
+            (first_line(r), Tone::Plain),
         ]);
     }
     t
 }
 
-/// `4 expected, 3 answered: 2 ok, 1 failed, 1 no_response` from a summary object.
-pub fn summary_line(summary: &Map<String, Value>, color: bool) -> String {
-    let n = |k: &str| summary.get(k).and_then(Value::as_u64).unwrap_or(0);
+/// `4 expected, 3 answered: 2 ok, 1 failed, 1 no_response`.
+pub fn summary_line(summary: &Summary, color: bool) -> String {
     let counts: Vec<String> = summary
+        .counts()
         .iter()
-        .filter(|(k, _)| *k != "expected" && *k != "answered")
-        .filter_map(|(k, v)| Some((k, v.as_u64().filter(|c| *c > 0)?)))
-        .map(|(k, c)| paint(&format!("{c} {k}"), Tone::of_status(k), color))
+        .filter(|(_, c)| *c > 0)
+        .map(|(s, c)| {
+            let s = s.as_str();
+            paint(&format!("{c} {s}"), Tone::of_status(s), color)
+        })
         .collect();
-    let mut line = format!("{} expected, {} answered", n("expected"), n("answered"));
+    let mut line = format!(
+        "{} expected, {} answered",
+        summary.expected, summary.answered
+    );
     if !counts.is_empty() {
         line.push_str(": ");
         line.push_str(&counts.join(", "));
@@ -363,36 +359,42 @@ pub fn summary_line(summary: &Map<String, Value>, color: bool) -> String {
     line
 }
 
-/// The client's table for a report document (see `client::report`): every
-/// node's row, then the summary, the job id and the time taken.
-pub fn client_table(report: &Value, style: Style) -> String {
-    let results = report["results"].as_array().map_or(&[][..], Vec::as_slice);
-    let table = results_table(results);
+/// The client's table for a report: every node's row, then the summary, the
+/// job id and the time taken.
+pub fn client_table(report: &Report, style: Style) -> String {
+    let table = results_table(&report.results);
     let mut out = if table.is_empty() {
         "no node answered\n".to_owned()
     } else {
         table.render(style)
     };
-    let summary = report["summary"].as_object().cloned().unwrap_or_default();
-    let jobs: Vec<&str> = report["jobs"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_str)
-        .collect();
-    let elapsed = report["elapsed_ms"].as_u64().unwrap_or(0);
+    let o = &report.outline;
     out.push_str(&format!(
         "\n{}  ({} {}, {})\n",
-        summary_line(&summary, style.color),
-        if jobs.len() > 1 { "jobs" } else { "job" },
-        if jobs.is_empty() {
+        summary_line(&o.summary, style.color),
+        if o.jobs.len() > 1 { "jobs" } else { "job" },
+        if o.jobs.is_empty() {
             "-".to_owned()
         } else {
-            jobs.join(" ")
+            o.jobs.join(" ")
         },
-        duration(elapsed)
+        duration(o.elapsed_ms)
     ));
     out
+}
+
+/// A JSON document on one line (`--format jsonl`).
+pub fn to_json(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).expect("reports always serialize")
+}
+
+/// JSON the way 0.1 printed it: indented by four spaces.
+pub fn to_json_pretty(v: &impl serde::Serialize) -> String {
+    let mut out = Vec::new();
+    let fmt = serde_json::ser::PrettyFormatter::with_indent(b"    ");
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+    v.serialize(&mut ser).expect("JSON values always serialize");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
 /// `manager.agents`: one row per agent.
@@ -520,15 +522,15 @@ pub fn job_view(job: &Value, now_ms: u64, style: Style) -> String {
             .as_u64()
             .map_or_else(|| "-".into(), |c| ago(now_ms.saturating_sub(c)))
     );
-    let mut rows: Vec<Value> = job["results"]
+    let mut rows: Vec<NodeResult> = job["results"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(Value::as_object)
-        .map(crate::client::normalized)
+        .map(|obj| NodeResult::answer(obj.clone()))
         .collect();
     for n in job["pending"].as_array().into_iter().flatten() {
-        rows.push(serde_json::json!({"node": n, "status": "pending", "msg": "no answer yet"}));
+        rows.push(NodeResult::pending(n.as_str().map(str::to_owned)));
     }
     let table = results_table(&rows);
     if table.is_empty() {
@@ -591,12 +593,17 @@ impl Progress {
         }
     }
 
-    /// A `client::Watch` callback: a new answer (or the start of a job).
-    pub fn watch(&mut self, new: Option<&Value>, answered: usize, expected: Option<usize>) {
-        if let (true, Some(Value::Object(obj))) = (self.jsonl, new) {
+    /// Whether `watch` prints each answer (`--format jsonl`).
+    pub fn prints_answers(&self) -> bool {
+        self.jsonl
+    }
+
+    /// A new answer (or the start of a job: `None`), with the count so far.
+    pub fn watch(&mut self, new: Option<&NodeResult>, answered: usize, expected: Option<usize>) {
+        if let (true, Some(result)) = (self.jsonl, new) {
             self.clear();
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}", crate::client::normalized(obj));
+            let _ = writeln!(out, "{}", to_json(result));
             let _ = out.flush();
         }
         self.last = (answered, expected);
@@ -652,23 +659,40 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn report() -> Value {
-        json!({
-            "jobs": ["0123abcd"],
-            "elapsed_ms": 1234,
-            "summary": {"expected": 3, "answered": 2, "ok": 1, "failed": 1, "timeout": 0,
-                        "refused": 0, "no_response": 1, "skipped": 0},
-            "results": [
-                {"msg": "Executed service status request", "node": "web1", "status": "ok",
+    fn answer(v: Value) -> NodeResult {
+        let Value::Object(obj) = v else { panic!() };
+        NodeResult::answer(obj)
+    }
+
+    fn doc(jobs: &[&str], expected: &[&str], results: Vec<NodeResult>, ms: u64) -> Report {
+        Report::new(
+            crate::protocol::ServiceRequest::new("status", "sshd", "any"),
+            jobs.iter().map(|s| s.to_string()).collect(),
+            expected.iter().map(|s| s.to_string()).collect(),
+            results,
+            ms,
+        )
+    }
+
+    fn report() -> Report {
+        doc(
+            &["0123abcd"],
+            &["web1", "fbsd", "db1"],
+            vec![
+                answer(
+                    json!({"msg": "Executed service status request", "node": "web1", "status": "ok",
                  "duration_ms": 12,
                  "result": {"node": "web1", "returncode": 0, "system": "Linux",
-                            "stdout": "\nsshd is running as pid 1768.\nmore\n", "stderr": ""}},
-                {"msg": "Executed", "result": {"node": "fbsd", "returncode": 1, "system": "FreeBSD",
-                            "stdout": ["", "  "], "stderr": "sshd: unrecognized\u{1b}[31m service\n"}},
-                {"msg": "no answer within 60.0 s (-w)", "success": -1, "node": "db1",
-                 "status": "no_response"},
-            ]
-        })
+                            "stdout": "\nsshd is running as pid 1768.\nmore\n", "stderr": ""}}),
+                ),
+                answer(
+                    json!({"msg": "Executed", "result": {"node": "fbsd", "returncode": 1, "system": "FreeBSD",
+                            "stdout": ["", "  "], "stderr": "sshd: unrecognized\u{1b}[31m service\n"}}),
+                ),
+                NodeResult::no_response("db1", "u", "no answer within 60.0 s (-w)".into()),
+            ],
+            1234,
+        )
     }
 
     #[test]
@@ -688,10 +712,14 @@ db1   -        no_response   -     -  no answer within 60.0 s (-w)
     #[test]
     fn long_output_is_cut_to_its_first_line_and_truncated_to_fit() {
         let long = "x".repeat(300);
-        let doc = json!({"results": [{"node": "n", "status": "ok",
-            "result": {"node": "n", "returncode": 0, "system": "Linux",
-                       "stdout": format!("{long}\nsecond line\n"), "stderr": ""}}],
-            "summary": {}, "jobs": []});
+        let doc = doc(
+            &[],
+            &[],
+            vec![answer(json!({"node": "n", "status": "ok",
+                "result": {"node": "n", "returncode": 0, "system": "Linux",
+                           "stdout": format!("{long}\nsecond line\n"), "stderr": ""}}))],
+            0,
+        );
         let out = client_table(&doc, Style::plain(60));
         let row = out.lines().nth(1).unwrap();
         assert_eq!(row.chars().count(), 60, "{row}");

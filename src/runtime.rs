@@ -1,5 +1,6 @@
 //! What a long-running role needs from the OS: a shutdown/reload input that
-//! signals and tests can both trigger, a locked pid file, and detaching.
+//! signals and tests can both trigger, a locked pid file, detaching, and the
+//! link names of the multicall executable.
 
 use anyhow::{bail, Context, Result};
 use nix::fcntl::{Flock, FlockArg};
@@ -285,6 +286,28 @@ pub fn raise_nofile_limit() -> Result<u64> {
     }
     #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
     Ok(lim.rlim_cur as u64)
+}
+
+/// Create links named `names` in `dir`, each pointing at this executable
+/// (busybox style: the name a link is called by says which program runs).
+pub fn install_links(dir: &Path, names: &[&str]) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find this executable's path")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for name in names {
+        let link = dir.join(name);
+        match std::fs::symlink_metadata(&link) {
+            Ok(m) if m.file_type().is_symlink() => std::fs::remove_file(&link)?,
+            Ok(_) => bail!(
+                "{} exists and is not a link; remove it first",
+                link.display()
+            ),
+            Err(_) => {}
+        }
+        std::os::unix::fs::symlink(&exe, &link)
+            .with_context(|| format!("cannot create link {}", link.display()))?;
+        println!("{} -> {}", link.display(), exe.display());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
