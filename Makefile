@@ -4,7 +4,7 @@
 #   make install DESTDIR=/tmp/pkg PREFIX=/usr
 #   make uninstall DESTDIR=/tmp/pkg PREFIX=/usr
 #   make check                            # cargo test
-#   make docs                             # regenerate man/ and completions/
+#   make docs                             # regenerate man/ and completions/ (cargo xtask docs)
 #
 # One binary, PREFIX/bin/service-mgr; the other names are relative symlinks
 # to it (sbin/service-mgrd, sbin/service-mgr-agentd, bin/service-mgr-client).
@@ -50,8 +50,7 @@ check:
 	$(CARGO) test
 
 docs:
-	$(CARGO) run --quiet -- generate man man
-	$(CARGO) run --quiet -- generate completions completions
+	$(CARGO) run --quiet --package xtask -- docs
 
 install: $(BIN)
 	$(INSTALL) -d "$(DESTDIR)$(bindir)" "$(DESTDIR)$(sbindir)"

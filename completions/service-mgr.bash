@@ -31,9 +31,6 @@ _service__mgr() {
             service__mgr,demo)
                 cmd="service__mgr__subcmd__demo"
                 ;;
-            service__mgr,generate)
-                cmd="service__mgr__subcmd__generate"
-                ;;
             service__mgr,help)
                 cmd="service__mgr__subcmd__help"
                 ;;
@@ -61,9 +58,6 @@ _service__mgr() {
             service__mgr__subcmd__help,demo)
                 cmd="service__mgr__subcmd__help__subcmd__demo"
                 ;;
-            service__mgr__subcmd__help,generate)
-                cmd="service__mgr__subcmd__help__subcmd__generate"
-                ;;
             service__mgr__subcmd__help,help)
                 cmd="service__mgr__subcmd__help__subcmd__help"
                 ;;
@@ -83,7 +77,7 @@ _service__mgr() {
 
     case "${cmd}" in
         service__mgr)
-            opts="-v -h --install-links --version --help daemon agent client mgmt demo install-links keygen bench generate help"
+            opts="-v -h --install-links --version --help daemon agent client mgmt demo install-links keygen bench help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -422,22 +416,8 @@ _service__mgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        service__subcmd__mgr__subcmd__generate)
-            opts="-h --help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
         service__subcmd__mgr__subcmd__help)
-            opts="daemon agent client mgmt demo install-links keygen bench generate help"
+            opts="daemon agent client mgmt demo install-links keygen bench help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -507,20 +487,6 @@ _service__mgr() {
             return 0
             ;;
         service__subcmd__mgr__subcmd__help__subcmd__demo)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        service__subcmd__mgr__subcmd__help__subcmd__generate)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -76,14 +76,6 @@ pub enum Command {
     /// Measure latency, throughput and memory with a simulated fleet (see BENCHMARKS.md).
     #[command(version, disable_version_flag = true)]
     Bench(crate::bench::BenchArgs),
-    /// Write man pages and shell completions generated from these definitions.
-    #[command(hide = true)]
-    Generate {
-        /// man or completions
-        what: String,
-        /// Output directory.
-        dir: PathBuf,
-    },
 }
 
 /// Parse the command line, run it and map the outcome to an exit code.
@@ -159,9 +151,6 @@ fn run(applet: Applet) -> Result<Exit> {
             (Some(Command::Keygen(a)), _) => mgmt::keygen(&a),
             (Some(Command::Demo(a)), _) => demo::run(&a),
             (Some(Command::Bench(a)), _) => crate::bench::run(&a),
-            (Some(Command::Generate { what, dir }), _) => {
-                crate::docs::generate(&what, &dir).map(|_| Exit::Ok)
-            }
             (None, None) => Ok(Exit::Usage),
         },
     }

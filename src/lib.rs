@@ -24,7 +24,6 @@ pub mod clock;
 pub mod config;
 pub mod daemon;
 pub mod demo;
-pub mod docs;
 pub mod exit;
 pub mod fuzz_targets;
 pub mod host;

@@ -1,6 +1,5 @@
 //! Man pages, completions and example configs against the code they describe.
 
-use crate::util::*;
 use serde::{de::DeserializeOwned, Serialize};
 use service_mgr::config::{AgentConfig, ManagerConfig};
 use std::path::{Path, PathBuf};
@@ -14,12 +13,9 @@ fn repo(rel: &str) -> PathBuf {
 /// from (or are missing in) the committed `dir`.
 fn drift(what: &str, dir: &str) -> (Vec<String>, usize) {
     let tmp = tempfile::tempdir().unwrap();
-    let out = run(&["generate", what, tmp.path().to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "generate {what}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if let Err(e) = xtask::generate(what, tmp.path()) {
+        panic!("generate {what}: {e:#}");
+    }
     let mut differ = Vec::new();
     let mut count = 0;
     for entry in std::fs::read_dir(tmp.path()).unwrap() {
@@ -47,8 +43,7 @@ fn committed_man_pages_and_completions_match_the_command_line() {
     assert_eq!(scripts, 12, "bash, zsh and fish for four names");
     assert!(
         differ.is_empty(),
-        "out of date: {differ:?}; run `make docs` (service-mgr generate man man; \
-         service-mgr generate completions completions) and commit the result"
+        "out of date: {differ:?}; run `make docs` (cargo xtask docs) and commit the result"
     );
     // No stale scripts for names we no longer have.
     let committed = std::fs::read_dir(repo("completions")).unwrap().count();

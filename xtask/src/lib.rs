@@ -1,21 +1,22 @@
-//! Man pages and shell completions generated from the clap definitions.
+//! Man pages and shell completions generated from the product's clap definitions.
 //!
-//! `service-mgr generate man DIR` writes service-mgr(8), service-mgrd(8),
-//! service-mgr-agentd(8) and service-mgr-client(1): clap_mangen renders the
-//! name, synopsis and options from `cli::Applet`; this module adds what clap
-//! does not know (description, exit status, files, environment, examples).
-//! `service-mgr generate completions DIR` writes bash, zsh and fish
-//! completions for `service-mgr` and each link name. Both outputs are
-//! committed (`man/`, `completions/`) and `tests/docs.rs` fails when they
-//! drift from the clap definitions. service-mgr.conf(5) and service-mgr(7)
-//! are written by hand in `man/`.
+//! `cargo xtask docs` (or `make docs`) writes service-mgr(8), service-mgrd(8),
+//! service-mgr-agentd(8) and service-mgr-client(1) to `man/`: clap_mangen
+//! renders the name, synopsis and options from `service_mgr::cli::Applet`;
+//! this crate adds what clap does not know (description, exit status, files,
+//! environment, examples). It also writes bash, zsh and fish completions for
+//! `service-mgr` and each link name to `completions/`. Both outputs are
+//! committed and `tests/docs.rs` fails when they drift from the clap
+//! definitions. service-mgr.conf(5) and service-mgr(7) are written by hand in
+//! `man/`. Kept out of the product so that the shipped binary carries neither
+//! the generators nor a hidden subcommand.
 
-use crate::cli::{Applet, LINK_NAMES, MAIN_NAME};
 use anyhow::{bail, Context, Result};
 use clap::CommandFactory;
 use clap_complete::{Generator, Shell};
 use clap_mangen::roff::{bold, italic, roman, Inline, Roff};
 use clap_mangen::Man;
+use service_mgr::cli::{Applet, LINK_NAMES, MAIN_NAME};
 use std::path::Path;
 
 /// Write the man pages (`what` = `man`) or the completions (`completions`) into `dir`.
@@ -429,7 +430,10 @@ fn render(page: &Page) -> String {
     let man = Man::new(cmd.clone())
         .title(page.applet.to_uppercase())
         .section(page.section)
-        .source(format!("service-mgr {}", env!("CARGO_PKG_VERSION")))
+        .source(format!(
+            "service-mgr {}",
+            cmd.get_version().unwrap_or_default()
+        ))
         .manual(manual(page.section));
     let mut out = String::from(PREAMBLE);
     out += &body(|w| man.render_title(w), false);
