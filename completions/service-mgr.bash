@@ -19,9 +19,6 @@ _service__mgr() {
             service__mgr,agent)
                 cmd="service__mgr__subcmd__agent"
                 ;;
-            service__mgr,bench)
-                cmd="service__mgr__subcmd__bench"
-                ;;
             service__mgr,client)
                 cmd="service__mgr__subcmd__client"
                 ;;
@@ -45,9 +42,6 @@ _service__mgr() {
                 ;;
             service__mgr__subcmd__help,agent)
                 cmd="service__mgr__subcmd__help__subcmd__agent"
-                ;;
-            service__mgr__subcmd__help,bench)
-                cmd="service__mgr__subcmd__help__subcmd__bench"
                 ;;
             service__mgr__subcmd__help,client)
                 cmd="service__mgr__subcmd__help__subcmd__client"
@@ -77,7 +71,7 @@ _service__mgr() {
 
     case "${cmd}" in
         service__mgr)
-            opts="-v -h --install-links --version --help daemon agent client mgmt demo install-links keygen bench help"
+            opts="-v -h --install-links --version --help daemon agent client mgmt demo install-links keygen help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -170,36 +164,6 @@ _service__mgr() {
                     return 0
                     ;;
                 --node-prefix)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        service__subcmd__mgr__subcmd__bench)
-            opts="-h --quick --reps --sizes --duration --runs --json --real-agents --unsigned --keep --help"
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                --reps)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --sizes)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --duration)
-                    COMPREPLY=($(compgen -f "${cur}"))
-                    return 0
-                    ;;
-                --runs)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -417,7 +381,7 @@ _service__mgr() {
             return 0
             ;;
         service__subcmd__mgr__subcmd__help)
-            opts="daemon agent client mgmt demo install-links keygen bench help"
+            opts="daemon agent client mgmt demo install-links keygen help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -431,20 +395,6 @@ _service__mgr() {
             return 0
             ;;
         service__subcmd__mgr__subcmd__help__subcmd__agent)
-            opts=""
-            if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
-                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-                return 0
-            fi
-            case "${prev}" in
-                *)
-                    COMPREPLY=()
-                    ;;
-            esac
-            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
-            return 0
-            ;;
-        service__subcmd__mgr__subcmd__help__subcmd__bench)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

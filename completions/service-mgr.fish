@@ -34,7 +34,6 @@ complete -c service-mgr -n "__fish_service_mgr_needs_command" -f -a "mgmt" -d 'S
 complete -c service-mgr -n "__fish_service_mgr_needs_command" -f -a "demo" -d 'Start a manager and an agent on loopback, ask for one service\'s status, print it, stop'
 complete -c service-mgr -n "__fish_service_mgr_needs_command" -f -a "install-links" -d 'Create the link names in DIR (same as --install-links)'
 complete -c service-mgr -n "__fish_service_mgr_needs_command" -f -a "keygen" -d 'Make a key pair for a client, an agent or a manager'
-complete -c service-mgr -n "__fish_service_mgr_needs_command" -f -a "bench" -d 'Measure latency, throughput and memory with a simulated fleet (see BENCHMARKS.md)'
 complete -c service-mgr -n "__fish_service_mgr_needs_command" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand daemon" -s p -l pidfile -d 'Pid file [default with -d: /var/run/service-mgr/PROGRAM.pid; none in the foreground]' -r -F
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand daemon" -s f -l file -d 'Config file, TOML or 0.1 INI [default: /etc/service-mgr/PROGRAM.conf, if it exists]' -r -F
@@ -107,22 +106,11 @@ complete -c service-mgr -n "__fish_service_mgr_using_subcommand keygen" -s o -l 
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand keygen" -l force -d 'Replace an existing key file'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand keygen" -s v -l version -d 'Print version and exit'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand keygen" -s h -l help -d 'Print help'
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -l reps -d 'Repetitions of each figure [default: 30; 5 with --quick]' -r
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -l sizes -d 'Fleet sizes for the broadcast latency, comma-separated; the manager\'s memory is measured holding the largest [default: 1,100,1000; 1,10,100 with --quick]' -r
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -l duration -d 'Seconds of each throughput run [default: 2; 0.5 with --quick]' -r
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -l runs -d 'Throughput runs per client count [default: 5; 3 with --quick]' -r
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -l quick -d 'A short run: 5 repetitions, fleets of 1, 10 and 100 agents, 0.5 s throughput runs'
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -l json -d 'Print the figures as one JSON document instead of a table'
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -l real-agents -d 'Run each agent as its own `service-mgr agent` process (at most 200) instead of a simulated fleet in one process'
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -l unsigned -d '0.1-compatible mode for comparison: allow_unsigned on the manager and the agents, requests unsigned (not the configuration as shipped)'
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -l keep -d 'Keep the scratch directory (configs, keys, daemon logs) and print its path'
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand bench" -s h -l help -d 'Print help'
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen bench help" -f -a "daemon" -d 'Run or control the manager daemon (as service-mgrd)'
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen bench help" -f -a "agent" -d 'Run or control an agent (as service-mgr-agentd)'
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen bench help" -f -a "client" -d 'Send a service request (as service-mgr-client)'
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen bench help" -f -a "mgmt" -d 'Send a management command to a manager or an agent'
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen bench help" -f -a "demo" -d 'Start a manager and an agent on loopback, ask for one service\'s status, print it, stop'
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen bench help" -f -a "install-links" -d 'Create the link names in DIR (same as --install-links)'
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen bench help" -f -a "keygen" -d 'Make a key pair for a client, an agent or a manager'
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen bench help" -f -a "bench" -d 'Measure latency, throughput and memory with a simulated fleet (see BENCHMARKS.md)'
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen bench help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen help" -f -a "daemon" -d 'Run or control the manager daemon (as service-mgrd)'
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen help" -f -a "agent" -d 'Run or control an agent (as service-mgr-agentd)'
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen help" -f -a "client" -d 'Send a service request (as service-mgr-client)'
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen help" -f -a "mgmt" -d 'Send a management command to a manager or an agent'
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen help" -f -a "demo" -d 'Start a manager and an agent on loopback, ask for one service\'s status, print it, stop'
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen help" -f -a "install-links" -d 'Create the link names in DIR (same as --install-links)'
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen help" -f -a "keygen" -d 'Make a key pair for a client, an agent or a manager'
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'

@@ -73,9 +73,6 @@ pub enum Command {
     /// Make a key pair for a client, an agent or a manager.
     #[command(version, disable_version_flag = true)]
     Keygen(KeygenArgs),
-    /// Measure latency, throughput and memory with a simulated fleet (see BENCHMARKS.md).
-    #[command(version, disable_version_flag = true)]
-    Bench(crate::bench::BenchArgs),
 }
 
 /// Parse the command line, run it and map the outcome to an exit code.
@@ -150,7 +147,6 @@ fn run(applet: Applet) -> Result<Exit> {
             (Some(Command::Mgmt(a)), _) => mgmt::run(&a),
             (Some(Command::Keygen(a)), _) => mgmt::keygen(&a),
             (Some(Command::Demo(a)), _) => demo::run(&a),
-            (Some(Command::Bench(a)), _) => crate::bench::run(&a),
             (None, None) => Ok(Exit::Usage),
         },
     }

@@ -27,7 +27,7 @@
 //! `FLUSH_INTERVAL` (about a second), and never tears the database. (A durable
 //! commit per new job cost tens of milliseconds per request on the dev VM.)
 //! Measured on the 2-core dev VM (release build, jobs of 2000 nodes, batches of
-//! 100 results; `cargo test --release throughput -- --nocapture`): about
+//! 100 results; the `jobstore_*` figures of `cargo run --release -p service-mgr-bench`): about
 //! 40,000-60,000 results/s lazily, against 8,000-10,000/s with a durable
 //! commit per batch, even on this VM's cheap fsync (a debug build does about
 //! 5,000/s lazily).
@@ -255,7 +255,7 @@ pub struct JobStore {
     /// Dropping it stops the flusher thread.
     stop: Option<mpsc::Sender<()>>,
     flusher: Option<JoinHandle<()>>,
-    /// Commit result-only batches lazily; the throughput test turns it off.
+    /// Commit result-only batches lazily; the bench's durable figure turns it off.
     lazy: bool,
 }
 
@@ -313,6 +313,12 @@ impl JobStore {
             flusher: Some(flusher),
             lazy: true,
         })
+    }
+
+    /// Commit every batch durably (`false`) instead of lazily (`true`, the
+    /// default); the bench measures both.
+    pub fn set_lazy(&mut self, lazy: bool) {
+        self.lazy = lazy;
     }
 
     /// Apply a batch of events in one write transaction (see the module doc
@@ -607,7 +613,6 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], uuid: &str) -> Result<T> {
 mod tests {
     use super::*;
     use serde_json::json;
-    use std::time::Instant;
 
     fn new_job(uuid: &str, created_ms: u64, nodes: &[&str]) -> StoreEvent {
         StoreEvent::NewJob {
@@ -800,51 +805,5 @@ mod tests {
         let store = JobStore::open(&path).unwrap();
         let job = store.get("j").unwrap().unwrap();
         assert_eq!(job.results[0].node, "a");
-    }
-
-    /// Prints results/s in batches of 100 for jobs of 2000 nodes, lazy (as
-    /// used) and with an fsync per batch (`cargo test --release throughput -- --nocapture`).
-    #[test]
-    fn throughput() {
-        let (_dir, mut store) = temp_store();
-        let payload = json!({"msg": "Executed service status request", "result": {
-            "node": "node", "service": "sshd", "returncode": 0,
-            "stdout": "sshd is running as pid 1768.\n".repeat(4), "stderr": "",
-            "system": "Linux", "version": "Linux 6.1.0-18-amd64 x86_64"}});
-        let nodes: Vec<String> = (0..2000)
-            .map(|i| format!("node{i:05}.example.org"))
-            .collect();
-        let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
-        for (lazy, jobs) in [(true, 10), (false, 1)] {
-            store.lazy = lazy;
-            let mut batches = Vec::new();
-            for j in 0..jobs {
-                let uuid = format!("{lazy}-{j}");
-                store.apply(&[new_job(&uuid, 1, &nodes)]).unwrap();
-                for chunk in nodes.chunks(100) {
-                    let batch = chunk.iter().map(|node| StoreEvent::Result {
-                        uuid: uuid.clone(),
-                        node: node.to_string(),
-                        status: "ok".into(),
-                        received_ms: 2,
-                        result: payload.clone(),
-                    });
-                    batches.push(batch.collect::<Vec<_>>());
-                }
-            }
-            let start = Instant::now();
-            for batch in &batches {
-                store.apply(batch).unwrap();
-            }
-            store.flush().unwrap();
-            let secs = start.elapsed().as_secs_f64();
-            let n = jobs * nodes.len();
-            eprintln!(
-                "jobstore throughput (lazy={lazy}): {n} results in {secs:.2} s = {:.0} results/s",
-                n as f64 / secs
-            );
-            let job = store.get(&format!("{lazy}-0")).unwrap().unwrap();
-            assert_eq!(job.results.len(), nodes.len());
-        }
     }
 }

@@ -17,7 +17,6 @@
 
 pub mod agent;
 pub mod args;
-pub mod bench;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -1,37 +1,31 @@
-//! `service-mgr bench --quick`: every figure measured, complete, with positive numbers.
+//! `service-mgr-bench --quick` (bench/) against this build's `service-mgr`:
+//! every figure measured, complete, with positive numbers.
 
 use crate::util::{bin, with_timeout};
-use serde_json::Value;
-use std::process::{Command, Stdio};
+use clap::Parser;
+use service_mgr_bench::BenchArgs;
+use std::path::Path;
 
 #[test]
 fn quick_bench_reports_every_figure_complete() {
     with_timeout(60, || {
-        let out = Command::new(bin())
-            .args([
-                "bench",
-                "--quick",
-                "--sizes",
-                "1,10",
-                "--reps",
-                "3",
-                "--runs",
-                "1",
-                "--duration",
-                "0.3",
-                "--json",
-            ])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-            panic!(
-                "bench output is not JSON ({e}):\n{}\n{stderr}",
-                String::from_utf8_lossy(&out.stdout)
-            )
-        });
-        assert!(out.status.success(), "bench failed: {doc:#}\n{stderr}");
+        let args = BenchArgs::try_parse_from([
+            "service-mgr-bench",
+            "--quick",
+            "--sizes",
+            "1,10",
+            "--reps",
+            "3",
+            "--runs",
+            "1",
+            "--duration",
+            "0.3",
+            "--json",
+        ])
+        .unwrap();
+        let report = service_mgr_bench::measure(&args, Path::new(bin())).unwrap();
+        let doc = report.to_json();
+        assert!(!report.failed(), "bench failed: {doc:#}");
         assert_eq!(
             doc["config"]["security"]
                 .as_str()
@@ -49,6 +43,8 @@ fn quick_bench_reports_every_figure_complete() {
             "rss_manager_idle",
             "rss_agent_idle",
             "rss_manager_10_agents",
+            "jobstore_lazy",
+            "jobstore_durable",
         ] {
             assert!(ids.contains(&id), "no figure {id} in {ids:?}");
         }

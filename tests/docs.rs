@@ -54,6 +54,25 @@ fn committed_man_pages_and_completions_match_the_command_line() {
 }
 
 #[test]
+fn the_shipped_binary_offers_no_development_tools() {
+    // bench, fuzz targets and doc generation live in bench/, fuzz/ and xtask/.
+    let out = Command::new(env!("CARGO_BIN_EXE_service-mgr"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && help.contains("demo"), "{help}");
+    let script = std::fs::read_to_string(repo("completions/service-mgr.bash")).unwrap();
+    for tool in ["bench", "generate"] {
+        assert!(!help.contains(tool), "service-mgr --help offers {tool}");
+        assert!(
+            !script.contains(&format!("subcmd__{tool}")),
+            "the completions offer {tool}"
+        );
+    }
+}
+
+#[test]
 fn generated_pages_carry_options_defaults_exit_status_files_and_examples() {
     let client = std::fs::read_to_string(repo("man/service-mgr-client.1")).unwrap();
     for needle in [

@@ -1,28 +1,33 @@
-//! `service-mgr bench`: latency, throughput and memory figures (see BENCHMARKS.md).
+//! `service-mgr-bench`: latency, throughput and memory figures of the shipped
+//! executable, and the job store's throughput (see BENCHMARKS.md).
 //!
-//! Every figure is measured against real processes started from this very
-//! executable: a manager (`service-mgr daemon`) and agents (`service-mgr agent`,
-//! a simulated fleet of N agents in one process, or real agent processes with
-//! `--real-agents`), on loopback, in secure mode as shipped: signed requests,
-//! accepted keys, a `[[policy]]` that allows the bench's client `status`.
-//! Everything lives in a scratch directory that is removed at the end; every
-//! child is killed on every way out.
+//! Every process figure is measured against real processes started from the
+//! `service-mgr` executable under test: a manager (`service-mgr daemon`) and
+//! agents (`service-mgr agent`, a simulated fleet of N agents in one process,
+//! or real agent processes with `--real-agents`), on loopback, in secure mode
+//! as shipped: signed requests, accepted keys, a `[[policy]]` that allows the
+//! bench's client `status`. Everything lives in a scratch directory that is
+//! removed at the end; every child is killed on every way out. A crate of its
+//! own so that the shipped binary carries no benchmark.
 
-use crate::client;
-use crate::config::{AgentConfig, PolicyRule};
-use crate::exit::Exit;
-use crate::logging;
-use crate::protocol::{self, ServiceRequest};
-use crate::security::{self, KeyPair, KeyStore, Role};
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::Parser;
 use serde_json::{json, Map, Value};
+use service_mgr::client;
+use service_mgr::config::{AgentConfig, PolicyRule};
+use service_mgr::exit::Exit;
+use service_mgr::jobstore::{JobStore, StoreEvent};
+use service_mgr::logging;
+use service_mgr::protocol::{self, ServiceRequest};
+use service_mgr::security::{self, KeyPair, KeyStore, Role};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Args)]
+/// Measure latency, throughput and memory of service-mgr with a simulated fleet (see BENCHMARKS.md).
+#[derive(Debug, Parser)]
+#[command(name = "service-mgr-bench", version)]
 pub struct BenchArgs {
     /// A short run: 5 repetitions, fleets of 1, 10 and 100 agents, 0.5 s throughput runs.
     #[arg(long)]
@@ -34,10 +39,10 @@ pub struct BenchArgs {
     /// is measured holding the largest [default: 1,100,1000; 1,10,100 with --quick].
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub sizes: Option<Vec<usize>>,
-    /// Seconds of each throughput run [default: 2; 0.5 with --quick].
+    /// Seconds of each throughput run, and at least of each job store run [default: 2; 0.5 with --quick].
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
-    /// Throughput runs per client count [default: 5; 3 with --quick].
+    /// Throughput runs per client count, and job store runs [default: 5; 3 with --quick].
     #[arg(long, value_name = "N")]
     pub runs: Option<usize>,
     /// Print the figures as one JSON document instead of a table.
@@ -54,6 +59,10 @@ pub struct BenchArgs {
     /// Keep the scratch directory (configs, keys, daemon logs) and print its path.
     #[arg(long)]
     pub keep: bool,
+    /// The service-mgr executable to measure [default: `service-mgr` beside this
+    /// program, built first when run by `cargo run`].
+    #[arg(long, value_name = "FILE", env = "SERVICE_MGR_BIN")]
+    pub exe: Option<PathBuf>,
 }
 
 /// What a figure's median is held against.
@@ -199,7 +208,70 @@ const THROUGHPUT_AGENTS: usize = 10;
 const MANY_CLIENTS: usize = 32;
 const MAX_REAL_AGENTS: usize = 200;
 
-pub fn run(args: &BenchArgs) -> Result<Exit> {
+/// Measure, then print the report (a table, or JSON with `--json`); `Exit::Error`
+/// if a figure could not be measured or a run lost a result.
+pub fn run(args: &BenchArgs, exe: &Path) -> Result<Exit> {
+    let report = measure(args, exe)?;
+    if args.json {
+        println!("{}", client::to_json_pretty(&report.to_json()));
+    } else {
+        print!("{}", table(&report.config, &report.figures));
+    }
+    Ok(if report.failed() {
+        Exit::Error
+    } else {
+        Exit::Ok
+    })
+}
+
+/// Every figure of one bench run.
+pub struct Report {
+    config: Value,
+    figures: Vec<Figure>,
+}
+
+impl Report {
+    /// A figure could not be measured, or a run went wrong.
+    pub fn failed(&self) -> bool {
+        self.figures
+            .iter()
+            .any(|f| f.errors > 0 || f.stats().is_none())
+    }
+    /// What `--json` prints: `config` and `figures`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "config": self.config,
+            "figures": self.figures.iter().map(Figure::to_json).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// The version `exe --version` reports; fails if `exe` does not run.
+fn version_of(exe: &Path) -> Result<String> {
+    let out = Command::new(exe)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| {
+            format!(
+                "cannot run {} (build it with `cargo build --release`, or say which with --exe)",
+                exe.display()
+            )
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match text.trim().strip_prefix("service-mgr ") {
+        Some(v) if out.status.success() => Ok(v.to_owned()),
+        _ => bail!(
+            "{} --version said {:?}: not a service-mgr executable",
+            exe.display(),
+            text.trim()
+        ),
+    }
+}
+
+/// Run every figure against the executable `exe`.
+pub fn measure(args: &BenchArgs, exe: &Path) -> Result<Report> {
+    let version = version_of(exe)?;
     let plan = Plan {
         reps: args.reps.unwrap_or(if args.quick { 5 } else { 30 }),
         sizes: args.sizes.clone().unwrap_or_else(|| {
@@ -233,7 +305,7 @@ pub fn run(args: &BenchArgs) -> Result<Exit> {
         bail!("--real-agents runs one process per agent: at most {MAX_REAL_AGENTS} (see --sizes)");
     }
     // A fleet of 1000 needs thousands of sockets in the manager: children inherit the limit.
-    let nofile = match crate::runtime::raise_nofile_limit() {
+    let nofile = match service_mgr::runtime::raise_nofile_limit() {
         Ok(n) => n,
         Err(e) => {
             eprintln!("bench: warning: {e:#}");
@@ -242,7 +314,8 @@ pub fn run(args: &BenchArgs) -> Result<Exit> {
     };
 
     let config = json!({
-        "version": env!("CARGO_PKG_VERSION"),
+        "version": version,
+        "executable": exe.display().to_string(),
         "profile": if cfg!(debug_assertions) { "debug" } else { "release" },
         "cores": std::thread::available_parallelism().map_or(1, |n| n.get()),
         "security": if plan.unsigned { "off (allow_unsigned, unsigned requests)" } else { "on (signed requests, accepted keys, policy)" },
@@ -256,31 +329,20 @@ pub fn run(args: &BenchArgs) -> Result<Exit> {
     if cfg!(debug_assertions) {
         eprintln!(
             "bench: WARNING: this is a DEBUG build; its figures say little about a release \
-             build. Run `cargo run --release -- bench` for real figures."
+             build. Run `cargo run --release -p service-mgr-bench` for real figures."
         );
     }
     eprintln!("bench: configuration {config}");
 
     let scratch = Scratch::new(args.keep)?;
-    let figures = run_all(&plan, &scratch.path);
+    let figures = run_all(&plan, &scratch.path, exe);
     drop(scratch);
-
-    let failed = figures.iter().any(|f| f.errors > 0 || f.stats().is_none());
-    if args.json {
-        let doc = json!({
-            "config": config,
-            "figures": figures.iter().map(Figure::to_json).collect::<Vec<_>>(),
-        });
-        println!("{}", client::to_json_pretty(&doc));
-    } else {
-        print!("{}", table(&config, &figures));
-    }
-    Ok(if failed { Exit::Error } else { Exit::Ok })
+    Ok(Report { config, figures })
 }
 
 /// Every figure in turn; one that fails is reported and the others still run.
-fn run_all(plan: &Plan, dir: &Path) -> Vec<Figure> {
-    let bench = match Bench::new(plan, dir) {
+fn run_all(plan: &Plan, dir: &Path, exe: &Path) -> Vec<Figure> {
+    let bench = match Bench::new(plan, dir, exe) {
         Ok(b) => b,
         Err(e) => {
             let mut f = Figure::new("setup", "setting up keys and configs", "");
@@ -313,6 +375,14 @@ fn run_all(plan: &Plan, dir: &Path) -> Vec<Figure> {
         plan.reps
     );
     figures.push(bench.client_exit());
+    for lazy in [true, false] {
+        eprintln!(
+            "bench: job store, {} commits, {} runs ...",
+            if lazy { "lazy" } else { "durable" },
+            plan.runs
+        );
+        figures.push(jobstore(plan, dir, lazy));
+    }
     figures.extend(memory);
     figures
 }
@@ -328,7 +398,7 @@ impl Scratch {
         let path = std::env::temp_dir().join(format!(
             "service-mgr-bench-{}-{}",
             std::process::id(),
-            crate::clock::now_ms()
+            service_mgr::clock::now_ms()
         ));
         std::fs::create_dir_all(&path)
             .with_context(|| format!("cannot create the scratch directory {}", path.display()))?;
@@ -392,15 +462,14 @@ fn log_tail(path: &Path) -> String {
 }
 
 /// Start `service-mgr ARGS --ready-file F start` and wait until F appears.
-fn spawn(dir: &Path, name: &str, args: &[String], within: Duration) -> Result<Proc> {
-    let exe = std::env::current_exe().context("cannot find this executable's path")?;
+fn spawn(exe: &Path, dir: &Path, name: &str, args: &[String], within: Duration) -> Result<Proc> {
     let file_name = name.replace(' ', "-");
     let ready = dir.join(format!("{file_name}.ready.json"));
     let log = dir.join(format!("{file_name}.log"));
     let _ = std::fs::remove_file(&ready);
     let stderr =
         std::fs::File::create(&log).with_context(|| format!("cannot create {}", log.display()))?;
-    let child = Command::new(&exe)
+    let child = Command::new(exe)
         .args(args)
         .arg("--ready-file")
         .arg(&ready)
@@ -440,6 +509,8 @@ fn spawn(dir: &Path, name: &str, args: &[String], within: Duration) -> Result<Pr
 struct Bench<'a> {
     plan: &'a Plan,
     dir: PathBuf,
+    /// The service-mgr executable every process runs.
+    exe: PathBuf,
     client_key: Arc<KeyPair>,
     client_key_file: PathBuf,
     client_pub_file: PathBuf,
@@ -464,7 +535,7 @@ impl Deployment {
 }
 
 impl<'a> Bench<'a> {
-    fn new(plan: &'a Plan, dir: &Path) -> Result<Bench<'a>> {
+    fn new(plan: &'a Plan, dir: &Path, exe: &Path) -> Result<Bench<'a>> {
         let client_key_file = dir.join("client.key");
         security::keygen(&client_key_file, Role::Client, "bench", false)
             .context("cannot make the bench's client key")?;
@@ -488,6 +559,7 @@ impl<'a> Bench<'a> {
         Ok(Bench {
             plan,
             dir: dir.to_owned(),
+            exe: exe.to_owned(),
             client_key,
             client_pub_file: dir.join("client.key.pub"),
             client_key_file,
@@ -528,7 +600,7 @@ impl<'a> Bench<'a> {
         if self.plan.unsigned {
             set("allow_unsigned=true".into());
         }
-        spawn(&self.dir, name, &args, Duration::from_secs(20))
+        spawn(&self.exe, &self.dir, name, &args, Duration::from_secs(20))
     }
 
     /// The agents' config file for `manager`: endpoints, keys, fake service, policy.
@@ -560,16 +632,16 @@ impl<'a> Bench<'a> {
     fn fleet_keys(&self, n: usize) -> Result<Vec<PathBuf>> {
         if self.plan.real_agents {
             let dir = self.dir.join("real-agents");
-            let list = crate::agent::simulate::ensure_keys(&dir, PREFIX, n)
+            let list = service_mgr::agent::simulate::ensure_keys(&dir, PREFIX, n)
                 .context("cannot make the agents' keys")?;
             Ok(vec![list])
         } else {
             // Where the simulator will look for them, given the config's key_file.
-            let dir = crate::agent::simulate::key_dir(&AgentConfig {
+            let dir = service_mgr::agent::simulate::key_dir(&AgentConfig {
                 key_file: Some(self.agent_key_file.clone()),
                 ..AgentConfig::default()
             });
-            let list = crate::agent::simulate::ensure_keys(&dir, PREFIX, n)
+            let list = service_mgr::agent::simulate::ensure_keys(&dir, PREFIX, n)
                 .context("cannot make the simulated agents' keys")?;
             Ok(vec![list])
         }
@@ -604,6 +676,7 @@ impl<'a> Bench<'a> {
                     ),
                 ];
                 d.agents.push(spawn(
+                    &self.exe,
                     &self.dir,
                     &format!("{name} agent {node}"),
                     &args,
@@ -620,8 +693,13 @@ impl<'a> Bench<'a> {
                 "--node-prefix".into(),
                 PREFIX.into(),
             ];
-            d.agents
-                .push(spawn(&self.dir, &format!("{name} fleet"), &args, within)?);
+            d.agents.push(spawn(
+                &self.exe,
+                &self.dir,
+                &format!("{name} fleet"),
+                &args,
+                within,
+            )?);
         }
         wait_up(&mut d, within)?;
         Ok(d)
@@ -643,6 +721,7 @@ impl<'a> Bench<'a> {
             sample_memory(&mut mf, manager.pid(), self.plan.reps.min(10))?;
             let config = self.agent_config(&manager, "idle")?;
             let agent = spawn(
+                &self.exe,
                 &self.dir,
                 "idle agent",
                 &[
@@ -896,7 +975,7 @@ impl<'a> Bench<'a> {
             .target(Target::Below(10.0));
         let outcome = (|| -> Result<()> {
             let mut d = self.deploy("client", 1)?;
-            let exe = std::env::current_exe().context("cannot find this executable's path")?;
+            let exe = &self.exe;
             let front = d.manager.ep("frontend_endpoint")?;
             let mut args: Vec<String> = vec!["client".into(), "-e".into(), front];
             if !self.plan.unsigned {
@@ -911,7 +990,7 @@ impl<'a> Bench<'a> {
             // The first run (page cache, connections) is not counted.
             for run in 0..=self.plan.reps {
                 let started = Instant::now();
-                let out = Command::new(&exe)
+                let out = Command::new(exe)
                     .args(&args)
                     // No default key when unsigned: a key file in ~/.config would be used otherwise.
                     .env("SERVICE_MGR_KEY", self.dir.join("no-such-key"))
@@ -943,8 +1022,102 @@ impl<'a> Bench<'a> {
     }
 }
 
+/// Nodes per job in the job store figures.
+const STORE_NODES: usize = 2000;
+/// Results per batch: what the manager's poll loop hands the store at most.
+const STORE_BATCH: usize = 100;
+
+/// Results per second the manager's job store takes, in-process: jobs of
+/// 2000 nodes, their results in batches of 100, committed lazily (as the
+/// manager does) or durably (an fsync per batch). Only the result batches and
+/// the final flush are timed, each run for at least the throughput duration.
+fn jobstore(plan: &Plan, dir: &Path, lazy: bool) -> Figure {
+    let (id, label) = match lazy {
+        true => ("jobstore_lazy", "job store: results/s, lazy commits"),
+        false => (
+            "jobstore_durable",
+            "job store: results/s, an fsync per batch",
+        ),
+    };
+    let mut f = Figure::new(id, label, "results/s");
+    f.higher_is_better = true;
+    f.detail.insert("nodes_per_job".into(), json!(STORE_NODES));
+    f.detail.insert("batch".into(), json!(STORE_BATCH));
+    let outcome = (|| -> Result<usize> {
+        let path = dir.join(format!("{id}.redb"));
+        let mut store = JobStore::open(&path)
+            .with_context(|| format!("cannot open the job store {}", path.display()))?;
+        store.set_lazy(lazy);
+        let payload = json!({"msg": "Executed service status request", "result": {
+            "node": "node", "service": "sshd", "returncode": 0,
+            "stdout": "sshd is running as pid 1768.\n".repeat(4), "stderr": "",
+            "system": "Linux", "version": "Linux 6.1.0-18-amd64 x86_64"}});
+        let nodes: Vec<String> = (0..STORE_NODES)
+            .map(|i| format!("node{i:05}.example.org"))
+            .collect();
+        let mut stored = 0;
+        // The first run warms up and is not counted.
+        for run in 0..=plan.runs {
+            let (mut results, mut busy, mut job) = (0, Duration::ZERO, 0);
+            while busy < plan.duration || results == 0 {
+                let uuid = format!("{run}-{job}");
+                job += 1;
+                store.apply(&[StoreEvent::NewJob {
+                    uuid: uuid.clone(),
+                    created_ms: 1,
+                    request: json!({"cmd": "status", "service": "sshd", "topic": "any"}),
+                    expected: nodes.clone(),
+                }])?;
+                let batches: Vec<Vec<StoreEvent>> = nodes
+                    .chunks(STORE_BATCH)
+                    .map(|chunk| {
+                        chunk
+                            .iter()
+                            .map(|node| StoreEvent::Result {
+                                uuid: uuid.clone(),
+                                node: node.clone(),
+                                status: "ok".into(),
+                                received_ms: 2,
+                                result: payload.clone(),
+                            })
+                            .collect()
+                    })
+                    .collect();
+                let started = Instant::now();
+                for batch in &batches {
+                    store.apply(batch)?;
+                }
+                busy += started.elapsed();
+                results += nodes.len();
+            }
+            let started = Instant::now();
+            store.flush()?;
+            busy += started.elapsed();
+            let first = store.get(&format!("{run}-0"))?;
+            let got = first.map_or(0, |j| j.results.len());
+            anyhow::ensure!(
+                got == STORE_NODES,
+                "job {run}-0 holds {got} of {STORE_NODES} results"
+            );
+            if run > 0 {
+                f.samples
+                    .push(results as f64 / busy.as_secs_f64().max(1e-9));
+                stored += results;
+            }
+        }
+        Ok(stored)
+    })();
+    match outcome {
+        Ok(n) => {
+            f.detail.insert("results_stored".into(), json!(n));
+        }
+        Err(e) => f.failed(&e),
+    }
+    f
+}
+
 fn node_name(i: usize) -> String {
-    crate::agent::simulate::node_name(PREFIX, i)
+    service_mgr::agent::simulate::node_name(PREFIX, i)
 }
 
 fn ms(d: Duration) -> f64 {
@@ -982,7 +1155,7 @@ fn wait_until_up(
     while Instant::now() < deadline {
         d.check_alive()?;
         let agents =
-            crate::mgmt::call_cmd(&mgmt, protocol::MANAGER_AGENTS, Duration::from_secs(5), 1)
+            service_mgr::mgmt::call_cmd(&mgmt, protocol::MANAGER_AGENTS, Duration::from_secs(5), 1)
                 .context("cannot ask the manager for its agents")?;
         up = agents["result"]
             .as_array()
@@ -1054,7 +1227,9 @@ fn table(config: &Value, figures: &[Figure]) -> String {
         c("agents")
     ));
     if c("profile") == "debug" {
-        out.push_str("WARNING: debug build; run `cargo run --release -- bench` for real figures\n");
+        out.push_str(
+            "WARNING: debug build; run `cargo run --release -p service-mgr-bench` for real figures\n",
+        );
     }
     out.push('\n');
     let fmt = |x: f64| {
