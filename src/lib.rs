@@ -24,7 +24,6 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod exit;
-pub mod fuzz_targets;
 pub mod host;
 pub mod jobstore;
 pub mod logging;

@@ -1,9 +1,9 @@
-//! The fuzz targets (`src/fuzz_targets.rs`) on the stable toolchain: each over
+//! The fuzz targets (`fuzz/targets/`) on the stable toolchain: each over
 //! its seeds (`fuzz/seeds/<target>/`) and then over generated inputs, random
 //! and mutated seeds, within a time budget. Deterministic for a given
 //! `FUZZ_SMOKE_SEED`; real fuzzing is `bash fuzz/run.sh` (nightly, cargo-fuzz).
 
-use service_mgr::fuzz_targets;
+use service_mgr_fuzz_targets as fuzz_targets;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -238,7 +238,7 @@ fn fuzz_project_lists_every_target() {
         let text =
             std::fs::read_to_string(&bin).unwrap_or_else(|e| panic!("{}: {e}", bin.display()));
         assert!(
-            text.contains("service_mgr::fuzz_targets::"),
+            text.contains("service_mgr_fuzz_targets::"),
             "{}",
             bin.display()
         );

@@ -1,3 +1,3 @@
 #![no_main]
-// See service_mgr::fuzz_targets for what this target checks.
-libfuzzer_sys::fuzz_target!(|data: &[u8]| service_mgr::fuzz_targets::dispatch(data));
+// See service_mgr_fuzz_targets (fuzz/targets/) for what this target checks.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| service_mgr_fuzz_targets::dispatch(data));

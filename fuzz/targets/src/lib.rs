@@ -4,7 +4,9 @@
 //! Every target takes arbitrary bytes, never returns an error and panics when
 //! an invariant breaks, so that libFuzzer (`fuzz/`, nightly) and the stable
 //! smoke test (`tests/fuzz_smoke.rs`) both report the input. [`all`] lists
-//! them by the names of `fuzz/fuzz_targets/*.rs` and `fuzz/seeds/*/`.
+//! them by the names of `fuzz/fuzz_targets/*.rs` and `fuzz/seeds/*/`. A stable
+//! crate of its own (`fuzz/targets/`), beside the cargo-fuzz crate, so that
+//! the shipped binary carries none of it.
 //!
 //! | target | decoder (who reads it) | invariants beyond "no panic" |
 //! |---|---|---|
@@ -27,22 +29,22 @@
 //! seed is signed or sealed with them except `fuzz/seeds/sealed/` (sealed, to
 //! reach the success path of `open`): a fuzzer cannot forge a signature.
 
-use crate::client;
-use crate::config::{self, AgentConfig, ManagerConfig, Policy};
-use crate::protocol::{
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+use service_mgr::client;
+use service_mgr::config::{self, AgentConfig, ManagerConfig, Policy};
+use service_mgr::protocol::{
     backend_topic, check_command_word, check_service_name, decode_object, encode,
     parse_backend_topic, valid_topic, Accepted, DecodeError, Dispatch, MgmtReply, MgmtRequest,
     Presence, ResultEnvelope, ResultMsg, ServiceRequest, SignedResult, SinkMessage, Status,
     PRESENCE_PREFIX, PRIVATE_PREFIX, REQUEST_LIMIT, RESULT_LIMIT, TOPIC_ANY,
 };
-use crate::security::{
+use service_mgr::security::{
     self, open, parse_key_lines, seal, sign_body, verify, verify_announce, KeyPair, PublicKey,
     Purpose, Role, Sealed, Signed, KEY_PREFIX,
 };
-use base64::engine::general_purpose::STANDARD;
-use base64::Engine;
-use serde::{de::DeserializeOwned, Serialize};
-use serde_json::Value;
 use std::fmt::Debug;
 use std::sync::OnceLock;
 
@@ -247,7 +249,7 @@ pub fn service_request(data: &[u8]) {
             service: r.service.clone(),
             topic: r.topic.clone(),
             uuid: "f569796669df4bf6982dd14c704900a0".into(),
-            v: Some(crate::protocol::PROTOCOL_VERSION),
+            v: Some(service_mgr::protocol::PROTOCOL_VERSION),
             auth: r.auth.clone(),
         };
         let frame = encode(&d);
