@@ -3,7 +3,7 @@
 
 use crate::util::{bin, with_timeout};
 use clap::Parser;
-use service_mgr_bench::BenchArgs;
+use service_mgr_bench::{proc_kib, BenchArgs, Figure, Stats, Target};
 use std::path::Path;
 
 #[test]
@@ -60,4 +60,36 @@ fn quick_bench_reports_every_figure_complete() {
             }
         }
     });
+}
+
+// The bench's own arithmetic, here so that a plain `cargo test` runs it.
+
+#[test]
+fn median_and_nearest_rank_p99() {
+    let s = Stats::of(&[3.0, 1.0, 2.0], false).unwrap();
+    assert_eq!((s.median, s.p99, s.min, s.max), (2.0, 3.0, 1.0, 3.0));
+    let v: Vec<f64> = (1..=100).map(f64::from).collect();
+    let s = Stats::of(&v, false).unwrap();
+    assert_eq!((s.median, s.p99), (50.5, 99.0));
+    let s = Stats::of(&v, true).unwrap();
+    assert_eq!(s.p99, 1.0, "for rates the tail is the low end");
+    assert!(Stats::of(&[], false).is_none());
+}
+
+#[test]
+fn proc_lines_in_kib() {
+    let text = "Name:\tx\nVmRSS:\t    4321 kB\nPss:  12 kB\n";
+    assert_eq!(proc_kib(text, "VmRSS:"), Some(4321));
+    assert_eq!(proc_kib(text, "Pss:"), Some(12));
+    assert_eq!(proc_kib(text, "VmHWM:"), None);
+}
+
+#[test]
+fn a_missed_run_fails_the_target() {
+    let mut f = Figure::new("x", "x", "ms").target(Target::Below(10.0));
+    f.samples = vec![1.0, 2.0];
+    assert_eq!(f.met(), Some(true));
+    f.failed(&anyhow::anyhow!("2 of 3 answered"));
+    assert_eq!(f.met(), Some(false));
+    assert_eq!(f.to_json()["errors"], 1);
 }

@@ -67,20 +67,20 @@ pub struct BenchArgs {
 
 /// What a figure's median is held against.
 #[derive(Debug, Clone, Copy)]
-enum Target {
+pub enum Target {
     Below(f64),
     AtLeast(f64),
 }
 
 /// One line of the report.
 #[derive(Debug)]
-struct Figure {
+pub struct Figure {
     id: String,
     label: String,
     unit: &'static str,
     /// Larger is better (throughput): the tail is the low end.
     higher_is_better: bool,
-    samples: Vec<f64>,
+    pub samples: Vec<f64>,
     target: Option<Target>,
     /// Runs that went wrong (missing or failed results), counted, never hidden.
     errors: usize,
@@ -90,7 +90,7 @@ struct Figure {
 }
 
 impl Figure {
-    fn new(id: impl Into<String>, label: impl Into<String>, unit: &'static str) -> Figure {
+    pub fn new(id: impl Into<String>, label: impl Into<String>, unit: &'static str) -> Figure {
         Figure {
             id: id.into(),
             label: label.into(),
@@ -103,11 +103,11 @@ impl Figure {
             detail: Map::new(),
         }
     }
-    fn target(mut self, t: Target) -> Figure {
+    pub fn target(mut self, t: Target) -> Figure {
         self.target = Some(t);
         self
     }
-    fn failed(&mut self, e: &anyhow::Error) {
+    pub fn failed(&mut self, e: &anyhow::Error) {
         self.errors += 1;
         if self.error.is_none() {
             self.error = Some(format!("{e:#}"));
@@ -116,7 +116,7 @@ impl Figure {
     fn stats(&self) -> Option<Stats> {
         Stats::of(&self.samples, self.higher_is_better)
     }
-    fn met(&self) -> Option<bool> {
+    pub fn met(&self) -> Option<bool> {
         let s = self.stats()?;
         if self.errors > 0 {
             return Some(false);
@@ -126,7 +126,7 @@ impl Figure {
             Target::AtLeast(x) => s.median >= x,
         })
     }
-    fn to_json(&self) -> Value {
+    pub fn to_json(&self) -> Value {
         let s = self.stats();
         let mut v = json!({
             "id": self.id,
@@ -153,16 +153,16 @@ impl Figure {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Stats {
-    median: f64,
+pub struct Stats {
+    pub median: f64,
     /// Nearest rank: the value 99 % of runs did at least as well as.
-    p99: f64,
-    min: f64,
-    max: f64,
+    pub p99: f64,
+    pub min: f64,
+    pub max: f64,
 }
 
 impl Stats {
-    fn of(samples: &[f64], higher_is_better: bool) -> Option<Stats> {
+    pub fn of(samples: &[f64], higher_is_better: bool) -> Option<Stats> {
         if samples.is_empty() {
             return None;
         }
@@ -1204,7 +1204,7 @@ fn sample_memory(f: &mut Figure, pid: u32, count: usize) -> Result<()> {
 }
 
 /// A `Name:   1234 kB` line of a /proc file, in KiB.
-fn proc_kib(text: &str, name: &str) -> Option<u64> {
+pub fn proc_kib(text: &str, name: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(name))
         .and_then(|rest| rest.split_whitespace().next())
@@ -1307,39 +1307,4 @@ fn table(config: &Value, figures: &[Figure]) -> String {
         "\np99: nearest rank over the runs; for results/s the rate 99 % of runs reached.\n",
     );
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn median_and_nearest_rank_p99() {
-        let s = Stats::of(&[3.0, 1.0, 2.0], false).unwrap();
-        assert_eq!((s.median, s.p99, s.min, s.max), (2.0, 3.0, 1.0, 3.0));
-        let v: Vec<f64> = (1..=100).map(f64::from).collect();
-        let s = Stats::of(&v, false).unwrap();
-        assert_eq!((s.median, s.p99), (50.5, 99.0));
-        let s = Stats::of(&v, true).unwrap();
-        assert_eq!(s.p99, 1.0, "for rates the tail is the low end");
-        assert!(Stats::of(&[], false).is_none());
-    }
-
-    #[test]
-    fn proc_lines_in_kib() {
-        let text = "Name:\tx\nVmRSS:\t    4321 kB\nPss:  12 kB\n";
-        assert_eq!(proc_kib(text, "VmRSS:"), Some(4321));
-        assert_eq!(proc_kib(text, "Pss:"), Some(12));
-        assert_eq!(proc_kib(text, "VmHWM:"), None);
-    }
-
-    #[test]
-    fn a_missed_run_fails_the_target() {
-        let mut f = Figure::new("x", "x", "ms").target(Target::Below(10.0));
-        f.samples = vec![1.0, 2.0];
-        assert_eq!(f.met(), Some(true));
-        f.failed(&anyhow::anyhow!("2 of 3 answered"));
-        assert_eq!(f.met(), Some(false));
-        assert_eq!(f.to_json()["errors"], 1);
-    }
 }
