@@ -9,6 +9,7 @@ mod contrib;
 mod daemon;
 mod docs;
 mod end_to_end;
+mod first_hour;
 mod fuzz_smoke;
 mod install;
 mod output;

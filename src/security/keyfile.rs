@@ -7,9 +7,9 @@ use base64::Engine;
 use ed25519_dalek::SigningKey;
 use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
-use std::fs::{self, File, OpenOptions, Permissions};
+use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use x25519_dalek::StaticSecret;
 
@@ -53,6 +53,12 @@ pub enum KeyFileError {
         .0.display()
     )]
     Exists(PathBuf),
+    #[error("cannot create the folder {} for the key", .path.display())]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot create {}", .path.display())]
     Create {
         path: PathBuf,
@@ -208,6 +214,20 @@ pub(super) fn write_file(
 /// Create a key pair: PATH gets the secret (0600), PATH.pub the public key line (0644).
 pub fn keygen(path: &Path, role: Role, name: &str, force: bool) -> Result<PublicKey, KeyFileError> {
     let id = KeyPair::generate(role, name)?;
+    // A new user has no ~/.config/service-mgr yet: make it, private like ~/.ssh.
+    if let Some(dir) = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+    {
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| KeyFileError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+    }
     id.save(path, force)?;
     let mut pub_path = path.as_os_str().to_owned();
     pub_path.push(".pub");
@@ -268,6 +288,18 @@ mod tests {
         fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
         let err = format!("{:#}", KeyPair::load(&path).unwrap_err());
         assert!(err.contains("invalid secret key file"), "{err}");
+    }
+
+    #[test]
+    /// A new user's first `keygen --role client` failed: ~/.config/service-mgr
+    /// did not exist and nothing made it.
+    #[test]
+    fn keygen_makes_its_missing_folder_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("home/.config/service-mgr/client.key");
+        keygen(&path, Role::Client, "newbie", false).unwrap();
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert!(KeyPair::load(&path).is_ok());
     }
 
     #[test]

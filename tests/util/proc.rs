@@ -5,7 +5,7 @@
 use serde_json::Value;
 use std::cell::RefCell;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -348,4 +348,31 @@ fn a_timed_out_test_leaves_no_children() {
             (!pid_alive(pid)).then_some(())
         });
     }
+}
+
+/// The uid and gid of `nobody`, whom tests run as where they run as root.
+const NOBODY: u32 = 65534;
+
+/// Run `cmd` as a new user would: HOME is `home` (made if missing), no XDG
+/// overrides, and, where the tests run as root (CI), as `nobody` with `home`
+/// handed over to it, so that root's defaults (/etc/service-mgr) never apply.
+pub fn as_newbie<'a>(cmd: &'a mut Command, home: &Path) -> &'a mut Command {
+    use std::os::unix::process::CommandExt;
+    std::fs::create_dir_all(home).unwrap();
+    cmd.env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("XDG_STATE_HOME")
+        .env_remove("SERVICE_MGR_KEY");
+    if unsafe { libc::geteuid() } == 0 {
+        // The temp dirs above `home` are root's and 0700: open the way down.
+        let mut dir = Some(home);
+        while let Some(d) =
+            dir.filter(|d| d.starts_with(std::env::temp_dir()) && *d != std::env::temp_dir())
+        {
+            std::os::unix::fs::chown(d, Some(NOBODY), Some(NOBODY)).unwrap();
+            dir = d.parent();
+        }
+        cmd.uid(NOBODY).gid(NOBODY);
+    }
+    cmd
 }
