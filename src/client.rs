@@ -112,7 +112,8 @@ pub struct ClientArgs {
     #[arg(long, value_name = "ID", conflicts_with_all = ["topic", "nodes", "glob", "cmd", "service", "batch"])]
     pub job: Option<String>,
     /// The client key that signs requests [default: $SERVICE_MGR_KEY, else
-    /// ~/.config/service-mgr/client.key if it exists; without a key requests go unsigned].
+    /// ~/.config/service-mgr/client.key if it exists; without a key, or with
+    /// SERVICE_MGR_KEY=none, requests go unsigned].
     #[arg(short = 'k', long = "key", value_name = "FILE")]
     pub key: Option<PathBuf>,
     /// Output format [default: table on a terminal; when piped, legacy as
@@ -142,17 +143,25 @@ pub struct Request {
 /// The client key: the file named with -k (must exist), else the default one
 /// if it exists; `None` means the request goes unsigned.
 pub fn load_key(explicit: Option<&std::path::Path>) -> Result<Option<std::sync::Arc<KeyPair>>> {
-    let path = match explicit {
-        Some(p) => p.to_owned(),
-        None => {
-            let p = crate::config::default_client_key();
-            if !p.exists() {
-                return Ok(None);
-            }
-            p
-        }
+    use crate::config::ClientKey;
+    // A key the user named (by -k or $SERVICE_MGR_KEY) must load: falling back
+    // to unsigned would hide a typo until the agents refuse the request.
+    let (path, named_by_env) = match explicit {
+        Some(p) => (p.to_owned(), false),
+        None => match crate::config::client_key() {
+            ClientKey::Unsigned => return Ok(None),
+            ClientKey::Named(p) => (p, true),
+            ClientKey::Default(p) if p.exists() => (p, false),
+            ClientKey::Default(_) => return Ok(None),
+        },
     };
-    let key = KeyPair::load(&path)?;
+    let key = KeyPair::load(&path).with_context(|| {
+        if named_by_env {
+            "SERVICE_MGR_KEY names a key that cannot be used (SERVICE_MGR_KEY=none sends unsigned requests)"
+        } else {
+            "cannot use the client key"
+        }
+    })?;
     anyhow::ensure!(
         key.role() == security::Role::Client,
         "{} holds a {} key; requests must be signed with a client key (service-mgr keygen --role client)",

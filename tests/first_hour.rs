@@ -57,3 +57,43 @@ fn agent_makes_the_folder_of_its_key_file() {
         );
     });
 }
+
+/// `SERVICE_MGR_KEY=/nonexistent` silently sent unsigned requests; it is now
+/// the same error as `-k /nonexistent`, and `SERVICE_MGR_KEY=none` is the
+/// way to send unsigned on purpose.
+#[test]
+fn a_missing_key_named_by_the_environment_is_an_error() {
+    with_timeout(60, || {
+        let mgr = manager(&[]);
+        let frontend = mgr.ep("frontend_endpoint");
+        let ask = |env: Option<&str>, key: Option<&str>| {
+            let mut cmd = Command::new(bin());
+            cmd.args([
+                "client", "-e", &frontend, "-T", "any", "-c", "status", "-s", "cron", "-w", "1",
+            ]);
+            if let Some(k) = key {
+                cmd.args(["-k", k]);
+            }
+            match env {
+                Some(v) => cmd.env("SERVICE_MGR_KEY", v),
+                None => cmd.env_remove("SERVICE_MGR_KEY"),
+            };
+            let out = cmd.output().unwrap();
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (by_flag, flag_err) = ask(None, Some("/nonexistent/client.key"));
+        let (by_env, env_err) = ask(Some("/nonexistent/client.key"), None);
+        assert_ne!(by_flag, Some(0), "{flag_err}");
+        assert_eq!(by_env, by_flag, "SERVICE_MGR_KEY: {env_err}");
+        assert!(
+            env_err.contains("/nonexistent/client.key") && env_err.contains("SERVICE_MGR_KEY"),
+            "{env_err}"
+        );
+        // On purpose: unsigned, which this secure manager refuses by name.
+        let (_, unsigned_err) = ask(Some("none"), None);
+        assert!(!unsigned_err.contains("/nonexistent"), "{unsigned_err}");
+    });
+}

@@ -993,7 +993,7 @@ impl<'a> Bench<'a> {
                 let out = Command::new(exe)
                     .args(&args)
                     // No default key when unsigned: a key file in ~/.config would be used otherwise.
-                    .env("SERVICE_MGR_KEY", self.dir.join("no-such-key"))
+                    .env("SERVICE_MGR_KEY", "none")
                     .stdin(Stdio::null())
                     .output()
                     .context("cannot run the client")?;

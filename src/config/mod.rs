@@ -87,11 +87,32 @@ pub fn default_config_dir() -> PathBuf {
         .join("service-mgr")
 }
 
-/// The client's key: $SERVICE_MGR_KEY, else client.key in the config directory.
+/// Where the client's key comes from when no `-k` is given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientKey {
+    /// $SERVICE_MGR_KEY names it: it must exist, as with `-k`.
+    Named(PathBuf),
+    /// client.key in the config directory, used when it exists.
+    Default(PathBuf),
+    /// SERVICE_MGR_KEY=none: send unsigned (0.1) requests on purpose.
+    Unsigned,
+}
+
+/// The client's key setting: $SERVICE_MGR_KEY, else client.key in the config directory.
+pub fn client_key() -> ClientKey {
+    match std::env::var_os("SERVICE_MGR_KEY") {
+        Some(v) if v == "none" => ClientKey::Unsigned,
+        Some(v) => ClientKey::Named(PathBuf::from(v)),
+        None => ClientKey::Default(default_config_dir().join("client.key")),
+    }
+}
+
+/// Where `keygen --role client` writes: $SERVICE_MGR_KEY, else client.key in the config directory.
 pub fn default_client_key() -> PathBuf {
-    std::env::var_os("SERVICE_MGR_KEY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| default_config_dir().join("client.key"))
+    match client_key() {
+        ClientKey::Named(p) => p,
+        ClientKey::Default(_) | ClientKey::Unsigned => default_config_dir().join("client.key"),
+    }
 }
 
 impl Default for ManagerConfig {

@@ -47,11 +47,8 @@ impl Pki {
 pub const ALLOW_ALL: &str =
     r#"policy=[{name = "tests", keys = ["tester"], commands = ["*"], services = ["*"]}]"#;
 
-/// A client key file that does not exist: the binary runs unsigned, as a 0.1 client.
-pub const NO_KEY: (&str, &str) = (
-    "SERVICE_MGR_KEY",
-    "/nonexistent/service-mgr-test/client.key",
-);
+/// No client key: the binary runs unsigned, as a 0.1 client.
+pub const NO_KEY: (&str, &str) = ("SERVICE_MGR_KEY", "none");
 
 /// `s` as a TOML string (for `-O key=value`).
 pub fn toml_str(s: &str) -> String {
