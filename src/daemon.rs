@@ -8,7 +8,7 @@ use crate::exit::Exit;
 use crate::logging::{self, LogTarget};
 use crate::runtime::{self, Control, OnReady, PidFile};
 use crate::{agent, client, manager, mgmt, protocol, transport};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -170,7 +170,7 @@ fn serve<C>(
     body: impl FnOnce(&C, &Control, &slog::Logger, OnReady) -> Result<()>,
 ) -> Result<Exit>
 where
-    C: for<'de> serde::Deserialize<'de> + serde::Serialize + Default,
+    C: for<'de> serde::Deserialize<'de> + serde::Serialize + Default + config::Check,
 {
     let (path, explicit) = match &o.config {
         Some(p) => (p.clone(), true),
@@ -199,6 +199,8 @@ where
         )?;
         return Ok(if ok { Exit::Ok } else { Exit::Error });
     }
+    cfg.check()
+        .with_context(|| format!("invalid configuration (from {} and -O)", path.display()))?;
     // Absolute before detaching changes the directory to /: the pid file is
     // removed and the log reopened where the user meant.
     let absolute = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());

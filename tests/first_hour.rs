@@ -97,3 +97,41 @@ fn a_missing_key_named_by_the_environment_is_an_error() {
         assert!(!unsigned_err.contains("/nonexistent"), "{unsigned_err}");
     });
 }
+
+/// `allowed_commands = ["restrat"]` was accepted silently; the agent now
+/// refuses to start and names the nearest command.
+#[test]
+fn an_agent_with_an_unknown_command_in_its_config_does_not_start() {
+    with_timeout(30, || {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = format!(
+            "key_file={}",
+            toml_str(&tmp.path().join("a.key").display().to_string())
+        );
+        let out = output(
+            Command::new(bin())
+                .args([
+                    "agent",
+                    "-f",
+                    "/dev/null",
+                    "-n",
+                    "n1",
+                    "-O",
+                    "mgmt_endpoint=tcp://127.0.0.1:*",
+                ])
+                .args([
+                    "-O",
+                    &key,
+                    "-O",
+                    r#"allowed_commands=["status", "restrat"]"#,
+                    "start",
+                ]),
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("unknown command \"restrat\" (did you mean \"restart\"?)"),
+            "{err}"
+        );
+    });
+}

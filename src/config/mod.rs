@@ -169,6 +169,11 @@ pub struct AgentConfig {
     /// Commands the agent accepts; anything else is refused.
     #[serde(deserialize_with = "lenient_list")]
     pub allowed_commands: Vec<String>,
+    /// Commands beyond start, stop, restart, reload and status that this
+    /// host's service manager knows (e.g. condrestart); only these and the
+    /// standard five may appear in allowed_commands and policies.
+    #[serde(deserialize_with = "lenient_list")]
+    pub custom_commands: Vec<String>,
     /// Seconds a service command may run before its process group is killed.
     #[serde(deserialize_with = "lenient_u64")]
     pub command_timeout: u64,
@@ -225,6 +230,7 @@ impl Default for AgentConfig {
             service_manager: ServiceManagerKind::Auto,
             service_command: None,
             allowed_commands: DEFAULT_ALLOWED.iter().map(|s| s.to_string()).collect(),
+            custom_commands: Vec::new(),
             command_timeout: 300,
             max_output: 4 * 1024 * 1024,
             max_concurrent: 64,
@@ -242,6 +248,72 @@ impl Default for AgentConfig {
             request_window: 60,
             policy: Vec::new(),
         }
+    }
+}
+
+/// What a configuration must satisfy beyond its types, checked before a
+/// daemon starts so that a typo is an error on the terminal, not a refusal
+/// found later.
+pub trait Check {
+    fn check(&self) -> Result<()>;
+}
+
+impl Check for ManagerConfig {
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+impl Check for AgentConfig {
+    fn check(&self) -> Result<()> {
+        let known: Vec<&str> = DEFAULT_ALLOWED
+            .iter()
+            .copied()
+            .chain(self.custom_commands.iter().map(String::as_str))
+            .collect();
+        for custom in &self.custom_commands {
+            let plain = !custom.is_empty()
+                && !custom.starts_with('-')
+                && custom.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            anyhow::ensure!(
+                plain,
+                "custom_commands: {custom:?} is not a plain command word (lower-case letters, digits, - and _)"
+            );
+        }
+        let unknown = |setting: &str, cmd: &str| {
+            let hint = known
+                .iter()
+                .filter(|k| strsim::damerau_levenshtein(k, cmd) <= 2)
+                .min_by_key(|k| strsim::damerau_levenshtein(k, cmd))
+                .map(|k| format!(" (did you mean {k:?}?)"))
+                .unwrap_or_default();
+            anyhow::anyhow!(
+                "{setting}: unknown command {cmd:?}{hint}; the commands are {}; add others this host's service manager knows to custom_commands",
+                known.join(", ")
+            )
+        };
+        if let Some(c) = self
+            .allowed_commands
+            .iter()
+            .find(|c| !known.contains(&c.as_str()))
+        {
+            return Err(unknown("allowed_commands", c));
+        }
+        for rule in &self.policy {
+            // Globs (`*`, `re*`) are patterns, not names: only plain words are checked.
+            let plain = |c: &&String| !c.contains(['*', '?', '[', '{']);
+            if let Some(c) = rule
+                .commands
+                .iter()
+                .filter(plain)
+                .find(|c| !known.contains(&c.as_str()))
+            {
+                return Err(unknown(&format!("[[policy]] {:?}: commands", rule.name), c));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -429,6 +501,7 @@ mod tests {
         assert_eq!(a.topics, ["web", "db"]);
         assert_eq!(a.service_manager, ServiceManagerKind::Systemctl);
         assert_eq!(a.allowed_commands, ["status"]);
+        assert!(a.check().is_ok());
     }
 
     #[test]
@@ -475,5 +548,27 @@ mod tests {
         assert_eq!(a.topics, ["x", "y"]);
         let err = load_with::<AgentConfig>(&path, true, &["nosuch=1".into()]).unwrap_err();
         assert!(format!("{err:#}").contains("nosuch"), "{err:#}");
+    }
+
+    /// `allowed_commands = ["restrat"]` was accepted silently and every
+    /// restart was then refused.
+    #[test]
+    fn unknown_commands_are_an_error_with_a_hint() {
+        let cases: &[(&str, Option<&str>)] = &[
+            ("allowed_commands = [\"restrat\"]", Some("allowed_commands: unknown command \"restrat\" (did you mean \"restart\"?)")),
+            ("allowed_commands = [\"condrestart\"]", Some("add others this host's service manager knows to custom_commands")),
+            ("allowed_commands = [\"condrestart\"]\ncustom_commands = [\"condrestart\"]", None),
+            ("custom_commands = [\"a;b\"]", Some("not a plain command word")),
+            ("[[policy]]\nname = \"ops\"\nkeys = [\"*\"]\ncommands = [\"stauts\"]\nservices = [\"*\"]", Some("[[policy]] \"ops\": commands: unknown command \"stauts\" (did you mean \"status\"?)")),
+            ("[[policy]]\nname = \"ops\"\nkeys = [\"*\"]\ncommands = [\"re*\", \"status\"]\nservices = [\"*\"]", None),
+        ];
+        for (text, want) in cases {
+            let a: AgentConfig = parse(text).unwrap();
+            match (a.check(), want) {
+                (Ok(()), None) => {}
+                (Err(e), Some(w)) => assert!(e.to_string().contains(w), "{text}: {e}"),
+                (got, _) => panic!("{text}: {got:?}"),
+            }
+        }
     }
 }

@@ -290,7 +290,6 @@ mod tests {
         assert!(err.contains("invalid secret key file"), "{err}");
     }
 
-    #[test]
     /// A new user's first `keygen --role client` failed: ~/.config/service-mgr
     /// did not exist and nothing made it.
     #[test]
