@@ -157,6 +157,39 @@ pub fn request(
 mod tests {
     use super::*;
 
+    /// Our libzmq is built with CURVE (vendor/zmq-sys): a real handshake on
+    /// loopback succeeds with the right server key and fails with a wrong one.
+    #[test]
+    fn libzmq_has_curve() {
+        assert_eq!(zmq::has("curve"), Some(true), "libzmq built without CURVE");
+        let ctx = zmq::Context::new();
+        let server_keys = zmq::CurveKeyPair::new().unwrap();
+        let server = socket(&ctx, zmq::REP).unwrap();
+        server.set_curve_server(true).unwrap();
+        server.set_curve_secretkey(&server_keys.secret_key).unwrap();
+        server.bind("tcp://127.0.0.1:*").unwrap();
+        let endpoint = server.get_last_endpoint().unwrap().unwrap();
+        let client_with = |server_public: &[u8]| {
+            let keys = zmq::CurveKeyPair::new().unwrap();
+            let client = socket(&ctx, zmq::REQ).unwrap();
+            client.set_curve_serverkey(server_public).unwrap();
+            client.set_curve_publickey(&keys.public_key).unwrap();
+            client.set_curve_secretkey(&keys.secret_key).unwrap();
+            client.set_rcvtimeo(500).unwrap();
+            client.connect(&endpoint).unwrap();
+            client
+        };
+        let good = client_with(&server_keys.public_key);
+        good.send("ping", 0).unwrap();
+        assert_eq!(server.recv_bytes(0).unwrap(), b"ping");
+        server.send("pong", 0).unwrap();
+        assert_eq!(good.recv_bytes(0).unwrap(), b"pong");
+        // A client pinning another server key never completes the handshake.
+        let wrong = client_with(&zmq::CurveKeyPair::new().unwrap().public_key);
+        wrong.send("ping", 0).unwrap();
+        assert!(wrong.recv_bytes(0).is_err());
+    }
+
     #[test]
     fn endpoint_parts() {
         assert_eq!(endpoint_port("tcp://127.0.0.1:5500"), Some(5500));

@@ -1,0 +1,18 @@
+//! service-mgr's copy of zmq-sys 0.12.0: identical except that libzmq is built
+//! with CURVE, linked against the static libsodium that libsodium-sys-stable
+//! builds from its bundled source (upstream passes `with_libsodium(None)`, which
+//! leaves CURVE out). The result: `zmq::has("curve") == Some(true)` and neither
+//! libzmq nor libsodium in `ldd`.
+
+fn main() {
+    println!("cargo:rerun-if-changed=build/main.rs");
+    println!("cargo:rerun-if-env-changed=PROFILE");
+
+    // Set by libsodium-sys-stable (`links = "sodium"`) for its direct dependents.
+    let lib = std::env::var("DEP_SODIUM_LIB").expect("libsodium-sys-stable sets DEP_SODIUM_LIB");
+    let include =
+        std::env::var("DEP_SODIUM_INCLUDE").expect("libsodium-sys-stable sets DEP_SODIUM_INCLUDE");
+    zeromq_src::Build::new()
+        .with_libsodium(Some(zeromq_src::LibLocation::new(lib, include)))
+        .build();
+}
