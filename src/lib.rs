@@ -36,3 +36,4 @@ pub mod report;
 pub mod runtime;
 pub mod security;
 pub mod transport;
+pub mod zap;
