@@ -239,8 +239,13 @@ fn keys(a: &MgmtArgs) -> Result<Exit> {
                 .join("keys")
         }
     };
-    let mut store = KeyStore::open(&dir)?;
     let op = a.args.first().map(String::as_str).unwrap_or("list");
+    // Listing writes nothing, so it works where the store is not ours to write.
+    let mut store = if op == "list" {
+        KeyStore::open_read(&dir)?
+    } else {
+        KeyStore::open(&dir)?
+    };
     let sel = a.args.get(1).map(String::as_str);
     let need = || {
         sel.with_context(|| format!("usage: service-mgr mgmt keys {op} FINGERPRINT|NAME|KEY-ID"))

@@ -135,3 +135,63 @@ fn an_agent_with_an_unknown_command_in_its_config_does_not_start() {
         );
     });
 }
+
+/// A non-root `mgmt keys list` on a key store it cannot write failed trying
+/// to create pending/; listing now reads only.
+#[test]
+fn keys_list_reads_a_store_it_cannot_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let keys = tmp.path().join("keys");
+    std::fs::create_dir_all(keys.join("accepted")).unwrap();
+    let pk = tmp.path().join("web1.key");
+    let made = run(&[
+        "keygen",
+        "--role",
+        "agent",
+        "--name",
+        "web1",
+        "-o",
+        pk.to_str().unwrap(),
+    ]);
+    assert!(made.status.success());
+    let imported = run(&[
+        "mgmt",
+        "keys",
+        "--keys-dir",
+        keys.to_str().unwrap(),
+        "import",
+        &format!("{}.pub", pk.display()),
+    ]);
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    std::fs::remove_dir(keys.join("pending")).ok();
+    std::fs::remove_dir(keys.join("rejected")).ok();
+    // Readable by all, writable by none: as a store shared read-only with operators.
+    for entry in std::fs::read_dir(keys.join("accepted")).unwrap() {
+        std::fs::set_permissions(
+            entry.unwrap().path(),
+            std::fs::Permissions::from_mode(0o444),
+        )
+        .unwrap();
+    }
+    for dir in [keys.join("accepted"), keys.clone()] {
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    let out = as_newbie(
+        Command::new(bin()).args(["mgmt", "keys", "--keys-dir", keys.to_str().unwrap(), "list"]),
+        &tmp.path().join("home"),
+    )
+    .output()
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("accepted") && text.contains("web1"), "{text}");
+    assert!(!keys.join("pending").exists(), "keys list created pending/");
+}

@@ -25,6 +25,11 @@ pub enum KeyStoreError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "no key store at {} (the manager makes it on its first start; --keys-dir or the manager's state_dir names another)",
+        .0.display()
+    )]
+    Missing(PathBuf),
     #[error("cannot read key directory {}", .path.display())]
     ReadDir {
         path: PathBuf,
@@ -161,6 +166,22 @@ impl KeyStore {
         Ok(store)
     }
 
+    /// Open an existing store only to read it (`mgmt keys list`): creates
+    /// nothing, so someone without write access (a non-root user looking at
+    /// /var/lib/service-mgr/keys) can still list it.
+    pub fn open_read(dir: &Path) -> Result<KeyStore, KeyStoreError> {
+        if !dir.is_dir() {
+            return Err(KeyStoreError::Missing(dir.to_owned()));
+        }
+        let mut store = KeyStore {
+            dir: dir.to_owned(),
+            keys: HashMap::new(),
+            max_pending: MAX_PENDING,
+        };
+        store.reload()?;
+        Ok(store)
+    }
+
     /// Re-read every key file. A file that is not a key, or not named by its
     /// key's fingerprint, is an error naming it: better than silently trusting less or more.
     pub fn reload(&mut self) -> Result<(), KeyStoreError> {
@@ -171,7 +192,12 @@ impl KeyStore {
                 path: d.clone(),
                 source,
             };
-            for entry in fs::read_dir(&d).map_err(unreadable)? {
+            let entries = match fs::read_dir(&d) {
+                // A store opened read-only may lack a state folder: no keys in that state.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                entries => entries.map_err(unreadable)?,
+            };
+            for entry in entries {
                 let path = entry.map_err(unreadable)?.path();
                 let file_name = path
                     .file_name()
@@ -559,5 +585,23 @@ mod tests {
             "{err}"
         );
         assert_eq!(store.list().len(), 2);
+    }
+
+    /// A non-root `mgmt keys list` on a store it cannot write tried to create
+    /// pending/ and failed.
+    #[test]
+    fn reading_a_store_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("keys");
+        fs::create_dir(&root).unwrap();
+        fs::create_dir(root.join("accepted")).unwrap();
+        let store = KeyStore::open_read(&root).unwrap();
+        assert!(store.list().is_empty());
+        assert!(!root.join("pending").exists() && !root.join("rejected").exists());
+        let err = KeyStore::open_read(&dir.path().join("none"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("no key store at"), "{err}");
     }
 }
