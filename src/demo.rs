@@ -8,13 +8,14 @@ use crate::client;
 use crate::config::{AgentConfig, ManagerConfig, PolicyRule};
 use crate::exit::Exit;
 use crate::logging;
-use crate::output::to_json_pretty;
+use crate::output;
 use crate::runtime::{self, Control, ControlHandle, OnReady};
 use crate::security::{self, KeyPair, KeyStore, Role};
 use crate::{agent, host::HostInfo, manager, mgmt};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::Value;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -39,7 +40,14 @@ pub struct DemoArgs {
 const CANDIDATES: [&str; 6] = ["ssh", "sshd", "cron", "crond", "dbus", "rsyslog"];
 
 pub fn run(args: &DemoArgs) -> Result<Exit> {
-    let service = args.service.clone().unwrap_or_else(pick_service);
+    let service = match &args.service {
+        Some(s) => s.clone(),
+        None => {
+            let (picked, why) = pick_service();
+            eprintln!("demo: asking about {picked}: {why} (-s NAME asks about another)");
+            picked
+        }
+    };
     let log = logging::debug_or_quiet(args.debug, "demo");
     let dir = std::env::temp_dir().join(format!("service-mgr-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -122,9 +130,16 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
     let _ = athread.join();
     let _ = mthread.join();
     let got = result?;
-    println!("{}", to_json_pretty(&got.results));
     if got.results.is_empty() {
         bail!("the agent did not answer within 30 s");
+    }
+    // A table for a person, the results as JSON for a pipe (as the client does).
+    let request = crate::protocol::ServiceRequest::new(&args.cmd, service, &node);
+    let report = client::report(&request, std::slice::from_ref(&got), &[], got.elapsed);
+    if std::io::stdout().is_terminal() {
+        print!("{}", output::client_table(&report, output::Style::stdout()));
+    } else {
+        println!("{}", output::to_json_pretty(&got.results));
     }
     eprintln!(
         "demo: {} answered in {} ms (job {})",
@@ -132,6 +147,24 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
         got.elapsed.as_millis(),
         got.uuid
     );
+    // What the service said is the host's business: the demo worked if the
+    // round trip did. Say so, so that a stopped service does not read as a failure.
+    if let Some(rc) = report
+        .results
+        .first()
+        .and_then(|r| r.returncode)
+        .filter(|rc| *rc != 0)
+    {
+        eprintln!(
+            "demo: the round trip worked; `{} {service}` itself exited {rc}{}",
+            args.cmd,
+            if args.cmd == "status" {
+                " (for status: the service is stopped or not installed here)"
+            } else {
+                ""
+            }
+        );
+    }
     Ok(Exit::Ok)
 }
 
@@ -153,7 +186,8 @@ fn spawn(
     Ok((stop, thread))
 }
 
-fn pick_service() -> String {
+/// The service to ask about, and why that one.
+fn pick_service() -> (String, String) {
     let dirs = [
         "/etc/init.d",
         "/etc/rc.d",
@@ -161,16 +195,29 @@ fn pick_service() -> String {
         "/lib/systemd/system",
         "/usr/lib/systemd/system",
     ];
-    CANDIDATES
-        .iter()
-        .find(|name| {
-            dirs.iter().any(|d| {
-                let p = PathBuf::from(d);
-                p.join(name).exists() || p.join(format!("{name}.service")).exists()
-            })
+    let found = CANDIDATES.iter().find_map(|name| {
+        dirs.iter().find_map(|d| {
+            let p = PathBuf::from(d);
+            [p.join(name), p.join(format!("{name}.service"))]
+                .into_iter()
+                .find(|f| f.exists())
+                .map(|f| (name.to_string(), f))
         })
-        .unwrap_or(&"cron")
-        .to_string()
+    });
+    let list = CANDIDATES.join(", ");
+    match found {
+        Some((name, file)) => (
+            name,
+            format!(
+                "the first of {list} that this host has ({})",
+                file.display()
+            ),
+        ),
+        None => (
+            "cron".into(),
+            format!("this host has none of {list}, so the answer will say it is unknown"),
+        ),
+    }
 }
 
 /// Wait for a role's ready file, or for its thread to fail.

@@ -195,3 +195,40 @@ fn keys_list_reads_a_store_it_cannot_write() {
     assert!(text.contains("accepted") && text.contains("web1"), "{text}");
     assert!(!keys.join("pending").exists(), "keys list created pending/");
 }
+
+/// The demo printed JSON even on a terminal, did not say why it picked the
+/// service it asked about, and a stopped service read as a failure.
+#[test]
+fn demo_on_a_terminal_shows_a_table_and_explains_itself() {
+    if Command::new("script").arg("--version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "script(1) is missing on CI"
+        );
+        eprintln!("SKIP demo_on_a_terminal_...: script(1) not found (util-linux)");
+        return;
+    }
+    with_timeout(60, || {
+        // script(1) gives the demo a terminal, as a person's shell would.
+        let out = output(Command::new("script").args([
+            "-qec",
+            &format!("{} demo -s stopped-service", bin()),
+            "/dev/null",
+        ]));
+        let text = String::from_utf8_lossy(&out.stdout).replace('\r', "");
+        assert!(out.status.success(), "{text}");
+        assert!(
+            text.contains("NODE") && text.contains("STATUS"),
+            "no table on a terminal:\n{text}"
+        );
+        assert!(text.contains("the round trip worked"), "{text}");
+        let picked = output(Command::new(bin()).arg("demo"));
+        let err = String::from_utf8_lossy(&picked.stderr);
+        assert!(
+            err.contains("demo: asking about ") && err.contains("-s NAME"),
+            "{err}"
+        );
+        // Piped, the results stay JSON (tests/cli.rs checks their shape).
+        assert!(serde_json::from_slice::<serde_json::Value>(&picked.stdout).is_ok());
+    });
+}
