@@ -23,7 +23,7 @@ _service__mgr__client() {
 
     case "${cmd}" in
         service__mgr__client)
-            opts="-w -r -t -D -e -T -N -G -c -s -k -v -h --wait --retries --timeout --debug --endpoint --topic --nodes --glob --cmd --service --batch --batch-wait --fail-fast --job --key --format --version --help"
+            opts="-w -r -t -D -e -T -N -G -c -s -k -v -h --wait --retries --timeout --debug --endpoint --topic --nodes --glob --cmd --service --batch --batch-wait --fail-fast --job --key --format --custom --version --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -17,5 +17,6 @@ jsonl\t'One JSON object per line, each result as it arrives, then a summary line
 legacy\t'0.1\'s output: a JSON array of the results (plus entries for silent nodes)'"
 complete -c service-mgr-client -s D -l debug -d 'Debug output on stderr'
 complete -c service-mgr-client -l fail-fast -d 'Stop the rollout after the first batch in which a node did not succeed'
+complete -c service-mgr-client -l custom -d 'Send a command beyond start, stop, restart, reload and status (one the agents declare in their custom_commands, e.g. condrestart)'
 complete -c service-mgr-client -s v -l version -d 'Print version and exit'
 complete -c service-mgr-client -s h -l help -d 'Print help (see more with \'--help\')'

@@ -175,7 +175,7 @@ _service__mgr() {
             return 0
             ;;
         service__subcmd__mgr__subcmd__client)
-            opts="-w -r -t -D -e -T -N -G -c -s -k -v -h --wait --retries --timeout --debug --endpoint --topic --nodes --glob --cmd --service --batch --batch-wait --fail-fast --job --key --format --version --help"
+            opts="-w -r -t -D -e -T -N -G -c -s -k -v -h --wait --retries --timeout --debug --endpoint --topic --nodes --glob --cmd --service --batch --batch-wait --fail-fast --job --key --format --custom --version --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -80,6 +80,7 @@ jsonl\t'One JSON object per line, each result as it arrives, then a summary line
 legacy\t'0.1\'s output: a JSON array of the results (plus entries for silent nodes)'"
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s D -l debug -d 'Debug output on stderr'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -l fail-fast -d 'Stop the rollout after the first batch in which a node did not succeed'
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -l custom -d 'Send a command beyond start, stop, restart, reload and status (one the agents declare in their custom_commands, e.g. condrestart)'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s v -l version -d 'Print version and exit'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s e -l endpoint -d 'Management endpoint of a manager (port 5800) or an agent (port 6000)' -r

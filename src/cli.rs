@@ -127,7 +127,11 @@ pub fn main() -> std::process::ExitCode {
         Ok(code) => code.into(),
         Err(e) => {
             eprintln!("{name}: error: {e:#}");
-            Exit::Error.into()
+            if e.is::<crate::exit::UsageError>() {
+                Exit::Usage.into()
+            } else {
+                Exit::Error.into()
+            }
         }
     }
 }

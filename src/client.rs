@@ -4,7 +4,7 @@
 //! runs out. Then it builds the report: every targeted node with a status.
 
 use crate::args::VersionFlag;
-use crate::exit::Exit;
+use crate::exit::{Exit, UsageError};
 use crate::logging;
 use crate::output::{self, Format};
 use crate::protocol::{
@@ -120,8 +120,86 @@ pub struct ClientArgs {
     /// service-mgr-client (0.1's output) and json as service-mgr client].
     #[arg(long, value_enum)]
     pub format: Option<Format>,
+    /// Send a command beyond start, stop, restart, reload and status (one the
+    /// agents declare in their custom_commands, e.g. condrestart).
+    #[arg(long)]
+    pub custom: bool,
     #[command(flatten)]
     pub version: VersionFlag,
+}
+
+/// The commands every agent knows; others need `--custom`.
+const STANDARD_COMMANDS: [&str; 5] = ["start", "stop", "restart", "reload", "status"];
+
+impl ClientArgs {
+    /// What the client can tell is wrong without asking anyone: exit 2 at
+    /// once instead of a refusal (or a wait) from the manager or the agents.
+    pub fn check(&self) -> Result<(), UsageError> {
+        let usage = |msg: String| Err(UsageError(msg));
+        if let Some(w) = self.wait.filter(|w| !(w.is_finite() && *w >= 0.0)) {
+            return usage(format!("-w must be a number of seconds, got {w}"));
+        }
+        if !(self.batch_wait.is_finite() && self.batch_wait >= 0.0) {
+            return usage("--batch-wait must be a number of seconds".into());
+        }
+        let e = &self.endpoint;
+        let endpoint_ok = match e.split_once("://") {
+            Some(("tcp", rest)) => rest.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            }),
+            Some(("ipc", rest)) => !rest.is_empty(),
+            _ => false,
+        };
+        if !endpoint_ok {
+            return usage(format!(
+                "-e {e:?} is not a manager endpoint; say tcp://HOST:PORT, e.g. tcp://localhost:5500"
+            ));
+        }
+        if let Some(t) = &self.topic {
+            if t.contains(['*', '?', '[']) {
+                return usage(format!(
+                    "-T {t:?}: topics match exactly; to pick nodes by name pattern say -G {t:?} (with -T any or another topic)"
+                ));
+            }
+            if !p::valid_topic(t) {
+                return usage(format!(
+                    "-T {t:?} is not a topic: say any, an OS name (Linux, FreeBSD), a node name or a custom topic"
+                ));
+            }
+        }
+        if let Some(n) = self.nodes.iter().flatten().find(|n| !p::valid_topic(n)) {
+            return usage(format!("-N: {n:?} is not a node name"));
+        }
+        if let Some(s) = &self.service {
+            p::check_service_name(s).or_else(|why| usage(format!("-s: {why}")))?;
+        }
+        if let Some(c) = &self.cmd {
+            if c.chars().any(|ch| ch.is_ascii_uppercase())
+                && STANDARD_COMMANDS.contains(&c.to_ascii_lowercase().as_str())
+            {
+                return usage(format!(
+                    "-c {c:?}: commands are lower-case (say -c {})",
+                    c.to_ascii_lowercase()
+                ));
+            }
+            p::check_command_word(c).or_else(|why| usage(format!("-c: {why}")))?;
+            if !self.custom && !STANDARD_COMMANDS.contains(&c.as_str()) {
+                let near = STANDARD_COMMANDS
+                    .iter()
+                    .find(|k| strsim::damerau_levenshtein(k, c) <= 2)
+                    .map(|k| format!(" (did you mean {k}?)"))
+                    .unwrap_or_default();
+                return usage(format!(
+                    "-c {c:?}: unknown command{near}; the commands are {}; a command the agents declare in custom_commands needs --custom",
+                    STANDARD_COMMANDS.join(", ")
+                ));
+            }
+        }
+        if let Some(spec) = &self.batch {
+            batch_size(spec, 1).map_err(|e| UsageError(e.to_string()))?;
+        }
+        Ok(())
+    }
 }
 
 /// What to ask, of whom.
@@ -647,16 +725,9 @@ pub fn batch_size(spec: &str, total: usize) -> Result<usize> {
 /// `service-mgr client` / `service-mgr-client`: one request (or a rollout in
 /// batches, or an earlier job), printed in the chosen format.
 pub fn run(a: &ClientArgs, legacy_name: bool) -> Result<Exit> {
+    a.check()?;
     let log = &logging::debug_or_quiet(a.debug, "service-mgr-client");
-    let wait = match a.wait {
-        Some(w) if w.is_finite() && w >= 0.0 => Some(Duration::from_secs_f64(w)),
-        Some(w) => bail!("-w must be a number of seconds, got {w}"),
-        None => None,
-    };
-    anyhow::ensure!(
-        a.batch_wait.is_finite() && a.batch_wait >= 0.0,
-        "--batch-wait must be a number of seconds"
-    );
+    let wait = a.wait.map(Duration::from_secs_f64);
     let format = output::client_format(a.format, legacy_name);
     let mut progress = output::Progress::new(format);
     let mut request = ServiceRequest::new(

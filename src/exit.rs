@@ -16,6 +16,12 @@ pub enum Exit {
     NoResponse = 4,
 }
 
+/// A command line that is wrong in a way the program found itself (after
+/// clap): printed like any error, but the exit status is [`Exit::Usage`].
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
 impl From<Exit> for std::process::ExitCode {
     fn from(e: Exit) -> Self {
         std::process::ExitCode::from(e as u8)

@@ -158,7 +158,7 @@ fn hostile_names_and_commands_run_nothing() {
     with_timeout(60, || {
         let dir = tempfile::tempdir().unwrap();
         let fake = fake_service(dir.path());
-        let mgr = manager(&[]);
+        let mgr = manager_compat(&[]);
         let _a = agent(&mgr, "n1", &fake, &[]);
         for svc in ["../x", "-h", "a;b", ""] {
             let (out, _) = Client::new(&mgr)
@@ -166,15 +166,23 @@ fn hostile_names_and_commands_run_nothing() {
                 .cmd("status")
                 .service(svc)
                 .text();
-            // The manager refuses before dispatching: a clear error, exit 1.
+            // The client refuses before sending (issue 15: a usage error, exit 2) ...
             let err = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(1), "{svc}: {err}");
+            assert_eq!(out.status.code(), Some(2), "{svc}: {err}");
             assert!(err.contains("service name"), "{err}");
+            // ... and the manager refuses before dispatching what another client sends.
+            let request = serde_json::json!({"topic": "n1", "cmd": "status", "service": svc});
+            let reply = json(&req_raw(
+                &mgr.ep("frontend_endpoint"),
+                request.to_string().as_bytes(),
+            ));
+            assert!(error_msg(&reply).contains("service name"), "{svc}: {reply}");
         }
         // A well-formed command word the agent does not allow: refused by the agent.
         let (out, doc) = Client::new(&mgr)
             .topic("n1")
             .cmd("rm")
+            .arg("--custom")
             .service("sshd")
             .run();
         assert_eq!(out.status.code(), Some(3));

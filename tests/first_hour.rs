@@ -232,3 +232,82 @@ fn demo_on_a_terminal_shows_a_table_and_explains_itself() {
         assert!(serde_json::from_slice::<serde_json::Value>(&picked.stdout).is_ok());
     });
 }
+
+/// What the client can check itself is a usage error (exit 2), said at once,
+/// not exit 1 or 3 after asking the manager (issue 15's list, one case each).
+#[test]
+fn client_usage_errors_exit_2_before_asking_anyone() {
+    // Nothing listens here: a check that asked the manager would exit 1.
+    let nowhere = "tcp://127.0.0.1:9";
+    let cases: &[(&[&str], &str)] = &[
+        (&["-T", "", "-c", "status", "-s", "cron"], "is not a topic"),
+        (&["-T", "any", "-c", "status", "-s", "../x"], "service name"),
+        (
+            &["-T", "any", "-c", "STATUS", "-s", "cron"],
+            "lower-case (say -c status)",
+        ),
+        (
+            &["-T", "any", "-c", "bogus", "-s", "cron"],
+            "unknown command",
+        ),
+        (
+            &["-T", "any", "-c", "restrat", "-s", "cron"],
+            "did you mean restart?",
+        ),
+        (
+            &["-T", "any", "-c", "restart", "-s", "cron", "--batch", "0"],
+            "--batch 0",
+        ),
+        (
+            &["-T", "web*", "-c", "status", "-s", "cron"],
+            "topics match exactly; to pick nodes by name pattern say -G",
+        ),
+        (
+            &[
+                "-e",
+                "localhost:5500",
+                "-T",
+                "any",
+                "-c",
+                "status",
+                "-s",
+                "cron",
+            ],
+            "say tcp://HOST:PORT",
+        ),
+    ];
+    for (args, needle) in cases {
+        let mut cmd = Command::new(bin());
+        cmd.arg("client").env("SERVICE_MGR_KEY", "none");
+        if !args.contains(&"-e") {
+            cmd.args(["-e", nowhere]);
+        }
+        let out = output(cmd.args(*args));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    // A custom command is fine when said so (it then fails only to connect).
+    let out = output(Command::new(bin()).args([
+        "client",
+        "-e",
+        nowhere,
+        "-t",
+        "100",
+        "-r",
+        "1",
+        "-T",
+        "any",
+        "-c",
+        "condrestart",
+        "--custom",
+        "-s",
+        "cron",
+    ]));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
