@@ -368,6 +368,24 @@ pub fn client_table(report: &Report, style: Style) -> String {
     } else {
         table.render(style)
     };
+    // A refusal or error is service-mgr's own sentence, and the fix is in
+    // its tail: where the column had to cut one, print it whole below.
+    let cut: Vec<String> = report
+        .results
+        .iter()
+        .filter(|r| r.stdout.trim().is_empty() && r.stderr.trim().is_empty())
+        .filter_map(|r| {
+            let reason = clean(r.msg.trim());
+            (!reason.is_empty() && !out.contains(&reason)).then(|| {
+                let node = clean(r.node.as_deref().unwrap_or("?"));
+                format!("{node}: {}: {reason}\n", r.status.as_str())
+            })
+        })
+        .collect();
+    if !cut.is_empty() {
+        out.push('\n');
+        out.push_str(&cut.concat());
+    }
     let o = &report.outline;
     out.push_str(&format!(
         "\n{}  ({} {}, {})\n",
@@ -707,6 +725,29 @@ db1   -        no_response   -     -  no answer within 60.0 s (-w)
 3 expected, 2 answered: 1 ok, 1 failed, 1 no_response  (job 0123abcd, 1.2s)
 ";
         assert_eq!(out, expected);
+    }
+
+    #[test]
+    /// Refusals were cut off in the table (`…is not in this agent'…`) and the
+    /// fix they name was lost.
+    #[test]
+    fn a_cut_refusal_is_printed_whole_below_the_table() {
+        let why = "client key alice@h (SHA256:abc) is not in this agent's authorized_clients \
+                   (/etc/service-mgr/authorized_clients): add its line there";
+        let doc = doc(
+            &[],
+            &[],
+            vec![answer(
+                json!({"node": "web1", "status": "refused", "msg": why,
+                "result": {"node": "web1", "system": "Linux"}}),
+            )],
+            0,
+        );
+        let out = client_table(&doc, Style::plain(60));
+        assert!(out.contains(&format!("web1: refused: {why}\n")), "{out}");
+        // Room enough: nothing repeated.
+        let wide = client_table(&doc, Style::plain(400));
+        assert_eq!(wide.matches(why).count(), 1, "{wide}");
     }
 
     #[test]
