@@ -727,7 +727,6 @@ db1   -        no_response   -     -  no answer within 60.0 s (-w)
         assert_eq!(out, expected);
     }
 
-    #[test]
     /// Refusals were cut off in the table (`…is not in this agent'…`) and the
     /// fix they name was lost.
     #[test]
