@@ -8,12 +8,12 @@ use crate::clock;
 use crate::config::{self, ManagerConfig};
 use crate::exit::Exit;
 use crate::output::{self, to_json_pretty, MgmtFormat, Style};
-use crate::protocol::{self as p, MgmtReply, MgmtRequest};
+use crate::protocol::{self as p, MgmtBody, MgmtReply, MgmtRequest};
 use crate::security::{self, KeyPair, KeyStore, Purpose, Role};
 use crate::transport;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -100,8 +100,13 @@ pub fn call_cmd(endpoint: &str, cmd: &str, timeout: Duration, retries: u32) -> R
 pub fn request(cmd: &str, key: Option<&KeyPair>, node: Option<&str>) -> MgmtRequest {
     let mut req = MgmtRequest::new(cmd);
     if let (true, Some(key)) = (signed(cmd), key) {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let body = json!({"cmd": cmd, "id": id, "ts": clock::now_ms(), "node": node});
+        let body = MgmtBody {
+            cmd: cmd.to_owned(),
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            ts: crate::clock::now_ms(),
+            node: node.map(str::to_owned),
+        };
+        let body = serde_json::to_value(&body).expect("serializable");
         req.auth = Some(security::sign_body(key, Purpose::Request, &body));
     }
     req

@@ -9,12 +9,11 @@
 use crate::agent::Identity;
 use crate::config::{AgentConfig, Decision, Policy};
 use crate::protocol::{
-    self as p, Announce, Dispatch, MgmtRequest, Presence, RequestBody, ResultEnvelope, ResultMsg,
-    SignedResult,
+    self as p, Announce, Dispatch, MgmtBody, MgmtRequest, Presence, RequestBody, ResultEnvelope,
+    ResultMsg, SignedAnnounce, SignedResult,
 };
 use crate::security::{self, AuthError, KeyPair, PublicKey, Purpose, ReplayGuard, Role, Signed};
 use anyhow::{Context, Result};
-use serde_json::json;
 use slog::{info, warn, Logger};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -219,21 +218,21 @@ impl Guard {
             .as_ref()
             .ok_or("this command needs a signed request: pass a client key with -k")?;
         let clients = &self.clients;
-        let (_, body) = security::verify(auth, Purpose::Request, |id| clients.get(id).cloned())
+        security::verify(auth, Purpose::Request, |id| clients.get(id).cloned())
             .map_err(|e| e.to_string())?;
-        if body.get("cmd").and_then(|c| c.as_str()) != Some(req.cmd.as_str()) {
+        let body = MgmtBody::from_signed(&auth.body)
+            .map_err(|e| format!("bad signed body: {e}"))?;
+        if body.cmd != req.cmd {
             return Err("the signed body names another command".into());
         }
         // Bound to this node, so a shutdown signed for one agent stops no other.
-        if body.get("node").and_then(|c| c.as_str()) != Some(node) {
+        if body.node.as_deref() != Some(node) {
             return Err(format!(
                 "the signed request is not addressed to node {node:?}"
             ));
         }
-        let id = body.get("id").and_then(|v| v.as_str()).unwrap_or_default();
-        let ts = body.get("ts").and_then(|v| v.as_u64()).unwrap_or(0);
         self.replay
-            .check(id, ts, crate::clock::now_ms())
+            .check(&body.id, body.ts, crate::clock::now_ms())
             .map_err(|e| e.to_string())
     }
 
@@ -257,9 +256,12 @@ impl Guard {
     /// that nobody can rewrite a heartbeat into a goodbye or change our topics.
     pub fn sign_announce(&self, a: &mut Announce) {
         a.auth = None;
-        let mut body = serde_json::to_value(&*a).expect("serializable");
-        body["key"] = json!(self.key.public().to_string());
-        body["ts"] = json!(crate::clock::now_ms());
+        let body = SignedAnnounce {
+            announce: a.clone(),
+            key: self.key.public().to_string(),
+            ts: crate::clock::now_ms(),
+        };
+        let body = serde_json::to_value(&body).expect("serializable");
         a.auth = Some(security::sign_body(&self.key, Purpose::Announce, &body));
     }
 }

@@ -7,12 +7,14 @@
 //! `allow_unsigned = true` also serves 0.1 peers, which sign nothing.
 //! The manager is a relay, not the last line: agents check requests themselves.
 
-use crate::protocol::{Announce, MgmtRequest, Presence, RequestBody, ServiceRequest, SignedResult};
+use crate::protocol::{
+    Announce, MgmtBody, MgmtRequest, Presence, RequestBody, ServiceRequest, SignedAnnounce,
+    SignedResult,
+};
 use crate::security::{
     self, AuthError, KeyState, KeyStore, PublicKey, Purpose, ReplayGuard, Signed,
 };
 use anyhow::{Context, Result};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -149,14 +151,14 @@ impl Gate {
         if self.keys.state_of(&auth.key) != Some(KeyState::Accepted) {
             self.look_on_disk(&auth.key);
         }
-        let (pk, body) = match self.keys.verify(auth, Purpose::Request) {
-            Ok(v) => v,
+        let pk = match self.keys.verify(auth, Purpose::Request) {
+            Ok((pk, _)) => pk,
             Err(AuthError::UnknownKey(_)) | Err(AuthError::NotAccepted(_)) => {
                 return Err(Refused::Other(self.admit_client(auth)))
             }
             Err(e) => return Err(Refused::Other(format!("request refused: {e}"))),
         };
-        let body: RequestBody = serde_json::from_value(body)
+        let body = RequestBody::from_signed(&auth.body)
             .map_err(|e| Refused::Other(format!("request refused: bad signed body: {e}")))?;
         if !body.matches(req) {
             return Err(Refused::Other(
@@ -186,10 +188,14 @@ impl Gate {
 
     /// An unknown client key that proves possession is filed as pending.
     fn admit_client(&mut self, auth: &Signed) -> String {
-        let claimed = serde_json::from_str::<Value>(&auth.body)
+        /// Only the signer's claimed key line matters before it is known.
+        #[derive(serde::Deserialize)]
+        struct Claim {
+            client: String,
+        }
+        let claimed = serde_json::from_str::<Claim>(&auth.body)
             .ok()
-            .and_then(|b| b.get("client").and_then(Value::as_str).map(str::to_owned))
-            .and_then(|line| line.parse::<PublicKey>().ok());
+            .and_then(|c| c.client.parse::<PublicKey>().ok());
         let Some(pk) = claimed else {
             return "request refused: unknown client key".into();
         };
@@ -224,17 +230,17 @@ impl Gate {
                 ))
             };
         };
-        let (pk, body) =
+        let (pk, _) =
             security::verify_announce(auth).map_err(|e| format!("announcement refused: {e}"))?;
-        let ts = body.get("ts").and_then(Value::as_u64).unwrap_or(0);
-        if crate::clock::now_ms().abs_diff(ts) > self.window.as_millis() as u64 * 2 {
+        // Everything the manager acts on (kind, topics, interval) is what was signed.
+        let body: SignedAnnounce = serde_json::from_str(&auth.body)
+            .map_err(|e| format!("announcement refused: bad signed body: {e}"))?;
+        if crate::clock::now_ms().abs_diff(body.ts) > self.window.as_millis() as u64 * 2 {
             return Err(
                 "announcement refused: stale or from the future (are the clocks in sync?)".into(),
             );
         }
-        // Everything the manager acts on (kind, topics, interval) is what was signed.
-        let a: Announce = serde_json::from_value(body)
-            .map_err(|e| format!("announcement refused: bad signed body: {e}"))?;
+        let a = body.announce;
         if pk.role() != security::Role::Agent || pk.name() != a.node {
             return Err(format!(
                 "announcement refused: key {} is a {} key named {:?}; node {:?} needs an agent key of its own name",
@@ -296,12 +302,12 @@ impl Gate {
                 Err("unsigned result dropped (allow_unsigned is off)".into())
             };
         };
-        let (pk, body) = self
+        let (pk, _) = self
             .keys
             .verify(auth, Purpose::Result)
             .map_err(|e| format!("result dropped: {e}"))?;
-        let body: SignedResult =
-            serde_json::from_value(body).map_err(|e| format!("result dropped: bad body: {e}"))?;
+        let body = SignedResult::from_signed(&auth.body)
+            .map_err(|e| format!("result dropped: bad body: {e}"))?;
         if body.uuid != uuid || Some(body.node.as_str()) != node || pk.name() != body.node {
             return Err(format!(
                 "result dropped: signed by {} ({}) for node {:?}, job {}",
@@ -324,18 +330,15 @@ impl Gate {
             .auth
             .as_ref()
             .ok_or("this command needs a signed request: pass a client key with -k")?;
-        let (_, body) = self
-            .keys
+        self.keys
             .verify(auth, Purpose::Request)
             .map_err(|e| e.to_string())?;
-        let cmd = body.get("cmd").and_then(Value::as_str);
-        let id = body.get("id").and_then(Value::as_str).unwrap_or_default();
-        let ts = body.get("ts").and_then(Value::as_u64).unwrap_or(0);
-        if cmd != Some(req.cmd.as_str()) {
+        let body = MgmtBody::from_signed(&auth.body).map_err(|e| format!("bad signed body: {e}"))?;
+        if body.cmd != req.cmd {
             return Err("the signed body names another command".into());
         }
         self.replay
-            .check(id, ts, crate::clock::now_ms())
+            .check(&body.id, body.ts, crate::clock::now_ms())
             .map_err(|e| e.to_string())
     }
 }

@@ -274,14 +274,26 @@ pub enum FrontendReply {
     Record(Box<FollowRecord>),
 }
 
+/// Why the client cannot use the manager's reply.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    #[error("the manager's answer is unreadable")]
+    Unreadable(#[source] DecodeError),
+    #[error("the manager's answer lacks uuid or port")]
+    NotAccepted(#[source] serde_json::Error),
+    #[error("the manager's job record is unreadable")]
+    BadRecord(#[source] serde_json::Error),
+}
+
 impl FrontendReply {
-    /// Decode the manager's reply once. `Err` carries what was wrong with it.
-    pub fn decode(bytes: &[u8]) -> Result<FrontendReply, DecodeError> {
-        let m = decode_object(bytes, RESULT_LIMIT)?;
+    /// Decode the manager's reply once: a record (follow of an old job), an
+    /// error reply, or an accept.
+    pub fn decode(bytes: &[u8]) -> Result<FrontendReply, ReplyError> {
+        let m = decode_object(bytes, RESULT_LIMIT).map_err(ReplyError::Unreadable)?;
         if m.contains_key("record") {
             return FollowRecord::deserialize(Value::Object(m))
                 .map(|r| FrontendReply::Record(Box::new(r)))
-                .map_err(|e| DecodeError::Invalid(format!("bad job record: {e}")));
+                .map_err(ReplyError::BadRecord);
         }
         if m.get("success").and_then(Value::as_i64) == Some(-1) {
             let msg = match m.get("msg") {
@@ -292,6 +304,6 @@ impl FrontendReply {
         }
         Accepted::deserialize(Value::Object(m))
             .map(FrontendReply::Accepted)
-            .map_err(|e| DecodeError::Invalid(format!("the manager's answer lacks uuid or port: {e}")))
+            .map_err(ReplyError::NotAccepted)
     }
 }

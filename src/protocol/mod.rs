@@ -29,8 +29,8 @@ pub use backend::{
     Welcome, PRESENCE_PREFIX, PRIVATE_PREFIX,
 };
 pub use frontend::{
-    Accepted, FollowRecord, FollowRequest, FrontendReply, FrontendRequest, RequestBody,
-    ServiceRequest,
+    Accepted, FollowRecord, FollowRequest, FrontendReply, FrontendRequest, ReplyError,
+    RequestBody, ServiceRequest,
 };
 pub use mgmt::{
     MgmtBody, MgmtReply, MgmtRequest, AGENT_SHUTDOWN, AGENT_STATUS, MANAGER_AGENTS, MANAGER_JOB,

@@ -242,17 +242,31 @@ pub enum ResultFrame {
 
 impl ResultFrame {
     pub fn decode(bytes: &[u8]) -> Result<ResultFrame, DecodeError> {
-        let m = decode_object(bytes, RESULT_LIMIT)?;
+        Ok(Self::from_object(decode_object(bytes, RESULT_LIMIT)?))
+    }
+
+    /// The frame of an object already decoded (a result kept in a job record).
+    pub fn from_object(m: Map<String, Value>) -> ResultFrame {
         if !m.contains_key("auth") {
-            return Ok(ResultFrame::Plain(m));
+            return ResultFrame::Plain(m);
         }
         let node = m.get("node").and_then(Value::as_str).map(str::to_owned);
-        Ok(match ResultEnvelope::deserialize(Value::Object(m)) {
+        match ResultEnvelope::deserialize(Value::Object(m)) {
             Ok(env) => ResultFrame::Signed(env),
             Err(e) => ResultFrame::BadSigned {
                 node,
                 why: format!("malformed signed result: {e}"),
             },
-        })
+        }
+    }
+
+    /// The node the frame says it comes from (top-level `node` only, as the
+    /// client reports an unverified result).
+    pub fn node(&self) -> Option<&str> {
+        match self {
+            ResultFrame::Plain(m) => m.get("node").and_then(Value::as_str),
+            ResultFrame::Signed(env) => Some(&env.node),
+            ResultFrame::BadSigned { node, .. } => node.as_deref(),
+        }
     }
 }
