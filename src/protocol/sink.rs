@@ -5,10 +5,11 @@
 use super::results::Status;
 use super::{checked_text, DecodeError, RESULT_LIMIT};
 use crate::security::Signed;
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::fmt;
 
 /// What an agent says about itself on the sink (ours only; 0.1 agents are silent).
@@ -125,20 +126,15 @@ impl PartialEq for SinkMessage {
     }
 }
 
-/// The routing fields of a sink frame; everything else is skipped unread.
-#[derive(Deserialize)]
+/// The routing fields of a sink frame. Everything else is read by [`Strict`]:
+/// checked as strictly as a full decode (escapes, numbers), never stored.
+#[derive(Default)]
 struct Probe {
-    #[serde(default, rename = "type")]
     kind: Option<Value>,
-    #[serde(default)]
     uuid: Option<Value>,
-    #[serde(default)]
     node: Option<Value>,
-    #[serde(default)]
     status: Option<Value>,
-    #[serde(default)]
     auth: Option<Value>,
-    #[serde(default)]
     result: Option<ResultProbe>,
 }
 
@@ -148,6 +144,85 @@ struct Probe {
 struct ResultProbe {
     node: Option<Value>,
     returncode: Option<Value>,
+}
+
+/// Any JSON value, validated and dropped: strings are decoded (a lone
+/// surrogate escape is refused) and numbers converted, as `Value` would, but
+/// nothing is allocated for them.
+struct Strict;
+
+impl<'de> Deserialize<'de> for Strict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> Visitor<'de> for StrictVisitor {
+    type Value = Strict;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_unit<E>(self) -> Result<Strict, E> {
+        Ok(Strict)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Strict, A::Error> {
+        while seq.next_element::<Strict>()?.is_some() {}
+        Ok(Strict)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Strict, A::Error> {
+        while map.next_key::<Strict>()?.is_some() {
+            map.next_value::<Strict>()?;
+        }
+        Ok(Strict)
+    }
+}
+
+impl<'de> Deserialize<'de> for Probe {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Probe;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe, A::Error> {
+                // A repeated key keeps its last value, as a full decode does.
+                let mut p = Probe::default();
+                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
+                    match &*k {
+                        "type" => p.kind = Some(map.next_value()?),
+                        "uuid" => p.uuid = Some(map.next_value()?),
+                        "node" => p.node = Some(map.next_value()?),
+                        "status" => p.status = Some(map.next_value()?),
+                        "auth" => p.auth = Some(map.next_value()?),
+                        "result" => p.result = Some(map.next_value()?),
+                        _ => {
+                            map.next_value::<Strict>()?;
+                        }
+                    }
+                }
+                Ok(p)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 impl<'de> Deserialize<'de> for ResultProbe {
@@ -160,19 +235,19 @@ impl<'de> Deserialize<'de> for ResultProbe {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ResultProbe, A::Error> {
                 let mut p = ResultProbe::default();
-                while let Some(k) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                while let Some(k) = map.next_key::<Cow<'de, str>>()? {
                     match &*k {
                         "node" => p.node = Some(map.next_value()?),
                         "returncode" => p.returncode = Some(map.next_value()?),
                         _ => {
-                            map.next_value::<IgnoredAny>()?;
+                            map.next_value::<Strict>()?;
                         }
                     }
                 }
                 Ok(p)
             }
-            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<ResultProbe, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<ResultProbe, A::Error> {
+                StrictVisitor.visit_seq(seq)?;
                 Ok(ResultProbe::default())
             }
             fn visit_bool<E>(self, _: bool) -> Result<ResultProbe, E> {
@@ -201,17 +276,12 @@ impl<'de> Deserialize<'de> for ResultProbe {
 impl SinkMessage {
     pub fn decode(bytes: &[u8]) -> Result<SinkMessage, DecodeError> {
         let text = checked_text(bytes, RESULT_LIMIT)?;
-        // Validated once as a whole, then read for the routing fields only.
-        let raw: &RawValue =
-            serde_json::from_str(text).map_err(|e| DecodeError::BadJson(e.to_string()))?;
-        let probe: Probe = match serde_json::from_str(raw.get()) {
-            Ok(p) => p,
-            Err(_) => return Err(not_an_object(raw.get())),
-        };
+        // One strict pass reads the routing fields; the result itself is kept as text.
+        let probe: Probe = serde_json::from_str(text).map_err(|e| refused(text, e))?;
         match probe.kind {
             None | Some(Value::Null) => {}
             Some(Value::String(kind)) if kind.starts_with("agent.") => {
-                let a: Announce = serde_json::from_str(raw.get())
+                let a: Announce = serde_json::from_str(text)
                     .map_err(|e| DecodeError::Invalid(format!("bad agent announcement: {e}")))?;
                 return Ok(SinkMessage::Announce(a));
             }
@@ -259,22 +329,22 @@ impl SinkMessage {
             node,
             status,
             auth,
-            body: raw.to_owned(),
+            body: RawValue::from_string(text.to_owned())
+                .map_err(|e| DecodeError::BadJson(e.to_string()))?,
         })
     }
 }
 
-/// The error for valid JSON that is not an object.
-fn not_an_object(text: &str) -> DecodeError {
+/// The error for a frame the probe refused: bad JSON, or JSON that is not an object.
+fn refused(text: &str, e: serde_json::Error) -> DecodeError {
     let kind = match text.trim_start().as_bytes().first() {
+        _ if e.is_syntax() || e.is_eof() => return DecodeError::BadJson(e.to_string()),
         Some(b'n') => "null",
         Some(b't' | b'f') => "a boolean",
         Some(b'"') => "a string",
         Some(b'[') => "an array",
-        Some(b'{') => {
-            return DecodeError::Invalid("a sink message field has a duplicate".to_owned())
-        }
-        _ => "a number",
+        Some(b'-' | b'0'..=b'9') => "a number",
+        _ => return DecodeError::BadJson(e.to_string()),
     };
     DecodeError::NotObject(kind)
 }
