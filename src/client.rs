@@ -359,8 +359,7 @@ fn check_unsigned(
         .agent_keys
         .as_ref()
         .is_some_and(|k| k.contains_key(node));
-    if keyed && key.is_some() && obj.get("status").and_then(Value::as_str) != Some("no_response")
-    {
+    if keyed && key.is_some() && obj.get("status").and_then(Value::as_str) != Some("no_response") {
         return Err(format!(
             "unsigned result for node {node:?}, whose key is known: not accepted"
         ));
@@ -541,9 +540,7 @@ fn exchange(
             let node = frame.node().map(|n| Value::String(n.to_owned()));
             // A result that does not verify is reported as such, never shown as the node's answer.
             let obj = verify_result(frame, &accepted, req.key.as_deref(), request_id)
-                .unwrap_or_else(|why| {
-                    unverified(why, node.unwrap_or(Value::Null), &accepted.uuid)
-                });
+                .unwrap_or_else(|why| unverified(why, node.unwrap_or(Value::Null), &accepted.uuid));
             match node_of(&obj) {
                 // The manager replays a job's results to a new subscriber; one per node.
                 Some(n) if !seen.insert(n.clone()) => continue,

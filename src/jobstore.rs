@@ -593,7 +593,10 @@ mod tests {
             node: node.into(),
             status: status.into(),
             received_ms: 2000,
-            result: serde_json::value::to_raw_value(&json!({"node": node, "returncode": rc, "stdout": "sshd is running\n"})).unwrap(),
+            result: serde_json::value::to_raw_value(
+                &json!({"node": node, "returncode": rc, "stdout": "sshd is running\n"}),
+            )
+            .unwrap(),
         }
     }
 

@@ -48,7 +48,10 @@ impl Manager<'_> {
     }
 
     /// The accepted key of each of `nodes` that has one.
-    fn agent_keys<'n>(&self, nodes: impl IntoIterator<Item = &'n String>) -> BTreeMap<String, String> {
+    fn agent_keys<'n>(
+        &self,
+        nodes: impl IntoIterator<Item = &'n String>,
+    ) -> BTreeMap<String, String> {
         nodes
             .into_iter()
             .filter_map(|n| Some((n.clone(), self.registry.get(n)?.key.clone()?)))

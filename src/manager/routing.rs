@@ -210,7 +210,8 @@ mod tests {
                 unreachable: &[],
             },
             Case {
-                name: "node list: unknown kept (0.1 agent), outside topic dropped, down answered for",
+                name:
+                    "node list: unknown kept (0.1 agent), outside topic dropped, down answered for",
                 req: req("web", Some(&["web1", "db1", "ghost", "old1"]), None),
                 secure: false,
                 expected: &["ghost", "old1", "web1"],
@@ -239,8 +240,11 @@ mod tests {
             let r = route(&c.req, &reg, &HashMap::new(), c.secure).unwrap();
             assert_eq!(r.expected, c.expected, "{}", c.name);
             assert_eq!(r.topics, c.topics, "{}", c.name);
-            let unreachable: Vec<(&str, &str)> =
-                r.unreachable.iter().map(|(n, w)| (n.as_str(), *w)).collect();
+            let unreachable: Vec<(&str, &str)> = r
+                .unreachable
+                .iter()
+                .map(|(n, w)| (n.as_str(), *w))
+                .collect();
             assert_eq!(unreachable, c.unreachable, "{}", c.name);
         }
     }
@@ -278,7 +282,10 @@ mod tests {
             (bad_service, "service name"),
             (bad_cmd, "plain command word"),
             (req("web", None, Some("[")), "is not a valid pattern"),
-            (req("web", Some(&["ok", "a,b"]), None), "is not a valid node name"),
+            (
+                req("web", Some(&["ok", "a,b"]), None),
+                "is not a valid node name",
+            ),
         ];
         for (r, needle) in cases {
             let err = route(&r, &reg, &HashMap::new(), true).unwrap_err();

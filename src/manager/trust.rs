@@ -333,12 +333,385 @@ impl Gate {
         self.keys
             .verify(auth, Purpose::Request)
             .map_err(|e| e.to_string())?;
-        let body = MgmtBody::from_signed(&auth.body).map_err(|e| format!("bad signed body: {e}"))?;
+        let body =
+            MgmtBody::from_signed(&auth.body).map_err(|e| format!("bad signed body: {e}"))?;
         if body.cmd != req.cmd {
             return Err("the signed body names another command".into());
         }
         self.replay
             .check(&body.id, body.ts, crate::clock::now_ms())
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{AnnounceKind, ANNOUNCE_UUID};
+    use crate::security::{sign_body, Identity as KeyPair, Role};
+
+    /// A gate in secure mode whose store has alice (client) and web1 (agent)
+    /// accepted, mallory (client) pending.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        gate: Gate,
+        alice: KeyPair,
+        mallory: KeyPair,
+        web1: KeyPair,
+    }
+
+    fn fixture(allow_unsigned: bool) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gate = Gate::open(dir.path(), allow_unsigned, Duration::from_secs(60)).unwrap();
+        let alice = KeyPair::generate(Role::Client, "alice").unwrap();
+        let mallory = KeyPair::generate(Role::Client, "mallory").unwrap();
+        let web1 = KeyPair::generate(Role::Agent, "web1").unwrap();
+        for k in [&alice, &mallory, &web1] {
+            gate.keys.submit(k.public()).unwrap();
+        }
+        gate.keys.accept(&alice.public().fingerprint()).unwrap();
+        gate.keys.accept(&web1.public().fingerprint()).unwrap();
+        Fixture {
+            _dir: dir,
+            gate,
+            alice,
+            mallory,
+            web1,
+        }
+    }
+
+    fn request() -> ServiceRequest {
+        ServiceRequest::new("restart", "nginx", "web")
+    }
+
+    /// `req` signed by `key`, its body changed by `edit` first.
+    fn signed(
+        key: &KeyPair,
+        mut req: ServiceRequest,
+        edit: impl FnOnce(&mut RequestBody),
+    ) -> ServiceRequest {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let mut body =
+            RequestBody::for_request(&req, id, security::now_ms(), key.public().to_string());
+        edit(&mut body);
+        let body = serde_json::to_value(&body).unwrap();
+        req.auth = Some(sign_body(key, Purpose::Request, &body));
+        req
+    }
+
+    #[test]
+    fn gate_decides_on_requests() {
+        let f = fixture(false);
+        let mut tampered = signed(&f.alice, request(), |_| {});
+        tampered.auth.as_mut().unwrap().body = tampered
+            .auth
+            .as_ref()
+            .unwrap()
+            .body
+            .replace("nginx", "sshd");
+        let mut widened = signed(&f.alice, request(), |_| {});
+        widened.topic = "any".into();
+        let mut run = signed(&f.alice, request(), |b| b.dry_run = true);
+        run.dry_run = false;
+        // (case, request, secure mode?, expected: Ok(signed?) or Err(part of the reason))
+        let cases: Vec<(&str, ServiceRequest, bool, Result<bool, &str>)> = vec![
+            (
+                "unsigned, secure",
+                request(),
+                false,
+                Err("unsigned request refused"),
+            ),
+            ("unsigned, 0.1-compatible", request(), true, Ok(false)),
+            (
+                "signed by an accepted client",
+                signed(&f.alice, request(), |_| {}),
+                false,
+                Ok(true),
+            ),
+            (
+                "signed, 0.1-compatible too",
+                signed(&f.alice, request(), |_| {}),
+                true,
+                Ok(true),
+            ),
+            (
+                "body altered after signing",
+                tampered,
+                false,
+                Err("bad signature"),
+            ),
+            (
+                "routing copy differs from the body",
+                widened,
+                false,
+                Err("does not match"),
+            ),
+            (
+                "a plan signed, a run sent",
+                run,
+                false,
+                Err("does not match"),
+            ),
+            (
+                "body names another client",
+                signed(&f.alice, request(), |b| {
+                    b.client = f.mallory.public().to_string()
+                }),
+                false,
+                Err("names another client key"),
+            ),
+            (
+                "pending client key",
+                signed(&f.mallory, request(), |_| {}),
+                false,
+                Err("is pending"),
+            ),
+            (
+                "unknown client key is filed as pending",
+                signed(
+                    &KeyPair::generate(Role::Client, "eve").unwrap(),
+                    request(),
+                    |_| {},
+                ),
+                false,
+                Err("mgmt keys accept"),
+            ),
+            (
+                "an agent key cannot sign requests",
+                signed(&f.web1, request(), |_| {}),
+                false,
+                Err("client key"),
+            ),
+            (
+                "stale",
+                signed(&f.alice, request(), |b| b.ts -= 10 * 60 * 1000),
+                false,
+                Err("expired"),
+            ),
+        ];
+        for (name, req, allow_unsigned, want) in cases {
+            let mut f2 = fixture(allow_unsigned);
+            // The same keys in every gate: copy the fixture's store decisions.
+            for (k, accept) in [(&f.alice, true), (&f.mallory, false), (&f.web1, true)] {
+                f2.gate.keys.submit(k.public()).unwrap();
+                if accept {
+                    f2.gate.keys.accept(&k.public().fingerprint()).unwrap();
+                }
+            }
+            let got = f2.gate.check_request(&req);
+            match (got, want) {
+                (Ok(key), Ok(signed)) => assert_eq!(key.is_some(), signed, "{name}"),
+                (Err(r), Err(needle)) => {
+                    assert!(r.message().contains(needle), "{name}: {:?}", r.message())
+                }
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn gate_answers_a_replay_with_its_id() {
+        let mut f = fixture(false);
+        let req = signed(&f.alice, request(), |_| {});
+        let (_, id) = f.gate.check_request(&req).unwrap().unwrap();
+        assert!(matches!(f.gate.check_request(&req), Err(Refused::Replayed(i, _)) if i == id));
+    }
+
+    fn hello(node: &str) -> Announce {
+        Announce {
+            kind: AnnounceKind::Hello,
+            v: 2,
+            node: node.into(),
+            instance: "i1".into(),
+            system: "Linux".into(),
+            release: "r".into(),
+            os_version: "v".into(),
+            topics: vec!["any".into(), node.into()],
+            agent_version: "0.2.0".into(),
+            started_ms: 0,
+            interval_ms: 2000,
+            running: 0,
+            auth: None,
+            uuid: ANNOUNCE_UUID.into(),
+        }
+    }
+
+    fn signed_hello(key: &KeyPair, a: Announce, ts: u64) -> Announce {
+        let body = SignedAnnounce {
+            announce: a.clone(),
+            key: key.public().to_string(),
+            ts,
+        };
+        let auth = sign_body(
+            key,
+            Purpose::Announce,
+            &serde_json::to_value(&body).unwrap(),
+        );
+        Announce {
+            auth: Some(auth),
+            ..a
+        }
+    }
+
+    #[test]
+    fn gate_decides_on_announcements() {
+        let f = fixture(false);
+        let now = security::now_ms();
+        let web2 = KeyPair::generate(Role::Agent, "web2").unwrap();
+        let mut forged = signed_hello(&f.web1, hello("web1"), now);
+        forged.topics.push("db".into()); // the clear copy is not what counts
+        let cases: Vec<(&str, Announce, bool, Result<(), &str>)> = vec![
+            (
+                "unsigned, secure",
+                hello("web1"),
+                false,
+                Err("allow_unsigned is off"),
+            ),
+            ("unsigned, 0.1-compatible", hello("web1"), true, Ok(())),
+            (
+                "accepted agent key",
+                signed_hello(&f.web1, hello("web1"), now),
+                false,
+                Ok(()),
+            ),
+            ("clear copy edited", forged, false, Ok(())),
+            (
+                "another node's name",
+                signed_hello(&f.web1, hello("web9"), now),
+                false,
+                Err("needs an agent key of its own name"),
+            ),
+            (
+                "a client key",
+                signed_hello(&f.alice, hello("alice"), now),
+                false,
+                Err("needs an agent key"),
+            ),
+            (
+                "new agent key: pending",
+                signed_hello(&web2, hello("web2"), now),
+                false,
+                Err("is pending"),
+            ),
+            (
+                "stale",
+                signed_hello(&f.web1, hello("web1"), now - 10 * 60 * 1000),
+                false,
+                Err("stale"),
+            ),
+        ];
+        for (name, a, allow_unsigned, want) in cases {
+            let mut g = fixture(allow_unsigned);
+            g.gate.keys.submit(f.web1.public()).unwrap();
+            g.gate.keys.accept(&f.web1.public().fingerprint()).unwrap();
+            match (g.gate.check_announce(&a), want) {
+                (Ok((_, believed)), Ok(())) => {
+                    assert_eq!(believed.topics, hello(&a.node).topics, "{name}")
+                }
+                (Err(why), Err(needle)) => assert!(why.contains(needle), "{name}: {why:?}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn gate_decides_on_results_and_shutdowns() {
+        let mut f = fixture(false);
+        let result = |key: &KeyPair, uuid: &str, node: &str| {
+            let body = SignedResult {
+                uuid: uuid.into(),
+                node: node.into(),
+                status: crate::protocol::Status::Ok,
+                request_id: None,
+                sealed: None,
+                result: None,
+            };
+            sign_body(key, Purpose::Result, &serde_json::to_value(&body).unwrap())
+        };
+        let web1_ok = result(&f.web1, "j1", "web1");
+        type Case<'a> = (&'a str, Option<Signed>, &'a str, Result<(), &'a str>);
+        let cases: Vec<Case> = vec![
+            (
+                "unsigned, secure",
+                None,
+                "web1",
+                Err("unsigned result dropped"),
+            ),
+            ("signed by the node", Some(web1_ok.clone()), "web1", Ok(())),
+            (
+                "names another node",
+                Some(web1_ok),
+                "web2",
+                Err("result dropped: signed by"),
+            ),
+            (
+                "another job",
+                Some(result(&f.web1, "j0", "web1")),
+                "web1",
+                Err("result dropped"),
+            ),
+            (
+                "a client key",
+                Some(result(&f.alice, "j1", "web1")),
+                "web1",
+                Err("result dropped"),
+            ),
+        ];
+        for (name, auth, node, want) in cases {
+            let got = f.gate.check_result(auth.as_ref(), "j1", Some(node));
+            match (got, want) {
+                (Ok(()), Ok(())) => {}
+                (Err(why), Err(needle)) => assert!(why.contains(needle), "{name}: {why:?}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+
+        let shutdown = |key: &KeyPair, cmd: &str| {
+            let mut req = MgmtRequest::new(crate::protocol::MANAGER_SHUTDOWN);
+            let body = MgmtBody {
+                cmd: cmd.into(),
+                id: uuid::Uuid::new_v4().simple().to_string(),
+                ts: security::now_ms(),
+                node: None,
+            };
+            req.auth = Some(sign_body(
+                key,
+                Purpose::Request,
+                &serde_json::to_value(&body).unwrap(),
+            ));
+            req
+        };
+        let once = shutdown(&f.alice, "manager.shutdown");
+        let cases: Vec<(&str, MgmtRequest, Result<(), &str>)> = vec![
+            (
+                "unsigned",
+                MgmtRequest::new("manager.shutdown"),
+                Err("needs a signed request"),
+            ),
+            ("accepted client", once.clone(), Ok(())),
+            ("the same again", once, Err("replayed")),
+            (
+                "signed for another command",
+                shutdown(&f.alice, "agent.shutdown"),
+                Err("another command"),
+            ),
+            (
+                "pending client",
+                shutdown(&f.mallory, "manager.shutdown"),
+                Err("has not been accepted"),
+            ),
+        ];
+        for (name, req, want) in cases {
+            match (f.gate.check_mgmt(&req), want) {
+                (Ok(()), Ok(())) => {}
+                (Err(why), Err(needle)) => assert!(why.contains(needle), "{name}: {why:?}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+        let mut open = fixture(true);
+        assert_eq!(
+            open.gate.check_mgmt(&MgmtRequest::new("manager.shutdown")),
+            Ok(())
+        );
     }
 }

@@ -77,7 +77,10 @@ impl BackendMessage {
     pub fn decode(bytes: &[u8]) -> Result<Self, (Option<String>, DecodeError)> {
         let mut m = decode_object(bytes, DISPATCH_LIMIT).map_err(|e| (None, e))?;
         if matches!(m.get("type"), Some(Value::String(t)) if t == "manager.welcome") {
-            let v = m.get("v").and_then(Value::as_u64).unwrap_or(PROTOCOL_VERSION);
+            let v = m
+                .get("v")
+                .and_then(Value::as_u64)
+                .unwrap_or(PROTOCOL_VERSION);
             return Ok(BackendMessage::Welcome(Welcome {
                 kind: WelcomeKind::Welcome,
                 v,

@@ -25,20 +25,19 @@ pub mod results;
 pub mod sink;
 
 pub use backend::{
-    backend_topic, parse_backend_topic, private_topic, BackendMessage, Dispatch, Presence,
-    Welcome, PRESENCE_PREFIX, PRIVATE_PREFIX,
+    backend_topic, parse_backend_topic, private_topic, BackendMessage, Dispatch, Presence, Welcome,
+    PRESENCE_PREFIX, PRIVATE_PREFIX,
 };
 pub use frontend::{
-    Accepted, FollowRecord, FollowRequest, FrontendReply, FrontendRequest, ReplyError,
-    RequestBody, ServiceRequest,
+    Accepted, FollowRecord, FollowRequest, FrontendReply, FrontendRequest, ReplyError, RequestBody,
+    ServiceRequest,
 };
 pub use mgmt::{
     MgmtBody, MgmtReply, MgmtRequest, AGENT_SHUTDOWN, AGENT_STATUS, MANAGER_AGENTS, MANAGER_JOB,
     MANAGER_JOBS, MANAGER_SHUTDOWN, MANAGER_STATUS,
 };
 pub use results::{
-    ExecResult, Output, ResultEnvelope, ResultFrame, ResultMsg, ServiceState, SignedResult,
-    Status,
+    ExecResult, Output, ResultEnvelope, ResultFrame, ResultMsg, ServiceState, SignedResult, Status,
 };
 pub use sink::{Announce, AnnounceKind, SignedAnnounce, SinkMessage, ANNOUNCE_UUID};
 
@@ -162,7 +161,10 @@ pub fn opt_str<'a>(
 }
 
 /// Take a required string field out of the map (no copy).
-pub(crate) fn take_str(m: &mut Map<String, Value>, field: &'static str) -> Result<String, DecodeError> {
+pub(crate) fn take_str(
+    m: &mut Map<String, Value>,
+    field: &'static str,
+) -> Result<String, DecodeError> {
     match m.remove(field) {
         None | Some(Value::Null) => Err(DecodeError::Missing(field)),
         Some(Value::String(s)) => Ok(s),
