@@ -522,7 +522,7 @@ fn mgmt_messages() {
 /// result decodes back into the type.
 fn typed<T: Serialize + DeserializeOwned + PartialEq + Debug>(name: &str, msg: &str, result: &T) {
     let reply = MgmtReply::with(msg, result);
-    ours(name, &reply, |b| serde::<MgmtReply>(b));
+    ours(name, &reply, serde::<MgmtReply>);
     let back: T = serde_json::from_value(reply.result.unwrap()).unwrap();
     assert_eq!(&back, result, "{name}: typed result");
 }
