@@ -18,7 +18,7 @@ use service_mgr::protocol::{
     Output, RequestBody, ResultEnvelope, ResultFrame, ResultMsg, ServiceRequest, ServiceState,
     SignedAnnounce, SinkMessage, Status, Welcome,
 };
-use service_mgr::security::{sign_body, Identity as KeyPair, Purpose};
+use service_mgr::security::{sign_body, KeyPair, Purpose};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::PathBuf;

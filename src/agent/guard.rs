@@ -423,7 +423,7 @@ deny = [{{ services = ["sshd"] }}]
             let mut body = RequestBody::for_request(
                 &req,
                 uuid::Uuid::new_v4().simple().to_string(),
-                security::now_ms(),
+                crate::clock::now_ms(),
                 key.public().to_string(),
             );
             edit(&mut body);
@@ -566,7 +566,7 @@ deny = [{{ services = ["sshd"] }}]
             let body = MgmtBody {
                 cmd: AGENT_SHUTDOWN.into(),
                 id: uuid::Uuid::new_v4().simple().to_string(),
-                ts: security::now_ms(),
+                ts: crate::clock::now_ms(),
                 node: node.map(str::to_owned),
             };
             req.auth = Some(security::sign_body(

@@ -348,7 +348,7 @@ impl Gate {
 mod tests {
     use super::*;
     use crate::protocol::{AnnounceKind, ANNOUNCE_UUID};
-    use crate::security::{sign_body, Identity as KeyPair, Role};
+    use crate::security::{sign_body, KeyPair, Role};
 
     /// A gate in secure mode whose store has alice (client) and web1 (agent)
     /// accepted, mallory (client) pending.
@@ -392,7 +392,7 @@ mod tests {
     ) -> ServiceRequest {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let mut body =
-            RequestBody::for_request(&req, id, security::now_ms(), key.public().to_string());
+            RequestBody::for_request(&req, id, crate::clock::now_ms(), key.public().to_string());
         edit(&mut body);
         let body = serde_json::to_value(&body).unwrap();
         req.auth = Some(sign_body(key, Purpose::Request, &body));
@@ -556,7 +556,7 @@ mod tests {
     #[test]
     fn gate_decides_on_announcements() {
         let f = fixture(false);
-        let now = security::now_ms();
+        let now = crate::clock::now_ms();
         let web2 = KeyPair::generate(Role::Agent, "web2").unwrap();
         let mut forged = signed_hello(&f.web1, hello("web1"), now);
         forged.topics.push("db".into()); // the clear copy is not what counts
@@ -671,7 +671,7 @@ mod tests {
             let body = MgmtBody {
                 cmd: cmd.into(),
                 id: uuid::Uuid::new_v4().simple().to_string(),
-                ts: security::now_ms(),
+                ts: crate::clock::now_ms(),
                 node: None,
             };
             req.auth = Some(sign_body(
