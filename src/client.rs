@@ -260,8 +260,7 @@ pub fn sign(request: &mut ServiceRequest, key: &KeyPair) -> String {
         crate::clock::now_ms(),
         key.public().to_string(),
     );
-    let body = serde_json::to_value(&body).expect("serializable");
-    request.auth = Some(security::sign_body(key, Purpose::Request, &body));
+    request.auth = Some(security::sign(key, Purpose::Request, &body));
     id
 }
 
@@ -299,7 +298,7 @@ fn verify_result(
             return Ok(m);
         }
     }
-    security::verify(&env.auth, Purpose::Result, |id| {
+    security::verify_signature(&env.auth, Purpose::Result, |id| {
         (id == agent.key_id()).then(|| agent.clone())
     })
     .map_err(|e| format!("result of {:?} does not verify: {e}", env.node))?;

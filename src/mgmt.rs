@@ -106,8 +106,7 @@ pub fn request(cmd: &str, key: Option<&KeyPair>, node: Option<&str>) -> MgmtRequ
             ts: crate::clock::now_ms(),
             node: node.map(str::to_owned),
         };
-        let body = serde_json::to_value(&body).expect("serializable");
-        req.auth = Some(security::sign_body(key, Purpose::Request, &body));
+        req.auth = Some(security::sign(key, Purpose::Request, &body));
     }
     req
 }

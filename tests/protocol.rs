@@ -18,7 +18,7 @@ use service_mgr::protocol::{
     Output, RequestBody, ResultEnvelope, ResultFrame, ResultMsg, ServiceRequest, ServiceState,
     SignedAnnounce, SinkMessage, Status, Welcome,
 };
-use service_mgr::security::{sign_body, KeyPair, Purpose};
+use service_mgr::security::{sign, sign_body, KeyPair, Purpose};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::path::PathBuf;
@@ -152,6 +152,8 @@ fn frontend_messages() {
     ours("frontend/request-signed.json", &signed, request_of);
     let body: RequestBody = RequestBody::from_signed(&signed.auth.as_ref().unwrap().body).unwrap();
     assert!(body.matches(&signed));
+    // Typed signing (what our peers do) and signing the JSON value agree byte for byte.
+    assert_eq!(Some(sign(&alice(), Purpose::Request, &body)), signed.auth);
 
     let accepted = |b: &[u8]| match FrontendReply::decode(b).unwrap() {
         FrontendReply::Accepted(a) => a,

@@ -136,7 +136,7 @@ impl Guard {
             })
         };
         let clients = &self.clients;
-        let (pk, body) = security::verify(auth, Purpose::Request, |id| clients.get(id).cloned())
+        let pk = security::verify_signature(auth, Purpose::Request, |id| clients.get(id).cloned())
             .map_err(|e| {
                 refuse(match e {
                     AuthError::UnknownKey(fp) => format!(
@@ -146,8 +146,8 @@ impl Guard {
                     other => other.to_string(),
                 })
             })?;
-        let body: RequestBody =
-            serde_json::from_value(body).map_err(|e| refuse(format!("bad signed body: {e}")))?;
+        let body = RequestBody::from_signed(&auth.body)
+            .map_err(|e| refuse(format!("bad signed body: {e}")))?;
         Ok((pk, body))
     }
 
@@ -218,7 +218,7 @@ impl Guard {
             .as_ref()
             .ok_or("this command needs a signed request: pass a client key with -k")?;
         let clients = &self.clients;
-        security::verify(auth, Purpose::Request, |id| clients.get(id).cloned())
+        security::verify_signature(auth, Purpose::Request, |id| clients.get(id).cloned())
             .map_err(|e| e.to_string())?;
         let body =
             MgmtBody::from_signed(&auth.body).map_err(|e| format!("bad signed body: {e}"))?;
@@ -239,7 +239,7 @@ impl Guard {
     /// A fresh signed presence token for our subscription.
     pub fn presence(&self, instance: &str) -> String {
         let ts = crate::clock::now_ms();
-        let signed = security::sign_body(
+        let signed = security::sign(
             &self.key,
             Purpose::Announce,
             &Presence::signed_text(instance, ts),
@@ -261,8 +261,7 @@ impl Guard {
             key: self.key.public().to_string(),
             ts: crate::clock::now_ms(),
         };
-        let body = serde_json::to_value(&body).expect("serializable");
-        a.auth = Some(security::sign_body(&self.key, Purpose::Announce, &body));
+        a.auth = Some(security::sign(&self.key, Purpose::Announce, &body));
     }
 }
 
@@ -307,11 +306,7 @@ pub fn result_frame(
         sealed,
         result: client.is_none().then(|| r.clone()),
     };
-    let auth = security::sign_body(
-        key,
-        Purpose::Result,
-        &serde_json::to_value(&body).expect("serializable"),
-    );
+    let auth = security::sign(key, Purpose::Result, &body);
     let msg = if client.is_some() {
         "signed result, sealed to the client"
     } else {

@@ -151,8 +151,8 @@ impl Gate {
         if self.keys.state_of(&auth.key) != Some(KeyState::Accepted) {
             self.look_on_disk(&auth.key);
         }
-        let pk = match self.keys.verify(auth, Purpose::Request) {
-            Ok((pk, _)) => pk,
+        let pk = match self.keys.verify_signature(auth, Purpose::Request) {
+            Ok(pk) => pk,
             Err(AuthError::UnknownKey(_)) | Err(AuthError::NotAccepted(_)) => {
                 return Err(Refused::Other(self.admit_client(auth)))
             }
@@ -199,7 +199,7 @@ impl Gate {
         let Some(pk) = claimed else {
             return "request refused: unknown client key".into();
         };
-        if security::verify(auth, Purpose::Request, |id| {
+        if security::verify_signature(auth, Purpose::Request, |id| {
             (id == pk.key_id()).then(|| pk.clone())
         })
         .is_err()
@@ -230,11 +230,11 @@ impl Gate {
                 ))
             };
         };
-        let (pk, _) =
-            security::verify_announce(auth).map_err(|e| format!("announcement refused: {e}"))?;
         // Everything the manager acts on (kind, topics, interval) is what was signed.
         let body: SignedAnnounce = serde_json::from_str(&auth.body)
             .map_err(|e| format!("announcement refused: bad signed body: {e}"))?;
+        let pk = security::verify_announced(auth, Some(&body.key))
+            .map_err(|e| format!("announcement refused: {e}"))?;
         if crate::clock::now_ms().abs_diff(body.ts) > self.window.as_millis() as u64 * 2 {
             return Err(
                 "announcement refused: stale or from the future (are the clocks in sync?)".into(),
@@ -279,10 +279,8 @@ impl Gate {
         }
         // Accepted a moment ago? One more look at the disk before refusing.
         self.look_on_disk(&signed.key);
-        match self.keys.verify(signed, Purpose::Announce) {
-            Ok((pk, _)) if pk.role() == security::Role::Agent => {
-                Grant::Private(pk.name().to_owned())
-            }
+        match self.keys.verify_signature(signed, Purpose::Announce) {
+            Ok(pk) if pk.role() == security::Role::Agent => Grant::Private(pk.name().to_owned()),
             _ => Grant::No,
         }
     }
@@ -302,9 +300,9 @@ impl Gate {
                 Err("unsigned result dropped (allow_unsigned is off)".into())
             };
         };
-        let (pk, _) = self
+        let pk = self
             .keys
-            .verify(auth, Purpose::Result)
+            .verify_signature(auth, Purpose::Result)
             .map_err(|e| format!("result dropped: {e}"))?;
         let body = SignedResult::from_signed(&auth.body)
             .map_err(|e| format!("result dropped: bad body: {e}"))?;
@@ -331,7 +329,7 @@ impl Gate {
             .as_ref()
             .ok_or("this command needs a signed request: pass a client key with -k")?;
         self.keys
-            .verify(auth, Purpose::Request)
+            .verify_signature(auth, Purpose::Request)
             .map_err(|e| e.to_string())?;
         let body =
             MgmtBody::from_signed(&auth.body).map_err(|e| format!("bad signed body: {e}"))?;
