@@ -826,6 +826,7 @@ fn watcher(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn job(expected: &[&str], results: Vec<Value>) -> Collected {
         Collected {
