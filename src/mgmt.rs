@@ -8,6 +8,7 @@ use crate::clock;
 use crate::config::{self, ManagerConfig};
 use crate::exit::Exit;
 use crate::output::{self, to_json_pretty, MgmtFormat, Style};
+use crate::protocol::mgmt::{AgentInfo, JobRecord, JobSummary};
 use crate::protocol::{self as p, MgmtBody, MgmtReply, MgmtRequest};
 use crate::security::{self, KeyPair, KeyStore, Purpose, Role};
 use crate::transport;
@@ -216,16 +217,31 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
     Ok(if ok { Exit::Ok } else { Exit::Error })
 }
 
+/// The table of a reply's result, decoded into its type; a result of
+/// another shape (another version's) is shown as JSON instead.
 fn render(view: View, result: &Value, now_ms: u64, style: Style) -> String {
-    let list = result.as_array().map_or(&[][..], Vec::as_slice);
-    match view {
-        View::Agents if list.is_empty() => "no agent has announced itself\n".into(),
-        View::Agents => output::agents_table(list, now_ms).render(style),
-        View::Jobs if list.is_empty() => "no jobs\n".into(),
-        View::Jobs => output::jobs_table(list, now_ms).render(style),
-        View::Job => output::job_view(result, now_ms, style),
-        View::Status => output::status_view(result, style),
+    fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> Option<T> {
+        T::deserialize(v).ok()
     }
+    let shown = match view {
+        View::Agents => typed::<Vec<AgentInfo>>(result).map(|list| {
+            if list.is_empty() {
+                "no agent has announced itself\n".into()
+            } else {
+                output::agents_table(&list, now_ms).render(style)
+            }
+        }),
+        View::Jobs => typed::<Vec<JobSummary>>(result).map(|list| {
+            if list.is_empty() {
+                "no jobs\n".into()
+            } else {
+                output::jobs_table(&list, now_ms).render(style)
+            }
+        }),
+        View::Job => typed::<JobRecord>(result).map(|job| output::job_view(&job, now_ms, style)),
+        View::Status => Some(output::status_view(result, style)),
+    };
+    shown.unwrap_or_else(|| format!("{}\n", to_json_pretty(result)))
 }
 
 /// `mgmt keys list|accept|reject|delete|import`: the manager's key store, edited

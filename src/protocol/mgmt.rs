@@ -207,6 +207,17 @@ pub enum AgentState {
     Stopped,
 }
 
+impl AgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Up => "up",
+            AgentState::Connecting => "connecting",
+            AgentState::Lost => "lost",
+            AgentState::Stopped => "stopped",
+        }
+    }
+}
+
 /// One entry of `manager.agents`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentInfo {
