@@ -463,7 +463,7 @@ impl Agent<'_> {
                 "Service Manager Agent Status",
                 &AgentStatus {
                     status: "running".into(),
-                    uname: mgmt::uname_of(&self.host),
+                    uname: self.host.uname(),
                     manager_endpoint: self.config.manager_endpoint.clone(),
                     sink_endpoint: self.config.sink_endpoint.clone(),
                     mgmt_endpoint: self.config.mgmt_endpoint.clone(),

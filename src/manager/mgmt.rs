@@ -61,7 +61,7 @@ impl Manager<'_> {
     fn status(&self) -> ManagerStatus {
         ManagerStatus {
             status: "running".into(),
-            uname: m::uname_of(&self.host),
+            uname: self.host.uname(),
             frontend_endpoint: self.config.frontend_endpoint.clone(),
             backend_endpoint: self.config.backend_endpoint.clone(),
             sink_endpoint: self.config.sink_endpoint.clone(),

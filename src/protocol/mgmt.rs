@@ -121,18 +121,6 @@ impl MgmtReply {
 /// 0.1's `uname` array: system, node, release, version, machine, processor.
 pub type Uname = [String; 6];
 
-/// The `uname` of a host (we report the machine as the processor too).
-pub fn uname_of(h: &crate::host::HostInfo) -> Uname {
-    [
-        h.system.clone(),
-        h.node.clone(),
-        h.release.clone(),
-        h.version.clone(),
-        h.machine.clone(),
-        h.machine.clone(),
-    ]
-}
-
 /// The endpoints the manager really bound (ports resolved), for the ready
 /// notification and `manager.status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
