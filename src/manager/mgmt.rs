@@ -1,7 +1,6 @@
 //! The manager's management commands: status, the agent registry, the job
 //! store's jobs, and a shutdown the gate must allow.
 
-use super::registry::AgentState as Registered;
 use super::Manager;
 use crate::protocol::mgmt::{self as m, AgentInfo, AgentState, ManagerStatus};
 use crate::protocol::{self as p, MgmtReply, MgmtRequest};
@@ -83,25 +82,13 @@ impl Manager<'_> {
     fn agents(&self) -> Vec<AgentInfo> {
         self.registry
             .entries()
-            .map(|e| AgentInfo {
-                node: e.node.clone(),
-                instance: e.instance.clone(),
-                system: e.system.clone(),
-                release: e.release.clone(),
-                os_version: e.os_version.clone(),
-                topics: e.topics.clone(),
-                agent_version: e.agent_version.clone(),
-                started_ms: e.started_ms,
-                last_seen_ms: e.last_seen_ms,
-                state: match e.state {
-                    // Announced but its subscriptions not yet in place: not a target yet.
-                    Registered::Up if !self.registry.is_up(&e.node) => AgentState::Connecting,
-                    Registered::Up => AgentState::Up,
-                    Registered::Lost => AgentState::Lost,
-                    Registered::Stopped => AgentState::Stopped,
-                },
-                running: e.running,
-                key: e.key.clone(),
+            .map(|e| {
+                let mut info = e.info.clone();
+                // Announced but its subscriptions not yet in place: not a target yet.
+                if info.state == AgentState::Up && !self.registry.is_up(&e.node) {
+                    info.state = AgentState::Connecting;
+                }
+                info
             })
             .collect()
     }

@@ -122,26 +122,7 @@ pub fn route(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{Announce, AnnounceKind, ANNOUNCE_UUID};
-
-    fn hello(node: &str, topics: &[&str]) -> Announce {
-        Announce {
-            kind: AnnounceKind::Hello,
-            v: 2,
-            node: node.into(),
-            instance: format!("i-{node}"),
-            system: "Linux".into(),
-            release: "r".into(),
-            os_version: "v".into(),
-            topics: topics.iter().map(|s| s.to_string()).collect(),
-            agent_version: "0.2.0".into(),
-            started_ms: 0,
-            interval_ms: 60_000,
-            running: 0,
-            auth: None,
-            uuid: ANNOUNCE_UUID.to_owned(),
-        }
-    }
+    use crate::manager::registry::hello;
 
     /// web1 and web2 up on `web`, db1 up, old1 announced but its connection gone.
     fn fleet() -> Registry {
@@ -153,7 +134,7 @@ mod tests {
             ("old1", &["any", "web", "old1"]),
         ] {
             r.connected(&format!("i-{node}"), Some(node.to_owned()));
-            r.announce(&hello(node, topics), None);
+            r.announce(&hello(node, &format!("i-{node}"), topics), None);
         }
         r.disconnected("i-old1");
         r

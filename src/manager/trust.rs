@@ -345,7 +345,6 @@ impl Gate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{AnnounceKind, ANNOUNCE_UUID};
     use crate::security::{sign_body, KeyPair, Role};
 
     /// A gate in secure mode whose store has alice (client) and web1 (agent)
@@ -516,22 +515,7 @@ mod tests {
     }
 
     fn hello(node: &str) -> Announce {
-        Announce {
-            kind: AnnounceKind::Hello,
-            v: 2,
-            node: node.into(),
-            instance: "i1".into(),
-            system: "Linux".into(),
-            release: "r".into(),
-            os_version: "v".into(),
-            topics: vec!["any".into(), node.into()],
-            agent_version: "0.2.0".into(),
-            started_ms: 0,
-            interval_ms: 2000,
-            running: 0,
-            auth: None,
-            uuid: ANNOUNCE_UUID.into(),
-        }
+        crate::manager::registry::hello(node, "i1", &["any", node])
     }
 
     fn signed_hello(key: &KeyPair, a: Announce, ts: u64) -> Announce {
