@@ -8,7 +8,7 @@ use super::{
 };
 use crate::security::Signed;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// A request as the manager publishes it on the backend, second frame after the topic.
 ///
@@ -32,10 +32,23 @@ impl Dispatch {
     /// Read a backend frame (agent side). A frame without `cmd` or `service`
     /// still yields its uuid, so that the agent can answer it with an error.
     pub fn decode(bytes: &[u8]) -> Result<Self, (Option<String>, DecodeError)> {
-        match BackendMessage::decode(bytes)? {
-            BackendMessage::Dispatch(d) => Ok(d),
-            BackendMessage::Welcome(_) => Err((None, DecodeError::Missing("uuid"))),
-        }
+        Self::from_map(decode_object(bytes, DISPATCH_LIMIT).map_err(|e| (None, e))?)
+    }
+
+    /// The dispatch in an already decoded frame (fields are moved, not copied).
+    fn from_map(mut m: Map<String, Value>) -> Result<Self, (Option<String>, DecodeError)> {
+        let uuid = take_opt_str(&mut m, "uuid").map_err(|e| (None, e))?;
+        let parsed = (|| {
+            Ok::<_, DecodeError>(Dispatch {
+                cmd: take_str(&mut m, "cmd")?,
+                service: take_str(&mut m, "service")?,
+                topic: take_opt_str(&mut m, "topic")?.unwrap_or_default(),
+                uuid: uuid.clone().ok_or(DecodeError::Missing("uuid"))?,
+                v: m.get("v").and_then(Value::as_u64),
+                auth: take_auth(&mut m)?,
+            })
+        })();
+        parsed.map_err(|e| (uuid, e))
     }
 }
 
@@ -75,7 +88,7 @@ impl BackendMessage {
     /// On error, the request's uuid when it had one, so that the agent can
     /// answer the request with the reason.
     pub fn decode(bytes: &[u8]) -> Result<Self, (Option<String>, DecodeError)> {
-        let mut m = decode_object(bytes, DISPATCH_LIMIT).map_err(|e| (None, e))?;
+        let m = decode_object(bytes, DISPATCH_LIMIT).map_err(|e| (None, e))?;
         if matches!(m.get("type"), Some(Value::String(t)) if t == "manager.welcome") {
             let v = m
                 .get("v")
@@ -86,18 +99,7 @@ impl BackendMessage {
                 v,
             }));
         }
-        let uuid = take_opt_str(&mut m, "uuid").map_err(|e| (None, e))?;
-        let parsed = (|| {
-            Ok::<_, DecodeError>(Dispatch {
-                cmd: take_str(&mut m, "cmd")?,
-                service: take_str(&mut m, "service")?,
-                topic: take_opt_str(&mut m, "topic")?.unwrap_or_default(),
-                uuid: uuid.clone().ok_or(DecodeError::Missing("uuid"))?,
-                v: m.get("v").and_then(Value::as_u64),
-                auth: take_auth(&mut m)?,
-            })
-        })();
-        parsed.map(BackendMessage::Dispatch).map_err(|e| (uuid, e))
+        Dispatch::from_map(m).map(BackendMessage::Dispatch)
     }
 }
 
