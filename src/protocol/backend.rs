@@ -182,3 +182,34 @@ impl Presence {
         Some(Presence { instance, signed })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::protocol::*;
+
+    #[test]
+    fn dispatch_roundtrip_and_missing_fields_keep_uuid() {
+        let d = Dispatch {
+            cmd: "status".into(),
+            service: "sshd".into(),
+            topic: "any".into(),
+            uuid: "abc".into(),
+            v: Some(2),
+            auth: None,
+        };
+        roundtrip(&d);
+        assert_eq!(Dispatch::decode(&encode(&d)).unwrap(), d);
+        let (uuid, err) = Dispatch::decode(br#"{"uuid": "u1", "cmd": "status"}"#).unwrap_err();
+        assert_eq!(uuid.as_deref(), Some("u1"));
+        assert!(err.to_string().contains("service"));
+    }
+
+    #[test]
+    fn backend_topics_match_exactly() {
+        assert_eq!(backend_topic("web1"), b"web1\0");
+        assert_eq!(parse_backend_topic(b"web1\0"), Some("web1"));
+        assert_eq!(parse_backend_topic(b"web1"), Some("web1"));
+        // The terminator is what makes `web1` not a prefix of `web10`.
+        assert!(!backend_topic("web10").starts_with(&backend_topic("web1")));
+    }
+}

@@ -307,3 +307,87 @@ impl FrontendReply {
             .map_err(ReplyError::NotAccepted)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::protocol::*;
+    use serde_json::json;
+
+    #[test]
+    fn request_roundtrip_and_01_shape() {
+        let r =
+            ServiceRequest::decode(br#"{"cmd": "status", "service": "sshd", "topic": "FreeBSD"}"#)
+                .unwrap();
+        assert_eq!(r.topic, "FreeBSD");
+        assert_eq!(r.v, None);
+        // What we send is exactly 0.1's object plus `v`.
+        let ours = ServiceRequest::new("status", "sshd", "FreeBSD");
+        assert_eq!(
+            serde_json::to_value(&ours).unwrap(),
+            json!({"cmd": "status", "service": "sshd", "topic": "FreeBSD", "v": 2})
+        );
+        roundtrip(&ours);
+        roundtrip(&r);
+    }
+
+    #[test]
+    fn request_rejects_bad_input_with_a_reason() {
+        let cases: &[(&[u8], &str)] = &[
+            (b"not json", "JSON format"),
+            (b"[1,2]", "an array"),
+            (b"\xff\xfe", "UTF-8"),
+            (br#"{"cmd": "status", "service": "sshd"}"#, "topic"),
+            (
+                br#"{"cmd": "status", "service": "sshd", "topic": 5}"#,
+                "`topic` must be a string",
+            ),
+            (br#"{"cmd": 1, "service": "sshd", "topic": "any"}"#, "`cmd`"),
+        ];
+        for (bytes, needle) in cases {
+            let err = ServiceRequest::decode(bytes).unwrap_err().to_string();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
+        let big = vec![b' '; REQUEST_LIMIT + 1];
+        assert!(matches!(
+            ServiceRequest::decode(&big),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn accepted_roundtrip_and_01_shape() {
+        let a: Accepted =
+            serde_json::from_str(r#"{"uuid": "f569796669df4bf6982dd14c704900a0", "port": 5701}"#)
+                .unwrap();
+        assert_eq!(a.port, 5701);
+        assert_eq!(a.expected, None);
+        roundtrip(&a);
+        let ours = Accepted {
+            v: Some(2),
+            expected: Some(vec!["web1".into()]),
+            ..a
+        };
+        roundtrip(&ours);
+    }
+
+    #[test]
+    fn narrowed_targets_and_dry_run() {
+        let r = ServiceRequest::decode(
+            br#"{"cmd": "restart", "service": "nginx", "nodes": ["web1", "web2"]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.topic, "any");
+        assert_eq!(
+            r.nodes.as_deref(),
+            Some(&["web1".to_string(), "web2".to_string()][..])
+        );
+        roundtrip(&r);
+        let r = ServiceRequest::decode(br#"{"cmd": "status", "service": "x", "topic": "Linux", "glob": "web*", "dry_run": true}"#).unwrap();
+        assert!(r.dry_run);
+        assert_eq!(r.glob.as_deref(), Some("web*"));
+        roundtrip(&r);
+        let err = ServiceRequest::decode(br#"{"cmd": "status", "service": "x", "nodes": [1]}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("`nodes`"));
+    }
+}

@@ -301,3 +301,27 @@ pub fn answer(frames: &[Vec<u8>], handle: impl FnOnce(&MgmtRequest) -> MgmtReply
     };
     super::encode(&reply)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::protocol::*;
+    use serde_json::json;
+
+    #[test]
+    fn mgmt_roundtrip_and_errors() {
+        let req = MgmtRequest::decode(br#"{"cmd": "manager.status"}"#).unwrap();
+        assert_eq!(req.cmd, MANAGER_STATUS);
+        roundtrip(&req);
+        assert!(MgmtRequest::decode(b"{}")
+            .unwrap_err()
+            .to_string()
+            .contains("cmd"));
+        let reply = MgmtReply::ok("Service Manager Status", Some(json!({"status": "running"})));
+        roundtrip(&reply);
+        assert_eq!(
+            serde_json::to_value(MgmtReply::error("nope")).unwrap(),
+            json!({"success": -1, "msg": "nope"})
+        );
+        roundtrip(&ErrorReply::new("x"));
+    }
+}

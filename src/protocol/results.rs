@@ -270,3 +270,118 @@ impl ResultFrame {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::protocol::*;
+    use serde_json::{json, Value};
+
+    /// The README's FreeBSD `status sshd` answer, byte for byte what 0.1 agents send.
+    const GOLDEN_01_RESULT: &str = include_str!("../../tests/fixtures/results/result-0.1.json");
+    /// The README's Debian `status dummy` answer from the discovery example.
+    const GOLDEN_01_UNRECOGNIZED: &str =
+        include_str!("../../tests/fixtures/results/result-0.1-unrecognized.json");
+
+    #[test]
+    fn golden_01_results_decode_and_reencode_unchanged() {
+        for golden in [GOLDEN_01_RESULT, GOLDEN_01_UNRECOGNIZED] {
+            let r: ResultMsg = serde_json::from_str(golden).unwrap();
+            // Re-encoding a 0.1 result adds nothing: the client prints what the agent sent.
+            let original: Value = serde_json::from_str(golden).unwrap();
+            assert_eq!(serde_json::to_value(&r).unwrap(), original);
+            roundtrip(&r);
+        }
+        let ok: ResultMsg = serde_json::from_str(GOLDEN_01_RESULT).unwrap();
+        assert_eq!(ok.node(), Some("fbsd-dev"));
+        assert_eq!(ok.effective_status(), Status::Ok);
+        let bad: ResultMsg = serde_json::from_str(GOLDEN_01_UNRECOGNIZED).unwrap();
+        assert_eq!(bad.effective_status(), Status::Failed);
+    }
+
+    #[test]
+    fn output_accepts_string_and_list_of_lines() {
+        let lines: ResultMsg = serde_json::from_value(json!({
+            "msg": "Executed service status request",
+            "result": {"node": "n", "service": "s", "returncode": 0,
+                       "stdout": ["a\n", "b\n"], "stderr": [], "system": "Linux", "version": "v"},
+            "uuid": "u"
+        }))
+        .unwrap();
+        let r = lines.result.as_ref().unwrap();
+        assert_eq!(r.stdout.text(), "a\nb\n");
+        assert_eq!(r.stderr.text(), "");
+        roundtrip(&lines);
+    }
+
+    #[test]
+    fn error_results_of_01_decode() {
+        let r: ResultMsg = serde_json::from_value(json!({
+            "success": -1, "msg": "Unable to determine location to service(8)",
+            "node": "h1", "uuid": "u"}))
+        .unwrap();
+        assert_eq!(r.node(), Some("h1"));
+        assert_eq!(r.effective_status(), Status::Failed);
+        roundtrip(&r);
+    }
+
+    #[test]
+    fn our_result_roundtrip() {
+        let r = ResultMsg {
+            msg: "Executed service status request".into(),
+            success: None,
+            result: Some(ExecResult {
+                node: "web1".into(),
+                service: "nginx".into(),
+                returncode: 3,
+                stdout: Output::Text("stopped\n".into()),
+                stderr: Output::default(),
+                system: "Linux".into(),
+                version: "#1 SMP".into(),
+            }),
+            uuid: Some("u".into()),
+            v: Some(2),
+            node: Some("web1".into()),
+            status: Some(Status::Failed),
+            cmd: Some("status".into()),
+            duration_ms: Some(12),
+            truncated: false,
+            state: Some(ServiceState::Stopped),
+        };
+        roundtrip(&r);
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v["status"], "failed");
+        assert!(v.get("truncated").is_none());
+    }
+
+    #[test]
+    fn status_answers_map_to_states() {
+        use ServiceState::*;
+        assert_eq!(
+            ServiceState::from_status(0, "sshd is running as pid 1768.\n", ""),
+            Running
+        );
+        assert_eq!(ServiceState::from_status(3, "", ""), Stopped);
+        assert_eq!(
+            ServiceState::from_status(1, "", "dummy: unrecognized service\n"),
+            UnknownService
+        );
+        assert_eq!(
+            ServiceState::from_status(
+                1,
+                "dummy does not exist in /etc/rc.d or the local startup\n",
+                ""
+            ),
+            UnknownService
+        );
+        assert_eq!(
+            ServiceState::from_status(4, "Unit x.service could not be found.", ""),
+            UnknownService
+        );
+        // Exit 0 with "not found" text is still not "running".
+        assert_eq!(
+            ServiceState::from_status(0, "", "Unit foo.service could not be found."),
+            UnknownService
+        );
+        assert_eq!(ServiceState::from_status(150, "", ""), Error);
+    }
+}

@@ -348,3 +348,53 @@ fn refused(text: &str, e: serde_json::Error) -> DecodeError {
     };
     DecodeError::NotObject(kind)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::protocol::*;
+
+    #[test]
+    fn announcements_and_results_on_the_sink() {
+        let a = Announce {
+            kind: AnnounceKind::Hello,
+            v: 2,
+            node: "web1".into(),
+            instance: "i1".into(),
+            system: "Linux".into(),
+            release: "6.1".into(),
+            os_version: "#1".into(),
+            topics: vec!["any".into(), "web1".into()],
+            agent_version: "0.2.0".into(),
+            started_ms: 1,
+            interval_ms: 2000,
+            running: 0,
+            auth: None,
+            uuid: ANNOUNCE_UUID.to_owned(),
+        };
+        roundtrip(&a);
+        assert_eq!(serde_json::to_value(&a).unwrap()["type"], "agent.hello");
+        assert_eq!(
+            SinkMessage::decode(&encode(&a)).unwrap(),
+            SinkMessage::Announce(a)
+        );
+        match SinkMessage::decode(include_bytes!(
+            "../../tests/fixtures/results/result-0.1.json"
+        ))
+        .unwrap()
+        {
+            SinkMessage::Result {
+                uuid, node, status, ..
+            } => {
+                assert_eq!(uuid, "f569796669df4bf6982dd14c704900a0");
+                assert_eq!(node.as_deref(), Some("fbsd-dev"));
+                assert_eq!(status, Status::Ok);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(SinkMessage::decode(br#"{"msg": "x"}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("uuid"));
+        assert!(SinkMessage::decode(br#"{"type": "agent.hello"}"#).is_err());
+    }
+}
