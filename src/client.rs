@@ -8,14 +8,15 @@ use crate::exit::{Exit, UsageError};
 use crate::logging;
 use crate::output::{self, Format};
 use crate::protocol::{
-    self as p, Accepted, RequestBody, ResultEnvelope, ServiceRequest, SignedResult,
+    self as p, Accepted, FollowRecord, FollowRequest, FrontendReply, RequestBody, ResultEnvelope,
+    ResultFrame, ServiceRequest, SignedResult,
 };
 use crate::report::{NodeResult, Report, Status};
 use crate::security::{self, KeyPair, PublicKey, Purpose};
 use crate::transport;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use slog::{debug, Logger};
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -253,51 +254,30 @@ pub fn load_key(explicit: Option<&std::path::Path>) -> Result<Option<std::sync::
 /// Returns the request's id, which every signed result must name.
 pub fn sign(request: &mut ServiceRequest, key: &KeyPair) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let body = RequestBody {
-        cmd: request.cmd.clone(),
-        service: request.service.clone(),
-        topic: request.topic.clone(),
-        nodes: request.nodes.clone(),
-        glob: request.glob.clone(),
-        id: id.clone(),
-        ts: crate::clock::now_ms(),
-        client: key.public().to_string(),
-        dry_run: request.dry_run,
-    };
-    let body = serde_json::to_value(&body).expect("serializable");
-    request.auth = Some(security::sign_body(key, Purpose::Request, &body));
+    let body = RequestBody::for_request(
+        request,
+        id.clone(),
+        crate::clock::now_ms(),
+        key.public().to_string(),
+    );
+    request.auth = Some(security::sign(key, Purpose::Request, &body));
     id
 }
 
-/// Check a signed result against the key the manager reported for its node,
-/// and open its sealed content. Unsigned results (0.1 agents, the manager's own
+/// Check a result against the key the manager reported for its node, and
+/// open its sealed content. Unsigned results (0.1 agents, the manager's own
 /// `no_response`) pass unchanged.
 fn verify_result(
-    obj: Map<String, Value>,
+    frame: ResultFrame,
     accepted: &Accepted,
     key: Option<&KeyPair>,
     request_id: Option<&str>,
 ) -> Result<Map<String, Value>, String> {
-    if !obj.contains_key("auth") {
-        // Unsigned: fine from a 0.1 agent (no key known for it), and for the
-        // manager's own no_response; not from a node whose key we hold.
-        let node = obj.get("node").and_then(Value::as_str).unwrap_or_default();
-        let keyed = accepted
-            .agent_keys
-            .as_ref()
-            .is_some_and(|k| k.contains_key(node));
-        if keyed
-            && key.is_some()
-            && obj.get("status").and_then(Value::as_str) != Some("no_response")
-        {
-            return Err(format!(
-                "unsigned result for node {node:?}, whose key is known: not accepted"
-            ));
-        }
-        return Ok(obj);
-    }
-    let env: ResultEnvelope = serde_json::from_value(Value::Object(obj))
-        .map_err(|e| format!("malformed signed result: {e}"))?;
+    let env = match frame {
+        ResultFrame::Plain(obj) => return check_unsigned(obj, accepted, key),
+        ResultFrame::BadSigned { why, .. } => return Err(why),
+        ResultFrame::Signed(env) => env,
+    };
     let line = accepted
         .agent_keys
         .as_ref()
@@ -311,15 +291,18 @@ fn verify_result(
     let agent: PublicKey = line
         .parse()
         .map_err(|e| format!("bad agent key from the manager: {e}"))?;
-    if let Some(m) = opened_from(&env, &agent, &accepted.uuid, key) {
-        return Ok(m);
+    // The signed text is decoded once, for the seal and for the signature path.
+    let body = SignedResult::from_signed(&env.auth.body);
+    if let Ok(body) = &body {
+        if let Some(m) = opened_from(&env, body, &agent, &accepted.uuid, key) {
+            return Ok(m);
+        }
     }
-    let (_, body) = security::verify(&env.auth, Purpose::Result, |id| {
+    security::verify_signature(&env.auth, Purpose::Result, |id| {
         (id == agent.key_id()).then(|| agent.clone())
     })
     .map_err(|e| format!("result of {:?} does not verify: {e}", env.node))?;
-    let body: SignedResult =
-        serde_json::from_value(body).map_err(|e| format!("bad signed result: {e}"))?;
+    let body = body.map_err(|e| format!("bad signed result: {e}"))?;
     if body.uuid != accepted.uuid || body.node != env.node {
         return Err(format!(
             "result of {:?} was signed for another job or node",
@@ -351,21 +334,42 @@ fn verify_result(
     match inner {
         // What is shown is the inside: it must name the node and job signed for,
         // or one accepted agent could answer in another's name.
-        Value::Object(m)
-            if m.get("node").and_then(Value::as_str) != Some(env.node.as_str())
-                || m.get("uuid").and_then(Value::as_str) != Some(accepted.uuid.as_str()) =>
-        {
-            Err(format!(
-                "result signed by {:?} names another node or job inside",
-                env.node
-            ))
-        }
+        Value::Object(m) if !names(&m, &env.node, &accepted.uuid) => Err(format!(
+            "result signed by {:?} names another node or job inside",
+            env.node
+        )),
         Value::Object(mut m) => {
             m.insert("verified".into(), Value::Bool(true));
             Ok(m)
         }
         _ => Err("sealed result is not an object".into()),
     }
+}
+
+/// An unsigned result is fine from a 0.1 agent (no key known for it), and
+/// for the manager's own no_response; not from a node whose key we hold.
+fn check_unsigned(
+    obj: Map<String, Value>,
+    accepted: &Accepted,
+    key: Option<&KeyPair>,
+) -> Result<Map<String, Value>, String> {
+    let node = obj.get("node").and_then(Value::as_str).unwrap_or_default();
+    let keyed = accepted
+        .agent_keys
+        .as_ref()
+        .is_some_and(|k| k.contains_key(node));
+    if keyed && key.is_some() && obj.get("status").and_then(Value::as_str) != Some("no_response") {
+        return Err(format!(
+            "unsigned result for node {node:?}, whose key is known: not accepted"
+        ));
+    }
+    Ok(obj)
+}
+
+/// Whether a result object names this node and job.
+fn names(m: &Map<String, Value>, node: &str, uuid: &str) -> bool {
+    m.get("node").and_then(Value::as_str) == Some(node)
+        && m.get("uuid").and_then(Value::as_str) == Some(uuid)
 }
 
 /// A result the agent sealed from its own x25519 key needs no signature
@@ -375,23 +379,21 @@ fn verify_result(
 /// over a large fleet. Anything else (`None`) takes the signature path.
 fn opened_from(
     env: &ResultEnvelope,
+    body: &SignedResult,
     agent: &PublicKey,
     uuid: &str,
     key: Option<&KeyPair>,
 ) -> Option<Map<String, Value>> {
     let key = key?;
-    let body: SignedResult = serde_json::from_str(&env.auth.body).ok()?;
-    let sealed = body.sealed?;
+    let sealed = body.sealed.as_ref()?;
     if sealed.epk != agent.box_key_base64() {
         return None;
     }
-    let plain = security::open(key, &sealed).ok()?;
+    let plain = security::open(key, sealed).ok()?;
     let Ok(Value::Object(mut m)) = serde_json::from_slice::<Value>(&plain) else {
         return None;
     };
-    if m.get("uuid").and_then(Value::as_str) != Some(uuid)
-        || m.get("node").and_then(Value::as_str) != Some(env.node.as_str())
-    {
+    if !names(&m, &env.node, uuid) {
         return None;
     }
     m.insert("verified".into(), Value::Bool(true));
@@ -438,9 +440,7 @@ pub fn follow(
     log: &Logger,
     watch: Option<Watch<'_>>,
 ) -> Result<Collected> {
-    // `topic` keeps a 0.1 manager alive (it dies on a request without one);
-    // no agent subscribes to it.
-    let payload = p::encode(&json!({ "v": p::PROTOCOL_VERSION, "job": job, "topic": "!follow" }));
+    let payload = p::encode(&FollowRequest::new(job));
     exchange(ctx, req, &payload, None, log, watch)
 }
 
@@ -477,10 +477,11 @@ fn exchange(
     let host = transport::endpoint_host(&req.endpoint)
         .with_context(|| format!("endpoint {} is not tcp://HOST:PORT", req.endpoint))?;
     let reply = transport::request(ctx, &req.endpoint, payload, req.timeout, req.retries)?;
-    if let Some(done) = from_record(&reply, req.key.as_deref(), started)? {
-        return Ok(done);
-    }
-    let accepted = parse_accept(&reply)?;
+    let accepted = match FrontendReply::decode(&reply)? {
+        FrontendReply::Record(r) => return Ok(from_record(*r, req.key.as_deref(), started)),
+        FrontendReply::Refused(e) => bail!("the manager refused the request: {}", e.msg),
+        FrontendReply::Accepted(a) => a,
+    };
     debug!(log, "request accepted"; "uuid" => &accepted.uuid, "port" => accepted.port,
         "expected" => ?accepted.expected, "unregistered" => ?accepted.unregistered);
 
@@ -531,21 +532,14 @@ fn exchange(
             if topic.as_slice() != accepted.uuid.as_bytes() {
                 continue;
             }
-            let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(body) else {
+            let Ok(frame) = ResultFrame::decode(body) else {
                 debug!(log, "unreadable result ignored");
                 continue;
             };
-            let node = obj.get("node").and_then(Value::as_str).map(str::to_owned);
+            let node = frame.node().map(|n| Value::String(n.to_owned()));
             // A result that does not verify is reported as such, never shown as the node's answer.
-            let obj = verify_result(obj, &accepted, req.key.as_deref(), request_id).unwrap_or_else(
-                |why| {
-                    unverified(
-                        why,
-                        node.map(Value::String).unwrap_or(Value::Null),
-                        &accepted.uuid,
-                    )
-                },
-            );
+            let obj = verify_result(frame, &accepted, req.key.as_deref(), request_id)
+                .unwrap_or_else(|why| unverified(why, node.unwrap_or(Value::Null), &accepted.uuid));
             match node_of(&obj) {
                 // The manager replays a job's results to a new subscriber; one per node.
                 Some(n) if !seen.insert(n.clone()) => continue,
@@ -583,54 +577,45 @@ fn unverified(why: String, node: Value, uuid: &str) -> Map<String, Value> {
 
 /// A job the manager no longer holds in memory comes back whole from its job
 /// store: every result it recorded, checked as if it had just arrived.
-fn from_record(reply: &[u8], key: Option<&KeyPair>, started: Instant) -> Result<Option<Collected>> {
-    let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(reply) else {
-        return Ok(None);
-    };
-    let Some(record) = obj.remove("record") else {
-        return Ok(None);
-    };
-    let uuid = record["uuid"].as_str().unwrap_or_default().to_owned();
-    let expected: Vec<String> =
-        serde_json::from_value(record["expected"].clone()).unwrap_or_default();
+fn from_record(reply: FollowRecord, key: Option<&KeyPair>, started: Instant) -> Collected {
+    let FollowRecord {
+        agent_keys, record, ..
+    } = reply;
     let accepted = Accepted {
-        uuid: uuid.clone(),
+        uuid: record.uuid.clone(),
         port: 0,
         v: Some(p::PROTOCOL_VERSION),
-        expected: Some(expected.clone()),
+        expected: Some(record.expected.clone()),
         unregistered: None,
-        agent_keys: serde_json::from_value(obj.remove("agent_keys").unwrap_or_default()).ok(),
+        agent_keys: Some(agent_keys),
     };
     let mut results = Vec::new();
-    for r in record["results"].as_array().into_iter().flatten() {
-        let Value::Object(m) = r["result"].clone() else {
+    for r in record.results {
+        // A stored no_response has no result: the report lists the node as silent.
+        let Value::Object(m) = r.result else {
             continue;
         };
-        let node = r["node"].clone();
-        let checked = verify_result(m, &accepted, key, None)
-            .unwrap_or_else(|why| unverified(why, node, &uuid));
+        let frame = ResultFrame::from_object(m);
+        let checked = verify_result(frame, &accepted, key, None)
+            .unwrap_or_else(|why| unverified(why, Value::String(r.node), &record.uuid));
         results.push(Value::Object(checked));
     }
-    Ok(Some(Collected {
-        uuid,
-        expected: Some(expected),
+    Collected {
+        uuid: record.uuid,
+        expected: Some(record.expected),
         results,
         elapsed: started.elapsed(),
         waited: Duration::ZERO,
-    }))
+    }
 }
 
+/// The manager's answer to a request: where its results appear, or why not.
 fn parse_accept(reply: &[u8]) -> Result<Accepted> {
-    let obj =
-        p::decode_object(reply, p::RESULT_LIMIT).context("the manager's answer is unreadable")?;
-    if obj.get("success").and_then(Value::as_i64) == Some(-1) {
-        let msg = obj
-            .get("msg")
-            .and_then(Value::as_str)
-            .unwrap_or("no reason given");
-        bail!("the manager refused the request: {msg}");
+    match FrontendReply::decode(reply)? {
+        FrontendReply::Accepted(a) => Ok(a),
+        FrontendReply::Refused(e) => bail!("the manager refused the request: {}", e.msg),
+        FrontendReply::Record(_) => bail!("the manager answered a request with a job record"),
     }
-    serde_json::from_value(Value::Object(obj)).context("the manager's answer lacks uuid or port")
 }
 
 /// Every node's outcome, the answers first (0.1 fields kept, `status` added),
@@ -841,6 +826,7 @@ fn watcher(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn job(expected: &[&str], results: Vec<Value>) -> Collected {
         Collected {
@@ -881,8 +867,14 @@ mod tests {
             "agent_keys": {"web1": web1.public().to_string(), "web2": web2.public().to_string()},
         }))
         .unwrap();
-        let check =
-            |m: Map<String, Value>| verify_result(m, &accepted, Some(&client), Some("req-1"));
+        let check = |m: Map<String, Value>| {
+            verify_result(
+                ResultFrame::from_object(m),
+                &accepted,
+                Some(&client),
+                Some("req-1"),
+            )
+        };
 
         let good = check(sealed_result(&web1, "web1", "job-1", &client)).unwrap();
         assert_eq!(good["verified"], true);

@@ -1,6 +1,6 @@
 //! Facts about this host that agents report and subscribe by (0.1 used Python's `platform`).
 
-use serde_json::{json, Value};
+use crate::protocol::mgmt::Uname;
 
 /// uname(2) fields, read once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,15 +28,16 @@ impl HostInfo {
         }
     }
 
-    /// 0.1's `uname` array: system, node, release, version, machine, processor.
-    pub fn uname_json(&self) -> Value {
-        json!([
-            self.system,
-            self.node,
-            self.release,
-            self.version,
-            self.machine,
-            self.machine
-        ])
+    /// 0.1's `uname` array: system, node, release, version, machine, processor
+    /// (we report the machine as the processor too).
+    pub fn uname(&self) -> Uname {
+        [
+            self.system.clone(),
+            self.node.clone(),
+            self.release.clone(),
+            self.version.clone(),
+            self.machine.clone(),
+            self.machine.clone(),
+        ]
     }
 }

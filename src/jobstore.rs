@@ -48,6 +48,7 @@ use redb::{
     WriteTransaction,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::{hash_map::Entry, BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -120,16 +121,7 @@ from_redb!(
 /// Result of the store's operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// One node's answer to a job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NodeResult {
-    pub node: String,
-    /// `ok`, `failed`, `timeout`, `refused` or [`NO_RESPONSE`] (`protocol::Status`).
-    pub status: String,
-    pub received_ms: u64,
-    /// The result message as the agent sent it (`null` for `no_response`).
-    pub result: Value,
-}
+pub use crate::protocol::mgmt::{JobRecord, JobSummary, NodeResult};
 
 /// The same, borrowed, so that `apply` serializes without cloning results.
 #[derive(Serialize)]
@@ -137,42 +129,11 @@ struct NodeResultRef<'a> {
     node: &'a str,
     status: &'a str,
     received_ms: u64,
-    result: &'a Value,
-}
-
-/// A job with all its results (ordered by node name).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobRecord {
-    pub uuid: String,
-    /// Unix time in milliseconds.
-    pub created_ms: u64,
-    /// The request as dispatched (cmd, service, target...); `null` for a stub
-    /// created by a result whose job the store did not know.
-    pub request: Value,
-    /// The nodes the request is known to have reached.
-    pub expected: Vec<String>,
-    pub results: Vec<NodeResult>,
-    pub finished_ms: Option<u64>,
-    /// Results dropped because their node had already answered differently.
-    pub conflicts: u64,
-}
-
-/// A job without its results, for listings.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct JobSummary {
-    pub uuid: String,
-    pub created_ms: u64,
-    pub request: Value,
-    pub expected_count: usize,
-    /// Nodes with a real result (`no_response` placeholders not counted).
-    pub answered_count: usize,
-    /// Stored results per status, `no_response` included.
-    pub status_counts: BTreeMap<String, usize>,
-    pub finished_ms: Option<u64>,
+    result: &'a RawValue,
 }
 
 /// A change to the store; the manager batches those of one poll-loop round.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum StoreEvent {
     /// The manager dispatched a request.
     NewJob {
@@ -181,13 +142,14 @@ pub enum StoreEvent {
         request: Value,
         expected: Vec<String>,
     },
-    /// A node answered (`result` is the agent's whole result message).
+    /// A node answered (`result` is the agent's whole result message, as
+    /// received: stored without being decoded or re-encoded).
     Result {
         uuid: String,
         node: String,
         status: String,
         received_ms: u64,
-        result: Value,
+        result: Box<RawValue>,
     },
     /// An expected node did not answer in time.
     NoResponse {
@@ -363,8 +325,8 @@ impl JobStore {
                         status,
                         result,
                         ..
-                    } => (node, &**status, result),
-                    StoreEvent::NoResponse { node, .. } => (node, NO_RESPONSE, &Value::Null),
+                    } => (node, &**status, &**result),
+                    StoreEvent::NoResponse { node, .. } => (node, NO_RESPONSE, RawValue::NULL),
                     StoreEvent::Finished { .. } => {
                         p.finished_ms.get_or_insert(at_ms);
                         continue;
@@ -565,7 +527,9 @@ impl<'tx> Tables<'tx> {
         if let Some(prev) = self.results.get(key)? {
             let prev: NodeResult = decode(prev.value(), uuid)?;
             if prev.status != NO_RESPONSE || row.status == NO_RESPONSE {
-                let differs = prev.status != row.status || prev.result != *row.result;
+                // Rare (a repeated answer): only then is the new one decoded.
+                let differs = prev.status != row.status
+                    || serde_json::from_str::<Value>(row.result.get()).ok() != Some(prev.result);
                 if row.status != NO_RESPONSE && differs {
                     p.conflicts += 1;
                 }
@@ -629,7 +593,10 @@ mod tests {
             node: node.into(),
             status: status.into(),
             received_ms: 2000,
-            result: json!({"node": node, "returncode": rc, "stdout": "sshd is running\n"}),
+            result: serde_json::value::to_raw_value(
+                &json!({"node": node, "returncode": rc, "stdout": "sshd is running\n"}),
+            )
+            .unwrap(),
         }
     }
 

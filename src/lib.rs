@@ -9,7 +9,14 @@
 //!   with one `run` and its own clap arguments.
 //! - [`report`]: the client's typed report; [`output`]: formats, tables and
 //!   colour, rendering reports and management replies.
-//! - [`protocol`]: every wire message, decoders for untrusted bytes, limits.
+//! - [`protocol`]: every wire message, one file per socket (frontend, backend,
+//!   sink, results, mgmt), each frame decoded once at the edge; limits.
+//!   Golden copies of each message are in `tests/fixtures/`.
+//! - [`manager`]: the loop and sockets in `mod.rs`; `frontend` (requests,
+//!   follow), `routing` (who must answer: a pure function), `backend`
+//!   (subscriptions, presence), `sink` (results, announcements, departures),
+//!   `mgmt`, `registry` (the agents), `trust` (the gate). [`agent`]: the loop,
+//!   `guard` (its checks and signatures), `exec`, `simulate`.
 //! - [`config`], [`logging`], [`runtime`], [`transport`], [`host`], [`exit`],
 //!   [`args`]: what the roles share.
 //!

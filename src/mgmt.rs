@@ -8,12 +8,13 @@ use crate::clock;
 use crate::config::{self, ManagerConfig};
 use crate::exit::Exit;
 use crate::output::{self, to_json_pretty, MgmtFormat, Style};
-use crate::protocol::{self as p, MgmtReply, MgmtRequest};
+use crate::protocol::mgmt::{AgentInfo, JobRecord, JobSummary};
+use crate::protocol::{self as p, MgmtBody, MgmtReply, MgmtRequest};
 use crate::security::{self, KeyPair, KeyStore, Purpose, Role};
 use crate::transport;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -100,9 +101,13 @@ pub fn call_cmd(endpoint: &str, cmd: &str, timeout: Duration, retries: u32) -> R
 pub fn request(cmd: &str, key: Option<&KeyPair>, node: Option<&str>) -> MgmtRequest {
     let mut req = MgmtRequest::new(cmd);
     if let (true, Some(key)) = (signed(cmd), key) {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let body = json!({"cmd": cmd, "id": id, "ts": clock::now_ms(), "node": node});
-        req.auth = Some(security::sign_body(key, Purpose::Request, &body));
+        let body = MgmtBody {
+            cmd: cmd.to_owned(),
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            ts: crate::clock::now_ms(),
+            node: node.map(str::to_owned),
+        };
+        req.auth = Some(security::sign(key, Purpose::Request, &body));
     }
     req
 }
@@ -212,16 +217,31 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
     Ok(if ok { Exit::Ok } else { Exit::Error })
 }
 
+/// The table of a reply's result, decoded into its type; a result of
+/// another shape (another version's) is shown as JSON instead.
 fn render(view: View, result: &Value, now_ms: u64, style: Style) -> String {
-    let list = result.as_array().map_or(&[][..], Vec::as_slice);
-    match view {
-        View::Agents if list.is_empty() => "no agent has announced itself\n".into(),
-        View::Agents => output::agents_table(list, now_ms).render(style),
-        View::Jobs if list.is_empty() => "no jobs\n".into(),
-        View::Jobs => output::jobs_table(list, now_ms).render(style),
-        View::Job => output::job_view(result, now_ms, style),
-        View::Status => output::status_view(result, style),
+    fn typed<T: serde::de::DeserializeOwned>(v: &Value) -> Option<T> {
+        T::deserialize(v).ok()
     }
+    let shown = match view {
+        View::Agents => typed::<Vec<AgentInfo>>(result).map(|list| {
+            if list.is_empty() {
+                "no agent has announced itself\n".into()
+            } else {
+                output::agents_table(&list, now_ms).render(style)
+            }
+        }),
+        View::Jobs => typed::<Vec<JobSummary>>(result).map(|list| {
+            if list.is_empty() {
+                "no jobs\n".into()
+            } else {
+                output::jobs_table(&list, now_ms).render(style)
+            }
+        }),
+        View::Job => typed::<JobRecord>(result).map(|job| output::job_view(&job, now_ms, style)),
+        View::Status => Some(output::status_view(result, style)),
+    };
+    shown.unwrap_or_else(|| format!("{}\n", to_json_pretty(result)))
 }
 
 /// `mgmt keys list|accept|reject|delete|import`: the manager's key store, edited

@@ -5,9 +5,12 @@
 //! never when `NO_COLOR` is set (<https://no-color.org>). Text that came from
 //! a node is cleaned of control characters before it reaches the terminal.
 
+use crate::protocol::mgmt::{AgentInfo, JobRecord, JobSummary};
+use crate::protocol::Status;
 use crate::report::{NodeResult, Report, Summary};
 use clap::ValueEnum;
 use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::io::{IsTerminal, Write};
 
@@ -415,8 +418,17 @@ pub fn to_json_pretty(v: &impl serde::Serialize) -> String {
     String::from_utf8(out).expect("serde_json writes UTF-8")
 }
 
+/// `-` for an empty cell.
+fn or_dash(s: &str) -> String {
+    if s.is_empty() {
+        "-".to_owned()
+    } else {
+        s.to_owned()
+    }
+}
+
 /// `manager.agents`: one row per agent.
-pub fn agents_table(agents: &[Value], now_ms: u64) -> Table {
+pub fn agents_table(agents: &[AgentInfo], now_ms: u64) -> Table {
     let mut t = Table::new(&[
         "NODE",
         "STATE",
@@ -427,31 +439,22 @@ pub fn agents_table(agents: &[Value], now_ms: u64) -> Table {
         ">RUNNING",
     ]);
     for a in agents {
-        let s = |k: &str| text_or_dash(a.get(k));
-        let state = s("state");
-        let topics: Vec<&str> = a["topics"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .collect();
-        let seen = a["last_seen_ms"]
-            .as_u64()
-            .map_or_else(|| "-".into(), |t| ago(now_ms.saturating_sub(t)));
+        let state = a.state.as_str();
         t.row(vec![
-            (s("node"), Tone::Plain),
-            (state.clone(), Tone::of_status(&state)),
-            (s("system"), Tone::Plain),
-            (topics.join(","), Tone::Plain),
-            (seen, Tone::Plain),
-            (s("agent_version"), Tone::Plain),
-            (s("running"), Tone::Plain),
+            (or_dash(&a.node), Tone::Plain),
+            (state.to_owned(), Tone::of_status(state)),
+            (or_dash(&a.system), Tone::Plain),
+            (a.topics.join(","), Tone::Plain),
+            (ago(now_ms.saturating_sub(a.last_seen_ms)), Tone::Plain),
+            (or_dash(&a.agent_version), Tone::Plain),
+            (a.running.to_string(), Tone::Plain),
         ]);
     }
     t
 }
 
-/// Where a request went: its topic, narrowed by nodes and glob.
+/// Where a request went: its topic, narrowed by nodes and glob. The job
+/// store keeps the request as it was dispatched (`null` for a stub).
 fn target(request: &Value) -> String {
     let mut parts = vec![text_or_dash(request.get("topic"))];
     if let Some(nodes) = request["nodes"].as_array() {
@@ -464,42 +467,17 @@ fn target(request: &Value) -> String {
     parts.join(" ")
 }
 
-/// `2 ok, 1 failed` from a job's `statuses` counts.
-fn statuses(job: &Value) -> String {
-    // The job store's summaries call it status_counts.
-    let counts = if job["status_counts"].is_object() {
-        &job["status_counts"]
-    } else {
-        &job["statuses"]
-    };
-    let list: Vec<String> = counts
-        .as_object()
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, v)| Some(format!("{} {k}", v.as_u64()?)))
-        .collect();
-    if list.is_empty() {
-        "-".into()
-    } else {
-        list.join(", ")
+/// `2 ok, 1 failed` from counts per status.
+fn statuses(counts: &BTreeMap<String, usize>) -> String {
+    if counts.is_empty() {
+        return "-".into();
     }
-}
-
-/// `answered/expected`, with `+N` for pending nodes.
-fn answered(job: &Value) -> String {
-    // Job store summaries carry counts; in-memory ones the lists.
-    let expected = job["expected_count"]
-        .as_u64()
-        .unwrap_or_else(|| job["expected"].as_array().map_or(0, |e| e.len() as u64));
-    let answered = job["answered_count"]
-        .as_u64()
-        .or(job["answered"].as_u64())
-        .unwrap_or(0);
-    format!("{answered}/{expected}")
+    let list: Vec<String> = counts.iter().map(|(k, n)| format!("{n} {k}")).collect();
+    list.join(", ")
 }
 
 /// `manager.jobs`: one row per job, newest first (as the manager sends them).
-pub fn jobs_table(jobs: &[Value], now_ms: u64) -> Table {
+pub fn jobs_table(jobs: &[JobSummary], now_ms: u64) -> Table {
     let mut t = Table::new(&[
         "JOB",
         ">AGE",
@@ -510,45 +488,48 @@ pub fn jobs_table(jobs: &[Value], now_ms: u64) -> Table {
         "STATUSES~",
     ]);
     for j in jobs {
-        let age = j["created_ms"]
-            .as_u64()
-            .map_or_else(|| "-".into(), |c| ago(now_ms.saturating_sub(c)));
+        let age = ago(now_ms.saturating_sub(j.created_ms));
         t.row(vec![
-            (text_or_dash(j.get("uuid")), Tone::Plain),
+            (or_dash(&j.uuid), Tone::Plain),
             (age.trim_end_matches(" ago").to_owned(), Tone::Plain),
-            (text_or_dash(j["request"].get("cmd")), Tone::Plain),
-            (text_or_dash(j["request"].get("service")), Tone::Plain),
-            (target(&j["request"]), Tone::Plain),
-            (answered(j), Tone::Plain),
-            (statuses(j), Tone::Plain),
+            (text_or_dash(j.request.get("cmd")), Tone::Plain),
+            (text_or_dash(j.request.get("service")), Tone::Plain),
+            (target(&j.request), Tone::Plain),
+            (
+                format!("{}/{}", j.answered_count, j.expected_count),
+                Tone::Plain,
+            ),
+            (statuses(&j.status_counts), Tone::Plain),
         ]);
     }
     t
 }
 
-/// `manager.job`: what was asked and when, then a row per node, the nodes
-/// that have not answered yet as `pending`.
-pub fn job_view(job: &Value, now_ms: u64, style: Style) -> String {
-    let r = &job["request"];
+/// `manager.job`: what was asked and when, then a row per node; expected
+/// nodes with nothing recorded yet show as `pending`.
+pub fn job_view(job: &JobRecord, now_ms: u64, style: Style) -> String {
+    let r = &job.request;
     let mut out = format!(
         "job {}: {} {} on {}, {}\n\n",
-        text_or_dash(job.get("uuid")),
+        or_dash(&job.uuid),
         text_or_dash(r.get("cmd")),
         text_or_dash(r.get("service")),
         target(r),
-        job["created_ms"]
-            .as_u64()
-            .map_or_else(|| "-".into(), |c| ago(now_ms.saturating_sub(c)))
+        ago(now_ms.saturating_sub(job.created_ms))
     );
-    let mut rows: Vec<NodeResult> = job["results"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Value::as_object)
+    let mut rows: Vec<NodeResult> = job
+        .results
+        .iter()
+        .filter_map(|n| n.result.as_object())
         .map(|obj| NodeResult::answer(obj.clone()))
         .collect();
-    for n in job["pending"].as_array().into_iter().flatten() {
-        rows.push(NodeResult::pending(n.as_str().map(str::to_owned)));
+    let recorded: BTreeSet<&str> = job.results.iter().map(|n| n.node.as_str()).collect();
+    for n in job
+        .expected
+        .iter()
+        .filter(|n| !recorded.contains(n.as_str()))
+    {
+        rows.push(NodeResult::pending(Some(n.clone())));
     }
     let table = results_table(&rows);
     if table.is_empty() {
@@ -556,16 +537,27 @@ pub fn job_view(job: &Value, now_ms: u64, style: Style) -> String {
     } else {
         out.push_str(&table.render(style));
     }
+    let mut counts = BTreeMap::new();
+    for n in &job.results {
+        *counts.entry(n.status.clone()).or_insert(0) += 1;
+    }
+    let answered = job
+        .results
+        .iter()
+        .filter(|n| n.status != Status::NoResponse.as_str())
+        .count();
     out.push_str(&format!(
-        "\n{} answered: {}\n",
-        answered(job),
-        statuses(job)
+        "\n{answered}/{} answered: {}\n",
+        job.expected.len(),
+        statuses(&counts)
     ));
     out
 }
 
 /// `manager.status` (or `agent.status`): the interesting keys first, one per
-/// line; lists and maps as compact JSON.
+/// line; lists and maps as compact JSON. Untyped on purpose: it shows every
+/// key the peer sent, a 0.1 peer's or a newer one's (see
+/// `protocol::mgmt::{ManagerStatus, AgentStatus}` for ours).
 pub fn status_view(status: &Value, style: Style) -> String {
     let Some(obj) = status.as_object() else {
         return format!("{status}\n");
@@ -810,31 +802,41 @@ db1   -        no_response   -     -  no answer within 60.0 s (-w)
     #[test]
     fn agents_and_jobs_tables() {
         let now = 1_000_000;
-        let agents = [json!({"node": "web1", "state": "up", "system": "Linux",
+        let agents: Vec<AgentInfo> = serde_json::from_value(json!([{"node": "web1",
+            "instance": "i1", "release": "6.1", "os_version": "#1", "started_ms": 0,
+            "key": null, "state": "up", "system": "Linux",
             "topics": ["Linux", "any", "web", "web1"], "last_seen_ms": now - 3000,
-            "agent_version": "0.2.0", "running": 0})];
+            "agent_version": "0.2.0", "running": 0}]))
+        .unwrap();
         let out = agents_table(&agents, now).render(Style::plain(100));
         assert_eq!(
             out,
             "NODE  STATE  SYSTEM  TOPICS              LAST SEEN  VERSION  RUNNING\n\
              web1  up     Linux   Linux,any,web,web1  3s ago     0.2.0          0\n"
         );
-        let jobs = [json!({"uuid": "abc", "created_ms": now - 60_000,
-            "request": {"cmd": "restart", "service": "nginx", "topic": "any", "nodes": ["web1", "web2"]},
-            "expected": ["web1", "web2"], "pending": ["web2"], "answered": 1,
-            "statuses": {"ok": 1}})];
+        let request = json!({"cmd": "restart", "service": "nginx", "topic": "any",
+            "nodes": ["web1", "web2"]});
+        let jobs: Vec<JobSummary> = serde_json::from_value(json!([{"uuid": "abc",
+            "created_ms": now - 60_000, "request": request, "expected_count": 2,
+            "answered_count": 1, "status_counts": {"ok": 1}, "finished_ms": null}]))
+        .unwrap();
         let out = jobs_table(&jobs, now).render(Style::plain(100));
         assert_eq!(
             out,
             "JOB  AGE  CMD      SERVICE  TARGET            ANSWERED  STATUSES\n\
              abc   1m  restart  nginx    any -N web1,web2       1/2  1 ok\n"
         );
-        let mut job = jobs[0].clone();
-        job["results"] = json!([{"msg": "x", "result": {"node": "web1", "returncode": 0,
-            "system": "Linux", "stdout": "restarted", "stderr": ""}}]);
+        let job: JobRecord = serde_json::from_value(json!({"uuid": "abc",
+            "created_ms": now - 60_000, "request": request, "expected": ["web1", "web2"],
+            "results": [{"node": "web1", "status": "ok", "received_ms": now,
+                "result": {"msg": "x", "result": {"node": "web1", "returncode": 0,
+                "system": "Linux", "stdout": "restarted", "stderr": ""}}}],
+            "finished_ms": null, "conflicts": 0}))
+        .unwrap();
         let view = job_view(&job, now, Style::plain(100));
         assert!(view.contains("web1  Linux   ok"), "{view}");
         assert!(view.contains("web2  -       pending"), "{view}");
+        assert!(view.ends_with("1/2 answered: 1 ok\n"), "{view}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod first_hour;
 mod fuzz_smoke;
 mod install;
 mod output;
+mod protocol;
 mod robustness;
 mod security;
 mod simulate;

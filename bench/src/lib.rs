@@ -1052,6 +1052,8 @@ fn jobstore(plan: &Plan, dir: &Path, lazy: bool) -> Figure {
             "node": "node", "service": "sshd", "returncode": 0,
             "stdout": "sshd is running as pid 1768.\n".repeat(4), "stderr": "",
             "system": "Linux", "version": "Linux 6.1.0-18-amd64 x86_64"}});
+        // The store keeps a result as the bytes that arrived.
+        let payload = serde_json::value::to_raw_value(&payload)?;
         let nodes: Vec<String> = (0..STORE_NODES)
             .map(|i| format!("node{i:05}.example.org"))
             .collect();

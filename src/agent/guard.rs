@@ -9,12 +9,11 @@
 use crate::agent::Identity;
 use crate::config::{AgentConfig, Decision, Policy};
 use crate::protocol::{
-    self as p, Announce, Dispatch, MgmtRequest, Presence, RequestBody, ResultEnvelope, ResultMsg,
-    SignedResult,
+    self as p, Announce, Dispatch, MgmtBody, MgmtRequest, Presence, RequestBody, ResultEnvelope,
+    ResultMsg, SignedAnnounce, SignedResult,
 };
 use crate::security::{self, AuthError, KeyPair, PublicKey, Purpose, ReplayGuard, Role, Signed};
 use anyhow::{Context, Result};
-use serde_json::json;
 use slog::{info, warn, Logger};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -137,7 +136,7 @@ impl Guard {
             })
         };
         let clients = &self.clients;
-        let (pk, body) = security::verify(auth, Purpose::Request, |id| clients.get(id).cloned())
+        let pk = security::verify_signature(auth, Purpose::Request, |id| clients.get(id).cloned())
             .map_err(|e| {
                 refuse(match e {
                     AuthError::UnknownKey(fp) => format!(
@@ -147,8 +146,8 @@ impl Guard {
                     other => other.to_string(),
                 })
             })?;
-        let body: RequestBody =
-            serde_json::from_value(body).map_err(|e| refuse(format!("bad signed body: {e}")))?;
+        let body = RequestBody::from_signed(&auth.body)
+            .map_err(|e| refuse(format!("bad signed body: {e}")))?;
         Ok((pk, body))
     }
 
@@ -219,28 +218,28 @@ impl Guard {
             .as_ref()
             .ok_or("this command needs a signed request: pass a client key with -k")?;
         let clients = &self.clients;
-        let (_, body) = security::verify(auth, Purpose::Request, |id| clients.get(id).cloned())
+        security::verify_signature(auth, Purpose::Request, |id| clients.get(id).cloned())
             .map_err(|e| e.to_string())?;
-        if body.get("cmd").and_then(|c| c.as_str()) != Some(req.cmd.as_str()) {
+        let body =
+            MgmtBody::from_signed(&auth.body).map_err(|e| format!("bad signed body: {e}"))?;
+        if body.cmd != req.cmd {
             return Err("the signed body names another command".into());
         }
         // Bound to this node, so a shutdown signed for one agent stops no other.
-        if body.get("node").and_then(|c| c.as_str()) != Some(node) {
+        if body.node.as_deref() != Some(node) {
             return Err(format!(
                 "the signed request is not addressed to node {node:?}"
             ));
         }
-        let id = body.get("id").and_then(|v| v.as_str()).unwrap_or_default();
-        let ts = body.get("ts").and_then(|v| v.as_u64()).unwrap_or(0);
         self.replay
-            .check(id, ts, crate::clock::now_ms())
+            .check(&body.id, body.ts, crate::clock::now_ms())
             .map_err(|e| e.to_string())
     }
 
     /// A fresh signed presence token for our subscription.
     pub fn presence(&self, instance: &str) -> String {
         let ts = crate::clock::now_ms();
-        let signed = security::sign_body(
+        let signed = security::sign(
             &self.key,
             Purpose::Announce,
             &Presence::signed_text(instance, ts),
@@ -257,10 +256,12 @@ impl Guard {
     /// that nobody can rewrite a heartbeat into a goodbye or change our topics.
     pub fn sign_announce(&self, a: &mut Announce) {
         a.auth = None;
-        let mut body = serde_json::to_value(&*a).expect("serializable");
-        body["key"] = json!(self.key.public().to_string());
-        body["ts"] = json!(crate::clock::now_ms());
-        a.auth = Some(security::sign_body(&self.key, Purpose::Announce, &body));
+        let body = SignedAnnounce {
+            announce: a.clone(),
+            key: self.key.public().to_string(),
+            ts: crate::clock::now_ms(),
+        };
+        a.auth = Some(security::sign(&self.key, Purpose::Announce, &body));
     }
 }
 
@@ -305,11 +306,7 @@ pub fn result_frame(
         sealed,
         result: client.is_none().then(|| r.clone()),
     };
-    let auth = security::sign_body(
-        key,
-        Purpose::Result,
-        &serde_json::to_value(&body).expect("serializable"),
-    );
+    let auth = security::sign(key, Purpose::Result, &body);
     let msg = if client.is_some() {
         "signed result, sealed to the client"
     } else {
@@ -362,4 +359,256 @@ fn read_clients(path: &std::path::Path, log: &Logger) -> Result<HashMap<String, 
     let keys = security::parse_key_lines(&text)
         .with_context(|| format!("invalid key in {}", path.display()))?;
     Ok(keys.into_iter().map(|k| (k.key_id(), k)).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ServiceRequest, AGENT_SHUTDOWN};
+
+    struct Fixture {
+        guard: Guard,
+        me: Identity,
+        alice: KeyPair,
+    }
+
+    /// web1 (topics any, Linux, web, web1) trusting alice, whose policy lets
+    /// her restart and query anything but sshd.
+    fn fixture(allow_unsigned: bool) -> Fixture {
+        let alice = KeyPair::generate(Role::Client, "alice").unwrap();
+        let key = KeyPair::generate(Role::Agent, "web1").unwrap();
+        let clients: Clients = Arc::new(HashMap::from([(alice.key_id(), alice.public().clone())]));
+        let policy = Policy::parse(&format!(
+            r#"[[policy]]
+name = "ops"
+keys = ["{}"]
+commands = ["status", "restart"]
+services = ["*"]
+deny = [{{ services = ["sshd"] }}]
+"#,
+            alice.public()
+        ))
+        .unwrap();
+        let config = AgentConfig {
+            allow_unsigned,
+            ..AgentConfig::default()
+        };
+        let me = Identity {
+            node: "web1".into(),
+            system: "Linux".into(),
+            version: "v".into(),
+            topics: ["Linux", "any", "web", "web1"].map(String::from).to_vec(),
+        };
+        Fixture {
+            guard: Guard::new(Arc::new(key), clients, Arc::new(policy), &config),
+            me,
+            alice,
+        }
+    }
+
+    /// A dispatch of `cmd service` to `topic`, signed by `key` over a body `edit` may change.
+    fn dispatch(
+        key: Option<&KeyPair>,
+        cmd: &str,
+        service: &str,
+        edit: impl FnOnce(&mut RequestBody),
+    ) -> Dispatch {
+        let req = ServiceRequest::new(cmd, service, "web");
+        let auth = key.map(|key| {
+            let mut body = RequestBody::for_request(
+                &req,
+                uuid::Uuid::new_v4().simple().to_string(),
+                crate::clock::now_ms(),
+                key.public().to_string(),
+            );
+            edit(&mut body);
+            security::sign_body(key, Purpose::Request, &serde_json::to_value(&body).unwrap())
+        });
+        Dispatch {
+            cmd: req.cmd,
+            service: req.service,
+            topic: req.topic,
+            uuid: "j1".into(),
+            v: Some(2),
+            auth,
+        }
+    }
+
+    #[test]
+    fn guard_decides_before_anything_runs() {
+        let f = fixture(false);
+        let alice = Some(&f.alice);
+        let eve = KeyPair::generate(Role::Client, "eve").unwrap();
+        let mut swapped = dispatch(alice, "restart", "nginx", |_| {});
+        swapped.cmd = "stop".into();
+        // (case, allow_unsigned, dispatch, Ok(signed?) or Err(part of the reason))
+        let cases: Vec<(&str, bool, Dispatch, Result<bool, &str>)> = vec![
+            (
+                "unsigned, secure",
+                false,
+                dispatch(None, "status", "nginx", |_| {}),
+                Err("unsigned request refused"),
+            ),
+            (
+                "unsigned, allowed",
+                true,
+                dispatch(None, "status", "nginx", |_| {}),
+                Ok(false),
+            ),
+            (
+                "authorized and allowed",
+                false,
+                dispatch(alice, "restart", "nginx", |_| {}),
+                Ok(true),
+            ),
+            (
+                "unknown client",
+                false,
+                dispatch(Some(&eve), "status", "nginx", |_| {}),
+                Err("not in this agent's authorized clients"),
+            ),
+            (
+                "command swapped on the way",
+                false,
+                swapped,
+                Err("differ from what the client signed"),
+            ),
+            (
+                "topic not ours",
+                false,
+                dispatch(alice, "status", "nginx", |b| b.topic = "db".into()),
+                Err("did not address node"),
+            ),
+            (
+                "node list without us",
+                false,
+                dispatch(alice, "status", "nginx", |b| {
+                    b.nodes = Some(vec!["web2".into()])
+                }),
+                Err("did not address node"),
+            ),
+            (
+                "node list with us",
+                false,
+                dispatch(alice, "status", "nginx", |b| {
+                    b.nodes = Some(vec!["web1".into()])
+                }),
+                Ok(true),
+            ),
+            (
+                "glob without us",
+                false,
+                dispatch(alice, "status", "nginx", |b| b.glob = Some("db*".into())),
+                Err("did not address node"),
+            ),
+            (
+                "policy: command not allowed",
+                false,
+                dispatch(alice, "stop", "nginx", |_| {}),
+                Err("refused by policy"),
+            ),
+            (
+                "policy: denied service",
+                false,
+                dispatch(alice, "status", "sshd", |_| {}),
+                Err("refused by policy"),
+            ),
+            (
+                "body names another client",
+                false,
+                dispatch(alice, "status", "nginx", |b| {
+                    b.client = eve.public().to_string()
+                }),
+                Err("names another client key"),
+            ),
+            (
+                "stale",
+                false,
+                dispatch(alice, "status", "nginx", |b| b.ts -= 10 * 60 * 1000),
+                Err("expired"),
+            ),
+        ];
+        for (name, allow_unsigned, d, want) in cases {
+            let mut g = fixture(allow_unsigned);
+            // Trust this fixture's alice in the fresh guard.
+            g.guard.clients = f.guard.clients.clone();
+            g.guard.policy = f.guard.policy.clone();
+            match (g.guard.admit(&d, &f.me), want) {
+                (Ok(a), Ok(signed)) => assert_eq!(a.client.is_some(), signed, "{name}"),
+                (Err(r), Err(needle)) => assert!(r.why.contains(needle), "{name}: {:?}", r.why),
+                (Ok(_), Err(needle)) => panic!("{name}: admitted, want {needle:?}"),
+                (Err(r), Ok(_)) => panic!("{name}: refused: {}", r.why),
+            }
+        }
+    }
+
+    #[test]
+    fn guard_refuses_a_replay_and_answers_the_verified_client() {
+        let mut f = fixture(false);
+        let d = dispatch(Some(&f.alice), "status", "nginx", |_| {});
+        assert!(f.guard.admit(&d, &f.me).is_ok());
+        let r = f.guard.admit(&d, &f.me).err().unwrap();
+        assert!(r.why.contains("replayed"), "{}", r.why);
+        // The refusal is still sealed to the client whose signature held.
+        assert_eq!(r.client.as_ref(), Some(f.alice.public()));
+    }
+
+    #[test]
+    fn guard_decides_on_shutdowns() {
+        let mut f = fixture(false);
+        let shutdown = |key: &KeyPair, node: Option<&str>| {
+            let mut req = MgmtRequest::new(AGENT_SHUTDOWN);
+            let body = MgmtBody {
+                cmd: AGENT_SHUTDOWN.into(),
+                id: uuid::Uuid::new_v4().simple().to_string(),
+                ts: crate::clock::now_ms(),
+                node: node.map(str::to_owned),
+            };
+            req.auth = Some(security::sign_body(
+                key,
+                Purpose::Request,
+                &serde_json::to_value(&body).unwrap(),
+            ));
+            req
+        };
+        let eve = KeyPair::generate(Role::Client, "eve").unwrap();
+        let once = shutdown(&f.alice, Some("web1"));
+        let cases: Vec<(&str, MgmtRequest, Result<(), &str>)> = vec![
+            (
+                "unsigned",
+                MgmtRequest::new(AGENT_SHUTDOWN),
+                Err("needs a signed request"),
+            ),
+            ("for us", once.clone(), Ok(())),
+            ("the same again", once, Err("replayed")),
+            (
+                "for another node",
+                shutdown(&f.alice, Some("web2")),
+                Err("not addressed to node"),
+            ),
+            (
+                "for the manager",
+                shutdown(&f.alice, None),
+                Err("not addressed to node"),
+            ),
+            (
+                "unknown client",
+                shutdown(&eve, Some("web1")),
+                Err("not known here"),
+            ),
+        ];
+        for (name, req, want) in cases {
+            match (f.guard.admit_mgmt(&req, "web1"), want) {
+                (Ok(()), Ok(())) => {}
+                (Err(why), Err(needle)) => assert!(why.contains(needle), "{name}: {why:?}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+        let mut open = fixture(true);
+        assert_eq!(
+            open.guard
+                .admit_mgmt(&MgmtRequest::new(AGENT_SHUTDOWN), "web1"),
+            Ok(())
+        );
+    }
 }

@@ -12,9 +12,10 @@ pub mod simulate;
 
 use crate::config::AgentConfig;
 use crate::host::HostInfo;
+use crate::protocol::mgmt::{self, AgentStatus};
 use crate::protocol::{
-    self as p, Announce, AnnounceKind, Dispatch, ExecResult, MgmtReply, Output, ResultMsg,
-    ServiceState, Status,
+    self as p, Announce, AnnounceKind, BackendMessage, Dispatch, ExecResult, MgmtReply,
+    MgmtRequest, Output, ResultMsg, ServiceState, Status,
 };
 use crate::runtime::{Control, OnReady};
 use crate::security;
@@ -311,13 +312,15 @@ impl Agent<'_> {
             debug!(self.log, "request for another topic ignored"; "topic" => topic);
             return;
         }
-        if topic == self.private_topic && body.starts_with(br#"{"type":"manager.welcome""#) {
-            debug!(self.log, "the manager admitted us");
-            self.welcomed = true;
-            return;
-        }
-        let req = match Dispatch::decode(body) {
-            Ok(r) => r,
+        let req = match BackendMessage::decode(body) {
+            Ok(BackendMessage::Dispatch(r)) => r,
+            Ok(BackendMessage::Welcome(_)) => {
+                if topic == self.private_topic {
+                    debug!(self.log, "the manager admitted us");
+                    self.welcomed = true;
+                }
+                return;
+            }
             Err((maybe_uuid, e)) => {
                 warn!(self.log, "bad request"; "uuid" => maybe_uuid.as_deref().unwrap_or("-"), "reason" => %e);
                 if let Some(uuid) = maybe_uuid {
@@ -448,53 +451,53 @@ impl Agent<'_> {
     }
 
     fn on_mgmt(&mut self, frames: Vec<Vec<u8>>) {
-        let reply = match frames.as_slice() {
-            [one] => match p::MgmtRequest::decode(one) {
-                Ok(req) => self.mgmt_command(&req),
-                Err(e) => MgmtReply::error(e),
-            },
-            _ => MgmtReply::error(format!("expected one JSON frame, got {}", frames.len())),
-        };
-        if let Err(e) = self.mgmt.send(p::encode(&reply), 0) {
+        let reply = mgmt::answer(&frames, |req| self.mgmt_command(req));
+        if let Err(e) = self.mgmt.send(reply, 0) {
             warn!(self.log, "cannot answer management request"; "error" => %e);
         }
     }
 
-    fn mgmt_command(&mut self, req: &p::MgmtRequest) -> MgmtReply {
+    fn mgmt_command(&mut self, req: &MgmtRequest) -> MgmtReply {
         match req.cmd.as_str() {
-            p::AGENT_STATUS => MgmtReply::ok(
+            p::AGENT_STATUS => MgmtReply::with(
                 "Service Manager Agent Status",
-                Some(json!({
-                    "status": "running",
-                    "uname": self.host.uname_json(),
-                    "manager_endpoint": self.config.manager_endpoint,
-                    "sink_endpoint": self.config.sink_endpoint,
-                    "mgmt_endpoint": self.config.mgmt_endpoint,
-                    "node": self.me.node,
-                    "topics": self.me.topics,
-                    "running": self.running,
-                    "instance": self.instance,
-                    "service_manager": self.backend.as_ref().map(|b| b.program().display().to_string()),
-                    "version": env!("CARGO_PKG_VERSION"),
-                })),
+                &AgentStatus {
+                    status: "running".into(),
+                    uname: self.host.uname(),
+                    manager_endpoint: self.config.manager_endpoint.clone(),
+                    sink_endpoint: self.config.sink_endpoint.clone(),
+                    mgmt_endpoint: self.config.mgmt_endpoint.clone(),
+                    node: self.me.node.clone(),
+                    topics: self.me.topics.clone(),
+                    running: self.running,
+                    instance: self.instance.clone(),
+                    service_manager: self
+                        .backend
+                        .as_ref()
+                        .map(|b| b.program().display().to_string()),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                },
             ),
             p::AGENT_SHUTDOWN => {
-                if let Err(why) = self.guard.admit_mgmt(req, &self.me.node) {
-                    warn!(self.log, "shutdown refused"; "why" => &why);
-                    return MgmtReply::error(format!("shutdown refused: {why}"));
+                let allowed = self.guard.admit_mgmt(req, &self.me.node);
+                match &allowed {
+                    Ok(()) => {
+                        info!(self.log, "shutdown requested on the management socket");
+                        self.stop = true;
+                    }
+                    Err(why) => warn!(self.log, "shutdown refused"; "why" => why),
                 }
-                info!(self.log, "shutdown requested on the management socket");
-                self.stop = true;
-                MgmtReply::ok("Service Manager Agent is shutting down", None)
+                MgmtReply::shutdown(&allowed, AGENT_SHUTTING_DOWN)
             }
-            other => MgmtReply::error(format!(
-                "Unknown management command {other:?}; the agent knows {} and {}",
-                p::AGENT_STATUS,
-                p::AGENT_SHUTDOWN
-            )),
+            other => MgmtReply::unknown(other, "agent", AGENT_COMMANDS),
         }
     }
 }
+
+/// What an agent answers to a shutdown it accepts.
+pub(crate) const AGENT_SHUTTING_DOWN: &str = "Service Manager Agent is shutting down";
+/// The management commands an agent knows.
+pub(crate) const AGENT_COMMANDS: &[&str] = &[p::AGENT_STATUS, p::AGENT_SHUTDOWN];
 
 /// The agent's management socket, bound; returns it with the bound endpoint.
 pub(crate) fn bind_mgmt(ctx: &zmq::Context, config: &AgentConfig) -> Result<(zmq::Socket, String)> {

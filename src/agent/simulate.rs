@@ -14,7 +14,8 @@ use super::guard::{self, Guard};
 use super::{announcement, check_request, exec::Outcome, executed, refusal, Identity};
 use crate::config::AgentConfig;
 use crate::host::HostInfo;
-use crate::protocol::{self as p, AnnounceKind, Dispatch, MgmtReply, RequestBody, ResultMsg};
+use crate::protocol::mgmt::{self, SimulatedStatus};
+use crate::protocol::{self as p, AnnounceKind, BackendMessage, MgmtReply, RequestBody, ResultMsg};
 use crate::runtime::{self, Control, OnReady};
 use crate::security::{self, KeyPair, PublicKey, Role, Signed};
 use crate::transport::{self, try_recv};
@@ -181,36 +182,27 @@ pub fn run(
             }
             done |= wake.shutdown;
             while let Ok(Some(frames)) = try_recv(&mgmt) {
-                let reply = match frames.as_slice() {
-                    [one] => match p::MgmtRequest::decode(one) {
-                        Ok(req) => match req.cmd.as_str() {
-                            p::AGENT_STATUS => MgmtReply::ok(
-                                "Service Manager Agent Status",
-                                Some(json!({
-                                    "status": "running", "simulated": true, "node": fleet,
-                                    "nodes": n, "manager_endpoint": config.manager_endpoint,
-                                    "sink_endpoint": config.sink_endpoint,
-                                    "version": env!("CARGO_PKG_VERSION"),
-                                })),
-                            ),
-                            p::AGENT_SHUTDOWN => match admin.admit_mgmt(&req, &fleet) {
-                                Ok(()) => {
-                                    done = true;
-                                    MgmtReply::ok("Service Manager Agent is shutting down", None)
-                                }
-                                Err(why) => MgmtReply::error(format!("shutdown refused: {why}")),
-                            },
-                            other => MgmtReply::error(format!(
-                                "Unknown management command {other:?}; the agent knows {} and {}",
-                                p::AGENT_STATUS,
-                                p::AGENT_SHUTDOWN
-                            )),
+                let reply = mgmt::answer(&frames, |req| match req.cmd.as_str() {
+                    p::AGENT_STATUS => MgmtReply::with(
+                        "Service Manager Agent Status",
+                        &SimulatedStatus {
+                            status: "running".into(),
+                            simulated: true,
+                            node: fleet.clone(),
+                            nodes: n,
+                            manager_endpoint: config.manager_endpoint.clone(),
+                            sink_endpoint: config.sink_endpoint.clone(),
+                            version: env!("CARGO_PKG_VERSION").into(),
                         },
-                        Err(e) => MgmtReply::error(e),
-                    },
-                    _ => MgmtReply::error(format!("expected one JSON frame, got {}", frames.len())),
-                };
-                let _ = mgmt.send(p::encode(&reply), 0);
+                    ),
+                    p::AGENT_SHUTDOWN => {
+                        let allowed = admin.admit_mgmt(req, &fleet);
+                        done |= allowed.is_ok();
+                        MgmtReply::shutdown(&allowed, super::AGENT_SHUTTING_DOWN)
+                    }
+                    other => MgmtReply::unknown(other, "agent", super::AGENT_COMMANDS),
+                });
+                let _ = mgmt.send(reply, 0);
             }
         }
         Ok(())
@@ -457,12 +449,12 @@ impl Shard {
         if topic != node.private_topic && !node.me.topics.iter().any(|t| t == topic) {
             return;
         }
-        if topic == node.private_topic && body.starts_with(br#"{"type":"manager.welcome""#) {
-            node.welcomed = true;
-            return;
-        }
-        let req = match Dispatch::decode(body) {
-            Ok(r) => r,
+        let req = match BackendMessage::decode(body) {
+            Ok(BackendMessage::Dispatch(r)) => r,
+            Ok(BackendMessage::Welcome(_)) => {
+                node.welcomed |= topic == node.private_topic;
+                return;
+            }
             Err((uuid, e)) => {
                 debug!(self.log, "bad request"; "node" => &node.me.node, "reason" => %e);
                 if let Some(uuid) = uuid {

@@ -2,8 +2,8 @@
 //! of them a request targets.
 
 use crate::clock::now_ms;
+use crate::protocol::mgmt::{AgentInfo, AgentState};
 use crate::protocol::{Announce, AnnounceKind};
-use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
@@ -13,37 +13,21 @@ const MISSED_BEATS: u32 = 3;
 /// How long an agent that went away stays listed.
 const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum AgentState {
-    /// Announced itself and is heartbeating.
-    Up,
-    /// Its connection dropped or it missed heartbeats.
-    Lost,
-    /// It said goodbye.
-    Stopped,
+/// One agent as last heard from: what `manager.agents` lists (its state is
+/// never `connecting` here; that is derived from presence when listed), and
+/// when it is due to be heard from again.
+#[derive(Debug, Clone)]
+pub struct AgentEntry {
+    pub info: AgentInfo,
+    last_seen: Instant,
+    interval: Duration,
 }
 
-/// One agent as last heard from.
-#[derive(Debug, Clone, Serialize)]
-pub struct AgentEntry {
-    pub node: String,
-    pub instance: String,
-    pub system: String,
-    pub release: String,
-    pub os_version: String,
-    pub topics: Vec<String>,
-    pub agent_version: String,
-    pub started_ms: u64,
-    pub last_seen_ms: u64,
-    pub state: AgentState,
-    pub running: usize,
-    /// The agent's accepted public key line (none for an unsigned agent).
-    pub key: Option<String>,
-    #[serde(skip)]
-    last_seen: Instant,
-    #[serde(skip)]
-    interval: Duration,
+impl std::ops::Deref for AgentEntry {
+    type Target = AgentInfo;
+    fn deref(&self) -> &AgentInfo {
+        &self.info
+    }
 }
 
 /// A change the manager must act on (fail the agent's pending requests).
@@ -87,18 +71,20 @@ impl Registry {
         self.agents.insert(
             a.node.clone(),
             AgentEntry {
-                node: a.node.clone(),
-                instance: a.instance.clone(),
-                system: a.system.clone(),
-                release: a.release.clone(),
-                os_version: a.os_version.clone(),
-                topics: a.topics.clone(),
-                agent_version: a.agent_version.clone(),
-                started_ms: a.started_ms,
-                last_seen_ms: now_ms(),
-                state,
-                running: a.running,
-                key,
+                info: AgentInfo {
+                    node: a.node.clone(),
+                    instance: a.instance.clone(),
+                    system: a.system.clone(),
+                    release: a.release.clone(),
+                    os_version: a.os_version.clone(),
+                    topics: a.topics.clone(),
+                    agent_version: a.agent_version.clone(),
+                    started_ms: a.started_ms,
+                    last_seen_ms: now_ms(),
+                    state,
+                    running: a.running,
+                    key,
+                },
                 last_seen: Instant::now(),
                 interval: Duration::from_millis(a.interval_ms.clamp(100, 600_000)),
             },
@@ -122,7 +108,7 @@ impl Registry {
         if entry.instance != instance || entry.state != AgentState::Up {
             return None;
         }
-        entry.state = AgentState::Lost;
+        entry.info.state = AgentState::Lost;
         Some(Departure {
             node: node.clone(),
             why: "the agent's connection dropped",
@@ -134,7 +120,7 @@ impl Registry {
         let mut gone = Vec::new();
         for e in self.agents.values_mut() {
             if e.state == AgentState::Up && e.last_seen.elapsed() > e.interval * MISSED_BEATS {
-                e.state = AgentState::Lost;
+                e.info.state = AgentState::Lost;
                 gone.push(Departure {
                     node: e.node.clone(),
                     why: "the agent stopped sending heartbeats",
@@ -202,28 +188,30 @@ impl Registry {
     }
 }
 
+/// A hello of `node` (instance `instance`) on `topics`, for tests.
+#[cfg(test)]
+pub(crate) fn hello(node: &str, instance: &str, topics: &[&str]) -> Announce {
+    Announce {
+        kind: AnnounceKind::Hello,
+        v: 2,
+        node: node.into(),
+        instance: instance.into(),
+        system: "Linux".into(),
+        release: "r".into(),
+        os_version: "v".into(),
+        topics: topics.iter().map(|s| s.to_string()).collect(),
+        agent_version: "0.2.0".into(),
+        started_ms: 0,
+        interval_ms: 100,
+        running: 0,
+        auth: None,
+        uuid: crate::protocol::ANNOUNCE_UUID.to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hello(node: &str, instance: &str, topics: &[&str]) -> Announce {
-        Announce {
-            kind: AnnounceKind::Hello,
-            v: 2,
-            node: node.into(),
-            instance: instance.into(),
-            system: "Linux".into(),
-            release: "r".into(),
-            os_version: "v".into(),
-            topics: topics.iter().map(|s| s.to_string()).collect(),
-            agent_version: "0.2.0".into(),
-            started_ms: 0,
-            interval_ms: 100,
-            running: 0,
-            auth: None,
-            uuid: crate::protocol::ANNOUNCE_UUID.to_owned(),
-        }
-    }
 
     #[test]
     fn matching_is_exact_and_globs_narrow() {

@@ -7,12 +7,14 @@
 //! `allow_unsigned = true` also serves 0.1 peers, which sign nothing.
 //! The manager is a relay, not the last line: agents check requests themselves.
 
-use crate::protocol::{Announce, MgmtRequest, Presence, RequestBody, ServiceRequest, SignedResult};
+use crate::protocol::{
+    Announce, MgmtBody, MgmtRequest, Presence, RequestBody, ServiceRequest, SignedAnnounce,
+    SignedResult,
+};
 use crate::security::{
     self, AuthError, KeyState, KeyStore, PublicKey, Purpose, ReplayGuard, Signed,
 };
 use anyhow::{Context, Result};
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -149,14 +151,14 @@ impl Gate {
         if self.keys.state_of(&auth.key) != Some(KeyState::Accepted) {
             self.look_on_disk(&auth.key);
         }
-        let (pk, body) = match self.keys.verify(auth, Purpose::Request) {
-            Ok(v) => v,
+        let pk = match self.keys.verify_signature(auth, Purpose::Request) {
+            Ok(pk) => pk,
             Err(AuthError::UnknownKey(_)) | Err(AuthError::NotAccepted(_)) => {
                 return Err(Refused::Other(self.admit_client(auth)))
             }
             Err(e) => return Err(Refused::Other(format!("request refused: {e}"))),
         };
-        let body: RequestBody = serde_json::from_value(body)
+        let body = RequestBody::from_signed(&auth.body)
             .map_err(|e| Refused::Other(format!("request refused: bad signed body: {e}")))?;
         if !body.matches(req) {
             return Err(Refused::Other(
@@ -186,14 +188,18 @@ impl Gate {
 
     /// An unknown client key that proves possession is filed as pending.
     fn admit_client(&mut self, auth: &Signed) -> String {
-        let claimed = serde_json::from_str::<Value>(&auth.body)
+        /// Only the signer's claimed key line matters before it is known.
+        #[derive(serde::Deserialize)]
+        struct Claim {
+            client: String,
+        }
+        let claimed = serde_json::from_str::<Claim>(&auth.body)
             .ok()
-            .and_then(|b| b.get("client").and_then(Value::as_str).map(str::to_owned))
-            .and_then(|line| line.parse::<PublicKey>().ok());
+            .and_then(|c| c.client.parse::<PublicKey>().ok());
         let Some(pk) = claimed else {
             return "request refused: unknown client key".into();
         };
-        if security::verify(auth, Purpose::Request, |id| {
+        if security::verify_signature(auth, Purpose::Request, |id| {
             (id == pk.key_id()).then(|| pk.clone())
         })
         .is_err()
@@ -224,17 +230,17 @@ impl Gate {
                 ))
             };
         };
-        let (pk, body) =
-            security::verify_announce(auth).map_err(|e| format!("announcement refused: {e}"))?;
-        let ts = body.get("ts").and_then(Value::as_u64).unwrap_or(0);
-        if crate::clock::now_ms().abs_diff(ts) > self.window.as_millis() as u64 * 2 {
+        // Everything the manager acts on (kind, topics, interval) is what was signed.
+        let body: SignedAnnounce = serde_json::from_str(&auth.body)
+            .map_err(|e| format!("announcement refused: bad signed body: {e}"))?;
+        let pk = security::verify_announced(auth, Some(&body.key))
+            .map_err(|e| format!("announcement refused: {e}"))?;
+        if crate::clock::now_ms().abs_diff(body.ts) > self.window.as_millis() as u64 * 2 {
             return Err(
                 "announcement refused: stale or from the future (are the clocks in sync?)".into(),
             );
         }
-        // Everything the manager acts on (kind, topics, interval) is what was signed.
-        let a: Announce = serde_json::from_value(body)
-            .map_err(|e| format!("announcement refused: bad signed body: {e}"))?;
+        let a = body.announce;
         if pk.role() != security::Role::Agent || pk.name() != a.node {
             return Err(format!(
                 "announcement refused: key {} is a {} key named {:?}; node {:?} needs an agent key of its own name",
@@ -273,10 +279,8 @@ impl Gate {
         }
         // Accepted a moment ago? One more look at the disk before refusing.
         self.look_on_disk(&signed.key);
-        match self.keys.verify(signed, Purpose::Announce) {
-            Ok((pk, _)) if pk.role() == security::Role::Agent => {
-                Grant::Private(pk.name().to_owned())
-            }
+        match self.keys.verify_signature(signed, Purpose::Announce) {
+            Ok(pk) if pk.role() == security::Role::Agent => Grant::Private(pk.name().to_owned()),
             _ => Grant::No,
         }
     }
@@ -296,12 +300,12 @@ impl Gate {
                 Err("unsigned result dropped (allow_unsigned is off)".into())
             };
         };
-        let (pk, body) = self
+        let pk = self
             .keys
-            .verify(auth, Purpose::Result)
+            .verify_signature(auth, Purpose::Result)
             .map_err(|e| format!("result dropped: {e}"))?;
-        let body: SignedResult =
-            serde_json::from_value(body).map_err(|e| format!("result dropped: bad body: {e}"))?;
+        let body = SignedResult::from_signed(&auth.body)
+            .map_err(|e| format!("result dropped: bad body: {e}"))?;
         if body.uuid != uuid || Some(body.node.as_str()) != node || pk.name() != body.node {
             return Err(format!(
                 "result dropped: signed by {} ({}) for node {:?}, job {}",
@@ -324,18 +328,372 @@ impl Gate {
             .auth
             .as_ref()
             .ok_or("this command needs a signed request: pass a client key with -k")?;
-        let (_, body) = self
-            .keys
-            .verify(auth, Purpose::Request)
+        self.keys
+            .verify_signature(auth, Purpose::Request)
             .map_err(|e| e.to_string())?;
-        let cmd = body.get("cmd").and_then(Value::as_str);
-        let id = body.get("id").and_then(Value::as_str).unwrap_or_default();
-        let ts = body.get("ts").and_then(Value::as_u64).unwrap_or(0);
-        if cmd != Some(req.cmd.as_str()) {
+        let body =
+            MgmtBody::from_signed(&auth.body).map_err(|e| format!("bad signed body: {e}"))?;
+        if body.cmd != req.cmd {
             return Err("the signed body names another command".into());
         }
         self.replay
-            .check(id, ts, crate::clock::now_ms())
+            .check(&body.id, body.ts, crate::clock::now_ms())
             .map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::security::{sign_body, KeyPair, Role};
+
+    /// A gate in secure mode whose store has alice (client) and web1 (agent)
+    /// accepted, mallory (client) pending.
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        gate: Gate,
+        alice: KeyPair,
+        mallory: KeyPair,
+        web1: KeyPair,
+    }
+
+    fn fixture(allow_unsigned: bool) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let mut gate = Gate::open(dir.path(), allow_unsigned, Duration::from_secs(60)).unwrap();
+        let alice = KeyPair::generate(Role::Client, "alice").unwrap();
+        let mallory = KeyPair::generate(Role::Client, "mallory").unwrap();
+        let web1 = KeyPair::generate(Role::Agent, "web1").unwrap();
+        for k in [&alice, &mallory, &web1] {
+            gate.keys.submit(k.public()).unwrap();
+        }
+        gate.keys.accept(&alice.public().fingerprint()).unwrap();
+        gate.keys.accept(&web1.public().fingerprint()).unwrap();
+        Fixture {
+            _dir: dir,
+            gate,
+            alice,
+            mallory,
+            web1,
+        }
+    }
+
+    fn request() -> ServiceRequest {
+        ServiceRequest::new("restart", "nginx", "web")
+    }
+
+    /// `req` signed by `key`, its body changed by `edit` first.
+    fn signed(
+        key: &KeyPair,
+        mut req: ServiceRequest,
+        edit: impl FnOnce(&mut RequestBody),
+    ) -> ServiceRequest {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let mut body =
+            RequestBody::for_request(&req, id, crate::clock::now_ms(), key.public().to_string());
+        edit(&mut body);
+        let body = serde_json::to_value(&body).unwrap();
+        req.auth = Some(sign_body(key, Purpose::Request, &body));
+        req
+    }
+
+    #[test]
+    fn gate_decides_on_requests() {
+        let f = fixture(false);
+        let mut tampered = signed(&f.alice, request(), |_| {});
+        tampered.auth.as_mut().unwrap().body = tampered
+            .auth
+            .as_ref()
+            .unwrap()
+            .body
+            .replace("nginx", "sshd");
+        let mut widened = signed(&f.alice, request(), |_| {});
+        widened.topic = "any".into();
+        let mut run = signed(&f.alice, request(), |b| b.dry_run = true);
+        run.dry_run = false;
+        // (case, request, secure mode?, expected: Ok(signed?) or Err(part of the reason))
+        let cases: Vec<(&str, ServiceRequest, bool, Result<bool, &str>)> = vec![
+            (
+                "unsigned, secure",
+                request(),
+                false,
+                Err("unsigned request refused"),
+            ),
+            ("unsigned, 0.1-compatible", request(), true, Ok(false)),
+            (
+                "signed by an accepted client",
+                signed(&f.alice, request(), |_| {}),
+                false,
+                Ok(true),
+            ),
+            (
+                "signed, 0.1-compatible too",
+                signed(&f.alice, request(), |_| {}),
+                true,
+                Ok(true),
+            ),
+            (
+                "body altered after signing",
+                tampered,
+                false,
+                Err("bad signature"),
+            ),
+            (
+                "routing copy differs from the body",
+                widened,
+                false,
+                Err("does not match"),
+            ),
+            (
+                "a plan signed, a run sent",
+                run,
+                false,
+                Err("does not match"),
+            ),
+            (
+                "body names another client",
+                signed(&f.alice, request(), |b| {
+                    b.client = f.mallory.public().to_string()
+                }),
+                false,
+                Err("names another client key"),
+            ),
+            (
+                "pending client key",
+                signed(&f.mallory, request(), |_| {}),
+                false,
+                Err("is pending"),
+            ),
+            (
+                "unknown client key is filed as pending",
+                signed(
+                    &KeyPair::generate(Role::Client, "eve").unwrap(),
+                    request(),
+                    |_| {},
+                ),
+                false,
+                Err("mgmt keys accept"),
+            ),
+            (
+                "an agent key cannot sign requests",
+                signed(&f.web1, request(), |_| {}),
+                false,
+                Err("client key"),
+            ),
+            (
+                "stale",
+                signed(&f.alice, request(), |b| b.ts -= 10 * 60 * 1000),
+                false,
+                Err("expired"),
+            ),
+        ];
+        for (name, req, allow_unsigned, want) in cases {
+            let mut f2 = fixture(allow_unsigned);
+            // The same keys in every gate: copy the fixture's store decisions.
+            for (k, accept) in [(&f.alice, true), (&f.mallory, false), (&f.web1, true)] {
+                f2.gate.keys.submit(k.public()).unwrap();
+                if accept {
+                    f2.gate.keys.accept(&k.public().fingerprint()).unwrap();
+                }
+            }
+            let got = f2.gate.check_request(&req);
+            match (got, want) {
+                (Ok(key), Ok(signed)) => assert_eq!(key.is_some(), signed, "{name}"),
+                (Err(r), Err(needle)) => {
+                    assert!(r.message().contains(needle), "{name}: {:?}", r.message())
+                }
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn gate_answers_a_replay_with_its_id() {
+        let mut f = fixture(false);
+        let req = signed(&f.alice, request(), |_| {});
+        let (_, id) = f.gate.check_request(&req).unwrap().unwrap();
+        assert!(matches!(f.gate.check_request(&req), Err(Refused::Replayed(i, _)) if i == id));
+    }
+
+    fn hello(node: &str) -> Announce {
+        crate::manager::registry::hello(node, "i1", &["any", node])
+    }
+
+    fn signed_hello(key: &KeyPair, a: Announce, ts: u64) -> Announce {
+        let body = SignedAnnounce {
+            announce: a.clone(),
+            key: key.public().to_string(),
+            ts,
+        };
+        let auth = sign_body(
+            key,
+            Purpose::Announce,
+            &serde_json::to_value(&body).unwrap(),
+        );
+        Announce {
+            auth: Some(auth),
+            ..a
+        }
+    }
+
+    #[test]
+    fn gate_decides_on_announcements() {
+        let f = fixture(false);
+        let now = crate::clock::now_ms();
+        let web2 = KeyPair::generate(Role::Agent, "web2").unwrap();
+        let mut forged = signed_hello(&f.web1, hello("web1"), now);
+        forged.topics.push("db".into()); // the clear copy is not what counts
+        let cases: Vec<(&str, Announce, bool, Result<(), &str>)> = vec![
+            (
+                "unsigned, secure",
+                hello("web1"),
+                false,
+                Err("allow_unsigned is off"),
+            ),
+            ("unsigned, 0.1-compatible", hello("web1"), true, Ok(())),
+            (
+                "accepted agent key",
+                signed_hello(&f.web1, hello("web1"), now),
+                false,
+                Ok(()),
+            ),
+            ("clear copy edited", forged, false, Ok(())),
+            (
+                "another node's name",
+                signed_hello(&f.web1, hello("web9"), now),
+                false,
+                Err("needs an agent key of its own name"),
+            ),
+            (
+                "a client key",
+                signed_hello(&f.alice, hello("alice"), now),
+                false,
+                Err("needs an agent key"),
+            ),
+            (
+                "new agent key: pending",
+                signed_hello(&web2, hello("web2"), now),
+                false,
+                Err("is pending"),
+            ),
+            (
+                "stale",
+                signed_hello(&f.web1, hello("web1"), now - 10 * 60 * 1000),
+                false,
+                Err("stale"),
+            ),
+        ];
+        for (name, a, allow_unsigned, want) in cases {
+            let mut g = fixture(allow_unsigned);
+            g.gate.keys.submit(f.web1.public()).unwrap();
+            g.gate.keys.accept(&f.web1.public().fingerprint()).unwrap();
+            match (g.gate.check_announce(&a), want) {
+                (Ok((_, believed)), Ok(())) => {
+                    assert_eq!(believed.topics, hello(&a.node).topics, "{name}")
+                }
+                (Err(why), Err(needle)) => assert!(why.contains(needle), "{name}: {why:?}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn gate_decides_on_results_and_shutdowns() {
+        let mut f = fixture(false);
+        let result = |key: &KeyPair, uuid: &str, node: &str| {
+            let body = SignedResult {
+                uuid: uuid.into(),
+                node: node.into(),
+                status: crate::protocol::Status::Ok,
+                request_id: None,
+                sealed: None,
+                result: None,
+            };
+            sign_body(key, Purpose::Result, &serde_json::to_value(&body).unwrap())
+        };
+        let web1_ok = result(&f.web1, "j1", "web1");
+        type Case<'a> = (&'a str, Option<Signed>, &'a str, Result<(), &'a str>);
+        let cases: Vec<Case> = vec![
+            (
+                "unsigned, secure",
+                None,
+                "web1",
+                Err("unsigned result dropped"),
+            ),
+            ("signed by the node", Some(web1_ok.clone()), "web1", Ok(())),
+            (
+                "names another node",
+                Some(web1_ok),
+                "web2",
+                Err("result dropped: signed by"),
+            ),
+            (
+                "another job",
+                Some(result(&f.web1, "j0", "web1")),
+                "web1",
+                Err("result dropped"),
+            ),
+            (
+                "a client key",
+                Some(result(&f.alice, "j1", "web1")),
+                "web1",
+                Err("result dropped"),
+            ),
+        ];
+        for (name, auth, node, want) in cases {
+            let got = f.gate.check_result(auth.as_ref(), "j1", Some(node));
+            match (got, want) {
+                (Ok(()), Ok(())) => {}
+                (Err(why), Err(needle)) => assert!(why.contains(needle), "{name}: {why:?}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+
+        let shutdown = |key: &KeyPair, cmd: &str| {
+            let mut req = MgmtRequest::new(crate::protocol::MANAGER_SHUTDOWN);
+            let body = MgmtBody {
+                cmd: cmd.into(),
+                id: uuid::Uuid::new_v4().simple().to_string(),
+                ts: crate::clock::now_ms(),
+                node: None,
+            };
+            req.auth = Some(sign_body(
+                key,
+                Purpose::Request,
+                &serde_json::to_value(&body).unwrap(),
+            ));
+            req
+        };
+        let once = shutdown(&f.alice, "manager.shutdown");
+        let cases: Vec<(&str, MgmtRequest, Result<(), &str>)> = vec![
+            (
+                "unsigned",
+                MgmtRequest::new("manager.shutdown"),
+                Err("needs a signed request"),
+            ),
+            ("accepted client", once.clone(), Ok(())),
+            ("the same again", once, Err("replayed")),
+            (
+                "signed for another command",
+                shutdown(&f.alice, "agent.shutdown"),
+                Err("another command"),
+            ),
+            (
+                "pending client",
+                shutdown(&f.mallory, "manager.shutdown"),
+                Err("has not been accepted"),
+            ),
+        ];
+        for (name, req, want) in cases {
+            match (f.gate.check_mgmt(&req), want) {
+                (Ok(()), Ok(())) => {}
+                (Err(why), Err(needle)) => assert!(why.contains(needle), "{name}: {why:?}"),
+                (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
+            }
+        }
+        let mut open = fixture(true);
+        assert_eq!(
+            open.gate.check_mgmt(&MgmtRequest::new("manager.shutdown")),
+            Ok(())
+        );
     }
 }

@@ -71,9 +71,16 @@ fn signed_bytes(purpose: Purpose, body: &str) -> Vec<u8> {
     [purpose.domain(), body.as_bytes()].concat()
 }
 
-/// Sign `body` for `purpose`.
+/// Sign a JSON value for `purpose` (see [`sign`]).
 pub fn sign_body(id: &KeyPair, purpose: Purpose, body: &Value) -> Signed {
-    let text = body.to_string();
+    sign(id, purpose, body)
+}
+
+/// Sign a message for `purpose`: its compact JSON encoding is the body, sent
+/// as the exact text signed. A protocol type signs the same bytes as its
+/// `serde_json::Value`, so typed and untyped signers agree.
+pub fn sign<T: Serialize + ?Sized>(id: &KeyPair, purpose: Purpose, body: &T) -> Signed {
+    let text = serde_json::to_string(body).expect("protocol types always serialize");
     let sig = id.sign.sign(&signed_bytes(purpose, &text));
     Signed {
         key: id.key_id(),
@@ -90,6 +97,19 @@ pub fn verify(
     purpose: Purpose,
     trusted: impl Fn(&str) -> Option<PublicKey>,
 ) -> Result<(PublicKey, Value), AuthError> {
+    let key = verify_signature(signed, purpose, trusted)?;
+    let body = serde_json::from_str(&signed.body)
+        .map_err(|e| malformed(format!("signed body is not JSON: {e}")))?;
+    Ok((key, body))
+}
+
+/// [`verify`] without reading the body: the caller decodes `signed.body`
+/// once, into the type it expects (the protocol's signed bodies).
+pub fn verify_signature(
+    signed: &Signed,
+    purpose: Purpose,
+    trusted: impl Fn(&str) -> Option<PublicKey>,
+) -> Result<PublicKey, AuthError> {
     let bytes = decode_array::<64>(&URL_SAFE_NO_PAD, &signed.key, "signer key id")?;
     let key = match trusted(&signed.key) {
         Some(k) if k.bytes() == bytes => k,
@@ -107,9 +127,7 @@ pub fn verify(
     key.sign
         .verify_strict(&signed_bytes(purpose, &signed.body), &sig)
         .map_err(|_| AuthError::BadSignature)?;
-    let body = serde_json::from_str(&signed.body)
-        .map_err(|e| malformed(format!("signed body is not JSON: {e}")))?;
-    Ok((key, body))
+    Ok(key)
 }
 
 /// Check an announcement: a body `{"key": "<public key line>", ...}` signed
@@ -118,9 +136,14 @@ pub fn verify(
 pub fn verify_announce(signed: &Signed) -> Result<(PublicKey, Value), AuthError> {
     let body: Value = serde_json::from_str(&signed.body)
         .map_err(|e| malformed(format!("signed body is not JSON: {e}")))?;
-    let line = body
-        .get("key")
-        .and_then(Value::as_str)
+    let key = verify_announced(signed, body.get("key").and_then(Value::as_str))?;
+    Ok((key, body))
+}
+
+/// [`verify_announce`] for a body the caller has decoded (once) and whose
+/// `key` field holds `line`.
+pub fn verify_announced(signed: &Signed, line: Option<&str>) -> Result<PublicKey, AuthError> {
+    let line = line
         .ok_or_else(|| malformed("an announcement needs a `key` field with the public key line"))?;
     let key: PublicKey = line.parse()?;
     if key.key_id() != signed.key {
@@ -128,7 +151,7 @@ pub fn verify_announce(signed: &Signed) -> Result<(PublicKey, Value), AuthError>
             "the announcement is signed by another key than the one it announces",
         ));
     }
-    verify(signed, Purpose::Announce, |_| Some(key.clone()))
+    verify_signature(signed, Purpose::Announce, |_| Some(key.clone()))
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! or rejected, kept as one file per key.
 
 use super::keyfile::write_file;
-use super::{parse_key_lines, verify, AuthError, KeyFileError, PublicKey, Purpose, Signed};
+use super::{parse_key_lines, AuthError, KeyFileError, PublicKey, Purpose, Signed};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fmt;
@@ -392,19 +392,32 @@ impl KeyStore {
         }
     }
 
-    /// [`verify`] against the accepted keys, telling a pending or rejected
+    /// [`verify`](super::verify) against the accepted keys, telling a pending or rejected
     /// key (NotAccepted) from an unknown one.
     pub fn verify(
         &self,
         signed: &Signed,
         purpose: Purpose,
     ) -> Result<(PublicKey, Value), AuthError> {
+        let key = self.verify_signature(signed, purpose)?;
+        let body = serde_json::from_str(&signed.body)
+            .map_err(|e| super::malformed(format!("signed body is not JSON: {e}")))?;
+        Ok((key, body))
+    }
+
+    /// [`verify_signature`](super::verify_signature) against the accepted keys,
+    /// as [`KeyStore::verify`] without reading the body.
+    pub fn verify_signature(
+        &self,
+        signed: &Signed,
+        purpose: Purpose,
+    ) -> Result<PublicKey, AuthError> {
         if let Some((state, key)) = self.keys.get(&signed.key) {
             if *state != KeyState::Accepted {
                 return Err(AuthError::NotAccepted(key.fingerprint()));
             }
         }
-        verify(signed, purpose, |id| self.accepted(id))
+        super::verify_signature(signed, purpose, |id| self.accepted(id))
     }
 
     /// Accept every key listed in an authorized-keys file (see [`parse_key_lines`]).

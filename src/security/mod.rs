@@ -13,8 +13,9 @@
 //! - [`keys`]: [`PublicKey`] and its one-line text form, the [`KeyPair`], [`Role`],
 //!   key names, fingerprints, the low-order check.
 //! - [`keyfile`]: secret key files (mode 0600, atomic replace) and [`keygen`].
-//! - [`envelope`]: [`Purpose`], the [`Signed`] envelope, [`sign_body`], [`verify`],
-//!   [`verify_announce`].
+//! - [`envelope`]: [`Purpose`], the [`Signed`] envelope, [`sign`], [`verify_signature`]
+//!   (the body is decoded by the caller, once, into its protocol type), and the
+//!   `Value` forms [`sign_body`], [`verify`], [`verify_announce`].
 //! - [`seal`](mod@seal): [`Sealed`] data, [`seal()`], [`open`], and a key pair's cache
 //!   of AEAD keys shared with its peers ([`KeyPair::seal_to`]).
 //! - [`replay`]: the [`ReplayGuard`] against stale and repeated requests.
@@ -40,7 +41,9 @@ pub mod keystore;
 pub mod replay;
 pub mod seal;
 
-pub use envelope::{sign_body, verify, verify_announce, Purpose, Signed};
+pub use envelope::{
+    sign, sign_body, verify, verify_announce, verify_announced, verify_signature, Purpose, Signed,
+};
 pub use keyfile::{keygen, KeyFileError};
 pub use keys::{
     check_name, fingerprint_of_id, parse_key_lines, KeyPair, PublicKey, Role, KEY_PREFIX,

@@ -37,9 +37,10 @@ use service_mgr::client;
 use service_mgr::config::{self, AgentConfig, ManagerConfig, Policy};
 use service_mgr::protocol::{
     backend_topic, check_command_word, check_service_name, decode_object, encode,
-    parse_backend_topic, valid_topic, Accepted, DecodeError, Dispatch, MgmtReply, MgmtRequest,
-    Presence, ResultEnvelope, ResultMsg, ServiceRequest, SignedResult, SinkMessage, Status,
-    PRESENCE_PREFIX, PRIVATE_PREFIX, REQUEST_LIMIT, RESULT_LIMIT, TOPIC_ANY,
+    parse_backend_topic, valid_topic, Accepted, BackendMessage, DecodeError, Dispatch,
+    FrontendReply, FrontendRequest, MgmtReply, MgmtRequest, Presence, ResultEnvelope, ResultFrame,
+    ResultMsg, ServiceRequest, SignedResult, SinkMessage, Status, PRESENCE_PREFIX, PRIVATE_PREFIX,
+    REQUEST_LIMIT, RESULT_LIMIT, TOPIC_ANY,
 };
 use service_mgr::security::{
     self, open, parse_key_lines, seal, sign_body, verify, verify_announce, KeyPair, PublicKey,
@@ -233,6 +234,12 @@ fn assert_unforgeable(s: &Signed) {
 pub fn service_request(data: &[u8]) {
     let decoded = ServiceRequest::decode(data);
     check_limit(data, REQUEST_LIMIT, decoded.as_ref().err());
+    // The manager's one decode of a frontend frame agrees with the request decoder.
+    match FrontendRequest::decode(data) {
+        Ok(FrontendRequest::Service(r)) => assert_eq!(Some(&r), decoded.as_ref().ok()),
+        Ok(FrontendRequest::Follow { .. }) => assert!(has_key(data, "job")),
+        Err(e) => assert!(decoded.is_err() || has_key(data, "job"), "{e}"),
+    }
     if let Ok(r) = &decoded {
         if !has_topic(data) {
             assert_eq!(r.topic, TOPIC_ANY, "a missing topic means `any`");
@@ -272,6 +279,10 @@ pub fn service_request(data: &[u8]) {
     round_trip_request(&built);
 }
 
+fn has_key(data: &[u8], key: &str) -> bool {
+    decode_object(data, REQUEST_LIMIT).is_ok_and(|m| m.contains_key(key))
+}
+
 fn has_topic(data: &[u8]) -> bool {
     decode_object(data, REQUEST_LIMIT).is_ok_and(|m| m.get("topic").is_some_and(Value::is_string))
 }
@@ -287,6 +298,10 @@ fn round_trip_request(r: &ServiceRequest) {
 
 /// `Dispatch::decode`: what an agent reads from the backend.
 pub fn dispatch(data: &[u8]) {
+    // The agent's one decode of a backend frame: a welcome, or this dispatch.
+    if let Ok(BackendMessage::Dispatch(d)) = BackendMessage::decode(data) {
+        assert_eq!(Dispatch::decode(data).ok(), Some(d));
+    }
     let decoded = Dispatch::decode(data);
     check_limit(data, REQUEST_LIMIT, decoded.as_ref().err().map(|(_, e)| e));
     match &decoded {
@@ -678,6 +693,11 @@ pub fn result_frame(data: &[u8]) {
     serde_round_trip::<SignedResult>(data);
     serde_round_trip::<Accepted>(data);
     serde_round_trip::<MgmtReply>(data);
+    // The client's one decode of a reply and of a result frame never panics.
+    let _ = FrontendReply::decode(data);
+    if let Ok(frame) = ResultFrame::decode(data) {
+        let _ = frame.node();
+    }
     if let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(data) {
         let _ = (client::node_of(&obj), client::status_of(&obj));
     }

@@ -1,0 +1,104 @@
+//! The manager's side of the backend's upstream: agents' subscriptions
+//! (exact topics in 0.1-compatible mode), their presence tokens, the grant of
+//! a private topic and the welcome that tells an agent it is admitted.
+
+use super::{trust, Manager};
+use crate::protocol::{self as p, Welcome};
+use slog::{debug, warn};
+
+impl Manager<'_> {
+    /// Manual XPUB: subscribe the agent's pipe to the topic plus terminator,
+    /// and watch presence subscriptions for agents that disconnect.
+    pub(super) fn on_backend_subscription(&mut self, frames: Vec<Vec<u8>>) {
+        let Some(frame) = frames.first() else { return };
+        let Some((&kind, topic)) = frame.split_first() else {
+            return;
+        };
+        let shown = String::from_utf8_lossy(topic).into_owned();
+        if let Some(presence) = p::Presence::parse(&shown) {
+            self.on_presence(kind == 1, presence, &shown);
+            return;
+        }
+        if shown.starts_with('!') {
+            return; // reserved prefixes are never granted as topics
+        }
+        if !self.gate.allow_unsigned {
+            // Secure mode: plain topics are not granted; agents get requests on
+            // their private topic once they proved their key.
+            let n = self.subscriptions.entry(shown.clone()).or_default();
+            *n = if kind == 1 {
+                *n + 1
+            } else {
+                n.saturating_sub(1)
+            };
+            return;
+        }
+        let mut stored = topic.to_vec();
+        stored.push(p::TOPIC_TERMINATOR);
+        let rc = match kind {
+            1 => {
+                debug!(self.log, "agent subscribed"; "topic" => &shown);
+                *self.subscriptions.entry(shown).or_default() += 1;
+                self.s.backend.set_subscribe(&stored)
+            }
+            0 => {
+                debug!(self.log, "agent unsubscribed"; "topic" => &shown);
+                if let Some(n) = self.subscriptions.get_mut(&shown) {
+                    *n = n.saturating_sub(1);
+                    if *n == 0 {
+                        self.subscriptions.remove(&shown);
+                    }
+                }
+                self.s.backend.set_unsubscribe(&stored)
+            }
+            _ => Ok(()),
+        };
+        if let Err(e) = rc {
+            warn!(self.log, "cannot apply subscription"; "error" => %e);
+        }
+    }
+
+    /// A presence subscription arrived or ended. Signed and valid: grant the
+    /// connection its private topic. Ended: the agent's connection is gone.
+    fn on_presence(&mut self, subscribed: bool, presence: p::Presence, token: &str) {
+        let instance = presence.instance.clone();
+        if !subscribed {
+            // A refreshed token's old one going away is not a disconnect.
+            if self.presence.get(&instance).map(String::as_str) == Some(token) {
+                self.presence.remove(&instance);
+                if let Some(d) = self.registry.disconnected(&instance) {
+                    self.departed(d);
+                }
+            }
+            return;
+        }
+        let node = match self.gate.check_presence(&presence) {
+            trust::Grant::No => {
+                debug!(self.log, "presence not granted (unsigned, stale or key not accepted)"; "instance" => &instance);
+                return;
+            }
+            trust::Grant::Plain => {
+                // 0.1-compatible mode: present, served on its plain topics.
+                self.presence.insert(instance.clone(), token.to_owned());
+                self.registry.connected(&instance, None);
+                return;
+            }
+            trust::Grant::Private(node) => node,
+        };
+        // Only a granted token stands for the connection: a stranger's cannot end it.
+        self.presence.insert(instance.clone(), token.to_owned());
+        let mut private = p::private_topic(&node, &instance).into_bytes();
+        private.push(p::TOPIC_TERMINATOR);
+        if let Err(e) = self.s.backend.set_subscribe(&private) {
+            warn!(self.log, "cannot grant the private topic"; "error" => %e);
+            return;
+        }
+        // Tells the agent it is admitted, so it stops renewing its token often.
+        let welcome = p::encode(&Welcome::default());
+        let _ = self
+            .s
+            .backend
+            .send_multipart([private.as_slice(), &welcome], zmq::DONTWAIT);
+        self.registry.connected(&instance, Some(node));
+    }
+}

@@ -1,0 +1,177 @@
+//! The manager's frontend: each client frame is decoded once, then either
+//! dispatched (gate, routing, publish, job) or answered as a follow request.
+
+use super::{now_ms, routing, trust, Job, Manager};
+use crate::jobstore::StoreEvent;
+use crate::protocol::{
+    self as p, Accepted, Dispatch, ErrorReply, FollowRecord, FrontendRequest, ResultMsg,
+    ServiceRequest,
+};
+use slog::{info, warn};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+impl Manager<'_> {
+    pub(super) fn on_frontend(&mut self, frames: Vec<Vec<u8>>) {
+        // A REQ client sends [identity, "", body]; a DEALER may omit the empty delimiter.
+        let (prefix_len, body) = match frames.iter().position(Vec::is_empty) {
+            Some(i) => (i + 1, &frames[i + 1..]),
+            None => (1, &frames[1.min(frames.len())..]),
+        };
+        let reply = match body {
+            [one] => self.accept(one),
+            _ => Err(ErrorReply::new(format!(
+                "expected one JSON frame after the envelope, got {}",
+                body.len()
+            ))),
+        };
+        let payload = match reply {
+            Ok(v) => v,
+            Err(e) => {
+                warn!(self.log, "request refused"; "reason" => &e.msg);
+                p::encode(&e)
+            }
+        };
+        let mut out: Vec<&[u8]> = frames[..prefix_len].iter().map(Vec::as_slice).collect();
+        out.push(&payload);
+        if let Err(e) = self.s.frontend.send_multipart(out, zmq::DONTWAIT) {
+            warn!(self.log, "cannot answer client"; "error" => %e);
+        }
+    }
+
+    /// Answer a frontend frame: a new request, or `{"job": ID}` to follow an earlier one.
+    fn accept(&mut self, body: &[u8]) -> Result<Vec<u8>, ErrorReply> {
+        match FrontendRequest::decode(body).map_err(ErrorReply::new)? {
+            FrontendRequest::Follow { job } => self.follow(&job),
+            FrontendRequest::Service(req) => self.dispatch(req).map(|a| p::encode(&a)),
+        }
+    }
+
+    /// The accepted key of each of `nodes` that has one.
+    fn agent_keys<'n>(
+        &self,
+        nodes: impl IntoIterator<Item = &'n String>,
+    ) -> BTreeMap<String, String> {
+        nodes
+            .into_iter()
+            .filter_map(|n| Some((n.clone(), self.registry.get(n)?.key.clone()?)))
+            .collect()
+    }
+
+    /// Re-attach a client to a job: one still in memory is replayed on the
+    /// result publisher (and its missing answers still arrive); an older one is
+    /// answered from the job store in one reply.
+    fn follow(&self, uuid: &str) -> Result<Vec<u8>, ErrorReply> {
+        let Some(job) = self.jobs.get(uuid) else {
+            let record = self
+                .store
+                .get(uuid)
+                .map_err(|e| ErrorReply::new(format!("cannot read the job store: {e:#}")))?
+                .ok_or_else(|| ErrorReply::new(format!("no job {uuid} in the job store")))?;
+            return Ok(p::encode(&FollowRecord {
+                v: p::PROTOCOL_VERSION,
+                uuid: uuid.to_owned(),
+                agent_keys: self.agent_keys(&record.expected),
+                record,
+            }));
+        };
+        Ok(p::encode(&Accepted {
+            uuid: uuid.to_owned(),
+            port: self.bound.result_publisher_port,
+            v: Some(p::PROTOCOL_VERSION),
+            expected: Some(job.expected.clone()),
+            unregistered: None,
+            agent_keys: Some(self.agent_keys(&job.expected)),
+        }))
+    }
+
+    /// Validate a request, decide who must answer, publish it and say where results appear.
+    fn dispatch(&mut self, mut req: ServiceRequest) -> Result<Accepted, ErrorReply> {
+        let (client, request_id) = match self.gate.check_request(&req) {
+            Ok(Some((key, id))) => (Some(key), Some(id)),
+            Ok(None) => (None, None),
+            Err(trust::Refused::Replayed(id, msg)) => {
+                return self
+                    .answered
+                    .get(&id)
+                    .map(|(_, a)| a.clone())
+                    .ok_or_else(|| ErrorReply::new(msg));
+            }
+            Err(trust::Refused::Other(msg)) => return Err(ErrorReply::new(msg)),
+        };
+        let route = routing::route(
+            &req,
+            &self.registry,
+            &self.subscriptions,
+            !self.gate.allow_unsigned,
+        )
+        .map_err(ErrorReply::new)?;
+        let uuid = uuid::Uuid::new_v4().simple().to_string();
+        let accepted = Accepted {
+            uuid: uuid.clone(),
+            port: self.bound.result_publisher_port,
+            v: Some(p::PROTOCOL_VERSION),
+            expected: Some(route.expected.clone()),
+            unregistered: Some(route.unregistered),
+            agent_keys: Some(self.agent_keys(&route.expected)),
+        };
+        if req.dry_run {
+            return Ok(accepted);
+        }
+        // The signature moves on to the agents; the job keeps what was asked.
+        let dispatch = Dispatch {
+            cmd: req.cmd.clone(),
+            service: req.service.clone(),
+            topic: req.topic.clone(),
+            uuid: uuid.clone(),
+            v: Some(p::PROTOCOL_VERSION),
+            auth: req.auth.take(),
+        };
+        let body = p::encode(&dispatch);
+        for t in &route.topics {
+            let topic = p::backend_topic(t);
+            if let Err(e) = self
+                .s
+                .backend
+                .send_multipart([topic.as_slice(), &body], zmq::DONTWAIT)
+            {
+                return Err(ErrorReply::new(format!("cannot dispatch the request: {e}")));
+            }
+        }
+        let mut job = Job {
+            created: Instant::now(),
+            created_ms: now_ms(),
+            request: req,
+            expected: route.expected.clone(),
+            pending: route.expected.iter().cloned().collect(),
+            results: Vec::new(),
+            subscribed: false,
+        };
+        self.events.push(StoreEvent::NewJob {
+            uuid: uuid.clone(),
+            created_ms: job.created_ms,
+            request: serde_json::to_value(&job.request).unwrap_or_default(),
+            expected: route.expected.clone(),
+        });
+        // Nodes that were not sent the request will not answer: say so at once.
+        for (n, why) in route.unreachable {
+            let r = ResultMsg::no_response(&uuid, &n, why);
+            job.pending.remove(&n);
+            job.results.push(p::encode(&r));
+            self.events.push(StoreEvent::NoResponse {
+                uuid: uuid.clone(),
+                node: n,
+                at_ms: now_ms(),
+            });
+        }
+        info!(self.log, "request dispatched"; "uuid" => &uuid, "topic" => &job.request.topic,
+            "client" => client.as_ref().map(|k| k.to_string()).unwrap_or_else(|| "unsigned".into()),
+            "cmd" => &job.request.cmd, "service" => &job.request.service,
+            "expected" => route.expected.len(), "unregistered" => route.unregistered);
+        self.jobs.insert(uuid, job);
+        if let Some(id) = request_id {
+            self.answered.insert(id, (Instant::now(), accepted.clone()));
+        }
+        Ok(accepted)
+    }
+}

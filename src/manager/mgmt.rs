@@ -1,0 +1,95 @@
+//! The manager's management commands: status, the agent registry, the job
+//! store's jobs, and a shutdown the gate must allow.
+
+use super::Manager;
+use crate::protocol::mgmt::{self as m, AgentInfo, AgentState, ManagerStatus};
+use crate::protocol::{self as p, MgmtReply, MgmtRequest};
+use slog::{info, warn};
+
+impl Manager<'_> {
+    pub(super) fn on_mgmt(&mut self, frames: Vec<Vec<u8>>) {
+        let reply = m::answer(&frames, |req| self.mgmt_command(req));
+        if let Err(e) = self.s.mgmt.send(reply, 0) {
+            warn!(self.log, "cannot answer management request"; "error" => %e);
+        }
+    }
+
+    fn mgmt_command(&mut self, req: &MgmtRequest) -> MgmtReply {
+        match req.cmd.as_str() {
+            p::MANAGER_STATUS => MgmtReply::with("Service Manager Status", &self.status()),
+            p::MANAGER_SHUTDOWN => {
+                let allowed = self.gate.check_mgmt(req);
+                match &allowed {
+                    Ok(()) => {
+                        info!(self.log, "shutdown requested on the management socket");
+                        self.stop = true;
+                    }
+                    Err(why) => warn!(self.log, "shutdown refused"; "why" => why),
+                }
+                MgmtReply::shutdown(&allowed, "Service Manager is shutting down")
+            }
+            p::MANAGER_AGENTS => MgmtReply::with("Service Manager Agents", &self.agents()),
+            p::MANAGER_JOBS => match self.store.list(req.limit.unwrap_or(50)) {
+                Ok(list) => MgmtReply::with("Service Manager Jobs", &list),
+                Err(e) => MgmtReply::error(format!("cannot read the job store: {e:#}")),
+            },
+            p::MANAGER_JOB => {
+                let Some(id) = &req.uuid else {
+                    return MgmtReply::error("manager.job needs \"uuid\"");
+                };
+                match self.store.get(id) {
+                    Ok(Some(record)) => MgmtReply::with("Service Manager Job", &record),
+                    Ok(None) => MgmtReply::error(format!("no job {id} in the job store")),
+                    Err(e) => MgmtReply::error(format!("cannot read the job store: {e:#}")),
+                }
+            }
+            other => MgmtReply::unknown(
+                other,
+                "manager",
+                &[
+                    p::MANAGER_STATUS,
+                    p::MANAGER_SHUTDOWN,
+                    p::MANAGER_AGENTS,
+                    p::MANAGER_JOBS,
+                    p::MANAGER_JOB,
+                ],
+            ),
+        }
+    }
+
+    fn status(&self) -> ManagerStatus {
+        ManagerStatus {
+            status: "running".into(),
+            uname: self.host.uname(),
+            frontend_endpoint: self.config.frontend_endpoint.clone(),
+            backend_endpoint: self.config.backend_endpoint.clone(),
+            sink_endpoint: self.config.sink_endpoint.clone(),
+            mgmt_endpoint: self.config.mgmt_endpoint.clone(),
+            result_publisher_port: self.bound.result_publisher_port,
+            bound: self.bound.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            agents_up: self.registry.up_count(),
+            allow_unsigned: self.gate.allow_unsigned,
+            jobs_in_memory: self.jobs.len(),
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(t, n)| (t.clone(), *n))
+                .collect(),
+        }
+    }
+
+    fn agents(&self) -> Vec<AgentInfo> {
+        self.registry
+            .entries()
+            .map(|e| {
+                let mut info = e.info.clone();
+                // Announced but its subscriptions not yet in place: not a target yet.
+                if info.state == AgentState::Up && !self.registry.is_up(&e.node) {
+                    info.state = AgentState::Connecting;
+                }
+                info
+            })
+            .collect()
+    }
+}

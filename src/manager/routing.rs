@@ -1,0 +1,276 @@
+//! The routing decision, as a pure function of the request and the registry:
+//! whether the request is valid, which nodes must answer, where it is
+//! published, and which of them are answered for at once. No sockets, no
+//! clock, no state: [`route`] is tested by tables below.
+
+use super::registry::Registry;
+use crate::protocol::{self as p, ServiceRequest};
+use std::collections::{BTreeSet, HashMap};
+
+/// What the manager does with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Nodes expected to answer, sorted.
+    pub expected: Vec<String>,
+    /// Subscribers to the topic that are not registered agents (0.1 agents,
+    /// only counted for a plain broadcast in 0.1-compatible mode).
+    pub unregistered: usize,
+    /// Topics to publish the request on (without the terminator).
+    pub topics: Vec<String>,
+    /// Expected nodes that will not get the request, with the reason they are
+    /// answered for at once (`no_response`).
+    pub unreachable: Vec<(String, &'static str)>,
+}
+
+/// Why an expected node was not sent the request.
+pub const NOT_CONNECTED: &str = "the agent is not connected to the manager";
+pub const NO_SUCH_AGENT: &str =
+    "no such agent: none by that name is connected with an accepted key";
+
+/// Check a request's fields and decide who must answer (the gate has
+/// already passed it). `secure` is the opposite of `allow_unsigned`;
+/// `subscriptions` counts the backend's subscribers per topic.
+pub fn route(
+    req: &ServiceRequest,
+    registry: &Registry,
+    subscriptions: &HashMap<String, usize>,
+    secure: bool,
+) -> Result<Route, String> {
+    if !p::valid_topic(&req.topic) {
+        return Err(format!(
+            "topic {:?} is not a valid topic (printable, no blanks or commas, 1 to 255 bytes)",
+            req.topic
+        ));
+    }
+    p::check_service_name(&req.service)?;
+    p::check_command_word(&req.cmd)?;
+    let glob = match &req.glob {
+        Some(g) => Some(
+            globset::Glob::new(g)
+                .map_err(|e| format!("glob {g:?} is not a valid pattern: {e}"))?
+                .compile_matcher(),
+        ),
+        None => None,
+    };
+    if let Some(nodes) = &req.nodes {
+        if let Some(bad) = nodes.iter().find(|n| !p::valid_topic(n)) {
+            return Err(format!("node {bad:?} is not a valid node name"));
+        }
+    }
+    // Who must answer: up agents on the topic, narrowed by the glob. An
+    // explicit node list is taken as is, less known nodes outside the topic:
+    // unknown nodes are asked too (they may be 0.1 agents) and reported.
+    let narrowed = req.nodes.is_some() || req.glob.is_some();
+    let expected: BTreeSet<String> = match &req.nodes {
+        None => registry
+            .matching(&req.topic, glob.as_ref())
+            .into_iter()
+            .collect(),
+        Some(nodes) => nodes
+            .iter()
+            .filter(|n| match registry.get(n) {
+                None => true,
+                Some(e) => {
+                    e.topics.contains(&req.topic)
+                        && glob.as_ref().is_none_or(|g| g.is_match(n.as_str()))
+                }
+            })
+            .cloned()
+            .collect(),
+    };
+    let expected: Vec<String> = expected.into_iter().collect();
+    let unregistered = if narrowed || secure {
+        0
+    } else {
+        let subscribed = subscriptions.get(&req.topic).copied().unwrap_or(0);
+        subscribed.saturating_sub(registry.count_with_topic(&req.topic))
+    };
+    // Secure mode: each admitted agent on its private topic. Otherwise narrowed
+    // requests go to each node's own topic and the rest is one broadcast.
+    let topics = if secure {
+        expected
+            .iter()
+            .filter_map(|n| registry.get(n))
+            .map(|e| p::private_topic(&e.node, &e.instance))
+            .collect()
+    } else if narrowed {
+        expected.clone()
+    } else {
+        vec![req.topic.clone()]
+    };
+    // Known but down, or (secure mode) not an admitted agent at all: they
+    // are not sent the request, so they are answered for at once.
+    let unreachable = expected
+        .iter()
+        .filter(|n| !registry.is_up(n) && (registry.get(n).is_some() || secure))
+        .map(|n| {
+            let why = match registry.get(n) {
+                Some(_) => NOT_CONNECTED,
+                None => NO_SUCH_AGENT,
+            };
+            (n.clone(), why)
+        })
+        .collect();
+    Ok(Route {
+        expected,
+        unregistered,
+        topics,
+        unreachable,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manager::registry::hello;
+
+    /// web1 and web2 up on `web`, db1 up, old1 announced but its connection gone.
+    fn fleet() -> Registry {
+        let mut r = Registry::default();
+        for (node, topics) in [
+            ("web1", &["any", "web", "web1"][..]),
+            ("web2", &["any", "web", "web2"]),
+            ("db1", &["any", "db", "db1"]),
+            ("old1", &["any", "web", "old1"]),
+        ] {
+            r.connected(&format!("i-{node}"), Some(node.to_owned()));
+            r.announce(&hello(node, &format!("i-{node}"), topics), None);
+        }
+        r.disconnected("i-old1");
+        r
+    }
+
+    fn req(topic: &str, nodes: Option<&[&str]>, glob: Option<&str>) -> ServiceRequest {
+        let mut r = ServiceRequest::new("status", "nginx", topic);
+        r.nodes = nodes.map(|n| n.iter().map(|s| s.to_string()).collect());
+        r.glob = glob.map(str::to_owned);
+        r
+    }
+
+    #[test]
+    fn who_must_answer_and_where_it_is_published() {
+        struct Case {
+            name: &'static str,
+            req: ServiceRequest,
+            secure: bool,
+            expected: &'static [&'static str],
+            topics: &'static [&'static str],
+            unreachable: &'static [(&'static str, &'static str)],
+        }
+        let cases = [
+            Case {
+                name: "broadcast, 0.1-compatible: one publish on the topic",
+                req: req("web", None, None),
+                secure: false,
+                expected: &["web1", "web2"],
+                topics: &["web"],
+                unreachable: &[],
+            },
+            Case {
+                name: "broadcast, secure: each up agent's private topic",
+                req: req("web", None, None),
+                secure: true,
+                expected: &["web1", "web2"],
+                topics: &["!to/web1/i-web1", "!to/web2/i-web2"],
+                unreachable: &[],
+            },
+            Case {
+                name: "topic match is exact, not a prefix",
+                req: req("we", None, None),
+                secure: true,
+                expected: &[],
+                topics: &[],
+                unreachable: &[],
+            },
+            Case {
+                name: "glob narrows the topic",
+                req: req("any", None, Some("web*")),
+                secure: false,
+                expected: &["web1", "web2"],
+                topics: &["web1", "web2"],
+                unreachable: &[],
+            },
+            Case {
+                name:
+                    "node list: unknown kept (0.1 agent), outside topic dropped, down answered for",
+                req: req("web", Some(&["web1", "db1", "ghost", "old1"]), None),
+                secure: false,
+                expected: &["ghost", "old1", "web1"],
+                topics: &["ghost", "old1", "web1"],
+                unreachable: &[("old1", NOT_CONNECTED)],
+            },
+            Case {
+                name: "node list, secure: an unknown node gets no request and no_response",
+                req: req("any", Some(&["web1", "ghost"]), None),
+                secure: true,
+                expected: &["ghost", "web1"],
+                topics: &["!to/web1/i-web1"],
+                unreachable: &[("ghost", NO_SUCH_AGENT)],
+            },
+            Case {
+                name: "node list and glob",
+                req: req("any", Some(&["web1", "db1"]), Some("db*")),
+                secure: false,
+                expected: &["db1"],
+                topics: &["db1"],
+                unreachable: &[],
+            },
+        ];
+        let reg = fleet();
+        for c in cases {
+            let r = route(&c.req, &reg, &HashMap::new(), c.secure).unwrap();
+            assert_eq!(r.expected, c.expected, "{}", c.name);
+            assert_eq!(r.topics, c.topics, "{}", c.name);
+            let unreachable: Vec<(&str, &str)> = r
+                .unreachable
+                .iter()
+                .map(|(n, w)| (n.as_str(), *w))
+                .collect();
+            assert_eq!(unreachable, c.unreachable, "{}", c.name);
+        }
+    }
+
+    #[test]
+    fn unregistered_subscribers_are_counted_only_for_plain_broadcasts() {
+        let reg = fleet();
+        // Three pipes on `web`: the two up agents and one 0.1 agent.
+        let subs = HashMap::from([("web".to_owned(), 3)]);
+        let cases = [
+            (req("web", None, None), false, 1),
+            (req("web", None, None), true, 0),
+            (req("web", None, Some("web*")), false, 0),
+            (req("web", Some(&["web1"]), None), false, 0),
+        ];
+        for (r, secure, want) in cases {
+            assert_eq!(
+                route(&r, &reg, &subs, secure).unwrap().unregistered,
+                want,
+                "{r:?} secure={secure}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_requests_are_refused_with_a_reason() {
+        let reg = fleet();
+        let mut bad_cmd = req("web", None, None);
+        bad_cmd.cmd = "STOP".into();
+        let mut bad_service = req("web", None, None);
+        bad_service.service = "../x".into();
+        let cases = [
+            (req("a b", None, None), "is not a valid topic"),
+            (req("!to/x", None, None), "is not a valid topic"),
+            (bad_service, "service name"),
+            (bad_cmd, "plain command word"),
+            (req("web", None, Some("[")), "is not a valid pattern"),
+            (
+                req("web", Some(&["ok", "a,b"]), None),
+                "is not a valid node name",
+            ),
+        ];
+        for (r, needle) in cases {
+            let err = route(&r, &reg, &HashMap::new(), true).unwrap_err();
+            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The manager's sink: agents' announcements (the registry), their results
+//! (routed to the job, stored, published to the client that asked) and what
+//! happens when an agent goes away.
+
+use super::registry::Departure;
+use super::{now_ms, publish, Manager};
+use crate::jobstore::StoreEvent;
+use crate::protocol::{self as p, ResultMsg, SinkMessage, Status};
+use serde_json::value::RawValue;
+use slog::{debug, info, warn};
+
+impl Manager<'_> {
+    /// A client subscribed to (or left) a job id: deliver what is held for it.
+    pub(super) fn on_result_subscription(&mut self, frames: Vec<Vec<u8>>) {
+        let Some(frame) = frames.first() else { return };
+        let Some((&kind, topic)) = frame.split_first() else {
+            return;
+        };
+        let uuid = String::from_utf8_lossy(topic).into_owned();
+        let Some(job) = self.jobs.get_mut(&uuid) else {
+            debug!(self.log, "subscription to unknown job"; "uuid" => &uuid);
+            return;
+        };
+        if kind == 0 {
+            job.subscribed = false;
+            return;
+        }
+        job.subscribed = true;
+        for frame in &job.results {
+            publish(&self.s.results, self.log, &uuid, frame);
+        }
+    }
+
+    pub(super) fn on_sink(&mut self, mut frames: Vec<Vec<u8>>) {
+        let (Some(frame), true) = (frames.pop(), frames.is_empty()) else {
+            warn!(self.log, "sink message dropped: expected one frame"; "frames" => frames.len() + 1);
+            return;
+        };
+        match SinkMessage::decode(&frame) {
+            Ok(SinkMessage::Announce(a)) => {
+                let (key, a) = match self.gate.check_announce(&a) {
+                    Ok((k, signed)) => (k.map(|k| k.to_string()), signed),
+                    Err(why) => {
+                        if a.kind == p::AnnounceKind::Hello {
+                            warn!(self.log, "agent not admitted"; "node" => &a.node, "why" => why);
+                        }
+                        return;
+                    }
+                };
+                if !self.registry.is_up(&a.node) && a.kind != p::AnnounceKind::Bye {
+                    info!(self.log, "agent up"; "node" => &a.node, "system" => &a.system,
+                        "topics" => a.topics.join(","), "version" => &a.agent_version);
+                }
+                if let Some(d) = self.registry.announce(&a, key) {
+                    self.departed(d);
+                }
+            }
+            Ok(SinkMessage::Result {
+                uuid,
+                node,
+                status,
+                auth,
+                body,
+            }) => {
+                if let Err(why) = self
+                    .gate
+                    .check_result(auth.as_ref(), &uuid, node.as_deref())
+                {
+                    warn!(self.log, "result not accepted"; "uuid" => &uuid, "node" => ?node, "why" => why);
+                    return;
+                }
+                self.on_result(uuid, node, status, frame, body)
+            }
+            Err(e) => {
+                // Nothing can route it; say so loudly rather than lose it silently.
+                warn!(self.log, "sink message dropped"; "reason" => %e,
+                    "start" => %String::from_utf8_lossy(&frame[..frame.len().min(200)]));
+            }
+        }
+    }
+
+    fn on_result(
+        &mut self,
+        uuid: String,
+        node: Option<String>,
+        status: Status,
+        frame: Vec<u8>,
+        body: Box<RawValue>,
+    ) {
+        debug!(self.log, "result received"; "uuid" => &uuid, "node" => ?node, "status" => status.as_str());
+        let publish_now = match self.jobs.get_mut(&uuid) {
+            Some(job) => {
+                if let Some(n) = &node {
+                    job.pending.remove(n);
+                    if job.pending.is_empty() {
+                        self.events.push(StoreEvent::Finished {
+                            uuid: uuid.clone(),
+                            at_ms: now_ms(),
+                        });
+                    }
+                }
+                job.results.push(frame.clone());
+                job.subscribed
+            }
+            // A job we do not know (e.g. dispatched before a restart): publish as 0.1 did.
+            None => true,
+        };
+        // Kept whatever happens to the client: a late answer is in the store.
+        self.events.push(StoreEvent::Result {
+            uuid: uuid.clone(),
+            node: node.unwrap_or_else(|| "(unnamed)".into()),
+            status: status.as_str().to_owned(),
+            received_ms: now_ms(),
+            result: body,
+        });
+        if publish_now {
+            publish(&self.s.results, self.log, &uuid, &frame);
+        }
+    }
+
+    /// An agent went away: every job still waiting for it gets `no_response`.
+    pub(super) fn departed(&mut self, d: Departure) {
+        warn!(self.log, "agent down"; "node" => &d.node, "why" => d.why);
+        let mut out = Vec::new();
+        for (uuid, job) in self.jobs.iter_mut() {
+            if job.pending.remove(&d.node) {
+                let r = p::encode(&ResultMsg::no_response(
+                    uuid,
+                    &d.node,
+                    &format!("no answer: {}", d.why),
+                ));
+                job.results.push(r.clone());
+                self.events.push(StoreEvent::NoResponse {
+                    uuid: uuid.clone(),
+                    node: d.node.clone(),
+                    at_ms: now_ms(),
+                });
+                if job.pending.is_empty() {
+                    self.events.push(StoreEvent::Finished {
+                        uuid: uuid.clone(),
+                        at_ms: now_ms(),
+                    });
+                }
+                if job.subscribed {
+                    out.push((uuid.clone(), r));
+                }
+            }
+        }
+        for (uuid, r) in out {
+            publish(&self.s.results, self.log, &uuid, &r);
+        }
+    }
+}

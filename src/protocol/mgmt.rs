@@ -1,0 +1,327 @@
+//! Management: REQ → REP on the manager and on each agent. The request, what a
+//! shutdown signs, and every reply: status (manager, agent, simulated fleet),
+//! the agent registry, the job list and one job's record from the job store.
+
+use super::{decode_object, req_str, take_auth, take_opt_str, DecodeError, REQUEST_LIMIT};
+use crate::security::Signed;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Management commands of the manager.
+pub const MANAGER_STATUS: &str = "manager.status";
+pub const MANAGER_SHUTDOWN: &str = "manager.shutdown";
+/// Ours: the agent registry, recent jobs, one job.
+pub const MANAGER_AGENTS: &str = "manager.agents";
+pub const MANAGER_JOBS: &str = "manager.jobs";
+pub const MANAGER_JOB: &str = "manager.job";
+/// Management commands of the agent.
+pub const AGENT_STATUS: &str = "agent.status";
+pub const AGENT_SHUTDOWN: &str = "agent.shutdown";
+
+/// Management request (REQ -> REP): `{"cmd": "manager.status"}`.
+/// `manager.job` takes `"uuid"`, `manager.jobs` an optional `"limit"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MgmtRequest {
+    pub cmd: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+    /// A client's signature over a [`MgmtBody`], required for shutdown in secure mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Signed>,
+}
+
+impl MgmtRequest {
+    pub fn new(cmd: &str) -> Self {
+        MgmtRequest {
+            cmd: cmd.to_owned(),
+            uuid: None,
+            limit: None,
+            auth: None,
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut m = decode_object(bytes, REQUEST_LIMIT)?;
+        let limit = match m.get("limit") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().ok_or(DecodeError::WrongType {
+                field: "limit",
+                expected: "a non-negative integer",
+            })? as usize),
+        };
+        let cmd = req_str(&m, "cmd")?.to_owned();
+        Ok(MgmtRequest {
+            cmd,
+            uuid: take_opt_str(&mut m, "uuid")?,
+            limit,
+            auth: take_auth(&mut m)?,
+        })
+    }
+}
+
+/// What a signed management request signs (purpose `request`).
+///
+/// ```json
+/// {"cmd": "agent.shutdown", "id": "69a07b7f...", "ts": 1795836549565, "node": "web1"}
+/// ```
+/// `node` binds an agent's shutdown to that agent (`null` for the manager).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MgmtBody {
+    pub cmd: String,
+    pub id: String,
+    pub ts: u64,
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+impl MgmtBody {
+    /// Decode the text a signature covered.
+    pub fn from_signed(text: &str) -> Result<MgmtBody, serde_json::Error> {
+        serde_json::from_str(text)
+    }
+}
+
+/// Management reply: `{"success": 0, "msg": "Service Manager Status", "result": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MgmtReply {
+    pub success: i64,
+    pub msg: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+}
+
+impl MgmtReply {
+    pub fn ok(msg: &str, result: Option<Value>) -> Self {
+        MgmtReply {
+            success: 0,
+            msg: msg.to_owned(),
+            result,
+        }
+    }
+    /// A success carrying one of the typed results below.
+    pub fn with<T: Serialize>(msg: &str, result: &T) -> Self {
+        Self::ok(
+            msg,
+            Some(serde_json::to_value(result).expect("protocol types always serialize")),
+        )
+    }
+    pub fn error(msg: impl fmt::Display) -> Self {
+        MgmtReply {
+            success: -1,
+            msg: msg.to_string(),
+            result: None,
+        }
+    }
+}
+
+/// 0.1's `uname` array: system, node, release, version, machine, processor.
+pub type Uname = [String; 6];
+
+/// The endpoints the manager really bound (ports resolved), for the ready
+/// notification and `manager.status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bound {
+    pub frontend_endpoint: String,
+    pub backend_endpoint: String,
+    pub sink_endpoint: String,
+    pub mgmt_endpoint: String,
+    pub result_endpoint: String,
+    pub result_publisher_port: u16,
+}
+
+/// `manager.status`: 0.1's fields (endpoints as configured), then ours.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ManagerStatus {
+    pub status: String,
+    pub uname: Uname,
+    pub frontend_endpoint: String,
+    pub backend_endpoint: String,
+    pub sink_endpoint: String,
+    pub mgmt_endpoint: String,
+    pub result_publisher_port: u16,
+    pub bound: Bound,
+    pub version: String,
+    pub agents_up: usize,
+    pub allow_unsigned: bool,
+    pub jobs_in_memory: usize,
+    /// Agent subscriptions per topic, as the backend reports them.
+    pub subscriptions: BTreeMap<String, usize>,
+}
+
+/// `agent.status` of a real agent: 0.1's fields, then ours.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub status: String,
+    pub uname: Uname,
+    pub manager_endpoint: String,
+    pub sink_endpoint: String,
+    pub mgmt_endpoint: String,
+    pub node: String,
+    pub topics: Vec<String>,
+    pub running: usize,
+    pub instance: String,
+    /// The program requests run through (`null` when none was found).
+    pub service_manager: Option<String>,
+    pub version: String,
+}
+
+/// `agent.status` of `agent --simulate`: the fleet as one agent named `PREFIX*`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SimulatedStatus {
+    pub status: String,
+    pub simulated: bool,
+    pub node: String,
+    pub nodes: usize,
+    pub manager_endpoint: String,
+    pub sink_endpoint: String,
+    pub version: String,
+}
+
+/// An agent's state as `manager.agents` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentState {
+    /// Announced itself and is heartbeating, its presence in place.
+    Up,
+    /// Announced, but its presence subscription is not in place yet: not a target.
+    Connecting,
+    /// Its connection dropped or it missed heartbeats.
+    Lost,
+    /// It said goodbye.
+    Stopped,
+}
+
+impl AgentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AgentState::Up => "up",
+            AgentState::Connecting => "connecting",
+            AgentState::Lost => "lost",
+            AgentState::Stopped => "stopped",
+        }
+    }
+}
+
+/// One entry of `manager.agents`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AgentInfo {
+    pub node: String,
+    pub instance: String,
+    pub system: String,
+    pub release: String,
+    pub os_version: String,
+    pub topics: Vec<String>,
+    pub agent_version: String,
+    pub started_ms: u64,
+    pub last_seen_ms: u64,
+    pub state: AgentState,
+    pub running: usize,
+    /// The agent's accepted public key line (none for an unsigned agent).
+    pub key: Option<String>,
+}
+
+/// One node's answer to a job, as the job store keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeResult {
+    pub node: String,
+    /// `ok`, `failed`, `timeout`, `refused` or `no_response` ([`super::Status`]).
+    pub status: String,
+    pub received_ms: u64,
+    /// The result message as the agent sent it (`null` for `no_response`).
+    pub result: Value,
+}
+
+/// `manager.job` (and a follow request's record): a job with all its
+/// results, ordered by node name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub uuid: String,
+    /// Unix time in milliseconds.
+    pub created_ms: u64,
+    /// The request as dispatched (cmd, service, target...; no `auth`);
+    /// `null` for a stub created by a result whose job the store did not know.
+    pub request: Value,
+    /// The nodes the request is known to have reached.
+    pub expected: Vec<String>,
+    pub results: Vec<NodeResult>,
+    pub finished_ms: Option<u64>,
+    /// Results dropped because their node had already answered differently.
+    pub conflicts: u64,
+}
+
+/// One entry of `manager.jobs`: a job without its results.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSummary {
+    pub uuid: String,
+    pub created_ms: u64,
+    pub request: Value,
+    pub expected_count: usize,
+    /// Nodes with a real result (`no_response` placeholders not counted).
+    pub answered_count: usize,
+    /// Stored results per status, `no_response` included.
+    pub status_counts: BTreeMap<String, usize>,
+    pub finished_ms: Option<u64>,
+}
+
+impl MgmtReply {
+    /// `Unknown management command "x"; the agent knows a and b`.
+    pub fn unknown(cmd: &str, who: &str, known: &[&str]) -> Self {
+        let list = match known {
+            [a, b] => format!("{a} and {b}"),
+            _ => known.join(", "),
+        };
+        Self::error(format!(
+            "Unknown management command {cmd:?}; the {who} knows {list}"
+        ))
+    }
+
+    /// The answer to a shutdown the gate allowed (`Ok`) or refused.
+    pub fn shutdown(allowed: &Result<(), String>, ok_msg: &str) -> Self {
+        match allowed {
+            Ok(()) => Self::ok(ok_msg, None),
+            Err(why) => Self::error(format!("shutdown refused: {why}")),
+        }
+    }
+}
+
+/// One exchange on a management REP socket, shared by the manager and both
+/// kinds of agent: decode the request, let `handle` answer it, encode the
+/// reply. Every frame gets an answer, or the REP socket jams (a 0.1 defect).
+pub fn answer(frames: &[Vec<u8>], handle: impl FnOnce(&MgmtRequest) -> MgmtReply) -> Vec<u8> {
+    let reply = match frames {
+        [one] => match MgmtRequest::decode(one) {
+            Ok(req) => handle(&req),
+            Err(e) => MgmtReply::error(e),
+        },
+        _ => MgmtReply::error(format!("expected one JSON frame, got {}", frames.len())),
+    };
+    super::encode(&reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::protocol::*;
+    use serde_json::json;
+
+    #[test]
+    fn mgmt_roundtrip_and_errors() {
+        let req = MgmtRequest::decode(br#"{"cmd": "manager.status"}"#).unwrap();
+        assert_eq!(req.cmd, MANAGER_STATUS);
+        roundtrip(&req);
+        assert!(MgmtRequest::decode(b"{}")
+            .unwrap_err()
+            .to_string()
+            .contains("cmd"));
+        let reply = MgmtReply::ok("Service Manager Status", Some(json!({"status": "running"})));
+        roundtrip(&reply);
+        assert_eq!(
+            serde_json::to_value(MgmtReply::error("nope")).unwrap(),
+            json!({"success": -1, "msg": "nope"})
+        );
+        roundtrip(&ErrorReply::new("x"));
+    }
+}

@@ -1,0 +1,328 @@
+//! Every message that crosses a socket: the 0.1 shapes and our additions,
+//! one file per socket (see the table below), decoded once at the edge.
+//!
+//! All payloads are UTF-8 JSON objects; topics and job ids travel as plain
+//! UTF-8 frames. `docs/protocol.md` draws the sockets and flows; this module
+//! owns the types, the decoders for untrusted bytes and the size limits.
+//!
+//! | file | socket | messages |
+//! |---|---|---|
+//! | [`frontend`] | client REQ ⇄ manager ROUTER | request, accept, error, follow and its record reply |
+//! | [`backend`] | manager XPUB → agent SUB | dispatch, topics, presence, welcome |
+//! | [`sink`] | agent PUSH → manager PULL | announcements, results as routed |
+//! | [`results`] | manager XPUB → client SUB | result messages, signed envelopes |
+//! | [`mgmt`] | REQ ⇄ REP (manager and agent) | management requests and every reply |
+//!
+//! Compatibility rule: every message we send is a superset of the 0.1 message
+//! (0.1 peers ignore fields they do not know), and every decoder accepts the
+//! 0.1 shape. Our own messages carry `"v": PROTOCOL_VERSION` so that a peer can
+//! tell a 0.1 sender from ours.
+
+pub mod backend;
+pub mod frontend;
+pub mod mgmt;
+pub mod results;
+pub mod sink;
+
+pub use backend::{
+    backend_topic, parse_backend_topic, private_topic, BackendMessage, Dispatch, Presence, Welcome,
+    PRESENCE_PREFIX, PRIVATE_PREFIX,
+};
+pub use frontend::{
+    Accepted, FollowRecord, FollowRequest, FrontendReply, FrontendRequest, ReplyError, RequestBody,
+    ServiceRequest,
+};
+pub use mgmt::{
+    MgmtBody, MgmtReply, MgmtRequest, AGENT_SHUTDOWN, AGENT_STATUS, MANAGER_AGENTS, MANAGER_JOB,
+    MANAGER_JOBS, MANAGER_SHUTDOWN, MANAGER_STATUS,
+};
+pub use results::{
+    ExecResult, Output, ResultEnvelope, ResultFrame, ResultMsg, ServiceState, SignedResult, Status,
+};
+pub use sink::{Announce, AnnounceKind, SignedAnnounce, SinkMessage, ANNOUNCE_UUID};
+
+use crate::security::Signed;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::fmt;
+
+/// Version of our protocol; 0.1 messages carry no `v` field at all.
+pub const PROTOCOL_VERSION: u64 = 2;
+
+/// Largest client request or management message we read (bytes).
+/// Larger frames get an error reply (the transport limit is `HARD_FRAME_LIMIT`).
+pub const REQUEST_LIMIT: usize = 64 * 1024;
+/// What an agent accepts from the backend: an accepted request plus the few
+/// fields the manager adds (uuid, v). Found by fuzzing: with REQUEST_LIMIT
+/// here, a request just under the limit was accepted but refused by agents.
+pub const DISPATCH_LIMIT: usize = REQUEST_LIMIT + 4096;
+/// Largest result an agent may send to the sink (two capped outputs plus JSON escaping).
+pub const RESULT_LIMIT: usize = 160 * 1024 * 1024;
+/// Most output an agent may be configured to keep per stream (`max_output`):
+/// worst case 6 bytes of JSON per byte of control characters, two streams,
+/// 4/3 for sealing, stays under RESULT_LIMIT.
+pub const MAX_OUTPUT_LIMIT: u64 = 8 * 1024 * 1024;
+/// Transport-level limit (ZMQ_MAXMSGSIZE) for sockets that read requests:
+/// a peer sending more is disconnected by libzmq before we allocate it.
+pub const HARD_FRAME_LIMIT: i64 = 1024 * 1024;
+/// Most frames we accept in one multipart message; more is hostile.
+pub const MAX_FRAMES: usize = 16;
+
+/// The 0.1 topic every agent subscribes to.
+pub const TOPIC_ANY: &str = "any";
+
+/// The byte our manager appends to a topic on the backend so that prefix
+/// matching becomes exact matching: subscription `web1` is stored as `web1\0`
+/// and matches only the message topic `web1\0`, never `web10\0`.
+pub const TOPIC_TERMINATOR: u8 = 0;
+
+/// Why untrusted bytes were refused. The `Display` text goes on the wire as
+/// the `msg` of an error reply, so it names the problem in user terms.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("message of {size} bytes is over the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("message is not valid UTF-8")]
+    NotUtf8,
+    #[error("Request message should be in JSON format: {0}")]
+    BadJson(String),
+    #[error("Request message should be in JSON format (a JSON object, got {0})")]
+    NotObject(&'static str),
+    #[error("Missing message properties: {0}")]
+    Missing(&'static str),
+    #[error("field `{field}` must be {expected}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Check size and UTF-8 of an untrusted frame.
+pub fn checked_text(bytes: &[u8], limit: usize) -> Result<&str, DecodeError> {
+    if bytes.len() > limit {
+        return Err(DecodeError::TooLarge {
+            size: bytes.len(),
+            limit,
+        });
+    }
+    std::str::from_utf8(bytes).map_err(|_| DecodeError::NotUtf8)
+}
+
+/// Decode one payload frame into a JSON object, enforcing the size limit.
+/// The lenient decoders below start here: they read the 0.1 shapes field by
+/// field, with an error that names the field.
+pub fn decode_object(bytes: &[u8], limit: usize) -> Result<Map<String, Value>, DecodeError> {
+    let text = checked_text(bytes, limit)?;
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(other) => Err(DecodeError::NotObject(json_kind(&other))),
+        Err(e) => Err(DecodeError::BadJson(e.to_string())),
+    }
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A required string field.
+pub fn req_str<'a>(m: &'a Map<String, Value>, field: &'static str) -> Result<&'a str, DecodeError> {
+    match m.get(field) {
+        None | Some(Value::Null) => Err(DecodeError::Missing(field)),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(DecodeError::WrongType {
+            field,
+            expected: "a string",
+        }),
+    }
+}
+
+/// An optional string field (absent or null is `None`, another type is an error).
+pub fn opt_str<'a>(
+    m: &'a Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<&'a str>, DecodeError> {
+    match m.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(DecodeError::WrongType {
+            field,
+            expected: "a string",
+        }),
+    }
+}
+
+/// Take a required string field out of the map (no copy).
+pub(crate) fn take_str(
+    m: &mut Map<String, Value>,
+    field: &'static str,
+) -> Result<String, DecodeError> {
+    match m.remove(field) {
+        None | Some(Value::Null) => Err(DecodeError::Missing(field)),
+        Some(Value::String(s)) => Ok(s),
+        Some(_) => Err(DecodeError::WrongType {
+            field,
+            expected: "a string",
+        }),
+    }
+}
+
+/// Take an optional string field out of the map.
+pub(crate) fn take_opt_str(
+    m: &mut Map<String, Value>,
+    field: &'static str,
+) -> Result<Option<String>, DecodeError> {
+    match m.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(DecodeError::WrongType {
+            field,
+            expected: "a string",
+        }),
+    }
+}
+
+/// Take the `auth` envelope out of a message: absent or null is `None`, a
+/// malformed one is an error (never silently dropped).
+pub(crate) fn take_auth(m: &mut Map<String, Value>) -> Result<Option<Signed>, DecodeError> {
+    match m.remove("auth") {
+        None | Some(Value::Null) => Ok(None),
+        Some(a) => Signed::deserialize(a)
+            .map(Some)
+            .map_err(|_| DecodeError::WrongType {
+                field: "auth",
+                expected: "a signed envelope {key, body, sig}",
+            }),
+    }
+}
+
+/// Serialize a message to its frame. Our types cannot fail to serialize.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
+    serde_json::to_vec(msg).expect("protocol types always serialize")
+}
+
+/// `{"success": -1, "msg": ...}`: the 0.1 error reply, on every socket that has a reply path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorReply {
+    pub success: i64,
+    pub msg: String,
+}
+
+impl ErrorReply {
+    pub fn new(msg: impl fmt::Display) -> Self {
+        ErrorReply {
+            success: -1,
+            msg: msg.to_string(),
+        }
+    }
+}
+
+/// Why a service name or command is refused before anything runs.
+/// A plain name: letters, digits and `_ . @ : + -`, not starting with `-` or `.`,
+/// 1 to 255 bytes. That rules out paths (`../x`), options (`-h`) and shell
+/// syntax (`a;b`), whatever the service manager would make of them.
+pub fn check_service_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("service name is empty".into());
+    }
+    if name.len() > 255 {
+        return Err(format!(
+            "service name is {} bytes long; the limit is 255",
+            name.len()
+        ));
+    }
+    if name.starts_with('-') || name.starts_with('.') {
+        return Err(format!(
+            "service name {name:?} may not start with '-' or '.'"
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_.@:+-".contains(*c)))
+    {
+        return Err(format!("service name {name:?} contains {c:?}; only letters, digits and _ . @ : + - are allowed"));
+    }
+    Ok(())
+}
+
+/// A command must be one plain lower-case word (`start`, `status`, `condrestart`);
+/// which words an agent runs is its own allow-list.
+pub fn check_command_word(cmd: &str) -> Result<(), String> {
+    let ok = !cmd.is_empty()
+        && cmd.len() <= 32
+        && cmd
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !cmd.starts_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("command {cmd:?} is not a plain command word such as start, stop, restart, reload or status"))
+    }
+}
+
+/// Whether `s` is acceptable as a topic or node name: printable, no separators,
+/// not empty, at most 255 bytes. Used for agent topics and client targets.
+pub fn valid_topic(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 255
+        && s.bytes().all(|b| b.is_ascii_graphic() && b != b',')
+        && !s.starts_with('-')
+        && !s.starts_with('!')
+}
+
+/// Encode and decode again: the same message.
+#[cfg(test)]
+pub(crate) fn roundtrip<T: Serialize + for<'de> Deserialize<'de> + PartialEq + fmt::Debug>(v: &T) {
+    let bytes = encode(v);
+    let back: T = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(&back, v);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_validation() {
+        for good in ["any", "Linux", "web-01.example.com", "db_2"] {
+            assert!(valid_topic(good), "{good}");
+        }
+        for bad in ["", " db", "a,b", "-x", "a b", "\u{0}", &"x".repeat(256)] {
+            assert!(!valid_topic(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn hostile_service_names_are_refused() {
+        for bad in [
+            "../x",
+            "-h",
+            "a;b",
+            "",
+            "a b",
+            "x/y",
+            ".hidden",
+            "$(id)",
+            "a\nb",
+            &"s".repeat(256),
+        ] {
+            assert!(check_service_name(bad).is_err(), "{bad:?}");
+        }
+        for good in ["sshd", "nginx", "getty@tty1", "php7.4-fpm", "a_b", "x+y"] {
+            assert!(check_service_name(good).is_ok(), "{good:?}");
+        }
+        assert!(check_command_word("status").is_ok());
+        for bad in ["", "-h", "STATUS", "st;op", "a b"] {
+            assert!(check_command_word(bad).is_err(), "{bad:?}");
+        }
+    }
+}
