@@ -88,7 +88,7 @@ _service__mgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        service__subcmd__mgr__subcmd__agent)
+        service__mgr__subcmd__agent)
             opts="-d -D -p -f -o -e -O -k -v -n -h --daemon --debug --pidfile --file --output --endpoint --set --key --ready-file --version --node --topics --simulate --node-prefix --help start stop status"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -174,7 +174,7 @@ _service__mgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        service__subcmd__mgr__subcmd__client)
+        service__mgr__subcmd__client)
             opts="-w -r -t -D -e -T -N -G -c -s -k -v -h --wait --retries --timeout --debug --endpoint --topic --nodes --glob --cmd --service --batch --batch-wait --fail-fast --job --key --format --custom --version --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -284,7 +284,7 @@ _service__mgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        service__subcmd__mgr__subcmd__daemon)
+        service__mgr__subcmd__daemon)
             opts="-d -D -p -f -o -e -O -k -v -h --daemon --debug --pidfile --file --output --endpoint --set --key --ready-file --version --help start stop status"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -350,7 +350,7 @@ _service__mgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        service__subcmd__mgr__subcmd__demo)
+        service__mgr__subcmd__demo)
             opts="-s -c -D -v -h --service --cmd --debug --version --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -380,7 +380,7 @@ _service__mgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        service__subcmd__mgr__subcmd__help)
+        service__mgr__subcmd__help)
             opts="daemon agent client mgmt demo install-links keygen help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -394,7 +394,7 @@ _service__mgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        service__subcmd__mgr__subcmd__help__subcmd__agent)
+        service__mgr__subcmd__help__subcmd__agent)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -408,7 +408,7 @@ _service__mgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        service__subcmd__mgr__subcmd__help__subcmd__client)
+        service__mgr__subcmd__help__subcmd__client)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -422,7 +422,7 @@ _service__mgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        service__subcmd__mgr__subcmd__help__subcmd__daemon)
+        service__mgr__subcmd__help__subcmd__daemon)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -436,7 +436,7 @@ _service__mgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        service__subcmd__mgr__subcmd__help__subcmd__demo)
+        service__mgr__subcmd__help__subcmd__demo)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -450,7 +450,7 @@ _service__mgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        service__subcmd__mgr__subcmd__help__subcmd__help)
+        service__mgr__subcmd__help__subcmd__help)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -464,7 +464,7 @@ _service__mgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        service__subcmd__mgr__subcmd__help__subcmd__install__subcmd__links)
+        service__mgr__subcmd__help__subcmd__install__subcmd__links)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -478,7 +478,7 @@ _service__mgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        service__subcmd__mgr__subcmd__help__subcmd__keygen)
+        service__mgr__subcmd__help__subcmd__keygen)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -492,7 +492,7 @@ _service__mgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        service__subcmd__mgr__subcmd__help__subcmd__mgmt)
+        service__mgr__subcmd__help__subcmd__mgmt)
             opts=""
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 3 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -506,7 +506,7 @@ _service__mgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        service__subcmd__mgr__subcmd__install__subcmd__links)
+        service__mgr__subcmd__install__subcmd__links)
             opts="-h --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -520,7 +520,7 @@ _service__mgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        service__subcmd__mgr__subcmd__keygen)
+        service__mgr__subcmd__keygen)
             opts="-o -v -h --role --name --output --force --version --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
@@ -550,7 +550,7 @@ _service__mgr() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
-        service__subcmd__mgr__subcmd__mgmt)
+        service__mgr__subcmd__mgmt)
             opts="-e -t -r -k -f -v -h --endpoint --timeout --retries --key --keys-dir --file --format --version --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )

@@ -5,6 +5,7 @@ mod util;
 mod bench;
 mod cli;
 mod compat01;
+mod completion;
 mod contrib;
 mod daemon;
 mod docs;

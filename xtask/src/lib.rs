@@ -52,10 +52,37 @@ pub fn completions() -> Result<Vec<(String, Vec<u8>)>> {
             let mut cmd = applet(name);
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut cmd, name, &mut buf);
+            if shell == Shell::Bash {
+                let script = String::from_utf8(buf).context("clap_complete wrote non-UTF-8")?;
+                buf = bash_case_labels(name, &script).into_bytes();
+            }
             out.push((shell.file_name(name), buf));
         }
     }
     Ok(out)
+}
+
+/// clap_complete (4.6.11) spells the bash case labels of a hyphenated
+/// program's subcommands differently from the state its loop computes
+/// (`service__subcmd__mgr__subcmd__client` vs `service__mgr__subcmd__client`),
+/// so nothing after `service-mgr SUBCOMMAND` completed
+/// (clap-rs/clap#6421). Spell the labels as the loop does.
+fn bash_case_labels(name: &str, script: &str) -> String {
+    let wrong = format!("{}__subcmd__", name.replace('-', "__subcmd__"));
+    let right = format!("{}__subcmd__", name.replace('-', "__"));
+    script
+        .lines()
+        .map(|line| {
+            let label = line.trim_start();
+            let fixed = match label.strip_prefix(&wrong) {
+                Some(rest) if label.ends_with(')') => {
+                    format!("{}{right}{rest}", &line[..line.len() - label.len()])
+                }
+                _ => line.to_owned(),
+            };
+            fixed + "\n"
+        })
+        .collect()
 }
 
 /// A section heading.
