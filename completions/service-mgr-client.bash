@@ -86,11 +86,11 @@ _service__mgr__client() {
                     return 0
                     ;;
                 --cmd)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "start stop restart reload status" -- "${cur}"))
                     return 0
                     ;;
                 -c)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    COMPREPLY=($(compgen -W "start stop restart reload status" -- "${cur}"))
                     return 0
                     ;;
                 --service)

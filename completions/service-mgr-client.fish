@@ -5,7 +5,11 @@ complete -c service-mgr-client -s e -l endpoint -d 'The manager\'s frontend endp
 complete -c service-mgr-client -s T -l topic -d 'Who runs it: `any`, an OS name (`Linux`, `FreeBSD`), a node name or a custom topic [default with -N or -G: any]' -r
 complete -c service-mgr-client -s N -l nodes -d 'Only these nodes (comma-separated), combined with -T' -r
 complete -c service-mgr-client -s G -l glob -d 'Only registered nodes whose name matches this glob (e.g. \'web*\'), combined with -T and -N' -r
-complete -c service-mgr-client -s c -l cmd -d 'The service command: start, stop, restart, reload or status' -r
+complete -c service-mgr-client -s c -l cmd -d 'The service command: start, stop, restart, reload or status' -r -f -a "start\t''
+stop\t''
+restart\t''
+reload\t''
+status\t''"
 complete -c service-mgr-client -s s -l service -d 'The service\'s name' -r
 complete -c service-mgr-client -l batch -d 'Run on at most N nodes at a time (N or N%): a rolling restart' -r
 complete -c service-mgr-client -l batch-wait -d 'Seconds to pause between batches' -r

@@ -88,7 +88,9 @@ pub struct ClientArgs {
         long = "cmd",
         value_name = "CMD",
         allow_hyphen_values = true,
-        required_unless_present = "job"
+        required_unless_present = "job",
+        value_parser = crate::completion::Hints(&crate::completion::SERVICE_COMMANDS),
+        hide_possible_values = true
     )]
     pub cmd: Option<String>,
     /// The service's name.

@@ -17,6 +17,7 @@
 //!   (subscriptions, presence), `sink` (results, announcements, departures),
 //!   `mgmt`, `registry` (the agents), `trust` (the gate). [`agent`]: the loop,
 //!   `guard` (its checks and signatures), `exec`, `simulate`.
+//! - [`completion`]: value hints for the completion scripts.
 //! - [`config`], [`logging`], [`runtime`], [`transport`], [`host`], [`exit`],
 //!   [`args`]: what the roles share.
 //!
@@ -27,6 +28,7 @@ pub mod args;
 pub mod cli;
 pub mod client;
 pub mod clock;
+pub mod completion;
 pub mod config;
 pub mod daemon;
 pub mod demo;

@@ -123,7 +123,10 @@ printf '%s\n' "${{COMPREPLY[@]}}""#,
 /// SUBCOMMAND` in bash (clap-rs/clap#6421; xtask fixes the script).
 #[test]
 fn bash_completes_the_options_of_service_mgr_subcommands() {
-    if !have("bash", "bash_completes_the_options_of_service_mgr_subcommands") {
+    if !have(
+        "bash",
+        "bash_completes_the_options_of_service_mgr_subcommands",
+    ) {
         return;
     }
     let bin_dir = installed();
@@ -135,5 +138,55 @@ fn bash_completes_the_options_of_service_mgr_subcommands() {
     ] {
         let (offered, _) = bash_complete(&path, line);
         assert_eq!(offered, [want], "{line}");
+    }
+}
+
+#[test]
+fn bash_offers_the_service_commands_and_mgmt_commands() {
+    if !have("bash", "bash_offers_the_service_commands_and_mgmt_commands") {
+        return;
+    }
+    let bin_dir = installed();
+    let path = path_with(bin_dir.path());
+    for line in [
+        "service-mgr-client -c ",
+        "service-mgr client -T any --cmd re",
+    ] {
+        let (offered, _) = bash_complete(&path, line);
+        assert!(offered.contains(&"restart".into()), "{line}: {offered:?}");
+    }
+    let (offered, _) = bash_complete(&path, "service-mgr mgmt ");
+    assert!(offered.contains(&"agents".into()), "{offered:?}");
+    let (offered, _) = bash_complete(&path, "service-mgr mgmt -e tcp://h:5800 manager.");
+    assert!(offered.contains(&"manager.agents".into()), "{offered:?}");
+}
+
+#[test]
+fn completion_hints_neither_show_in_help_nor_restrict_what_is_accepted() {
+    // An agent may allow other commands (custom_commands): with --custom,
+    // -c takes any word; the hints are no list that clap enforces.
+    let out = run(&[
+        "client",
+        "--custom",
+        "-e",
+        "tcp://127.0.0.1:1",
+        "-r",
+        "1",
+        "-t",
+        "50",
+        "-T",
+        "any",
+        "-c",
+        "force-reload",
+        "-s",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "no answer, not a usage error");
+    for args in [&["--help"][..], &["client", "--help"], &["mgmt", "--help"]] {
+        let help = String::from_utf8_lossy(&run(args).stdout).into_owned();
+        assert!(
+            !help.contains("possible values"),
+            "{args:?} --help lists possible values"
+        );
     }
 }
