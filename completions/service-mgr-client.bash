@@ -62,19 +62,19 @@ _service__mgr__client() {
                     return 0
                     ;;
                 --topic)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    _service_mgr_targets topics "${cur}"
                     return 0
                     ;;
                 -T)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    _service_mgr_targets topics "${cur}"
                     return 0
                     ;;
                 --nodes)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    _service_mgr_targets nodes "${cur}"
                     return 0
                     ;;
                 -N)
-                    COMPREPLY=($(compgen -f "${cur}"))
+                    _service_mgr_targets nodes "${cur}"
                     return 0
                     ;;
                 --glob)
@@ -140,3 +140,16 @@ if [[ "${BASH_VERSINFO[0]}" -eq 4 && "${BASH_VERSINFO[1]}" -ge 4 || "${BASH_VERS
 else
     complete -F _service__mgr__client -o bashdefault -o default service-mgr-client
 fi
+
+# -T/-N: the nodes the manager named by -e knows (asked with a 0.3 s limit).
+_service_mgr_targets() {
+    local what="$1" cur="$2" pre="" line
+    read -ra line <<< "${COMP_LINE:0:COMP_POINT}"
+    if [[ $what == nodes && $cur == *,* ]]; then
+        pre="${cur%,*},"
+        cur="${cur##*,}"
+    fi
+    local IFS=$'\n'
+    COMPREPLY=($(compgen -P "$pre" -W "$(SERVICE_MGR_COMPLETE="$what" \
+        "${line[0]}" -- "${line[@]}" 2>/dev/null)" -- "$cur"))
+}

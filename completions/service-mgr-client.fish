@@ -2,8 +2,8 @@ complete -c service-mgr-client -s w -l wait -d 'Seconds to wait for results at m
 complete -c service-mgr-client -s r -l retries -d 'Tries to reach the manager' -r
 complete -c service-mgr-client -s t -l timeout -d 'Milliseconds to wait for the manager\'s answer per try' -r
 complete -c service-mgr-client -s e -l endpoint -d 'The manager\'s frontend endpoint' -r
-complete -c service-mgr-client -s T -l topic -d 'Who runs it: `any`, an OS name (`Linux`, `FreeBSD`), a node name or a custom topic [default with -N or -G: any]' -r
-complete -c service-mgr-client -s N -l nodes -d 'Only these nodes (comma-separated), combined with -T' -r
+complete -c service-mgr-client -s T -l topic -d 'Who runs it: `any`, an OS name (`Linux`, `FreeBSD`), a node name or a custom topic [default with -N or -G: any]' -r -f -a "(__fish_service_mgr_targets topics)"
+complete -c service-mgr-client -s N -l nodes -d 'Only these nodes (comma-separated), combined with -T' -r -f -a "(__fish_service_mgr_targets nodes)"
 complete -c service-mgr-client -s G -l glob -d 'Only registered nodes whose name matches this glob (e.g. \'web*\'), combined with -T and -N' -r
 complete -c service-mgr-client -s c -l cmd -d 'The service command: start, stop, restart, reload or status' -r -f -a "start\t''
 stop\t''
@@ -24,3 +24,15 @@ complete -c service-mgr-client -l fail-fast -d 'Stop the rollout after the first
 complete -c service-mgr-client -l custom -d 'Send a command beyond start, stop, restart, reload and status (one the agents declare in their custom_commands, e.g. condrestart)'
 complete -c service-mgr-client -s v -l version -d 'Print version and exit'
 complete -c service-mgr-client -s h -l help -d 'Print help (see more with \'--help\')'
+
+# -T/-N: the nodes the manager named by -e knows (asked with a 0.3 s limit).
+function __fish_service_mgr_targets
+    set -l line (commandline -opc)
+    set -l pre ''
+    if test "$argv[1]" = nodes
+        set pre (string replace -r '[^,]*$' '' -- (commandline -ct))
+    end
+    for n in (env SERVICE_MGR_COMPLETE=$argv[1] $line[1] -- $line 2>/dev/null)
+        echo $pre$n
+    end
+end

@@ -65,8 +65,8 @@ complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s w -l 
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s r -l retries -d 'Tries to reach the manager' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s t -l timeout -d 'Milliseconds to wait for the manager\'s answer per try' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s e -l endpoint -d 'The manager\'s frontend endpoint' -r
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s T -l topic -d 'Who runs it: `any`, an OS name (`Linux`, `FreeBSD`), a node name or a custom topic [default with -N or -G: any]' -r
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s N -l nodes -d 'Only these nodes (comma-separated), combined with -T' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s T -l topic -d 'Who runs it: `any`, an OS name (`Linux`, `FreeBSD`), a node name or a custom topic [default with -N or -G: any]' -r -f -a "(__fish_service_mgr_targets topics)"
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s N -l nodes -d 'Only these nodes (comma-separated), combined with -T' -r -f -a "(__fish_service_mgr_targets nodes)"
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s G -l glob -d 'Only registered nodes whose name matches this glob (e.g. \'web*\'), combined with -T and -N' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s c -l cmd -d 'The service command: start, stop, restart, reload or status' -r -f -a "start\t''
 stop\t''
@@ -119,3 +119,16 @@ complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen help" -f -a "install-links" -d 'Create the link names in DIR (same as --install-links)'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen help" -f -a "keygen" -d 'Make a key pair for a client, an agent or a manager'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -f -a "agents jobs job status shutdown keys manager.status manager.shutdown manager.agents manager.jobs manager.job agent.status agent.shutdown"
+
+# -T/-N: the nodes the manager named by -e knows (asked with a 0.3 s limit).
+function __fish_service_mgr_targets
+    set -l line (commandline -opc)
+    set -l pre ''
+    if test "$argv[1]" = nodes
+        set pre (string replace -r '[^,]*$' '' -- (commandline -ct))
+    end
+    for n in (env SERVICE_MGR_COMPLETE=$argv[1] $line[1] -- $line 2>/dev/null)
+        echo $pre$n
+    end
+end

@@ -10,7 +10,7 @@ use crate::daemon::{self, AgentArgs, Daemon, DaemonArgs};
 use crate::demo::DemoArgs;
 use crate::exit::Exit;
 use crate::mgmt::{KeygenArgs, MgmtArgs};
-use crate::{client, demo, mgmt, runtime};
+use crate::{client, completion, demo, mgmt, runtime};
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
@@ -78,6 +78,19 @@ pub enum Command {
 /// Parse the command line, run it and map the outcome to an exit code.
 pub fn main() -> std::process::ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The completion scripts ask for the targets of -T and -N this way.
+    if let (Some(what), Some("--")) = (
+        std::env::var_os(completion::ENV),
+        args.get(1).and_then(|a| a.to_str()),
+    ) {
+        let words: Vec<String> = args[2..]
+            .iter()
+            .map(|a| a.to_string_lossy().into())
+            .collect();
+        if let Some(code) = completion::main(&what, &words) {
+            return code;
+        }
+    }
     let name = args
         .first()
         .map(|a| {

@@ -17,7 +17,7 @@
 //!   (subscriptions, presence), `sink` (results, announcements, departures),
 //!   `mgmt`, `registry` (the agents), `trust` (the gate). [`agent`]: the loop,
 //!   `guard` (its checks and signatures), `exec`, `simulate`.
-//! - [`completion`]: value hints for the completion scripts.
+//! - [`completion`]: value hints and `-T`/`-N` targets for the completion scripts.
 //! - [`config`], [`logging`], [`runtime`], [`transport`], [`host`], [`exit`],
 //!   [`args`]: what the roles share.
 //!

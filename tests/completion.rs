@@ -1,4 +1,6 @@
-//! The shipped completion scripts in real shells.
+//! The shipped completion scripts in real shells: the client's commands,
+//! `mgmt`'s commands, and -T/-N asked of a running manager (and given up
+//! quickly when it does not answer).
 
 use crate::util::*;
 use std::path::{Path, PathBuf};
@@ -141,6 +143,13 @@ fn bash_completes_the_options_of_service_mgr_subcommands() {
     }
 }
 
+/// An endpoint that accepts connections and never answers, like a hung manager.
+fn silent_endpoint() -> (std::net::TcpListener, String) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ep = format!("tcp://{}", l.local_addr().unwrap());
+    (l, ep)
+}
+
 #[test]
 fn bash_offers_the_service_commands_and_mgmt_commands() {
     if !have("bash", "bash_offers_the_service_commands_and_mgmt_commands") {
@@ -159,6 +168,42 @@ fn bash_offers_the_service_commands_and_mgmt_commands() {
     assert!(offered.contains(&"agents".into()), "{offered:?}");
     let (offered, _) = bash_complete(&path, "service-mgr mgmt -e tcp://h:5800 manager.");
     assert!(offered.contains(&"manager.agents".into()), "{offered:?}");
+}
+
+#[test]
+fn bash_completes_the_managers_nodes() {
+    if !have("bash", "bash_completes_the_managers_nodes") {
+        return;
+    }
+    with_timeout(60, || {
+        let bin_dir = installed();
+        let path = path_with(bin_dir.path());
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        let _a = agent(&mgr, "compl-web1", &fake, &["--topics", "web"]);
+        let ep = mgr.ep("frontend_endpoint");
+        let key = mgr.pki.as_ref().unwrap().client_key();
+        for name in ["service-mgr-client", "service-mgr client"] {
+            let line = format!("{name} -e {ep} -k {key} -T ");
+            let (offered, _) = bash_complete(&path, &line);
+            assert_eq!(offered, ["any", "compl-web1"], "{line}");
+            let line = format!("{name} --endpoint={ep} --key {key} -N other,compl");
+            let (offered, _) = bash_complete(&path, &line);
+            assert_eq!(offered, ["other,compl-web1"], "{line}");
+        }
+        // Nothing is run on a node to find them.
+        assert!(calls(dir.path()).is_empty(), "{:?}", calls(dir.path()));
+
+        // A manager that does not answer: `any` only, and at once.
+        let (_hole, silent) = silent_endpoint();
+        for ep in [silent.as_str(), "tcp://127.0.0.1:1"] {
+            let line = format!("service-mgr-client -e {ep} -T ");
+            let (offered, took) = bash_complete(&path, &line);
+            assert_eq!(offered, ["any"], "{line}");
+            assert!(took < Duration::from_secs(1), "{line}: took {took:?}");
+        }
+    });
 }
 
 #[test]
@@ -184,9 +229,103 @@ fn completion_hints_neither_show_in_help_nor_restrict_what_is_accepted() {
     assert_eq!(out.status.code(), Some(1), "no answer, not a usage error");
     for args in [&["--help"][..], &["client", "--help"], &["mgmt", "--help"]] {
         let help = String::from_utf8_lossy(&run(args).stdout).into_owned();
-        assert!(
-            !help.contains("possible values"),
-            "{args:?} --help lists possible values"
-        );
+        for hidden in ["possible values", "SERVICE_MGR_COMPLETE", "complete"] {
+            assert!(!help.contains(hidden), "{args:?} --help shows {hidden}");
+        }
     }
+    // Without the `--` the scripts put first, the variable changes nothing.
+    let out = Command::new(bin())
+        .args(["mgmt", "--help"])
+        .env("SERVICE_MGR_COMPLETE", "topics")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Usage"));
+}
+
+#[test]
+fn zsh_and_fish_scripts_load_and_complete_the_managers_nodes() {
+    let zsh = have(
+        "zsh",
+        "zsh_and_fish_scripts_load_and_complete_the_managers_nodes (zsh)",
+    );
+    let fish = have(
+        "fish",
+        "zsh_and_fish_scripts_load_and_complete_the_managers_nodes (fish)",
+    );
+    if !zsh && !fish {
+        return;
+    }
+    with_timeout(60, move || {
+        let bin_dir = installed();
+        let path = path_with(bin_dir.path());
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        let _a = agent(&mgr, "compl-db1", &fake, &[]);
+        let ep = mgr.ep("frontend_endpoint");
+        let key = mgr.pki.as_ref().unwrap().client_key();
+        if zsh {
+            // The helper the _arguments specs call, with compadd and compdef stubbed:
+            // driving zsh's completion system needs a terminal.
+            for name in ["service-mgr", "service-mgr-client"] {
+                let program = format!(
+                    r#"compdef() {{ : }}
+compset() {{ : }}
+compadd() {{ print -l -- ${{(P)argv[-1]}} }}
+source '{}'
+words=(service-mgr-client -e '{ep}' -k '{key}' -T '')
+CURRENT=6
+_service_mgr_targets -J -default- topics"#,
+                    script(&format!("_{name}")).display()
+                );
+                let out = Command::new("zsh")
+                    .args(["-f", "-c", &program])
+                    .env("PATH", &path)
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    text.lines().any(|l| l == "compl-db1"),
+                    "zsh {name}: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        if fish {
+            for (name, line, want) in [
+                (
+                    "service-mgr-client",
+                    "service-mgr-client -c ".to_string(),
+                    "restart",
+                ),
+                ("service-mgr", "service-mgr mgmt ".into(), "agents"),
+                (
+                    "service-mgr-client",
+                    format!("service-mgr-client -e {ep} -k {key} -T "),
+                    "compl-db1",
+                ),
+                (
+                    "service-mgr",
+                    format!("service-mgr client -e {ep} -k {key} -N x,"),
+                    "x,compl-db1",
+                ),
+            ] {
+                let program = format!(
+                    "source '{}'; complete -C '{line}'",
+                    script(&format!("{name}.fish")).display()
+                );
+                let out = Command::new("fish")
+                    .args(["--no-config", "-c", &program])
+                    .env("PATH", &path)
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert!(
+                    text.lines().any(|l| l.split('\t').next() == Some(want)),
+                    "fish {line}: {text}{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    });
 }

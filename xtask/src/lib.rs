@@ -17,6 +17,7 @@ use clap_complete::{Generator, Shell};
 use clap_mangen::roff::{bold, italic, roman, Inline, Roff};
 use clap_mangen::Man;
 use service_mgr::cli::{Applet, LINK_NAMES, MAIN_NAME};
+use service_mgr::completion::MGMT_COMMANDS;
 use std::path::Path;
 
 /// Write the man pages (`what` = `man`) or the completions (`completions`) into `dir`.
@@ -52,11 +53,13 @@ pub fn completions() -> Result<Vec<(String, Vec<u8>)>> {
             let mut cmd = applet(name);
             let mut buf = Vec::new();
             clap_complete::generate(shell, &mut cmd, name, &mut buf);
-            if shell == Shell::Bash {
-                let script = String::from_utf8(buf).context("clap_complete wrote non-UTF-8")?;
-                buf = bash_case_labels(name, &script).into_bytes();
-            }
-            out.push((shell.file_name(name), buf));
+            let script = String::from_utf8(buf).context("clap_complete wrote non-UTF-8")?;
+            let script = match shell {
+                Shell::Bash => bash_case_labels(name, &script),
+                _ => script,
+            };
+            let script = with_targets(shell, name, script)?;
+            out.push((shell.file_name(name), script.into_bytes()));
         }
     }
     Ok(out)
@@ -83,6 +86,154 @@ fn bash_case_labels(name: &str, script: &str) -> String {
             fixed + "\n"
         })
         .collect()
+}
+
+/// Bash: the targets of -T/-N from the manager named by -e on the line (see
+/// `service_mgr::completion`). The program gets `--` first, so that one
+/// without the completion hook refuses the line instead of running it.
+const BASH_TARGETS: &str = r#"
+# -T/-N: the nodes the manager named by -e knows (asked with a 0.3 s limit).
+_service_mgr_targets() {
+    local what="$1" cur="$2" pre="" line
+    read -ra line <<< "${COMP_LINE:0:COMP_POINT}"
+    if [[ $what == nodes && $cur == *,* ]]; then
+        pre="${cur%,*},"
+        cur="${cur##*,}"
+    fi
+    local IFS=$'\n'
+    COMPREPLY=($(compgen -P "$pre" -W "$(SERVICE_MGR_COMPLETE="$what" \
+        "${line[0]}" -- "${line[@]}" 2>/dev/null)" -- "$cur"))
+}
+"#;
+
+/// Zsh: as [`BASH_TARGETS`].
+const ZSH_TARGETS: &str = r#"# -T/-N: the nodes the manager named by -e knows (asked with a 0.3 s limit).
+(( $+functions[_service_mgr_targets] )) ||
+_service_mgr_targets() {
+    # _arguments puts compadd's options before ours: topics or nodes comes last.
+    local what=$argv[-1]
+    local -a names
+    argv[-1]=()
+    names=(${(f)"$(SERVICE_MGR_COMPLETE=$what ${(Q)words[1]} -- ${(Q)words[1,CURRENT-1]} 2>/dev/null)"})
+    [[ $what == nodes ]] && compset -P '*,'
+    compadd "$@" -a names
+}
+
+"#;
+
+/// Fish: as [`BASH_TARGETS`].
+const FISH_TARGETS: &str = r#"
+# -T/-N: the nodes the manager named by -e knows (asked with a 0.3 s limit).
+function __fish_service_mgr_targets
+    set -l line (commandline -opc)
+    set -l pre ''
+    if test "$argv[1]" = nodes
+        set pre (string replace -r '[^,]*$' '' -- (commandline -ct))
+    end
+    for n in (env SERVICE_MGR_COMPLETE=$argv[1] $line[1] -- $line 2>/dev/null)
+        echo $pre$n
+    end
+end
+"#;
+
+/// What clap_complete cannot say: -T and -N complete from the manager, and
+/// fish offers `mgmt`'s commands (its generator skips positionals). Fails if
+/// the generated script no longer has the shape this edits.
+fn with_targets(shell: Shell, name: &str, script: String) -> Result<String> {
+    let has_client = name == MAIN_NAME || name == "service-mgr-client";
+    let mut edits = 0;
+    let mut out = String::with_capacity(script.len() + 1024);
+    let mut lines = script.lines().peekable();
+    while let Some(line) = lines.next() {
+        let what = |topic: &str, nodes: &str| match line.trim() {
+            t if t.starts_with(topic) => Some("topics"),
+            t if t.starts_with(nodes) => Some("nodes"),
+            _ => None,
+        };
+        match shell {
+            Shell::Bash => {
+                let what = match line.trim() {
+                    "-T)" | "--topic)" => Some("topics"),
+                    "-N)" | "--nodes)" => Some("nodes"),
+                    _ => None,
+                };
+                out.push_str(line);
+                out.push('\n');
+                let generic = r#"COMPREPLY=($(compgen -f "${cur}"))"#;
+                if let (Some(what), Some(next)) = (what, lines.peek()) {
+                    if next.trim() == generic {
+                        let indent = &next[..next.len() - next.trim_start().len()];
+                        out.push_str(&format!(
+                            "{indent}_service_mgr_targets {what} \"${{cur}}\"\n"
+                        ));
+                        lines.next();
+                        edits += 1;
+                    }
+                }
+                continue;
+            }
+            Shell::Zsh => {
+                if line.starts_with("if [ \"$funcstack[1]\" = ") && has_client {
+                    out.push_str(ZSH_TARGETS);
+                }
+                if let Some(what) = what("'-T+[", "'*-N+[")
+                    .or_else(|| what("'--topic=[", "'*--nodes=["))
+                    .filter(|_| line.ends_with(":_default' \\"))
+                {
+                    let keep = line.len() - ":_default' \\".len();
+                    out.push_str(&format!(
+                        "{}:_service_mgr_targets {what}' \\\n",
+                        &line[..keep]
+                    ));
+                    edits += 1;
+                    continue;
+                }
+            }
+            Shell::Fish => {
+                let what = if line.contains(" -s T -l topic ") {
+                    Some("topics")
+                } else if line.contains(" -s N -l nodes ") {
+                    Some("nodes")
+                } else {
+                    None
+                };
+                if let Some(what) = what.filter(|_| line.ends_with(" -r")) {
+                    out.push_str(&format!(
+                        "{line} -f -a \"(__fish_service_mgr_targets {what})\"\n"
+                    ));
+                    edits += 1;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    // Bash and zsh have a line for each spelling, fish one for both.
+    let expected = if shell == Shell::Fish { 2 } else { 4 };
+    match (has_client, edits) {
+        (false, 0) => return Ok(out),
+        (true, n) if n == expected => {}
+        _ => bail!(
+            "{name}: {edits} -T/-N options found in the {shell} script, expected {} or none",
+            expected
+        ),
+    }
+    match shell {
+        Shell::Bash => out.push_str(BASH_TARGETS),
+        Shell::Fish => {
+            if name == MAIN_NAME {
+                out.push_str(&format!(
+                    "complete -c {name} -n \"__fish_service_mgr_using_subcommand mgmt\" -f -a \"{}\"\n",
+                    MGMT_COMMANDS.join(" ")
+                ));
+            }
+            out.push_str(FISH_TARGETS);
+        }
+        _ => {}
+    }
+    Ok(out)
 }
 
 /// A section heading.
