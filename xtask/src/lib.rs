@@ -373,6 +373,7 @@ fn environment_output(r: &mut Roff) {
         "COLUMNS",
         "The width of tables when standard output is not a terminal (default 100).",
     );
+    item(r, "SERVICE_MGR_COMPLETE", "Set by the shell completions, with -- as the first argument: the program then only prints the nodes the manager at -e knows, for -T and -N (asked with a dry run that runs nothing, giving up after 0.3 seconds), and exits.");
 }
 
 const CLIENT_OUTPUT: &str = "On a terminal the client shows a live count of answers on standard error while it waits, then prints a table: node, system, status, return code, time taken and the first line of the output, and a summary line. When standard output is not a terminal it prints JSON instead: as service-mgr-client the 0.1 array of results (so that 0.1 scripts keep working), as service-mgr client the JSON document with the job id, the request, the expected nodes, a summary and every node's result. --format picks one explicitly; jsonl prints each result on its own line as it arrives, then the silent nodes, then a summary line.";
