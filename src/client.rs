@@ -89,7 +89,7 @@ pub struct ClientArgs {
         value_name = "CMD",
         allow_hyphen_values = true,
         required_unless_present = "job",
-        value_parser = crate::completion::Hints(&crate::completion::SERVICE_COMMANDS),
+        value_parser = crate::hints::Hints(&crate::hints::SERVICE_COMMANDS),
         hide_possible_values = true
     )]
     pub cmd: Option<String>,

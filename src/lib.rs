@@ -17,7 +17,8 @@
 //!   (subscriptions, presence), `sink` (results, announcements, departures),
 //!   `mgmt`, `registry` (the agents), `trust` (the gate). [`agent`]: the loop,
 //!   `guard` (its checks and signatures), `exec`, `simulate`.
-//! - [`completion`]: value hints and `-T`/`-N` targets for the completion scripts.
+//! - [`completion`]: `-T`/`-N` targets for the completion scripts; [`hints`]:
+//!   the values they offer for `-c` and `mgmt` (not enforced).
 //! - [`config`], [`logging`], [`runtime`], [`transport`], [`host`], [`exit`],
 //!   [`args`]: what the roles share.
 //!
@@ -33,6 +34,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod exit;
+pub mod hints;
 pub mod host;
 pub mod jobstore;
 pub mod logging;

@@ -38,7 +38,7 @@ pub struct MgmtArgs {
     /// manager.status, manager.shutdown, manager.agents, manager.jobs, manager.job,
     /// agent.status, agent.shutdown; short forms: status, agents, jobs, job ID;
     /// and `keys list|accept|reject|delete|import ...` (local, on the manager's host).
-    #[arg(value_parser = crate::completion::Hints(&crate::completion::MGMT_COMMANDS),
+    #[arg(value_parser = crate::hints::Hints(&crate::hints::MGMT_COMMANDS),
           hide_possible_values = true)]
     pub command: String,
     /// Arguments of the command (job ID; keys: a fingerprint, key id, name or file).

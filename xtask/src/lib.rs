@@ -17,7 +17,7 @@ use clap_complete::{Generator, Shell};
 use clap_mangen::roff::{bold, italic, roman, Inline, Roff};
 use clap_mangen::Man;
 use service_mgr::cli::{Applet, LINK_NAMES, MAIN_NAME};
-use service_mgr::completion::MGMT_COMMANDS;
+use service_mgr::hints::MGMT_COMMANDS;
 use std::path::Path;
 
 /// Write the man pages (`what` = `man`) or the completions (`completions`) into `dir`.
