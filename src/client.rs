@@ -131,8 +131,6 @@ pub struct ClientArgs {
     pub version: VersionFlag,
 }
 
-/// The commands every agent knows; others need `--custom`.
-const STANDARD_COMMANDS: [&str; 5] = ["start", "stop", "restart", "reload", "status"];
 
 impl ClientArgs {
     /// What the client can tell is wrong without asking anyone: exit 2 at
@@ -178,7 +176,7 @@ impl ClientArgs {
         }
         if let Some(c) = &self.cmd {
             if c.chars().any(|ch| ch.is_ascii_uppercase())
-                && STANDARD_COMMANDS.contains(&c.to_ascii_lowercase().as_str())
+                && p::STANDARD_COMMANDS.contains(&c.to_ascii_lowercase().as_str())
             {
                 return usage(format!(
                     "-c {c:?}: commands are lower-case (say -c {})",
@@ -186,15 +184,15 @@ impl ClientArgs {
                 ));
             }
             p::check_command_word(c).or_else(|why| usage(format!("-c: {why}")))?;
-            if !self.custom && !STANDARD_COMMANDS.contains(&c.as_str()) {
-                let near = STANDARD_COMMANDS
+            if !self.custom && !p::STANDARD_COMMANDS.contains(&c.as_str()) {
+                let near = p::STANDARD_COMMANDS
                     .iter()
                     .find(|k| strsim::damerau_levenshtein(k, c) <= 2)
                     .map(|k| format!(" (did you mean {k}?)"))
                     .unwrap_or_default();
                 return usage(format!(
                     "-c {c:?}: unknown command{near}; the commands are {}; a command the agents declare in custom_commands needs --custom",
-                    STANDARD_COMMANDS.join(", ")
+                    p::STANDARD_COMMANDS.join(", ")
                 ));
             }
         }

@@ -6,7 +6,7 @@ use clap::builder::{PossibleValue, StringValueParser, TypedValueParser};
 use std::ffi::OsStr;
 
 /// The commands every service(8) knows; agents may allow others.
-pub const SERVICE_COMMANDS: [&str; 5] = ["start", "stop", "restart", "reload", "status"];
+pub const SERVICE_COMMANDS: [&str; 5] = p::STANDARD_COMMANDS;
 
 /// `service-mgr mgmt`'s commands: the short names, `keys`, then the full names.
 pub const MGMT_COMMANDS: [&str; 13] = [

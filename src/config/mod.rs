@@ -21,7 +21,7 @@ pub const MANAGER_CONFIG: &str = "/etc/service-mgr/service-mgrd.conf";
 pub const AGENT_CONFIG: &str = "/etc/service-mgr/service-mgr-agentd.conf";
 
 /// Commands an agent runs unless its config says otherwise.
-pub const DEFAULT_ALLOWED: [&str; 5] = ["start", "stop", "restart", "reload", "status"];
+pub const DEFAULT_ALLOWED: [&str; 5] = crate::protocol::STANDARD_COMMANDS;
 
 /// The manager daemon's settings (`service-mgrd.conf`).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -266,7 +266,7 @@ impl Check for ManagerConfig {
 
 impl Check for AgentConfig {
     fn check(&self) -> Result<()> {
-        let known: Vec<&str> = DEFAULT_ALLOWED
+        let known: Vec<&str> = crate::protocol::STANDARD_COMMANDS
             .iter()
             .copied()
             .chain(self.custom_commands.iter().map(String::as_str))

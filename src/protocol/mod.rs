@@ -71,6 +71,10 @@ pub const MAX_FRAMES: usize = 16;
 /// The 0.1 topic every agent subscribes to.
 pub const TOPIC_ANY: &str = "any";
 
+/// The service commands every agent knows (0.1's five); others are an
+/// agent's `custom_commands` and a client's `--custom`.
+pub const STANDARD_COMMANDS: [&str; 5] = ["start", "stop", "restart", "reload", "status"];
+
 /// The byte our manager appends to a topic on the backend so that prefix
 /// matching becomes exact matching: subscription `web1` is stored as `web1\0`
 /// and matches only the message topic `web1\0`, never `web10\0`.
