@@ -2,6 +2,7 @@
 
 mod util;
 
+mod agent_edges;
 mod bench;
 mod cli;
 mod compat01;

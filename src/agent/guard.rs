@@ -14,11 +14,15 @@ use crate::protocol::{
 };
 use crate::security::{self, AuthError, KeyPair, PublicKey, Purpose, ReplayGuard, Role, Signed};
 use anyhow::{Context, Result};
-use slog::{info, warn, Logger};
+use slog::{error, info, warn, Logger};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
+
+/// How often, at most, the agent looks whether authorized_clients changed
+/// (a request signed by a key it does not know looks at once).
+const CLIENTS_CHECK: Duration = Duration::from_secs(1);
 
 /// Why a request is refused, and the client to answer (when its signature held).
 pub struct Refusal {
@@ -38,6 +42,9 @@ pub struct Guard {
     /// Shared, so that a simulated fleet holds one copy for all its nodes.
     clients: Clients,
     clients_file: PathBuf,
+    /// What authorized_clients looked like when we last read it (or tried to).
+    clients_stamp: Option<FileStamp>,
+    clients_checked: Instant,
     policy: Arc<Policy>,
     replay: ReplayGuard,
     allow_unsigned: bool,
@@ -83,6 +90,8 @@ impl Guard {
         Guard {
             key,
             clients,
+            clients_stamp: FileStamp::of(&config.authorized_clients()),
+            clients_checked: Instant::now(),
             clients_file: config.authorized_clients(),
             policy,
             replay: ReplayGuard::new(Duration::from_secs(config.request_window), 1_000_000),
@@ -92,9 +101,54 @@ impl Guard {
 
     /// Re-read authorized_clients (SIGHUP).
     pub fn reload(&mut self, log: &Logger) {
+        self.clients_stamp = FileStamp::of(&self.clients_file);
+        self.clients_checked = Instant::now();
         match read_clients(&self.clients_file, log) {
             Ok(c) => self.clients = Arc::new(c),
             Err(e) => warn!(log, "cannot reload authorized clients"; "error" => format!("{e:#}")),
+        }
+    }
+
+    /// Whether `key_id` is one of the authorized clients loaded now.
+    pub fn knows_client(&self, key_id: &str) -> bool {
+        self.clients.contains_key(key_id)
+    }
+
+    /// Re-read authorized_clients if the file changed (modification time,
+    /// size or inode): at most once per [`CLIENTS_CHECK`] unless `now`, which
+    /// the agent passes before it verifies a key it does not know, so that an
+    /// appended key works at once and no signal is needed. A file that became
+    /// unreadable, vanished or holds an invalid line keeps the keys loaded
+    /// before, with one error per change of the file.
+    pub fn reload_if_changed(&mut self, log: &Logger, now: bool) {
+        if !now && self.clients_checked.elapsed() < CLIENTS_CHECK {
+            return;
+        }
+        self.clients_checked = Instant::now();
+        let stamp = FileStamp::of(&self.clients_file);
+        if stamp == self.clients_stamp {
+            return;
+        }
+        self.clients_stamp = stamp;
+        let path = &self.clients_file;
+        let read = match stamp {
+            None => Err(anyhow::anyhow!(
+                "{} is gone or cannot be read",
+                path.display()
+            )),
+            Some(_) => read_clients(path, log),
+        };
+        match read {
+            Ok(c) => {
+                info!(log, "authorized clients reloaded: the file changed";
+                    "file" => %path.display(), "keys" => c.len());
+                self.clients = Arc::new(c);
+            }
+            Err(e) => {
+                error!(log, "cannot reload authorized clients; keeping the keys loaded before \
+                (fix the file; it is read again when it changes)";
+                "error" => format!("{e:#}"), "keys" => self.clients.len())
+            }
         }
     }
 
@@ -331,6 +385,30 @@ fn addressed_to(body: &RequestBody, me: &Identity) -> bool {
         })
 }
 
+/// What tells a changed file apart from the one we read: an edit in place
+/// (modification time, size) or a replacement (inode, as editors and
+/// configuration management write a new file and rename it over the old).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    dev: u64,
+    ino: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            modified: m.modified().ok(),
+            len: m.len(),
+            dev: m.dev(),
+            ino: m.ino(),
+        })
+    }
+}
+
 /// Authorized client keys by key id.
 pub type Clients = Arc<HashMap<String, PublicKey>>;
 
@@ -347,7 +425,7 @@ pub fn load_trust(config: &AgentConfig, log: &Logger) -> Result<(Clients, Arc<Po
     Ok((Arc::new(clients), Arc::new(policy)))
 }
 
-fn read_clients(path: &std::path::Path, log: &Logger) -> Result<HashMap<String, PublicKey>> {
+fn read_clients(path: &Path, log: &Logger) -> Result<HashMap<String, PublicKey>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -37,6 +37,14 @@ const PRESENCE_REFRESH: Duration = Duration::from_secs(30);
 /// How long a stopping agent waits for running commands to deliver their results.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// How long closing the result socket may wait for a result still queued
+/// (the manager away for a moment, a slow link).
+const RESULT_LINGER_MS: i32 = 5000;
+
+/// ... and for the goodbye alone, when no result was sent lately: an idle
+/// agent whose manager is away must not wait [`RESULT_LINGER_MS`] for nothing.
+const BYE_LINGER_MS: i32 = 250;
+
 /// What the agent is, as it reports itself.
 #[derive(Debug, Clone, Serialize)]
 pub struct Identity {
@@ -117,7 +125,7 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     let push = transport::socket(&ctx, zmq::PUSH)?;
     push.set_sndhwm(100_000)?;
     // Results queued when we stop still reach the manager.
-    push.set_linger(5000)?;
+    push.set_linger(RESULT_LINGER_MS)?;
     transport::set_heartbeats(&push)?;
     transport::connect(&push, &config.sink_endpoint, "sink_endpoint")?;
     let (mgmt, mgmt_endpoint) = bind_mgmt(&ctx, config)?;
@@ -151,6 +159,7 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
         welcomed: false,
         started_ms: crate::clock::now_ms(),
         running: 0,
+        last_result: std::cell::Cell::new(None),
         stop: false,
     };
     agent.serve(control)?;
@@ -180,6 +189,8 @@ struct Agent<'a> {
     started_ms: u64,
     /// Requests whose worker has not yet handed back a result.
     running: usize,
+    /// When we last queued a result for the manager.
+    last_result: std::cell::Cell<Option<Instant>>,
     stop: bool,
 }
 
@@ -214,6 +225,7 @@ impl Agent<'_> {
                 self.refresh_presence();
                 next_presence = Instant::now() + period;
             }
+            self.guard.reload_if_changed(self.log, false);
             let wake = control.take();
             if wake.reopen_logs {
                 self.guard.reload(self.log);
@@ -251,10 +263,21 @@ impl Agent<'_> {
             warn!(self.log, "stopping with commands still running; their results are lost"; "running" => self.running);
         }
         self.announce(AnnounceKind::Bye);
-        // Closing a PUSH socket right after its last send can lose what is
-        // still queued on a fresh connection (seen in tests); linger alone did
-        // not cover it. Give the I/O thread a moment to flush before we close.
-        std::thread::sleep(Duration::from_millis(200));
+        let results_queued = self
+            .last_result
+            .get()
+            .is_some_and(|t| t.elapsed().as_millis() < RESULT_LINGER_MS as u128);
+        if results_queued {
+            // Closing a PUSH socket right after its last send can lose what is
+            // still queued on a fresh connection (seen in tests); linger alone did
+            // not cover it. Give the I/O thread a moment to flush before we close.
+            std::thread::sleep(Duration::from_millis(200));
+        } else {
+            // Only heartbeats and the goodbye can be queued: the context's
+            // teardown (after "stopped") must not wait the result linger for
+            // a manager that is away (issue 15: 2-7 s to exit).
+            let _ = self.push.set_linger(BYE_LINGER_MS);
+        }
         Ok(())
     }
 
@@ -296,6 +319,7 @@ impl Agent<'_> {
     }
 
     fn send_result_frame(&self, frame: Vec<u8>) {
+        self.last_result.set(Some(Instant::now()));
         if let Err(e) = self.push.send(frame, zmq::DONTWAIT) {
             error!(self.log, "result could not be queued for the manager and is lost"; "error" => %e);
         }
@@ -329,6 +353,12 @@ impl Agent<'_> {
                 return;
             }
         };
+        // A key we do not know may have been added a moment ago.
+        if let Some(auth) = &req.auth {
+            if !self.guard.knows_client(&auth.key) {
+                self.guard.reload_if_changed(self.log, true);
+            }
+        }
         // The signature first, so that even a refusal is sealed to a client we verified.
         let signed = req.auth.is_some();
         let admitted = match self.guard.admit(&req, &self.me) {
@@ -479,6 +509,11 @@ impl Agent<'_> {
                 },
             ),
             p::AGENT_SHUTDOWN => {
+                if let Some(auth) = &req.auth {
+                    if !self.guard.knows_client(&auth.key) {
+                        self.guard.reload_if_changed(self.log, true);
+                    }
+                }
                 let allowed = self.guard.admit_mgmt(req, &self.me.node);
                 match &allowed {
                     Ok(()) => {
