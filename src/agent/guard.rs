@@ -9,8 +9,8 @@
 use crate::agent::Identity;
 use crate::config::{AgentConfig, Decision, Policy};
 use crate::protocol::{
-    self as p, Announce, Dispatch, MgmtBody, MgmtRequest, Presence, RequestBody, ResultEnvelope,
-    ResultMsg, SignedAnnounce, SignedResult,
+    self as p, Announce, Dispatch, MgmtBody, MgmtRefusal, MgmtRequest, Presence, RequestBody,
+    ResultEnvelope, ResultMsg, SignedAnnounce, SignedResult,
 };
 use crate::security::{self, AuthError, KeyPair, PublicKey, Purpose, ReplayGuard, Role, Signed};
 use anyhow::{Context, Result};
@@ -24,11 +24,58 @@ use std::time::{Duration, Instant, SystemTime};
 /// (a request signed by a key it does not know looks at once).
 const CLIENTS_CHECK: Duration = Duration::from_secs(1);
 
-/// Why a request is refused, and the client to answer (when its signature held).
-pub struct Refusal {
+/// A refused request: why, and the client to answer (when its signature held).
+pub struct Refused {
     pub client: Option<PublicKey>,
     pub request_id: Option<String>,
-    pub why: String,
+    pub why: Refusal,
+}
+
+/// Why the agent refuses a request. The texts are the `msg` of the refusal
+/// on the wire, which clients (0.1 among them) and tests read.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refusal {
+    #[error("unsigned request refused: this agent runs signed requests only")]
+    Unsigned,
+    #[error("request refused: client key {fingerprint} is not in this agent's authorized clients ({})", file.display())]
+    UnknownClient { fingerprint: String, file: PathBuf },
+    #[error("request refused: {0}")]
+    Auth(#[from] AuthError),
+    #[error("request refused: bad signed body: {0}")]
+    BadBody(#[source] Arc<serde_json::Error>),
+    #[error("request refused: the signed body names another client key")]
+    OtherClient,
+    #[error("request refused: command or service differ from what the client signed")]
+    Altered,
+    #[error("request refused: the client did not address node {0:?}")]
+    NotAddressed(String),
+    #[error("refused by policy: {0}")]
+    Policy(String),
+    #[error("agent busy: {0} commands running (max_concurrent); try again later")]
+    Busy(usize),
+    #[error(transparent)]
+    BadName(#[from] p::NameError),
+    #[error("command {cmd:?} is not allowed on this agent (allowed: {allowed})")]
+    NotAllowed { cmd: String, allowed: String },
+}
+
+impl Refusal {
+    /// One short word for counting refusals (`unknown_key`, `bad_signature`,
+    /// `replay`, `expired`, `policy`, `not_allowed`, `bad_name`, ...).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Unsigned => "unsigned",
+            Refusal::UnknownClient { .. } => "unknown_key",
+            Refusal::Auth(e) => e.reason(),
+            Refusal::BadBody(_) => "malformed",
+            Refusal::OtherClient | Refusal::Altered => "mismatch",
+            Refusal::NotAddressed(_) => "not_addressed",
+            Refusal::Policy(_) => "policy",
+            Refusal::Busy(_) => "busy",
+            Refusal::BadName(e) => e.reason(),
+            Refusal::NotAllowed { .. } => "not_allowed",
+        }
+    }
 }
 
 /// A request that passed: who asked (None: unsigned, allowed by config).
@@ -153,14 +200,7 @@ impl Guard {
     }
 
     /// Decide on a request before anything runs.
-    pub fn admit(&mut self, req: &Dispatch, me: &Identity) -> Result<Admitted, Box<Refusal>> {
-        let refuse = |client: Option<PublicKey>, request_id: Option<String>, why: String| {
-            Box::new(Refusal {
-                client,
-                request_id,
-                why,
-            })
-        };
+    pub fn admit(&mut self, req: &Dispatch, me: &Identity) -> Result<Admitted, Box<Refused>> {
         let Some(auth) = &req.auth else {
             return if self.allow_unsigned {
                 Ok(Admitted {
@@ -168,40 +208,29 @@ impl Guard {
                     request_id: None,
                 })
             } else {
-                Err(refuse(
-                    None,
-                    None,
-                    "unsigned request refused: this agent runs signed requests only".into(),
-                ))
+                Err(refused(None, None, Refusal::Unsigned))
             };
         };
-        let (pk, body) = self.verify_request(auth)?;
+        let (pk, body) = self
+            .verify_request(auth)
+            .map_err(|why| refused(None, None, why))?;
         self.admit_verified(req, me, pk, body)
     }
 
     /// Who signed a request, and what: the costly part of [`Guard::admit`],
     /// which depends on nothing but the signed envelope.
-    pub fn verify_request(&self, auth: &Signed) -> Result<(PublicKey, RequestBody), Box<Refusal>> {
-        let refuse = |why: String| {
-            Box::new(Refusal {
-                client: None,
-                request_id: None,
-                why: format!("request refused: {why}"),
-            })
-        };
+    pub fn verify_request(&self, auth: &Signed) -> Result<(PublicKey, RequestBody), Refusal> {
         let clients = &self.clients;
         let pk = security::verify_signature(auth, Purpose::Request, |id| clients.get(id).cloned())
-            .map_err(|e| {
-                refuse(match e {
-                    AuthError::UnknownKey(fp) => format!(
-                        "client key {fp} is not in this agent's authorized clients ({})",
-                        self.clients_file.display()
-                    ),
-                    other => other.to_string(),
-                })
+            .map_err(|e| match e {
+                AuthError::UnknownKey(fingerprint) => Refusal::UnknownClient {
+                    fingerprint,
+                    file: self.clients_file.clone(),
+                },
+                other => Refusal::Auth(other),
             })?;
-        let body = RequestBody::from_signed(&auth.body)
-            .map_err(|e| refuse(format!("bad signed body: {e}")))?;
+        let body =
+            RequestBody::from_signed(&auth.body).map_err(|e| Refusal::BadBody(Arc::new(e)))?;
         Ok((pk, body))
     }
 
@@ -214,80 +243,54 @@ impl Guard {
         me: &Identity,
         pk: PublicKey,
         body: RequestBody,
-    ) -> Result<Admitted, Box<Refusal>> {
-        let refuse = |client: Option<PublicKey>, request_id: Option<String>, why: String| {
-            Box::new(Refusal {
-                client,
-                request_id,
-                why,
-            })
-        };
+    ) -> Result<Admitted, Box<Refused>> {
         let id = Some(body.id.clone());
         if body.client != pk.to_string() {
-            return Err(refuse(
-                None,
-                id,
-                "request refused: the signed body names another client key".into(),
-            ));
+            return Err(refused(None, id, Refusal::OtherClient));
         }
         if body.cmd != req.cmd || body.service != req.service {
-            return Err(refuse(
-                Some(pk),
-                id,
-                "request refused: command or service differ from what the client signed".into(),
-            ));
+            return Err(refused(Some(pk), id, Refusal::Altered));
         }
         if !addressed_to(&body, me) {
-            return Err(refuse(
+            return Err(refused(
                 Some(pk),
                 id,
-                format!(
-                    "request refused: the client did not address node {:?}",
-                    me.node
-                ),
+                Refusal::NotAddressed(me.node.clone()),
             ));
         }
         if let Err(e) = self.replay.check(&body.id, body.ts, crate::clock::now_ms()) {
-            return Err(refuse(Some(pk), id, format!("request refused: {e}")));
+            return Err(refused(Some(pk), id, Refusal::Auth(e)));
         }
         match self.policy.decide(&pk, &body.cmd, &body.service) {
             Decision::Allow { .. } => Ok(Admitted {
                 client: Some(pk),
                 request_id: id,
             }),
-            Decision::Deny { reason } => {
-                Err(refuse(Some(pk), id, format!("refused by policy: {reason}")))
-            }
+            Decision::Deny { reason } => Err(refused(Some(pk), id, Refusal::Policy(reason))),
         }
     }
 
     /// `agent.shutdown` needs a signed request of an authorized client unless
     /// unsigned peers are allowed.
-    pub fn admit_mgmt(&mut self, req: &MgmtRequest, node: &str) -> Result<(), String> {
+    pub fn admit_mgmt(&mut self, req: &MgmtRequest, node: &str) -> Result<(), MgmtRefusal> {
         if self.allow_unsigned {
             return Ok(());
         }
-        let auth = req
-            .auth
-            .as_ref()
-            .ok_or("this command needs a signed request: pass a client key with -k")?;
+        let auth = req.auth.as_ref().ok_or(MgmtRefusal::Unsigned)?;
         let clients = &self.clients;
-        security::verify_signature(auth, Purpose::Request, |id| clients.get(id).cloned())
-            .map_err(|e| e.to_string())?;
+        security::verify_signature(auth, Purpose::Request, |id| clients.get(id).cloned())?;
         let body =
-            MgmtBody::from_signed(&auth.body).map_err(|e| format!("bad signed body: {e}"))?;
+            MgmtBody::from_signed(&auth.body).map_err(|e| MgmtRefusal::BadBody(Arc::new(e)))?;
         if body.cmd != req.cmd {
-            return Err("the signed body names another command".into());
+            return Err(MgmtRefusal::OtherCommand);
         }
         // Bound to this node, so a shutdown signed for one agent stops no other.
         if body.node.as_deref() != Some(node) {
-            return Err(format!(
-                "the signed request is not addressed to node {node:?}"
-            ));
+            return Err(MgmtRefusal::NotAddressed(node.to_owned()));
         }
-        self.replay
-            .check(&body.id, body.ts, crate::clock::now_ms())
-            .map_err(|e| e.to_string())
+        Ok(self
+            .replay
+            .check(&body.id, body.ts, crate::clock::now_ms())?)
     }
 
     /// A fresh signed presence token for our subscription.
@@ -373,6 +376,14 @@ pub fn result_frame(
         status,
         msg: msg.into(),
         auth,
+    })
+}
+
+fn refused(client: Option<PublicKey>, request_id: Option<String>, why: Refusal) -> Box<Refused> {
+    Box::new(Refused {
+        client,
+        request_id,
+        why,
     })
 }
 
@@ -613,11 +624,91 @@ deny = [{{ services = ["sshd"] }}]
             g.guard.policy = f.guard.policy.clone();
             match (g.guard.admit(&d, &f.me), want) {
                 (Ok(a), Ok(signed)) => assert_eq!(a.client.is_some(), signed, "{name}"),
-                (Err(r), Err(needle)) => assert!(r.why.contains(needle), "{name}: {:?}", r.why),
+                (Err(r), Err(needle)) => {
+                    assert!(r.why.to_string().contains(needle), "{name}: {:?}", r.why)
+                }
                 (Ok(_), Err(needle)) => panic!("{name}: admitted, want {needle:?}"),
                 (Err(r), Ok(_)) => panic!("{name}: refused: {}", r.why),
             }
         }
+    }
+
+    /// The refusal texts are the wire's `msg`: typing them changed no byte.
+    #[test]
+    fn refusals_keep_their_texts_and_name_a_reason() {
+        let cases: Vec<(Refusal, &str, &str)> = vec![
+            (
+                Refusal::Unsigned,
+                "unsigned request refused: this agent runs signed requests only",
+                "unsigned",
+            ),
+            (
+                Refusal::UnknownClient {
+                    fingerprint: "cf726de96526081d".into(),
+                    file: "/etc/service-mgr/authorized_clients".into(),
+                },
+                "request refused: client key cf726de96526081d is not in this agent's authorized \
+                 clients (/etc/service-mgr/authorized_clients)",
+                "unknown_key",
+            ),
+            (
+                Refusal::Auth(AuthError::BadSignature),
+                "request refused: bad signature: the message was altered or not signed by the key it names",
+                "bad_signature",
+            ),
+            (
+                Refusal::Auth(AuthError::Replayed("r1".into())),
+                "request refused: request r1 replayed: it was seen before",
+                "replay",
+            ),
+            (
+                Refusal::Auth(AuthError::Expired {
+                    age_ms: 70000,
+                    window_ms: 60000,
+                }),
+                "request refused: request expired: signed 70000 ms ago, the limit is 60000 ms \
+                 (are the clocks in sync?)",
+                "expired",
+            ),
+            (
+                Refusal::NotAddressed("web1".into()),
+                "request refused: the client did not address node \"web1\"",
+                "not_addressed",
+            ),
+            (
+                Refusal::Policy("no rule allows it".into()),
+                "refused by policy: no rule allows it",
+                "policy",
+            ),
+            (
+                Refusal::Busy(64),
+                "agent busy: 64 commands running (max_concurrent); try again later",
+                "busy",
+            ),
+            (
+                Refusal::NotAllowed {
+                    cmd: "stop".into(),
+                    allowed: "status, restart".into(),
+                },
+                "command \"stop\" is not allowed on this agent (allowed: status, restart)",
+                "not_allowed",
+            ),
+            (
+                Refusal::BadName(p::check_service_name("../x").unwrap_err()),
+                "service name \"../x\" may not start with '-' or '.'",
+                "bad_name",
+            ),
+        ];
+        for (r, text, reason) in cases {
+            assert_eq!(r.to_string(), text);
+            assert_eq!(r.reason(), reason, "{text}");
+        }
+        let m = MgmtRefusal::NotAddressed("web1".into());
+        assert_eq!(
+            m.to_string(),
+            "the signed request is not addressed to node \"web1\""
+        );
+        assert_eq!(m.reason(), "not_addressed");
     }
 
     #[test]
@@ -626,7 +717,8 @@ deny = [{{ services = ["sshd"] }}]
         let d = dispatch(Some(&f.alice), "status", "nginx", |_| {});
         assert!(f.guard.admit(&d, &f.me).is_ok());
         let r = f.guard.admit(&d, &f.me).err().unwrap();
-        assert!(r.why.contains("replayed"), "{}", r.why);
+        assert!(r.why.to_string().contains("replayed"), "{}", r.why);
+        assert_eq!(r.why.reason(), "replay");
         // The refusal is still sealed to the client whose signature held.
         assert_eq!(r.client.as_ref(), Some(f.alice.public()));
     }
@@ -678,15 +770,16 @@ deny = [{{ services = ["sshd"] }}]
         for (name, req, want) in cases {
             match (f.guard.admit_mgmt(&req, "web1"), want) {
                 (Ok(()), Ok(())) => {}
-                (Err(why), Err(needle)) => assert!(why.contains(needle), "{name}: {why:?}"),
+                (Err(why), Err(needle)) => {
+                    assert!(why.to_string().contains(needle), "{name}: {why:?}")
+                }
                 (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
             }
         }
         let mut open = fixture(true);
-        assert_eq!(
-            open.guard
-                .admit_mgmt(&MgmtRequest::new(AGENT_SHUTDOWN), "web1"),
-            Ok(())
-        );
+        assert!(open
+            .guard
+            .admit_mgmt(&MgmtRequest::new(AGENT_SHUTDOWN), "web1")
+            .is_ok());
     }
 }

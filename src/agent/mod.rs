@@ -365,9 +365,9 @@ impl Agent<'_> {
             Ok(a) => a,
             Err(r) => {
                 warn!(self.log, "request refused"; "uuid" => &req.uuid, "service" => &req.service,
-                    "cmd" => &req.cmd, "reason" => &r.why);
+                    "cmd" => &req.cmd, "reason" => %r.why, "why" => r.why.reason());
                 self.answer(
-                    &self.refusal(&req.uuid, Some(&req.cmd), r.why),
+                    &self.refusal(&req.uuid, Some(&req.cmd), r.why.to_string()),
                     r.client.as_ref(),
                     r.request_id,
                     signed,
@@ -378,9 +378,9 @@ impl Agent<'_> {
         let (client, request_id) = (admitted.client, admitted.request_id);
         if let Err(why) = self.check(&req) {
             warn!(self.log, "request refused"; "uuid" => &req.uuid, "service" => &req.service,
-                "cmd" => &req.cmd, "reason" => &why);
+                "cmd" => &req.cmd, "reason" => %why, "why" => why.reason());
             self.answer(
-                &self.refusal(&req.uuid, Some(&req.cmd), why),
+                &self.refusal(&req.uuid, Some(&req.cmd), why.to_string()),
                 client.as_ref(),
                 request_id,
                 signed,
@@ -472,7 +472,7 @@ impl Agent<'_> {
         self.answer(&r, client, request_id, req.auth.is_some());
     }
 
-    fn check(&self, req: &Dispatch) -> Result<(), String> {
+    fn check(&self, req: &Dispatch) -> Result<(), guard::Refusal> {
         check_request(self.config, self.running, req)
     }
 
@@ -520,7 +520,9 @@ impl Agent<'_> {
                         info!(self.log, "shutdown requested on the management socket");
                         self.stop = true;
                     }
-                    Err(why) => warn!(self.log, "shutdown refused"; "why" => why),
+                    Err(why) => {
+                        warn!(self.log, "shutdown refused"; "reason" => %why, "why" => why.reason())
+                    }
                 }
                 MgmtReply::shutdown(&allowed, AGENT_SHUTTING_DOWN)
             }
@@ -552,20 +554,17 @@ pub(crate) fn check_request(
     config: &AgentConfig,
     running: usize,
     req: &Dispatch,
-) -> Result<(), String> {
+) -> Result<(), guard::Refusal> {
     if running >= config.max_concurrent as usize {
-        return Err(format!(
-            "agent busy: {running} commands running (max_concurrent); try again later"
-        ));
+        return Err(guard::Refusal::Busy(running));
     }
     p::check_service_name(&req.service)?;
     p::check_command_word(&req.cmd)?;
     if !config.allowed_commands.iter().any(|c| c == &req.cmd) {
-        return Err(format!(
-            "command {:?} is not allowed on this agent (allowed: {})",
-            req.cmd,
-            config.allowed_commands.join(", ")
-        ));
+        return Err(guard::Refusal::NotAllowed {
+            cmd: req.cmd.clone(),
+            allowed: config.allowed_commands.join(", "),
+        });
     }
     Ok(())
 }

@@ -351,7 +351,7 @@ impl SimNode {
 /// stands in for many hosts, which would each check the same envelope in
 /// parallel; checking it once per shard keeps the simulator from measuring
 /// its own crypto instead of the manager.
-type Verified = HashMap<String, (Signed, Result<(PublicKey, RequestBody), String>)>;
+type Verified = HashMap<String, (Signed, Result<(PublicKey, RequestBody), guard::Refusal>)>;
 
 /// Envelopes a shard remembers: requests of many clients interleave.
 const VERIFIED_MEMO: usize = 256;
@@ -473,7 +473,7 @@ impl Shard {
                     if self.verified.len() >= VERIFIED_MEMO {
                         self.verified.clear();
                     }
-                    let v = node.guard.verify_request(auth).map_err(|r| r.why);
+                    let v = node.guard.verify_request(auth);
                     self.verified.insert(auth.sig.clone(), (auth.clone(), v));
                 }
                 match self.verified.get(&auth.sig) {
@@ -481,7 +481,7 @@ impl Shard {
                         node.guard
                             .admit_verified(&req, &node.me, pk.clone(), body.clone())
                     }
-                    Some((_, Err(why))) => Err(Box::new(guard::Refusal {
+                    Some((_, Err(why))) => Err(Box::new(guard::Refused {
                         client: None,
                         request_id: None,
                         why: why.clone(),
@@ -499,13 +499,13 @@ impl Shard {
                     (a.client, a.request_id)
                 }
                 Err(why) => {
-                    result = refusal(&node.me.node, &req.uuid, Some(&req.cmd), why);
+                    result = refusal(&node.me.node, &req.uuid, Some(&req.cmd), why.to_string());
                     (a.client, a.request_id)
                 }
             },
             Err(r) => {
-                debug!(self.log, "request refused"; "node" => &node.me.node, "reason" => &r.why);
-                result = refusal(&node.me.node, &req.uuid, Some(&req.cmd), r.why);
+                debug!(self.log, "request refused"; "node" => &node.me.node, "reason" => %r.why);
+                result = refusal(&node.me.node, &req.uuid, Some(&req.cmd), r.why.to_string());
                 (r.client, r.request_id)
             }
         };

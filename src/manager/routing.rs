@@ -27,6 +27,36 @@ pub const NOT_CONNECTED: &str = "the agent is not connected to the manager";
 pub const NO_SUCH_AGENT: &str =
     "no such agent: none by that name is connected with an accepted key";
 
+/// Why a request cannot be routed (its fields, checked before anything is
+/// published); the text is the error reply the client sees.
+#[derive(Debug, thiserror::Error)]
+pub enum RouteError {
+    #[error("topic {0:?} is not a valid topic (printable, no blanks or commas, 1 to 255 bytes)")]
+    BadTopic(String),
+    #[error(transparent)]
+    BadName(#[from] p::NameError),
+    #[error("glob {glob:?} is not a valid pattern: {source}")]
+    BadGlob {
+        glob: String,
+        #[source]
+        source: globset::Error,
+    },
+    #[error("node {0:?} is not a valid node name")]
+    BadNode(String),
+}
+
+impl RouteError {
+    /// One short word for counting refused requests.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            RouteError::BadTopic(_) => "bad_topic",
+            RouteError::BadName(e) => e.reason(),
+            RouteError::BadGlob { .. } => "bad_glob",
+            RouteError::BadNode(_) => "bad_node",
+        }
+    }
+}
+
 /// Check a request's fields and decide who must answer (the gate has
 /// already passed it). `secure` is the opposite of `allow_unsigned`;
 /// `subscriptions` counts the backend's subscribers per topic.
@@ -35,26 +65,26 @@ pub fn route(
     registry: &Registry,
     subscriptions: &HashMap<String, usize>,
     secure: bool,
-) -> Result<Route, String> {
+) -> Result<Route, RouteError> {
     if !p::valid_topic(&req.topic) {
-        return Err(format!(
-            "topic {:?} is not a valid topic (printable, no blanks or commas, 1 to 255 bytes)",
-            req.topic
-        ));
+        return Err(RouteError::BadTopic(req.topic.clone()));
     }
     p::check_service_name(&req.service)?;
     p::check_command_word(&req.cmd)?;
     let glob = match &req.glob {
         Some(g) => Some(
             globset::Glob::new(g)
-                .map_err(|e| format!("glob {g:?} is not a valid pattern: {e}"))?
+                .map_err(|source| RouteError::BadGlob {
+                    glob: g.clone(),
+                    source,
+                })?
                 .compile_matcher(),
         ),
         None => None,
     };
     if let Some(nodes) = &req.nodes {
         if let Some(bad) = nodes.iter().find(|n| !p::valid_topic(n)) {
-            return Err(format!("node {bad:?} is not a valid node name"));
+            return Err(RouteError::BadNode(bad.clone()));
         }
     }
     // Who must answer: up agents on the topic, narrowed by the glob. An
@@ -270,7 +300,10 @@ mod tests {
         ];
         for (r, needle) in cases {
             let err = route(&r, &reg, &HashMap::new(), true).unwrap_err();
-            assert!(err.contains(needle), "{err:?} should mention {needle:?}");
+            assert!(
+                err.to_string().contains(needle),
+                "{err:?} should mention {needle:?}"
+            );
         }
     }
 }

@@ -8,8 +8,8 @@
 //! The manager is a relay, not the last line: agents check requests themselves.
 
 use crate::protocol::{
-    Announce, MgmtBody, MgmtRequest, Presence, RequestBody, ServiceRequest, SignedAnnounce,
-    SignedResult,
+    Announce, MgmtBody, MgmtRefusal, MgmtRequest, Presence, RequestBody, ServiceRequest,
+    SignedAnnounce, SignedResult,
 };
 use crate::security::{
     self, AuthError, KeyState, KeyStore, PublicKey, Purpose, ReplayGuard, Signed,
@@ -292,53 +292,85 @@ impl Gate {
         auth: Option<&Signed>,
         uuid: &str,
         node: Option<&str>,
-    ) -> Result<(), String> {
+    ) -> Result<(), ResultDropped> {
         let Some(auth) = auth else {
             return if self.allow_unsigned {
                 Ok(())
             } else {
-                Err("unsigned result dropped (allow_unsigned is off)".into())
+                Err(ResultDropped::Unsigned)
             };
         };
-        let pk = self
-            .keys
-            .verify_signature(auth, Purpose::Result)
-            .map_err(|e| format!("result dropped: {e}"))?;
-        let body = SignedResult::from_signed(&auth.body)
-            .map_err(|e| format!("result dropped: bad body: {e}"))?;
+        let pk = self.keys.verify_signature(auth, Purpose::Result)?;
+        let body = SignedResult::from_signed(&auth.body).map_err(ResultDropped::BadBody)?;
         if body.uuid != uuid || Some(body.node.as_str()) != node || pk.name() != body.node {
-            return Err(format!(
-                "result dropped: signed by {} ({}) for node {:?}, job {}",
-                pk.fingerprint(),
-                pk.name(),
-                body.node,
-                body.uuid
-            ));
+            return Err(ResultDropped::Mismatch {
+                fingerprint: pk.fingerprint(),
+                name: pk.name().to_owned(),
+                node: body.node,
+                uuid: body.uuid,
+            });
         }
         Ok(())
     }
 
     /// Management commands that change something need a signed request from an
     /// accepted client key in secure mode.
-    pub fn check_mgmt(&mut self, req: &MgmtRequest) -> Result<(), String> {
+    pub fn check_mgmt(&mut self, req: &MgmtRequest) -> Result<(), MgmtRefusal> {
         if self.allow_unsigned {
             return Ok(());
         }
-        let auth = req
-            .auth
-            .as_ref()
-            .ok_or("this command needs a signed request: pass a client key with -k")?;
-        self.keys
-            .verify_signature(auth, Purpose::Request)
-            .map_err(|e| e.to_string())?;
-        let body =
-            MgmtBody::from_signed(&auth.body).map_err(|e| format!("bad signed body: {e}"))?;
+        let auth = req.auth.as_ref().ok_or(MgmtRefusal::Unsigned)?;
+        self.keys.verify_signature(auth, Purpose::Request)?;
+        let body = MgmtBody::from_signed(&auth.body)
+            .map_err(|e| MgmtRefusal::BadBody(std::sync::Arc::new(e)))?;
         if body.cmd != req.cmd {
-            return Err("the signed body names another command".into());
+            return Err(MgmtRefusal::OtherCommand);
         }
-        self.replay
-            .check(&body.id, body.ts, crate::clock::now_ms())
-            .map_err(|e| e.to_string())
+        Ok(self
+            .replay
+            .check(&body.id, body.ts, crate::clock::now_ms())?)
+    }
+}
+
+/// Why a result on the sink is not passed on to its client.
+#[derive(Debug, thiserror::Error)]
+pub enum ResultDropped {
+    #[error("unsigned result dropped (allow_unsigned is off)")]
+    Unsigned,
+    #[error("result dropped: {0}")]
+    Auth(#[from] AuthError),
+    #[error("result dropped: bad body: {0}")]
+    BadBody(#[source] serde_json::Error),
+    #[error("result dropped: signed by {fingerprint} ({name}) for node {node:?}, job {uuid}")]
+    Mismatch {
+        fingerprint: String,
+        name: String,
+        node: String,
+        uuid: String,
+    },
+}
+
+/// Logged as its text.
+impl slog::Value for ResultDropped {
+    fn serialize(
+        &self,
+        _record: &slog::Record,
+        key: slog::Key,
+        serializer: &mut dyn slog::Serializer,
+    ) -> slog::Result {
+        serializer.emit_arguments(key, &format_args!("{self}"))
+    }
+}
+
+impl ResultDropped {
+    /// One short word for counting dropped results.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ResultDropped::Unsigned => "unsigned",
+            ResultDropped::Auth(e) => e.reason(),
+            ResultDropped::BadBody(_) => "malformed",
+            ResultDropped::Mismatch { .. } => "mismatch",
+        }
     }
 }
 
@@ -590,7 +622,9 @@ mod tests {
                 (Ok((_, believed)), Ok(())) => {
                     assert_eq!(believed.topics, hello(&a.node).topics, "{name}")
                 }
-                (Err(why), Err(needle)) => assert!(why.contains(needle), "{name}: {why:?}"),
+                (Err(why), Err(needle)) => {
+                    assert!(why.to_string().contains(needle), "{name}: {why:?}")
+                }
                 (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
             }
         }
@@ -643,7 +677,9 @@ mod tests {
             let got = f.gate.check_result(auth.as_ref(), "j1", Some(node));
             match (got, want) {
                 (Ok(()), Ok(())) => {}
-                (Err(why), Err(needle)) => assert!(why.contains(needle), "{name}: {why:?}"),
+                (Err(why), Err(needle)) => {
+                    assert!(why.to_string().contains(needle), "{name}: {why:?}")
+                }
                 (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
             }
         }
@@ -686,14 +722,16 @@ mod tests {
         for (name, req, want) in cases {
             match (f.gate.check_mgmt(&req), want) {
                 (Ok(()), Ok(())) => {}
-                (Err(why), Err(needle)) => assert!(why.contains(needle), "{name}: {why:?}"),
+                (Err(why), Err(needle)) => {
+                    assert!(why.to_string().contains(needle), "{name}: {why:?}")
+                }
                 (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
             }
         }
         let mut open = fixture(true);
-        assert_eq!(
-            open.gate.check_mgmt(&MgmtRequest::new("manager.shutdown")),
-            Ok(())
-        );
+        assert!(open
+            .gate
+            .check_mgmt(&MgmtRequest::new("manager.shutdown"))
+            .is_ok());
     }
 }

@@ -280,11 +280,53 @@ impl MgmtReply {
     }
 
     /// The answer to a shutdown the gate allowed (`Ok`) or refused.
-    pub fn shutdown(allowed: &Result<(), String>, ok_msg: &str) -> Self {
+    pub fn shutdown(allowed: &Result<(), impl fmt::Display>, ok_msg: &str) -> Self {
         match allowed {
             Ok(()) => Self::ok(ok_msg, None),
             Err(why) => Self::error(format!("shutdown refused: {why}")),
         }
+    }
+}
+
+/// Why a management command that changes something (`manager.shutdown`,
+/// `agent.shutdown`) is refused; shared by the manager's and the agent's gate.
+/// The texts follow `shutdown refused: ` on the wire.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MgmtRefusal {
+    #[error("this command needs a signed request: pass a client key with -k")]
+    Unsigned,
+    #[error(transparent)]
+    Auth(#[from] crate::security::AuthError),
+    #[error("bad signed body: {0}")]
+    BadBody(#[source] std::sync::Arc<serde_json::Error>),
+    #[error("the signed body names another command")]
+    OtherCommand,
+    #[error("the signed request is not addressed to node {0:?}")]
+    NotAddressed(String),
+}
+
+impl MgmtRefusal {
+    /// One short word for counting refusals.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            MgmtRefusal::Unsigned => "unsigned",
+            MgmtRefusal::Auth(e) => e.reason(),
+            MgmtRefusal::BadBody(_) => "malformed",
+            MgmtRefusal::OtherCommand => "mismatch",
+            MgmtRefusal::NotAddressed(_) => "not_addressed",
+        }
+    }
+}
+
+/// Logged as its text.
+impl slog::Value for MgmtRefusal {
+    fn serialize(
+        &self,
+        _record: &slog::Record,
+        key: slog::Key,
+        serializer: &mut dyn slog::Serializer,
+    ) -> slog::Result {
+        serializer.emit_arguments(key, &format_args!("{self}"))
     }
 }
 

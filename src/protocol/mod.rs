@@ -33,8 +33,8 @@ pub use frontend::{
     ServiceRequest,
 };
 pub use mgmt::{
-    MgmtBody, MgmtReply, MgmtRequest, AGENT_SHUTDOWN, AGENT_STATUS, MANAGER_AGENTS, MANAGER_JOB,
-    MANAGER_JOBS, MANAGER_SHUTDOWN, MANAGER_STATUS,
+    MgmtBody, MgmtRefusal, MgmtReply, MgmtRequest, AGENT_SHUTDOWN, AGENT_STATUS, MANAGER_AGENTS,
+    MANAGER_JOB, MANAGER_JOBS, MANAGER_SHUTDOWN, MANAGER_STATUS,
 };
 pub use results::{
     ExecResult, Output, ResultEnvelope, ResultFrame, ResultMsg, ServiceState, SignedResult, Status,
@@ -229,37 +229,63 @@ impl ErrorReply {
     }
 }
 
-/// Why a service name or command is refused before anything runs.
+/// Why a service name or command word is refused before anything runs. The
+/// texts are on the wire (agents' refusals, the manager's error replies).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("service name is empty")]
+    EmptyService,
+    #[error("service name is {0} bytes long; the limit is 255")]
+    ServiceTooLong(usize),
+    #[error("service name {0:?} may not start with '-' or '.'")]
+    ServiceLeadingDashOrDot(String),
+    #[error("service name {name:?} contains {found:?}; only letters, digits and _ . @ : + - are allowed")]
+    ServiceCharacter { name: String, found: char },
+    #[error(
+        "command {0:?} is not a plain command word such as start, stop, restart, reload or status"
+    )]
+    CommandWord(String),
+}
+
+impl NameError {
+    /// One short word for counting refusals: `bad_name` or `bad_command`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            NameError::CommandWord(_) => "bad_command",
+            _ => "bad_name",
+        }
+    }
+}
+
+/// Whether a service name may be passed to a service manager.
 /// A plain name: letters, digits and `_ . @ : + -`, not starting with `-` or `.`,
 /// 1 to 255 bytes. That rules out paths (`../x`), options (`-h`) and shell
 /// syntax (`a;b`), whatever the service manager would make of them.
-pub fn check_service_name(name: &str) -> Result<(), String> {
+pub fn check_service_name(name: &str) -> Result<(), NameError> {
     if name.is_empty() {
-        return Err("service name is empty".into());
+        return Err(NameError::EmptyService);
     }
     if name.len() > 255 {
-        return Err(format!(
-            "service name is {} bytes long; the limit is 255",
-            name.len()
-        ));
+        return Err(NameError::ServiceTooLong(name.len()));
     }
     if name.starts_with('-') || name.starts_with('.') {
-        return Err(format!(
-            "service name {name:?} may not start with '-' or '.'"
-        ));
+        return Err(NameError::ServiceLeadingDashOrDot(name.to_owned()));
     }
-    if let Some(c) = name
+    if let Some(found) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || "_.@:+-".contains(*c)))
     {
-        return Err(format!("service name {name:?} contains {c:?}; only letters, digits and _ . @ : + - are allowed"));
+        return Err(NameError::ServiceCharacter {
+            name: name.to_owned(),
+            found,
+        });
     }
     Ok(())
 }
 
 /// A command must be one plain lower-case word (`start`, `status`, `condrestart`);
 /// which words an agent runs is its own allow-list.
-pub fn check_command_word(cmd: &str) -> Result<(), String> {
+pub fn check_command_word(cmd: &str) -> Result<(), NameError> {
     let ok = !cmd.is_empty()
         && cmd.len() <= 32
         && cmd
@@ -269,7 +295,7 @@ pub fn check_command_word(cmd: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("command {cmd:?} is not a plain command word such as start, stop, restart, reload or status"))
+        Err(NameError::CommandWord(cmd.to_owned()))
     }
 }
 
@@ -327,6 +353,43 @@ mod tests {
         assert!(check_command_word("status").is_ok());
         for bad in ["", "-h", "STATUS", "st;op", "a b"] {
             assert!(check_command_word(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    /// The texts reach 0.1 clients and tests: typing them changed no byte.
+    #[test]
+    fn name_refusals_keep_their_texts() {
+        let cases: [(&str, Result<(), NameError>, &str, &str); 5] = [
+            ("", check_service_name(""), "service name is empty", "bad_name"),
+            (
+                "long",
+                check_service_name(&"s".repeat(256)),
+                "service name is 256 bytes long; the limit is 255",
+                "bad_name",
+            ),
+            (
+                "option",
+                check_service_name("-h"),
+                "service name \"-h\" may not start with '-' or '.'",
+                "bad_name",
+            ),
+            (
+                "shell",
+                check_service_name("a;b"),
+                "service name \"a;b\" contains ';'; only letters, digits and _ . @ : + - are allowed",
+                "bad_name",
+            ),
+            (
+                "command",
+                check_command_word("STOP"),
+                "command \"STOP\" is not a plain command word such as start, stop, restart, reload or status",
+                "bad_command",
+            ),
+        ];
+        for (name, got, text, reason) in cases {
+            let e = got.expect_err(name);
+            assert_eq!(e.to_string(), text, "{name}");
+            assert_eq!(e.reason(), reason, "{name}");
         }
     }
 }

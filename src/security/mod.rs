@@ -88,6 +88,22 @@ pub enum AuthError {
     Decrypt,
 }
 
+impl AuthError {
+    /// One short word for counting refusals (metrics, logs).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::UnknownKey(_) => "unknown_key",
+            AuthError::NotAccepted(_) => "not_accepted",
+            AuthError::WrongRole { .. } => "wrong_role",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::Expired { .. } | AuthError::FromTheFuture { .. } => "expired",
+            AuthError::Replayed(_) => "replay",
+            AuthError::ReplayCacheFull(_) => "busy",
+            AuthError::Malformed(_) | AuthError::Decrypt => "malformed",
+        }
+    }
+}
+
 fn malformed(msg: impl Into<String>) -> AuthError {
     AuthError::Malformed(msg.into())
 }
