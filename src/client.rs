@@ -131,7 +131,6 @@ pub struct ClientArgs {
     pub version: VersionFlag,
 }
 
-
 impl ClientArgs {
     /// What the client can tell is wrong without asking anyone: exit 2 at
     /// once instead of a refusal (or a wait) from the manager or the agents.
@@ -412,6 +411,27 @@ pub struct Collected {
     pub elapsed: Duration,
     /// How long we waited at most.
     pub waited: Duration,
+    /// What the manager said that explains a short answer: agent keys
+    /// pending, known topics close to an unknown one. Printed on stderr.
+    pub hints: Vec<String>,
+}
+
+/// The manager's explanations in an accept reply, as sentences for the user.
+fn hints(accepted: &Accepted, topic: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(n) = accepted.pending_keys {
+        out.push(format!(
+            "{n} agent key{} pending: service-mgr mgmt keys list (on the manager's host)",
+            if n == 1 { "" } else { "s" }
+        ));
+    }
+    if let Some(near) = &accepted.near {
+        out.push(format!(
+            "no agent has the topic {topic:?}; topics match exactly (-G globs node names); known and close: {}",
+            near.join(", ")
+        ));
+    }
+    out
 }
 
 /// Told what happens while the client waits, for a live count or `--format jsonl`:
@@ -557,6 +577,7 @@ fn exchange(
         }
     }
     Ok(Collected {
+        hints: hints(&accepted, &req.request.topic),
         uuid: accepted.uuid,
         expected,
         results,
@@ -588,6 +609,8 @@ fn from_record(reply: FollowRecord, key: Option<&KeyPair>, started: Instant) -> 
         expected: Some(record.expected.clone()),
         unregistered: None,
         agent_keys: Some(agent_keys),
+        pending_keys: None,
+        near: None,
     };
     let mut results = Vec::new();
     for r in record.results {
@@ -606,6 +629,7 @@ fn from_record(reply: FollowRecord, key: Option<&KeyPair>, started: Instant) -> 
         results,
         elapsed: started.elapsed(),
         waited: Duration::ZERO,
+        hints: Vec::new(),
     }
 }
 
@@ -807,6 +831,13 @@ pub fn run(a: &ClientArgs, legacy_name: bool) -> Result<Exit> {
             }
         }
     }
+    // Whatever the format, the manager's explanations reach the person (stderr).
+    let mut said = HashSet::new();
+    for hint in jobs.iter().flat_map(|j| &j.hints) {
+        if said.insert(hint) {
+            eprintln!("service-mgr: {hint}");
+        }
+    }
     Ok(exit_code(&report.results))
 }
 
@@ -835,6 +866,7 @@ mod tests {
             results,
             elapsed: Duration::ZERO,
             waited: Duration::from_secs(1),
+            hints: Vec::new(),
         }
     }
 

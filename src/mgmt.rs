@@ -8,7 +8,7 @@ use crate::clock;
 use crate::config::{self, ManagerConfig};
 use crate::exit::Exit;
 use crate::output::{self, to_json_pretty, MgmtFormat, Style};
-use crate::protocol::mgmt::{AgentInfo, JobRecord, JobSummary};
+use crate::protocol::mgmt::{AgentInfo, AgentState, JobRecord, JobSummary};
 use crate::protocol::{self as p, MgmtBody, MgmtReply, MgmtRequest};
 use crate::security::{self, KeyPair, KeyStore, Purpose, Role};
 use crate::transport;
@@ -227,11 +227,25 @@ fn render(view: View, result: &Value, now_ms: u64, style: Style) -> String {
     }
     let shown = match view {
         View::Agents => typed::<Vec<AgentInfo>>(result).map(|list| {
-            if list.is_empty() {
-                "no agent has announced itself\n".into()
+            let pending: Vec<&str> = list
+                .iter()
+                .filter(|a| a.state == AgentState::Pending)
+                .map(|a| a.node.as_str())
+                .collect();
+            let mut text = if list.is_empty() {
+                "no agent has announced itself\n".to_owned()
             } else {
                 output::agents_table(&list, now_ms).render(style)
+            };
+            if !pending.is_empty() {
+                text.push_str(&format!(
+                    "\n{} agent key{} pending: service-mgr mgmt keys accept {} (see service-mgr mgmt keys list)\n",
+                    pending.len(),
+                    if pending.len() == 1 { "" } else { "s" },
+                    pending.join(" ")
+                ));
             }
+            text
         }),
         View::Jobs => typed::<Vec<JobSummary>>(result).map(|list| {
             if list.is_empty() {

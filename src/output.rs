@@ -445,7 +445,14 @@ pub fn agents_table(agents: &[AgentInfo], now_ms: u64) -> Table {
             (state.to_owned(), Tone::of_status(state)),
             (or_dash(&a.system), Tone::Plain),
             (a.topics.join(","), Tone::Plain),
-            (ago(now_ms.saturating_sub(a.last_seen_ms)), Tone::Plain),
+            (
+                if a.last_seen_ms == 0 {
+                    "-".to_owned() // a pending key: never seen as an agent
+                } else {
+                    ago(now_ms.saturating_sub(a.last_seen_ms))
+                },
+                Tone::Plain,
+            ),
             (or_dash(&a.agent_version), Tone::Plain),
             (a.running.to_string(), Tone::Plain),
         ]);

@@ -311,3 +311,65 @@ fn client_usage_errors_exit_2_before_asking_anyone() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// With an agent's key pending, `mgmt agents` said "no agent has announced
+/// itself" and the client "no node answered"; the accept hint was only in
+/// the manager's log.
+#[test]
+fn pending_agents_are_shown_where_the_operator_looks() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = fake_service(dir.path());
+        let mgr = manager(&[]);
+        // Its own key, made on its first start: not in the manager's store.
+        let key_opt = format!(
+            "key_file={}",
+            toml_str(&dir.path().join("newnode.key").display().to_string())
+        );
+        let _agent = agent_unregistered(&mgr, "newnode", &svc, &["-O", &key_opt]);
+        let mgmt_ep = mgr.ep("mgmt_endpoint");
+        let table = wait_for(20, "the pending agent in mgmt agents", || {
+            let out = run(&["mgmt", "-e", &mgmt_ep, "agents", "--format", "table"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains("pending").then_some(text)
+        });
+        assert!(table.contains("newnode"), "{table}");
+        assert!(
+            table.contains("1 agent key pending: service-mgr mgmt keys accept newnode"),
+            "{table}"
+        );
+        let (out, _) = Client::new(&mgr)
+            .topic("any")
+            .cmd("status")
+            .service("cron")
+            .text();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("1 agent key pending: service-mgr mgmt keys list"),
+            "{err}"
+        );
+    });
+}
+
+/// An unknown topic (`-T web` for node web1, 0.1's prefix habit) gave
+/// "0 expected" and nothing else; the manager now names close topics.
+#[test]
+fn an_unknown_topic_names_the_close_ones() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let svc = fake_service(dir.path());
+        let mgr = manager(&[]);
+        let _agent = agent(&mgr, "web1", &svc, &["-O", r#"topics=["webfarm"]"#]);
+        let (out, _) = Client::new(&mgr)
+            .topic("web")
+            .cmd("status")
+            .service("cron")
+            .text();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{err}");
+        assert!(
+            err.contains("no agent has the topic \"web\"; topics match exactly (-G globs node names); known and close: web1, webfarm"),
+            "{err}"
+        );
+    });
+}

@@ -173,6 +173,23 @@ fn frontend_messages() {
                 "web1".to_owned(),
                 web1().public().to_string(),
             )])),
+            pending_keys: None,
+            near: None,
+        },
+        accepted,
+    );
+    // Nothing matched and agent keys wait: the manager says why, the client prints it.
+    ours(
+        "frontend/accept-hints.json",
+        &Accepted {
+            uuid: JOB.into(),
+            port: 41234,
+            v: Some(2),
+            expected: Some(Vec::new()),
+            unregistered: Some(0),
+            agent_keys: Some(BTreeMap::new()),
+            pending_keys: Some(1),
+            near: Some(vec!["web1".into(), "webfarm".into()]),
         },
         accepted,
     );

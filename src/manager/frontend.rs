@@ -82,6 +82,8 @@ impl Manager<'_> {
             expected: Some(job.expected.clone()),
             unregistered: None,
             agent_keys: Some(self.agent_keys(&job.expected)),
+            pending_keys: None,
+            near: None,
         }))
     }
 
@@ -114,6 +116,11 @@ impl Manager<'_> {
             expected: Some(route.expected.clone()),
             unregistered: Some(route.unregistered),
             agent_keys: Some(self.agent_keys(&route.expected)),
+            // Why fewer nodes may answer than the operator thinks: said to the client.
+            pending_keys: Some(self.gate.pending_agents().len()).filter(|n| *n > 0),
+            near: (route.expected.is_empty() && route.unregistered == 0)
+                .then(|| self.registry.near(&req.topic))
+                .filter(|near| !near.is_empty()),
         };
         if req.dry_run {
             return Ok(accepted);

@@ -80,7 +80,8 @@ impl Manager<'_> {
     }
 
     fn agents(&self) -> Vec<AgentInfo> {
-        self.registry
+        let mut agents: Vec<AgentInfo> = self
+            .registry
             .entries()
             .map(|e| {
                 let mut info = e.info.clone();
@@ -90,6 +91,23 @@ impl Manager<'_> {
                 }
                 info
             })
-            .collect()
+            .collect();
+        // Agents whose keys wait for `mgmt keys accept`: the reason a new
+        // agent is not answering, shown where the operator looks for it.
+        agents.extend(self.gate.pending_agents().into_iter().map(|key| AgentInfo {
+            node: key.name().to_owned(),
+            instance: String::new(),
+            system: String::new(),
+            release: String::new(),
+            os_version: String::new(),
+            topics: Vec::new(),
+            agent_version: String::new(),
+            started_ms: 0,
+            last_seen_ms: 0,
+            state: AgentState::Pending,
+            running: 0,
+            key: Some(key.to_string()),
+        }));
+        agents
     }
 }

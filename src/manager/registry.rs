@@ -179,6 +179,33 @@ impl Registry {
             .count()
     }
 
+    /// Known topics and node names close to `topic` (a typo, or 0.1's prefix
+    /// habit: `web` for `web1`), closest first, at most five.
+    pub fn near(&self, topic: &str) -> Vec<String> {
+        let mut names: Vec<&str> = self
+            .agents
+            .values()
+            .flat_map(|e| e.topics.iter().map(String::as_str).chain([e.node.as_str()]))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        let mut close: Vec<(usize, &str)> = names
+            .into_iter()
+            .filter(|n| *n != topic)
+            .filter_map(|n| {
+                let d = strsim::damerau_levenshtein(n, topic);
+                let prefix = n.starts_with(topic) || topic.starts_with(n);
+                (d <= 2 || (prefix && !topic.is_empty())).then_some((d, n))
+            })
+            .collect();
+        close.sort();
+        close
+            .into_iter()
+            .take(5)
+            .map(|(_, n)| n.to_owned())
+            .collect()
+    }
+
     pub fn entries(&self) -> impl Iterator<Item = &AgentEntry> {
         self.agents.values()
     }
@@ -212,6 +239,21 @@ pub(crate) fn hello(node: &str, instance: &str, topics: &[&str]) -> Announce {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn near_names_typos_and_prefixes_closest_first() {
+        let mut r = Registry::default();
+        for (node, topics) in [
+            ("web1", &["any", "web", "web1"][..]),
+            ("db1", &["any", "db", "db1"]),
+        ] {
+            r.connected(&format!("i-{node}"), Some(node.to_owned()));
+            r.announce(&hello(node, &format!("i-{node}"), topics), None);
+        }
+        assert_eq!(r.near("webb"), ["web", "web1"]);
+        assert_eq!(r.near("db2"), ["db", "db1"]);
+        assert!(r.near("mail").is_empty());
+    }
 
     #[test]
     fn matching_is_exact_and_globs_narrow() {

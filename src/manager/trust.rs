@@ -12,7 +12,7 @@ use crate::protocol::{
     SignedAnnounce, SignedResult,
 };
 use crate::security::{
-    self, AuthError, KeyState, KeyStore, PublicKey, Purpose, ReplayGuard, Signed,
+    self, AuthError, KeyState, KeyStore, PublicKey, Purpose, ReplayGuard, Role, Signed,
 };
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -95,6 +95,16 @@ impl Gate {
     }
 
     /// Re-read the key store if `service-mgr mgmt keys` changed it.
+    /// Agent keys waiting in the key store to be accepted.
+    pub fn pending_agents(&self) -> Vec<PublicKey> {
+        self.keys
+            .list()
+            .into_iter()
+            .filter(|(state, key)| *state == KeyState::Pending && key.role() == Role::Agent)
+            .map(|(_, key)| key)
+            .collect()
+    }
+
     pub fn reload_if_changed(&mut self) -> Result<bool> {
         let now = self.mtimes();
         if now == self.seen {

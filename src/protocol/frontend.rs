@@ -247,6 +247,14 @@ pub struct Accepted {
     /// the client checks each result's signature against it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_keys: Option<BTreeMap<String, String>>,
+    /// Agent keys waiting in the manager's key store: agents that cannot
+    /// answer until an operator accepts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_keys: Option<usize>,
+    /// When no node matched: topics and node names the manager knows that
+    /// are close to the one asked for (topics match exactly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub near: Option<Vec<String>>,
 }
 
 /// The reply to a follow request for a job no longer in memory: its record

@@ -193,6 +193,8 @@ pub enum AgentState {
     Lost,
     /// It said goodbye.
     Stopped,
+    /// Not an agent yet: its key waits in the key store (`mgmt keys accept`).
+    Pending,
 }
 
 impl AgentState {
@@ -202,6 +204,7 @@ impl AgentState {
             AgentState::Connecting => "connecting",
             AgentState::Lost => "lost",
             AgentState::Stopped => "stopped",
+            AgentState::Pending => "pending",
         }
     }
 }
