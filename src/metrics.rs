@@ -58,17 +58,8 @@ struct CommandOnly {
     command: String,
 }
 
-/// Result statuses we label by; anything else a peer sends counts as `other`.
-const STATUSES: [&str; 8] = [
-    "ok",
-    "failed",
-    "refused",
-    "timeout",
-    "error",
-    "no_response",
-    "unverified",
-    "interrupted",
-];
+/// Result statuses we label by (those of `protocol::Status`); anything else counts as `other`.
+const STATUSES: [&str; 5] = ["ok", "failed", "timeout", "refused", "no_response"];
 /// The commands an agent runs; anything else counts as `other`.
 const COMMANDS: [&str; 5] = ["start", "stop", "restart", "reload", "status"];
 
@@ -98,8 +89,51 @@ pub struct ManagerMetrics {
     refusals: Family<Reason, Counter>,
 }
 
-/// Agent states the registry reports.
-pub const AGENT_STATES: [&str; 4] = ["up", "lost", "pending", "stopped"];
+/// Agent states, as `service-mgr mgmt agents` shows them (`connecting`:
+/// announced, but its subscriptions are not in place yet, so not a target).
+pub const AGENT_STATES: [&str; 4] = ["up", "connecting", "lost", "stopped"];
+
+/// What became of a client's service request (`requests_total{outcome}`).
+pub mod outcome {
+    /// Published to at least one node (or, in 0.1-compatible mode, to a topic with 0.1 subscribers).
+    pub const ACCEPTED: &str = "accepted";
+    /// Valid and allowed, but no node matched: nobody to ask.
+    pub const NO_TARGET: &str = "no_target";
+    /// `--dry-run`: answered with who would be asked; nothing was sent.
+    pub const DRY_RUN: &str = "dry_run";
+    /// A client's retry of signed bytes already accepted: answered as before.
+    pub const REPEATED: &str = "repeated";
+    /// The gate refused it (signature, key, window, replay); see `refusals_total`.
+    pub const REFUSED: &str = "refused";
+    /// Not a valid request (frame, JSON, topic, service or command word, glob).
+    pub const INVALID: &str = "invalid";
+    /// Valid, but the manager could not publish it.
+    pub const ERROR: &str = "error";
+    pub const ALL: [&str; 7] = [
+        ACCEPTED, NO_TARGET, DRY_RUN, REPEATED, REFUSED, INVALID, ERROR,
+    ];
+}
+
+/// What the manager refused (`refusals_total{reason}`).
+pub mod refused {
+    /// A client request the gate refused (unsigned, unknown key, bad signature, outside the window).
+    pub const REQUEST: &str = "request";
+    /// Signed bytes seen before, with no earlier answer to give again.
+    pub const REPLAY: &str = "replay";
+    /// An agent's announcement (hello, heartbeat, bye) not admitted.
+    pub const ANNOUNCE: &str = "announce";
+    /// A result whose signature or sender did not check out.
+    pub const RESULT: &str = "result";
+    /// An agent's presence token not granted (unsigned, stale or key not accepted).
+    pub const PRESENCE: &str = "presence";
+    /// A `manager.shutdown` the gate did not allow.
+    pub const SHUTDOWN: &str = "shutdown";
+    /// A sink message that did not decode.
+    pub const MALFORMED: &str = "malformed";
+    pub const ALL: [&str; 7] = [
+        REQUEST, REPLAY, ANNOUNCE, RESULT, PRESENCE, SHUTDOWN, MALFORMED,
+    ];
+}
 
 impl ManagerMetrics {
     pub fn new() -> ManagerMetrics {
@@ -135,7 +169,7 @@ impl ManagerMetrics {
         );
         registry.register(
             "job_store_write_lag_seconds",
-            "Age of the oldest result not yet written to the job store",
+            "Age of the oldest job store event not yet safely on disk (0: all synced)",
             store_lag.clone(),
         );
         registry.register(
@@ -154,8 +188,21 @@ impl ManagerMetrics {
                 protocol: "2",
             })
             .set(1);
+        // Every label value of the fixed vocabularies from the start, so that
+        // rate() and the dashboard see a 0 rather than no series at all.
         for state in AGENT_STATES {
             agents.get_or_create(&State { state }).set(0);
+        }
+        for outcome in outcome::ALL {
+            let _ = requests.get_or_create(&Outcome { outcome });
+        }
+        for reason in refused::ALL {
+            let _ = refusals.get_or_create(&Reason { reason });
+        }
+        for status in STATUSES {
+            let _ = results.get_or_create(&ResultStatus {
+                status: status.to_owned(),
+            });
         }
         ManagerMetrics {
             registry: Arc::new(registry),
@@ -176,7 +223,7 @@ impl ManagerMetrics {
             .set(count as i64);
     }
 
-    /// One client request and what became of it (`accepted`, `refused`, `invalid`, `no_target`).
+    /// One client request and what became of it (one of [`outcome`]).
     pub fn request(&self, outcome: &'static str) {
         self.requests.get_or_create(&Outcome { outcome }).inc();
     }
@@ -190,13 +237,18 @@ impl ManagerMetrics {
         }
     }
 
-    /// Something refused, with a fixed reason word (e.g. `unknown_key`, `replay`, `too_large`).
+    /// Something refused, with a fixed reason word (one of [`refused`]).
     pub fn refusal(&self, reason: &'static str) {
         self.refusals.get_or_create(&Reason { reason }).inc();
     }
 
-    pub fn job_store(&self, bytes: u64, write_lag: Duration) {
-        self.store_bytes.set(bytes as i64);
+    /// The job store's size on disk.
+    pub fn job_store_bytes(&self, bytes: u64) {
+        self.store_bytes.set(bytes.try_into().unwrap_or(i64::MAX));
+    }
+
+    /// Age of the oldest job store event not yet safely on disk.
+    pub fn job_store_lag(&self, write_lag: Duration) {
         self.store_lag.set(write_lag.as_secs_f64());
     }
 
@@ -241,6 +293,13 @@ impl AgentMetrics {
             commands,
             duration,
         }
+    }
+
+    /// One result the agent sent: its command, status and duration.
+    pub fn record(&self, r: &crate::protocol::ResultMsg) {
+        let outcome = r.status.map_or("other", |s| s.as_str());
+        let took = Duration::from_millis(r.duration_ms.unwrap_or(0));
+        self.command(r.cmd.as_deref().unwrap_or("other"), outcome, took);
     }
 
     /// One command run (`start`, ...), its outcome (`ok`, `failed`, `timeout`, `refused`) and duration.
@@ -294,6 +353,27 @@ pub fn parse_endpoint(endpoint: &str) -> Result<SocketAddr> {
         .with_context(bad)
 }
 
+/// Serve `registry` on `endpoint` unless it is empty (metrics off); warn when
+/// it is reachable from other hosts, since nothing authenticates a scraper.
+pub fn serve(
+    endpoint: &str,
+    registry: Arc<Registry>,
+    log: &slog::Logger,
+) -> Result<Option<Server>> {
+    if endpoint.is_empty() {
+        return Ok(None);
+    }
+    let server = Server::start(endpoint, registry)?;
+    let addr = server.addr();
+    if addr.ip().is_loopback() {
+        slog::info!(log, "metrics served"; "metrics_endpoint" => %addr);
+    } else {
+        slog::warn!(log, "metrics served beyond this host, unauthenticated: anyone who reaches metrics_endpoint reads them; prefer a loopback address behind a proxy or firewall";
+            "metrics_endpoint" => %addr);
+    }
+    Ok(Some(server))
+}
+
 /// The HTTP server of `/metrics`; dropping it stops its thread.
 pub struct Server {
     http: Arc<tiny_http::Server>,
@@ -307,7 +387,8 @@ impl Server {
         let wanted = parse_endpoint(endpoint)?;
         let http = tiny_http::Server::http(wanted).map_err(|e| {
             anyhow::anyhow!(
-                "cannot bind metrics_endpoint {wanted}: {e}; is another daemon using it? set metrics_endpoint"
+                "cannot bind metrics_endpoint {endpoint:?} ({wanted}): {e}; is another program using the port? \
+                 choose another metrics_endpoint, or leave it empty to turn metrics off"
             )
         })?;
         let addr = http
@@ -473,5 +554,27 @@ mod tests {
         let (head, _) = get(server.addr(), "/other");
         assert!(head.contains(" 404"), "{head}");
         drop(server); // joins its thread
+    }
+
+    #[test]
+    fn empty_endpoint_is_off_and_a_taken_port_names_the_setting() {
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        assert!(serve("", ManagerMetrics::new().registry(), &log)
+            .unwrap()
+            .is_none());
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = taken.local_addr().unwrap().to_string();
+        let err = serve(&at, ManagerMetrics::new().registry(), &log)
+            .err()
+            .expect("the port is taken")
+            .to_string();
+        assert!(err.contains("cannot bind metrics_endpoint"), "{err}");
+    }
+
+    #[test]
+    fn build_info_names_the_protocol_version() {
+        let text = encode(&ManagerMetrics::new().registry());
+        let want = format!("protocol=\"{}\"", crate::protocol::PROTOCOL_VERSION);
+        assert!(text.contains(&want), "{text}");
     }
 }

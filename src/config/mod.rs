@@ -54,6 +54,9 @@ pub struct ManagerConfig {
     /// Seconds a signed request stays valid (clocks must agree this well).
     #[serde(deserialize_with = "lenient_u64")]
     pub request_window: u64,
+    /// `HOST:PORT` (or `:PORT` for loopback) to serve Prometheus metrics on,
+    /// over plain unauthenticated HTTP; empty: off.
+    pub metrics_endpoint: String,
 }
 
 impl ManagerConfig {
@@ -128,6 +131,7 @@ impl Default for ManagerConfig {
             state_dir: None,
             allow_unsigned: false,
             request_window: 60,
+            metrics_endpoint: String::new(),
         }
     }
 }
@@ -202,6 +206,9 @@ pub struct AgentConfig {
     /// Seconds a signed request stays valid.
     #[serde(deserialize_with = "lenient_u64")]
     pub request_window: u64,
+    /// `HOST:PORT` (or `:PORT` for loopback) to serve Prometheus metrics on,
+    /// over plain unauthenticated HTTP; empty: off.
+    pub metrics_endpoint: String,
     /// Who may run what: `[[policy]]` rules, default deny.
     pub policy: Vec<PolicyRule>,
 }
@@ -246,6 +253,7 @@ impl Default for AgentConfig {
             key_file: None,
             authorized_clients: None,
             request_window: 60,
+            metrics_endpoint: String::new(),
             policy: Vec::new(),
         }
     }
@@ -258,14 +266,23 @@ pub trait Check {
     fn check(&self) -> Result<()>;
 }
 
+/// An empty metrics_endpoint is off; anything else must be `HOST:PORT`.
+fn check_metrics_endpoint(endpoint: &str) -> Result<()> {
+    if !endpoint.is_empty() {
+        crate::metrics::parse_endpoint(endpoint)?;
+    }
+    Ok(())
+}
+
 impl Check for ManagerConfig {
     fn check(&self) -> Result<()> {
-        Ok(())
+        check_metrics_endpoint(&self.metrics_endpoint)
     }
 }
 
 impl Check for AgentConfig {
     fn check(&self) -> Result<()> {
+        check_metrics_endpoint(&self.metrics_endpoint)?;
         let known: Vec<&str> = crate::protocol::STANDARD_COMMANDS
             .iter()
             .copied()
@@ -548,6 +565,32 @@ mod tests {
         assert_eq!(a.topics, ["x", "y"]);
         let err = load_with::<AgentConfig>(&path, true, &["nosuch=1".into()]).unwrap_err();
         assert!(format!("{err:#}").contains("nosuch"), "{err:#}");
+    }
+
+    #[test]
+    fn metrics_endpoint_is_off_or_host_port() {
+        for (text, ok) in [
+            ("", true),
+            ("metrics_endpoint = \"127.0.0.1:9550\"", true),
+            ("metrics_endpoint = \":9550\"", true),
+            (
+                "metrics_endpoint = \"http://127.0.0.1:9550/metrics\"",
+                false,
+            ),
+            ("metrics_endpoint = \"9550\"", false),
+        ] {
+            let m: ManagerConfig = parse(text).unwrap();
+            let a: AgentConfig = parse(text).unwrap();
+            for got in [m.check(), a.check()] {
+                match got {
+                    Ok(()) => assert!(ok, "{text}"),
+                    Err(e) => {
+                        assert!(!ok, "{text}: {e}");
+                        assert!(e.to_string().contains("metrics_endpoint"), "{e}");
+                    }
+                }
+            }
+        }
     }
 
     /// `allowed_commands = ["restrat"]` was accepted silently and every
