@@ -52,10 +52,9 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 use std::collections::{hash_map::Entry, BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const PROGRESS: TableDefinition<&str, &[u8]> = TableDefinition::new("progress");
@@ -209,11 +208,36 @@ impl Progress {
     }
 }
 
+/// Since when lazy (`Durability::None`) commits await their fsync, if any do.
+#[derive(Default)]
+struct Dirty(Mutex<Option<Instant>>);
+
+impl Dirty {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        // The guarded value is a plain timestamp: a panic elsewhere cannot leave it torn.
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn mark(&self) {
+        self.lock().get_or_insert_with(Instant::now);
+    }
+    fn take(&self) -> Option<Instant> {
+        self.lock().take()
+    }
+    /// A flush failed: what it took is still unsynced.
+    fn restore(&self, since: Instant) {
+        let mut g = self.lock();
+        *g = Some(g.map_or(since, |t| t.min(since)));
+    }
+    fn since(&self) -> Option<Instant> {
+        *self.lock()
+    }
+}
+
 /// The open job store. Cheap to share by reference between threads.
 pub struct JobStore {
     db: Arc<Database>,
-    /// A lazy (`Durability::None`) commit awaits its fsync.
-    dirty: Arc<AtomicBool>,
+    path: PathBuf,
+    dirty: Arc<Dirty>,
     /// Dropping it stops the flusher thread.
     stop: Option<mpsc::Sender<()>>,
     flusher: Option<JoinHandle<()>>,
@@ -252,7 +276,7 @@ impl JobStore {
         tx.commit()?;
 
         let db = Arc::new(db);
-        let dirty = Arc::new(AtomicBool::new(false));
+        let dirty = Arc::new(Dirty::default());
         let (stop, stopped) = mpsc::channel::<()>();
         let (fdb, fdirty) = (db.clone(), dirty.clone());
         let flusher = std::thread::Builder::new()
@@ -262,14 +286,17 @@ impl JobStore {
                     stopped.recv_timeout(FLUSH_INTERVAL)
                 {
                     // On failure stay dirty and retry; a failing disk also fails `apply`.
-                    if fdirty.swap(false, Ordering::SeqCst) && flush_db(&fdb).is_err() {
-                        fdirty.store(true, Ordering::SeqCst);
+                    if let Some(since) = fdirty.take() {
+                        if flush_db(&fdb).is_err() {
+                            fdirty.restore(since);
+                        }
                     }
                 }
             })
             .map_err(redb::Error::Io)?;
         Ok(JobStore {
             db,
+            path: path.to_owned(),
             dirty,
             stop: Some(stop),
             flusher: Some(flusher),
@@ -350,7 +377,7 @@ impl JobStore {
         }
         tx.commit()?;
         if !durable {
-            self.dirty.store(true, Ordering::SeqCst);
+            self.dirty.mark();
         }
         Ok(())
     }
@@ -453,13 +480,23 @@ impl JobStore {
     /// Make every commit so far durable (fsync). The store also does this by
     /// itself within `FLUSH_INTERVAL` and when dropped.
     pub fn flush(&self) -> Result<()> {
-        if self.dirty.swap(false, Ordering::SeqCst) {
+        if let Some(since) = self.dirty.take() {
             if let Err(e) = flush_db(&self.db) {
-                self.dirty.store(true, Ordering::SeqCst);
+                self.dirty.restore(since);
                 return Err(e);
             }
         }
         Ok(())
+    }
+
+    /// Since when committed events await their fsync (`None`: all durable).
+    pub fn unsynced_since(&self) -> Option<Instant> {
+        self.dirty.since()
+    }
+
+    /// The size of the database file.
+    pub fn size_bytes(&self) -> std::io::Result<u64> {
+        Ok(std::fs::metadata(&self.path)?.len())
     }
 }
 
@@ -674,6 +711,29 @@ mod tests {
         let s = store.list(5).unwrap();
         assert_eq!((s.len(), s[0].created_ms, s[0].answered_count), (1, 500, 1));
         assert_eq!(store.expire(501).unwrap(), 1);
+    }
+
+    #[test]
+    fn write_lag_and_size_for_the_metrics() {
+        let (_dir, store) = temp_store();
+        assert!(store.size_bytes().unwrap() > 0);
+        assert_eq!(store.unsynced_since(), None);
+        // A lazy commit awaits its fsync, and a later one does not make the
+        // oldest unsynced commit younger. The flusher syncs once a second: if
+        // it ran in between, try again.
+        let observed = (0..5).any(|i| {
+            let before = std::time::Instant::now();
+            let uuid = format!("j{i}");
+            store.apply(&[new_job(&uuid, 1, &["a"])]).unwrap();
+            let Some(since) = store.unsynced_since() else {
+                return false;
+            };
+            store.apply(&[result(&uuid, "a", "ok", 0)]).unwrap();
+            since >= before && store.unsynced_since() == Some(since)
+        });
+        assert!(observed, "unsynced_since never reported a lazy commit");
+        store.flush().unwrap();
+        assert_eq!(store.unsynced_since(), None);
     }
 
     #[test]
