@@ -440,6 +440,7 @@ fn mgmt_messages() {
         mgmt_endpoint: "tcp://0.0.0.0:5800".into(),
         result_endpoint: "tcp://0.0.0.0:41234".into(),
         result_publisher_port: 41234,
+        metrics_endpoint: None,
     };
     let uname = [
         "Linux",

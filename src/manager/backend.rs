@@ -74,6 +74,7 @@ impl Manager<'_> {
         }
         let node = match self.gate.check_presence(&presence) {
             trust::Grant::No => {
+                self.metrics.refusal(crate::metrics::refused::PRESENCE);
                 debug!(self.log, "presence not granted (unsigned, stale or key not accepted)"; "instance" => &instance);
                 return;
             }

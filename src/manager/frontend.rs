@@ -3,6 +3,7 @@
 
 use super::{now_ms, routing, trust, Job, Manager};
 use crate::jobstore::StoreEvent;
+use crate::metrics::{outcome, refused};
 use crate::protocol::{
     self as p, Accepted, Dispatch, ErrorReply, FollowRecord, FrontendRequest, ResultMsg,
     ServiceRequest,
@@ -20,10 +21,13 @@ impl Manager<'_> {
         };
         let reply = match body {
             [one] => self.accept(one),
-            _ => Err(ErrorReply::new(format!(
-                "expected one JSON frame after the envelope, got {}",
-                body.len()
-            ))),
+            _ => {
+                self.metrics.request(outcome::INVALID);
+                Err(ErrorReply::new(format!(
+                    "expected one JSON frame after the envelope, got {}",
+                    body.len()
+                )))
+            }
         };
         let payload = match reply {
             Ok(v) => v,
@@ -41,7 +45,11 @@ impl Manager<'_> {
 
     /// Answer a frontend frame: a new request, or `{"job": ID}` to follow an earlier one.
     fn accept(&mut self, body: &[u8]) -> Result<Vec<u8>, ErrorReply> {
-        match FrontendRequest::decode(body).map_err(ErrorReply::new)? {
+        let request = FrontendRequest::decode(body).map_err(|e| {
+            self.metrics.request(outcome::INVALID);
+            ErrorReply::new(e)
+        })?;
+        match request {
             FrontendRequest::Follow { job } => self.follow(&job),
             FrontendRequest::Service(req) => self.dispatch(req).map(|a| p::encode(&a)),
         }
@@ -87,19 +95,30 @@ impl Manager<'_> {
         }))
     }
 
-    /// Validate a request, decide who must answer, publish it and say where results appear.
+    /// Validate a request, decide who must answer, publish it and say where
+    /// results appear. Each way out counts the request's outcome once.
     fn dispatch(&mut self, mut req: ServiceRequest) -> Result<Accepted, ErrorReply> {
         let (client, request_id) = match self.gate.check_request(&req) {
             Ok(Some((key, id))) => (Some(key), Some(id)),
             Ok(None) => (None, None),
             Err(trust::Refused::Replayed(id, msg)) => {
-                return self
-                    .answered
-                    .get(&id)
-                    .map(|(_, a)| a.clone())
-                    .ok_or_else(|| ErrorReply::new(msg));
+                return match self.answered.get(&id) {
+                    Some((_, a)) => {
+                        self.metrics.request(outcome::REPEATED);
+                        Ok(a.clone())
+                    }
+                    None => {
+                        self.metrics.request(outcome::REFUSED);
+                        self.metrics.refusal(refused::REPLAY);
+                        Err(ErrorReply::new(msg))
+                    }
+                };
             }
-            Err(trust::Refused::Other(msg)) => return Err(ErrorReply::new(msg)),
+            Err(trust::Refused::Other(msg)) => {
+                self.metrics.request(outcome::REFUSED);
+                self.metrics.refusal(refused::REQUEST);
+                return Err(ErrorReply::new(msg));
+            }
         };
         let route = routing::route(
             &req,
@@ -107,7 +126,10 @@ impl Manager<'_> {
             &self.subscriptions,
             !self.gate.allow_unsigned,
         )
-        .map_err(ErrorReply::new)?;
+        .map_err(|e| {
+            self.metrics.request(outcome::INVALID);
+            ErrorReply::new(e)
+        })?;
         let uuid = uuid::Uuid::new_v4().simple().to_string();
         let accepted = Accepted {
             uuid: uuid.clone(),
@@ -123,6 +145,7 @@ impl Manager<'_> {
                 .filter(|near| !near.is_empty()),
         };
         if req.dry_run {
+            self.metrics.request(outcome::DRY_RUN);
             return Ok(accepted);
         }
         // The signature moves on to the agents; the job keeps what was asked.
@@ -142,6 +165,7 @@ impl Manager<'_> {
                 .backend
                 .send_multipart([topic.as_slice(), &body], zmq::DONTWAIT)
             {
+                self.metrics.request(outcome::ERROR);
                 return Err(ErrorReply::new(format!("cannot dispatch the request: {e}")));
             }
         }
@@ -165,6 +189,7 @@ impl Manager<'_> {
             let r = ResultMsg::no_response(&uuid, &n, why);
             job.pending.remove(&n);
             job.results.push(p::encode(&r));
+            self.metrics.result(p::Status::NoResponse.as_str(), None);
             self.events.push(StoreEvent::NoResponse {
                 uuid: uuid.clone(),
                 node: n,
@@ -175,6 +200,12 @@ impl Manager<'_> {
             "client" => client.as_ref().map(|k| k.to_string()).unwrap_or_else(|| "unsigned".into()),
             "cmd" => &job.request.cmd, "service" => &job.request.service,
             "expected" => route.expected.len(), "unregistered" => route.unregistered);
+        self.metrics
+            .request(if route.expected.is_empty() && route.unregistered == 0 {
+                outcome::NO_TARGET
+            } else {
+                outcome::ACCEPTED
+            });
         self.jobs.insert(uuid, job);
         if let Some(id) = request_id {
             self.answered.insert(id, (Instant::now(), accepted.clone()));

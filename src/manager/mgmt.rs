@@ -24,7 +24,10 @@ impl Manager<'_> {
                         info!(self.log, "shutdown requested on the management socket");
                         self.stop = true;
                     }
-                    Err(why) => warn!(self.log, "shutdown refused"; "why" => why),
+                    Err(why) => {
+                        self.metrics.refusal(crate::metrics::refused::SHUTDOWN);
+                        warn!(self.log, "shutdown refused"; "why" => why)
+                    }
                 }
                 MgmtReply::shutdown(&allowed, "Service Manager is shutting down")
             }
@@ -86,9 +89,7 @@ impl Manager<'_> {
             .map(|e| {
                 let mut info = e.info.clone();
                 // Announced but its subscriptions not yet in place: not a target yet.
-                if info.state == AgentState::Up && !self.registry.is_up(&e.node) {
-                    info.state = AgentState::Connecting;
-                }
+                info.state = self.registry.listed_state(e);
                 info
             })
             .collect();

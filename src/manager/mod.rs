@@ -30,12 +30,13 @@ use crate::clock::now_ms;
 use crate::config::ManagerConfig;
 use crate::host::HostInfo;
 use crate::jobstore::{JobStore, StoreEvent};
+use crate::metrics::{self, ManagerMetrics};
 use crate::protocol::{self as p, Accepted, ServiceRequest};
 use crate::runtime::{Control, OnReady};
 use crate::transport::{self, try_recv};
 use anyhow::{Context, Result};
 use registry::Registry;
-use slog::{error, info, warn, Logger};
+use slog::{debug, error, info, warn, Logger};
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 use trust::Gate;
@@ -101,7 +102,11 @@ pub fn run(
         .map_or(1, |n| n.get())
         .min(4);
     ctx.set_io_threads(cores as i32)?;
-    let (sockets, bound) = bind_all(&ctx, config)?;
+    let (sockets, mut bound) = bind_all(&ctx, config)?;
+    let metrics = ManagerMetrics::new();
+    // Serving until run returns; dropping it stops the HTTP thread.
+    let metrics_server = metrics::serve(&config.metrics_endpoint, metrics.registry(), log)?;
+    bound.metrics_endpoint = metrics_server.as_ref().map(|s| s.addr().to_string());
     on_ready(&serde_json::to_value(Ready {
         bound: &bound,
         pid: std::process::id(),
@@ -124,9 +129,12 @@ pub fn run(
         presence: HashMap::new(),
         host: HostInfo::read(),
         subscriptions: HashMap::new(),
+        metrics,
+        unwritten_since: None,
         stop: false,
     };
     mgr.serve(control)?;
+    drop(metrics_server);
     info!(log, "service manager stopped");
     Ok(())
 }
@@ -190,6 +198,7 @@ fn bind_all(ctx: &zmq::Context, config: &ManagerConfig) -> Result<(Sockets, Boun
             mgmt_endpoint,
             result_endpoint,
             result_publisher_port,
+            metrics_endpoint: None,
         },
     ))
 }
@@ -225,13 +234,23 @@ struct Manager<'a> {
     host: HostInfo,
     /// Agent subscriptions by topic (how many pipes), as reported by the backend.
     subscriptions: HashMap<String, usize>,
+    metrics: ManagerMetrics,
+    /// Since when store events failed to be written (a failing disk), for the write lag.
+    unwritten_since: Option<Instant>,
     stop: bool,
 }
+
+/// How often the gauges (agents by state, job store lag) are recomputed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the job store's file size is read.
+const STORE_SIZE_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Manager<'_> {
     fn serve(&mut self, control: &Control) -> Result<()> {
         let mut last_sweep = Instant::now();
         let mut last_expire: Option<Instant> = None;
+        let mut last_gauges: Option<Instant> = None;
+        let mut last_size: Option<Instant> = None;
         while !self.stop {
             let mut items = [
                 self.s.frontend.as_poll_item(zmq::POLLIN),
@@ -242,6 +261,7 @@ impl Manager<'_> {
                 zmq::PollItem::from_fd(control.fd(), zmq::POLLIN),
             ];
             transport::poll(&mut items, 250)?;
+            let round = Instant::now();
             let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
             let wake = control.take();
             if wake.reopen_logs {
@@ -293,29 +313,63 @@ impl Manager<'_> {
                 }
                 last_expire = Some(Instant::now());
             }
-            self.write_events();
+            self.write_events(round);
+            if last_gauges.is_none_or(|t| t.elapsed() >= GAUGE_INTERVAL) {
+                let size_due = last_size.is_none_or(|t| t.elapsed() >= STORE_SIZE_INTERVAL);
+                self.update_gauges(size_due);
+                last_gauges = Some(Instant::now());
+                if size_due {
+                    last_size = last_gauges;
+                }
+            }
         }
         // Results already on their way in are still delivered.
         self.drain(Self::on_result_subscription, |s| &s.results);
         self.drain(Self::on_sink, |s| &s.sink);
-        self.write_events();
+        self.write_events(Instant::now());
         if let Err(e) = self.store.flush() {
             error!(self.log, "cannot flush the job store"; "error" => format!("{e:#}"));
         }
         Ok(())
     }
 
-    /// One transaction for everything that happened in this round.
-    fn write_events(&mut self) {
+    /// One transaction for everything that happened in this round (which began at `round`).
+    fn write_events(&mut self, round: Instant) {
         if self.events.is_empty() {
             return;
         }
-        if let Err(e) = self.store.apply(&self.events) {
-            // The results still went to the client; only the record is incomplete.
-            error!(self.log, "cannot write to the job store"; "events" => self.events.len(),
-                "error" => format!("{e:#}"));
+        match self.store.apply(&self.events) {
+            Ok(()) => self.unwritten_since = None,
+            Err(e) => {
+                // The results still went to the client; only the record is incomplete.
+                error!(self.log, "cannot write to the job store"; "events" => self.events.len(),
+                    "error" => format!("{e:#}"));
+                self.unwritten_since.get_or_insert(round);
+            }
         }
         self.events.clear();
+    }
+
+    /// Recompute the gauges: agents by state, the job store's write lag and,
+    /// when `size` is set, its size on disk.
+    fn update_gauges(&mut self, size: bool) {
+        for (state, n) in self.registry.count_by_state() {
+            self.metrics.set_agents(state, n);
+        }
+        // Events are unwritten while the store fails, and not yet durable
+        // until the store's flusher has synced them.
+        let oldest = [self.unwritten_since, self.store.unsynced_since()]
+            .into_iter()
+            .flatten()
+            .min();
+        self.metrics
+            .job_store_lag(oldest.map_or(Duration::ZERO, |t| t.elapsed()));
+        if size {
+            match self.store.size_bytes() {
+                Ok(bytes) => self.metrics.job_store_bytes(bytes),
+                Err(e) => debug!(self.log, "cannot read the job store's size"; "error" => %e),
+            }
+        }
     }
 
     /// Handle every queued message of one socket, up to a bound so that one
@@ -339,11 +393,13 @@ impl Manager<'_> {
         self.answered.retain(|_, (at, _)| at.elapsed() < window);
         let ttl = Duration::from_secs(self.config.job_ttl);
         let events = &mut self.events;
+        let metrics = &self.metrics;
         self.jobs.retain(|uuid, j| {
             if j.created.elapsed() < ttl {
                 return true;
             }
             for n in &j.pending {
+                metrics.result(p::Status::NoResponse.as_str(), None);
                 events.push(StoreEvent::NoResponse {
                     uuid: uuid.clone(),
                     node: n.clone(),

@@ -213,6 +213,33 @@ impl Registry {
     pub fn up_count(&self) -> usize {
         self.agents.values().filter(|e| self.reachable(e)).count()
     }
+
+    /// The state `manager.agents` lists for `e`: announced but not reachable yet is `connecting`.
+    pub fn listed_state(&self, e: &AgentEntry) -> AgentState {
+        if e.state == AgentState::Up && !self.reachable(e) {
+            AgentState::Connecting
+        } else {
+            e.state
+        }
+    }
+
+    /// How many agents are in each state (every state, zeros included).
+    pub fn count_by_state(&self) -> [(&'static str, usize); 4] {
+        let mut counts = [
+            AgentState::Up,
+            AgentState::Connecting,
+            AgentState::Lost,
+            AgentState::Stopped,
+        ]
+        .map(|s| (s.as_str(), 0));
+        for e in self.agents.values() {
+            let state = self.listed_state(e).as_str();
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == state) {
+                c.1 += 1;
+            }
+        }
+        counts
+    }
 }
 
 /// A hello of `node` (instance `instance`) on `topics`, for tests.
@@ -307,5 +334,23 @@ mod tests {
         r.announce(&hello("a", "i9", &["any"]), None);
         assert!(r.disconnected("i1").is_none());
         assert!(r.is_up("a"));
+    }
+
+    #[test]
+    fn agents_are_counted_by_the_state_they_are_listed_in() {
+        let mut r = Registry::default();
+        r.connected("i1", None);
+        r.announce(&hello("up", "i1", &["any"]), None);
+        r.announce(&hello("announced", "i2", &["any"]), None);
+        r.connected("i3", None);
+        r.announce(&hello("gone", "i3", &["any"]), None);
+        r.disconnected("i3");
+        let mut bye = hello("left", "i4", &["any"]);
+        bye.kind = AnnounceKind::Bye;
+        r.announce(&bye, None);
+        assert_eq!(
+            r.count_by_state(),
+            [("up", 1), ("connecting", 1), ("lost", 1), ("stopped", 1)]
+        );
     }
 }

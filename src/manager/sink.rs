@@ -5,6 +5,7 @@
 use super::registry::Departure;
 use super::{now_ms, publish, Manager};
 use crate::jobstore::StoreEvent;
+use crate::metrics::refused;
 use crate::protocol::{self as p, ResultMsg, SinkMessage, Status};
 use serde_json::value::RawValue;
 use slog::{debug, info, warn};
@@ -41,6 +42,7 @@ impl Manager<'_> {
                 let (key, a) = match self.gate.check_announce(&a) {
                     Ok((k, signed)) => (k.map(|k| k.to_string()), signed),
                     Err(why) => {
+                        self.metrics.refusal(refused::ANNOUNCE);
                         if a.kind == p::AnnounceKind::Hello {
                             warn!(self.log, "agent not admitted"; "node" => &a.node, "why" => why);
                         }
@@ -66,12 +68,14 @@ impl Manager<'_> {
                     .gate
                     .check_result(auth.as_ref(), &uuid, node.as_deref())
                 {
+                    self.metrics.refusal(refused::RESULT);
                     warn!(self.log, "result not accepted"; "uuid" => &uuid, "node" => ?node, "why" => why);
                     return;
                 }
                 self.on_result(uuid, node, status, frame, body)
             }
             Err(e) => {
+                self.metrics.refusal(refused::MALFORMED);
                 // Nothing can route it; say so loudly rather than lose it silently.
                 warn!(self.log, "sink message dropped"; "reason" => %e,
                     "start" => %String::from_utf8_lossy(&frame[..frame.len().min(200)]));
@@ -88,6 +92,8 @@ impl Manager<'_> {
         body: Box<RawValue>,
     ) {
         debug!(self.log, "result received"; "uuid" => &uuid, "node" => ?node, "status" => status.as_str());
+        let since_dispatch = self.jobs.get(&uuid).map(|j| j.created.elapsed());
+        self.metrics.result(status.as_str(), since_dispatch);
         let publish_now = match self.jobs.get_mut(&uuid) {
             Some(job) => {
                 if let Some(n) = &node {
@@ -130,6 +136,7 @@ impl Manager<'_> {
                     &format!("no answer: {}", d.why),
                 ));
                 job.results.push(r.clone());
+                self.metrics.result(Status::NoResponse.as_str(), None);
                 self.events.push(StoreEvent::NoResponse {
                     uuid: uuid.clone(),
                     node: d.node.clone(),

@@ -131,6 +131,9 @@ pub struct Bound {
     pub mgmt_endpoint: String,
     pub result_endpoint: String,
     pub result_publisher_port: u16,
+    /// Where Prometheus metrics are served (`HOST:PORT`), when they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_endpoint: Option<String>,
 }
 
 /// `manager.status`: 0.1's fields (endpoints as configured), then ours.
