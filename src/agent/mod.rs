@@ -132,9 +132,12 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     let inbox_endpoint = format!("inproc://agent-results-{}", uuid::Uuid::new_v4().simple());
     let inbox = transport::socket(&ctx, zmq::PULL)?;
     inbox.bind(&inbox_endpoint)?;
+    let metrics = crate::metrics::AgentMetrics::new();
+    let metrics_server = crate::metrics::serve(&config.metrics_endpoint, metrics.registry(), log)?;
     on_ready(
         &json!({"mgmt_endpoint": mgmt_endpoint, "node": me.node, "topics": me.topics,
-                     "pid": std::process::id()}),
+                     "pid": std::process::id(),
+                     "metrics_endpoint": metrics_server.as_ref().map(|s| s.addr().to_string())}),
     )?;
     info!(log, "service manager agent started"; "node" => &me.node, "topics" => me.topics.join(","),
         "manager" => &config.manager_endpoint, "sink" => &config.sink_endpoint, "mgmt" => &mgmt_endpoint);
@@ -160,9 +163,11 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
         started_ms: crate::clock::now_ms(),
         running: 0,
         last_result: std::cell::Cell::new(None),
+        metrics,
         stop: false,
     };
     agent.serve(control)?;
+    drop(metrics_server);
     info!(log, "service manager agent stopped");
     Ok(())
 }
@@ -191,6 +196,7 @@ struct Agent<'a> {
     running: usize,
     /// When we last queued a result for the manager.
     last_result: std::cell::Cell<Option<Instant>>,
+    metrics: crate::metrics::AgentMetrics,
     stop: bool,
 }
 
@@ -411,8 +417,10 @@ impl Agent<'_> {
         let timeout = Duration::from_secs(self.config.command_timeout);
         let cap = self.config.max_output as usize;
         let log = self.log.clone();
+        let metrics = self.metrics.clone();
         thread::spawn(move || {
             let result = execute(&backend, &me, &req, timeout, cap);
+            metrics.record(&result);
             let frame = guard::result_frame(&key, &result, client.as_ref(), request_id, signed);
             let sent = transport::socket(&ctx, zmq::PUSH).and_then(|s| {
                 s.set_linger(-1)?;
@@ -434,6 +442,7 @@ impl Agent<'_> {
         request_id: Option<String>,
         signed: bool,
     ) {
+        self.metrics.record(r);
         let frame = guard::result_frame(&self.guard.key, r, client, request_id, signed);
         self.send_result_frame(frame);
     }
