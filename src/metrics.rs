@@ -90,8 +90,9 @@ pub struct ManagerMetrics {
 }
 
 /// Agent states, as `service-mgr mgmt agents` shows them (`connecting`:
-/// announced, but its subscriptions are not in place yet, so not a target).
-pub const AGENT_STATES: [&str; 4] = ["up", "connecting", "lost", "stopped"];
+/// announced, but its subscriptions are not in place yet, so not a target;
+/// `pending`: its key waits for `mgmt keys accept`).
+pub const AGENT_STATES: [&str; 5] = ["up", "connecting", "pending", "lost", "stopped"];
 
 /// What became of a client's service request (`requests_total{outcome}`).
 pub mod outcome {

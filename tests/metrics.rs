@@ -115,6 +115,12 @@ fn a_request_shows_in_the_managers_and_agents_metrics() {
         let fake = fake_service(dir.path());
         let mgr = manager(&["-O", "metrics_endpoint=127.0.0.1:0"]);
         let agent = agent(&mgr, "web1", &fake, &["-O", "metrics_endpoint=127.0.0.1:0"]);
+        // And one whose own new key waits for `mgmt keys accept`.
+        let key_opt = format!(
+            "key_file={}",
+            toml_str(&dir.path().join("newnode.key").display().to_string())
+        );
+        let _newcomer = agent_unregistered(&mgr, "newnode", &fake, &["-O", &key_opt]);
         let at = mgr.ep("metrics_endpoint");
         assert!(at.starts_with("127.0.0.1:") && !at.ends_with(":0"), "{at}");
         let status = mgmt(&mgr.ep("mgmt_endpoint"), "manager.status");
@@ -128,11 +134,16 @@ fn a_request_shows_in_the_managers_and_agents_metrics() {
         assert_eq!(out.status.code(), Some(0));
 
         // The gauges are recomputed once a second.
-        let text = wait_for(10, "the manager's metrics to count the agent up", || {
-            let text = scrape_text(&at);
-            (value(&parse(&text), "service_mgr_agents", &[("state", "up")]) == Some(1.0))
-                .then_some(text)
-        });
+        let text = wait_for(
+            20,
+            "the manager's metrics to count one agent up, one pending",
+            || {
+                let text = scrape_text(&at);
+                let m = parse(&text);
+                let agents = |state| value(&m, "service_mgr_agents", &[("state", state)]);
+                (agents("up") == Some(1.0) && agents("pending") == Some(1.0)).then_some(text)
+            },
+        );
         let m = parse(&text);
         let get = |metric: &str, labels: &[(&str, &str)]| {
             value(&m, metric, labels).unwrap_or_else(|| panic!("no {metric} {labels:?} in\n{text}"))

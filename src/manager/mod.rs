@@ -356,6 +356,9 @@ impl Manager<'_> {
         for (state, n) in self.registry.count_by_state() {
             self.metrics.set_agents(state, n);
         }
+        let pending = self.gate.pending_agents().len();
+        self.metrics
+            .set_agents(crate::protocol::mgmt::AgentState::Pending.as_str(), pending);
         // Events are unwritten while the store fails, and not yet durable
         // until the store's flusher has synced them.
         let oldest = [self.unwritten_since, self.store.unsynced_since()]
