@@ -64,7 +64,7 @@ complete -c service-mgr -n "__fish_service_mgr_using_subcommand agent" -s h -l h
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s w -l wait -d 'Seconds to wait for results at most [default: 60 when the manager says which nodes will answer (the client returns as soon as they all did); 0.1 against a 0.1 manager]' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s r -l retries -d 'Tries to reach the manager' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s t -l timeout -d 'Milliseconds to wait for the manager\'s answer per try' -r
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s e -l endpoint -d 'The manager\'s frontend endpoint' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s e -l endpoint -d 'The manager\'s frontend endpoint ($SERVICE_MGR_PORT moves the default port)' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s T -l topic -d 'Who runs it: `any`, an OS name (`Linux`, `FreeBSD`), a node name or a custom topic [default with -N or -G: any]' -r -f -a "(__fish_service_mgr_targets topics)"
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s N -l nodes -d 'Only these nodes (comma-separated), combined with -T' -r -f -a "(__fish_service_mgr_targets nodes)"
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s G -l glob -d 'Only registered nodes whose name matches this glob (e.g. \'web*\'), combined with -T and -N' -r
@@ -87,7 +87,7 @@ complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -l fail-
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -l custom -d 'Send a command beyond start, stop, restart, reload and status (one the agents declare in their custom_commands, e.g. condrestart)'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s v -l version -d 'Print version and exit'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s h -l help -d 'Print help (see more with \'--help\')'
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s e -l endpoint -d 'Management endpoint of a manager (port 5800) or an agent (port 6000)' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s e -l endpoint -d 'Management endpoint of a manager (port 5800) or an agent (port 6000); $SERVICE_MGR_PORT moves the default with the other ports' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s t -l timeout -d 'Milliseconds to wait for the answer per try' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s r -l retries -d 'Tries' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s k -l key -d 'Client key to sign commands that change something (shutdown) [default: as the client\'s]' -r -F

@@ -58,12 +58,12 @@ pub struct ClientArgs {
     /// Debug output on stderr.
     #[arg(short = 'D', long = "debug")]
     pub debug: bool,
-    /// The manager's frontend endpoint.
+    /// The manager's frontend endpoint ($SERVICE_MGR_PORT moves the default port).
     #[arg(
         short = 'e',
         long = "endpoint",
         value_name = "ENDPOINT",
-        default_value = "tcp://localhost:5500"
+        default_value_t = crate::config::default_endpoint("localhost", crate::config::port::FRONTEND)
     )]
     pub endpoint: String,
     /// Who runs it: `any`, an OS name (`Linux`, `FreeBSD`), a node name or a custom topic
@@ -136,6 +136,7 @@ impl ClientArgs {
     /// once instead of a refusal (or a wait) from the manager or the agents.
     pub fn check(&self) -> Result<(), UsageError> {
         let usage = |msg: String| Err(UsageError(msg));
+        crate::config::base_port().map_err(UsageError)?;
         if let Some(w) = self.wait.filter(|w| !(w.is_finite() && *w >= 0.0)) {
             return usage(format!("-w must be a number of seconds, got {w}"));
         }

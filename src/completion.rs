@@ -34,7 +34,7 @@ struct Line {
 
 fn line(words: &[String]) -> Line {
     let mut l = Line {
-        endpoint: "tcp://localhost:5500".into(),
+        endpoint: crate::config::default_endpoint("localhost", crate::config::port::FRONTEND),
         key: None,
     };
     let mut it = words.iter().map(String::as_str);

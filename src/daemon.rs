@@ -141,7 +141,8 @@ struct Role {
     config: &'static str,
     status_cmd: &'static str,
     stop_cmd: &'static str,
-    default_mgmt_port: &'static str,
+    /// The management port's distance from the base port (config::port).
+    mgmt_port: u16,
 }
 
 const MANAGER_ROLE: Role = Role {
@@ -149,7 +150,7 @@ const MANAGER_ROLE: Role = Role {
     config: config::MANAGER_CONFIG,
     status_cmd: protocol::MANAGER_STATUS,
     stop_cmd: protocol::MANAGER_SHUTDOWN,
-    default_mgmt_port: "5800",
+    mgmt_port: config::port::MGMT,
 };
 
 const AGENT_ROLE: Role = Role {
@@ -157,7 +158,7 @@ const AGENT_ROLE: Role = Role {
     config: config::AGENT_CONFIG,
     status_cmd: protocol::AGENT_STATUS,
     stop_cmd: protocol::AGENT_SHUTDOWN,
-    default_mgmt_port: "6000",
+    mgmt_port: config::port::AGENT_MGMT,
 };
 
 /// `start`, `stop` or `status` for either daemon: config, pid file, detaching,
@@ -182,7 +183,10 @@ where
     if o.action != Action::Start {
         let endpoint = match &o.endpoint {
             Some(e) => e.clone(),
-            None => local_endpoint(&mgmt_endpoint(&cfg), role.default_mgmt_port),
+            None => local_endpoint(
+                &mgmt_endpoint(&cfg),
+                &config::default_endpoint("localhost", role.mgmt_port),
+            ),
         };
         let cmd = if o.action == Action::Stop {
             role.stop_cmd
@@ -256,14 +260,14 @@ where
 }
 
 /// A bind endpoint (`tcp://*:5800`) as something to connect to (`tcp://localhost:5800`).
-fn local_endpoint(bind: &str, default_port: &str) -> String {
+fn local_endpoint(bind: &str, fallback: &str) -> String {
     match transport::endpoint_host(bind) {
         Some("*") | Some("0.0.0.0") => {
             bind.replacen("*", "localhost", 1)
                 .replacen("0.0.0.0", "localhost", 1)
         }
         Some(_) => bind.to_owned(),
-        None => format!("tcp://localhost:{default_port}"),
+        None => fallback.to_owned(),
     }
 }
 
@@ -274,13 +278,13 @@ mod tests {
     #[test]
     fn local_endpoint_turns_wildcards_into_localhost() {
         assert_eq!(
-            local_endpoint("tcp://*:5800", "5800"),
+            local_endpoint("tcp://*:5800", "tcp://localhost:5800"),
             "tcp://localhost:5800"
         );
         assert_eq!(
-            local_endpoint("tcp://10.0.0.1:5800", "5800"),
+            local_endpoint("tcp://10.0.0.1:5800", "tcp://localhost:5800"),
             "tcp://10.0.0.1:5800"
         );
-        assert_eq!(local_endpoint("ipc:///x", "6000"), "tcp://localhost:6000");
+        assert_eq!(local_endpoint("ipc:///x", "tcp://localhost:6000"), "tcp://localhost:6000");
     }
 }

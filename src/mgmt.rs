@@ -21,12 +21,13 @@ use std::time::Duration;
 /// `service-mgr mgmt`'s command line.
 #[derive(Debug, Args)]
 pub struct MgmtArgs {
-    /// Management endpoint of a manager (port 5800) or an agent (port 6000).
+    /// Management endpoint of a manager (port 5800) or an agent (port 6000);
+    /// $SERVICE_MGR_PORT moves the default with the other ports.
     #[arg(
         short = 'e',
         long = "endpoint",
         value_name = "ENDPOINT",
-        default_value = "tcp://localhost:5800"
+        default_value_t = config::default_endpoint("localhost", config::port::MGMT)
     )]
     pub endpoint: String,
     /// Milliseconds to wait for the answer per try.

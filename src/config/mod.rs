@@ -118,13 +118,51 @@ pub fn default_client_key() -> PathBuf {
     }
 }
 
+/// The first of the default ports (the manager's frontend). The others keep
+/// their distance from it, so `$SERVICE_MGR_PORT` moves all of them at once:
+/// a second instance, or a machine where 5500-6000 are taken.
+pub const DEFAULT_BASE_PORT: u16 = 5500;
+
+/// Distances of each default port from the base.
+pub mod port {
+    pub const FRONTEND: u16 = 0;
+    pub const BACKEND: u16 = 100;
+    pub const SINK: u16 = 200;
+    pub const MGMT: u16 = 300;
+    pub const AGENT_MGMT: u16 = 500;
+}
+
+/// The base port: 5500, or `$SERVICE_MGR_PORT` when set; an unusable value is
+/// an error naming it (the daemons and the client report it before anything).
+pub fn base_port() -> Result<u16, String> {
+    match std::env::var("SERVICE_MGR_PORT") {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p >= 1 && *p <= u16::MAX - port::AGENT_MGMT)
+            .ok_or_else(|| {
+                format!(
+                    "SERVICE_MGR_PORT={v:?} is not a port from 1 to {}; unset it for the default ports 5500-6000",
+                    u16::MAX - port::AGENT_MGMT
+                )
+            }),
+        _ => Ok(DEFAULT_BASE_PORT),
+    }
+}
+
+/// A default endpoint: `tcp://HOST:PORT` with the base port plus `offset`.
+pub fn default_endpoint(host: &str, offset: u16) -> String {
+    format!("tcp://{host}:{}", base_port().unwrap_or(DEFAULT_BASE_PORT) + offset)
+}
+
 impl Default for ManagerConfig {
     fn default() -> Self {
         ManagerConfig {
-            frontend_endpoint: "tcp://*:5500".into(),
-            backend_endpoint: "tcp://*:5600".into(),
-            sink_endpoint: "tcp://*:5700".into(),
-            mgmt_endpoint: "tcp://*:5800".into(),
+            frontend_endpoint: default_endpoint("*", port::FRONTEND),
+            backend_endpoint: default_endpoint("*", port::BACKEND),
+            sink_endpoint: default_endpoint("*", port::SINK),
+            mgmt_endpoint: default_endpoint("*", port::MGMT),
             result_endpoint: None,
             job_ttl: 600,
             job_retention: 7 * 24 * 3600,
@@ -229,9 +267,9 @@ impl AgentConfig {
 impl Default for AgentConfig {
     fn default() -> Self {
         AgentConfig {
-            manager_endpoint: "tcp://localhost:5600".into(),
-            sink_endpoint: "tcp://localhost:5700".into(),
-            mgmt_endpoint: "tcp://*:6000".into(),
+            manager_endpoint: default_endpoint("localhost", port::BACKEND),
+            sink_endpoint: default_endpoint("localhost", port::SINK),
+            mgmt_endpoint: default_endpoint("*", port::AGENT_MGMT),
             node: None,
             topics: Vec::new(),
             service_manager: ServiceManagerKind::Auto,
@@ -276,12 +314,14 @@ fn check_metrics_endpoint(endpoint: &str) -> Result<()> {
 
 impl Check for ManagerConfig {
     fn check(&self) -> Result<()> {
+        base_port().map_err(anyhow::Error::msg)?;
         check_metrics_endpoint(&self.metrics_endpoint)
     }
 }
 
 impl Check for AgentConfig {
     fn check(&self) -> Result<()> {
+        base_port().map_err(anyhow::Error::msg)?;
         check_metrics_endpoint(&self.metrics_endpoint)?;
         let known: Vec<&str> = crate::protocol::STANDARD_COMMANDS
             .iter()
