@@ -285,6 +285,9 @@ mod tests {
             local_endpoint("tcp://10.0.0.1:5800", "tcp://localhost:5800"),
             "tcp://10.0.0.1:5800"
         );
-        assert_eq!(local_endpoint("ipc:///x", "tcp://localhost:6000"), "tcp://localhost:6000");
+        assert_eq!(
+            local_endpoint("ipc:///x", "tcp://localhost:6000"),
+            "tcp://localhost:6000"
+        );
     }
 }

@@ -17,6 +17,7 @@ mod install;
 mod metrics;
 mod output;
 mod protocol;
+mod readme;
 mod robustness;
 mod security;
 mod simulate;

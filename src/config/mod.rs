@@ -153,7 +153,10 @@ pub fn base_port() -> Result<u16, String> {
 
 /// A default endpoint: `tcp://HOST:PORT` with the base port plus `offset`.
 pub fn default_endpoint(host: &str, offset: u16) -> String {
-    format!("tcp://{host}:{}", base_port().unwrap_or(DEFAULT_BASE_PORT) + offset)
+    format!(
+        "tcp://{host}:{}",
+        base_port().unwrap_or(DEFAULT_BASE_PORT) + offset
+    )
 }
 
 impl Default for ManagerConfig {
