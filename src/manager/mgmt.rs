@@ -26,7 +26,7 @@ impl Manager<'_> {
                     }
                     Err(why) => {
                         self.metrics.refusal(crate::metrics::refused::SHUTDOWN);
-                        warn!(self.log, "shutdown refused"; "why" => why)
+                        warn!(self.log, "shutdown refused"; "why" => %why)
                     }
                 }
                 MgmtReply::shutdown(&allowed, "Service Manager is shutting down")

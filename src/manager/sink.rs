@@ -69,7 +69,7 @@ impl Manager<'_> {
                     .check_result(auth.as_ref(), &uuid, node.as_deref())
                 {
                     self.metrics.refusal(refused::RESULT);
-                    warn!(self.log, "result not accepted"; "uuid" => &uuid, "node" => ?node, "why" => why);
+                    warn!(self.log, "result not accepted"; "uuid" => &uuid, "node" => ?node, "why" => %why);
                     return;
                 }
                 self.on_result(uuid, node, status, frame, body)

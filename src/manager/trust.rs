@@ -360,18 +360,6 @@ pub enum ResultDropped {
     },
 }
 
-/// Logged as its text.
-impl slog::Value for ResultDropped {
-    fn serialize(
-        &self,
-        _record: &slog::Record,
-        key: slog::Key,
-        serializer: &mut dyn slog::Serializer,
-    ) -> slog::Result {
-        serializer.emit_arguments(key, &format_args!("{self}"))
-    }
-}
-
 impl ResultDropped {
     /// One short word for counting dropped results.
     pub fn reason(&self) -> &'static str {

@@ -324,18 +324,6 @@ impl MgmtRefusal {
     }
 }
 
-/// Logged as its text.
-impl slog::Value for MgmtRefusal {
-    fn serialize(
-        &self,
-        _record: &slog::Record,
-        key: slog::Key,
-        serializer: &mut dyn slog::Serializer,
-    ) -> slog::Result {
-        serializer.emit_arguments(key, &format_args!("{self}"))
-    }
-}
-
 /// One exchange on a management REP socket, shared by the manager and both
 /// kinds of agent: decode the request, let `handle` answer it, encode the
 /// reply. Every frame gets an answer, or the REP socket jams (a 0.1 defect).

@@ -157,6 +157,10 @@ impl KeyStore {
                 .create(&path)
                 .map_err(|source| KeyStoreError::CreateDir { path, source })?;
         }
+        KeyStore::load(dir)
+    }
+
+    fn load(dir: &Path) -> Result<KeyStore, KeyStoreError> {
         let mut store = KeyStore {
             dir: dir.to_owned(),
             keys: HashMap::new(),
@@ -173,13 +177,7 @@ impl KeyStore {
         if !dir.is_dir() {
             return Err(KeyStoreError::Missing(dir.to_owned()));
         }
-        let mut store = KeyStore {
-            dir: dir.to_owned(),
-            keys: HashMap::new(),
-            max_pending: MAX_PENDING,
-        };
-        store.reload()?;
-        Ok(store)
+        KeyStore::load(dir)
     }
 
     /// Re-read every key file. A file that is not a key, or not named by its
