@@ -822,7 +822,10 @@ pub fn run(a: &ClientArgs, legacy_name: bool) -> Result<Exit> {
             println!("{}", output::to_json(&report.outline));
         }
         Format::Legacy => {
-            println!("{}", output::to_json_pretty(&report.results));
+            println!(
+                "{}",
+                output::to_json_pretty(&crate::report::legacy(&report.results))
+            );
             if report.results.is_empty() {
                 // Scripts read stdout; the job id still reaches the person.
                 eprintln!(

@@ -138,9 +138,36 @@ enum Source {
 fn output_text(v: Option<&Value>) -> String {
     match v {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(lines)) => lines.iter().filter_map(Value::as_str).collect(),
+        Some(Value::Array(lines)) => {
+            p::join_lines(&lines.iter().filter_map(Value::as_str).collect::<Vec<_>>())
+        }
         _ => String::new(),
     }
+}
+
+/// `--format legacy`: the lines as 0.1's client printed them. An agent of
+/// ours (it sends `v`) has its `stdout`/`stderr` strings turned into 0.1's
+/// lists of lines (`split('\n')`, as 0.1's last release sent them); what a
+/// 0.1 agent sent is printed as it came.
+pub fn legacy(results: &[NodeResult]) -> Vec<Value> {
+    let mut out = Vec::with_capacity(results.len());
+    for r in results {
+        let mut v = serde_json::to_value(r).unwrap_or(Value::Null);
+        let ours = v.get("v").is_some();
+        if let Some(Value::Object(inner)) = v.get_mut("result").filter(|_| ours) {
+            for k in ["stdout", "stderr"] {
+                if let Some(Value::String(text)) = inner.get(k) {
+                    let lines = text
+                        .split('\n')
+                        .map(|l| Value::String(l.to_owned()))
+                        .collect();
+                    inner.insert(k.to_owned(), Value::Array(lines));
+                }
+            }
+        }
+        out.push(v);
+    }
+    out
 }
 
 impl NodeResult {
@@ -373,6 +400,24 @@ mod tests {
             serde_json::to_string(&r).unwrap(),
             r#"{"msg":"bad","node":null,"uuid":"u","status":"unverified"}"#
         );
+    }
+
+    /// Issue 15: `--format legacy` printed our agents' outputs as strings,
+    /// where 0.1 sent lists of lines (`stdout[0]` scripts broke).
+    #[test]
+    fn legacy_prints_our_outputs_as_01_lists_and_01_answers_as_sent() {
+        let ours = answer(json!({"msg": "x", "v": 2, "node": "a", "status": "ok",
+            "result": {"node": "a", "returncode": 0, "stdout": "fake ok\n", "stderr": ""}}));
+        let old = answer(json!({"msg": "x", "uuid": "u",
+            "result": {"node": "b", "returncode": 0, "stdout": "b ok\n", "stderr": ""}}));
+        let printed = legacy(&[ours.clone(), old]);
+        assert_eq!(printed[0]["result"]["stdout"], json!(["fake ok", ""]));
+        assert_eq!(printed[0]["result"]["stderr"], json!([""]));
+        assert_eq!(printed[1]["result"]["stdout"], "b ok\n");
+        // The typed line reads both shapes to the same text.
+        assert_eq!(ours.stdout, "fake ok\n");
+        let lines = answer(json!({"node": "c", "result": {"stdout": ["c ok", ""]}}));
+        assert_eq!(lines.stdout, "c ok\n");
     }
 
     #[test]

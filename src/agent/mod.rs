@@ -45,6 +45,18 @@ const RESULT_LINGER_MS: i32 = 5000;
 /// agent whose manager is away must not wait [`RESULT_LINGER_MS`] for nothing.
 const BYE_LINGER_MS: i32 = 250;
 
+/// How long a result is held back when a 0.1 manager dispatched the request.
+/// A 0.1 manager publishes results on a plain PUB at once, and the 0.1 client
+/// subscribes only after it got its uuid: an answer sent before that is lost
+/// (issue 15: 12-33 % of ours, 2-4 % of 0.1's slower agents). The hold counts
+/// from the request's arrival, so a command that takes longer is not delayed.
+/// It must stay well under 0.1's default wait (0.1 s from the client's
+/// subscription) or the answer comes too late instead: 50 ms beats a
+/// subscription over a LAN with room to spare (measured in tests/compat01.rs,
+/// `a3_results_of_our_agents_reach_a_01_client_through_a_01_manager`).
+/// Our manager holds results itself; its requests are never delayed.
+pub const HOLD_FOR_01_MANAGER: Duration = Duration::from_millis(50);
+
 /// What the agent is, as it reports itself.
 #[derive(Debug, Clone, Serialize)]
 pub struct Identity {
@@ -164,6 +176,8 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
         running: 0,
         last_result: std::cell::Cell::new(None),
         metrics,
+        held: Default::default(),
+        hold_until: None,
         stop: false,
     };
     agent.serve(control)?;
@@ -197,6 +211,11 @@ struct Agent<'a> {
     /// When we last queued a result for the manager.
     last_result: std::cell::Cell<Option<Instant>>,
     metrics: crate::metrics::AgentMetrics,
+    /// Answers to a 0.1 manager's requests, held until their time
+    /// ([`HOLD_FOR_01_MANAGER`]); in the order they are due.
+    held: std::cell::RefCell<std::collections::VecDeque<(Instant, Vec<u8>)>>,
+    /// The hold of the request being answered: `Some(due)` when a 0.1 manager sent it.
+    hold_until: Option<Instant>,
     stop: bool,
 }
 
@@ -213,7 +232,10 @@ impl Agent<'_> {
                 self.inbox.as_poll_item(zmq::POLLIN),
                 zmq::PollItem::from_fd(control.fd(), zmq::POLLIN),
             ];
-            let wait = next_beat.saturating_duration_since(Instant::now());
+            let mut wait = next_beat.saturating_duration_since(Instant::now());
+            if let Some((due, _)) = self.held.borrow().front() {
+                wait = wait.min(due.saturating_duration_since(Instant::now()));
+            }
             transport::poll(&mut items, wait.as_millis() as i64)?;
             let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
             if Instant::now() >= next_beat {
@@ -247,6 +269,7 @@ impl Agent<'_> {
             if ready[2] {
                 self.forward_results();
             }
+            self.release_held(self.stop);
             if ready[0] && !self.stop {
                 while let Ok(Some(frames)) = try_recv(&self.sub) {
                     self.on_request(frames);
@@ -265,6 +288,7 @@ impl Agent<'_> {
             transport::poll(&mut items, 100)?;
             self.forward_results();
         }
+        self.release_held(true);
         if self.running > 0 {
             warn!(self.log, "stopping with commands still running; their results are lost"; "running" => self.running);
         }
@@ -318,13 +342,37 @@ impl Agent<'_> {
     fn forward_results(&mut self) {
         while let Ok(Some(frames)) = try_recv(&self.inbox) {
             self.running = self.running.saturating_sub(1);
+            // Workers hold their own answers (see `on_request`).
             for f in frames {
-                self.send_result_frame(f);
+                self.push_result(f);
             }
         }
     }
 
+    /// Send the held answers that are due (`all`: every one, as we stop).
+    fn release_held(&self, all: bool) {
+        loop {
+            let next = {
+                let mut held = self.held.borrow_mut();
+                match held.front() {
+                    Some((due, _)) if all || *due <= Instant::now() => held.pop_front(),
+                    _ => None,
+                }
+            };
+            let Some((_, frame)) = next else { return };
+            self.push_result(frame);
+        }
+    }
+
+    /// Send a result now, or hold it when a 0.1 manager dispatched its request.
     fn send_result_frame(&self, frame: Vec<u8>) {
+        match self.hold_until {
+            Some(due) if due > Instant::now() => self.held.borrow_mut().push_back((due, frame)),
+            _ => self.push_result(frame),
+        }
+    }
+
+    fn push_result(&self, frame: Vec<u8>) {
         self.last_result.set(Some(Instant::now()));
         if let Err(e) = self.push.send(frame, zmq::DONTWAIT) {
             error!(self.log, "result could not be queued for the manager and is lost"; "error" => %e);
@@ -336,6 +384,11 @@ impl Agent<'_> {
             warn!(self.log, "backend message ignored: expected [topic, request]"; "frames" => frames.len());
             return;
         };
+        // Our manager ends every topic frame with TOPIC_TERMINATOR; a 0.1
+        // manager publishes the bare topic. (Our welcome is no sign: a manager
+        // of ours in 0.1-compatible mode welcomes nobody.)
+        let from_01_manager = topic.last() != Some(&p::TOPIC_TERMINATOR);
+        self.hold_until = from_01_manager.then(|| Instant::now() + HOLD_FOR_01_MANAGER);
         // Exact match, whatever prefix matching let through (a 0.1 manager does not terminate topics).
         let topic = p::parse_backend_topic(topic).unwrap_or_default();
         if topic != self.private_topic && !self.me.topics.iter().any(|t| t == topic) {
@@ -418,9 +471,13 @@ impl Agent<'_> {
         let cap = self.config.max_output as usize;
         let log = self.log.clone();
         let metrics = self.metrics.clone();
+        let hold_until = self.hold_until;
         thread::spawn(move || {
             let result = execute(&backend, &me, &req, timeout, cap);
             metrics.record(&result);
+            if let Some(due) = hold_until {
+                thread::sleep(due.saturating_duration_since(Instant::now()));
+            }
             let frame = guard::result_frame(&key, &result, client.as_ref(), request_id, signed);
             let sent = transport::socket(&ctx, zmq::PUSH).and_then(|s| {
                 s.set_linger(-1)?;
@@ -656,6 +713,15 @@ pub(crate) fn executed(
         truncated: false,
         state: None,
     };
+    // A 0.1 client (no `v`, unsigned) gets its outputs as 0.1 sent them:
+    // lists of lines, so that its `stdout[0]` keeps working (issue 15).
+    let output = |text: String| {
+        if req.v.is_none() && req.auth.is_none() {
+            Output::lines_01(&text)
+        } else {
+            Output::Text(text)
+        }
+    };
     match outcome {
         Ok(o) => ResultMsg {
             status: Some(if o.timed_out {
@@ -673,8 +739,8 @@ pub(crate) fn executed(
                 node: me.node.clone(),
                 service: req.service.clone(),
                 returncode: o.returncode,
-                stdout: Output::Text(o.stdout),
-                stderr: Output::Text(o.stderr),
+                stdout: output(o.stdout),
+                stderr: output(o.stderr),
                 system: me.system.clone(),
                 version: me.version.clone(),
             }),

@@ -154,7 +154,9 @@ impl Manager<'_> {
             service: req.service.clone(),
             topic: req.topic.clone(),
             uuid: uuid.clone(),
-            v: Some(p::PROTOCOL_VERSION),
+            // The client's own (none from a 0.1 client): the agent answers
+            // a 0.1 client in 0.1's shape.
+            v: req.v,
             auth: req.auth.take(),
         };
         let body = p::encode(&dispatch);

@@ -37,7 +37,8 @@ pub use mgmt::{
     MANAGER_JOB, MANAGER_JOBS, MANAGER_SHUTDOWN, MANAGER_STATUS,
 };
 pub use results::{
-    ExecResult, Output, ResultEnvelope, ResultFrame, ResultMsg, ServiceState, SignedResult, Status,
+    join_lines, ExecResult, Output, ResultEnvelope, ResultFrame, ResultMsg, ServiceState,
+    SignedResult, Status,
 };
 pub use sink::{Announce, AnnounceKind, SignedAnnounce, SinkMessage, ANNOUNCE_UUID};
 

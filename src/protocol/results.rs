@@ -7,7 +7,9 @@ use crate::security::{Sealed, Signed};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-/// Service output: 0.1's README shows a string, its last commit a list of lines.
+/// Service output: 0.1's README shows a string, its last commit a list of
+/// lines, built as `p.stdout.read().split('\n')` (so `"a\nb\n"` is
+/// `["a", "b", ""]` and no output is `[""]`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Output {
@@ -16,13 +18,34 @@ pub enum Output {
 }
 
 impl Output {
+    /// The list of lines 0.1's agent sent for `text`: Python's `text.split('\n')`.
+    pub fn lines_01(text: &str) -> Output {
+        Output::Lines(text.split('\n').map(str::to_owned).collect())
+    }
+
     /// The output as one string, whichever shape it came in.
     pub fn text(&self) -> String {
         match self {
             Output::Text(s) => s.clone(),
-            Output::Lines(lines) => lines.concat(),
+            Output::Lines(lines) => join_lines(lines),
         }
     }
+}
+
+/// A list of output lines as one string. 0.1's lines come without their
+/// newline (`split('\n')`) and are joined with one; lines that keep theirs
+/// (every one but the last ends with a newline) are put back to back.
+pub fn join_lines<S: AsRef<str>>(lines: &[S]) -> String {
+    let kept = lines.len() > 1
+        && lines[..lines.len() - 1]
+            .iter()
+            .all(|l| l.as_ref().ends_with('\n'));
+    let sep = if kept { "" } else { "\n" };
+    lines
+        .iter()
+        .map(AsRef::as_ref)
+        .collect::<Vec<&str>>()
+        .join(sep)
 }
 
 impl Default for Output {
@@ -311,6 +334,22 @@ mod tests {
         assert_eq!(r.stdout.text(), "a\nb\n");
         assert_eq!(r.stderr.text(), "");
         roundtrip(&lines);
+    }
+
+    /// Issue 15: 0.1's lists (`out.split('\n')`) lost their newlines when joined.
+    #[test]
+    fn lists_of_01_lines_join_back_into_the_output() {
+        for text in ["", "a\n", "a\nb\n", "no newline", "a\n\nb"] {
+            assert_eq!(Output::lines_01(text).text(), text, "{text:?}");
+        }
+        assert_eq!(
+            Output::lines_01("fake ok\n"),
+            Output::Lines(vec!["fake ok".into(), "".into()])
+        );
+        assert_eq!(Output::lines_01(""), Output::Lines(vec!["".into()]));
+        // The other habit, lines that keep their newline, joins as before.
+        assert_eq!(join_lines(&["a\n", "b\n"]), "a\nb\n");
+        assert_eq!(join_lines::<&str>(&[]), "");
     }
 
     #[test]
