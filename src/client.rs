@@ -415,6 +415,10 @@ pub struct Collected {
     /// What the manager said that explains a short answer: agent keys
     /// pending, known topics close to an unknown one. Printed on stderr.
     pub hints: Vec<String>,
+    /// Subscribers the manager counted but cannot name (0.1 agents), and
+    /// how many answers came from nodes it did not name.
+    pub unnamed: usize,
+    pub unnamed_answered: usize,
 }
 
 /// The manager's explanations in an accept reply, as sentences for the user.
@@ -577,13 +581,26 @@ fn exchange(
             }
         }
     }
+    let mut hints = hints(&accepted, &req.request.topic);
+    let silent = extra_wanted.saturating_sub(extra);
+    if wanted.is_some() && silent > 0 {
+        hints.push(format!(
+            "{silent} of {extra_wanted} unnamed 0.1 agent{} (subscribed to {:?}, unknown to the \
+             manager by name) stayed silent within {:.1} s (-w)",
+            if extra_wanted == 1 { "" } else { "s" },
+            req.request.topic,
+            waited.as_secs_f64()
+        ));
+    }
     Ok(Collected {
-        hints: hints(&accepted, &req.request.topic),
+        hints,
         uuid: accepted.uuid,
         expected,
         results,
         elapsed: started.elapsed(),
         waited,
+        unnamed: extra_wanted,
+        unnamed_answered: extra,
     })
 }
 
@@ -631,6 +648,8 @@ fn from_record(reply: FollowRecord, key: Option<&KeyPair>, started: Instant) -> 
         elapsed: started.elapsed(),
         waited: Duration::ZERO,
         hints: Vec::new(),
+        unnamed: 0,
+        unnamed_answered: 0,
     }
 }
 
@@ -671,6 +690,17 @@ pub fn node_results(jobs: &[Collected], skipped: &[String]) -> Vec<NodeResult> {
             };
             out.push(NodeResult::no_response(n, &job.uuid, msg));
         }
+        // 0.1 agents the manager counted without a name: silent ones count
+        // as such, so the run does not look complete (issue 15).
+        if job.expected.is_some() {
+            for _ in job.unnamed_answered..job.unnamed {
+                let msg = format!(
+                    "an unnamed 0.1 agent the manager counted did not answer within {:.1} s (-w)",
+                    job.waited.as_secs_f64()
+                );
+                out.push(NodeResult::silent_unnamed(&job.uuid, msg));
+            }
+        }
     }
     for n in skipped {
         out.push(NodeResult::skipped(
@@ -704,13 +734,23 @@ pub fn report(
         .flat_map(|j| j.expected.iter().flatten().cloned())
         .collect();
     expected.extend_from_slice(skipped);
-    Report::new(
+    let mut r = Report::new(
         request.clone(),
         jobs.iter().map(|j| j.uuid.clone()).collect(),
         expected,
         node_results(jobs, skipped),
         elapsed.as_millis() as u64,
-    )
+    );
+    let unnamed: usize = jobs
+        .iter()
+        .filter(|j| j.expected.is_some())
+        .map(|j| j.unnamed)
+        .sum();
+    r.outline.summary.expected += unnamed;
+    // A 0.1 manager names nobody: "expected 0" would be a lie.
+    r.outline.summary.expected_unknown =
+        !jobs.is_empty() && jobs.iter().all(|j| j.expected.is_none());
+    r
 }
 
 /// How many nodes a `--batch` value means for `total` nodes: `N` or `N%` (at least 1).
@@ -871,6 +911,8 @@ mod tests {
             elapsed: Duration::ZERO,
             waited: Duration::from_secs(1),
             hints: Vec::new(),
+            unnamed: 0,
+            unnamed_answered: 0,
         }
     }
 

@@ -351,10 +351,17 @@ pub fn summary_line(summary: &Summary, color: bool) -> String {
             paint(&format!("{c} {s}"), Tone::of_status(s), color)
         })
         .collect();
-    let mut line = format!(
-        "{} expected, {} answered",
-        summary.expected, summary.answered
-    );
+    let mut line = if summary.expected_unknown {
+        format!(
+            "a 0.1 manager cannot tell who should answer: {} answered",
+            summary.answered
+        )
+    } else {
+        format!(
+            "{} expected, {} answered",
+            summary.expected, summary.answered
+        )
+    };
     if !counts.is_empty() {
         line.push_str(": ");
         line.push_str(&counts.join(", "));

@@ -221,6 +221,13 @@ impl NodeResult {
         )
     }
 
+    /// A subscriber of job `uuid` that the manager counted without a name
+    /// (a 0.1 agent) and that stayed silent.
+    pub fn silent_unnamed(uuid: &str, msg: String) -> NodeResult {
+        let uuid = uuid.to_owned();
+        NodeResult::unanswered(None, Status::NO_RESPONSE, msg, Source::NoResponse { uuid })
+    }
+
     /// A node a `--fail-fast` rollout never reached.
     pub fn skipped(node: &str, msg: &str) -> NodeResult {
         NodeResult::unanswered(
@@ -291,6 +298,9 @@ pub struct Summary {
     pub no_response: usize,
     pub skipped: usize,
     pub unverified: usize,
+    /// A 0.1 manager cannot say who should answer: `expected` means nothing.
+    #[serde(skip)]
+    pub expected_unknown: bool,
 }
 
 impl Summary {
@@ -307,6 +317,7 @@ impl Summary {
             no_response: count(&Status::NO_RESPONSE),
             skipped: count(&Status::Skipped),
             unverified: count(&Status::Unverified),
+            expected_unknown: false,
         }
     }
 

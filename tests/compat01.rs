@@ -710,3 +710,101 @@ fn a3_a_01_client_sees_the_refusal_of_a_secure_agent_behind_a_01_manager() {
         assert!(calls(dir.path()).is_empty(), "a refused request ran");
     });
 }
+
+/// A hung 0.1 agent: subscribed like one (`any`, `Linux`, its node), never answering.
+fn hung_01_agent(ctx: &zmq::Context, backend: &str, node: &str) -> zmq::Socket {
+    let sub = ctx.socket(zmq::SUB).unwrap();
+    sub.set_linger(0).unwrap();
+    for t in ["any", "Linux", node] {
+        sub.set_subscribe(t.as_bytes()).unwrap();
+    }
+    sub.connect(backend).unwrap();
+    sub
+}
+
+/// Issue 15: against a 0.1 manager, a hung 0.1 agent left our client saying
+/// `expected 0, answered 2`; a 0.1 manager cannot say who should answer.
+#[test]
+fn a3_our_client_says_a_01_manager_cannot_tell_who_should_answer() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let old = Raw01Manager::start();
+        let _agent = agent_at(&old.backend, &old.sink, "new5", &fake, dir.path(), &[]);
+        let ctx = zmq::Context::new();
+        let _hung = hung_01_agent(&ctx, &old.backend, "hung5");
+        old.wait_subscription("new5");
+        old.wait_subscription("hung5");
+        let started = Instant::now();
+        let (out, text) = Client::at(&old.frontend)
+            .unsigned()
+            .topic("any")
+            .cmd("status")
+            .service("x")
+            .wait("1")
+            .format("table")
+            .text();
+        let took = started.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains("a 0.1 manager cannot tell who should answer: 1 answered"),
+            "{text}\n{err}"
+        );
+        assert!(!text.contains("expected"), "{text}");
+        // Every answer it got was ok; it cannot know more.
+        assert_eq!(out.status.code(), Some(0), "{text}\n{err}");
+        assert!(took < Duration::from_secs(4), "waited {took:?} with -w 1");
+        // Without -w: 0.1's default wait, never the 60 s meant for our managers.
+        let started = Instant::now();
+        let (out, text) = Client::at(&old.frontend)
+            .unsigned()
+            .topic("any")
+            .cmd("status")
+            .service("x")
+            .format("table")
+            .text();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "waited {:?} without -w",
+            started.elapsed()
+        );
+        assert!(!text.contains("expected"), "{text}");
+        assert!(
+            matches!(out.status.code(), Some(0 | 4)),
+            "{text}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// Issue 15: a 0.1 agent behind our manager that does not answer went
+/// uncounted (exit 0); the manager counted it as an unnamed subscriber.
+#[test]
+fn a2_silent_unnamed_01_agents_are_reported_and_exit_4() {
+    with_timeout(60, || {
+        let mgr = manager_compat(&[]);
+        let backend = mgr.ep("backend_endpoint");
+        let _old = Raw01Agent::start(&backend, &mgr.ep("sink_endpoint"), "old6", false);
+        let ctx = zmq::Context::new();
+        let _hung = hung_01_agent(&ctx, &backend, "hung6");
+        wait_subscribed(&mgr, "old6");
+        wait_subscribed(&mgr, "hung6");
+        let out = Client::at(&mgr.ep("frontend_endpoint"))
+            .unsigned()
+            .topic("any")
+            .cmd("status")
+            .service("x")
+            .wait("1")
+            .output();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let doc = json(&out.stdout);
+        assert_eq!(out.status.code(), Some(4), "{doc}\n{err}");
+        assert!(
+            err.contains("1 of 2 unnamed 0.1 agents") && err.contains("stayed silent"),
+            "{err}"
+        );
+        assert_eq!(doc["summary"]["expected"], 2, "{doc}");
+        assert_eq!(doc["summary"]["answered"], 1, "{doc}");
+        assert_eq!(doc["summary"]["no_response"], 1, "{doc}");
+    });
+}

@@ -145,8 +145,12 @@ fn result_has_the_01_shape_and_a_state() {
         assert_eq!(res["node"], "n1");
         assert_eq!(res["service"], "stopped-svc");
         assert_eq!(res["returncode"], 3);
-        assert_eq!(res["stdout"], "stopped-svc is not running\n");
-        assert_eq!(res["stderr"], "");
+        // As 0.1 sent them: lists of lines, `out.split('\n')` (issue 15).
+        assert_eq!(
+            res["stdout"],
+            serde_json::json!(["stopped-svc is not running", ""])
+        );
+        assert_eq!(res["stderr"], serde_json::json!([""]));
         assert!(res["system"].is_string() && res["version"].is_string());
         assert_eq!(r["state"], "stopped");
         assert_eq!(calls(dir.path()), ["stopped-svc status"]);
