@@ -470,10 +470,21 @@ pub fn follow(
 }
 
 /// Ask the manager which nodes a request would reach, running nothing.
-pub fn plan(ctx: &zmq::Context, req: &Request) -> Result<Vec<String>> {
+pub fn plan(ctx: &zmq::Context, req: &Request, asked: &str) -> Result<Vec<String>> {
+    // A 0.1 manager would run the dry run as a real request on every agent
+    // of the topic: recognise it first by a harmless question (issue 15).
+    if manager_is_01(ctx, &req.endpoint, req.timeout, req.retries)? {
+        bail!(
+            "{asked} needs a service-mgr 0.2 manager: the manager at {} is 0.1, which cannot \
+             address single nodes and would send the request to every agent of topic {:?}; \
+             nothing was sent (leave out {asked}, or upgrade the manager)",
+            req.endpoint,
+            req.request.topic
+        );
+    }
     let mut dry = req.request.clone();
     dry.dry_run = true;
-    // A 0.1 manager ignores dry_run and runs what it gets: make that harmless.
+    // Should a 0.1 manager get it anyway, a status is harmless.
     dry.cmd = "status".into();
     if let Some(key) = &req.key {
         sign(&mut dry, key);
@@ -485,9 +496,28 @@ pub fn plan(ctx: &zmq::Context, req: &Request) -> Result<Vec<String>> {
         req.timeout,
         req.retries,
     )?;
-    parse_accept(&reply)?
-        .expected
-        .context("the manager cannot say which nodes a request reaches (a 0.1 manager?); --batch needs a service-mgr 0.2 manager")
+    parse_accept(&reply)?.expected.with_context(|| {
+        format!("the manager cannot say which nodes a request reaches; {asked} needs a service-mgr 0.2 manager")
+    })
+}
+
+/// Whether the manager at `endpoint` is a 0.1 one, asked in a way that runs
+/// nothing anywhere: following a job nobody has. Ours answers with an error
+/// (or the job); a 0.1 manager accepts it as a request to the topic
+/// `!follow`, which no agent hears. Completion asks the same way.
+pub fn manager_is_01(
+    ctx: &zmq::Context,
+    endpoint: &str,
+    timeout: Duration,
+    retries: u32,
+) -> Result<bool> {
+    let probe = format!(
+        r#"{{"v":{},"job":"{}","topic":"!follow"}}"#,
+        p::PROTOCOL_VERSION,
+        "0".repeat(32)
+    );
+    let reply = transport::request(ctx, endpoint, probe.as_bytes(), timeout, retries)?;
+    Ok(serde_json::from_slice::<Accepted>(&reply).is_ok_and(|a| a.v.is_none()))
 }
 
 fn exchange(
@@ -809,7 +839,7 @@ pub fn run(a: &ClientArgs, legacy_name: bool) -> Result<Exit> {
             Some(&mut watcher(&mut progress)),
         )?);
     } else if let Some(spec) = &a.batch {
-        let nodes = plan(&ctx, &req)?;
+        let nodes = plan(&ctx, &req, "--batch")?;
         let size = batch_size(spec, nodes.len())?;
         let batches: Vec<&[String]> = nodes.chunks(size).collect();
         for (i, batch) in batches.iter().enumerate() {
@@ -840,7 +870,11 @@ pub fn run(a: &ClientArgs, legacy_name: bool) -> Result<Exit> {
         if req.request.nodes.is_some() || req.request.glob.is_some() {
             // A 0.1 manager would ignore -N/-G and broadcast to the whole
             // topic: make sure the manager understands them first.
-            plan(&ctx, &req)?;
+            let asked = match (&req.request.nodes, &req.request.glob) {
+                (Some(n), _) => format!("-N {}", n.join(",")),
+                (None, g) => format!("-G {}", g.as_deref().unwrap_or_default()),
+            };
+            plan(&ctx, &req, &asked)?;
         }
         jobs.push(collect(&ctx, &req, log, Some(&mut watcher(&mut progress)))?);
     }

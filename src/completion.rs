@@ -70,15 +70,7 @@ fn nodes(l: &Line) -> Result<Vec<String>> {
             .max(Duration::from_millis(1))
     };
     let ctx = zmq::Context::new();
-    // Following a job nobody has: ours answers with an error, a 0.1 manager
-    // accepts it as a request to the topic `!follow`, which no agent hears.
-    let probe = format!(
-        r#"{{"v":{},"job":"{}","topic":"!follow"}}"#,
-        p::PROTOCOL_VERSION,
-        "0".repeat(32)
-    );
-    let reply = transport::request(&ctx, &l.endpoint, probe.as_bytes(), left(), 1)?;
-    if serde_json::from_slice::<Accepted>(&reply).is_ok() {
+    if crate::client::manager_is_01(&ctx, &l.endpoint, left(), 1)? {
         bail!("a 0.1 manager cannot say which nodes it knows");
     }
     let mut dry = ServiceRequest::new("status", "service-mgr-completion", "any");

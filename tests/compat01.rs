@@ -808,3 +808,41 @@ fn a2_silent_unnamed_01_agents_are_reported_and_exit_4() {
         assert_eq!(doc["summary"]["no_response"], 1, "{doc}");
     });
 }
+
+/// Issue 15: `-N` against a 0.1 manager ran the dry run as a real `status` on
+/// every agent, then blamed `--batch`, which was not given.
+#[test]
+fn a3_nodes_against_a_01_manager_run_nothing_and_name_what_was_asked() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let old = Raw01Manager::start();
+        let _agent = agent_at(&old.backend, &old.sink, "new7", &fake, dir.path(), &[]);
+        old.wait_subscription("new7");
+        let (out, _) = Client::at(&old.frontend)
+            .unsigned()
+            .topic("any")
+            .nodes("new7")
+            .cmd("restart")
+            .service("x")
+            .wait("1")
+            .text();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{err}");
+        assert!(
+            err.contains("-N new7 needs a service-mgr 0.2 manager"),
+            "{err}"
+        );
+        assert!(err.contains("is 0.1"), "{err}");
+        assert!(!err.contains("--batch"), "{err}");
+        // Give a dispatched request time to run: nothing may have.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(calls(dir.path()), Vec::<String>::new(), "{err}");
+        // Only the probe reached the 0.1 manager, on a topic no agent hears.
+        let requests = old.state.lock().unwrap().requests.clone();
+        assert!(
+            requests.iter().all(|r| r["topic"] == "!follow"),
+            "{requests:?}"
+        );
+    });
+}
