@@ -202,7 +202,24 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
         };
         req.uuid = Some(id.clone());
     }
-    let reply = call(&a.endpoint, &req, timeout, a.retries)?;
+    let mut reply = call(&a.endpoint, &req, timeout, a.retries)?;
+    let mut view = view;
+    // The short names mean the manager's commands; an agent's endpoint
+    // (ours or 0.1's) refuses them as unknown, having run nothing: ask again
+    // with the agent's (issue 15).
+    let agent_cmd = match cmd {
+        p::MANAGER_STATUS => Some(p::AGENT_STATUS),
+        p::MANAGER_SHUTDOWN => Some(p::AGENT_SHUTDOWN),
+        _ => None,
+    };
+    if let (true, Some(agent_cmd)) = (short && unknown_command(&reply), agent_cmd) {
+        let req = prepare(&a.endpoint, agent_cmd, key.as_deref(), timeout, a.retries)?;
+        let again = call(&a.endpoint, &req, timeout, a.retries)?;
+        if !unknown_command(&again) {
+            reply = again;
+            view = view.filter(|_| agent_cmd == p::AGENT_STATUS);
+        }
+    }
     let ok = succeeded(&reply);
     match (output::mgmt_format(a.format, short), view) {
         (MgmtFormat::Table, Some(view)) if ok => {
@@ -217,7 +234,30 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
         }
         _ => println!("{}", to_json_pretty(&reply)),
     }
+    if !ok && unknown_command(&reply) && cmd.starts_with("manager.") {
+        // 0.1's manager knows two commands and says only "Uknown management command".
+        let status = call_cmd(&a.endpoint, p::MANAGER_STATUS, timeout, a.retries);
+        if status.is_ok_and(|s| succeeded(&s) && s["result"].get("version").is_none()) {
+            eprintln!(
+                "service-mgr: {} is a service-mgr 0.1 manager, which does not know {cmd}; \
+                 it knows {} and {} (e.g. service-mgr mgmt -e {} status)",
+                a.endpoint,
+                p::MANAGER_STATUS,
+                p::MANAGER_SHUTDOWN,
+                a.endpoint
+            );
+        }
+    }
     Ok(if ok { Exit::Ok } else { Exit::Error })
+}
+
+/// Whether a reply refuses a command as unknown: ours ("Unknown management
+/// command ...") or 0.1's ("Uknown management command", sic).
+fn unknown_command(reply: &Value) -> bool {
+    !succeeded(reply)
+        && reply["msg"]
+            .as_str()
+            .is_some_and(|m| m.to_ascii_lowercase().contains("known management command"))
 }
 
 /// The table of a reply's result, decoded into its type; a result of

@@ -846,3 +846,143 @@ fn a3_nodes_against_a_01_manager_run_nothing_and_name_what_was_asked() {
         );
     });
 }
+
+// ---------------------------------------------------------------------------
+// Management against 0.1 peers and agents
+// ---------------------------------------------------------------------------
+
+/// A 0.1 management socket (REP) in a thread: the manager's or the agent's
+/// two commands, and 0.1's "Uknown management command" (sic) for the rest.
+/// Records every command it got.
+struct Raw01Mgmt {
+    endpoint: String,
+    got: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Raw01Mgmt {
+    fn start(who: &'static str) -> Raw01Mgmt {
+        let ctx = zmq::Context::new();
+        let (rep, endpoint) = bind_loopback(&ctx, zmq::REP);
+        let stop = Arc::new(AtomicBool::new(false));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (stop2, got2) = (stop.clone(), got.clone());
+        let thread = std::thread::spawn(move || {
+            let _ctx = ctx;
+            while !stop2.load(Ordering::SeqCst) {
+                let Some(frames) = recv_within(&rep, 20) else {
+                    continue;
+                };
+                let cmd = json(&frames[0])["cmd"].as_str().unwrap_or("").to_owned();
+                got2.lock().unwrap().push(cmd.clone());
+                let reply = match (who, cmd.as_str()) {
+                    ("manager", "manager.status") => json!({"success": 0,
+                        "msg": "Service Manager Status",
+                        "result": {"status": "running", "uname": ["Linux"],
+                                   "frontend_endpoint": "tcp://*:5500",
+                                   "backend_endpoint": "tcp://*:5600",
+                                   "sink_endpoint": "tcp://*:5700",
+                                   "mgmt_endpoint": "tcp://*:5800",
+                                   "result_publisher_port": 41234}}),
+                    ("agent", "agent.status") => json!({"success": 0,
+                        "msg": "Service Manager Agent Status",
+                        "result": {"status": "running", "uname": ["Linux"],
+                                   "manager_endpoint": "tcp://localhost:5600",
+                                   "sink_endpoint": "tcp://localhost:5700",
+                                   "mgmt_endpoint": "tcp://*:6000"}}),
+                    _ => json!({"success": -1, "msg": "Uknown management command"}),
+                };
+                rep.send(reply.to_string().as_bytes(), 0).unwrap();
+            }
+        });
+        Raw01Mgmt {
+            endpoint,
+            got,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn got(&self) -> Vec<String> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Raw01Mgmt {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn mgmt_cli(endpoint: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let home = tempfile::tempdir().unwrap();
+    let out = output(
+        as_newbie(
+            std::process::Command::new(bin()).args(["mgmt", "-e", endpoint]),
+            home.path(),
+        )
+        .args(args),
+    );
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 15: `mgmt agents` against a 0.1 manager printed `Uknown management
+/// command` with no hint.
+#[test]
+fn m_mgmt_names_a_01_manager_and_its_commands() {
+    with_timeout(30, || {
+        let old = Raw01Mgmt::start("manager");
+        let (code, out, err) = mgmt_cli(&old.endpoint, &["agents"]);
+        assert_ne!(code, Some(0), "{out}\n{err}");
+        // The reply as 0.1 gave it (stdout, JSON), and what it means (stderr).
+        assert!(out.contains("Uknown management command"), "{out}");
+        assert!(
+            err.contains("is a service-mgr 0.1 manager")
+                && err.contains("manager.status and manager.shutdown"),
+            "{err}"
+        );
+        // The short status still works against it, asked once.
+        let (code, out, err) = mgmt_cli(&old.endpoint, &["status", "--format", "json"]);
+        assert_eq!(code, Some(0), "{out}\n{err}");
+        assert!(out.contains("Service Manager Status"), "{out}");
+        assert_eq!(
+            old.got(),
+            ["manager.agents", "manager.status", "manager.status"]
+        );
+    });
+}
+
+/// Issue 15: `mgmt -e <agent> status` asked `manager.status`, which an agent
+/// does not know; the short name now works for an agent too.
+#[test]
+fn m_short_status_works_against_an_agent() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let old = Raw01Manager::start();
+        let ours = agent_at(&old.backend, &old.sink, "new8", &fake, dir.path(), &[]);
+        let (code, out, err) = mgmt_cli(&ours.ep("mgmt_endpoint"), &["status", "--format", "json"]);
+        assert_eq!(code, Some(0), "{out}\n{err}");
+        assert!(out.contains("Service Manager Agent Status"), "{out}");
+        assert!(out.contains("new8"), "{out}");
+        // As a table too.
+        let (code, out, err) =
+            mgmt_cli(&ours.ep("mgmt_endpoint"), &["status", "--format", "table"]);
+        assert_eq!(code, Some(0), "{out}\n{err}");
+        assert!(out.contains("new8"), "{out}");
+        // And a 0.1 agent.
+        let old_agent = Raw01Mgmt::start("agent");
+        let (code, out, err) = mgmt_cli(&old_agent.endpoint, &["status", "--format", "json"]);
+        assert_eq!(code, Some(0), "{out}\n{err}");
+        assert!(out.contains("Service Manager Agent Status"), "{out}");
+        assert_eq!(old_agent.got(), ["manager.status", "agent.status"]);
+    });
+}
