@@ -267,7 +267,7 @@ pub fn sign(request: &mut ServiceRequest, key: &KeyPair) -> String {
 /// Check a result against the key the manager reported for its node, and
 /// open its sealed content. Unsigned results (0.1 agents, the manager's own
 /// `no_response`) pass unchanged.
-fn verify_result(
+pub(crate) fn verify_result(
     frame: ResultFrame,
     accepted: &Accepted,
     key: Option<&KeyPair>,

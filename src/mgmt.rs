@@ -221,7 +221,14 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
         }
     }
     let ok = succeeded(&reply);
-    match (output::mgmt_format(a.format, short), view) {
+    let format = output::mgmt_format(a.format, short);
+    // The table shows what ran; JSON stays the reply as the manager gave it.
+    if let (true, MgmtFormat::Table, Some(View::Job), Some(key)) =
+        (ok, format, view, key.as_deref())
+    {
+        open_results(&mut reply["result"], key, &a.endpoint, timeout, a.retries);
+    }
+    match (format, view) {
         (MgmtFormat::Table, Some(view)) if ok => {
             print!(
                 "{}",
@@ -249,6 +256,49 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
         }
     }
     Ok(if ok { Exit::Ok } else { Exit::Error })
+}
+
+/// `mgmt job`: our agents seal their results to the client that asked. With
+/// that client's key, open them, checked against the agent keys the manager
+/// lists as a client checks them, so that the job shows what ran (issue 15:
+/// SYSTEM, RC and TIME were `-`). What does not open or verify stays as stored.
+fn open_results(job: &mut Value, key: &KeyPair, endpoint: &str, timeout: Duration, retries: u32) {
+    let Ok(agents) = call_cmd(endpoint, p::MANAGER_AGENTS, timeout, retries) else {
+        return;
+    };
+    let agent_keys = agents["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            Some((
+                a["node"].as_str()?.to_owned(),
+                a["key"].as_str()?.to_owned(),
+            ))
+        })
+        .collect();
+    let accepted = p::Accepted {
+        uuid: job["uuid"].as_str().unwrap_or_default().to_owned(),
+        port: 0,
+        v: Some(p::PROTOCOL_VERSION),
+        expected: None,
+        unregistered: None,
+        agent_keys: Some(agent_keys),
+        pending_keys: None,
+        near: None,
+    };
+    let Some(results) = job.get_mut("results").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for r in results {
+        let Some(obj) = r["result"].as_object().filter(|m| m.contains_key("auth")) else {
+            continue;
+        };
+        let frame = p::ResultFrame::from_object(obj.clone());
+        if let Ok(opened) = crate::client::verify_result(frame, &accepted, Some(key), None) {
+            r["result"] = Value::Object(opened);
+        }
+    }
 }
 
 /// Whether a reply refuses a command as unknown: ours ("Unknown management

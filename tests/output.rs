@@ -254,3 +254,43 @@ fn mgmt_short_names_print_tables_and_full_names_the_json_reply() {
         );
     });
 }
+
+/// Issue 15: `mgmt job ID` as a table showed every row `ok` but SYSTEM, RC
+/// and TIME as `-`, and `0/3 answered: -`.
+#[test]
+fn mgmt_job_table_shows_system_rc_time_and_the_count() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        let _a = agent(&mgr, "n1", &fake, &[]);
+        let (out, doc) = Client::new(&mgr)
+            .topic("n1")
+            .cmd("status")
+            .service("svc")
+            .run();
+        assert_eq!(out.status.code(), Some(0), "{doc}");
+        let job = doc["job"].as_str().unwrap().to_owned();
+        let system = doc["results"][0]["result"]["system"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{doc}"))
+            .to_owned();
+        let ep = mgr.ep("mgmt_endpoint");
+        // With the key that asked: the results are sealed to it.
+        let key = mgr.pki.as_ref().unwrap().client_key();
+        let out = run(&[
+            "mgmt", "-e", &ep, "-k", &key, "job", &job, "--format", "table",
+        ]);
+        let (table, err) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{err}");
+        let row = table
+            .lines()
+            .find(|l| l.starts_with("n1"))
+            .unwrap_or_else(|| panic!("no row for n1:\n{table}"));
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        // NODE SYSTEM STATUS RC TIME OUTPUT...
+        assert_eq!(&cols[..4], ["n1", system.as_str(), "ok", "0"], "{table}");
+        assert!(cols[4].ends_with("ms") || cols[4].ends_with('s'), "{table}");
+        assert!(table.contains("1/1 answered: 1 ok"), "{table}");
+    });
+}
