@@ -379,7 +379,9 @@ impl AgentRig {
     }
 
     fn request(&self, uuid: &str, cmd: &str, service: &str) {
-        let body = json!({"cmd": cmd, "service": service, "topic": "n1", "uuid": uuid});
+        // As our client's request arrives through a 0.1 manager ("v": 2): a
+        // 0.1 client's (no "v") is answered with 0.1's lists of lines instead.
+        let body = json!({"cmd": cmd, "service": service, "topic": "n1", "uuid": uuid, "v": 2});
         self.publish(&[b"n1", body.to_string().as_bytes()]);
     }
 
