@@ -219,37 +219,6 @@ pub struct Request {
     pub key: Option<std::sync::Arc<KeyPair>>,
 }
 
-/// The client key: the file named with -k (must exist), else the default one
-/// if it exists; `None` means the request goes unsigned.
-pub fn load_key(explicit: Option<&std::path::Path>) -> Result<Option<std::sync::Arc<KeyPair>>> {
-    use crate::config::ClientKey;
-    // A key the user named (by -k or $SERVICE_MGR_KEY) must load: falling back
-    // to unsigned would hide a typo until the agents refuse the request.
-    let (path, named_by_env) = match explicit {
-        Some(p) => (p.to_owned(), false),
-        None => match crate::config::client_key() {
-            ClientKey::Unsigned => return Ok(None),
-            ClientKey::Named(p) => (p, true),
-            ClientKey::Default(p) if p.exists() => (p, false),
-            ClientKey::Default(_) => return Ok(None),
-        },
-    };
-    let key = KeyPair::load(&path).with_context(|| {
-        if named_by_env {
-            "SERVICE_MGR_KEY names a key that cannot be used (SERVICE_MGR_KEY=none sends unsigned requests)"
-        } else {
-            "cannot use the client key"
-        }
-    })?;
-    anyhow::ensure!(
-        key.role() == security::Role::Client,
-        "{} holds a {} key; requests must be signed with a client key (service-mgr keygen --role client)",
-        path.display(),
-        key.role()
-    );
-    Ok(Some(std::sync::Arc::new(key)))
-}
-
 /// Sign a request with the client's key: a fresh id and time, our key line.
 /// Returns the request's id, which every signed result must name.
 pub fn sign(request: &mut ServiceRequest, key: &KeyPair) -> String {
@@ -824,7 +793,7 @@ pub fn run(a: &ClientArgs, legacy_name: bool) -> Result<Exit> {
         retries: a.retries,
         timeout: Duration::from_millis(a.timeout),
         expect: None,
-        key: load_key(a.key.as_deref())?,
+        key: crate::config::load_client_key(a.key.as_deref())?,
     };
     let ctx = zmq::Context::new();
     let started = Instant::now();

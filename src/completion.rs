@@ -10,7 +10,8 @@
 //! than run it. No subcommand or option is added, so nothing of this shows
 //! in `--help`, the man pages or the completions.
 
-use crate::client::{load_key, sign};
+use crate::client::sign;
+use crate::config::load_client_key;
 use crate::protocol::{self as p, Accepted, ServiceRequest};
 use crate::transport;
 use anyhow::{bail, Result};
@@ -77,7 +78,7 @@ fn nodes(l: &Line) -> Result<Vec<String>> {
     dry.dry_run = true;
     // Without a usable key the request goes unsigned; a manager that serves
     // signed requests only then refuses it and nothing is offered.
-    if let Ok(Some(key)) = load_key(l.key.as_deref()) {
+    if let Ok(Some(key)) = load_client_key(l.key.as_deref()) {
         sign(&mut dry, &key);
     }
     let reply = transport::request(&ctx, &l.endpoint, &p::encode(&dry), left(), 1)?;

@@ -7,7 +7,7 @@ use crate::config::{self, AgentConfig, ManagerConfig};
 use crate::exit::Exit;
 use crate::logging::{self, LogTarget};
 use crate::runtime::{self, Control, OnReady, PidFile};
-use crate::{agent, client, manager, mgmt, protocol, transport};
+use crate::{agent, manager, mgmt, protocol, transport};
 use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use std::path::{Path, PathBuf};
@@ -193,7 +193,7 @@ where
         } else {
             role.status_cmd
         };
-        let key = client::load_key(o.key.as_deref())?;
+        let key = config::load_client_key(o.key.as_deref())?;
         let ok = mgmt::run_and_print(
             &endpoint,
             cmd,

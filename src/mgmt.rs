@@ -3,7 +3,6 @@
 //! store on its own host (`mgmt keys`, salt-key style), and `keygen`.
 
 use crate::args::VersionFlag;
-use crate::client::load_key;
 use crate::clock;
 use crate::config::{self, ManagerConfig};
 use crate::exit::Exit;
@@ -192,7 +191,7 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
         p::MANAGER_STATUS | p::AGENT_STATUS => Some(View::Status),
         _ => None,
     };
-    let key = load_key(a.key.as_deref())?;
+    let key = config::load_client_key(a.key.as_deref())?;
     let timeout = Duration::from_millis(a.timeout);
     let mut req = prepare(&a.endpoint, cmd, key.as_deref(), timeout, a.retries)?;
     if cmd == p::MANAGER_JOB {

@@ -110,6 +110,38 @@ pub fn client_key() -> ClientKey {
     }
 }
 
+/// The client key: the file named with -k (must exist), else the default one
+/// if it exists; `None` means the request goes unsigned.
+pub fn load_client_key(
+    explicit: Option<&std::path::Path>,
+) -> Result<Option<std::sync::Arc<crate::security::KeyPair>>> {
+    // A key the user named (by -k or $SERVICE_MGR_KEY) must load: falling back
+    // to unsigned would hide a typo until the agents refuse the request.
+    let (path, named_by_env) = match explicit {
+        Some(p) => (p.to_owned(), false),
+        None => match client_key() {
+            ClientKey::Unsigned => return Ok(None),
+            ClientKey::Named(p) => (p, true),
+            ClientKey::Default(p) if p.exists() => (p, false),
+            ClientKey::Default(_) => return Ok(None),
+        },
+    };
+    let key = crate::security::KeyPair::load(&path).with_context(|| {
+        if named_by_env {
+            "SERVICE_MGR_KEY names a key that cannot be used (SERVICE_MGR_KEY=none sends unsigned requests)"
+        } else {
+            "cannot use the client key"
+        }
+    })?;
+    anyhow::ensure!(
+        key.role() == crate::security::Role::Client,
+        "{} holds a {} key; requests must be signed with a client key (service-mgr keygen --role client)",
+        path.display(),
+        key.role()
+    );
+    Ok(Some(std::sync::Arc::new(key)))
+}
+
 /// Where `keygen --role client` writes: $SERVICE_MGR_KEY, else client.key in the config directory.
 pub fn default_client_key() -> PathBuf {
     match client_key() {
