@@ -32,6 +32,15 @@
 //! commit per batch, even on this VM's cheap fsync (a debug build does about
 //! 5,000/s lazily).
 //!
+//! # Damage
+//! redb panics on some damaged files instead of returning an error. Every
+//! public operation runs under `catch_unwind`: a panic becomes
+//! [`StoreError::Panicked`] for that call only. [`JobStore::open_recovering`]
+//! (the manager's way in) runs redb's integrity check and repair at every
+//! start; a file that cannot be opened or repaired is moved aside to
+//! `jobs.redb.damaged-<unix time>` and an empty store replaces it, with a
+//! warning for the log and `manager.status`.
+//!
 //! # Merge rules
 //! The first result of a node is kept. A repeated result equal to it (same
 //! status and result) is ignored; a differing one is dropped too but counted
@@ -98,6 +107,14 @@ pub enum StoreError {
     /// Any other database failure (I/O, full disk...).
     #[error(transparent)]
     Db(Box<redb::Error>),
+    /// The database library panicked on the file's contents (a damaged file);
+    /// the panic was caught and only this operation failed.
+    #[error("the job store failed while {what}: {message} (the file may be damaged: stop service-mgrd and move {} aside)", path.display())]
+    Panicked {
+        what: &'static str,
+        path: PathBuf,
+        message: String,
+    },
 }
 
 macro_rules! from_redb {
@@ -246,8 +263,94 @@ pub struct JobStore {
 }
 
 impl JobStore {
+    /// Open the store at `path` as [`JobStore::open`] does, but never fail on
+    /// the file's contents: it is checked (and repaired by redb if it can be);
+    /// a file that cannot be opened or repaired is moved aside to
+    /// `jobs.redb.damaged-<unix time>` and a new, empty store takes its place.
+    /// Returns the store and, when something was wrong, what (for the log and
+    /// `manager.status`). Only a directory that cannot be written or a store
+    /// in use by another process is still an error.
+    pub fn open_recovering(path: &Path) -> Result<(JobStore, Option<String>)> {
+        let empty = std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
+        let damage = match guarded("opening", path, || Self::open_checked(path)) {
+            Ok((store, repaired)) => {
+                let note = if empty {
+                    Some(format!(
+                        "job store {} was an empty file (0 bytes); started a new one: earlier jobs, if any, are lost",
+                        path.display()
+                    ))
+                } else {
+                    repaired.then(|| {
+                        format!(
+                            "job store {} was damaged and has been repaired; some jobs may be missing",
+                            path.display()
+                        )
+                    })
+                };
+                return Ok((store, note));
+            }
+            Err(e) if !is_damage(&e) => return Err(e),
+            Err(e) => e,
+        };
+        // What redb said, without the advice of our own Display.
+        let damage = match damage {
+            StoreError::Panicked { message, .. } => message,
+            e => {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(s) = source {
+                    text = format!("{text}: {s}");
+                    source = s.source();
+                }
+                text
+            }
+        };
+        let secs = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".damaged-{secs}"));
+        let aside = PathBuf::from(aside);
+        std::fs::rename(path, &aside).map_err(|source| StoreError::Open {
+            path: path.to_owned(),
+            source: std::io::Error::new(
+                source.kind(),
+                format!(
+                    "it is damaged ({damage}) and cannot be moved aside to {}: {source}",
+                    aside.display()
+                ),
+            ),
+        })?;
+        let (store, _) = guarded("opening", path, || Self::open_checked(path))?;
+        let note = format!(
+            "job store {} was damaged beyond repair ({damage}); moved it aside to {} and started an empty store: earlier jobs are not available",
+            path.display(),
+            aside.display()
+        );
+        Ok((store, Some(note)))
+    }
+
+    /// Open, then run redb's integrity check; `true` if it repaired something.
+    fn open_checked(path: &Path) -> Result<(JobStore, bool)> {
+        Self::open_with(path, |db| {
+            db.check_integrity()
+                .map(|clean| !clean)
+                .map_err(|source| StoreError::Database {
+                    path: path.to_owned(),
+                    source: Box::new(source),
+                })
+        })
+    }
+
     /// Open or create the store at `path`, creating its directory.
     pub fn open(path: &Path) -> Result<JobStore> {
+        Ok(Self::open_with(path, |_| Ok(false))?.0)
+    }
+
+    fn open_with(
+        path: &Path,
+        check: impl FnOnce(&mut Database) -> Result<bool>,
+    ) -> Result<(JobStore, bool)> {
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
             source,
@@ -255,7 +358,7 @@ impl JobStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(open_err)?;
         }
-        let db = Database::builder()
+        let mut db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)
             .map_err(|e| match e {
@@ -268,6 +371,7 @@ impl JobStore {
                     source: Box::new(source),
                 },
             })?;
+        let repaired = check(&mut db)?;
         let tx = begin(&db, true)?;
         tx.open_table(JOBS)?;
         tx.open_table(PROGRESS)?;
@@ -287,21 +391,22 @@ impl JobStore {
                 {
                     // On failure stay dirty and retry; a failing disk also fails `apply`.
                     if let Some(since) = fdirty.take() {
-                        if flush_db(&fdb).is_err() {
+                        if guarded("flushing", Path::new(""), || flush_db(&fdb)).is_err() {
                             fdirty.restore(since);
                         }
                     }
                 }
             })
             .map_err(redb::Error::Io)?;
-        Ok(JobStore {
+        let store = JobStore {
             db,
             path: path.to_owned(),
             dirty,
             stop: Some(stop),
             flusher: Some(flusher),
             lazy: true,
-        })
+        };
+        Ok((store, repaired))
     }
 
     /// Commit every batch durably (`false`) instead of lazily (`true`, the
@@ -313,6 +418,29 @@ impl JobStore {
     /// Apply a batch of events in one write transaction (see the module doc
     /// for durability and merge rules).
     pub fn apply(&self, events: &[StoreEvent]) -> Result<()> {
+        guarded("writing", &self.path, || self.apply_unguarded(events))
+    }
+
+    /// One job with all its results, or `None` if the store does not know it.
+    pub fn get(&self, uuid: &str) -> Result<Option<JobRecord>> {
+        guarded("reading a job", &self.path, || self.get_unguarded(uuid))
+    }
+
+    /// Summaries of the `limit` newest jobs, newest first.
+    pub fn list(&self, limit: usize) -> Result<Vec<JobSummary>> {
+        guarded("listing jobs", &self.path, || self.list_unguarded(limit))
+    }
+
+    /// Delete the jobs created before `older_than_ms` with their results;
+    /// returns how many jobs went.
+    pub fn expire(&self, older_than_ms: u64) -> Result<usize> {
+        guarded("expiring old jobs", &self.path, || {
+            self.expire_unguarded(older_than_ms)
+        })
+    }
+
+    /// `apply` without the panic guard.
+    fn apply_unguarded(&self, events: &[StoreEvent]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
@@ -382,8 +510,8 @@ impl JobStore {
         Ok(())
     }
 
-    /// One job with all its results, or `None` if the store does not know it.
-    pub fn get(&self, uuid: &str) -> Result<Option<JobRecord>> {
+    /// `get` without the panic guard.
+    fn get_unguarded(&self, uuid: &str) -> Result<Option<JobRecord>> {
         let tx = self.db.begin_read()?;
         let Some(row) = tx.open_table(JOBS)?.get(uuid)? else {
             return Ok(None);
@@ -412,8 +540,8 @@ impl JobStore {
         }))
     }
 
-    /// Summaries of the `limit` newest jobs, newest first.
-    pub fn list(&self, limit: usize) -> Result<Vec<JobSummary>> {
+    /// `list` without the panic guard.
+    fn list_unguarded(&self, limit: usize) -> Result<Vec<JobSummary>> {
         let tx = self.db.begin_read()?;
         let (jobs, progress) = (tx.open_table(JOBS)?, tx.open_table(PROGRESS)?);
         let mut out = Vec::new();
@@ -442,9 +570,8 @@ impl JobStore {
         Ok(out)
     }
 
-    /// Delete the jobs created before `older_than_ms` with their results;
-    /// returns how many jobs went.
-    pub fn expire(&self, older_than_ms: u64) -> Result<usize> {
+    /// `expire` without the panic guard.
+    fn expire_unguarded(&self, older_than_ms: u64) -> Result<usize> {
         let tx = begin(&self.db, true)?;
         let n = {
             let mut t = Tables::open(&tx)?;
@@ -481,7 +608,7 @@ impl JobStore {
     /// itself within `FLUSH_INTERVAL` and when dropped.
     pub fn flush(&self) -> Result<()> {
         if let Some(since) = self.dirty.take() {
-            if let Err(e) = flush_db(&self.db) {
+            if let Err(e) = guarded("flushing", &self.path, || flush_db(&self.db)) {
                 self.dirty.restore(since);
                 return Err(e);
             }
@@ -577,6 +704,47 @@ impl<'tx> Tables<'tx> {
         p.count(row.status, 1);
         self.results.insert(key, encode(&row).as_slice())?;
         Ok(())
+    }
+}
+
+/// Run a store operation, turning a panic inside redb (which it does on some
+/// damaged files instead of returning an error) into an error for this
+/// operation alone. The release profile keeps `panic = "unwind"` for this.
+fn guarded<T>(what: &'static str, path: &Path, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        Err(StoreError::Panicked {
+            what,
+            path: path.to_owned(),
+            message: format!("internal error in the database library: {message}"),
+        })
+    })
+}
+
+/// Whether an open failure comes from the file's contents (so that moving the
+/// file aside helps), rather than from permissions, a lock or the directory.
+fn is_damage(e: &StoreError) -> bool {
+    use std::io::ErrorKind;
+    let io_damage =
+        |e: &std::io::Error| matches!(e.kind(), ErrorKind::UnexpectedEof | ErrorKind::InvalidData);
+    match e {
+        StoreError::InUse { .. } => false,
+        StoreError::Open { source, .. } => io_damage(source),
+        StoreError::Database { source, .. } => match &**source {
+            DatabaseError::DatabaseAlreadyOpen => false,
+            DatabaseError::Storage(StorageError::Io(e)) => io_damage(e),
+            _ => true,
+        },
+        StoreError::Db(e) => match &**e {
+            redb::Error::Io(e) => io_damage(e),
+            redb::Error::DatabaseAlreadyOpen => false,
+            _ => true,
+        },
+        StoreError::Corrupt { .. } | StoreError::Panicked { .. } => true,
     }
 }
 
@@ -804,6 +972,52 @@ mod tests {
         assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
         assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
         assert!(err.to_string().contains("state_dir"), "{err}");
+    }
+
+    #[test]
+    fn a_panic_in_the_store_is_an_error_of_that_call() {
+        let path = Path::new("/var/lib/service-mgr/jobs.redb");
+        let err = guarded("reading a job", path, || -> Result<()> {
+            unreachable!("btree_iters")
+        })
+        .unwrap_err();
+        assert!(matches!(err, StoreError::Panicked { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains("reading a job") && text.contains("btree_iters"),
+            "{text}"
+        );
+        assert!(
+            text.contains("move /var/lib/service-mgr/jobs.redb aside"),
+            "{text}"
+        );
+        assert!(is_damage(&err));
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_store_is_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("jobs.redb");
+        std::fs::write(&path, vec![0x5a; 20000]).unwrap();
+        let (store, note) = JobStore::open_recovering(&path).unwrap();
+        let note = note.unwrap();
+        assert!(note.contains("moved it aside"), "{note}");
+        store.apply(&[new_job("j", 1, &["a"])]).unwrap();
+        let aside: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|f| f.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("jobs.redb.damaged-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        assert_eq!(
+            std::fs::read(dir.path().join(&aside[0])).unwrap().len(),
+            20000
+        );
+        // A sound store opens with nothing to say.
+        drop(store);
+        let (store, note) = JobStore::open_recovering(&path).unwrap();
+        assert_eq!(note, None);
+        assert!(store.get("j").unwrap().is_some());
     }
 
     /// Runs itself as a child that aborts after a flush: what was flushed must survive.

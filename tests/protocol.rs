@@ -468,6 +468,7 @@ fn mgmt_messages() {
             allow_unsigned: false,
             jobs_in_memory: 3,
             subscriptions: BTreeMap::from([("any".to_owned(), 1)]),
+            job_store_warning: None,
         },
     );
     typed(

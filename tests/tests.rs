@@ -21,3 +21,4 @@ mod readme;
 mod robustness;
 mod security;
 mod simulate;
+mod store;

@@ -74,6 +74,7 @@ impl Manager<'_> {
             agents_up: self.registry.up_count(),
             allow_unsigned: self.gate.allow_unsigned,
             jobs_in_memory: self.jobs.len(),
+            job_store_warning: self.store_warning.clone(),
             subscriptions: self
                 .subscriptions
                 .iter()

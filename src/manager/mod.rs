@@ -93,7 +93,16 @@ pub fn run(
     if config.allow_unsigned {
         warn!(log, "allow_unsigned is on: unsigned 0.1 clients and agents are served; anyone who reaches the ports can run requests");
     }
-    let store = JobStore::open(&config.state_dir().join("jobs.redb"))?;
+    // A damaged store must not keep the manager down: it is repaired or moved
+    // aside, said loudly here and in manager.status.
+    let store_path = config.state_dir().join("jobs.redb");
+    if !store_path.exists() {
+        info!(log, "no job store yet: starting an empty one"; "path" => %store_path.display());
+    }
+    let (store, store_warning) = JobStore::open_recovering(&store_path)?;
+    if let Some(w) = &store_warning {
+        error!(log, "job store damaged"; "error" => w);
+    }
     let ctx = zmq::Context::new();
     // libzmq cancels timers by a linear scan per I/O thread, and every ZMTP
     // heartbeat arms one per connection: with a fleet on one thread that scan
@@ -124,6 +133,7 @@ pub fn run(
         registry: Registry::default(),
         gate,
         store,
+        store_warning,
         events: Vec::new(),
         answered: HashMap::new(),
         presence: HashMap::new(),
@@ -223,6 +233,8 @@ struct Manager<'a> {
     gate: Gate,
     /// Every job, its expected nodes and each result, kept across restarts.
     store: JobStore,
+    /// What was wrong with the job store when it was opened, for `manager.status`.
+    store_warning: Option<String>,
     /// Store events of this round of the loop, written in one transaction.
     events: Vec<StoreEvent>,
     /// Signed request id -> the answer it got, so that a client's retry of the

@@ -153,6 +153,10 @@ pub struct ManagerStatus {
     pub jobs_in_memory: usize,
     /// Agent subscriptions per topic, as the backend reports them.
     pub subscriptions: BTreeMap<String, usize>,
+    /// What is wrong with the job store (damaged and repaired or moved aside
+    /// at start-up); absent when nothing is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_store_warning: Option<String>,
 }
 
 /// `agent.status` of a real agent: 0.1's fields, then ours.

@@ -1,0 +1,167 @@
+//! The manager's job store on disk, through the real binary: a damaged file
+//! never takes the manager down.
+
+use crate::util::*;
+
+use serde_json::json;
+use service_mgr::jobstore::{JobStore, StoreEvent};
+use std::path::Path;
+
+/// Start a manager on `mgr`'s state and endpoints, logging to `log` (`-o`).
+fn manager_again(mgr: &mut Proc, endpoints: &[String], log: &Path) -> Proc {
+    let state = format!(
+        "state_dir={}",
+        toml_str(&mgr.pki.as_ref().unwrap().path("state"))
+    );
+    let log = log.display().to_string();
+    let mut args = vec!["daemon", "-f", "/dev/null", "-o", &log, "-O", &state];
+    for e in endpoints {
+        args.extend(["-O", e.as_str()]);
+    }
+    let mut again = spawn_ready(&args);
+    again.pki = mgr.pki.take();
+    again
+}
+
+/// Old jobs written straight into the store so that the file has some size
+/// (the damage below must land on used pages), as a week of requests would.
+fn filler(path: &Path) {
+    let store = JobStore::open(path).unwrap();
+    for i in 0..400u64 {
+        let uuid = format!("{i:032x}");
+        let nodes: Vec<String> = (0..10).map(|n| format!("node{n}")).collect();
+        let mut events = vec![StoreEvent::NewJob {
+            uuid: uuid.clone(),
+            created_ms: service_mgr::clock::now_ms() - 1000 + i,
+            request: json!({"cmd": "status", "service": "sshd", "topic": "any"}),
+            expected: nodes.clone(),
+        }];
+        for n in nodes {
+            events.push(StoreEvent::Result {
+                uuid: uuid.clone(),
+                result: serde_json::value::to_raw_value(
+                    &json!({"node": n, "returncode": 0, "stdout": "sshd is running\n"}),
+                )
+                .unwrap(),
+                node: n,
+                status: "ok".into(),
+                received_ms: 1,
+            });
+        }
+        store.apply(&events).unwrap();
+    }
+}
+
+/// The damage of issue 13 point 4, each a function of the intact file.
+fn damages() -> Vec<(&'static str, fn(&[u8]) -> Vec<u8>)> {
+    vec![
+        ("truncated to half", |b| b[..b.len() / 2].to_vec()),
+        ("truncated to 4 KiB", |b| b[..4096].to_vec()),
+        ("byte 64 flipped", |b| {
+            let mut b = b.to_vec();
+            b[64] ^= 0xff;
+            b
+        }),
+        ("64 KiB of garbage mid-file", |b| {
+            let mut b = b.to_vec();
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mid = b.len() / 2;
+            for byte in &mut b[mid..mid + 65536] {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *byte = x as u8;
+            }
+            b
+        }),
+        ("truncated to 0 bytes", |_| Vec::new()),
+    ]
+}
+
+/// Before the fix a damaged jobs.redb made the manager panic at every start
+/// (truncated, byte 64 flipped) or on `client --job OLDID` (garbage mid-file).
+#[test]
+fn a_damaged_job_store_is_set_aside_and_the_manager_serves() {
+    with_timeout(180, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mut mgr = manager(&[]);
+        let state = Path::new(&mgr.pki.as_ref().unwrap().path("state")).to_owned();
+        let store = state.join("jobs.redb");
+        let endpoints = MANAGER_ENDPOINTS.map(|k| format!("{k}={}", mgr.ep(k)));
+        // The filler goes in while no manager holds the file.
+        assert_eq!(mgr.signal_and_wait(libc::SIGTERM, 10).code(), Some(0));
+        filler(&store);
+        let mut mgr = manager_again(&mut mgr, &endpoints, &dir.path().join("first.log"));
+        let agent = agent(&mgr, "n1", &fake, &[]);
+        let mut old = Vec::new();
+        for service in ["sshd", "cron", "fail-svc"] {
+            let (_, doc) = Client::new(&mgr)
+                .topic("n1")
+                .cmd("status")
+                .service(service)
+                .run();
+            old.push(doc["job"].as_str().unwrap().to_owned());
+        }
+        old.push(format!("{:032x}", 0));
+        old.push(format!("{:032x}", 399));
+        assert_eq!(mgr.signal_and_wait(libc::SIGTERM, 10).code(), Some(0));
+        let intact = std::fs::read(&store).unwrap();
+
+        for (i, (what, damage)) in damages().into_iter().enumerate() {
+            for f in std::fs::read_dir(&state).unwrap() {
+                let f = f.unwrap().path();
+                if f.to_string_lossy().contains("jobs.redb.damaged-") {
+                    std::fs::remove_file(f).unwrap();
+                }
+            }
+            std::fs::write(&store, damage(&intact)).unwrap();
+            let log = dir.path().join(format!("mgr{i}.log"));
+            let mut m = manager_again(&mut mgr, &endpoints, &log);
+            let status = mgmt(&m.ep("mgmt_endpoint"), "manager.status");
+            let warning = status["result"]["job_store_warning"].as_str();
+            let warning = warning.unwrap_or_else(|| panic!("{what}: no warning in {status}"));
+            eprintln!("{what}: {warning}");
+            assert!(warning.contains("jobs.redb"), "{what}: {warning}");
+            let text = std::fs::read_to_string(&log).unwrap();
+            assert!(text.contains("job store damaged"), "{what}: log: {text}");
+            if warning.contains("moved it aside") {
+                let aside = std::fs::read_dir(&state)
+                    .unwrap()
+                    .filter(|f| {
+                        let name = f.as_ref().unwrap().file_name();
+                        name.to_string_lossy().starts_with("jobs.redb.damaged-")
+                    })
+                    .count();
+                assert_eq!(aside, 1, "{what}: {warning}");
+            }
+            // Old jobs: the job or an error, never a crash.
+            for job in &old {
+                let out = Client::new(&m).arg("--job").arg(job).output();
+                assert_ne!(out.status.code(), Some(101), "{what}: {out:?}");
+                let r = mgmt_req(
+                    &m.ep("mgmt_endpoint"),
+                    json!({"cmd": "manager.job", "uuid": job}),
+                );
+                assert!(r["success"].is_number(), "{what}: {r}");
+                assert!(m.alive(), "{what}: manager died on job {job}:\n{text}");
+            }
+            // And new requests are served and stored.
+            wait_registered(&m, "n1");
+            let (out, doc) = Client::new(&m)
+                .topic("n1")
+                .cmd("status")
+                .service("sshd")
+                .run();
+            assert_eq!(out.status.code(), Some(0), "{what}: {doc}");
+            assert!(m.alive(), "{what}");
+            assert_eq!(
+                m.signal_and_wait(libc::SIGTERM, 10).code(),
+                Some(0),
+                "{what}"
+            );
+            mgr = m;
+        }
+        drop(agent);
+    });
+}
