@@ -165,3 +165,46 @@ fn a_damaged_job_store_is_set_aside_and_the_manager_serves() {
         drop(agent);
     });
 }
+
+/// Before the fix `client --job ID` replayed a stopped agent's `no_response`
+/// before its late `ok` and showed `no_response` (exit 4) though the store had `ok`.
+#[test]
+fn a_late_answer_after_sigcont_is_what_client_job_shows() {
+    with_timeout(90, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        let agent = agent(&mgr, "n1", &fake, &[]);
+        let client = Client::new(&mgr)
+            .topic("n1")
+            .cmd("restart")
+            .service("nap-svc")
+            .wait("1")
+            .spawn();
+        // Mid-request: the service runs, the agent is stopped before it can answer.
+        wait_for(10, "the service to start", || {
+            (!calls(dir.path()).is_empty()).then_some(())
+        });
+        // SAFETY: kill(2) on the agent this test started.
+        unsafe { libc::kill(agent.pid(), libc::SIGSTOP) };
+        let out = client.output();
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(4), "{doc}");
+        let job = doc["job"].as_str().unwrap().to_owned();
+        // The manager gives up on the silent agent, then it answers after all.
+        wait_agent_state(&mgr, "n1", "lost");
+        // SAFETY: as above.
+        unsafe { libc::kill(agent.pid(), libc::SIGCONT) };
+        wait_for(20, "the late answer in the store", || {
+            let r = mgmt_req(
+                &mgr.ep("mgmt_endpoint"),
+                json!({"cmd": "manager.job", "uuid": job}),
+            );
+            (r["result"]["results"][0]["status"] == "ok").then_some(())
+        });
+        let (out, again) = Client::new(&mgr).arg("--job").arg(&job).run();
+        assert_eq!(out.status.code(), Some(0), "{again}");
+        assert_eq!(again["results"][0]["status"], "ok", "{again}");
+        assert_eq!(again["results"].as_array().unwrap().len(), 1, "{again}");
+    });
+}

@@ -178,6 +178,7 @@ impl Manager<'_> {
             expected: route.expected.clone(),
             pending: route.expected.iter().cloned().collect(),
             results: Vec::new(),
+            silent: BTreeMap::new(),
             subscribed: false,
         };
         self.events.push(StoreEvent::NewJob {
@@ -190,7 +191,7 @@ impl Manager<'_> {
         for (n, why) in route.unreachable {
             let r = ResultMsg::no_response(&uuid, &n, why);
             job.pending.remove(&n);
-            job.results.push(p::encode(&r));
+            job.silent.insert(n.clone(), p::encode(&r));
             self.metrics.result(p::Status::NoResponse.as_str(), None);
             self.events.push(StoreEvent::NoResponse {
                 uuid: uuid.clone(),

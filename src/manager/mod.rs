@@ -37,7 +37,7 @@ use crate::transport::{self, try_recv};
 use anyhow::{Context, Result};
 use registry::Registry;
 use slog::{debug, error, info, warn, Logger};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 use trust::Gate;
 
@@ -65,6 +65,10 @@ struct Job {
     /// Result frames received so far, in arrival order, kept until the job
     /// expires so that a late or second subscriber gets them all.
     results: Vec<Vec<u8>>,
+    /// The `no_response` frames of silent nodes, by node: kept apart so that a
+    /// late real answer replaces its node's placeholder, and a follower is
+    /// replayed each node's latest state rather than both.
+    silent: BTreeMap<String, Vec<u8>>,
     /// Whether a client is subscribed to the job id right now.
     subscribed: bool,
 }

@@ -27,7 +27,7 @@ impl Manager<'_> {
             return;
         }
         job.subscribed = true;
-        for frame in &job.results {
+        for frame in job.results.iter().chain(job.silent.values()) {
             publish(&self.s.results, self.log, &uuid, frame);
         }
     }
@@ -98,6 +98,10 @@ impl Manager<'_> {
             Some(job) => {
                 if let Some(n) = &node {
                     job.pending.remove(n);
+                    // A late answer (after `no_response`) is what a follower sees.
+                    if status != Status::NoResponse {
+                        job.silent.remove(n);
+                    }
                     if job.pending.is_empty() {
                         self.events.push(StoreEvent::Finished {
                             uuid: uuid.clone(),
@@ -135,7 +139,7 @@ impl Manager<'_> {
                     &d.node,
                     &format!("no answer: {}", d.why),
                 ));
-                job.results.push(r.clone());
+                job.silent.insert(d.node.clone(), r.clone());
                 self.metrics.result(Status::NoResponse.as_str(), None);
                 self.events.push(StoreEvent::NoResponse {
                     uuid: uuid.clone(),
