@@ -3,14 +3,17 @@
 //! past jobs can be shown and the store survives a restart.
 //!
 //! # Layout
-//! Four tables, values as JSON bytes (simple to dump and debug):
+//! Four tables, values as JSON bytes (simple to dump and debug) except results:
 //! - `jobs`: uuid -> `JobMeta` (created time, request, expected nodes), written
 //!   once per job;
 //! - `progress`: uuid -> `Progress` (finished time, per-status counts,
 //!   conflicts): small, rewritten once per batch for each job the batch touches,
 //!   so that `list` reads no results and a batch does not rewrite the
 //!   expected-node list of a large cluster;
-//! - `results`: (uuid, node) -> [`NodeResult`]: adding a result writes one row;
+//! - `results`: (uuid, node) -> [`NodeResult`]: adding a result writes one row,
+//!   in a compact binary form (see `encode_result`): the result's own head
+//!   (version, uuid, node, status) is what the key already holds and is not
+//!   stored again; rows of the earlier JSON form still read;
 //! - `by_time`: (created_ms, uuid) -> (): `list` (newest first) and `expire`
 //!   walk this index instead of scanning the jobs.
 //!
@@ -53,8 +56,8 @@
 //! expected nodes; the first `Finished` time is kept.
 
 use redb::{
-    Database, DatabaseError, Durability, ReadableTable, StorageError, Table, TableDefinition,
-    WriteTransaction,
+    Database, DatabaseError, Durability, ReadableTable, ReadableTableMetadata, StorageError, Table,
+    TableDefinition, WriteTransaction,
 };
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -138,6 +141,17 @@ from_redb!(
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 pub use crate::protocol::mgmt::{JobRecord, JobSummary, NodeResult};
+
+/// What [`JobStore::stats`] counts.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoreStats {
+    pub jobs: u64,
+    pub results: u64,
+    pub result_bytes: u64,
+    /// Bytes in use in the file (data, indexes, fragmentation); the rest of
+    /// the file is free pages that later writes reuse.
+    pub live_bytes: u64,
+}
 
 /// The same, borrowed, so that `apply` serializes without cloning results.
 #[derive(Serialize)]
@@ -527,7 +541,8 @@ impl JobStore {
             if key.value().0 != uuid {
                 break;
             }
-            results.push(decode(value.value(), uuid)?);
+            let (_, node) = key.value();
+            results.push(decode_result(value.value(), uuid, node)?);
         }
         Ok(Some(JobRecord {
             uuid: uuid.to_owned(),
@@ -572,11 +587,17 @@ impl JobStore {
 
     /// `expire` without the panic guard.
     fn expire_unguarded(&self, older_than_ms: u64) -> Result<usize> {
+        self.remove_oldest(usize::MAX, older_than_ms)
+    }
+
+    /// Delete up to `limit` of the oldest jobs created before `older_than_ms`,
+    /// with their results, in one durable transaction.
+    fn remove_oldest(&self, limit: usize, older_than_ms: u64) -> Result<usize> {
         let tx = begin(&self.db, true)?;
         let n = {
             let mut t = Tables::open(&tx)?;
             let mut old = Vec::new();
-            for row in t.by_time.range(..(older_than_ms, ""))? {
+            for row in t.by_time.range(..(older_than_ms, ""))?.take(limit) {
                 let (key, _) = row?;
                 let (ms, uuid) = key.value();
                 old.push((ms, uuid.to_owned()));
@@ -619,6 +640,73 @@ impl JobStore {
     /// Since when committed events await their fsync (`None`: all durable).
     pub fn unsynced_since(&self) -> Option<Instant> {
         self.dirty.since()
+    }
+
+    /// How many jobs and results the store holds, and the bytes of the result
+    /// rows (keys and values, without redb's own overhead).
+    pub fn stats(&self) -> Result<StoreStats> {
+        guarded("counting", &self.path, || {
+            let tx = self.db.begin_read()?;
+            let mut stats = StoreStats {
+                jobs: tx.open_table(JOBS)?.len()?,
+                ..StoreStats::default()
+            };
+            for row in tx.open_table(RESULTS)?.iter()? {
+                let (key, value) = row?;
+                let (uuid, node) = key.value();
+                stats.results += 1;
+                stats.result_bytes += (uuid.len() + node.len() + value.value().len()) as u64;
+            }
+            drop(tx);
+            stats.live_bytes = self.used_bytes()?;
+            Ok(stats)
+        })
+    }
+
+    /// Bytes of the file in use (pages allocated to data and indexes): what
+    /// the size cap counts. Walks every tree: only for the cap and tests.
+    fn used_bytes(&self) -> Result<u64> {
+        // Pages freed by lazy commits are released by the durable commits after them.
+        flush_db(&self.db)?;
+        flush_db(&self.db)?;
+        let tx = self.db.begin_write()?;
+        let stats = tx.stats()?;
+        tx.abort()?;
+        Ok(stats.allocated_pages() * stats.page_size() as u64)
+    }
+
+    /// Keep the store under `max_bytes`: when the file is larger and the data
+    /// in it too (past 90% of the cap), the oldest jobs go with their results,
+    /// down to about 80% of it. Returns how many jobs went. The file itself
+    /// does not shrink: the pages freed are reused by later writes.
+    pub fn trim_to(&self, max_bytes: u64) -> Result<usize> {
+        guarded("trimming to the size cap", &self.path, || {
+            let file = self
+                .size_bytes()
+                .map_err(|e| StoreError::Db(Box::new(redb::Error::Io(e))))?;
+            if file <= max_bytes {
+                return Ok(0);
+            }
+            let mut used = self.used_bytes()?;
+            if used <= max_bytes / 10 * 9 {
+                return Ok(0);
+            }
+            // Jobs are removed in proportion to the excess; the file's fixed
+            // overhead makes that an underestimate, hence a few rounds.
+            let mut removed = 0;
+            for _ in 0..8 {
+                let jobs = self.db.begin_read()?.open_table(JOBS)?.len()?;
+                if jobs == 0 || used <= max_bytes / 10 * 8 {
+                    break;
+                }
+                let excess = used - max_bytes / 10 * 8;
+                let n = (u128::from(jobs) * u128::from(excess) / u128::from(used)).max(1);
+                removed +=
+                    self.remove_oldest(usize::try_from(n).unwrap_or(usize::MAX), u64::MAX)?;
+                used = self.used_bytes()?;
+            }
+            Ok(removed)
+        })
     }
 
     /// The size of the database file.
@@ -689,7 +777,7 @@ impl<'tx> Tables<'tx> {
     fn put_result(&mut self, p: &mut Progress, uuid: &str, row: NodeResultRef) -> Result<()> {
         let key = (uuid, row.node);
         if let Some(prev) = self.results.get(key)? {
-            let prev: NodeResult = decode(prev.value(), uuid)?;
+            let prev = decode_result(prev.value(), uuid, row.node)?;
             if prev.status != NO_RESPONSE || row.status == NO_RESPONSE {
                 // Rare (a repeated answer): only then is the new one decoded.
                 let differs = prev.status != row.status
@@ -702,7 +790,8 @@ impl<'tx> Tables<'tx> {
             p.count(&prev.status, -1);
         }
         p.count(row.status, 1);
-        self.results.insert(key, encode(&row).as_slice())?;
+        self.results
+            .insert(key, encode_result(uuid, &row).as_slice())?;
         Ok(())
     }
 }
@@ -765,6 +854,81 @@ fn begin(db: &Database, durable: bool) -> Result<WriteTransaction> {
     });
     tx.set_quick_repair(durable);
     Ok(tx)
+}
+
+/// First byte of a `results` row in the compact format (a row written before
+/// it is a JSON [`NodeResult`] and starts with `{`).
+const ROW_V1: u8 = 1;
+/// The result follows as received.
+const RESULT_AS_IS: u8 = 0;
+/// The result follows without its envelope's head (see [`envelope_head`]).
+const RESULT_HEADLESS: u8 = 1;
+
+/// The head every result of ours starts with, `{"v":2,"uuid":U,"node":N,"status":S,`:
+/// the row's key and status already say it, so it is stored once, not per row.
+fn envelope_head(uuid: &str, node: &str, status: &str) -> String {
+    let text = |s: &str| serde_json::to_string(s).expect("a string always serializes");
+    format!(
+        r#"{{"v":{},"uuid":{},"node":{},"status":{},"#,
+        crate::protocol::PROTOCOL_VERSION,
+        text(uuid),
+        text(node),
+        text(status)
+    )
+}
+
+/// A `results` row, compactly: `[ROW_V1][received_ms, 8 bytes LE][status
+/// length][status][form][result]`, the result without the head that the key
+/// and status repeat when it has that head. Byte for byte what was received
+/// comes back (a signed result must still verify).
+fn encode_result(uuid: &str, row: &NodeResultRef) -> Vec<u8> {
+    let Ok(status_len) = u8::try_from(row.status.len()) else {
+        return encode(row); // no status is that long; the JSON row still reads back
+    };
+    let text = row.result.get();
+    let head = envelope_head(uuid, row.node, row.status);
+    let (form, rest) = match text.strip_prefix(head.as_str()) {
+        Some(rest) => (RESULT_HEADLESS, rest),
+        None => (RESULT_AS_IS, text),
+    };
+    let mut out = Vec::with_capacity(11 + row.status.len() + rest.len());
+    out.push(ROW_V1);
+    out.extend_from_slice(&row.received_ms.to_le_bytes());
+    out.push(status_len);
+    out.extend_from_slice(row.status.as_bytes());
+    out.push(form);
+    out.extend_from_slice(rest.as_bytes());
+    out
+}
+
+/// Read a `results` row of either format.
+fn decode_result(bytes: &[u8], uuid: &str, node: &str) -> Result<NodeResult> {
+    let Some((&ROW_V1, rest)) = bytes.split_first() else {
+        return decode(bytes, uuid);
+    };
+    let corrupt = || StoreError::Corrupt {
+        uuid: uuid.to_owned(),
+        source: serde::de::Error::custom("truncated result row"),
+    };
+    let (ms, rest) = rest.split_first_chunk::<8>().ok_or_else(corrupt)?;
+    let (&len, rest) = rest.split_first().ok_or_else(corrupt)?;
+    let (status, rest) = rest.split_at_checked(len.into()).ok_or_else(corrupt)?;
+    let status = std::str::from_utf8(status).map_err(|_| corrupt())?;
+    let (&form, rest) = rest.split_first().ok_or_else(corrupt)?;
+    let result = match form {
+        RESULT_HEADLESS => {
+            let mut text = envelope_head(uuid, node, status).into_bytes();
+            text.extend_from_slice(rest);
+            decode(&text, uuid)?
+        }
+        _ => decode(rest, uuid)?,
+    };
+    Ok(NodeResult {
+        node: node.to_owned(),
+        status: status.to_owned(),
+        received_ms: u64::from_le_bytes(*ms),
+        result,
+    })
 }
 
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
@@ -972,6 +1136,87 @@ mod tests {
         assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
         assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
         assert!(err.to_string().contains("state_dir"), "{err}");
+    }
+
+    #[test]
+    fn results_are_stored_without_their_head_and_read_back_byte_for_byte() {
+        let (_dir, store) = temp_store();
+        let u = "7b933f239f6f4ab8b1d9268e70b1e9f4";
+        let ours = format!(
+            r#"{{"v":2,"uuid":"{u}","node":"we\"b1","status":"ok","msg":"signed","auth":{{"body":"{{\"uuid\":1}}","sig":"AA=="}}}}"#
+        );
+        let theirs = format!(r#"{{"msg":"Executed","result":{{"node":"db1"}},"uuid":"{u}"}}"#);
+        let raw = |t: &str| serde_json::value::RawValue::from_string(t.to_owned()).unwrap();
+        let ev = |node: &str, t: &str| StoreEvent::Result {
+            uuid: u.into(),
+            node: node.into(),
+            status: "ok".into(),
+            received_ms: 7,
+            result: raw(t),
+        };
+        store
+            .apply(&[
+                new_job(u, 1, &["we\"b1", "db1"]),
+                ev("we\"b1", &ours),
+                ev("db1", &theirs),
+            ])
+            .unwrap();
+        let job = store.get(u).unwrap().unwrap();
+        let got: Vec<_> = job.results.iter().map(|r| r.result.to_string()).collect();
+        assert_eq!(got, [theirs.clone(), ours.clone()]);
+        assert_eq!(
+            (job.results[1].received_ms, &*job.results[1].status),
+            (7, "ok")
+        );
+        // The head is not stored, so the row is smaller than the result alone.
+        let tx = store.db.begin_read().unwrap();
+        let t = tx.open_table(RESULTS).unwrap();
+        let row = t.get((u, "we\"b1")).unwrap().unwrap();
+        assert!(row.value().len() < ours.len(), "{}", row.value().len());
+        // Rows of the earlier JSON form still read.
+        let old = serde_json::to_vec(&json!({"node": "db1", "status": "failed",
+            "received_ms": 3, "result": {"returncode": 1}}))
+        .unwrap();
+        let r = decode_result(&old, u, "db1").unwrap();
+        assert_eq!((&*r.status, r.received_ms), ("failed", 3));
+        assert_eq!(r.result["returncode"], 1);
+        assert!(decode_result(&[ROW_V1, 1, 2], u, "db1").is_err());
+    }
+
+    #[test]
+    fn trim_to_removes_the_oldest_jobs_until_the_data_fits() {
+        let (_dir, store) = temp_store();
+        let stdout = "x".repeat(900);
+        for i in 0..300u64 {
+            let uuid = format!("job{i:04}");
+            let mut events = vec![new_job(&uuid, 1000 + i, &[])];
+            for n in 0..10 {
+                let node = format!("n{n}");
+                events.push(StoreEvent::Result {
+                    uuid: uuid.clone(),
+                    status: "ok".into(),
+                    received_ms: 2000,
+                    result: serde_json::value::to_raw_value(&json!({"stdout": stdout})).unwrap(),
+                    node,
+                });
+            }
+            store.apply(&events).unwrap();
+        }
+        let before = store.used_bytes().unwrap();
+        assert!(before > 3 << 20, "{before}");
+        // Under the cap: nothing goes.
+        assert_eq!(store.trim_to(1 << 30).unwrap(), 0);
+        let cap = before / 2;
+        let removed = store.trim_to(cap).unwrap();
+        assert!(removed > 100 && removed < 300, "{removed}");
+        let after = store.used_bytes().unwrap();
+        assert!(after <= cap, "{after} > {cap}");
+        // The newest are kept, the oldest went.
+        assert!(store.get("job0299").unwrap().is_some());
+        assert!(store.get("job0000").unwrap().is_none());
+        let left = store.list(1000).unwrap();
+        assert_eq!(left.len(), 300 - removed);
+        assert_eq!(left.last().unwrap().uuid, format!("job{removed:04}"));
     }
 
     #[test]

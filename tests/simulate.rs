@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::process::Command;
 
 /// A manager and `n` simulated agents whose keys it accepted.
-fn fleet(n: usize) -> (Proc, Proc) {
+pub(crate) fn fleet(n: usize) -> (Proc, Proc) {
     let mgr = manager(&[]);
     let pki = mgr.pki.as_ref().unwrap();
     let list = simulate::ensure_keys(&pki.dir.path().join("simulated"), "sim-", n).unwrap();

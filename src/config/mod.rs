@@ -45,6 +45,10 @@ pub struct ManagerConfig {
     /// How long (seconds) the job store keeps finished jobs and their results.
     #[serde(deserialize_with = "lenient_u64")]
     pub job_retention: u64,
+    /// Size cap of the job store in MiB (0: none): past it the oldest jobs
+    /// go first, before `job_retention` would remove them.
+    #[serde(deserialize_with = "lenient_u64")]
+    pub job_store_max_mb: u64,
     /// Where the manager keeps its key store and job store. Default:
     /// /var/lib/service-mgr as root, else ~/.local/state/service-mgr.
     pub state_dir: Option<PathBuf>,
@@ -201,6 +205,7 @@ impl Default for ManagerConfig {
             result_endpoint: None,
             job_ttl: 600,
             job_retention: 7 * 24 * 3600,
+            job_store_max_mb: 1024,
             state_dir: None,
             allow_unsigned: false,
             request_window: 60,

@@ -69,8 +69,9 @@ impl Manager<'_> {
     /// Re-attach a client to a job: one still in memory is replayed on the
     /// result publisher (and its missing answers still arrive); an older one is
     /// answered from the job store in one reply.
-    fn follow(&self, uuid: &str) -> Result<Vec<u8>, ErrorReply> {
+    fn follow(&mut self, uuid: &str) -> Result<Vec<u8>, ErrorReply> {
         let Some(job) = self.jobs.get(uuid) else {
+            self.write_events();
             let record = self
                 .store
                 .get(uuid)

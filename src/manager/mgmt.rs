@@ -15,6 +15,10 @@ impl Manager<'_> {
     }
 
     fn mgmt_command(&mut self, req: &MgmtRequest) -> MgmtReply {
+        if matches!(req.cmd.as_str(), p::MANAGER_JOBS | p::MANAGER_JOB) {
+            // The store shows every result received so far.
+            self.write_events();
+        }
         match req.cmd.as_str() {
             p::MANAGER_STATUS => MgmtReply::with("Service Manager Status", &self.status()),
             p::MANAGER_SHUTDOWN => {

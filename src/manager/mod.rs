@@ -139,6 +139,7 @@ pub fn run(
         store,
         store_warning,
         events: Vec::new(),
+        events_since: None,
         answered: HashMap::new(),
         presence: HashMap::new(),
         host: HostInfo::read(),
@@ -239,8 +240,12 @@ struct Manager<'a> {
     store: JobStore,
     /// What was wrong with the job store when it was opened, for `manager.status`.
     store_warning: Option<String>,
-    /// Store events of this round of the loop, written in one transaction.
+    /// Store events not yet written: gathered for up to STORE_BATCH_INTERVAL
+    /// and written in one transaction (each commit copies the pages it
+    /// touches, so a commit per loop round grew the file fast).
     events: Vec<StoreEvent>,
+    /// When the oldest event in `events` happened.
+    events_since: Option<Instant>,
     /// Signed request id -> the answer it got, so that a client's retry of the
     /// same signed bytes gets that answer again instead of "replayed".
     answered: HashMap<String, (Instant, Accepted)>,
@@ -256,6 +261,10 @@ struct Manager<'a> {
     stop: bool,
 }
 
+/// Longest time a store event waits to be written with others.
+const STORE_BATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// Events that are written at once, however young.
+const STORE_BATCH_EVENTS: usize = 5000;
 /// How often the gauges (agents by state, job store lag) are recomputed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the job store's file size is read.
@@ -276,7 +285,13 @@ impl Manager<'_> {
                 self.s.results.as_poll_item(zmq::POLLIN),
                 zmq::PollItem::from_fd(control.fd(), zmq::POLLIN),
             ];
-            transport::poll(&mut items, 250)?;
+            // Pending store events wait at most STORE_BATCH_INTERVAL for their write.
+            let timeout = if self.events.is_empty() {
+                250
+            } else {
+                STORE_BATCH_INTERVAL.as_millis() as i64
+            };
+            transport::poll(&mut items, timeout)?;
             let round = Instant::now();
             let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
             let wake = control.take();
@@ -327,9 +342,17 @@ impl Manager<'_> {
                         error!(self.log, "cannot expire old jobs"; "error" => format!("{e:#}"))
                     }
                 }
+                self.enforce_store_cap();
                 last_expire = Some(Instant::now());
             }
-            self.write_events(round);
+            if !self.events.is_empty() {
+                let since = *self.events_since.get_or_insert(round);
+                if since.elapsed() >= STORE_BATCH_INTERVAL
+                    || self.events.len() >= STORE_BATCH_EVENTS
+                {
+                    self.write_events();
+                }
+            }
             if last_gauges.is_none_or(|t| t.elapsed() >= GAUGE_INTERVAL) {
                 let size_due = last_size.is_none_or(|t| t.elapsed() >= STORE_SIZE_INTERVAL);
                 self.update_gauges(size_due);
@@ -342,28 +365,47 @@ impl Manager<'_> {
         // Results already on their way in are still delivered.
         self.drain(Self::on_result_subscription, |s| &s.results);
         self.drain(Self::on_sink, |s| &s.sink);
-        self.write_events(Instant::now());
+        self.write_events();
         if let Err(e) = self.store.flush() {
             error!(self.log, "cannot flush the job store"; "error" => format!("{e:#}"));
         }
         Ok(())
     }
 
-    /// One transaction for everything that happened in this round (which began at `round`).
-    fn write_events(&mut self, round: Instant) {
+    /// One transaction for the events gathered since `events_since`. Callers
+    /// that read the store write first, so that it shows every event so far.
+    fn write_events(&mut self) {
+        let since = self.events_since.take();
         if self.events.is_empty() {
             return;
         }
+        let since = since.unwrap_or_else(Instant::now);
         match self.store.apply(&self.events) {
             Ok(()) => self.unwritten_since = None,
             Err(e) => {
                 // The results still went to the client; only the record is incomplete.
                 error!(self.log, "cannot write to the job store"; "events" => self.events.len(),
                     "error" => format!("{e:#}"));
-                self.unwritten_since.get_or_insert(round);
+                self.unwritten_since.get_or_insert(since);
             }
         }
         self.events.clear();
+    }
+
+    /// Remove the oldest jobs while the store is over `job_store_max_mb`.
+    fn enforce_store_cap(&mut self) {
+        let max_mb = self.config.job_store_max_mb;
+        if max_mb == 0 {
+            return;
+        }
+        match self.store.trim_to(max_mb.saturating_mul(1 << 20)) {
+            Ok(0) => {}
+            Ok(n) => warn!(self.log, "job store over its size cap: removed the oldest jobs";
+                "jobs" => n, "job_store_max_mb" => max_mb),
+            Err(e) => {
+                error!(self.log, "cannot trim the job store to its size cap"; "error" => format!("{e:#}"))
+            }
+        }
     }
 
     /// Recompute the gauges: agents by state, the job store's write lag and,
@@ -377,10 +419,14 @@ impl Manager<'_> {
             .set_agents(crate::protocol::mgmt::AgentState::Pending.as_str(), pending);
         // Events are unwritten while the store fails, and not yet durable
         // until the store's flusher has synced them.
-        let oldest = [self.unwritten_since, self.store.unsynced_since()]
-            .into_iter()
-            .flatten()
-            .min();
+        let oldest = [
+            self.unwritten_since,
+            self.events_since,
+            self.store.unsynced_since(),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         self.metrics
             .job_store_lag(oldest.map_or(Duration::ZERO, |t| t.elapsed()));
         if size {
