@@ -71,8 +71,11 @@ fn garbage(b: &[u8], at: usize) -> Vec<u8> {
     b
 }
 
+/// A way to damage a file: the damaged copy of its bytes.
+type Damage = fn(&[u8]) -> Vec<u8>;
+
 /// The damage of issue 13 point 4, each a function of the intact file.
-fn damages() -> Vec<(&'static str, fn(&[u8]) -> Vec<u8>)> {
+fn damages() -> Vec<(&'static str, Damage)> {
     vec![
         ("truncated to half", |b| b[..b.len() / 2].to_vec()),
         ("truncated to 4 KiB", |b| b[..4096].to_vec()),
