@@ -91,8 +91,16 @@ pub struct ManagerMetrics {
 
 /// Agent states, as `service-mgr mgmt agents` shows them (`connecting`:
 /// announced, but its subscriptions are not in place yet, so not a target;
-/// `pending`: its key waits for `mgmt keys accept`).
-pub const AGENT_STATES: [&str; 5] = ["up", "connecting", "pending", "lost", "stopped"];
+/// `pending`: its key waits for `mgmt keys accept`; `clock_skew`: its key is
+/// accepted but its announcements are refused for its clock).
+pub const AGENT_STATES: [&str; 6] = [
+    "up",
+    "connecting",
+    "pending",
+    "clock_skew",
+    "lost",
+    "stopped",
+];
 
 /// What became of a client's service request (`requests_total{outcome}`).
 pub mod outcome {

@@ -5,7 +5,7 @@
 //! never when `NO_COLOR` is set (<https://no-color.org>). Text that came from
 //! a node is cleaned of control characters before it reaches the terminal.
 
-use crate::protocol::mgmt::{AgentInfo, JobRecord, JobSummary};
+use crate::protocol::mgmt::{AgentInfo, AgentState, JobRecord, JobSummary};
 use crate::protocol::Status;
 use crate::report::{NodeResult, Report, Summary};
 use clap::ValueEnum;
@@ -126,7 +126,7 @@ impl Tone {
     pub fn of_status(status: &str) -> Tone {
         match status {
             "ok" | "up" | "running" => Tone::Good,
-            "failed" | "timeout" | "refused" | "unverified" | "lost" => Tone::Bad,
+            "failed" | "timeout" | "refused" | "unverified" | "lost" | "clock_skew" => Tone::Bad,
             "no_response" | "skipped" | "pending" | "connecting" | "stopped" => Tone::Warn,
             _ => Tone::Plain,
         }
@@ -446,10 +446,14 @@ pub fn agents_table(agents: &[AgentInfo], now_ms: u64) -> Table {
         ">RUNNING",
     ]);
     for a in agents {
-        let state = a.state.as_str();
+        let state = match (a.state, a.skew_s) {
+            (AgentState::ClockSkew, Some(s)) => crate::protocol::mgmt::clock_skew(s),
+            (st, _) => st.as_str().to_owned(),
+        };
+        let tone = Tone::of_status(a.state.as_str());
         t.row(vec![
             (or_dash(&a.node), Tone::Plain),
-            (state.to_owned(), Tone::of_status(state)),
+            (state, tone),
             (or_dash(&a.system), Tone::Plain),
             (a.topics.join(","), Tone::Plain),
             (

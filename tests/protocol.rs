@@ -518,6 +518,7 @@ fn mgmt_messages() {
             state: AgentState::Connecting,
             running: 0,
             key: Some(web1().public().to_string()),
+            skew_s: None,
         }],
     );
     typed(

@@ -22,3 +22,4 @@ mod robustness;
 mod security;
 mod simulate;
 mod store;
+mod visibility;

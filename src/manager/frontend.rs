@@ -190,7 +190,7 @@ impl Manager<'_> {
         });
         // Nodes that were not sent the request will not answer: say so at once.
         for (n, why) in route.unreachable {
-            let r = ResultMsg::no_response(&uuid, &n, why);
+            let r = ResultMsg::no_response(&uuid, &n, &why);
             job.pending.remove(&n);
             job.silent.insert(n.clone(), p::encode(&r));
             self.metrics.result(p::Status::NoResponse.as_str(), None);

@@ -95,9 +95,12 @@ impl Manager<'_> {
                 let mut info = e.info.clone();
                 // Announced but its subscriptions not yet in place: not a target yet.
                 info.state = self.registry.listed_state(e);
+                info.skew_s = self.registry.skew_of(&e.node);
                 info
             })
             .collect();
+        // Accepted agents refused for their clock, never admitted.
+        agents.extend(self.registry.skewed_unlisted());
         // Agents whose keys wait for `mgmt keys accept`: the reason a new
         // agent is not answering, shown where the operator looks for it.
         agents.extend(self.gate.pending_agents().into_iter().map(|key| AgentInfo {
@@ -113,6 +116,7 @@ impl Manager<'_> {
             state: AgentState::Pending,
             running: 0,
             key: Some(key.to_string()),
+            skew_s: None,
         }));
         agents
     }

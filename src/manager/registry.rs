@@ -13,6 +13,18 @@ const MISSED_BEATS: u32 = 3;
 /// How long an agent that went away stays listed.
 const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
 
+/// How long a refusal for clock skew is shown after the last one (the agent
+/// is refused at each heartbeat, so a fresh one comes while it runs).
+const SKEW_SHOWN: Duration = Duration::from_secs(600);
+
+/// The last announcement of an accepted node refused for its clock.
+#[derive(Debug, Clone)]
+struct Skewed {
+    skew_s: i64,
+    at: Instant,
+    at_ms: u64,
+}
+
 /// One agent as last heard from: what `manager.agents` lists (its state is
 /// never `connecting` here; that is derived from presence when listed), and
 /// when it is due to be heard from again.
@@ -48,11 +60,15 @@ pub struct Registry {
     /// With the node name the presence token was signed for (None: unsigned,
     /// 0.1-compatible mode), which must be the node that announced the instance.
     present: HashMap<String, Option<String>>,
+    /// Nodes with an accepted key whose last announcement was refused for
+    /// their clock, until they are heard from again.
+    skewed: BTreeMap<String, Skewed>,
 }
 
 impl Registry {
     /// Record an announcement; returns a departure when it was a goodbye.
     pub fn announce(&mut self, a: &Announce, key: Option<String>) -> Option<Departure> {
+        self.skewed.remove(&a.node);
         let state = match a.kind {
             AnnounceKind::Bye => AgentState::Stopped,
             _ => AgentState::Up,
@@ -84,6 +100,7 @@ impl Registry {
                     state,
                     running: a.running,
                     key,
+                    skew_s: None,
                 },
                 last_seen: Instant::now(),
                 interval: Duration::from_millis(a.interval_ms.clamp(100, 600_000)),
@@ -93,6 +110,54 @@ impl Registry {
             node: a.node.clone(),
             why: "the agent stopped",
         })
+    }
+
+    /// An announcement signed by the accepted key of `node` was refused: its
+    /// clock is `skew_s` seconds ahead (+) or behind (-).
+    pub fn refused_for_skew(&mut self, node: &str, skew_s: i64) {
+        self.skewed.insert(
+            node.to_owned(),
+            Skewed {
+                skew_s,
+                at: Instant::now(),
+                at_ms: now_ms(),
+            },
+        );
+    }
+
+    /// How far off the clock of `node` is, when its announcements are being
+    /// refused for it (and it has not been heard from since).
+    pub fn skew_of(&self, node: &str) -> Option<i64> {
+        let s = self.skewed.get(node)?;
+        let later = self
+            .agents
+            .get(node)
+            .is_none_or(|e| e.last_seen < s.at || e.state != AgentState::Up);
+        (later && s.at.elapsed() < SKEW_SHOWN).then_some(s.skew_s)
+    }
+
+    /// Nodes refused for their clock that have no entry of their own, as
+    /// `manager.agents` lists them.
+    pub fn skewed_unlisted(&self) -> Vec<AgentInfo> {
+        self.skewed
+            .iter()
+            .filter(|(node, s)| !self.agents.contains_key(*node) && s.at.elapsed() < SKEW_SHOWN)
+            .map(|(node, s)| AgentInfo {
+                node: node.clone(),
+                instance: String::new(),
+                system: String::new(),
+                release: String::new(),
+                os_version: String::new(),
+                topics: Vec::new(),
+                agent_version: String::new(),
+                started_ms: 0,
+                last_seen_ms: s.at_ms,
+                state: AgentState::ClockSkew,
+                running: 0,
+                key: None,
+                skew_s: Some(s.skew_s),
+            })
+            .collect()
     }
 
     /// The agent's presence subscription arrived (it may precede its hello).
@@ -117,6 +182,7 @@ impl Registry {
 
     /// Mark agents that stopped heartbeating; forget long-gone ones.
     pub fn sweep(&mut self) -> Vec<Departure> {
+        self.skewed.retain(|_, s| s.at.elapsed() < SKEW_SHOWN);
         let mut gone = Vec::new();
         for e in self.agents.values_mut() {
             if e.state == AgentState::Up && e.last_seen.elapsed() > e.interval * MISSED_BEATS {
@@ -216,7 +282,9 @@ impl Registry {
 
     /// The state `manager.agents` lists for `e`: announced but not reachable yet is `connecting`.
     pub fn listed_state(&self, e: &AgentEntry) -> AgentState {
-        if e.state == AgentState::Up && !self.reachable(e) {
+        if self.skew_of(&e.node).is_some() {
+            AgentState::ClockSkew
+        } else if e.state == AgentState::Up && !self.reachable(e) {
             AgentState::Connecting
         } else {
             e.state
@@ -224,17 +292,19 @@ impl Registry {
     }
 
     /// How many agents are in each state (every state, zeros included).
-    pub fn count_by_state(&self) -> [(&'static str, usize); 4] {
+    pub fn count_by_state(&self) -> [(&'static str, usize); 5] {
         let mut counts = [
             AgentState::Up,
             AgentState::Connecting,
+            AgentState::ClockSkew,
             AgentState::Lost,
             AgentState::Stopped,
         ]
         .map(|s| (s.as_str(), 0));
-        for e in self.agents.values() {
-            let state = self.listed_state(e).as_str();
-            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == state) {
+        let listed = self.agents.values().map(|e| self.listed_state(e));
+        let unlisted = self.skewed_unlisted().into_iter().map(|a| a.state);
+        for state in listed.chain(unlisted) {
+            if let Some(c) = counts.iter_mut().find(|(s, _)| *s == state.as_str()) {
                 c.1 += 1;
             }
         }
@@ -350,7 +420,13 @@ mod tests {
         r.announce(&bye, None);
         assert_eq!(
             r.count_by_state(),
-            [("up", 1), ("connecting", 1), ("lost", 1), ("stopped", 1)]
+            [
+                ("up", 1),
+                ("connecting", 1),
+                ("clock_skew", 0),
+                ("lost", 1),
+                ("stopped", 1)
+            ]
         );
     }
 }

@@ -19,13 +19,22 @@ pub struct Route {
     pub topics: Vec<String>,
     /// Expected nodes that will not get the request, with the reason they are
     /// answered for at once (`no_response`).
-    pub unreachable: Vec<(String, &'static str)>,
+    pub unreachable: Vec<(String, String)>,
 }
 
 /// Why an expected node was not sent the request.
 pub const NOT_CONNECTED: &str = "the agent is not connected to the manager";
 pub const NO_SUCH_AGENT: &str =
     "no such agent: none by that name is connected with an accepted key";
+
+/// Why a node whose key is accepted but whose announcements are refused for
+/// its clock was not sent the request.
+pub fn skewed(skew_s: i64) -> String {
+    format!(
+        "{}: its announcements are refused; fix its clock (NTP)",
+        crate::protocol::mgmt::clock_skew(skew_s)
+    )
+}
 
 /// Why a request cannot be routed (its fields, checked before anything is
 /// published); the text is the error reply the client sees.
@@ -134,9 +143,10 @@ pub fn route(
         .iter()
         .filter(|n| !registry.is_up(n) && (registry.get(n).is_some() || secure))
         .map(|n| {
-            let why = match registry.get(n) {
-                Some(_) => NOT_CONNECTED,
-                None => NO_SUCH_AGENT,
+            let why = match (registry.skew_of(n), registry.get(n)) {
+                (Some(skew_s), _) => skewed(skew_s),
+                (None, Some(_)) => NOT_CONNECTED.to_owned(),
+                (None, None) => NO_SUCH_AGENT.to_owned(),
             };
             (n.clone(), why)
         })
@@ -254,7 +264,7 @@ mod tests {
             let unreachable: Vec<(&str, &str)> = r
                 .unreachable
                 .iter()
-                .map(|(n, w)| (n.as_str(), *w))
+                .map(|(n, w)| (n.as_str(), w.as_str()))
                 .collect();
             assert_eq!(unreachable, c.unreachable, "{}", c.name);
         }

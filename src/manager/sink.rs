@@ -3,6 +3,7 @@
 //! happens when an agent goes away.
 
 use super::registry::Departure;
+use super::trust::AnnounceRefused;
 use super::{now_ms, publish, Manager};
 use crate::jobstore::StoreEvent;
 use crate::metrics::refused;
@@ -43,8 +44,14 @@ impl Manager<'_> {
                     Ok((k, signed)) => (k.map(|k| k.to_string()), signed),
                     Err(why) => {
                         self.metrics.refusal(refused::ANNOUNCE);
-                        if a.kind == p::AnnounceKind::Hello {
-                            warn!(self.log, "agent not admitted"; "node" => &a.node, "why" => why);
+                        if let AnnounceRefused::ClockSkew { node, skew_s, .. } = &why {
+                            if self.registry.skew_of(node).is_none() {
+                                warn!(self.log, "agent refused for its clock"; "node" => node,
+                                    "skew_s" => skew_s, "why" => why.to_string());
+                            }
+                            self.registry.refused_for_skew(node, *skew_s);
+                        } else if a.kind == p::AnnounceKind::Hello {
+                            warn!(self.log, "agent not admitted"; "node" => &a.node, "why" => why.to_string());
                         }
                         return;
                     }

@@ -34,6 +34,30 @@ impl Refused {
     }
 }
 
+/// Why an announcement was refused. A node whose key is accepted but whose
+/// clock is off is told apart, so that the operator sees it where they look.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AnnounceRefused {
+    /// Signed by the node's accepted key, outside the time window: `skew_s`
+    /// is how far its clock is ahead (+) or behind (-) the manager's.
+    ClockSkew {
+        node: String,
+        skew_s: i64,
+        why: String,
+    },
+    Other(String),
+}
+
+impl std::fmt::Display for AnnounceRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AnnounceRefused::ClockSkew { why, .. } | AnnounceRefused::Other(why) => {
+                f.write_str(why)
+            }
+        }
+    }
+}
+
 /// What a presence subscription earns its connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Grant {
@@ -229,47 +253,69 @@ impl Gate {
     pub fn check_announce(
         &mut self,
         a: &Announce,
-    ) -> Result<(Option<PublicKey>, Announce), String> {
+    ) -> Result<(Option<PublicKey>, Announce), AnnounceRefused> {
         let Some(auth) = &a.auth else {
             return if self.allow_unsigned {
                 Ok((None, a.clone()))
             } else {
-                Err(format!(
+                Err(AnnounceRefused::Other(format!(
                     "unsigned announcement from {:?} ignored (allow_unsigned is off)",
                     a.node
-                ))
+                )))
             };
         };
         // Everything the manager acts on (kind, topics, interval) is what was signed.
-        let body: SignedAnnounce = serde_json::from_str(&auth.body)
-            .map_err(|e| format!("announcement refused: bad signed body: {e}"))?;
+        let body: SignedAnnounce = serde_json::from_str(&auth.body).map_err(|e| {
+            AnnounceRefused::Other(format!("announcement refused: bad signed body: {e}"))
+        })?;
         let pk = security::verify_announced(auth, Some(&body.key))
-            .map_err(|e| format!("announcement refused: {e}"))?;
-        if crate::clock::now_ms().abs_diff(body.ts) > self.window.as_millis() as u64 * 2 {
-            return Err(
-                "announcement refused: stale or from the future (are the clocks in sync?)".into(),
+            .map_err(|e| AnnounceRefused::Other(format!("announcement refused: {e}")))?;
+        let now = crate::clock::now_ms();
+        if now.abs_diff(body.ts) > self.window.as_millis() as u64 * 2 {
+            // Ahead (+) or behind (-) by this much, in whole seconds.
+            let skew_s = (body.ts as i128 - now as i128).div_euclid(1000) as i64;
+            let why = format!(
+                "announcement refused: stale or from the future: node {:?} signed it {skew_s:+} s off the manager's clock (are the clocks in sync?)",
+                body.announce.node
             );
+            // An accepted agent of its own name is told apart: `mgmt agents`
+            // and its requests' `no_response` show the skew.
+            self.look_on_disk(&auth.key);
+            let accepted = pk.role() == security::Role::Agent
+                && pk.name() == body.announce.node
+                && self.keys.is_accepted(&auth.key);
+            return Err(if accepted {
+                AnnounceRefused::ClockSkew {
+                    node: body.announce.node,
+                    skew_s,
+                    why,
+                }
+            } else {
+                AnnounceRefused::Other(why)
+            });
         }
         let a = body.announce;
         if pk.role() != security::Role::Agent || pk.name() != a.node {
-            return Err(format!(
+            return Err(AnnounceRefused::Other(format!(
                 "announcement refused: key {} is a {} key named {:?}; node {:?} needs an agent key of its own name",
                 pk.fingerprint(),
                 pk.role(),
                 pk.name(),
                 a.node
-            ));
+            )));
         }
-        let sub = self.submit(&pk).map_err(|e| format!("{e:#}"))?;
+        let sub = self
+            .submit(&pk)
+            .map_err(|e| AnnounceRefused::Other(format!("{e:#}")))?;
         match sub.state {
             KeyState::Accepted => Ok((Some(pk), a)),
-            other => Err(format!(
+            other => Err(AnnounceRefused::Other(format!(
                 "agent {:?} key {} is {}; accept it with: service-mgr mgmt keys accept {}",
                 a.node,
                 pk.fingerprint(),
                 other.as_str(),
                 pk.fingerprint()
-            )),
+            ))),
         }
     }
 
@@ -626,6 +672,37 @@ mod tests {
                 (got, want) => panic!("{name}: got {got:?}, want {want:?}"),
             }
         }
+    }
+
+    #[test]
+    fn clock_skew_of_an_accepted_agent_is_told_apart() {
+        let f = fixture(false);
+        let now = crate::clock::now_ms();
+        let web2 = KeyPair::generate(Role::Agent, "web2").unwrap();
+        let mut g = fixture(false);
+        g.gate.keys.submit(f.web1.public()).unwrap();
+        g.gate.keys.accept(&f.web1.public().fingerprint()).unwrap();
+        let ahead = signed_hello(&f.web1, hello("web1"), now + 150_500);
+        match g.gate.check_announce(&ahead) {
+            Err(AnnounceRefused::ClockSkew { node, skew_s, .. }) => {
+                assert_eq!((node.as_str(), skew_s), ("web1", 150))
+            }
+            other => panic!("ahead: {other:?}"),
+        }
+        let behind = signed_hello(&f.web1, hello("web1"), now - 200_000);
+        assert!(matches!(
+            g.gate.check_announce(&behind),
+            Err(AnnounceRefused::ClockSkew {
+                skew_s: -200 | -201,
+                ..
+            })
+        ));
+        // A key that is not accepted gets no such standing.
+        let new = signed_hello(&web2, hello("web2"), now + 150_000);
+        assert!(matches!(
+            g.gate.check_announce(&new),
+            Err(AnnounceRefused::Other(_))
+        ));
     }
 
     #[test]

@@ -202,6 +202,9 @@ pub enum AgentState {
     Stopped,
     /// Not an agent yet: its key waits in the key store (`mgmt keys accept`).
     Pending,
+    /// Its key is accepted but its announcements are refused: its clock is
+    /// off by [`AgentInfo::skew_s`] seconds.
+    ClockSkew,
 }
 
 impl AgentState {
@@ -212,8 +215,14 @@ impl AgentState {
             AgentState::Lost => "lost",
             AgentState::Stopped => "stopped",
             AgentState::Pending => "pending",
+            AgentState::ClockSkew => "clock_skew",
         }
     }
+}
+
+/// How a clock skew reads: `clock skew (+150 s)` for a clock 150 s ahead.
+pub fn clock_skew(skew_s: i64) -> String {
+    format!("clock skew ({skew_s:+} s)")
 }
 
 /// One entry of `manager.agents`.
@@ -232,6 +241,9 @@ pub struct AgentInfo {
     pub running: usize,
     /// The agent's accepted public key line (none for an unsigned agent).
     pub key: Option<String>,
+    /// State `clock_skew`: how far its clock is ahead (+) or behind (-), in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skew_s: Option<i64>,
 }
 
 /// One node's answer to a job, as the job store keeps it.
