@@ -32,6 +32,13 @@ pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
 /// The wait against a 0.1 manager, which cannot say who will answer (0.1's default).
 pub const DEFAULT_WAIT_01: Duration = Duration::from_millis(100);
 
+/// How long a waiting client hears nothing before it asks the manager about
+/// its job again: a restarted manager publishes on a new result port (unless
+/// `result_endpoint` is pinned) and no longer holds the job in memory, so the
+/// client follows it anew (a new port to subscribe to, or the job's record
+/// with the answers that came in since).
+const RECHECK: Duration = Duration::from_secs(2);
+
 /// The client's command line (`service-mgr-client`, `service-mgr client`).
 #[derive(Debug, Args)]
 pub struct ClientArgs {
@@ -540,16 +547,32 @@ fn exchange(
     }
     let complete =
         |missing: usize, extra: usize| wanted.is_some() && missing == 0 && extra >= extra_wanted;
+    let mut heard = Instant::now();
+    let mut ports = vec![accepted.port];
     while !complete(missing, extra) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
         }
+        let mut incoming = Vec::new();
         let mut items = [sub.as_poll_item(zmq::POLLIN)];
-        if transport::poll(&mut items, left.as_millis().max(1) as i64)? == 0 {
-            continue;
+        if transport::poll(&mut items, left.min(RECHECK).as_millis().max(1) as i64)? == 0 {
+            // Only a 0.2 manager knows `!follow`.
+            if accepted.v.is_none() || heard.elapsed() < RECHECK {
+                continue;
+            }
+            heard = Instant::now();
+            incoming = refollow(ctx, req, &accepted.uuid, left, request_id, log, |port| {
+                if ports.contains(&port) {
+                    return Ok(());
+                }
+                debug!(log, "the manager publishes results on a new port"; "port" => port);
+                ports.push(port);
+                transport::connect(&sub, &format!("tcp://{host}:{port}"), "the -e endpoint")
+            })?;
         }
         while let Some(frames) = transport::try_recv(&sub)? {
+            heard = Instant::now();
             let [topic, body] = frames.as_slice() else {
                 continue;
             };
@@ -562,8 +585,13 @@ fn exchange(
             };
             let node = frame.node().map(|n| Value::String(n.to_owned()));
             // A result that does not verify is reported as such, never shown as the node's answer.
-            let obj = verify_result(frame, &accepted, req.key.as_deref(), request_id)
-                .unwrap_or_else(|why| unverified(why, node.unwrap_or(Value::Null), &accepted.uuid));
+            incoming.push(
+                verify_result(frame, &accepted, req.key.as_deref(), request_id).unwrap_or_else(
+                    |why| unverified(why, node.unwrap_or(Value::Null), &accepted.uuid),
+                ),
+            );
+        }
+        for obj in incoming {
             match node_of(&obj) {
                 // The manager replays a job's results to a new subscriber; one per node.
                 Some(n) if !seen.insert(n.clone()) => continue,
@@ -603,6 +631,81 @@ fn exchange(
     })
 }
 
+/// Ask the manager about a job the client waits for and hears nothing of:
+/// a port it publishes the job's results on is passed to `subscribe`; a job
+/// it no longer holds in memory (it restarted) comes back as its record,
+/// whose answers are returned, checked as if they had just arrived. A manager
+/// that does not answer (restarting) is asked again later.
+fn refollow(
+    ctx: &zmq::Context,
+    req: &Request,
+    uuid: &str,
+    left: Duration,
+    request_id: Option<&str>,
+    log: &Logger,
+    mut subscribe: impl FnMut(u16) -> Result<()>,
+) -> Result<Vec<Map<String, Value>>> {
+    let payload = p::encode(&FollowRequest::new(uuid));
+    let reply = match transport::request(ctx, &req.endpoint, &payload, req.timeout.min(left), 1) {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(log, "the manager did not answer about the job"; "error" => format!("{e:#}"));
+            return Ok(Vec::new());
+        }
+    };
+    match FrontendReply::decode(&reply) {
+        Ok(FrontendReply::Accepted(a)) => {
+            subscribe(a.port)?;
+            Ok(Vec::new())
+        }
+        Ok(FrontendReply::Record(r)) => Ok(record_results(*r, req.key.as_deref(), request_id).1),
+        Ok(FrontendReply::Refused(e)) => {
+            debug!(log, "the manager knows the job no more"; "why" => e.msg);
+            Ok(Vec::new())
+        }
+        Err(e) => {
+            debug!(log, "unreadable answer about the job"; "error" => format!("{e:#}"));
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// The answers a job record holds (a stored `no_response` has none), each
+/// checked against the key the manager reports for its node.
+fn record_results(
+    reply: FollowRecord,
+    key: Option<&KeyPair>,
+    request_id: Option<&str>,
+) -> (crate::protocol::mgmt::JobRecord, Vec<Map<String, Value>>) {
+    let FollowRecord {
+        agent_keys,
+        mut record,
+        ..
+    } = reply;
+    let accepted = Accepted {
+        uuid: record.uuid.clone(),
+        port: 0,
+        v: Some(p::PROTOCOL_VERSION),
+        expected: Some(record.expected.clone()),
+        unregistered: None,
+        agent_keys: Some(agent_keys),
+        pending_keys: None,
+        near: None,
+    };
+    let mut results = Vec::new();
+    for r in std::mem::take(&mut record.results) {
+        let Value::Object(m) = r.result else {
+            continue;
+        };
+        let frame = ResultFrame::from_object(m);
+        results.push(
+            verify_result(frame, &accepted, key, request_id)
+                .unwrap_or_else(|why| unverified(why, Value::String(r.node), &record.uuid)),
+        );
+    }
+    (record, results)
+}
+
 /// What stands for a result that did not verify: never the node's answer.
 fn unverified(why: String, node: Value, uuid: &str) -> Map<String, Value> {
     let mut m = Map::new();
@@ -616,34 +719,11 @@ fn unverified(why: String, node: Value, uuid: &str) -> Map<String, Value> {
 /// A job the manager no longer holds in memory comes back whole from its job
 /// store: every result it recorded, checked as if it had just arrived.
 fn from_record(reply: FollowRecord, key: Option<&KeyPair>, started: Instant) -> Collected {
-    let FollowRecord {
-        agent_keys, record, ..
-    } = reply;
-    let accepted = Accepted {
-        uuid: record.uuid.clone(),
-        port: 0,
-        v: Some(p::PROTOCOL_VERSION),
-        expected: Some(record.expected.clone()),
-        unregistered: None,
-        agent_keys: Some(agent_keys),
-        pending_keys: None,
-        near: None,
-    };
-    let mut results = Vec::new();
-    for r in record.results {
-        // A stored no_response has no result: the report lists the node as silent.
-        let Value::Object(m) = r.result else {
-            continue;
-        };
-        let frame = ResultFrame::from_object(m);
-        let checked = verify_result(frame, &accepted, key, None)
-            .unwrap_or_else(|why| unverified(why, Value::String(r.node), &record.uuid));
-        results.push(Value::Object(checked));
-    }
+    let (record, results) = record_results(reply, key, None);
     Collected {
         uuid: record.uuid,
         expected: Some(record.expected),
-        results,
+        results: results.into_iter().map(Value::Object).collect(),
         elapsed: started.elapsed(),
         waited: Duration::ZERO,
         hints: Vec::new(),

@@ -7,6 +7,23 @@ use serde_json::{json, Value};
 use service_mgr::protocol::{self as p, Announce, AnnounceKind};
 use service_mgr::security::{self, KeyPair, Purpose};
 
+/// Each node's status in a client report, sorted.
+fn outcome(doc: &Value) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = doc["results"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no results in {doc}"))
+        .iter()
+        .map(|r| {
+            (
+                r["node"].as_str().unwrap_or("").to_owned(),
+                r["status"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
 /// A hello of `node` signed with `key`, its timestamp `ahead_ms` ahead of now.
 fn hello_ahead(key: &KeyPair, node: &str, ahead_ms: u64) -> Announce {
     let mut hello = Announce {
@@ -88,5 +105,38 @@ fn agent_with_clock_ahead_is_listed_as_clock_skew() {
         );
         assert!(!text.contains("no such agent"), "{doc}");
         let _: Value = doc;
+    });
+}
+
+/// With the default (random) result port, a client waiting through a manager
+/// restart reported two late nodes as `no_response`; it must get their answers.
+#[test]
+fn client_waiting_through_a_manager_restart_gets_late_results() {
+    with_timeout(90, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mut mgr = manager(&[]);
+        let _a1 = agent(&mgr, "n1", &fake, &[]);
+        let _a2 = agent(&mgr, "n2", &fake, &[]);
+        let running = Client::new(&mgr)
+            .nodes("n1,n2")
+            .cmd("restart")
+            .service("pause-svc")
+            .wait("20")
+            .spawn();
+        // Both agents are running the 1.5 s command when the manager goes.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let _mgr2 = restart_manager(&mut mgr);
+        let out = running.output();
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        let oks = ["n1", "n2"].map(|n| (n.to_owned(), "ok".to_owned()));
+        assert_eq!(outcome(&doc), oks, "{doc}");
+        assert_eq!(out.status.code(), Some(0), "{doc}");
     });
 }
