@@ -291,6 +291,31 @@ mod tests {
     }
 
     #[test]
+    fn a_node_refused_for_its_clock_is_answered_for_with_the_skew() {
+        let mut reg = fleet();
+        reg.refused_for_skew("s2", 150);
+        reg.refused_for_skew("old1", -200);
+        let r = route(
+            &req("any", Some(&["s2", "old1"]), None),
+            &reg,
+            &HashMap::new(),
+            true,
+        );
+        let want = [
+            ("old1".to_owned(), skewed(-200)),
+            ("s2".to_owned(), skewed(150)),
+        ];
+        assert_eq!(r.unwrap().unreachable, want);
+        assert_eq!(
+            skewed(150),
+            "clock skew (+150 s): its announcements are refused; fix its clock (NTP)"
+        );
+        // Heard from again: the skew is forgotten.
+        reg.announce(&hello("s2", "i-s2", &["any"]), None);
+        assert_eq!(reg.skew_of("s2"), None);
+    }
+
+    #[test]
     fn invalid_requests_are_refused_with_a_reason() {
         let reg = fleet();
         let mut bad_cmd = req("web", None, None);
