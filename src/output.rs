@@ -126,7 +126,8 @@ impl Tone {
     pub fn of_status(status: &str) -> Tone {
         match status {
             "ok" | "up" | "running" => Tone::Good,
-            "failed" | "timeout" | "refused" | "unverified" | "lost" | "clock_skew" => Tone::Bad,
+            "failed" | "timeout" | "interrupted" | "refused" | "unverified" | "lost"
+            | "clock_skew" => Tone::Bad,
             "no_response" | "skipped" | "pending" | "connecting" | "stopped" => Tone::Warn,
             _ => Tone::Plain,
         }

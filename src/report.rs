@@ -11,7 +11,7 @@ use serde_json::{Map, Value};
 /// or what the client made of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
-    /// `ok`, `failed`, `timeout`, `refused` or `no_response` (a silent node).
+    /// `ok`, `failed`, `timeout`, `interrupted`, `refused` or `no_response` (a silent node).
     Sent(p::Status),
     /// Not run: an earlier batch of a `--fail-fast` rollout failed.
     Skipped,
@@ -24,10 +24,11 @@ pub enum Status {
 }
 
 /// The statuses of the protocol, in the order a summary lists them.
-const SENT: [p::Status; 5] = [
+const SENT: [p::Status; 6] = [
     p::Status::Ok,
     p::Status::Failed,
     p::Status::Timeout,
+    p::Status::Interrupted,
     p::Status::Refused,
     p::Status::NoResponse,
 ];
@@ -37,12 +38,13 @@ impl Status {
     pub const NO_RESPONSE: Status = Status::Sent(p::Status::NoResponse);
 
     /// Every status a summary counts, in the order it lists them.
-    pub const COUNTED: [Status; 7] = [
+    pub const COUNTED: [Status; 8] = [
         Status::Sent(SENT[0]),
         Status::Sent(SENT[1]),
         Status::Sent(SENT[2]),
         Status::Sent(SENT[3]),
         Status::Sent(SENT[4]),
+        Status::Sent(SENT[5]),
         Status::Skipped,
         Status::Unverified,
     ];
@@ -298,6 +300,8 @@ pub struct Summary {
     pub no_response: usize,
     pub skipped: usize,
     pub unverified: usize,
+    /// Last, so that documents without one keep their shape up to here.
+    pub interrupted: usize,
     /// A 0.1 manager cannot say who should answer: `expected` means nothing.
     #[serde(skip)]
     pub expected_unknown: bool,
@@ -317,16 +321,18 @@ impl Summary {
             no_response: count(&Status::NO_RESPONSE),
             skipped: count(&Status::Skipped),
             unverified: count(&Status::Unverified),
+            interrupted: count(&Status::Sent(p::Status::Interrupted)),
             expected_unknown: false,
         }
     }
 
     /// The count of each status in `Status::COUNTED`, in that order.
-    pub fn counts(&self) -> [(Status, usize); 7] {
+    pub fn counts(&self) -> [(Status, usize); 8] {
         let n = [
             self.ok,
             self.failed,
             self.timeout,
+            self.interrupted,
             self.refused,
             self.no_response,
             self.skipped,
@@ -456,11 +462,12 @@ mod tests {
         let s = Summary::of(4, &results);
         assert_eq!(
             serde_json::to_string(&s).unwrap(),
-            r#"{"expected":4,"answered":2,"ok":1,"failed":0,"timeout":0,"refused":0,"no_response":1,"skipped":1,"unverified":0}"#
+            r#"{"expected":4,"answered":2,"ok":1,"failed":0,"timeout":0,"refused":0,"no_response":1,"skipped":1,"unverified":0,"interrupted":0}"#
         );
         let counts = s.counts();
         let counts: Vec<(&str, usize)> = counts.iter().map(|(k, n)| (k.as_str(), *n)).collect();
         assert_eq!(counts[0], ("ok", 1));
-        assert_eq!(counts[6], ("unverified", 0));
+        assert_eq!(counts[3], ("interrupted", 0));
+        assert_eq!(counts[7], ("unverified", 0));
     }
 }

@@ -68,6 +68,9 @@ pub enum Status {
     Refused,
     /// The node was expected to answer and did not (set by the manager or client).
     NoResponse,
+    /// The command was running when the agent stopped and outlived its
+    /// `stop_timeout`: its process group was killed. Not ok.
+    Interrupted,
 }
 
 impl Status {
@@ -78,6 +81,7 @@ impl Status {
             Status::Timeout => "timeout",
             Status::Refused => "refused",
             Status::NoResponse => "no_response",
+            Status::Interrupted => "interrupted",
         }
     }
 }
