@@ -276,6 +276,111 @@ fn c_sigterm_on_busy_agents_still_delivers_their_results() {
     });
 }
 
+// Issue 13: an agent stopped while a command ran stopped heartbeating; its node was reported no_response.
+#[test]
+fn c_sigterm_agent_keeps_heartbeating_until_its_command_finishes() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        accept_agent_key(&mgr, "n1");
+        // Lost after three missed heartbeats (3 s), before the 4 s command ends.
+        let mut a = agent(&mgr, "n1", &fake, &["-O", "heartbeat_interval=1"]);
+        let client = Client::new(&mgr)
+            .nodes("n1")
+            .cmd("restart")
+            .service("snooze-svc")
+            .wait("30")
+            .spawn();
+        wait_for(10, "the agent to start the command", || {
+            (!calls(dir.path()).is_empty()).then_some(())
+        });
+        unsafe { libc::kill(a.pid(), libc::SIGTERM) };
+        wait_for(10, "the agent to start stopping", || {
+            a.log_text().contains("stopping").then_some(())
+        });
+        // Meanwhile it takes no new work, and says why.
+        let (_, late) = Client::new(&mgr)
+            .nodes("n1")
+            .cmd("status")
+            .service("other-svc")
+            .wait("10")
+            .format("json")
+            .run();
+        assert_eq!(late["results"][0]["status"], "refused", "{late}");
+        assert!(
+            late["results"][0]["msg"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("the agent is stopping"),
+            "{late}"
+        );
+        let st = a.wait_exit(20).expect("the agent did not exit");
+        assert_eq!(st.code(), Some(0), "{st:?}\n{}", a.log_text());
+        let out = client.output();
+        let doc = json(&out.stdout);
+        let r = &doc["results"][0];
+        assert_eq!(r["status"], "ok", "{doc}\nagent log:\n{}", a.log_text());
+        assert_eq!(r["result"]["stdout"], "snooze-svc restart ok\n", "{doc}");
+        assert_eq!(out.status.code(), Some(0), "{doc}");
+        assert!(
+            !mgr.log_text().contains("stopped sending heartbeats"),
+            "the stopping agent was taken as lost:\n{}",
+            mgr.log_text()
+        );
+    });
+}
+
+// Issue 13: a command outliving the agent's stop had its result dropped (no_response); now `interrupted`.
+#[test]
+fn c_sigterm_agent_answers_interrupted_for_what_outlives_stop_timeout() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        accept_agent_key(&mgr, "n1");
+        let mut a = agent(&mgr, "n1", &fake, &["-O", "stop_timeout=1"]);
+        let client = Client::new(&mgr)
+            .nodes("n1")
+            .cmd("restart")
+            .service("slow-svc")
+            .wait("40")
+            .spawn();
+        wait_for(10, "the agent to start the command", || {
+            (!calls(dir.path()).is_empty()).then_some(())
+        });
+        let stopped = Instant::now();
+        unsafe { libc::kill(a.pid(), libc::SIGTERM) };
+        let st = a.wait_exit(20).expect("the agent did not exit");
+        let took = stopped.elapsed();
+        assert_eq!(st.code(), Some(0), "{st:?}\n{}", a.log_text());
+        assert!(
+            took < Duration::from_secs(4),
+            "stop_timeout=1 but the agent took {took:?} to exit"
+        );
+        let out = client.output();
+        let doc = json(&out.stdout);
+        let r = &doc["results"][0];
+        assert_eq!(r["node"], "n1", "{doc}");
+        assert_eq!(
+            r["status"],
+            "interrupted",
+            "{doc}\nagent log:\n{}",
+            a.log_text()
+        );
+        assert!(
+            r["msg"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("stop_timeout"),
+            "{doc}"
+        );
+        assert_eq!(doc["summary"]["interrupted"], 1, "{doc}");
+        // Not ok, not silent: some failed (3).
+        assert_eq!(out.status.code(), Some(3), "{doc}");
+    });
+}
+
 #[test]
 fn c_sighup_reopens_the_log_file_at_its_path() {
     with_timeout(60, || {

@@ -7,7 +7,8 @@ use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -74,6 +75,23 @@ fn is_executable(p: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// How often a running command looks whether it was cancelled.
+const CANCEL_POLL: Duration = Duration::from_millis(50);
+
+/// Set by a stopping agent whose `stop_timeout` ran out: the command's process
+/// group is killed and its outcome marked interrupted.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
 /// What one run of the service manager produced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outcome {
@@ -82,18 +100,21 @@ pub struct Outcome {
     pub stdout: String,
     pub stderr: String,
     pub timed_out: bool,
+    /// Killed because the agent stopped ([`Cancel`]), not by the timeout.
+    pub interrupted: bool,
     /// Whether stdout or stderr was cut at the cap.
     pub truncated: bool,
     pub duration: Duration,
 }
 
-/// Run `service cmd` through `backend` and wait at most `timeout`.
+/// Run `service cmd` through `backend` and wait at most `timeout`, or until `cancel`.
 pub fn run(
     backend: &Backend,
     service: &str,
     cmd: &str,
     timeout: Duration,
     max_output: usize,
+    cancel: &Cancel,
 ) -> std::io::Result<Outcome> {
     let started = Instant::now();
     let mut command = backend.command(service, cmd);
@@ -111,15 +132,24 @@ pub fn run(
     thread::spawn(move || {
         let _ = done_tx.send(child.wait());
     });
-    let (status, timed_out) = match done_rx.recv_timeout(timeout) {
-        Ok(status) => (status?, false),
-        Err(_) => {
-            // SAFETY: plain kill(2) on the process group we created.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
-            let status = done_rx
-                .recv()
-                .map_err(|_| std::io::Error::other("lost the child's exit status"))??;
-            (status, true)
+    let deadline = started + timeout;
+    let lost = || std::io::Error::other("lost the child's exit status");
+    let (status, timed_out, interrupted) = loop {
+        let step = deadline
+            .saturating_duration_since(Instant::now())
+            .min(CANCEL_POLL);
+        match done_rx.recv_timeout(step) {
+            Ok(status) => break (status?, false, false),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(lost()),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let cancelled = cancel.is_cancelled();
+                if cancelled || Instant::now() >= deadline {
+                    // SAFETY: plain kill(2) on the process group we created.
+                    unsafe { libc::kill(-pid, libc::SIGKILL) };
+                    let status = done_rx.recv().map_err(|_| lost())??;
+                    break (status, !cancelled, cancelled);
+                }
+            }
         }
     };
     let grace = Instant::now() + OUTPUT_GRACE;
@@ -135,6 +165,7 @@ pub fn run(
         stdout,
         stderr,
         timed_out,
+        interrupted,
         truncated: cut_out || cut_err,
         duration: started.elapsed(),
     })
@@ -245,7 +276,15 @@ mod tests {
             dir.path(),
             r#"printf '%s|%s|' "$1" "$2"; echo err >&2; exit 3"#,
         );
-        let o = run(&b, "a;b", "status", Duration::from_secs(5), 1024).unwrap();
+        let o = run(
+            &b,
+            "a;b",
+            "status",
+            Duration::from_secs(5),
+            1024,
+            &Cancel::default(),
+        )
+        .unwrap();
         assert_eq!(o.stdout, "a;b|status|");
         assert_eq!(o.stderr, "err\n");
         assert_eq!(o.returncode, 3);
@@ -259,7 +298,15 @@ mod tests {
             dir.path(),
             "head -c 3000000 /dev/zero | tr '\\0' 'x'; printf '\\377\\376' >&2",
         );
-        let o = run(&b, "s", "status", Duration::from_secs(20), 1024 * 1024).unwrap();
+        let o = run(
+            &b,
+            "s",
+            "status",
+            Duration::from_secs(20),
+            1024 * 1024,
+            &Cancel::default(),
+        )
+        .unwrap();
         assert!(o.truncated);
         assert!(o.stdout.starts_with("xxxx"));
         assert!(o.stdout.contains("output truncated, 1951424 more bytes"));
@@ -270,8 +317,32 @@ mod tests {
     fn timeout_kills_the_process_group() {
         let dir = tempfile::tempdir().unwrap();
         let b = script(dir.path(), "sleep 30 & sleep 30");
-        let o = run(&b, "s", "start", Duration::from_millis(300), 1024).unwrap();
-        assert!(o.timed_out);
+        let o = run(
+            &b,
+            "s",
+            "start",
+            Duration::from_millis(300),
+            1024,
+            &Cancel::default(),
+        )
+        .unwrap();
+        assert!(o.timed_out && !o.interrupted);
+        assert_eq!(o.returncode, -9);
+        assert!(o.duration < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn cancel_kills_the_process_group_and_marks_it_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = script(dir.path(), "sleep 30 & sleep 30");
+        let cancel = Cancel::default();
+        let c = cancel.clone();
+        thread::spawn(move || {
+            thread::sleep(Duration::from_millis(300));
+            c.cancel();
+        });
+        let o = run(&b, "s", "start", Duration::from_secs(60), 1024, &cancel).unwrap();
+        assert!(o.interrupted && !o.timed_out);
         assert_eq!(o.returncode, -9);
         assert!(o.duration < Duration::from_secs(5));
     }

@@ -53,6 +53,8 @@ pub enum Refusal {
     Policy(String),
     #[error("agent busy: {0} commands running (max_concurrent); try again later")]
     Busy(usize),
+    #[error("the agent is stopping (it finishes the commands it runs, then exits); try again when it is back")]
+    Stopping,
     #[error(transparent)]
     BadName(#[from] p::NameError),
     #[error("command {cmd:?} is not allowed on this agent (allowed: {allowed})")]
@@ -72,6 +74,7 @@ impl Refusal {
             Refusal::NotAddressed(_) => "not_addressed",
             Refusal::Policy(_) => "policy",
             Refusal::Busy(_) => "busy",
+            Refusal::Stopping => "stopping",
             Refusal::BadName(e) => e.reason(),
             Refusal::NotAllowed { .. } => "not_allowed",
         }

@@ -25,7 +25,7 @@ use exec::Backend;
 use serde::Serialize;
 use serde_json::json;
 use slog::{debug, error, info, warn, Logger};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -34,8 +34,10 @@ use std::time::{Duration, Instant};
 /// accepts tokens up to twice the request window old).
 const PRESENCE_REFRESH: Duration = Duration::from_secs(30);
 
-/// How long a stopping agent waits for running commands to deliver their results.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+/// How long a stopping agent waits, once it killed what outlived
+/// `stop_timeout` (or on `agent.shutdown` a second time), for the workers to
+/// hand back their `interrupted` results before it answers for them itself.
+const KILL_GRACE: Duration = Duration::from_secs(1);
 
 /// How long closing the result socket may wait for a result still queued
 /// (the manager away for a moment, a slow link).
@@ -174,6 +176,8 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
         welcomed: false,
         started_ms: crate::clock::now_ms(),
         running: 0,
+        jobs: BTreeMap::new(),
+        next_job: 0,
         last_result: std::cell::Cell::new(None),
         metrics,
         held: Default::default(),
@@ -208,6 +212,10 @@ struct Agent<'a> {
     started_ms: u64,
     /// Requests whose worker has not yet handed back a result.
     running: usize,
+    /// Those requests, by the number their worker hands back with its result:
+    /// what a stopping agent needs to cancel them and answer for them.
+    jobs: BTreeMap<u64, Job>,
+    next_job: u64,
     /// When we last queued a result for the manager.
     last_result: std::cell::Cell<Option<Instant>>,
     metrics: crate::metrics::AgentMetrics,
@@ -219,13 +227,39 @@ struct Agent<'a> {
     stop: bool,
 }
 
+/// A request being run by a worker.
+struct Job {
+    uuid: String,
+    cmd: String,
+    client: Option<security::PublicKey>,
+    request_id: Option<String>,
+    signed: bool,
+    cancel: exec::Cancel,
+}
+
 impl Agent<'_> {
     fn serve(&mut self, control: &Control) -> Result<()> {
         let interval = Duration::from_secs(self.config.heartbeat_interval.max(1));
         self.announce(AnnounceKind::Hello);
         let mut next_beat = Instant::now() + interval;
         let mut next_presence = Instant::now() + interval;
-        while !self.stop {
+        let stop_timeout = Duration::from_secs(self.config.stop_timeout);
+        // Set when we start stopping: until then (or until nothing runs) we
+        // keep heartbeating, refuse new requests and deliver what finishes.
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            if self.stop && stop_deadline.is_none() {
+                stop_deadline = Some(Instant::now() + stop_timeout);
+                if self.running > 0 {
+                    info!(self.log, "stopping: new requests are refused; waiting for running commands (stop_timeout)";
+                        "running" => self.running, "stop_timeout_s" => self.config.stop_timeout);
+                }
+            }
+            if let Some(deadline) = stop_deadline {
+                if self.running == 0 || Instant::now() >= deadline {
+                    break;
+                }
+            }
             let mut items = [
                 self.sub.as_poll_item(zmq::POLLIN),
                 self.mgmt.as_poll_item(zmq::POLLIN),
@@ -235,6 +269,9 @@ impl Agent<'_> {
             let mut wait = next_beat.saturating_duration_since(Instant::now());
             if let Some((due, _)) = self.held.borrow().front() {
                 wait = wait.min(due.saturating_duration_since(Instant::now()));
+            }
+            if let Some(deadline) = stop_deadline {
+                wait = wait.min(deadline.saturating_duration_since(Instant::now()));
             }
             transport::poll(&mut items, wait.as_millis() as i64)?;
             let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
@@ -262,15 +299,15 @@ impl Agent<'_> {
                     "SIGHUP: log file reopened, authorized clients reloaded"
                 );
             }
-            if wake.shutdown {
+            if wake.shutdown && !self.stop {
                 info!(self.log, "shutting down on request");
                 self.stop = true;
             }
             if ready[2] {
                 self.forward_results();
             }
-            self.release_held(self.stop);
-            if ready[0] && !self.stop {
+            self.release_held(false);
+            if ready[0] {
                 while let Ok(Some(frames)) = try_recv(&self.sub) {
                     self.on_request(frames);
                 }
@@ -281,17 +318,10 @@ impl Agent<'_> {
                 }
             }
         }
-        // Deliver what is still running, within a bound.
-        let deadline = Instant::now() + STOP_GRACE;
-        while self.running > 0 && Instant::now() < deadline {
-            let mut items = [self.inbox.as_poll_item(zmq::POLLIN)];
-            transport::poll(&mut items, 100)?;
-            self.forward_results();
+        if self.running > 0 {
+            self.interrupt_running()?;
         }
         self.release_held(true);
-        if self.running > 0 {
-            warn!(self.log, "stopping with commands still running; their results are lost"; "running" => self.running);
-        }
         self.announce(AnnounceKind::Bye);
         let results_queued = self
             .last_result
@@ -308,6 +338,43 @@ impl Agent<'_> {
             // a manager that is away (issue 15: 2-7 s to exit).
             let _ = self.push.set_linger(BYE_LINGER_MS);
         }
+        Ok(())
+    }
+
+    /// `stop_timeout` ran out: kill what still runs, deliver the workers'
+    /// `interrupted` results, and answer ourselves for those that do not
+    /// hand one back within [`KILL_GRACE`], so that no result is lost.
+    fn interrupt_running(&mut self) -> Result<()> {
+        warn!(self.log, "stop_timeout reached: killing the commands still running; they are answered interrupted";
+            "running" => self.running, "stop_timeout_s" => self.config.stop_timeout);
+        for job in self.jobs.values() {
+            job.cancel.cancel();
+        }
+        let deadline = Instant::now() + KILL_GRACE;
+        while self.running > 0 && Instant::now() < deadline {
+            let mut items = [self.inbox.as_poll_item(zmq::POLLIN)];
+            let wait = deadline.saturating_duration_since(Instant::now());
+            transport::poll(&mut items, wait.as_millis().max(1) as i64)?;
+            self.forward_results();
+        }
+        for (_, job) in std::mem::take(&mut self.jobs) {
+            let mut r = self.refusal(
+                &job.uuid,
+                Some(&job.cmd),
+                interrupted_why(self.config.stop_timeout),
+            );
+            r.status = Some(Status::Interrupted);
+            self.metrics.record(&r);
+            let frame = guard::result_frame(
+                &self.guard.key,
+                &r,
+                job.client.as_ref(),
+                job.request_id,
+                job.signed,
+            );
+            self.push_result(frame);
+        }
+        self.running = 0;
         Ok(())
     }
 
@@ -342,7 +409,13 @@ impl Agent<'_> {
     fn forward_results(&mut self) {
         while let Ok(Some(frames)) = try_recv(&self.inbox) {
             self.running = self.running.saturating_sub(1);
-            // Workers hold their own answers (see `on_request`).
+            // [job number, result]; workers hold their own answers (see `on_request`).
+            let mut frames = frames.into_iter();
+            if let Some(id) = frames.next() {
+                if let Ok(id) = <[u8; 8]>::try_from(id.as_slice()) {
+                    self.jobs.remove(&u64::from_be_bytes(id));
+                }
+            }
             for f in frames {
                 self.push_result(f);
             }
@@ -463,6 +536,21 @@ impl Agent<'_> {
         info!(self.log, "running request"; "uuid" => &req.uuid, "service" => &req.service, "cmd" => &req.cmd,
             "client" => client.as_ref().map(|c| c.name().to_owned()).unwrap_or_else(|| "unsigned".into()));
         self.running += 1;
+        let job = self.next_job;
+        self.next_job += 1;
+        let cancel = exec::Cancel::default();
+        self.jobs.insert(
+            job,
+            Job {
+                uuid: req.uuid.clone(),
+                cmd: req.cmd.clone(),
+                client: client.clone(),
+                request_id: request_id.clone(),
+                signed,
+                cancel: cancel.clone(),
+            },
+        );
+        let stop_timeout = self.config.stop_timeout;
         let ctx = self.ctx.clone();
         let inbox = self.inbox_endpoint.clone();
         let me = Arc::clone(&self.me);
@@ -473,7 +561,10 @@ impl Agent<'_> {
         let metrics = self.metrics.clone();
         let hold_until = self.hold_until;
         thread::spawn(move || {
-            let result = execute(&backend, &me, &req, timeout, cap);
+            let mut result = execute(&backend, &me, &req, timeout, cap, &cancel);
+            if result.status == Some(Status::Interrupted) {
+                result.msg = interrupted_why(stop_timeout);
+            }
             metrics.record(&result);
             if let Some(due) = hold_until {
                 thread::sleep(due.saturating_duration_since(Instant::now()));
@@ -482,6 +573,7 @@ impl Agent<'_> {
             let sent = transport::socket(&ctx, zmq::PUSH).and_then(|s| {
                 s.set_linger(-1)?;
                 s.connect(&inbox)?;
+                s.send(job.to_be_bytes().as_slice(), zmq::SNDMORE)?;
                 s.send(frame, 0)?;
                 Ok(())
             });
@@ -539,6 +631,9 @@ impl Agent<'_> {
     }
 
     fn check(&self, req: &Dispatch) -> Result<(), guard::Refusal> {
+        if self.stop {
+            return Err(guard::Refusal::Stopping);
+        }
         check_request(self.config, self.running, req)
     }
 
@@ -558,7 +653,7 @@ impl Agent<'_> {
             p::AGENT_STATUS => MgmtReply::with(
                 "Service Manager Agent Status",
                 &AgentStatus {
-                    status: "running".into(),
+                    status: if self.stop { "stopping" } else { "running" }.into(),
                     uname: self.host.uname(),
                     manager_endpoint: self.config.manager_endpoint.clone(),
                     sink_endpoint: self.config.sink_endpoint.clone(),
@@ -680,6 +775,13 @@ pub fn announcement(
     }
 }
 
+/// Why a command has no result of its own: the agent stopped.
+fn interrupted_why(stop_timeout: u64) -> String {
+    format!(
+        "interrupted: the agent stopped and the command was still running after stop_timeout ({stop_timeout} s); its process group was killed"
+    )
+}
+
 /// Run one checked request and build its result.
 fn execute(
     backend: &Backend,
@@ -687,8 +789,9 @@ fn execute(
     req: &Dispatch,
     timeout: Duration,
     cap: usize,
+    cancel: &exec::Cancel,
 ) -> ResultMsg {
-    let outcome = exec::run(backend, &req.service, &req.cmd, timeout, cap)
+    let outcome = exec::run(backend, &req.service, &req.cmd, timeout, cap, cancel)
         .map_err(|e| format!("cannot run {}: {e}", backend.program().display()));
     executed(me, req, outcome)
 }
@@ -724,7 +827,9 @@ pub(crate) fn executed(
     };
     match outcome {
         Ok(o) => ResultMsg {
-            status: Some(if o.timed_out {
+            status: Some(if o.interrupted {
+                Status::Interrupted
+            } else if o.timed_out {
                 Status::Timeout
             } else if o.returncode == 0 {
                 Status::Ok
@@ -733,7 +838,7 @@ pub(crate) fn executed(
             }),
             duration_ms: Some(o.duration.as_millis() as u64),
             truncated: o.truncated,
-            state: (req.cmd == "status" && !o.timed_out)
+            state: (req.cmd == "status" && !o.timed_out && !o.interrupted)
                 .then(|| ServiceState::from_status(o.returncode, &o.stdout, &o.stderr)),
             result: Some(ExecResult {
                 node: me.node.clone(),

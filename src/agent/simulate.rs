@@ -341,6 +341,7 @@ impl SimNode {
             stdout,
             stderr: String::new(),
             timed_out: false,
+            interrupted: false,
             truncated: false,
             duration: Duration::ZERO,
         }

@@ -259,6 +259,11 @@ pub struct AgentConfig {
     /// Seconds a service command may run before its process group is killed.
     #[serde(deserialize_with = "lenient_u64")]
     pub command_timeout: u64,
+    /// Seconds a stopping agent (SIGTERM, `agent.shutdown`) waits for running
+    /// commands to finish and deliver their results; what still runs then is
+    /// killed and answered `interrupted`. Service stop timeouts must exceed it.
+    #[serde(deserialize_with = "lenient_u64")]
+    pub stop_timeout: u64,
     /// Bytes of stdout and of stderr kept per command; the rest is cut with a marker.
     #[serde(deserialize_with = "lenient_u64")]
     pub max_output: u64,
@@ -317,6 +322,7 @@ impl Default for AgentConfig {
             allowed_commands: DEFAULT_ALLOWED.iter().map(|s| s.to_string()).collect(),
             custom_commands: Vec::new(),
             command_timeout: 300,
+            stop_timeout: 30,
             max_output: 4 * 1024 * 1024,
             max_concurrent: 64,
             heartbeat_interval: 2,

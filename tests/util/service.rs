@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 /// A fake service(8): `fake NAME CMD`. Behaviour by name:
-/// `slow*` sleeps 30 s, `pause*` 1.5 s, `nap*` 1 s, `brief*` 0.3 s (each then answers),
+/// `slow*` sleeps 30 s, `snooze*` 4 s, `pause*` 1.5 s, `nap*` 1 s, `brief*` 0.3 s (each then answers),
 /// `big*` prints 1 MiB plus bytes that are not UTF-8, `stopped*` exits 3,
 /// `fail*` exits 1, anything else prints "NAME CMD ok" and exits 0.
 /// Every call is appended to `calls.log` beside the script.
@@ -18,6 +18,7 @@ pub fn fake_service(dir: &Path) -> PathBuf {
 echo "$1 $2" >> '{calls}'
 case "$1" in
   slow*) sleep 30 ;;
+  snooze*) sleep 4; echo "$1 $2 ok" ;;
   pause*) sleep 1.5; echo "$1 $2 ok" ;;
   nap*) sleep 1; echo "$1 woke up" ;;
   brief*) sleep 0.3; echo "$1 $2 ok" ;;

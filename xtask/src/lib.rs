@@ -378,7 +378,7 @@ fn environment_output(r: &mut Roff) {
 
 const CLIENT_OUTPUT: &str = "On a terminal the client shows a live count of answers on standard error while it waits, then prints a table: node, system, status, return code, time taken and the first line of the output, and a summary line. When standard output is not a terminal it prints JSON instead: as service-mgr-client the 0.1 array of results (so that 0.1 scripts keep working), as service-mgr client the JSON document with the job id, the request, the expected nodes, a summary and every node's result. --format picks one explicitly; jsonl prints each result on its own line as it arrives, then the silent nodes, then a summary line.";
 
-const CLIENT_STATUS: &str = "Every node that the request reached gets a status: ok (exit code 0), failed, timeout (killed after the agent's command_timeout), refused (the agent ran nothing: a name that is not plain or a command not in allowed_commands), no_response (expected but silent until -w ran out) or skipped (not reached by a --fail-fast rollout). The client returns as soon as every expected node answered; -w is only the upper bound.";
+const CLIENT_STATUS: &str = "Every node that the request reached gets a status: ok (exit code 0), failed, timeout (killed after the agent's command_timeout), interrupted (still running when the stopping agent's stop_timeout ran out; killed), refused (the agent ran nothing: a name that is not plain or a command not in allowed_commands), no_response (expected but silent until -w ran out) or skipped (not reached by a --fail-fast rollout). The client returns as soon as every expected node answered; -w is only the upper bound.";
 
 /// The manager's page, `service-mgrd(8)`.
 fn manager_extra(r: &mut Roff) {
