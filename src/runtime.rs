@@ -9,7 +9,7 @@ use std::io::{Read, Seek, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Called by a role once its sockets are bound, with the bound endpoints as
@@ -25,6 +25,11 @@ pub struct Control {
     wake_rx: UnixStream,
     wake_tx: UnixStream,
     term: Arc<AtomicBool>,
+    /// SIGTERM/SIGINT received so far.
+    signals: Arc<AtomicUsize>,
+    /// Whether a second SIGTERM/SIGINT is the loop's to handle (`urgent`)
+    /// rather than an immediate exit; a third one always exits at once.
+    hurry_on_second: Arc<AtomicBool>,
     hup: Arc<AtomicBool>,
     reopen: std::sync::Mutex<Option<ReopenFn>>,
 }
@@ -41,6 +46,9 @@ pub struct ControlHandle {
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Wake {
     pub shutdown: bool,
+    /// A second SIGTERM/SIGINT, for a role that asked for it
+    /// ([`Control::hurry_on_second_signal`]): stop now, not gracefully.
+    pub urgent: bool,
     pub reopen_logs: bool,
 }
 
@@ -54,26 +62,46 @@ impl Control {
             wake_rx,
             wake_tx,
             term: Arc::new(AtomicBool::new(false)),
+            signals: Arc::new(AtomicUsize::new(0)),
+            hurry_on_second: Arc::new(AtomicBool::new(false)),
             hup: Arc::new(AtomicBool::new(false)),
             reopen: std::sync::Mutex::new(None),
         })
     }
 
     /// Route SIGTERM/SIGINT (shutdown) and SIGHUP (reopen logs) into this
-    /// control. A second SIGTERM/SIGINT while shutting down exits at once.
+    /// control. A second SIGTERM/SIGINT while shutting down exits at once
+    /// (unless the role asked to [`hurry_on_second_signal`](Self::hurry_on_second_signal)).
     pub fn install_signals(&self) -> Result<()> {
         use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-        use signal_hook::{flag, low_level::pipe};
+        use signal_hook::low_level::pipe;
+        use signal_hook::{flag, low_level};
         for sig in [SIGTERM, SIGINT] {
-            // Registered first, so it sees the flag as it was before this signal.
-            flag::register_conditional_shutdown(sig, 1, Arc::clone(&self.term))?;
-            flag::register(sig, Arc::clone(&self.term))?;
+            let (term, signals) = (Arc::clone(&self.term), Arc::clone(&self.signals));
+            let hurry = Arc::clone(&self.hurry_on_second);
+            let action = move || {
+                let n = signals.fetch_add(1, Ordering::SeqCst) + 1;
+                term.store(true, Ordering::SeqCst);
+                if n >= 3 || (n == 2 && !hurry.load(Ordering::SeqCst)) {
+                    low_level::exit(1);
+                }
+            };
+            // SAFETY: the action only touches atomics and calls _exit(2),
+            // both async-signal-safe.
+            unsafe { low_level::register(sig, action) }?;
         }
         flag::register(SIGHUP, Arc::clone(&self.hup))?;
         for sig in [SIGTERM, SIGINT, SIGHUP] {
             pipe::register(sig, self.wake_tx.try_clone()?)?;
         }
         Ok(())
+    }
+
+    /// A second SIGTERM/SIGINT wakes the loop with `urgent` instead of
+    /// exiting at once, so that the role can say its last words (the agent's
+    /// `interrupted` results); a third one still exits at once.
+    pub fn hurry_on_second_signal(&self) {
+        self.hurry_on_second.store(true, Ordering::SeqCst);
     }
 
     /// What SIGHUP does (reopen the log file), run by `take` on the loop's thread.
@@ -99,6 +127,7 @@ impl Control {
         while matches!((&self.wake_rx).read(&mut buf), Ok(n) if n > 0) {}
         let wake = Wake {
             shutdown: self.term.load(Ordering::SeqCst),
+            urgent: self.signals.load(Ordering::SeqCst) >= 2,
             reopen_logs: self.hup.swap(false, Ordering::SeqCst),
         };
         if wake.reopen_logs {

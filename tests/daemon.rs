@@ -381,6 +381,49 @@ fn c_sigterm_agent_answers_interrupted_for_what_outlives_stop_timeout() {
     });
 }
 
+// Issue 13: a second SIGTERM stops the agent at once, and what ran is still answered (interrupted).
+#[test]
+fn c_second_sigterm_stops_the_agent_at_once_answering_interrupted() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        accept_agent_key(&mgr, "n1");
+        let mut a = agent(&mgr, "n1", &fake, &[]);
+        let client = Client::new(&mgr)
+            .nodes("n1")
+            .cmd("restart")
+            .service("slow-svc")
+            .wait("40")
+            .spawn();
+        wait_for(10, "the agent to start the command", || {
+            (!calls(dir.path()).is_empty()).then_some(())
+        });
+        unsafe { libc::kill(a.pid(), libc::SIGTERM) };
+        wait_for(10, "the agent to start stopping", || {
+            a.log_text().contains("stopping").then_some(())
+        });
+        let second = Instant::now();
+        unsafe { libc::kill(a.pid(), libc::SIGTERM) };
+        let st = a.wait_exit(20).expect("the agent did not exit");
+        let took = second.elapsed();
+        assert!(
+            took < Duration::from_secs(3),
+            "the second SIGTERM took {took:?} to stop the agent"
+        );
+        assert_eq!(st.code(), Some(0), "{st:?}\n{}", a.log_text());
+        let out = client.output();
+        let doc = json(&out.stdout);
+        assert_eq!(
+            doc["results"][0]["status"],
+            "interrupted",
+            "{doc}\nagent log:\n{}",
+            a.log_text()
+        );
+        assert_eq!(out.status.code(), Some(3), "{doc}");
+    });
+}
+
 #[test]
 fn c_sighup_reopens_the_log_file_at_its_path() {
     with_timeout(60, || {

@@ -121,6 +121,9 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
             "allow_unsigned is on: unsigned (0.1) requests run, limited by allowed_commands only"
         );
     }
+    // A second SIGTERM/SIGINT stops at once, but still answers `interrupted`
+    // for what runs (a third one exits on the spot).
+    control.hurry_on_second_signal();
     let ctx = zmq::Context::new();
     let instance = uuid::Uuid::new_v4().simple().to_string();
     let sub = transport::socket(&ctx, zmq::SUB)?;
@@ -247,6 +250,7 @@ impl Agent<'_> {
         // Set when we start stopping: until then (or until nothing runs) we
         // keep heartbeating, refuse new requests and deliver what finishes.
         let mut stop_deadline: Option<Instant> = None;
+        let mut urgent = false;
         loop {
             if self.stop && stop_deadline.is_none() {
                 stop_deadline = Some(Instant::now() + stop_timeout);
@@ -256,7 +260,7 @@ impl Agent<'_> {
                 }
             }
             if let Some(deadline) = stop_deadline {
-                if self.running == 0 || Instant::now() >= deadline {
+                if self.running == 0 || urgent || Instant::now() >= deadline {
                     break;
                 }
             }
@@ -303,6 +307,11 @@ impl Agent<'_> {
                 info!(self.log, "shutting down on request");
                 self.stop = true;
             }
+            if wake.urgent && !urgent {
+                info!(self.log, "second signal: stopping now; running commands are killed and answered interrupted";
+                    "running" => self.running);
+                urgent = true;
+            }
             if ready[2] {
                 self.forward_results();
             }
@@ -345,7 +354,7 @@ impl Agent<'_> {
     /// `interrupted` results, and answer ourselves for those that do not
     /// hand one back within [`KILL_GRACE`], so that no result is lost.
     fn interrupt_running(&mut self) -> Result<()> {
-        warn!(self.log, "stop_timeout reached: killing the commands still running; they are answered interrupted";
+        warn!(self.log, "killing the commands still running (stop_timeout reached or a second signal); they are answered interrupted";
             "running" => self.running, "stop_timeout_s" => self.config.stop_timeout);
         for job in self.jobs.values() {
             job.cancel.cancel();
@@ -778,7 +787,7 @@ pub fn announcement(
 /// Why a command has no result of its own: the agent stopped.
 fn interrupted_why(stop_timeout: u64) -> String {
     format!(
-        "interrupted: the agent stopped and the command was still running after stop_timeout ({stop_timeout} s); its process group was killed"
+        "interrupted: the agent stopped and the command was still running after stop_timeout ({stop_timeout} s) or a second SIGTERM; its process group was killed"
     )
 }
 
