@@ -59,7 +59,14 @@ struct CommandOnly {
 }
 
 /// Result statuses we label by (those of `protocol::Status`); anything else counts as `other`.
-const STATUSES: [&str; 5] = ["ok", "failed", "timeout", "refused", "no_response"];
+const STATUSES: [&str; 6] = [
+    "ok",
+    "failed",
+    "timeout",
+    "refused",
+    "no_response",
+    "interrupted",
+];
 /// The commands an agent runs; anything else counts as `other`.
 const COMMANDS: [&str; 5] = ["start", "stop", "restart", "reload", "status"];
 
