@@ -309,3 +309,125 @@ fn the_job_store_is_kept_under_job_store_max_mb_oldest_first() {
         assert!(!jobs.contains(&format!("{:032x}", 0).as_str()));
     });
 }
+
+/// A tmpfs mounted on `dir` (root only), unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Issue 13 point 5: before the fix, after the first ENOSPC every write failed
+/// ("Previous I/O error occurred") until a restart and the jobs of that time were lost.
+#[test]
+fn a_full_disk_holds_results_and_they_reach_the_store_when_space_returns() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    with_timeout(180, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mut mgr = manager(&[]);
+        let state = Path::new(&mgr.pki.as_ref().unwrap().path("state")).to_owned();
+        let endpoints = MANAGER_ENDPOINTS.map(|k| format!("{k}={}", mgr.ep(k)));
+        assert_eq!(mgr.signal_and_wait(libc::SIGTERM, 10).code(), Some(0));
+        // The state dir (keys and store) moves onto a small tmpfs.
+        let saved = dir.path().join("saved-state");
+        let cp = |from: &Path, to: &Path| {
+            let s = std::process::Command::new("cp")
+                .arg("-a")
+                .arg(format!("{}/.", from.display()))
+                .arg(to)
+                .status()
+                .unwrap();
+            assert!(s.success());
+        };
+        std::fs::create_dir(&saved).unwrap();
+        cp(&state, &saved);
+        let Some(_tmpfs) = Tmpfs::mount(&state, "32m") else {
+            eprintln!("SKIPPED: cannot mount a tmpfs here");
+            return;
+        };
+        cp(&saved, &state);
+        let log = dir.path().join("mgr.log");
+        let mut m = manager_again(&mut mgr, &endpoints, &log);
+        let agent = agent(&m, "n1", &fake, &[]);
+        wait_registered(&m, "n1");
+        let request = |m: &Proc| {
+            let (out, doc) = Client::new(m)
+                .topic("n1")
+                .cmd("status")
+                .service("sshd")
+                .run();
+            assert_eq!(out.status.code(), Some(0), "{doc}");
+            doc["job"].as_str().unwrap().to_owned()
+        };
+        let before = request(&m);
+        // The disk fills up: what is left goes to a filler file.
+        let filler = state.join("filler");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler).unwrap();
+            let block = vec![0u8; 64 << 10];
+            while f.write_all(&block).is_ok() {}
+        }
+        let status = |m: &Proc| mgmt(&m.ep("mgmt_endpoint"), "manager.status");
+        let mut during = Vec::new();
+        let warning = wait_for(60, "the store to fail on the full disk", || {
+            during.push(request(&m));
+            let s = status(&m);
+            s["result"]["job_store_warning"].as_str().map(str::to_owned)
+        });
+        eprintln!("{warning}");
+        assert!(warning.contains("cannot write"), "{warning}");
+        assert!(warning.contains("in memory"), "{warning}");
+        // More requests while it fails: answered, held, and no new log lines.
+        for _ in 0..5 {
+            during.push(request(&m));
+        }
+        std::thread::sleep(std::time::Duration::from_secs(4));
+        during.push(request(&m));
+        assert!(m.alive());
+        // Space returns.
+        std::fs::remove_file(&filler).unwrap();
+        wait_for(30, "the store to recover", || {
+            status(&m)["result"]["job_store_warning"]
+                .is_null()
+                .then_some(())
+        });
+        for job in std::iter::once(&before).chain(&during) {
+            let r = mgmt_req(
+                &m.ep("mgmt_endpoint"),
+                json!({"cmd": "manager.job", "uuid": job}),
+            );
+            assert_eq!(r["result"]["results"][0]["status"], "ok", "{job}: {r}");
+        }
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            text.matches("job store cannot write").count(),
+            1,
+            "the failure is logged once:\n{text}"
+        );
+        assert!(text.contains("job store writes again"), "{text}");
+        assert_eq!(m.signal_and_wait(libc::SIGTERM, 10).code(), Some(0));
+        drop(agent);
+    });
+}

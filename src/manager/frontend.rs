@@ -73,7 +73,8 @@ impl Manager<'_> {
         let Some(job) = self.jobs.get(uuid) else {
             self.write_events();
             let record = self
-                .store
+                .readable_store()
+                .map_err(ErrorReply::new)?
                 .get(uuid)
                 .map_err(|e| ErrorReply::new(format!("cannot read the job store: {e:#}")))?
                 .ok_or_else(|| ErrorReply::new(format!("no job {uuid} in the job store")))?;

@@ -36,15 +36,22 @@ impl Manager<'_> {
                 MgmtReply::shutdown(&allowed, "Service Manager is shutting down")
             }
             p::MANAGER_AGENTS => MgmtReply::with("Service Manager Agents", &self.agents()),
-            p::MANAGER_JOBS => match self.store.list(req.limit.unwrap_or(50)) {
-                Ok(list) => MgmtReply::with("Service Manager Jobs", &list),
-                Err(e) => MgmtReply::error(format!("cannot read the job store: {e:#}")),
+            p::MANAGER_JOBS => match self.readable_store() {
+                Err(why) => MgmtReply::error(why),
+                Ok(store) => match store.list(req.limit.unwrap_or(50)) {
+                    Ok(list) => MgmtReply::with("Service Manager Jobs", &list),
+                    Err(e) => MgmtReply::error(format!("cannot read the job store: {e:#}")),
+                },
             },
             p::MANAGER_JOB => {
                 let Some(id) = &req.uuid else {
                     return MgmtReply::error("manager.job needs \"uuid\"");
                 };
-                match self.store.get(id) {
+                let store = match self.readable_store() {
+                    Ok(store) => store,
+                    Err(why) => return MgmtReply::error(why),
+                };
+                match store.get(id) {
                     Ok(Some(record)) => MgmtReply::with("Service Manager Job", &record),
                     Ok(None) => MgmtReply::error(format!("no job {id} in the job store")),
                     Err(e) => MgmtReply::error(format!("cannot read the job store: {e:#}")),
@@ -78,7 +85,7 @@ impl Manager<'_> {
             agents_up: self.registry.up_count(),
             allow_unsigned: self.gate.allow_unsigned,
             jobs_in_memory: self.jobs.len(),
-            job_store_warning: self.store_warning.clone(),
+            job_store_warning: self.store_status(),
             subscriptions: self
                 .subscriptions
                 .iter()

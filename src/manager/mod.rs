@@ -136,8 +136,12 @@ pub fn run(
         jobs: HashMap::new(),
         registry: Registry::default(),
         gate,
-        store,
+        store: Some(store),
+        store_path,
         store_warning,
+        failing: None,
+        held: std::collections::VecDeque::new(),
+        held_dropped: 0,
         events: Vec::new(),
         events_since: None,
         answered: HashMap::new(),
@@ -237,9 +241,18 @@ struct Manager<'a> {
     registry: Registry,
     gate: Gate,
     /// Every job, its expected nodes and each result, kept across restarts.
-    store: JobStore,
+    /// `None` while it failed and could not be reopened yet.
+    store: Option<JobStore>,
+    store_path: std::path::PathBuf,
     /// What was wrong with the job store when it was opened, for `manager.status`.
     store_warning: Option<String>,
+    /// Why the store cannot write, and since when we retry: set at the first
+    /// failed write (a full disk), cleared once the held events are written.
+    failing: Option<(String, Instant)>,
+    /// Events that could not be written, oldest first, at most STORE_HOLD_MAX.
+    held: std::collections::VecDeque<StoreEvent>,
+    /// Held events dropped (the oldest) because the hold was full.
+    held_dropped: u64,
     /// Store events not yet written: gathered for up to STORE_BATCH_INTERVAL
     /// and written in one transaction (each commit copies the pages it
     /// touches, so a commit per loop round grew the file fast).
@@ -269,6 +282,10 @@ const STORE_BATCH_EVENTS: usize = 5000;
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the job store's file size is read.
 const STORE_SIZE_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a failing job store is reopened and its held events retried.
+const STORE_RETRY_INTERVAL: Duration = Duration::from_secs(3);
+/// Most events held in memory while the store cannot write; beyond, the oldest go.
+const STORE_HOLD_MAX: usize = 100_000;
 
 impl Manager<'_> {
     fn serve(&mut self, control: &Control) -> Result<()> {
@@ -335,7 +352,11 @@ impl Manager<'_> {
             if last_expire.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                 let cutoff =
                     now_ms().saturating_sub(self.config.job_retention.saturating_mul(1000));
-                match self.store.expire(cutoff) {
+                let expired = match &self.store {
+                    Some(store) if self.failing.is_none() => store.expire(cutoff),
+                    _ => Ok(0),
+                };
+                match expired {
                     Ok(0) => {}
                     Ok(n) => info!(self.log, "expired old jobs from the job store"; "jobs" => n),
                     Err(e) => {
@@ -344,6 +365,13 @@ impl Manager<'_> {
                 }
                 self.enforce_store_cap();
                 last_expire = Some(Instant::now());
+            }
+            if self
+                .failing
+                .as_ref()
+                .is_some_and(|(_, t)| t.elapsed() >= STORE_RETRY_INTERVAL)
+            {
+                self.retry_store();
             }
             if !self.events.is_empty() {
                 let since = *self.events_since.get_or_insert(round);
@@ -366,7 +394,13 @@ impl Manager<'_> {
         self.drain(Self::on_result_subscription, |s| &s.results);
         self.drain(Self::on_sink, |s| &s.sink);
         self.write_events();
-        if let Err(e) = self.store.flush() {
+        if self.failing.is_some() {
+            self.retry_store();
+        }
+        if let Some((why, _)) = &self.failing {
+            error!(self.log, "stopping with job store events unwritten: they are lost";
+                "events" => self.held.len(), "error" => why);
+        } else if let Some(Err(e)) = self.store.as_ref().map(JobStore::flush) {
             error!(self.log, "cannot flush the job store"; "error" => format!("{e:#}"));
         }
         Ok(())
@@ -380,16 +414,122 @@ impl Manager<'_> {
             return;
         }
         let since = since.unwrap_or_else(Instant::now);
-        match self.store.apply(&self.events) {
-            Ok(()) => self.unwritten_since = None,
+        let written = match (&self.store, &self.failing) {
+            (Some(store), None) => store.apply(&self.events),
+            // Failing: held until the store is reopened (retry_store).
+            _ => {
+                let events = std::mem::take(&mut self.events);
+                self.hold(events);
+                return;
+            }
+        };
+        match written {
+            Ok(()) => {
+                self.unwritten_since = None;
+                self.events.clear();
+            }
             Err(e) => {
-                // The results still went to the client; only the record is incomplete.
-                error!(self.log, "cannot write to the job store"; "events" => self.events.len(),
-                    "error" => format!("{e:#}"));
+                // The results still went to the client; the record is held
+                // in memory until the store can write again (a full disk).
                 self.unwritten_since.get_or_insert(since);
+                let events = std::mem::take(&mut self.events);
+                self.hold(events);
+                let why = format!("{e:#}");
+                error!(self.log, "job store cannot write; holding results in memory; will retry";
+                    "error" => &why, "events" => self.held.len(),
+                    "retry_s" => STORE_RETRY_INTERVAL.as_secs());
+                self.failing = Some((why, Instant::now()));
             }
         }
-        self.events.clear();
+    }
+
+    /// Keep unwritten events, the oldest dropped beyond STORE_HOLD_MAX.
+    fn hold(&mut self, events: Vec<StoreEvent>) {
+        self.held.extend(events);
+        let over = self.held.len().saturating_sub(STORE_HOLD_MAX);
+        if over > 0 {
+            self.held.drain(..over);
+            if self.held_dropped == 0 {
+                error!(self.log, "job store still cannot write: dropping the oldest held results";
+                    "held_max" => STORE_HOLD_MAX);
+            }
+            self.held_dropped += over as u64;
+        }
+    }
+
+    /// The store failed to write: close it (redb refuses every write after an
+    /// I/O error until reopened), reopen it and write what was held. Quiet
+    /// while it still fails; logs once when it recovers.
+    fn retry_store(&mut self) {
+        // Dropping it first releases the file's lock; its final flush may fail.
+        self.store = None;
+        let store = match JobStore::open_recovering(&self.store_path) {
+            Ok((store, note)) => {
+                if let Some(n) = note {
+                    error!(self.log, "job store damaged"; "error" => &n);
+                    self.store_warning = Some(n);
+                }
+                store
+            }
+            Err(e) => {
+                debug!(self.log, "job store still cannot be reopened"; "error" => format!("{e:#}"));
+                self.failing = self.failing.take().map(|(w, _)| (w, Instant::now()));
+                return;
+            }
+        };
+        self.held.extend(std::mem::take(&mut self.events));
+        self.events_since = None;
+        let held: Vec<StoreEvent> = self.held.drain(..).collect();
+        let mut failed = None;
+        for (i, chunk) in held.chunks(STORE_BATCH_EVENTS).enumerate() {
+            if let Err(e) = store.apply(chunk) {
+                failed = Some((i * STORE_BATCH_EVENTS, format!("{e:#}")));
+                break;
+            }
+        }
+        self.store = Some(store);
+        match failed {
+            Some((done, why)) => {
+                debug!(self.log, "job store still cannot write"; "error" => &why);
+                self.held.extend(held.into_iter().skip(done));
+                self.failing = Some((why, Instant::now()));
+            }
+            None => {
+                info!(self.log, "job store writes again: held results written";
+                    "events" => held.len(), "dropped" => self.held_dropped);
+                self.failing = None;
+                self.held_dropped = 0;
+                self.unwritten_since = None;
+            }
+        }
+    }
+
+    /// The store for a read, or why there is none (it failed and is being reopened).
+    fn readable_store(&self) -> Result<&JobStore, String> {
+        self.store.as_ref().ok_or_else(|| {
+            let why = self.failing.as_ref().map_or("", |(w, _)| w.as_str());
+            format!("the job store is unavailable ({why}); service-mgrd retries every {} s: free space in state_dir",
+                STORE_RETRY_INTERVAL.as_secs())
+        })
+    }
+
+    /// What `manager.status` says of the job store, if anything is wrong.
+    fn store_status(&self) -> Option<String> {
+        let failing = self.failing.as_ref().map(|(why, _)| {
+            let mut s = format!(
+                "job store cannot write: {why}; holding {} job events in memory; retrying every {} s",
+                self.held.len(),
+                STORE_RETRY_INTERVAL.as_secs()
+            );
+            if self.held_dropped > 0 {
+                s.push_str(&format!("; {} dropped (the hold is full)", self.held_dropped));
+            }
+            s
+        });
+        match (failing, &self.store_warning) {
+            (Some(f), Some(w)) => Some(format!("{f}; {w}")),
+            (f, w) => f.or_else(|| w.clone()),
+        }
     }
 
     /// Remove the oldest jobs while the store is over `job_store_max_mb`.
@@ -398,7 +538,10 @@ impl Manager<'_> {
         if max_mb == 0 {
             return;
         }
-        match self.store.trim_to(max_mb.saturating_mul(1 << 20)) {
+        let Some(store) = self.store.as_ref().filter(|_| self.failing.is_none()) else {
+            return;
+        };
+        match store.trim_to(max_mb.saturating_mul(1 << 20)) {
             Ok(0) => {}
             Ok(n) => warn!(self.log, "job store over its size cap: removed the oldest jobs";
                 "jobs" => n, "job_store_max_mb" => max_mb),
@@ -422,7 +565,7 @@ impl Manager<'_> {
         let oldest = [
             self.unwritten_since,
             self.events_since,
-            self.store.unsynced_since(),
+            self.store.as_ref().and_then(JobStore::unsynced_since),
         ]
         .into_iter()
         .flatten()
@@ -430,9 +573,12 @@ impl Manager<'_> {
         self.metrics
             .job_store_lag(oldest.map_or(Duration::ZERO, |t| t.elapsed()));
         if size {
-            match self.store.size_bytes() {
-                Ok(bytes) => self.metrics.job_store_bytes(bytes),
-                Err(e) => debug!(self.log, "cannot read the job store's size"; "error" => %e),
+            match self.store.as_ref().map(JobStore::size_bytes) {
+                None => {}
+                Some(Ok(bytes)) => self.metrics.job_store_bytes(bytes),
+                Some(Err(e)) => {
+                    debug!(self.log, "cannot read the job store's size"; "error" => %e)
+                }
             }
         }
     }
