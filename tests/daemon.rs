@@ -286,15 +286,7 @@ fn c_sigterm_agent_keeps_heartbeating_until_its_command_finishes() {
         accept_agent_key(&mgr, "n1");
         // Lost after three missed heartbeats (3 s), before the 4 s command ends.
         let mut a = agent(&mgr, "n1", &fake, &["-O", "heartbeat_interval=1"]);
-        let client = Client::new(&mgr)
-            .nodes("n1")
-            .cmd("restart")
-            .service("snooze-svc")
-            .wait("30")
-            .spawn();
-        wait_for(10, "the agent to start the command", || {
-            (!calls(dir.path()).is_empty()).then_some(())
-        });
+        let client = busy_agent(&mgr, dir.path(), "n1", "snooze-svc", "30");
         unsafe { libc::kill(a.pid(), libc::SIGTERM) };
         wait_for(10, "the agent to start stopping", || {
             a.log_text().contains("stopping").then_some(())
@@ -340,15 +332,7 @@ fn c_sigterm_agent_answers_interrupted_for_what_outlives_stop_timeout() {
         let mgr = manager(&[]);
         accept_agent_key(&mgr, "n1");
         let mut a = agent(&mgr, "n1", &fake, &["-O", "stop_timeout=1"]);
-        let client = Client::new(&mgr)
-            .nodes("n1")
-            .cmd("restart")
-            .service("slow-svc")
-            .wait("40")
-            .spawn();
-        wait_for(10, "the agent to start the command", || {
-            (!calls(dir.path()).is_empty()).then_some(())
-        });
+        let client = busy_agent(&mgr, dir.path(), "n1", "slow-svc", "40");
         let stopped = Instant::now();
         unsafe { libc::kill(a.pid(), libc::SIGTERM) };
         let st = a.wait_exit(20).expect("the agent did not exit");
@@ -390,15 +374,7 @@ fn c_second_sigterm_stops_the_agent_at_once_answering_interrupted() {
         let mgr = manager(&[]);
         accept_agent_key(&mgr, "n1");
         let mut a = agent(&mgr, "n1", &fake, &[]);
-        let client = Client::new(&mgr)
-            .nodes("n1")
-            .cmd("restart")
-            .service("slow-svc")
-            .wait("40")
-            .spawn();
-        wait_for(10, "the agent to start the command", || {
-            (!calls(dir.path()).is_empty()).then_some(())
-        });
+        let client = busy_agent(&mgr, dir.path(), "n1", "slow-svc", "40");
         unsafe { libc::kill(a.pid(), libc::SIGTERM) };
         wait_for(10, "the agent to start stopping", || {
             a.log_text().contains("stopping").then_some(())

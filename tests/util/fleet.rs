@@ -2,8 +2,8 @@
 //! agents admitted to it, and waits on what the manager reports.
 
 use super::{
-    client::Client, count_lines, mgmt, pki::toml_str, spawn_ready, wait_for, Pki, Proc, ALLOW_ALL,
-    LOOPBACK,
+    calls, client::Client, count_lines, mgmt, pki::toml_str, spawn_ready, wait_for, Pki, Proc,
+    Running, ALLOW_ALL, LOOPBACK,
 };
 use serde_json::Value;
 use std::path::Path;
@@ -261,4 +261,20 @@ pub fn assert_serves(mgr: &mut Proc, node: &str, after: &str) {
     );
     assert_eq!(r["result"]["stdout"], "probe status ok\n", "{doc}");
     assert_eq!(out.status.code(), Some(0), "{doc}");
+}
+
+/// A client asking `node` (an agent of `mgr` running the fake service in
+/// `dir`) to restart `service`, waiting up to `wait` seconds; returns once
+/// the agent runs the command, for tests that then stop or signal it.
+pub fn busy_agent(mgr: &Proc, dir: &Path, node: &str, service: &str, wait: &str) -> Running {
+    let client = Client::new(mgr)
+        .nodes(node)
+        .cmd("restart")
+        .service(service)
+        .wait(wait)
+        .spawn();
+    wait_for(10, "the agent to start the command", || {
+        (!calls(dir).is_empty()).then_some(())
+    });
+    client
 }
