@@ -126,6 +126,11 @@ pub struct ClientArgs {
     /// SERVICE_MGR_KEY=none, requests go unsigned].
     #[arg(short = 'k', long = "key", value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// The manager's public key, pinned (a manager.key.pub file or its line; `plaintext` for a
+    /// 0.1 or allow_unsigned manager) [default: $SERVICE_MGR_MANAGER_KEY, else
+    /// ~/.config/service-mgr/manager.key.pub, else that of a manager on this host].
+    #[arg(long = "manager-key", value_name = "FILE|LINE")]
+    pub manager_key: Option<String>,
     /// Output format [default: table on a terminal; when piped, legacy as
     /// service-mgr-client (0.1's output) and json as service-mgr client].
     #[arg(long, value_enum)]
@@ -224,6 +229,8 @@ pub struct Request {
     /// The client's key: requests are signed with it and results sealed to it.
     /// Without one the request goes unsigned (served only by 0.1-compatible managers).
     pub key: Option<std::sync::Arc<KeyPair>>,
+    /// How we reach the manager: CURVE to its pinned key, or plaintext.
+    pub wire: transport::Wire,
 }
 
 /// Sign a request with the client's key: a fresh id and time, our key line.
@@ -449,7 +456,7 @@ pub fn follow(
 pub fn plan(ctx: &zmq::Context, req: &Request, asked: &str) -> Result<Vec<String>> {
     // A 0.1 manager would run the dry run as a real request on every agent
     // of the topic: recognise it first by a harmless question (issue 15).
-    if manager_is_01(ctx, &req.endpoint, req.timeout, req.retries)? {
+    if manager_is_01(ctx, &req.endpoint, &req.wire, req.timeout, req.retries)? {
         bail!(
             "{asked} needs a service-mgr 0.2 manager: the manager at {} is 0.1, which cannot \
              address single nodes and would send the request to every agent of topic {:?}; \
@@ -468,6 +475,7 @@ pub fn plan(ctx: &zmq::Context, req: &Request, asked: &str) -> Result<Vec<String
     let reply = transport::request(
         ctx,
         &req.endpoint,
+        &req.wire,
         &p::encode(&dry),
         req.timeout,
         req.retries,
@@ -484,6 +492,7 @@ pub fn plan(ctx: &zmq::Context, req: &Request, asked: &str) -> Result<Vec<String
 pub fn manager_is_01(
     ctx: &zmq::Context,
     endpoint: &str,
+    wire: &transport::Wire,
     timeout: Duration,
     retries: u32,
 ) -> Result<bool> {
@@ -492,7 +501,11 @@ pub fn manager_is_01(
         p::PROTOCOL_VERSION,
         "0".repeat(32)
     );
-    let reply = transport::request(ctx, endpoint, probe.as_bytes(), timeout, retries)?;
+    // A 0.1 manager speaks plaintext: over CURVE the manager is ours.
+    if wire.is_curve() {
+        return Ok(false);
+    }
+    let reply = transport::request(ctx, endpoint, wire, probe.as_bytes(), timeout, retries)?;
     Ok(serde_json::from_slice::<Accepted>(&reply).is_ok_and(|a| a.v.is_none()))
 }
 
@@ -507,7 +520,14 @@ fn exchange(
     let started = Instant::now();
     let host = transport::endpoint_host(&req.endpoint)
         .with_context(|| format!("endpoint {} is not tcp://HOST:PORT", req.endpoint))?;
-    let reply = transport::request(ctx, &req.endpoint, payload, req.timeout, req.retries)?;
+    let reply = transport::request(
+        ctx,
+        &req.endpoint,
+        &req.wire,
+        payload,
+        req.timeout,
+        req.retries,
+    )?;
     let accepted = match FrontendReply::decode(&reply)? {
         FrontendReply::Record(r) => return Ok(from_record(*r, req.key.as_deref(), started)),
         FrontendReply::Refused(e) => bail!("the manager refused the request: {}", e.msg),
@@ -517,6 +537,7 @@ fn exchange(
         "expected" => ?accepted.expected, "unregistered" => ?accepted.unregistered);
 
     let sub = transport::socket(ctx, zmq::SUB)?;
+    req.wire.apply(&sub)?;
     sub.set_maxmsgsize(p::RESULT_LIMIT as i64)?;
     sub.set_subscribe(accepted.uuid.as_bytes())?;
     transport::connect(
@@ -646,7 +667,14 @@ fn refollow(
     mut subscribe: impl FnMut(u16) -> Result<()>,
 ) -> Result<Vec<Map<String, Value>>> {
     let payload = p::encode(&FollowRequest::new(uuid));
-    let reply = match transport::request(ctx, &req.endpoint, &payload, req.timeout.min(left), 1) {
+    let reply = match transport::request(
+        ctx,
+        &req.endpoint,
+        &req.wire,
+        &payload,
+        req.timeout.min(left),
+        1,
+    ) {
         Ok(r) => r,
         Err(e) => {
             debug!(log, "the manager did not answer about the job"; "error" => format!("{e:#}"));
@@ -866,6 +894,9 @@ pub fn run(a: &ClientArgs, legacy_name: bool) -> Result<Exit> {
     );
     request.nodes = a.nodes.clone();
     request.glob = a.glob.clone();
+    let key = crate::config::load_client_key(a.key.as_deref())?;
+    let manager = crate::config::pin::manager_key(a.manager_key.as_deref(), &a.endpoint)?;
+    let wire = manager.wire(key.as_deref())?;
     let mut req = Request {
         endpoint: a.endpoint.clone(),
         request,
@@ -873,7 +904,8 @@ pub fn run(a: &ClientArgs, legacy_name: bool) -> Result<Exit> {
         retries: a.retries,
         timeout: Duration::from_millis(a.timeout),
         expect: None,
-        key: crate::config::load_client_key(a.key.as_deref())?,
+        key,
+        wire,
     };
     let ctx = zmq::Context::new();
     let started = Instant::now();

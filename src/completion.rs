@@ -71,17 +71,19 @@ fn nodes(l: &Line) -> Result<Vec<String>> {
             .max(Duration::from_millis(1))
     };
     let ctx = zmq::Context::new();
-    if crate::client::manager_is_01(&ctx, &l.endpoint, left(), 1)? {
+    let key = load_client_key(l.key.as_deref()).ok().flatten();
+    let wire = crate::config::pin::manager_key(None, &l.endpoint)?.wire(key.as_deref())?;
+    if crate::client::manager_is_01(&ctx, &l.endpoint, &wire, left(), 1)? {
         bail!("a 0.1 manager cannot say which nodes it knows");
     }
     let mut dry = ServiceRequest::new("status", "service-mgr-completion", "any");
     dry.dry_run = true;
     // Without a usable key the request goes unsigned; a manager that serves
     // signed requests only then refuses it and nothing is offered.
-    if let Ok(Some(key)) = load_client_key(l.key.as_deref()) {
-        sign(&mut dry, &key);
+    if let Some(key) = &key {
+        sign(&mut dry, key);
     }
-    let reply = transport::request(&ctx, &l.endpoint, &p::encode(&dry), left(), 1)?;
+    let reply = transport::request(&ctx, &l.endpoint, &wire, &p::encode(&dry), left(), 1)?;
     Ok(serde_json::from_slice::<Accepted>(&reply)?
         .expected
         .unwrap_or_default())

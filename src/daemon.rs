@@ -108,7 +108,11 @@ pub fn run(daemon: Daemon) -> Result<Exit> {
             &MANAGER_ROLE,
             &a.opts,
             &[],
-            |cfg: &ManagerConfig| cfg.mgmt_endpoint.clone(),
+            |cfg: &ManagerConfig| MgmtOf {
+                endpoint: cfg.mgmt_endpoint.clone(),
+                key_file: cfg.key_file(),
+                plaintext: cfg.allow_unsigned,
+            },
             |cfg, control, log, ready| manager::run(cfg, control, log, ready),
         ),
         Daemon::Agent(a) => {
@@ -125,7 +129,11 @@ pub fn run(daemon: Daemon) -> Result<Exit> {
                 &AGENT_ROLE,
                 &a.opts,
                 &extra,
-                |cfg: &AgentConfig| cfg.mgmt_endpoint.clone(),
+                |cfg: &AgentConfig| MgmtOf {
+                    endpoint: cfg.mgmt_endpoint.clone(),
+                    key_file: cfg.key_file(),
+                    plaintext: cfg.allow_unsigned,
+                },
                 |cfg, control, log, ready| match simulate {
                     Some(n) => agent::simulate::run(cfg, n, &prefix, control, log, ready),
                     None => agent::run(cfg, control, log, ready),
@@ -133,6 +141,15 @@ pub fn run(daemon: Daemon) -> Result<Exit> {
             )
         }
     }
+}
+
+/// Where a daemon's management socket is and how it is secured, from its config.
+struct MgmtOf {
+    endpoint: String,
+    /// The daemon's own key: its public half is the socket's CURVE key.
+    key_file: PathBuf,
+    /// allow_unsigned: the socket speaks plaintext, as 0.1's did.
+    plaintext: bool,
 }
 
 /// The role-specific parts of starting a daemon.
@@ -167,7 +184,7 @@ fn serve<C>(
     role: &Role,
     o: &ServerOpts,
     extra_overrides: &[String],
-    mgmt_endpoint: impl Fn(&C) -> String,
+    mgmt_of: impl Fn(&C) -> MgmtOf,
     body: impl FnOnce(&C, &Control, &slog::Logger, OnReady) -> Result<()>,
 ) -> Result<Exit>
 where
@@ -181,10 +198,11 @@ where
     overrides.extend_from_slice(extra_overrides);
     let cfg: C = config::load_with(&path, explicit, &overrides)?;
     if o.action != Action::Start {
+        let of = mgmt_of(&cfg);
         let endpoint = match &o.endpoint {
             Some(e) => e.clone(),
             None => local_endpoint(
-                &mgmt_endpoint(&cfg),
+                &of.endpoint,
                 &config::default_endpoint("localhost", role.mgmt_port),
             ),
         };
@@ -194,8 +212,16 @@ where
             role.status_cmd
         };
         let key = config::load_client_key(o.key.as_deref())?;
+        let wire = mgmt::wire(
+            mgmt::Daemon::of(cmd),
+            &endpoint,
+            of.plaintext.then_some(config::pin::PLAINTEXT),
+            &of.key_file,
+            key.as_deref(),
+        )?;
         let ok = mgmt::run_and_print(
             &endpoint,
+            &wire,
             cmd,
             Duration::from_millis(1000),
             3,

@@ -90,6 +90,7 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
         manager_endpoint: ep("backend_endpoint"),
         sink_endpoint: ep("sink_endpoint"),
         mgmt_endpoint: loopback,
+        manager_key: Some(dir.join("state/manager.key.pub").display().to_string()),
         node: Some(node.clone()),
         key_file: Some(dir.join("agent.key")),
         authorized_clients: Some(dir.join("client.key.pub")),
@@ -107,12 +108,25 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
     let (astop, athread) = spawn(&aready, log, move |c, l, r| agent::run(&acfg, c, l, r))?;
     let result = (|| {
         wait_ready(&aready, &athread)?;
-        wait_registered(&ep("mgmt_endpoint"), &node)?;
+        // The demo reads its manager's management socket as the manager itself.
+        let own = KeyPair::load(&dir.join("state/manager.key"))?;
+        let manager: crate::security::PublicKey = own.public().clone();
+        wait_registered(
+            &ep("mgmt_endpoint"),
+            &crate::transport::Wire::curve(&own, &manager),
+            &node,
+        )?;
         eprintln!(
             "demo: manager at {}, agent {node:?}; asking for `{} {service}` ...",
             ep("frontend_endpoint"),
             args.cmd
         );
+        // The manager's key, as it wrote it: the demo's client pins it.
+        let manager: crate::security::PublicKey = m["manager_key"]
+            .as_str()
+            .unwrap_or_default()
+            .parse()
+            .context("the demo manager did not say its key")?;
         let req = client::Request {
             endpoint: ep("frontend_endpoint"),
             request: crate::protocol::ServiceRequest::new(&args.cmd, service, &node),
@@ -120,6 +134,7 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
             retries: 3,
             timeout: Duration::from_secs(1),
             expect: Some(vec![node.clone()]),
+            wire: crate::transport::Wire::curve(&client_key, &manager),
             key: Some(client_key.clone()),
         };
         let ctx = zmq::Context::new();
@@ -236,11 +251,12 @@ fn wait_ready(path: &Path, thread: &thread::JoinHandle<Result<()>>) -> Result<Va
 }
 
 /// The manager dispatches only to agents it knows; wait until ours said hello.
-fn wait_registered(mgmt_endpoint: &str, node: &str) -> Result<()> {
+fn wait_registered(mgmt_endpoint: &str, wire: &crate::transport::Wire, node: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         let agents = mgmt::call_cmd(
             mgmt_endpoint,
+            wire,
             crate::protocol::MANAGER_AGENTS,
             Duration::from_secs(1),
             1,

@@ -46,6 +46,11 @@ pub struct MgmtArgs {
     /// Client key to sign commands that change something (shutdown) [default: as the client's].
     #[arg(short = 'k', long = "key", value_name = "FILE")]
     pub key: Option<PathBuf>,
+    /// The daemon's public key, pinned: for the manager as the client's --manager-key; for an
+    /// agent its agent.key.pub (file or line) [default: the key_file of the local config];
+    /// `plaintext` for a 0.1 or allow_unsigned daemon.
+    #[arg(long = "server-key", value_name = "FILE|LINE")]
+    pub server_key: Option<String>,
     /// keys: the manager's key store [default: keys in the manager's state_dir].
     #[arg(long, value_name = "DIR")]
     pub keys_dir: Option<PathBuf>,
@@ -85,18 +90,91 @@ fn signed(cmd: &str) -> bool {
     cmd.ends_with(".shutdown")
 }
 
+/// Whose management socket a command goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Daemon {
+    Manager,
+    Agent,
+}
+
+impl Daemon {
+    pub fn of(cmd: &str) -> Daemon {
+        if cmd.starts_with("agent.") {
+            Daemon::Agent
+        } else {
+            Daemon::Manager
+        }
+    }
+}
+
+/// How to reach a daemon's management socket: CURVE to its pinned key
+/// (`server_key`, else the local config's), proving the daemon's own key when
+/// we can read it (root or the daemon's user on its host), else `client`'s.
+pub fn wire(
+    daemon: Daemon,
+    endpoint: &str,
+    server_key: Option<&str>,
+    own_key_file: &std::path::Path,
+    client: Option<&KeyPair>,
+) -> Result<transport::Wire> {
+    let server = match (daemon, server_key.map(str::trim)) {
+        (_, Some(config::pin::PLAINTEXT)) => return Ok(transport::Wire::Plain),
+        (Daemon::Manager, setting) => match config::pin::manager_key(setting, endpoint)? {
+            config::pin::ManagerKey::Plaintext => return Ok(transport::Wire::Plain),
+            config::pin::ManagerKey::Pinned { key, .. } => key,
+        },
+        (Daemon::Agent, Some(line)) if line.starts_with(security::KEY_PREFIX) => line
+            .parse()
+            .context("--server-key is not a key line (smgr1 agent NAME KEY)")?,
+        (Daemon::Agent, setting) => {
+            let file = match setting {
+                Some(path) => PathBuf::from(path),
+                None => own_key_file.with_extension("key.pub"),
+            };
+            let text = std::fs::read_to_string(&file).with_context(|| {
+                format!(
+                    "no key for the agent at {endpoint}: cannot read {}; pass --server-key with the \
+                     agent's agent.key.pub (or `plaintext` for a 0.1 agent)",
+                    file.display()
+                )
+            })?;
+            text.trim()
+                .parse()
+                .with_context(|| format!("{} is not a key line", file.display()))?
+        }
+    };
+    let own = KeyPair::load(own_key_file).ok();
+    let ours = own.as_ref().or(client);
+    Ok(match ours {
+        Some(k) => transport::Wire::curve(k, &server),
+        None => transport::Wire::curve(&KeyPair::generate(Role::Client, "anonymous")?, &server),
+    })
+}
+
 /// Send one management request and return the reply. A reply that is not
 /// ours is kept as raw JSON so that a 0.1 peer's answer still prints.
-pub fn call(endpoint: &str, req: &MgmtRequest, timeout: Duration, retries: u32) -> Result<Value> {
+pub fn call(
+    endpoint: &str,
+    wire: &transport::Wire,
+    req: &MgmtRequest,
+    timeout: Duration,
+    retries: u32,
+) -> Result<Value> {
     let ctx = zmq::Context::new();
-    let reply = transport::request(&ctx, endpoint, &p::encode(req), timeout, retries)?;
+    let reply = transport::request(&ctx, endpoint, wire, &p::encode(req), timeout, retries)?;
     serde_json::from_slice(&reply)
         .with_context(|| format!("the answer from {endpoint} is not JSON"))
 }
 
 /// An unsigned request for `cmd`.
-pub fn call_cmd(endpoint: &str, cmd: &str, timeout: Duration, retries: u32) -> Result<Value> {
-    call(endpoint, &MgmtRequest::new(cmd), timeout, retries)
+pub fn call_cmd(
+    endpoint: &str,
+    wire: &transport::Wire,
+    cmd: &str,
+    timeout: Duration,
+    retries: u32,
+) -> Result<Value> {
+    call(endpoint, wire, &MgmtRequest::new(cmd), timeout, retries)
 }
 
 /// A request for `cmd`, signed with `key` when the command needs it.
@@ -118,6 +196,7 @@ pub fn request(cmd: &str, key: Option<&KeyPair>, node: Option<&str>) -> MgmtRequ
 /// its node name, which it tells us first.
 fn prepare(
     endpoint: &str,
+    wire: &transport::Wire,
     cmd: &str,
     key: Option<&KeyPair>,
     timeout: Duration,
@@ -127,6 +206,7 @@ fn prepare(
         (p::AGENT_SHUTDOWN, Some(_)) => {
             let status = call(
                 endpoint,
+                wire,
                 &MgmtRequest::new(p::AGENT_STATUS),
                 timeout,
                 retries,
@@ -146,6 +226,7 @@ pub fn succeeded(reply: &Value) -> bool {
 /// Run a management command and print the reply as 0.1 did; true on success.
 pub fn run_and_print(
     endpoint: &str,
+    wire: &transport::Wire,
     cmd: &str,
     timeout: Duration,
     retries: u32,
@@ -153,7 +234,8 @@ pub fn run_and_print(
 ) -> Result<bool> {
     let reply = call(
         endpoint,
-        &prepare(endpoint, cmd, key, timeout, retries)?,
+        wire,
+        &prepare(endpoint, wire, cmd, key, timeout, retries)?,
         timeout,
         retries,
     )?;
@@ -193,7 +275,23 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
     };
     let key = config::load_client_key(a.key.as_deref())?;
     let timeout = Duration::from_millis(a.timeout);
-    let mut req = prepare(&a.endpoint, cmd, key.as_deref(), timeout, a.retries)?;
+    let daemon = Daemon::of(cmd);
+    let own_key_file = match daemon {
+        Daemon::Manager => manager_config(a)?.key_file(),
+        Daemon::Agent => config::load::<config::AgentConfig>(
+            std::path::Path::new(config::AGENT_CONFIG),
+            false,
+        )?
+        .key_file(),
+    };
+    let wire = wire(
+        daemon,
+        &a.endpoint,
+        a.server_key.as_deref(),
+        &own_key_file,
+        key.as_deref(),
+    )?;
+    let mut req = prepare(&a.endpoint, &wire, cmd, key.as_deref(), timeout, a.retries)?;
     if cmd == p::MANAGER_JOB {
         let Some(id) = a.args.first() else {
             eprintln!("service-mgr: usage: service-mgr mgmt job ID");
@@ -201,7 +299,7 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
         };
         req.uuid = Some(id.clone());
     }
-    let mut reply = call(&a.endpoint, &req, timeout, a.retries)?;
+    let mut reply = call(&a.endpoint, &wire, &req, timeout, a.retries)?;
     let mut view = view;
     // The short names mean the manager's commands; an agent's endpoint
     // (ours or 0.1's) refuses them as unknown, having run nothing: ask again
@@ -212,8 +310,15 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
         _ => None,
     };
     if let (true, Some(agent_cmd)) = (short && unknown_command(&reply), agent_cmd) {
-        let req = prepare(&a.endpoint, agent_cmd, key.as_deref(), timeout, a.retries)?;
-        let again = call(&a.endpoint, &req, timeout, a.retries)?;
+        let req = prepare(
+            &a.endpoint,
+            &wire,
+            agent_cmd,
+            key.as_deref(),
+            timeout,
+            a.retries,
+        )?;
+        let again = call(&a.endpoint, &wire, &req, timeout, a.retries)?;
         if !unknown_command(&again) {
             reply = again;
             view = view.filter(|_| agent_cmd == p::AGENT_STATUS);
@@ -225,7 +330,14 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
     if let (true, MgmtFormat::Table, Some(View::Job), Some(key)) =
         (ok, format, view, key.as_deref())
     {
-        open_results(&mut reply["result"], key, &a.endpoint, timeout, a.retries);
+        open_results(
+            &mut reply["result"],
+            key,
+            &a.endpoint,
+            &wire,
+            timeout,
+            a.retries,
+        );
     }
     match (format, view) {
         (MgmtFormat::Table, Some(view)) if ok => {
@@ -242,7 +354,7 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
     }
     if !ok && unknown_command(&reply) && cmd.starts_with("manager.") {
         // 0.1's manager knows two commands and says only "Uknown management command".
-        let status = call_cmd(&a.endpoint, p::MANAGER_STATUS, timeout, a.retries);
+        let status = call_cmd(&a.endpoint, &wire, p::MANAGER_STATUS, timeout, a.retries);
         if status.is_ok_and(|s| succeeded(&s) && s["result"].get("version").is_none()) {
             eprintln!(
                 "service-mgr: {} is a service-mgr 0.1 manager, which does not know {cmd}; \
@@ -261,8 +373,15 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
 /// that client's key, open them, checked against the agent keys the manager
 /// lists as a client checks them, so that the job shows what ran (issue 15:
 /// SYSTEM, RC and TIME were `-`). What does not open or verify stays as stored.
-fn open_results(job: &mut Value, key: &KeyPair, endpoint: &str, timeout: Duration, retries: u32) {
-    let Ok(agents) = call_cmd(endpoint, p::MANAGER_AGENTS, timeout, retries) else {
+fn open_results(
+    job: &mut Value,
+    key: &KeyPair,
+    endpoint: &str,
+    wire: &transport::Wire,
+    timeout: Duration,
+    retries: u32,
+) {
+    let Ok(agents) = call_cmd(endpoint, wire, p::MANAGER_AGENTS, timeout, retries) else {
         return;
     };
     let agent_keys = agents["result"]
@@ -352,18 +471,19 @@ fn render(view: View, result: &Value, now_ms: u64, style: Style) -> String {
 
 /// `mgmt keys list|accept|reject|delete|import`: the manager's key store, edited
 /// in place on the manager's host (the manager notices within a second).
+/// The manager's config as `-f` (or the default file) says.
+fn manager_config(a: &MgmtArgs) -> Result<ManagerConfig> {
+    let (path, explicit) = match &a.config {
+        Some(p) => (p.clone(), true),
+        None => (PathBuf::from(config::MANAGER_CONFIG), false),
+    };
+    config::load::<ManagerConfig>(&path, explicit)
+}
+
 fn keys(a: &MgmtArgs) -> Result<Exit> {
     let dir = match &a.keys_dir {
         Some(d) => d.clone(),
-        None => {
-            let (path, explicit) = match &a.config {
-                Some(p) => (p.clone(), true),
-                None => (PathBuf::from(config::MANAGER_CONFIG), false),
-            };
-            config::load::<ManagerConfig>(&path, explicit)?
-                .state_dir()
-                .join("keys")
-        }
+        None => manager_config(a)?.state_dir().join("keys"),
     };
     let op = a.args.first().map(String::as_str).unwrap_or("list");
     // Listing writes nothing, so it works where the store is not ours to write.

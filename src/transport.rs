@@ -14,6 +14,71 @@ pub fn socket(ctx: &zmq::Context, kind: zmq::SocketType) -> Result<zmq::Socket> 
     Ok(s)
 }
 
+/// How a socket that connects secures its connection.
+#[derive(Clone)]
+pub enum Wire {
+    /// No encryption, no authentication (ZMTP NULL): 0.1 peers only, by the
+    /// explicit choice `allow_unsigned` / `manager_key = "plaintext"`.
+    Plain,
+    /// CurveZMQ: we prove our key and talk only to the holder of `server`
+    /// (the handshake fails against anyone else, so a fake manager gets nothing).
+    Curve {
+        public: [u8; 32],
+        secret: [u8; 32],
+        server: [u8; 32],
+    },
+}
+
+impl std::fmt::Debug for Wire {
+    /// Never prints the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Wire::Plain => "Wire::Plain",
+            Wire::Curve { .. } => "Wire::Curve",
+        })
+    }
+}
+
+impl Wire {
+    /// CURVE to the holder of `server`, proving `ours`.
+    pub fn curve(ours: &crate::security::KeyPair, server: &crate::security::PublicKey) -> Wire {
+        Wire::Curve {
+            public: ours.public().curve_key(),
+            secret: ours.curve_secret(),
+            server: server.curve_key(),
+        }
+    }
+
+    /// Set the socket's mechanism; call before `connect`.
+    pub fn apply(&self, s: &zmq::Socket) -> Result<()> {
+        if let Wire::Curve {
+            public,
+            secret,
+            server,
+        } = self
+        {
+            s.set_curve_serverkey(server)?;
+            s.set_curve_publickey(public)?;
+            s.set_curve_secretkey(secret)?;
+        }
+        Ok(())
+    }
+
+    pub fn is_curve(&self) -> bool {
+        matches!(self, Wire::Curve { .. })
+    }
+}
+
+/// Make `s` a CURVE server holding `key`, whose peers the ZAP handler judges
+/// under `domain`; call before `bind`, after the context's ZAP handler is bound
+/// (without a handler libzmq would admit every key).
+pub fn serve_curve(s: &zmq::Socket, key: &crate::security::KeyPair, domain: &str) -> Result<()> {
+    s.set_curve_server(true)?;
+    s.set_curve_secretkey(&key.curve_secret())?;
+    s.set_zap_domain(domain)?;
+    Ok(())
+}
+
 /// Bind and return the endpoint actually bound (with the port when it was `*`).
 /// `what` names the config key, so that the error tells the user what to change.
 pub fn bind(s: &zmq::Socket, endpoint: &str, key: &str, program: &str) -> Result<String> {
@@ -80,6 +145,32 @@ pub fn try_recv(s: &zmq::Socket) -> Result<Option<Vec<Vec<u8>>>, zmq::Error> {
     }
 }
 
+/// As [`try_recv`], also giving the ZAP `User-Id` of the connection the message
+/// came on (empty on plaintext sockets): who sent it, proved by the handshake.
+/// Read from the last frame: a ROUTER's routing-id frame carries no metadata.
+pub fn try_recv_from(s: &zmq::Socket) -> Result<Option<(String, Vec<Vec<u8>>)>, zmq::Error> {
+    let mut frames = Vec::new();
+    let mut msg = zmq::Message::new();
+    loop {
+        match s.recv(&mut msg, zmq::DONTWAIT) {
+            Ok(()) => {}
+            Err(zmq::Error::EAGAIN) if frames.is_empty() => return Ok(None),
+            Err(e) => return Err(e),
+        }
+        let more = msg.get_more();
+        if !more {
+            let user = msg.gets("User-Id").unwrap_or_default().to_owned();
+            if frames.len() < MAX_FRAMES + 1 {
+                frames.push(msg.to_vec());
+            }
+            return Ok(Some((user, frames)));
+        }
+        if frames.len() < MAX_FRAMES + 1 {
+            frames.push(msg.to_vec());
+        }
+    }
+}
+
 /// `zmq::poll` that treats EINTR (a signal arrived) as "nothing ready":
 /// the caller then checks its control flags (rust-zmq #191).
 pub fn poll(items: &mut [zmq::PollItem], timeout_ms: i64) -> Result<i32> {
@@ -123,16 +214,25 @@ pub fn set_xpub_manual(s: &mut zmq::Socket) -> Result<()> {
 
 /// One request/reply round trip, retried Lazy-Pirate style: `retries` tries,
 /// each waiting `timeout`, with a fresh REQ socket per try (0.1's behaviour).
+/// On CURVE a failed handshake is told apart from silence, so that the error
+/// says whether the key or the daemon is the problem.
 pub fn request(
     ctx: &zmq::Context,
     endpoint: &str,
+    wire: &Wire,
     payload: &[u8],
     timeout: Duration,
     retries: u32,
 ) -> Result<Vec<u8>> {
     let tries = retries.max(1);
+    let mut seen = Handshake::default();
     for _ in 0..tries {
         let s = socket(ctx, zmq::REQ)?;
+        wire.apply(&s)?;
+        let monitor = match wire {
+            Wire::Curve { .. } => Some(monitor(ctx, &s)?),
+            Wire::Plain => None,
+        };
         connect(&s, endpoint, "the -e endpoint")?;
         s.send(payload, 0)?;
         let deadline = Instant::now() + timeout;
@@ -146,11 +246,63 @@ pub fn request(
                 return Ok(s.recv_bytes(0)?);
             }
         }
+        if let Some(m) = &monitor {
+            seen.read(m);
+        }
     }
-    bail!(
-        "no answer from {endpoint} after {tries} tries of {} ms; is the daemon running and is -e right?",
-        timeout.as_millis()
-    )
+    let tried = format!("{tries} tries of {} ms", timeout.as_millis());
+    match seen {
+        Handshake { refused: true, .. } => bail!(
+            "{endpoint} refused our key in the encrypted handshake ({tried}): it is not accepted \
+             there (on the manager's host: service-mgr mgmt keys list, then accept it), rejected, \
+             or not allowed on that socket"
+        ),
+        Handshake {
+            connected: true,
+            succeeded: false,
+            ..
+        } => bail!(
+            "reached {endpoint}, but the encrypted handshake never completed ({tried}): the daemon \
+             there does not hold the key we pinned for it (another or a re-keyed manager; or a 0.1 \
+             or allow_unsigned one, which needs the key setting `plaintext`)"
+        ),
+        _ => bail!(
+            "no answer from {endpoint} after {tried}; is the daemon running and is -e right?"
+        ),
+    }
+}
+
+/// What a socket monitor saw of the handshakes of one connection attempt.
+#[derive(Default)]
+struct Handshake {
+    connected: bool,
+    succeeded: bool,
+    refused: bool,
+}
+
+impl Handshake {
+    fn read(&mut self, monitor: &zmq::Socket) {
+        while let Ok(frames) = monitor.recv_multipart(zmq::DONTWAIT) {
+            let Some(event) = frames.first().and_then(|f| f.get(..2)) else {
+                continue;
+            };
+            match u16::from_ne_bytes([event[0], event[1]]) as i32 {
+                e if e == zmq::SocketEvent::CONNECTED as i32 => self.connected = true,
+                e if e == zmq::SocketEvent::HANDSHAKE_SUCCEEDED as i32 => self.succeeded = true,
+                e if e == zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32 => self.refused = true,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// A PAIR socket receiving `s`'s connection events.
+fn monitor(ctx: &zmq::Context, s: &zmq::Socket) -> Result<zmq::Socket> {
+    let endpoint = format!("inproc://monitor-{}", uuid::Uuid::new_v4().simple());
+    s.monitor(&endpoint, zmq::SocketEvent::ALL as i32)?;
+    let m = socket(ctx, zmq::PAIR)?;
+    m.connect(&endpoint)?;
+    Ok(m)
 }
 
 #[cfg(test)]

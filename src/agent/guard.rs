@@ -160,6 +160,11 @@ impl Guard {
     }
 
     /// Whether `key_id` is one of the authorized clients loaded now.
+    /// The authorized client whose CURVE key this is.
+    pub fn client_by_curve(&self, curve: &[u8; 32]) -> Option<&PublicKey> {
+        self.clients.values().find(|k| &k.curve_key() == curve)
+    }
+
     pub fn knows_client(&self, key_id: &str) -> bool {
         self.clients.contains_key(key_id)
     }

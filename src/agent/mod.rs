@@ -20,7 +20,7 @@ use crate::protocol::{
 use crate::runtime::{Control, OnReady};
 use crate::security;
 use crate::transport::{self, try_recv};
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use exec::Backend;
 use serde::Serialize;
 use serde_json::json;
@@ -125,8 +125,26 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     // for what runs (a third one exits on the spot).
     control.hurry_on_second_signal();
     let ctx = zmq::Context::new();
+    // The manager's key, pinned: the handshake fails with anyone else.
+    let manager = crate::config::pin::manager_key(
+        config.manager_key.as_deref(),
+        &config.manager_endpoint,
+    )
+    .context("the agent cannot know its manager; set manager_key")?;
+    let wire = manager.wire(Some(&guard.key))?;
+    info!(log, "manager"; "key" => manager.describe());
+    // Our management socket is a CURVE server with our key, unless we serve 0.1
+    // tools; its ZAP handler is bound first (without one libzmq admits anyone).
+    let zap = if config.allow_unsigned {
+        None
+    } else {
+        Some(crate::zap::Handler::bind(&ctx).context("cannot bind the ZAP handler")?)
+    };
     let instance = uuid::Uuid::new_v4().simple().to_string();
     let sub = transport::socket(&ctx, zmq::SUB)?;
+    wire.apply(&sub)?;
+    // Not admitted yet (key pending): libzmq retries the handshake, backing off.
+    sub.set_reconnect_ivl_max(5000)?;
     sub.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
     transport::set_heartbeats(&sub)?;
     for t in &me.topics {
@@ -140,12 +158,15 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     sub.set_subscribe(presence.as_bytes())?;
     transport::connect(&sub, &config.manager_endpoint, "manager_endpoint")?;
     let push = transport::socket(&ctx, zmq::PUSH)?;
+    wire.apply(&push)?;
+    push.set_reconnect_ivl_max(5000)?;
     push.set_sndhwm(100_000)?;
     // Results queued when we stop still reach the manager.
     push.set_linger(RESULT_LINGER_MS)?;
     transport::set_heartbeats(&push)?;
     transport::connect(&push, &config.sink_endpoint, "sink_endpoint")?;
-    let (mgmt, mgmt_endpoint) = bind_mgmt(&ctx, config)?;
+    let (mgmt, mgmt_endpoint) =
+        bind_mgmt(&ctx, config, zap.as_ref().map(|_| guard.key.as_ref()))?;
     let inbox_endpoint = format!("inproc://agent-results-{}", uuid::Uuid::new_v4().simple());
     let inbox = transport::socket(&ctx, zmq::PULL)?;
     inbox.bind(&inbox_endpoint)?;
@@ -161,6 +182,7 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
 
     let private_topic = p::private_topic(&me.node, &instance);
     let mut agent = Agent {
+        zap,
         config,
         log,
         ctx,
@@ -194,6 +216,8 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
 }
 
 struct Agent<'a> {
+    /// Judges who may open our management socket; `None` when it is plaintext.
+    zap: Option<crate::zap::Handler>,
     config: &'a AgentConfig,
     log: &'a Logger,
     ctx: zmq::Context,
@@ -269,6 +293,10 @@ impl Agent<'_> {
                 self.mgmt.as_poll_item(zmq::POLLIN),
                 self.inbox.as_poll_item(zmq::POLLIN),
                 zmq::PollItem::from_fd(control.fd(), zmq::POLLIN),
+                match &self.zap {
+                    Some(z) => z.socket().as_poll_item(zmq::POLLIN),
+                    None => zmq::PollItem::from_fd(-1, zmq::PollEvents::empty()),
+                },
             ];
             let mut wait = next_beat.saturating_duration_since(Instant::now());
             if let Some((due, _)) = self.held.borrow().front() {
@@ -279,6 +307,9 @@ impl Agent<'_> {
             }
             transport::poll(&mut items, wait.as_millis() as i64)?;
             let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
+            if ready[4] {
+                self.answer_handshakes();
+            }
             if Instant::now() >= next_beat {
                 self.announce(AnnounceKind::Heartbeat);
                 next_beat = Instant::now() + interval;
@@ -650,6 +681,35 @@ impl Agent<'_> {
         refusal(&self.me.node, uuid, cmd, why)
     }
 
+    /// ZAP for our management socket: our own key and the authorized
+    /// clients' keys may connect; what they may do is still checked per command.
+    fn answer_handshakes(&mut self) {
+        let Some(zap) = &self.zap else { return };
+        self.guard.reload_if_changed(self.log, false);
+        let own = self.guard.key.public().curve_key();
+        let guard = &self.guard;
+        let log = self.log;
+        let answered = zap.answer_waiting(|req| match &req.mechanism {
+            crate::zap::Mechanism::Curve { client_key }
+                if *client_key == own || guard.client_by_curve(client_key).is_some() =>
+            {
+                crate::zap::Verdict::Allow {
+                    user_id: crate::manager::peers::user_id(client_key),
+                }
+            }
+            _ => {
+                info!(log, "management connection refused: not an authorized client key";
+                    "address" => &req.address);
+                crate::zap::Verdict::Deny {
+                    reason: "not an authorized client key".into(),
+                }
+            }
+        });
+        if let Err(e) = answered {
+            error!(self.log, "ZAP handler failed"; "error" => %e);
+        }
+    }
+
     fn on_mgmt(&mut self, frames: Vec<Vec<u8>>) {
         let reply = mgmt::answer(&frames, |req| self.mgmt_command(req));
         if let Err(e) = self.mgmt.send(reply, 0) {
@@ -707,8 +767,15 @@ pub(crate) const AGENT_SHUTTING_DOWN: &str = "Service Manager Agent is shutting 
 pub(crate) const AGENT_COMMANDS: &[&str] = &[p::AGENT_STATUS, p::AGENT_SHUTDOWN];
 
 /// The agent's management socket, bound; returns it with the bound endpoint.
-pub(crate) fn bind_mgmt(ctx: &zmq::Context, config: &AgentConfig) -> Result<(zmq::Socket, String)> {
+pub(crate) fn bind_mgmt(
+    ctx: &zmq::Context,
+    config: &AgentConfig,
+    curve: Option<&security::KeyPair>,
+) -> Result<(zmq::Socket, String)> {
     let mgmt = transport::socket(ctx, zmq::REP)?;
+    if let Some(key) = curve {
+        transport::serve_curve(&mgmt, key, "agent-mgmt")?;
+    }
     mgmt.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
     let endpoint = transport::bind(
         &mgmt,

@@ -156,7 +156,8 @@ pub fn run(
                 .recv()
                 .context("a simulator thread stopped while starting")??;
         }
-        let (mgmt, mgmt_endpoint) = super::bind_mgmt(&ctx, config)?;
+        // A load-testing tool: its management socket stays plaintext (keep it on loopback).
+        let (mgmt, mgmt_endpoint) = super::bind_mgmt(&ctx, config, None)?;
         let fleet = format!("{prefix}*");
         on_ready(&json!({
             "mgmt_endpoint": mgmt_endpoint, "node": fleet, "nodes": n,
@@ -267,7 +268,14 @@ impl SimNode {
     }
 
     fn connect(&mut self, ctx: &zmq::Context, config: &AgentConfig) -> Result<()> {
+        let manager = crate::config::pin::manager_key(
+            config.manager_key.as_deref(),
+            &config.manager_endpoint,
+        )?;
+        let wire = manager.wire(Some(&self.guard.key))?;
         let sub = transport::socket(ctx, zmq::SUB)?;
+        wire.apply(&sub)?;
+        sub.set_reconnect_ivl_max(5000)?;
         sub.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
         transport::set_heartbeats(&sub)?;
         for t in &self.me.topics {
@@ -277,6 +285,8 @@ impl SimNode {
         sub.set_subscribe(self.presence.as_bytes())?;
         transport::connect(&sub, &config.manager_endpoint, "manager_endpoint")?;
         let push = transport::socket(ctx, zmq::PUSH)?;
+        wire.apply(&push)?;
+        push.set_reconnect_ivl_max(5000)?;
         push.set_sndhwm(10_000)?;
         push.set_linger(2000)?;
         transport::set_heartbeats(&push)?;

@@ -7,6 +7,7 @@
 //! command line is applied by the roles. The `[[policy]]` tables and their
 //! compiled form live in [`policy`].
 
+pub mod pin;
 pub mod policy;
 
 pub use policy::{Decision, DenyRule, Policy, PolicyConfig, PolicyError, PolicyRule};
@@ -61,11 +62,28 @@ pub struct ManagerConfig {
     /// `HOST:PORT` (or `:PORT` for loopback) to serve Prometheus metrics on,
     /// over plain unauthenticated HTTP; empty: off.
     pub metrics_endpoint: String,
+    /// The manager's key pair: its X25519 half is the CURVE key clients and
+    /// agents pin. Made at first start. Default: manager.key in state_dir.
+    pub key_file: Option<PathBuf>,
+    /// Accepted client keys (names, fingerprints, key lines or "*") that may
+    /// read the management socket (status, agents, jobs). Whoever holds the
+    /// manager's own key may always.
+    #[serde(deserialize_with = "lenient_list")]
+    pub mgmt_read_keys: Vec<String>,
+    /// Accepted client keys that may also shut the manager down. Default: none
+    /// (only the manager's own key, i.e. root or the daemon's user on its host).
+    #[serde(deserialize_with = "lenient_list")]
+    pub mgmt_admin_keys: Vec<String>,
 }
 
 impl ManagerConfig {
     pub fn state_dir(&self) -> PathBuf {
         self.state_dir.clone().unwrap_or_else(default_state_dir)
+    }
+    pub fn key_file(&self) -> PathBuf {
+        self.key_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("manager.key"))
     }
 }
 
@@ -210,6 +228,9 @@ impl Default for ManagerConfig {
             allow_unsigned: false,
             request_window: 60,
             metrics_endpoint: String::new(),
+            key_file: None,
+            mgmt_read_keys: vec!["*".into()],
+            mgmt_admin_keys: Vec::new(),
         }
     }
 }
@@ -236,6 +257,11 @@ pub struct AgentConfig {
     pub manager_endpoint: String,
     /// The manager's sink (PULL) endpoint.
     pub sink_endpoint: String,
+    /// The manager's public key (a manager.key.pub file or its line), pinned:
+    /// the agent talks to nobody else. "plaintext" for a 0.1 or allow_unsigned
+    /// manager. Default: manager.key.pub in the config directory, else that of
+    /// a manager on this host.
+    pub manager_key: Option<String>,
     /// REP socket for management commands.
     pub mgmt_endpoint: String,
     /// This node's name; default: the host name.
@@ -314,6 +340,7 @@ impl Default for AgentConfig {
         AgentConfig {
             manager_endpoint: default_endpoint("localhost", port::BACKEND),
             sink_endpoint: default_endpoint("localhost", port::SINK),
+            manager_key: None,
             mgmt_endpoint: default_endpoint("*", port::AGENT_MGMT),
             node: None,
             topics: Vec::new(),

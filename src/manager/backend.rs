@@ -86,6 +86,18 @@ impl Manager<'_> {
             }
             trust::Grant::Private(node) => node,
         };
+        // The token must come on the connection of the key that signed it:
+        // a sniffed or replayed token cannot grant another connection.
+        if let Some(peers) = &self.peers {
+            if peers
+                .accepted(&self.peer, crate::security::Role::Agent)
+                .is_none_or(|k| k.name() != node)
+            {
+                self.metrics.refusal(crate::metrics::refused::PRESENCE);
+                warn!(self.log, "presence token on another key's connection ignored"; "node" => &node);
+                return;
+            }
+        }
         // Only a granted token stands for the connection: a stranger's cannot end it.
         self.presence.insert(instance.clone(), token.to_owned());
         let mut private = p::private_topic(&node, &instance).into_bytes();

@@ -100,6 +100,17 @@ impl Manager<'_> {
     /// Validate a request, decide who must answer, publish it and say where
     /// results appear. Each way out counts the request's outcome once.
     fn dispatch(&mut self, mut req: ServiceRequest) -> Result<Accepted, ErrorReply> {
+        // A request travels on its signer's own connection: a key that was
+        // captured (or relayed by a fake manager) cannot be used from another.
+        if let Some(auth) = &req.auth {
+            if !self.sent_by(&auth.key) {
+                self.metrics.request(outcome::REFUSED);
+                self.metrics.refusal(refused::REQUEST);
+                return Err(ErrorReply::new(
+                    "request refused: signed with a key other than the one this connection proved",
+                ));
+            }
+        }
         let (client, request_id) = match self.gate.check_request(&req) {
             Ok(Some((key, id))) => (Some(key), Some(id)),
             Ok(None) => (None, None),

@@ -1,7 +1,7 @@
 //! The manager's management commands: status, the agent registry, the job
 //! store's jobs, and a shutdown the gate must allow.
 
-use super::Manager;
+use super::{peers, Manager};
 use crate::protocol::mgmt::{self as m, AgentInfo, AgentState, ManagerStatus};
 use crate::protocol::{self as p, MgmtReply, MgmtRequest};
 use slog::{info, warn};
@@ -22,7 +22,13 @@ impl Manager<'_> {
         match req.cmd.as_str() {
             p::MANAGER_STATUS => MgmtReply::with("Service Manager Status", &self.status()),
             p::MANAGER_SHUTDOWN => {
-                let allowed = self.gate.check_mgmt(req);
+                // On CURVE the connection's key decides (a captured request cannot
+                // be replayed into another session); on plaintext, the signature.
+                let allowed = match &self.peers {
+                    Some(peers) if peers.right(&self.peer) == Some(peers::Right::Admin) => Ok(()),
+                    Some(_) => Err(m::MgmtRefusal::NotAdmin),
+                    None => self.gate.check_mgmt(req),
+                };
                 match &allowed {
                     Ok(()) => {
                         info!(self.log, "shutdown requested on the management socket");

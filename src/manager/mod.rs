@@ -7,7 +7,8 @@
 //! [`frontend`] (requests and follows), [`routing`] (who must answer, a pure
 //! function), [`backend`] (subscriptions, presence, welcome), [`sink`]
 //! (results, announcements, departures), [`mgmt`] (management commands),
-//! [`registry`] (the agents) and [`trust`] (the gate).
+//! [`registry`] (the agents), [`trust`] (the gate) and [`peers`] (who may
+//! connect: every socket is a CURVE server, judged by ZAP before a message is read).
 //!
 //! Fixes over 0.1 that live here:
 //! - the backend XPUB runs in manual mode and stores each subscription with a
@@ -21,6 +22,7 @@
 mod backend;
 mod frontend;
 mod mgmt;
+pub mod peers;
 pub mod registry;
 pub mod routing;
 mod sink;
@@ -33,12 +35,14 @@ use crate::jobstore::{JobStore, StoreEvent};
 use crate::metrics::{self, ManagerMetrics};
 use crate::protocol::{self as p, Accepted, ServiceRequest};
 use crate::runtime::{Control, OnReady};
-use crate::transport::{self, try_recv};
+use crate::security::{KeyPair, Role};
+use crate::transport;
 use anyhow::{Context, Result};
 use registry::Registry;
 use slog::{debug, error, info, warn, Logger};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
+use peers::{domain, Peers};
 use trust::Gate;
 
 /// The endpoints the manager really bound (ports resolved), for the ready
@@ -108,6 +112,17 @@ pub fn run(
         error!(log, "job store damaged"; "error" => w);
     }
     let ctx = zmq::Context::new();
+    // Secure mode: our key is the CURVE server key of every socket; the ZAP
+    // handler is bound before any of them, or libzmq would admit everyone.
+    let secure = if config.allow_unsigned {
+        None
+    } else {
+        let key = own_key(config, log)?;
+        let zap = crate::zap::Handler::bind(&ctx).context("cannot bind the ZAP handler")?;
+        let mut peers = Peers::new(&key, &config.mgmt_read_keys, &config.mgmt_admin_keys);
+        peers.refresh(&gate.keys);
+        Some((key, zap, peers))
+    };
     // libzmq cancels timers by a linear scan per I/O thread, and every ZMTP
     // heartbeat arms one per connection: with a fleet on one thread that scan
     // dominated the profile. One I/O thread per core, at most 4.
@@ -115,7 +130,8 @@ pub fn run(
         .map_or(1, |n| n.get())
         .min(4);
     ctx.set_io_threads(cores as i32)?;
-    let (sockets, mut bound) = bind_all(&ctx, config)?;
+    let (sockets, mut bound) = bind_all(&ctx, config, secure.as_ref().map(|s| &s.0))?;
+    bound.manager_key = secure.as_ref().map(|s| s.0.public().to_string());
     let metrics = ManagerMetrics::new();
     // Serving until run returns; dropping it stops the HTTP thread.
     let metrics_server = metrics::serve(&config.metrics_endpoint, metrics.registry(), log)?;
@@ -128,7 +144,18 @@ pub fn run(
         "frontend" => &bound.frontend_endpoint, "backend" => &bound.backend_endpoint,
         "sink" => &bound.sink_endpoint, "mgmt" => &bound.mgmt_endpoint,
         "results" => &bound.result_endpoint);
+    let (zap, peers) = match secure {
+        Some((key, zap, peers)) => {
+            info!(log, "clients and agents pin this manager key"; "fingerprint" => key.public().fingerprint(),
+                "file" => %config.key_file().with_extension("key.pub").display());
+            (Some(zap), Some(peers))
+        }
+        None => (None, None),
+    };
     let mut mgr = Manager {
+        zap,
+        peers,
+        peer: String::new(),
         config,
         log,
         s: sockets,
@@ -158,11 +185,49 @@ pub fn run(
     Ok(())
 }
 
-fn bind_all(ctx: &zmq::Context, config: &ManagerConfig) -> Result<(Sockets, Bound)> {
+/// The manager's key pair, made at first start (as an agent makes its own).
+fn own_key(config: &ManagerConfig, log: &Logger) -> Result<KeyPair> {
+    let file = config.key_file();
+    if !file.exists() {
+        let host = crate::host::HostInfo::read().node;
+        let name = if crate::security::check_name(&host).is_ok() {
+            host
+        } else {
+            "manager".to_owned()
+        };
+        let pk = crate::security::keygen(&file, Role::Manager, &name, false).with_context(|| {
+            format!("cannot create the manager key {}; set key_file or state_dir", file.display())
+        })?;
+        info!(log, "generated the manager key; clients and agents need its public half";
+            "file" => %file.with_extension("key.pub").display(), "fingerprint" => pk.fingerprint());
+    }
+    let key = KeyPair::load(&file)
+        .with_context(|| format!("cannot use the manager key {}; set key_file", file.display()))?;
+    anyhow::ensure!(
+        key.role() == Role::Manager,
+        "{} holds a {} key; the manager needs a manager key (service-mgr keygen --role manager -o FILE)",
+        file.display(),
+        key.role()
+    );
+    Ok(key)
+}
+
+fn bind_all(
+    ctx: &zmq::Context,
+    config: &ManagerConfig,
+    key: Option<&KeyPair>,
+) -> Result<(Sockets, Bound)> {
     const PROG: &str = "service-mgrd";
+    // CURVE server with a ZAP domain per socket, set before bind.
+    let secure = |s: &zmq::Socket, domain: &str| match key {
+        Some(k) => transport::serve_curve(s, k, domain),
+        None => Ok(()),
+    };
     let frontend = transport::socket(ctx, zmq::ROUTER)?;
+    secure(&frontend, domain::FRONTEND)?;
     frontend.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
     let mut backend = transport::socket(ctx, zmq::XPUB)?;
+    secure(&backend, domain::BACKEND)?;
     transport::set_xpub_manual(&mut backend)?;
     backend.set_sndhwm(100_000)?;
     // Dead peers (a cut cable sends no FIN) are dropped within seconds, which
@@ -172,12 +237,15 @@ fn bind_all(ctx: &zmq::Context, config: &ManagerConfig) -> Result<(Sockets, Boun
     // listen backlog of 100 made the kernel drop most handshakes.
     backend.set_backlog(4096)?;
     let sink = transport::socket(ctx, zmq::PULL)?;
+    secure(&sink, domain::SINK)?;
     sink.set_backlog(4096)?;
     sink.set_maxmsgsize(p::RESULT_LIMIT as i64)?;
     sink.set_rcvhwm(100_000)?;
     let mgmt = transport::socket(ctx, zmq::REP)?;
+    secure(&mgmt, domain::MGMT)?;
     mgmt.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
     let results = transport::socket(ctx, zmq::XPUB)?;
+    secure(&results, domain::RESULTS)?;
     // Every subscription is reported, so a second subscriber to a job gets its results too.
     results.set_xpub_verbose(true)?;
     results.set_sndhwm(100_000)?;
@@ -218,6 +286,7 @@ fn bind_all(ctx: &zmq::Context, config: &ManagerConfig) -> Result<(Sockets, Boun
             result_endpoint,
             result_publisher_port,
             metrics_endpoint: None,
+            manager_key: None,
         },
     ))
 }
@@ -233,6 +302,12 @@ fn default_result_endpoint(frontend: &str) -> Result<String> {
 }
 
 struct Manager<'a> {
+    /// The ZAP handler and who may connect; `None` with allow_unsigned (plaintext).
+    zap: Option<crate::zap::Handler>,
+    peers: Option<Peers>,
+    /// The `User-Id` of the connection the message being handled came on
+    /// (the hex of its CURVE key; empty on plaintext sockets).
+    peer: String,
     config: &'a ManagerConfig,
     log: &'a Logger,
     s: Sockets,
@@ -301,6 +376,10 @@ impl Manager<'_> {
                 self.s.mgmt.as_poll_item(zmq::POLLIN),
                 self.s.results.as_poll_item(zmq::POLLIN),
                 zmq::PollItem::from_fd(control.fd(), zmq::POLLIN),
+                match &self.zap {
+                    Some(z) => z.socket().as_poll_item(zmq::POLLIN),
+                    None => zmq::PollItem::from_fd(-1, zmq::PollEvents::empty()),
+                },
             ];
             // Pending store events wait at most STORE_BATCH_INTERVAL for their write.
             let timeout = if self.events.is_empty() {
@@ -318,6 +397,9 @@ impl Manager<'_> {
             if wake.shutdown {
                 info!(self.log, "shutting down on request");
                 self.stop = true;
+            }
+            if ready[6] {
+                self.answer_handshakes();
             }
             // Subscriptions first: a result that arrives in the same round can then go straight out.
             if ready[1] {
@@ -340,7 +422,12 @@ impl Manager<'_> {
                     self.departed(d);
                 }
                 match self.gate.reload_if_changed() {
-                    Ok(true) => info!(self.log, "key store changed; reloaded"),
+                    Ok(true) => {
+                        if let Some(peers) = &mut self.peers {
+                            peers.refresh(&self.gate.keys);
+                        }
+                        info!(self.log, "key store changed; reloaded")
+                    }
                     Ok(false) => {}
                     Err(e) => {
                         error!(self.log, "cannot reload the key store"; "error" => format!("{e:#}"))
@@ -583,12 +670,42 @@ impl Manager<'_> {
         }
     }
 
+    /// Whether the connection of the message being handled holds the key
+    /// `key_id` (always true on plaintext sockets, where nobody proves anything).
+    fn sent_by(&self, key_id: &str) -> bool {
+        self.peers.is_none() || peers::user_id_of_key_id(key_id).as_deref() == Some(&self.peer)
+    }
+
+    /// ZAP: decide every handshake waiting, and sum up refusals in the log.
+    fn answer_handshakes(&mut self) {
+        let (Some(zap), Some(peers)) = (&self.zap, &mut self.peers) else {
+            return;
+        };
+        if let Err(e) = zap.answer_waiting(|req| {
+            let verdict = peers.judge(req);
+            if let crate::zap::Verdict::Deny { reason } = &verdict {
+                debug!(self.log, "handshake refused"; "domain" => &req.domain,
+                    "address" => &req.address, "why" => reason);
+            }
+            verdict
+        }) {
+            error!(self.log, "ZAP handler failed"; "error" => %e);
+        }
+        if let Some((n, example)) = peers.denials_to_log() {
+            warn!(self.log, "handshakes refused (unknown, rejected or unentitled keys)";
+                "count" => n, "example" => example);
+        }
+    }
+
     /// Handle every queued message of one socket, up to a bound so that one
     /// busy socket cannot starve the others.
     fn drain(&mut self, handle: fn(&mut Self, Vec<Vec<u8>>), sock: fn(&Sockets) -> &zmq::Socket) {
         for _ in 0..1000 {
-            match try_recv(sock(&self.s)) {
-                Ok(Some(frames)) => handle(self, frames),
+            match transport::try_recv_from(sock(&self.s)) {
+                Ok(Some((peer, frames))) => {
+                    self.peer = peer;
+                    handle(self, frames)
+                }
                 Ok(None) => return,
                 Err(e) => {
                     error!(self.log, "receive failed"; "error" => %e);

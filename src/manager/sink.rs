@@ -40,6 +40,14 @@ impl Manager<'_> {
         };
         match SinkMessage::decode(&frame) {
             Ok(SinkMessage::Announce(a)) => {
+                // Only the key this connection proved may announce (or be filed as pending).
+                if let Some(auth) = &a.auth {
+                    if !self.sent_by(&auth.key) {
+                        self.metrics.refusal(refused::ANNOUNCE);
+                        warn!(self.log, "announcement for a key other than the connection's ignored"; "node" => &a.node);
+                        return;
+                    }
+                }
                 let (key, a) = match self.gate.check_announce(&a) {
                     Ok((k, signed)) => (k.map(|k| k.to_string()), signed),
                     Err(why) => {
@@ -71,10 +79,21 @@ impl Manager<'_> {
                 auth,
                 body,
             }) => {
-                if let Err(why) = self
-                    .gate
-                    .check_result(auth.as_ref(), &uuid, node.as_deref())
-                {
+                // On CURVE the connection proved the agent's key: a result naming
+                // that key's node needs no signature check here (the client checks
+                // the seal end to end). On plaintext, the signature is the proof.
+                let checked = match &self.peers {
+                    Some(peers) => match peers.accepted(&self.peer, crate::security::Role::Agent) {
+                        Some(k) if node.as_deref() == Some(k.name()) && auth.is_some() => Ok(()),
+                        Some(k) => Err(format!("result for node {node:?} on the connection of {}", k.name())),
+                        None => Err("result from a key that is not an accepted agent".to_owned()),
+                    },
+                    None => self
+                        .gate
+                        .check_result(auth.as_ref(), &uuid, node.as_deref())
+                        .map_err(|e| e.to_string()),
+                };
+                if let Err(why) = checked {
                     self.metrics.refusal(refused::RESULT);
                     warn!(self.log, "result not accepted"; "uuid" => &uuid, "node" => ?node, "why" => %why);
                     return;

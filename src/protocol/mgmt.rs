@@ -133,7 +133,9 @@ pub struct Bound {
     pub result_publisher_port: u16,
     /// Where Prometheus metrics are served (`HOST:PORT`), when they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics_endpoint: Option<String>,
+    pub metrics_endpoint: Option<String>,    /// The manager's public key line (CURVE server key); absent in plaintext mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager_key: Option<String>,
 }
 
 /// `manager.status`: 0.1's fields (endpoints as configured), then ours.
@@ -325,6 +327,8 @@ pub enum MgmtRefusal {
     OtherCommand,
     #[error("the signed request is not addressed to node {0:?}")]
     NotAddressed(String),
+    #[error("this key may read but not shut down; grant it with mgmt_admin_keys in the manager's config")]
+    NotAdmin,
 }
 
 impl MgmtRefusal {
@@ -336,6 +340,7 @@ impl MgmtRefusal {
             MgmtRefusal::BadBody(_) => "malformed",
             MgmtRefusal::OtherCommand => "mismatch",
             MgmtRefusal::NotAddressed(_) => "not_addressed",
+            MgmtRefusal::NotAdmin => "not_admin",
         }
     }
 }

@@ -156,6 +156,11 @@ impl PublicKey {
         b
     }
 
+    /// The x25519 half, which is also this key's CurveZMQ public key.
+    pub fn curve_key(&self) -> [u8; 32] {
+        *self.boxk.as_bytes()
+    }
+
     /// The x25519 half as a sealing sender names it (`Sealed::epk`).
     pub fn box_key_base64(&self) -> String {
         STANDARD.encode(self.boxk.as_bytes())
@@ -295,6 +300,10 @@ impl KeyPair {
     }
     pub fn key_id(&self) -> String {
         self.public.key_id()
+    }
+    /// The x25519 secret as CurveZMQ takes it: one key for sealing and for the wire.
+    pub fn curve_secret(&self) -> [u8; 32] {
+        self.boxk.to_bytes()
     }
 }
 
