@@ -215,7 +215,10 @@ where
         let wire = mgmt::wire(
             mgmt::Daemon::of(cmd),
             &endpoint,
-            of.plaintext.then_some(config::pin::PLAINTEXT),
+            of.plaintext
+                .then(|| config::pin::PLAINTEXT.to_owned())
+                .or_else(|| std::env::var("SERVICE_MGR_SERVER_KEY").ok())
+                .as_deref(),
             &of.key_file,
             key.as_deref(),
         )?;

@@ -49,7 +49,7 @@ pub struct MgmtArgs {
     /// The daemon's public key, pinned: for the manager as the client's --manager-key; for an
     /// agent its agent.key.pub (file or line) [default: the key_file of the local config];
     /// `plaintext` for a 0.1 or allow_unsigned daemon.
-    #[arg(long = "server-key", value_name = "FILE|LINE")]
+    #[arg(long = "server-key", value_name = "FILE|LINE", env = "SERVICE_MGR_SERVER_KEY")]
     pub server_key: Option<String>,
     /// keys: the manager's key store [default: keys in the manager's state_dir].
     #[arg(long, value_name = "DIR")]

@@ -296,6 +296,42 @@ impl Handshake {
     }
 }
 
+/// Watches a connecting socket for handshakes that fail: libzmq does not
+/// retry those (a refused key, a server holding another key), so the owner
+/// reports it and reconnects by itself.
+pub struct HandshakeWatch {
+    monitor: zmq::Socket,
+}
+
+impl HandshakeWatch {
+    pub fn new(ctx: &zmq::Context, s: &zmq::Socket) -> Result<HandshakeWatch> {
+        let endpoint = format!("inproc://monitor-{}", uuid::Uuid::new_v4().simple());
+        s.monitor(
+            &endpoint,
+            (zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32)
+                | (zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as i32)
+                | (zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32),
+        )?;
+        let monitor = socket(ctx, zmq::PAIR)?;
+        monitor.connect(&endpoint)?;
+        Ok(HandshakeWatch { monitor })
+    }
+
+    /// A failure seen since the last call: `Some(true)` when the server
+    /// refused our key, `Some(false)` for any other failed handshake.
+    pub fn failed(&self) -> Option<bool> {
+        let mut seen = None;
+        while let Ok(frames) = self.monitor.recv_multipart(zmq::DONTWAIT) {
+            if let Some(e) = frames.first().and_then(|f| f.get(..2)) {
+                let refused = u16::from_ne_bytes([e[0], e[1]]) as i32
+                    == zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32;
+                seen = Some(seen.unwrap_or(false) || refused);
+            }
+        }
+        seen
+    }
+}
+
 /// A PAIR socket receiving `s`'s connection events.
 fn monitor(ctx: &zmq::Context, s: &zmq::Socket) -> Result<zmq::Socket> {
     let endpoint = format!("inproc://monitor-{}", uuid::Uuid::new_v4().simple());
@@ -371,7 +407,7 @@ mod tests {
         // A bound ROUTER that never answers.
         let r = socket(&ctx, zmq::ROUTER).unwrap();
         let ep = bind(&r, "tcp://127.0.0.1:*", "x", "t").unwrap();
-        let err = request(&ctx, &ep, b"{}", Duration::from_millis(50), 2)
+        let err = request(&ctx, &ep, &Wire::Plain, b"{}", Duration::from_millis(50), 2)
             .unwrap_err()
             .to_string();
         assert!(err.contains("after 2 tries"), "{err}");

@@ -441,6 +441,7 @@ fn mgmt_messages() {
         result_endpoint: "tcp://0.0.0.0:41234".into(),
         result_publisher_port: 41234,
         metrics_endpoint: None,
+        manager_key: None,
     };
     let uname = [
         "Linux",

@@ -422,6 +422,8 @@ struct Proc {
     child: Child,
     log: PathBuf,
     ready: Value,
+    /// A manager's state_dir (its key is there).
+    state_dir: Option<PathBuf>,
 }
 
 impl Proc {
@@ -484,6 +486,7 @@ fn spawn(exe: &Path, dir: &Path, name: &str, args: &[String], within: Duration) 
         child,
         log,
         ready: Value::Null,
+        state_dir: None,
     };
     let deadline = Instant::now() + within;
     loop {
@@ -514,6 +517,8 @@ struct Bench<'a> {
     client_key: Arc<KeyPair>,
     client_key_file: PathBuf,
     client_pub_file: PathBuf,
+    /// How the client reaches each manager's frontend (CURVE to its key).
+    wires: std::sync::Mutex<std::collections::HashMap<String, service_mgr::transport::Wire>>,
     /// The agents' key_file; simulated agents keep theirs in `simulated/` beside it.
     agent_key_file: PathBuf,
     service_command: PathBuf,
@@ -562,6 +567,7 @@ impl<'a> Bench<'a> {
             exe: exe.to_owned(),
             client_key,
             client_pub_file: dir.join("client.key.pub"),
+            wires: Default::default(),
             client_key_file,
             agent_key_file: keys.join("agent.key"),
             service_command,
@@ -600,7 +606,27 @@ impl<'a> Bench<'a> {
         if self.plan.unsigned {
             set("allow_unsigned=true".into());
         }
-        spawn(&self.exe, &self.dir, name, &args, Duration::from_secs(20))
+        let mut p = spawn(&self.exe, &self.dir, name, &args, Duration::from_secs(20))?;
+        p.state_dir = Some(state);
+        let wire = match manager_key(&p)? {
+            Some(key) => service_mgr::transport::Wire::curve(&self.client_key, &key),
+            None => service_mgr::transport::Wire::Plain,
+        };
+        self.wires
+            .lock()
+            .unwrap()
+            .insert(p.ep("frontend_endpoint")?, wire);
+        Ok(p)
+    }
+
+    /// The wire to the manager whose frontend this is.
+    fn wire(&self, frontend: &str) -> service_mgr::transport::Wire {
+        self.wires
+            .lock()
+            .unwrap()
+            .get(frontend)
+            .cloned()
+            .unwrap_or(service_mgr::transport::Wire::Plain)
     }
 
     /// The agents' config file for `manager`: endpoints, keys, fake service, policy.
@@ -609,6 +635,12 @@ impl<'a> Bench<'a> {
             manager_endpoint: manager.ep("backend_endpoint")?,
             sink_endpoint: manager.ep("sink_endpoint")?,
             mgmt_endpoint: LOOPBACK.into(),
+            manager_key: Some(
+                manager.ready["manager_key"]
+                    .as_str()
+                    .unwrap_or("plaintext")
+                    .to_owned(),
+            ),
             key_file: Some(self.agent_key_file.clone()),
             authorized_clients: Some(self.client_pub_file.clone()),
             service_command: Some(self.service_command.clone()),
@@ -767,6 +799,7 @@ impl<'a> Bench<'a> {
             timeout: Duration::from_secs(10),
             expect: None,
             key: self.key(),
+            wire: self.wire(frontend),
         };
         let started = Instant::now();
         let got = client::collect(ctx, &req, &self.log, None)?;
@@ -1145,6 +1178,25 @@ fn wait_up(d: &mut Deployment, within: Duration) -> Result<()> {
     )
 }
 
+/// The manager's public key from its ready file (`None`: plaintext, allow_unsigned).
+fn manager_key(p: &Proc) -> Result<Option<service_mgr::security::PublicKey>> {
+    p.ready["manager_key"]
+        .as_str()
+        .map(|l| l.parse().context("the manager's key line does not parse"))
+        .transpose()
+}
+
+/// The management socket admits the manager's own key: the bench holds it,
+/// as root on the manager's host does.
+fn mgmt_wire(p: &Proc) -> Result<service_mgr::transport::Wire> {
+    let Some(key) = manager_key(p)? else {
+        return Ok(service_mgr::transport::Wire::Plain);
+    };
+    let state = p.state_dir.as_ref().context("the manager's state_dir is unknown")?;
+    let own = KeyPair::load(&state.join("manager.key"))?;
+    Ok(service_mgr::transport::Wire::curve(&own, &key))
+}
+
 fn wait_until_up(
     d: &mut Deployment,
     ours: impl Fn(&Value) -> bool,
@@ -1152,12 +1204,13 @@ fn wait_until_up(
     within: Duration,
 ) -> Result<()> {
     let mgmt = d.manager.ep("mgmt_endpoint")?;
+    let wire = mgmt_wire(&d.manager)?;
     let deadline = Instant::now() + within;
     let mut up = 0;
     while Instant::now() < deadline {
         d.check_alive()?;
         let agents =
-            service_mgr::mgmt::call_cmd(&mgmt, protocol::MANAGER_AGENTS, Duration::from_secs(5), 1)
+            service_mgr::mgmt::call_cmd(&mgmt, &wire, protocol::MANAGER_AGENTS, Duration::from_secs(5), 1)
                 .context("cannot ask the manager for its agents")?;
         up = agents["result"]
             .as_array()

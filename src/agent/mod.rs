@@ -165,6 +165,13 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     push.set_linger(RESULT_LINGER_MS)?;
     transport::set_heartbeats(&push)?;
     transport::connect(&push, &config.sink_endpoint, "sink_endpoint")?;
+    let watches = match wire {
+        transport::Wire::Curve { .. } => Some([
+            transport::HandshakeWatch::new(&ctx, &sub)?,
+            transport::HandshakeWatch::new(&ctx, &push)?,
+        ]),
+        transport::Wire::Plain => None,
+    };
     let (mgmt, mgmt_endpoint) =
         bind_mgmt(&ctx, config, zap.as_ref().map(|_| guard.key.as_ref()))?;
     let inbox_endpoint = format!("inproc://agent-results-{}", uuid::Uuid::new_v4().simple());
@@ -183,6 +190,9 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     let private_topic = p::private_topic(&me.node, &instance);
     let mut agent = Agent {
         zap,
+        watches,
+        manager_described: manager.describe(),
+        reconnect_at: Vec::new(),
         config,
         log,
         ctx,
@@ -218,6 +228,12 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
 struct Agent<'a> {
     /// Judges who may open our management socket; `None` when it is plaintext.
     zap: Option<crate::zap::Handler>,
+    /// Failed handshakes of our connections to the manager (CURVE only).
+    watches: Option<[transport::HandshakeWatch; 2]>,
+    manager_described: String,
+    /// When to connect which socket (0: sub, 1: push) again after a failed
+    /// handshake (libzmq gives up on those).
+    reconnect_at: Vec<(Instant, usize)>,
     config: &'a AgentConfig,
     log: &'a Logger,
     ctx: zmq::Context,
@@ -310,6 +326,7 @@ impl Agent<'_> {
             if ready[4] {
                 self.answer_handshakes();
             }
+            self.check_handshakes();
             if Instant::now() >= next_beat {
                 self.announce(AnnounceKind::Heartbeat);
                 next_beat = Instant::now() + interval;
@@ -679,6 +696,47 @@ impl Agent<'_> {
 
     fn refusal(&self, uuid: &str, cmd: Option<&str>, why: String) -> ResultMsg {
         refusal(&self.me.node, uuid, cmd, why)
+    }
+
+    /// A handshake with the manager failed: say why where the operator looks,
+    /// and connect again every 5 s (a key accepted later, a manager back with
+    /// its key), since libzmq does not.
+    fn check_handshakes(&mut self) {
+        if let Some(watches) = &self.watches {
+            for (i, w) in watches.iter().enumerate() {
+                let Some(refused) = w.failed() else { continue };
+                if self.reconnect_at.iter().all(|(_, which)| *which != i) {
+                    if refused {
+                        warn!(self.log, "the manager refused our key; accept it on the manager's host \
+                            (service-mgr mgmt keys accept), retrying every 5 s";
+                            "key" => self.guard.key.public().fingerprint());
+                    } else {
+                        error!(self.log, "the encrypted handshake with the manager failed: it does not \
+                            hold the key we pinned (set manager_key to its manager.key.pub); retrying every 5 s";
+                            "pinned" => &self.manager_described);
+                    }
+                    self.reconnect_at.push((Instant::now() + Duration::from_secs(5), i));
+                }
+            }
+        }
+        let now = Instant::now();
+        let due: Vec<usize> = self
+            .reconnect_at
+            .iter()
+            .filter(|(t, _)| now >= *t)
+            .map(|(_, i)| *i)
+            .collect();
+        self.reconnect_at.retain(|(t, _)| now < *t);
+        for i in due {
+            let (s, ep) = match i {
+                0 => (&self.sub, &self.config.manager_endpoint),
+                _ => (&self.push, &self.config.sink_endpoint),
+            };
+            let _ = s.disconnect(ep);
+            if let Err(e) = s.connect(ep) {
+                error!(self.log, "cannot connect again"; "endpoint" => ep, "error" => %e);
+            }
+        }
     }
 
     /// ZAP for our management socket: our own key and the authorized

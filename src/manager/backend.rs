@@ -88,9 +88,9 @@ impl Manager<'_> {
         };
         // The token must come on the connection of the key that signed it:
         // a sniffed or replayed token cannot grant another connection.
-        if let Some(peers) = &self.peers {
-            if peers
-                .accepted(&self.peer, crate::security::Role::Agent)
+        if self.peers.is_some() {
+            if self
+                .accepted_peer(crate::security::Role::Agent)
                 .is_none_or(|k| k.name() != node)
             {
                 self.metrics.refusal(crate::metrics::refused::PRESENCE);

@@ -401,6 +401,9 @@ impl Manager<'_> {
             if ready[6] {
                 self.answer_handshakes();
             }
+            if let Some(peers) = &mut self.peers {
+                peers.refresh_if_missed(&self.gate.keys);
+            }
             // Subscriptions first: a result that arrives in the same round can then go straight out.
             if ready[1] {
                 self.drain(Self::on_backend_subscription, |s| &s.backend);
@@ -676,13 +679,24 @@ impl Manager<'_> {
         self.peers.is_none() || peers::user_id_of_key_id(key_id).as_deref() == Some(&self.peer)
     }
 
+    /// The accepted key of `role` behind the message being handled (looked
+    /// up again in the store if the index does not know it yet).
+    fn accepted_peer(&mut self, role: Role) -> Option<crate::security::PublicKey> {
+        let peers = self.peers.as_mut()?;
+        if peers.accepted(&self.peer, role).is_none() {
+            peers.refresh_if_missed(&self.gate.keys);
+        }
+        peers.accepted(&self.peer, role).cloned()
+    }
+
     /// ZAP: decide every handshake waiting, and sum up refusals in the log.
     fn answer_handshakes(&mut self) {
         let (Some(zap), Some(peers)) = (&self.zap, &mut self.peers) else {
             return;
         };
+        let keys = &self.gate.keys;
         if let Err(e) = zap.answer_waiting(|req| {
-            let verdict = peers.judge(req);
+            let verdict = peers.judge(req, keys);
             if let crate::zap::Verdict::Deny { reason } = &verdict {
                 debug!(self.log, "handshake refused"; "domain" => &req.domain,
                     "address" => &req.address, "why" => reason);

@@ -22,7 +22,9 @@ pub mod domain {
 
 /// Handshakes with keys the store does not know (yet), per source address and
 /// minute: enough for a new agent or client to file its key as pending, not
-/// for a flood of throwaway keys to hold connections.
+/// for a flood of throwaway keys to hold connections. Such a connection stays
+/// open (libzmq does not retry a refused handshake): once the key is accepted
+/// its messages count, judged per message by [`Peers::key`].
 const STRANGERS_PER_MINUTE: u32 = 30;
 /// Refused handshakes are summed up in the log at most this often.
 const DENIAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -66,6 +68,9 @@ pub struct Peers {
     denied: u64,
     denied_example: String,
     last_denial_log: Instant,
+    /// A lookup found no accepted key: the store may know more than the index.
+    missed: std::cell::Cell<bool>,
+    refreshed: Instant,
 }
 
 impl Peers {
@@ -79,11 +84,23 @@ impl Peers {
             denied: 0,
             denied_example: String::new(),
             last_denial_log: Instant::now(),
+            missed: Default::default(),
+            refreshed: Instant::now(),
+        }
+    }
+
+    /// Re-index if a lookup missed since the last refresh (a key filed or
+    /// accepted on disk a moment ago), at most every 200 ms.
+    pub fn refresh_if_missed(&mut self, keys: &KeyStore) {
+        if self.missed.get() && self.refreshed.elapsed() >= Duration::from_millis(200) {
+            self.refresh(keys);
         }
     }
 
     /// Re-index after the key store changed.
     pub fn refresh(&mut self, keys: &KeyStore) {
+        self.missed.set(false);
+        self.refreshed = Instant::now();
         self.by_user = keys
             .list()
             .into_iter()
@@ -93,7 +110,11 @@ impl Peers {
 
     /// The key behind a connection, and its state in the store.
     pub fn key(&self, user: &str) -> Option<(KeyState, &PublicKey)> {
-        self.by_user.get(user).map(|(s, k)| (*s, k))
+        let found = self.by_user.get(user).map(|(s, k)| (*s, k));
+        if !matches!(found, Some((KeyState::Accepted, _))) {
+            self.missed.set(true);
+        }
+        found
     }
 
     /// The accepted key of `role` behind a connection.
@@ -138,8 +159,10 @@ impl Peers {
         *n <= STRANGERS_PER_MINUTE
     }
 
-    /// ZAP: may this peer complete its handshake on this socket?
-    pub fn judge(&mut self, req: &ZapRequest) -> Verdict {
+    /// ZAP: may this peer complete its handshake on this socket? `keys` is
+    /// looked at when the index does not know the key.
+    pub fn judge(&mut self, req: &ZapRequest, keys: &KeyStore) -> Verdict {
+        self.refresh_if_missed(keys);
         let Mechanism::Curve { client_key } = &req.mechanism else {
             return self.deny(req, "CURVE required".into());
         };
@@ -151,15 +174,16 @@ impl Peers {
             (MGMT, _) => self.right(&user).ok_or("no management right"),
             (FRONTEND | RESULTS, Some((KeyState::Accepted, Role::Client))) => Ok(Right::Read),
             (BACKEND | SINK, Some((KeyState::Accepted, Role::Agent))) => Ok(Right::Read),
-            // Strangers may reach the two sockets where a key is filed as pending.
-            (FRONTEND | SINK, None | Some((KeyState::Pending, _))) => {
+            // Strangers may reach the sockets where a key is filed as pending or
+            // waits for acceptance; until then nothing they send is served.
+            (FRONTEND | SINK | BACKEND, None | Some((KeyState::Pending, _))) => {
                 if self.stranger_allowed(&req.address) {
                     Ok(Right::Read)
                 } else {
                     Err("too many handshakes of unknown keys from this address")
                 }
             }
-            (RESULTS | BACKEND, None | Some((KeyState::Pending, _))) => Err("key not accepted"),
+            (RESULTS, None | Some((KeyState::Pending, _))) => Err("key not accepted"),
             (_, Some(_)) => Err("a key of another role"),
             _ => Err("unknown ZAP domain"),
         };
@@ -202,6 +226,15 @@ mod tests {
         }
     }
 
+    impl Peers {
+        fn judge_t(&mut self, req: &ZapRequest) -> Verdict {
+            let dir = tempfile::tempdir().unwrap();
+            let empty = KeyStore::open(dir.path()).unwrap();
+            self.missed.set(false);
+            self.judge(req, &empty)
+        }
+    }
+
     fn allowed(v: &Verdict) -> bool {
         matches!(v, Verdict::Allow { .. })
     }
@@ -224,25 +257,25 @@ mod tests {
         peers.refresh(&store);
         let a = alice.public();
         let w = web1.public();
-        assert!(allowed(&peers.judge(&zap(domain::FRONTEND, a))));
-        assert!(allowed(&peers.judge(&zap(domain::RESULTS, a))));
-        assert!(!allowed(&peers.judge(&zap(domain::BACKEND, a))));
-        assert!(allowed(&peers.judge(&zap(domain::BACKEND, w))));
-        assert!(allowed(&peers.judge(&zap(domain::SINK, w))));
-        assert!(!allowed(&peers.judge(&zap(domain::RESULTS, w))));
+        assert!(allowed(&peers.judge_t(&zap(domain::FRONTEND, a))));
+        assert!(allowed(&peers.judge_t(&zap(domain::RESULTS, a))));
+        assert!(!allowed(&peers.judge_t(&zap(domain::BACKEND, a))));
+        assert!(allowed(&peers.judge_t(&zap(domain::BACKEND, w))));
+        assert!(allowed(&peers.judge_t(&zap(domain::SINK, w))));
+        assert!(!allowed(&peers.judge_t(&zap(domain::RESULTS, w))));
         // Management: own key always, clients only when granted.
-        assert!(allowed(&peers.judge(&zap(domain::MGMT, own.public()))));
-        assert!(!allowed(&peers.judge(&zap(domain::MGMT, a))));
+        assert!(allowed(&peers.judge_t(&zap(domain::MGMT, own.public()))));
+        assert!(!allowed(&peers.judge_t(&zap(domain::MGMT, a))));
         let mut granted = Peers::new(&own, &["alice".into()], &[]);
         granted.refresh(&store);
-        assert!(allowed(&granted.judge(&zap(domain::MGMT, a))));
+        assert!(allowed(&granted.judge_t(&zap(domain::MGMT, a))));
         assert_eq!(granted.right(&user_id(&a.curve_key())), Some(Right::Read));
         // Rejected keys get nowhere; strangers only where keys are filed, and not in floods.
-        assert!(!allowed(&peers.judge(&zap(domain::FRONTEND, eve.public()))));
+        assert!(!allowed(&peers.judge_t(&zap(domain::FRONTEND, eve.public()))));
         let stranger = KeyPair::generate(Role::Agent, "new").unwrap();
-        assert!(!allowed(&peers.judge(&zap(domain::BACKEND, stranger.public()))));
+        assert!(!allowed(&peers.judge_t(&zap(domain::RESULTS, stranger.public()))));
         let admitted = (0..100)
-            .filter(|_| allowed(&peers.judge(&zap(domain::SINK, stranger.public()))))
+            .filter(|_| allowed(&peers.judge_t(&zap(domain::SINK, stranger.public()))))
             .count();
         assert_eq!(admitted, STRANGERS_PER_MINUTE as usize);
         assert_eq!(

@@ -18,14 +18,55 @@ pub const MANAGER_ENDPOINTS: [&str; 4] = [
 ];
 
 /// A manager on loopback ephemeral ports, no config file.
+/// The test client may also shut it down (`mgmt_admin_keys`).
 pub fn manager(extra: &[&str]) -> Proc {
     let pki = Pki::new();
     let state = format!("state_dir={}", toml_str(&pki.path("state")));
-    let mut args = vec!["-O", state.as_str()];
+    let mut args = vec!["-O", state.as_str(), "-O", r#"mgmt_admin_keys=["tester"]"#];
     args.extend_from_slice(extra);
     let mut p = manager_bare(&args);
+    register_manager(&p, &pki);
     p.pki = Some(pki);
     p
+}
+
+/// Register a manager's endpoints with the keys that reach them: its own
+/// key (pinned by command lines; held by raw management round trips, as
+/// root on the manager's host would) and the test client's key.
+fn register_manager(p: &Proc, pki: &Pki) {
+    use super::keys::{register, Creds};
+    let envs = |line: &str| {
+        vec![
+            ("SERVICE_MGR_MANAGER_KEY".to_owned(), line.to_owned()),
+            ("SERVICE_MGR_KEY".to_owned(), pki.client_key()),
+        ]
+    };
+    let Some(line) = p.ready["manager_key"].as_str() else {
+        for k in ["frontend_endpoint", "mgmt_endpoint"] {
+            register(&p.ep(k), Creds { envs: envs("plaintext"), curve: None });
+        }
+        return;
+    };
+    let own = service_mgr::security::KeyPair::load(Path::new(&pki.path("state/manager.key")))
+        .ok()
+        .map(std::sync::Arc::new);
+    let server: service_mgr::security::PublicKey = line.parse().unwrap();
+    register(&p.ep("frontend_endpoint"), Creds { envs: envs(line), curve: None });
+    register(
+        &p.ep("mgmt_endpoint"),
+        Creds {
+            envs: envs(line),
+            curve: own.map(|k| (server.curve_key(), k)),
+        },
+    );
+}
+
+/// What an agent of `mgr` pins: its key, or plaintext for a 0.1-compatible one.
+pub fn manager_key_setting(mgr: &Proc) -> String {
+    format!(
+        "manager_key={}",
+        toml_str(mgr.ready["manager_key"].as_str().unwrap_or("plaintext"))
+    )
 }
 
 /// A manager serving unsigned 0.1 peers (allow_unsigned = true).
@@ -59,6 +100,9 @@ pub fn restart_manager(mgr: &mut Proc) -> Proc {
     }
     let mut again = spawn_ready(&args);
     again.pki = mgr.pki.take();
+    if let Some(pki) = &again.pki {
+        register_manager(&again, pki);
+    }
     again
 }
 
@@ -77,7 +121,8 @@ pub fn agent_unregistered(mgr: &Proc, node: &str, service_command: &Path, extra:
         .pki
         .as_ref()
         .expect("a manager started by util::manager");
-    let mut args = vec!["-O", ALLOW_ALL];
+    let pin = manager_key_setting(mgr);
+    let mut args = vec!["-O", ALLOW_ALL, "-O", &pin];
     args.extend_from_slice(extra);
     spawn_agent(
         &mgr.ep("backend_endpoint"),
@@ -129,7 +174,7 @@ pub fn agent_at(
     dir: &Path,
     extra: &[&str],
 ) -> Proc {
-    let mut args = vec!["-O", "allow_unsigned=true"];
+    let mut args = vec!["-O", "allow_unsigned=true", "-O", "manager_key=\"plaintext\""];
     args.extend_from_slice(extra);
     spawn_agent(
         manager_endpoint,
@@ -183,7 +228,34 @@ fn spawn_agent(
         &clients,
     ];
     args.extend_from_slice(extra);
-    spawn_ready(&args)
+    let p = spawn_ready(&args);
+    register_agent(&p, key_file, clients_file, &args);
+    p
+}
+
+/// Register an agent's management endpoint: command lines pin its key and
+/// sign with the test client's key (authorized); raw round trips hold the
+/// agent's own key. A 0.1-compatible agent (allow_unsigned) is plaintext.
+fn register_agent(p: &Proc, key_file: &str, clients_file: &str, args: &[&str]) {
+    use super::keys::{register, Creds};
+    let client_key = Path::new(clients_file).with_file_name("client.key");
+    let mut envs = Vec::new();
+    if client_key.exists() {
+        envs.push(("SERVICE_MGR_KEY".to_owned(), client_key.display().to_string()));
+    }
+    let plaintext = args.windows(2).any(|w| w[0] == "-O" && w[1] == "allow_unsigned=true");
+    let own = service_mgr::security::KeyPair::load(Path::new(key_file)).ok();
+    let curve = match (plaintext, own) {
+        (false, Some(own)) => {
+            envs.push(("SERVICE_MGR_SERVER_KEY".to_owned(), own.public().to_string()));
+            Some((own.public().curve_key(), std::sync::Arc::new(own)))
+        }
+        _ => {
+            envs.push(("SERVICE_MGR_SERVER_KEY".to_owned(), "plaintext".to_owned()));
+            None
+        }
+    };
+    register(&p.ep("mgmt_endpoint"), Creds { envs, curve });
 }
 
 /// Wait until the manager lists `node` as up (announced and subscribed).
@@ -212,7 +284,8 @@ pub fn wait_agent_state(mgr: &Proc, node: &str, state: &str) {
         }
         assert!(
             Instant::now() < deadline,
-            "agent {node} never became {state}: {agents}"
+            "agent {node} never became {state}: {agents}\nmanager log:\n{}",
+            mgr.log_text()
         );
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -8,9 +8,11 @@
 //! - `client`: the `Client` builder for client command lines
 //! - `service`: the fake service(8) and its call log
 //! - `wire`: raw zmq sockets and management round trips
+//! - `keys`: the keys each daemon is pinned by, applied by endpoint
 
 mod client;
 mod fleet;
+pub mod keys;
 mod pki;
 mod proc;
 mod service;

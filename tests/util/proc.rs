@@ -136,6 +136,7 @@ fn drain(pipe: Option<impl Read + Send + 'static>) -> Option<std::thread::JoinHa
 impl Running {
     /// Start `cmd` with its stdout and stderr collected (stdin from /dev/null).
     pub fn spawn(cmd: &mut Command) -> Running {
+        super::keys::apply(cmd);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -44,7 +44,10 @@ pub fn recv_within(s: &zmq::Socket, ms: i64) -> Option<Vec<Vec<u8>>> {
 /// Send raw bytes on a REQ socket and return the reply (panics after 5 s).
 pub fn req_raw(endpoint: &str, payload: &[u8]) -> Vec<u8> {
     let ctx = zmq::Context::new();
-    let s = connect(&ctx, zmq::REQ, endpoint);
+    let s = ctx.socket(zmq::REQ).unwrap();
+    s.set_linger(0).unwrap();
+    super::keys::secure(&s, endpoint);
+    s.connect(endpoint).unwrap();
     s.set_rcvtimeo(5000).unwrap();
     s.send(payload, 0).unwrap();
     s.recv_bytes(0)
