@@ -31,12 +31,14 @@ pub const BUDGET: Duration = Duration::from_millis(300);
 struct Line {
     endpoint: String,
     key: Option<PathBuf>,
+    manager_key: Option<String>,
 }
 
 fn line(words: &[String]) -> Line {
     let mut l = Line {
         endpoint: crate::config::default_endpoint("localhost", crate::config::port::FRONTEND),
         key: None,
+        manager_key: None,
     };
     let mut it = words.iter().map(String::as_str);
     while let Some(w) = it.next() {
@@ -55,6 +57,8 @@ fn line(words: &[String]) -> Line {
             l.endpoint = e;
         } else if let Some(k) = value("--key", "-k", &mut it) {
             l.key = Some(k.into());
+        } else if let Some(k) = value("--manager-key", "--manager-key", &mut it) {
+            l.manager_key = Some(k);
         }
     }
     l
@@ -72,7 +76,7 @@ fn nodes(l: &Line) -> Result<Vec<String>> {
     };
     let ctx = zmq::Context::new();
     let key = load_client_key(l.key.as_deref()).ok().flatten();
-    let wire = crate::config::pin::manager_key(None, &l.endpoint)?.wire(key.as_deref())?;
+    let wire = crate::config::pin::manager_key(l.manager_key.as_deref(), &l.endpoint)?.wire(key.as_deref())?;
     if crate::client::manager_is_01(&ctx, &l.endpoint, &wire, left(), 1)? {
         bail!("a 0.1 manager cannot say which nodes it knows");
     }
@@ -142,7 +146,8 @@ mod tests {
                 line(&words(typed)),
                 Line {
                     endpoint: endpoint.into(),
-                    key: key.map(PathBuf::from)
+                    key: key.map(PathBuf::from),
+                    manager_key: None,
                 },
                 "{typed}"
             );

@@ -117,16 +117,27 @@ pub fn wire(
     own_key_file: &std::path::Path,
     client: Option<&KeyPair>,
 ) -> Result<transport::Wire> {
-    let server = match (daemon, server_key.map(str::trim)) {
-        (_, Some(config::pin::PLAINTEXT)) => return Ok(transport::Wire::Plain),
-        (Daemon::Manager, setting) => match config::pin::manager_key(setting, endpoint)? {
+    let own = KeyPair::load(own_key_file).ok();
+    let role = match daemon {
+        Daemon::Manager => Role::Manager,
+        Daemon::Agent => Role::Agent,
+    };
+    // On the daemon's host with its key at hand: its public half is the pin.
+    let own_pin = own
+        .as_ref()
+        .filter(|k| k.role() == role)
+        .map(|k| k.public().clone());
+    let server = match (daemon, server_key.map(str::trim), own_pin) {
+        (_, Some(config::pin::PLAINTEXT), _) => return Ok(transport::Wire::Plain),
+        (_, None, Some(pin)) => pin,
+        (Daemon::Manager, setting, _) => match config::pin::manager_key(setting, endpoint)? {
             config::pin::ManagerKey::Plaintext => return Ok(transport::Wire::Plain),
             config::pin::ManagerKey::Pinned { key, .. } => key,
         },
-        (Daemon::Agent, Some(line)) if line.starts_with(security::KEY_PREFIX) => line
+        (Daemon::Agent, Some(line), _) if line.starts_with(security::KEY_PREFIX) => line
             .parse()
             .context("--server-key is not a key line (smgr1 agent NAME KEY)")?,
-        (Daemon::Agent, setting) => {
+        (Daemon::Agent, setting, _) => {
             let file = match setting {
                 Some(path) => PathBuf::from(path),
                 None => own_key_file.with_extension("key.pub"),
@@ -143,7 +154,6 @@ pub fn wire(
                 .with_context(|| format!("{} is not a key line", file.display()))?
         }
     };
-    let own = KeyPair::load(own_key_file).ok();
     let ours = own.as_ref().or(client);
     Ok(match ours {
         Some(k) => transport::Wire::curve(k, &server),

@@ -925,7 +925,9 @@ fn mgmt_cli(endpoint: &str, args: &[&str]) -> (Option<i32>, String, String) {
             std::process::Command::new(bin()).args(["mgmt", "-e", endpoint]),
             home.path(),
         )
-        .args(args),
+        .args(args)
+        // 0.1 daemons and our 0.1-compatible agent speak plaintext.
+        .env("SERVICE_MGR_SERVER_KEY", "plaintext"),
     );
     (
         out.status.code(),

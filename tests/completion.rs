@@ -184,11 +184,12 @@ fn bash_completes_the_managers_nodes() {
         let _a = agent(&mgr, "compl-web1", &fake, &["--topics", "web"]);
         let ep = mgr.ep("frontend_endpoint");
         let key = mgr.pki.as_ref().unwrap().client_key();
+        let mk = mgr.pki.as_ref().unwrap().path("state/manager.key.pub");
         for name in ["service-mgr-client", "service-mgr client"] {
-            let line = format!("{name} -e {ep} -k {key} -T ");
+            let line = format!("{name} -e {ep} -k {key} --manager-key {mk} -T ");
             let (offered, _) = bash_complete(&path, &line);
             assert_eq!(offered, ["any", "compl-web1"], "{line}");
-            let line = format!("{name} --endpoint={ep} --key {key} -N other,compl");
+            let line = format!("{name} --endpoint={ep} --key {key} --manager-key={mk} -N other,compl");
             let (offered, _) = bash_complete(&path, &line);
             assert_eq!(offered, ["other,compl-web1"], "{line}");
         }
@@ -264,6 +265,7 @@ fn zsh_and_fish_scripts_load_and_complete_the_managers_nodes() {
         let _a = agent(&mgr, "compl-db1", &fake, &[]);
         let ep = mgr.ep("frontend_endpoint");
         let key = mgr.pki.as_ref().unwrap().client_key();
+        let mk = mgr.pki.as_ref().unwrap().path("state/manager.key.pub");
         if zsh {
             // The helper the _arguments specs call, with compadd and compdef stubbed:
             // driving zsh's completion system needs a terminal.
@@ -273,7 +275,7 @@ fn zsh_and_fish_scripts_load_and_complete_the_managers_nodes() {
 compset() {{ : }}
 compadd() {{ print -l -- ${{(P)argv[-1]}} }}
 source '{}'
-words=(service-mgr-client -e '{ep}' -k '{key}' -T '')
+words=(service-mgr-client -e '{ep}' -k '{key}' --manager-key '{mk}' -T '')
 CURRENT=6
 _service_mgr_targets -J -default- topics"#,
                     script(&format!("_{name}")).display()
@@ -301,12 +303,12 @@ _service_mgr_targets -J -default- topics"#,
                 ("service-mgr", "service-mgr mgmt ".into(), "agents"),
                 (
                     "service-mgr-client",
-                    format!("service-mgr-client -e {ep} -k {key} -T "),
+                    format!("service-mgr-client -e {ep} -k {key} --manager-key {mk} -T "),
                     "compl-db1",
                 ),
                 (
                     "service-mgr",
-                    format!("service-mgr client -e {ep} -k {key} -N x,"),
+                    format!("service-mgr client -e {ep} -k {key} --manager-key {mk} -N x,"),
                     "x,compl-db1",
                 ),
             ] {

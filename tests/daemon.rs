@@ -27,6 +27,8 @@ fn detached_args(
     }
     args.push("-O".into());
     args.push(format!("state_dir={}", toml_str(&pki.path("state"))));
+    args.push("-O".into());
+    args.push(r#"mgmt_admin_keys=["tester"]"#.into());
     args.push("--ready-file".into());
     args.push(ready.display().to_string());
     args.extend(extra.iter().map(|s| s.to_string()));
@@ -122,7 +124,9 @@ fn c_detached_daemon_start_second_start_status_stop() {
         );
 
         // status: JSON with "running", exit 0.
-        let st = ["daemon", "-f", "/dev/null", "-e", &mgmt_ep, "status"].map(String::from);
+        // On the manager's host its config (state_dir) holds its key: 0.1's status works.
+        let state = format!("state_dir={}", toml_str(&pki.path("state")));
+        let st = ["daemon", "-f", "/dev/null", "-O", &state, "-e", &mgmt_ep, "status"].map(String::from);
         let out = run_in(None, &st, &[NO_KEY]);
         assert_eq!(out.status.code(), Some(0), "status: {}", text(&out.stderr));
         let v = json(&out.stdout);
@@ -140,7 +144,12 @@ fn c_detached_daemon_start_second_start_status_stop() {
         );
         assert!(pid_alive(pid), "an unsigned stop stopped a secure manager");
         let key = pki.client_key();
-        let out = run_in(None, &stop, &[("SERVICE_MGR_KEY", key.as_str())]);
+        let pin = pki.path("state/manager.key.pub");
+        let out = run_in(
+            None,
+            &stop,
+            &[("SERVICE_MGR_KEY", key.as_str()), ("SERVICE_MGR_MANAGER_KEY", &pin)],
+        );
         assert_eq!(
             out.status.code(),
             Some(0),
@@ -553,7 +562,12 @@ fn c_relative_pid_file_is_removed_at_stop() {
         ]
         .map(String::from);
         let key = pki.client_key();
-        let out = run_in(None, &stop, &[("SERVICE_MGR_KEY", key.as_str())]);
+        let pin = pki.path("state/manager.key.pub");
+        let out = run_in(
+            None,
+            &stop,
+            &[("SERVICE_MGR_KEY", key.as_str()), ("SERVICE_MGR_MANAGER_KEY", &pin)],
+        );
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         wait_for(10, "the daemon to exit", || (!pid_alive(pid)).then_some(()));
         std::thread::sleep(Duration::from_millis(100));

@@ -7,6 +7,7 @@ use serde_json::{json, Value};
 use service_mgr::protocol::{self as p, RequestBody, ServiceRequest};
 use service_mgr::security::{self, KeyPair, Purpose, Role};
 use std::time::Duration;
+use std::process::Command;
 
 /// A signed request frame, with `edit` applied to the signed body first.
 fn signed_frame(
@@ -310,20 +311,21 @@ fn forged_results_are_dropped_and_results_are_sealed() {
                 .unwrap();
         let uuid = accepted["uuid"].as_str().unwrap().to_owned();
         let ctx = zmq::Context::new();
-        let sub = ctx.socket(zmq::SUB).unwrap();
+        let results = format!("tcp://127.0.0.1:{}", accepted["port"]);
+        let sub = connect_curve(&ctx, zmq::SUB, &results, &mgr.manager_key(), &key);
         sub.set_subscribe(uuid.as_bytes()).unwrap();
         sub.set_rcvtimeo(1500).unwrap();
-        sub.connect(&format!("tcp://127.0.0.1:{}", accepted["port"]))
-            .unwrap();
-        let push = ctx.socket(zmq::PUSH).unwrap();
+        // The forger has a key of its own (a stranger's handshake is admitted
+        // where keys get filed), never accepted: nothing it sends counts.
+        let forger = KeyPair::generate(Role::Agent, "n1").unwrap();
+        let push = connect_curve(&ctx, zmq::PUSH, &mgr.ep("sink_endpoint"), &mgr.manager_key(), &forger);
         push.set_linger(1000).unwrap();
-        push.connect(&mgr.ep("sink_endpoint")).unwrap();
         let forged = json!({"msg": "Executed service start request", "uuid": uuid, "node": "n1", "status": "ok",
             "result": {"node": "n1", "service": "slow-svc", "returncode": 0, "stdout": "forged", "stderr": "",
                        "system": "Linux", "version": "x"}});
         push.send(forged.to_string().as_bytes(), 0).unwrap();
         // Signed by a key the manager never accepted.
-        let other = KeyPair::generate(Role::Agent, "n1").unwrap();
+        let other = forger;
         let body = json!({"uuid": uuid, "node": "n1", "status": "ok", "request_id": null,
                           "result": {"msg": "forged", "uuid": uuid}});
         let env = json!({"v": 2, "uuid": uuid, "node": "n1", "status": "ok", "msg": "x",
@@ -364,21 +366,32 @@ fn forged_results_are_dropped_and_results_are_sealed() {
 }
 
 #[test]
-fn shutdown_needs_a_signed_request() {
+fn shutdown_needs_a_key_with_that_right() {
+    // The management socket is CURVE: who connects decides. Any accepted
+    // client key may read (mgmt_read_keys = ["*"]), only mgmt_admin_keys and
+    // the manager's own key (root on its host) may shut it down, and a key
+    // the manager does not know cannot even connect.
     with_timeout(60, || {
-        let mut mgr = manager(&[]);
+        let mut mgr = manager(&["-O", "mgmt_admin_keys=[]"]);
         let ep = mgr.ep("mgmt_endpoint");
-        let r = mgmt(&ep, "manager.shutdown");
-        assert_eq!(r["success"], -1, "{r}");
-        assert!(r["msg"].as_str().unwrap().contains("signed"), "{r}");
-        assert!(mgr.alive());
         let key = mgr.pki.as_ref().unwrap().client_key();
         let out = run(&["mgmt", "-e", &ep, "-k", &key, "manager.shutdown"]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{text}");
+        assert!(text.contains("may read but not shut down"), "{text}");
+        assert!(mgr.alive());
+        let out = run(&["mgmt", "-e", &ep, "-k", &key, "status", "--format", "json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let out = output(
+            Command::new(bin())
+                .args(["mgmt", "-e", &ep, "-t", "300", "-r", "1", "status"])
+                .env("SERVICE_MGR_KEY", "none"),
         );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("refused our key"), "{err}");
+        // The manager's own key, as root on its host holds it.
+        let r = mgmt(&ep, "manager.shutdown");
+        assert_eq!(r["success"], 0, "{r}");
         assert_eq!(mgr.wait_exit(10).and_then(|s| s.code()), Some(0));
     });
 }

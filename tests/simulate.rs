@@ -16,6 +16,7 @@ pub(crate) fn fleet(n: usize) -> (Proc, Proc) {
         .import_accepted(&list)
         .unwrap();
     let count = n.to_string();
+    let pin = manager_key_setting(&mgr);
     let backend = format!("manager_endpoint={}", mgr.ep("backend_endpoint"));
     let sink = format!("sink_endpoint={}", mgr.ep("sink_endpoint"));
     let key = format!("key_file={}", toml_str(&pki.path("agent.key")));
@@ -42,6 +43,8 @@ pub(crate) fn fleet(n: usize) -> (Proc, Proc) {
         &clients,
         "-O",
         ALLOW_ALL,
+        "-O",
+        &pin,
     ]);
     assert_eq!(sim.ready["nodes"], n);
     assert_eq!(sim.ready["last"], simulate::node_name("sim-", n));

@@ -88,15 +88,11 @@ impl Manager<'_> {
         };
         // The token must come on the connection of the key that signed it:
         // a sniffed or replayed token cannot grant another connection.
-        if self.peers.is_some() {
-            if self
-                .accepted_peer(crate::security::Role::Agent)
-                .is_none_or(|k| k.name() != node)
-            {
-                self.metrics.refusal(crate::metrics::refused::PRESENCE);
-                warn!(self.log, "presence token on another key's connection ignored"; "node" => &node);
-                return;
-            }
+        let signer = presence.signed.as_ref().map(|(_, s)| s.key.as_str());
+        if signer.is_some_and(|k| !self.sent_by(k)) {
+            self.metrics.refusal(crate::metrics::refused::PRESENCE);
+            warn!(self.log, "presence token on another key's connection ignored"; "node" => &node);
+            return;
         }
         // Only a granted token stands for the connection: a stranger's cannot end it.
         self.presence.insert(instance.clone(), token.to_owned());

@@ -85,7 +85,7 @@ impl Peers {
             denied_example: String::new(),
             last_denial_log: Instant::now(),
             missed: Default::default(),
-            refreshed: Instant::now(),
+            refreshed: Instant::now() - Duration::from_secs(1),
         }
     }
 

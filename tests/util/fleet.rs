@@ -51,7 +51,10 @@ fn register_manager(p: &Proc, pki: &Pki) {
         .ok()
         .map(std::sync::Arc::new);
     let server: service_mgr::security::PublicKey = line.parse().unwrap();
-    register(&p.ep("frontend_endpoint"), Creds { envs: envs(line), curve: None });
+    let client = service_mgr::security::KeyPair::load(Path::new(&pki.client_key()))
+        .ok()
+        .map(|k| (server.curve_key(), std::sync::Arc::new(k)));
+    register(&p.ep("frontend_endpoint"), Creds { envs: envs(line), curve: client });
     register(
         &p.ep("mgmt_endpoint"),
         Creds {

@@ -192,6 +192,10 @@ impl Proc {
             .unwrap_or_else(|| panic!("{key} missing in ready file: {}", self.ready))
             .to_owned()
     }
+    /// A secure manager's public key (its CURVE key), from its ready file.
+    pub fn manager_key(&self) -> service_mgr::security::PublicKey {
+        self.ep("manager_key").parse().unwrap()
+    }
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }

@@ -24,6 +24,24 @@ pub fn connect(ctx: &zmq::Context, kind: zmq::SocketType, endpoint: &str) -> zmq
     s
 }
 
+/// A socket of `kind` connected over CURVE to `endpoint`, whose server holds
+/// `server`, proving `ours` (a client or agent a test plays).
+pub fn connect_curve(
+    ctx: &zmq::Context,
+    kind: zmq::SocketType,
+    endpoint: &str,
+    server: &service_mgr::security::PublicKey,
+    ours: &service_mgr::security::KeyPair,
+) -> zmq::Socket {
+    let s = ctx.socket(kind).unwrap();
+    s.set_linger(0).unwrap();
+    s.set_curve_serverkey(&server.curve_key()).unwrap();
+    s.set_curve_publickey(&ours.public().curve_key()).unwrap();
+    s.set_curve_secretkey(&ours.curve_secret()).unwrap();
+    s.connect(endpoint).unwrap();
+    s
+}
+
 /// One multipart message within `ms` milliseconds, or `None`.
 pub fn recv_within(s: &zmq::Socket, ms: i64) -> Option<Vec<Vec<u8>>> {
     let mut items = [s.as_poll_item(zmq::POLLIN)];
