@@ -122,10 +122,12 @@ pub fn wire(
         Daemon::Manager => Role::Manager,
         Daemon::Agent => Role::Agent,
     };
-    // On the daemon's host with its key at hand: its public half is the pin.
+    // On the daemon's host with its key at hand: its public half is the pin
+    // (unless the manager's key is named in the environment).
+    let named = daemon == Daemon::Manager && std::env::var_os("SERVICE_MGR_MANAGER_KEY").is_some();
     let own_pin = own
         .as_ref()
-        .filter(|k| k.role() == role)
+        .filter(|k| k.role() == role && !named)
         .map(|k| k.public().clone());
     let server = match (daemon, server_key.map(str::trim), own_pin) {
         (_, Some(config::pin::PLAINTEXT), _) => return Ok(transport::Wire::Plain),
@@ -154,7 +156,11 @@ pub fn wire(
                 .with_context(|| format!("{} is not a key line", file.display()))?
         }
     };
-    let ours = own.as_ref().or(client);
+    // Our own daemon key proves who we are only to that daemon.
+    let ours = own
+        .as_ref()
+        .filter(|k| k.public() == &server)
+        .or(client);
     Ok(match ours {
         Some(k) => transport::Wire::curve(k, &server),
         None => transport::Wire::curve(&KeyPair::generate(Role::Client, "anonymous")?, &server),

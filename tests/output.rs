@@ -154,9 +154,10 @@ fn on_a_terminal_the_client_prints_a_coloured_table_unless_no_color() {
         let mgr = manager(&[]);
         let _a = agent(&mgr, "n1", &fake, &[]);
         let cmd = format!(
-            "'{}' client -k '{}' -e {} -T n1 -c status -s svc",
+            "'{}' client -k '{}' --manager-key '{}' -e {} -T n1 -c status -s svc",
             bin(),
             mgr.pki.as_ref().unwrap().client_key(),
+            mgr.pki.as_ref().unwrap().path("state/manager.key.pub"),
             mgr.ep("frontend_endpoint")
         );
         let Some(screen) = on_terminal(&cmd, false) else {

@@ -46,6 +46,14 @@ pub(crate) fn fleet(n: usize) -> (Proc, Proc) {
         "-O",
         &pin,
     ]);
+    // The simulator's management socket is plaintext (a load-testing tool).
+    keys::register(
+        &sim.ep("mgmt_endpoint"),
+        keys::Creds {
+            envs: vec![("SERVICE_MGR_SERVER_KEY".into(), "plaintext".into())],
+            curve: None,
+        },
+    );
     assert_eq!(sim.ready["nodes"], n);
     assert_eq!(sim.ready["last"], simulate::node_name("sim-", n));
     for i in 1..=n {

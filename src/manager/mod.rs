@@ -691,6 +691,13 @@ impl Manager<'_> {
 
     /// ZAP: decide every handshake waiting, and sum up refusals in the log.
     fn answer_handshakes(&mut self) {
+        // Keys accepted on disk a moment ago count at once (three stats).
+        if let Ok(true) = self.gate.reload_if_changed() {
+            if let Some(peers) = &mut self.peers {
+                peers.refresh(&self.gate.keys);
+            }
+            info!(self.log, "key store changed; reloaded");
+        }
         let (Some(zap), Some(peers)) = (&self.zap, &mut self.peers) else {
             return;
         };

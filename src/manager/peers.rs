@@ -162,11 +162,13 @@ impl Peers {
     /// ZAP: may this peer complete its handshake on this socket? `keys` is
     /// looked at when the index does not know the key.
     pub fn judge(&mut self, req: &ZapRequest, keys: &KeyStore) -> Verdict {
-        self.refresh_if_missed(keys);
         let Mechanism::Curve { client_key } = &req.mechanism else {
             return self.deny(req, "CURVE required".into());
         };
         let user = user_id(client_key);
+        if !matches!(self.key(&user), Some((KeyState::Accepted, _))) {
+            self.refresh_if_missed(keys);
+        }
         let state = self.key(&user).map(|(s, k)| (s, k.role()));
         use domain::*;
         let ok = match (req.domain.as_str(), state) {

@@ -86,7 +86,16 @@ impl Manager<'_> {
                     Some(_) => match self.accepted_peer(crate::security::Role::Agent) {
                         Some(k) if node.as_deref() == Some(k.name()) && auth.is_some() => Ok(()),
                         Some(k) => Err(format!("result for node {node:?} on the connection of {}", k.name())),
-                        None => Err("result from a key that is not an accepted agent".to_owned()),
+                        // Not in the index yet (a key accepted a moment ago): the signature decides.
+                        None => match &auth {
+                            Some(a) if !self.sent_by(&a.key) => {
+                                Err("result signed with a key other than the connection's".to_owned())
+                            }
+                            _ => self
+                                .gate
+                                .check_result(auth.as_ref(), &uuid, node.as_deref())
+                                .map_err(|e| e.to_string()),
+                        },
                     },
                     None => self
                         .gate

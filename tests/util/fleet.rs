@@ -54,7 +54,16 @@ fn register_manager(p: &Proc, pki: &Pki) {
     let client = service_mgr::security::KeyPair::load(Path::new(&pki.client_key()))
         .ok()
         .map(|k| (server.curve_key(), std::sync::Arc::new(k)));
-    register(&p.ep("frontend_endpoint"), Creds { envs: envs(line), curve: client });
+    register(&p.ep("frontend_endpoint"), Creds { envs: envs(line), curve: client.clone() });
+    register(&p.ep("result_endpoint"), Creds { envs: Vec::new(), curve: client });
+    // Raw sockets on the agents' side speak as an accepted agent of their own,
+    // "probe": what they send in another node's name is not believed.
+    let probe = service_mgr::security::KeyPair::load(Path::new(&pki.agent_key("probe")))
+        .ok()
+        .map(|k| (server.curve_key(), std::sync::Arc::new(k)));
+    for k in ["backend_endpoint", "sink_endpoint"] {
+        register(&p.ep(k), Creds { envs: Vec::new(), curve: probe.clone() });
+    }
     register(
         &p.ep("mgmt_endpoint"),
         Creds {

@@ -16,10 +16,12 @@ pub fn bind_loopback(ctx: &zmq::Context, kind: zmq::SocketType) -> (zmq::Socket,
     (s, ep)
 }
 
-/// A socket of `kind` connected to `endpoint`, linger 0.
+/// A socket of `kind` connected to `endpoint`, linger 0; over CURVE with the
+/// key the harness registered for a daemon's endpoint (see `keys`).
 pub fn connect(ctx: &zmq::Context, kind: zmq::SocketType, endpoint: &str) -> zmq::Socket {
     let s = ctx.socket(kind).unwrap();
     s.set_linger(0).unwrap();
+    super::keys::secure(&s, endpoint);
     s.connect(endpoint).unwrap();
     s
 }
