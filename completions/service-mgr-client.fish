@@ -15,6 +15,7 @@ complete -c service-mgr-client -l batch -d 'Run on at most N nodes at a time (N 
 complete -c service-mgr-client -l batch-wait -d 'Seconds to pause between batches' -r
 complete -c service-mgr-client -l job -d 'Show an earlier job by its id (its results so far, then any still to come)' -r
 complete -c service-mgr-client -s k -l key -d 'The client key that signs requests [default: $SERVICE_MGR_KEY, else ~/.config/service-mgr/client.key if it exists; without a key, or with SERVICE_MGR_KEY=none, requests go unsigned]' -r -F
+complete -c service-mgr-client -l manager-key -d 'The manager\'s public key, pinned (a manager.key.pub file or its line; `plaintext` for a 0.1 or allow_unsigned manager) [default: $SERVICE_MGR_MANAGER_KEY, else ~/.config/service-mgr/manager.key.pub, else that of a manager on this host]' -r
 complete -c service-mgr-client -l format -d 'Output format [default: table on a terminal; when piped, legacy as service-mgr-client (0.1\'s output) and json as service-mgr client]' -r -f -a "table\t'For people: node, system, status, return code, time, first line of output; a summary'
 json\t'One JSON document: job, request, expected nodes, summary, every node\'s result'
 jsonl\t'One JSON object per line, each result as it arrives, then a summary line'

@@ -78,6 +78,7 @@ complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -l batch
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -l batch-wait -d 'Seconds to pause between batches' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -l job -d 'Show an earlier job by its id (its results so far, then any still to come)' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s k -l key -d 'The client key that signs requests [default: $SERVICE_MGR_KEY, else ~/.config/service-mgr/client.key if it exists; without a key, or with SERVICE_MGR_KEY=none, requests go unsigned]' -r -F
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -l manager-key -d 'The manager\'s public key, pinned (a manager.key.pub file or its line; `plaintext` for a 0.1 or allow_unsigned manager) [default: $SERVICE_MGR_MANAGER_KEY, else ~/.config/service-mgr/manager.key.pub, else that of a manager on this host]' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -l format -d 'Output format [default: table on a terminal; when piped, legacy as service-mgr-client (0.1\'s output) and json as service-mgr client]' -r -f -a "table\t'For people: node, system, status, return code, time, first line of output; a summary'
 json\t'One JSON document: job, request, expected nodes, summary, every node\'s result'
 jsonl\t'One JSON object per line, each result as it arrives, then a summary line'
@@ -91,6 +92,7 @@ complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s e -l en
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s t -l timeout -d 'Milliseconds to wait for the answer per try' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s r -l retries -d 'Tries' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s k -l key -d 'Client key to sign commands that change something (shutdown) [default: as the client\'s]' -r -F
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l server-key -d 'The daemon\'s public key, pinned: for the manager as the client\'s --manager-key; for an agent its agent.key.pub (file or line) [default: the key_file of the local config]; `plaintext` for a 0.1 or allow_unsigned daemon' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l keys-dir -d 'keys: the manager\'s key store [default: keys in the manager\'s state_dir]' -r -F
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s f -l file -d 'keys: the manager\'s config file, to find its state_dir' -r -F
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l format -d 'Output format [default for the short names: table on a terminal, else json; full command names print the JSON reply, as 0.1 did]' -r -f -a "table\t'A table for people'

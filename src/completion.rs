@@ -76,7 +76,8 @@ fn nodes(l: &Line) -> Result<Vec<String>> {
     };
     let ctx = zmq::Context::new();
     let key = load_client_key(l.key.as_deref()).ok().flatten();
-    let wire = crate::config::pin::manager_key(l.manager_key.as_deref(), &l.endpoint)?.wire(key.as_deref())?;
+    let wire = crate::config::pin::manager_key(l.manager_key.as_deref(), &l.endpoint)?
+        .wire(key.as_deref())?;
     if crate::client::manager_is_01(&ctx, &l.endpoint, &wire, left(), 1)? {
         bail!("a 0.1 manager cannot say which nodes it knows");
     }

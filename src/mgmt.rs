@@ -49,7 +49,11 @@ pub struct MgmtArgs {
     /// The daemon's public key, pinned: for the manager as the client's --manager-key; for an
     /// agent its agent.key.pub (file or line) [default: the key_file of the local config];
     /// `plaintext` for a 0.1 or allow_unsigned daemon.
-    #[arg(long = "server-key", value_name = "FILE|LINE", env = "SERVICE_MGR_SERVER_KEY")]
+    #[arg(
+        long = "server-key",
+        value_name = "FILE|LINE",
+        env = "SERVICE_MGR_SERVER_KEY"
+    )]
     pub server_key: Option<String>,
     /// keys: the manager's key store [default: keys in the manager's state_dir].
     #[arg(long, value_name = "DIR")]
@@ -134,7 +138,7 @@ pub fn wire(
         (_, None, Some(pin)) => pin,
         (Daemon::Manager, setting, _) => match config::pin::manager_key(setting, endpoint)? {
             config::pin::ManagerKey::Plaintext => return Ok(transport::Wire::Plain),
-            config::pin::ManagerKey::Pinned { key, .. } => key,
+            config::pin::ManagerKey::Pinned { key, .. } => *key,
         },
         (Daemon::Agent, Some(line), _) if line.starts_with(security::KEY_PREFIX) => line
             .parse()
@@ -157,10 +161,7 @@ pub fn wire(
         }
     };
     // Our own daemon key proves who we are only to that daemon.
-    let ours = own
-        .as_ref()
-        .filter(|k| k.public() == &server)
-        .or(client);
+    let ours = own.as_ref().filter(|k| k.public() == &server).or(client);
     Ok(match ours {
         Some(k) => transport::Wire::curve(k, &server),
         None => transport::Wire::curve(&KeyPair::generate(Role::Client, "anonymous")?, &server),
@@ -294,11 +295,10 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
     let daemon = Daemon::of(cmd);
     let own_key_file = match daemon {
         Daemon::Manager => manager_config(a)?.key_file(),
-        Daemon::Agent => config::load::<config::AgentConfig>(
-            std::path::Path::new(config::AGENT_CONFIG),
-            false,
-        )?
-        .key_file(),
+        Daemon::Agent => {
+            config::load::<config::AgentConfig>(std::path::Path::new(config::AGENT_CONFIG), false)?
+                .key_file()
+        }
     };
     let wire = wire(
         daemon,

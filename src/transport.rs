@@ -145,10 +145,13 @@ pub fn try_recv(s: &zmq::Socket) -> Result<Option<Vec<Vec<u8>>>, zmq::Error> {
     }
 }
 
+/// A message and the `User-Id` of the connection it came on.
+pub type Received = (String, Vec<Vec<u8>>);
+
 /// As [`try_recv`], also giving the ZAP `User-Id` of the connection the message
 /// came on (empty on plaintext sockets): who sent it, proved by the handshake.
 /// Read from the last frame: a ROUTER's routing-id frame carries no metadata.
-pub fn try_recv_from(s: &zmq::Socket) -> Result<Option<(String, Vec<Vec<u8>>)>, zmq::Error> {
+pub fn try_recv_from(s: &zmq::Socket) -> Result<Option<Received>, zmq::Error> {
     let mut frames = Vec::new();
     let mut msg = zmq::Message::new();
     loop {
@@ -266,9 +269,9 @@ pub fn request(
              there does not hold the key we pinned for it (another or a re-keyed manager; or a 0.1 \
              or allow_unsigned one, which needs the key setting `plaintext`)"
         ),
-        _ => bail!(
-            "no answer from {endpoint} after {tried}; is the daemon running and is -e right?"
-        ),
+        _ => {
+            bail!("no answer from {endpoint} after {tried}; is the daemon running and is -e right?")
+        }
     }
 }
 

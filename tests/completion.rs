@@ -189,7 +189,8 @@ fn bash_completes_the_managers_nodes() {
             let line = format!("{name} -e {ep} -k {key} --manager-key {mk} -T ");
             let (offered, _) = bash_complete(&path, &line);
             assert_eq!(offered, ["any", "compl-web1"], "{line}");
-            let line = format!("{name} --endpoint={ep} --key {key} --manager-key={mk} -N other,compl");
+            let line =
+                format!("{name} --endpoint={ep} --key {key} --manager-key={mk} -N other,compl");
             let (offered, _) = bash_complete(&path, &line);
             assert_eq!(offered, ["other,compl-web1"], "{line}");
         }
@@ -276,7 +277,7 @@ compset() {{ : }}
 compadd() {{ print -l -- ${{(P)argv[-1]}} }}
 source '{}'
 words=(service-mgr-client -e '{ep}' -k '{key}' --manager-key '{mk}' -T '')
-CURRENT=6
+CURRENT=8
 _service_mgr_targets -J -default- topics"#,
                     script(&format!("_{name}")).display()
                 );

@@ -126,7 +126,17 @@ fn c_detached_daemon_start_second_start_status_stop() {
         // status: JSON with "running", exit 0.
         // On the manager's host its config (state_dir) holds its key: 0.1's status works.
         let state = format!("state_dir={}", toml_str(&pki.path("state")));
-        let st = ["daemon", "-f", "/dev/null", "-O", &state, "-e", &mgmt_ep, "status"].map(String::from);
+        let st = [
+            "daemon",
+            "-f",
+            "/dev/null",
+            "-O",
+            &state,
+            "-e",
+            &mgmt_ep,
+            "status",
+        ]
+        .map(String::from);
         let out = run_in(None, &st, &[NO_KEY]);
         assert_eq!(out.status.code(), Some(0), "status: {}", text(&out.stderr));
         let v = json(&out.stdout);
@@ -148,7 +158,10 @@ fn c_detached_daemon_start_second_start_status_stop() {
         let out = run_in(
             None,
             &stop,
-            &[("SERVICE_MGR_KEY", key.as_str()), ("SERVICE_MGR_MANAGER_KEY", &pin)],
+            &[
+                ("SERVICE_MGR_KEY", key.as_str()),
+                ("SERVICE_MGR_MANAGER_KEY", &pin),
+            ],
         );
         assert_eq!(
             out.status.code(),
@@ -476,7 +489,9 @@ fn manager_logging_to(log: &Path, pki: &Pki, debug: bool) -> Proc {
     ] {
         args.extend(["-O", key]);
     }
-    spawn_ready(&args)
+    let p = spawn_ready(&args);
+    register_manager(&p, pki);
+    p
 }
 
 #[test]
@@ -566,7 +581,10 @@ fn c_relative_pid_file_is_removed_at_stop() {
         let out = run_in(
             None,
             &stop,
-            &[("SERVICE_MGR_KEY", key.as_str()), ("SERVICE_MGR_MANAGER_KEY", &pin)],
+            &[
+                ("SERVICE_MGR_KEY", key.as_str()),
+                ("SERVICE_MGR_MANAGER_KEY", &pin),
+            ],
         );
         assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
         wait_for(10, "the daemon to exit", || (!pid_alive(pid)).then_some(()));

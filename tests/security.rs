@@ -6,8 +6,8 @@ use crate::util::*;
 use serde_json::{json, Value};
 use service_mgr::protocol::{self as p, RequestBody, ServiceRequest};
 use service_mgr::security::{self, KeyPair, Purpose, Role};
-use std::time::Duration;
 use std::process::Command;
+use std::time::Duration;
 
 /// A signed request frame, with `edit` applied to the signed body first.
 fn signed_frame(
@@ -318,7 +318,13 @@ fn forged_results_are_dropped_and_results_are_sealed() {
         // The forger has a key of its own (a stranger's handshake is admitted
         // where keys get filed), never accepted: nothing it sends counts.
         let forger = KeyPair::generate(Role::Agent, "n1").unwrap();
-        let push = connect_curve(&ctx, zmq::PUSH, &mgr.ep("sink_endpoint"), &mgr.manager_key(), &forger);
+        let push = connect_curve(
+            &ctx,
+            zmq::PUSH,
+            &mgr.ep("sink_endpoint"),
+            &mgr.manager_key(),
+            &forger,
+        );
         push.set_linger(1000).unwrap();
         let forged = json!({"msg": "Executed service start request", "uuid": uuid, "node": "n1", "status": "ok",
             "result": {"node": "n1", "service": "slow-svc", "returncode": 0, "stdout": "forged", "stderr": "",
@@ -348,11 +354,9 @@ fn forged_results_are_dropped_and_results_are_sealed() {
             .run();
         let job = doc["job"].as_str().unwrap();
         assert_eq!(doc["results"][0]["verified"], true, "{doc}");
-        let sub2 = ctx.socket(zmq::SUB).unwrap();
+        let sub2 = connect_curve(&ctx, zmq::SUB, &results, &mgr.manager_key(), &key);
         sub2.set_subscribe(job.as_bytes()).unwrap();
         sub2.set_rcvtimeo(3000).unwrap();
-        sub2.connect(&format!("tcp://127.0.0.1:{}", accepted["port"]))
-            .unwrap();
         // The manager replays a job's results to a new subscriber.
         let frames = sub2
             .recv_multipart(0)
@@ -381,14 +385,21 @@ fn shutdown_needs_a_key_with_that_right() {
         assert!(text.contains("may read but not shut down"), "{text}");
         assert!(mgr.alive());
         let out = run(&["mgmt", "-e", &ep, "-k", &key, "status", "--format", "json"]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let out = output(
             Command::new(bin())
                 .args(["mgmt", "-e", &ep, "-t", "300", "-r", "1", "status"])
                 .env("SERVICE_MGR_KEY", "none"),
         );
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success() && err.contains("refused our key"), "{err}");
+        assert!(
+            !out.status.success() && err.contains("refused our key"),
+            "{err}"
+        );
         // The manager's own key, as root on its host holds it.
         let r = mgmt(&ep, "manager.shutdown");
         assert_eq!(r["success"], 0, "{r}");

@@ -59,7 +59,13 @@ fn agent_with_clock_ahead_is_listed_as_clock_skew() {
         let key_file = pki.agent_key("s2");
         let key = KeyPair::load(std::path::Path::new(&key_file)).unwrap();
         let ctx = zmq::Context::new();
-        let push = connect_curve(&ctx, zmq::PUSH, &mgr.ep("sink_endpoint"), &mgr.manager_key(), &key);
+        let push = connect_curve(
+            &ctx,
+            zmq::PUSH,
+            &mgr.ep("sink_endpoint"),
+            &mgr.manager_key(),
+            &key,
+        );
         push.set_linger(2000).unwrap();
         let agents = wait_for(10, "s2 listed as clock_skew", || {
             push.send(p::encode(&hello_ahead(&key, "s2", 150_500)), 0)

@@ -1014,6 +1014,10 @@ impl<'a> Bench<'a> {
             if !self.plan.unsigned {
                 args.extend(["-k".into(), self.client_key_file.display().to_string()]);
             }
+            let pin = d.manager.ready["manager_key"]
+                .as_str()
+                .unwrap_or("plaintext");
+            args.extend(["--manager-key".into(), pin.to_owned()]);
             args.extend(
                 [
                     "-T", "any", "-c", "status", "-s", SERVICE, "--format", "json",
@@ -1192,7 +1196,10 @@ fn mgmt_wire(p: &Proc) -> Result<service_mgr::transport::Wire> {
     let Some(key) = manager_key(p)? else {
         return Ok(service_mgr::transport::Wire::Plain);
     };
-    let state = p.state_dir.as_ref().context("the manager's state_dir is unknown")?;
+    let state = p
+        .state_dir
+        .as_ref()
+        .context("the manager's state_dir is unknown")?;
     let own = KeyPair::load(&state.join("manager.key"))?;
     Ok(service_mgr::transport::Wire::curve(&own, &key))
 }
@@ -1209,9 +1216,14 @@ fn wait_until_up(
     let mut up = 0;
     while Instant::now() < deadline {
         d.check_alive()?;
-        let agents =
-            service_mgr::mgmt::call_cmd(&mgmt, &wire, protocol::MANAGER_AGENTS, Duration::from_secs(5), 1)
-                .context("cannot ask the manager for its agents")?;
+        let agents = service_mgr::mgmt::call_cmd(
+            &mgmt,
+            &wire,
+            protocol::MANAGER_AGENTS,
+            Duration::from_secs(5),
+            1,
+        )
+        .context("cannot ask the manager for its agents")?;
         up = agents["result"]
             .as_array()
             .into_iter()

@@ -126,11 +126,7 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     control.hurry_on_second_signal();
     let ctx = zmq::Context::new();
     // The manager's key, pinned: the handshake fails with anyone else.
-    let manager = crate::config::pin::manager_key(
-        config.manager_key.as_deref(),
-        &config.manager_endpoint,
-    )
-    .context("the agent cannot know its manager; set manager_key")?;
+    let manager = wait_for_manager_key(config, control, log)?;
     let wire = manager.wire(Some(&guard.key))?;
     info!(log, "manager"; "key" => manager.describe());
     // Our management socket is a CURVE server with our key, unless we serve 0.1
@@ -172,8 +168,7 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
         ]),
         transport::Wire::Plain => None,
     };
-    let (mgmt, mgmt_endpoint) =
-        bind_mgmt(&ctx, config, zap.as_ref().map(|_| guard.key.as_ref()))?;
+    let (mgmt, mgmt_endpoint) = bind_mgmt(&ctx, config, zap.as_ref().map(|_| guard.key.as_ref()))?;
     let inbox_endpoint = format!("inproc://agent-results-{}", uuid::Uuid::new_v4().simple());
     let inbox = transport::socket(&ctx, zmq::PULL)?;
     inbox.bind(&inbox_endpoint)?;
@@ -223,6 +218,39 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     drop(metrics_server);
     info!(log, "service manager agent stopped");
     Ok(())
+}
+
+/// The manager's key, waiting for it if it is not there yet: a manager on
+/// this host writes it at its first start, which may be a moment after ours
+/// (both started at boot, or one line after the other in a shell).
+fn wait_for_manager_key(
+    config: &AgentConfig,
+    control: &Control,
+    log: &Logger,
+) -> Result<crate::config::pin::ManagerKey> {
+    let mut said: Option<Instant> = None;
+    loop {
+        match crate::config::pin::manager_key(
+            config.manager_key.as_deref(),
+            &config.manager_endpoint,
+        ) {
+            Ok(key) => return Ok(key),
+            // A key that is there but wrong will not get better: stop.
+            Err(e) if config.manager_key.is_some() => {
+                return Err(e.context("the agent cannot know its manager; set manager_key"))
+            }
+            Err(e) => {
+                if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                    error!(log, "waiting for the manager's key"; "error" => format!("{e:#}"));
+                    said = Some(Instant::now());
+                }
+            }
+        }
+        if control.take().shutdown {
+            anyhow::bail!("stopped while waiting for the manager's key");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 struct Agent<'a> {
@@ -715,7 +743,8 @@ impl Agent<'_> {
                             hold the key we pinned (set manager_key to its manager.key.pub); retrying every 5 s";
                             "pinned" => &self.manager_described);
                     }
-                    self.reconnect_at.push((Instant::now() + Duration::from_secs(5), i));
+                    self.reconnect_at
+                        .push((Instant::now() + Duration::from_secs(5), i));
                 }
             }
         }

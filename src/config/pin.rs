@@ -22,7 +22,7 @@ pub enum ManagerKey {
     /// `plaintext`: ZMTP NULL, for 0.1 managers and `allow_unsigned` ones.
     Plaintext,
     /// The manager's key and where we found it (for error messages).
-    Pinned { key: PublicKey, from: String },
+    Pinned { key: Box<PublicKey>, from: String },
 }
 
 impl ManagerKey {
@@ -44,7 +44,11 @@ impl ManagerKey {
         match self {
             ManagerKey::Plaintext => "no manager key (plaintext)".into(),
             ManagerKey::Pinned { key, from } => {
-                format!("manager key {} ({}) from {from}", key.fingerprint(), key.name())
+                format!(
+                    "manager key {} ({}) from {from}",
+                    key.fingerprint(),
+                    key.name()
+                )
             }
         }
     }
@@ -100,14 +104,14 @@ pub fn manager_key(setting: Option<&str>, endpoint: &str) -> Result<ManagerKey> 
         Some(PLAINTEXT) => return Ok(ManagerKey::Plaintext),
         Some(line) if line.starts_with(crate::security::KEY_PREFIX) => {
             return Ok(ManagerKey::Pinned {
-                key: parse(line, "manager_key")?,
+                key: Box::new(parse(line, "manager_key")?),
                 from: "manager_key".into(),
             })
         }
         Some(path) => {
             let path = Path::new(path);
             return Ok(ManagerKey::Pinned {
-                key: read(path)?,
+                key: Box::new(read(path)?),
                 from: path.display().to_string(),
             });
         }
@@ -124,7 +128,7 @@ pub fn manager_key(setting: Option<&str>, endpoint: &str) -> Result<ManagerKey> 
     for path in &tried {
         if path.exists() {
             return Ok(ManagerKey::Pinned {
-                key: read(path)?,
+                key: Box::new(read(path)?),
                 from: path.display().to_string(),
             });
         }
@@ -148,10 +152,10 @@ mod tests {
         let pk = crate::security::keygen(&file, Role::Manager, "mgr", false).unwrap();
         let line = pk.to_string();
         let from_line = manager_key(Some(&line), "tcp://mgr:5500").unwrap();
-        assert!(matches!(from_line, ManagerKey::Pinned { key, .. } if key == pk));
+        assert!(matches!(from_line, ManagerKey::Pinned { key, .. } if *key == pk));
         let pub_file = dir.path().join("m.key.pub");
         let from_file = manager_key(Some(pub_file.to_str().unwrap()), "tcp://mgr:5500").unwrap();
-        assert!(matches!(from_file, ManagerKey::Pinned { key, .. } if key == pk));
+        assert!(matches!(from_file, ManagerKey::Pinned { key, .. } if *key == pk));
         assert!(matches!(
             manager_key(Some("plaintext"), "tcp://mgr:5500").unwrap(),
             ManagerKey::Plaintext
@@ -159,8 +163,11 @@ mod tests {
         // A client key is not the manager's.
         let client = dir.path().join("c.key");
         crate::security::keygen(&client, Role::Client, "me", false).unwrap();
-        let err = manager_key(Some(dir.path().join("c.key.pub").to_str().unwrap()), "tcp://m:1")
-            .unwrap_err();
+        let err = manager_key(
+            Some(dir.path().join("c.key.pub").to_str().unwrap()),
+            "tcp://m:1",
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").contains("holds a client key"), "{err:#}");
     }
 }

@@ -38,11 +38,11 @@ use crate::runtime::{Control, OnReady};
 use crate::security::{KeyPair, Role};
 use crate::transport;
 use anyhow::{Context, Result};
+use peers::{domain, Peers};
 use registry::Registry;
 use slog::{debug, error, info, warn, Logger};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
-use peers::{domain, Peers};
 use trust::Gate;
 
 /// The endpoints the manager really bound (ports resolved), for the ready
@@ -195,14 +195,22 @@ fn own_key(config: &ManagerConfig, log: &Logger) -> Result<KeyPair> {
         } else {
             "manager".to_owned()
         };
-        let pk = crate::security::keygen(&file, Role::Manager, &name, false).with_context(|| {
-            format!("cannot create the manager key {}; set key_file or state_dir", file.display())
-        })?;
+        let pk =
+            crate::security::keygen(&file, Role::Manager, &name, false).with_context(|| {
+                format!(
+                    "cannot create the manager key {}; set key_file or state_dir",
+                    file.display()
+                )
+            })?;
         info!(log, "generated the manager key; clients and agents need its public half";
             "file" => %file.with_extension("key.pub").display(), "fingerprint" => pk.fingerprint());
     }
-    let key = KeyPair::load(&file)
-        .with_context(|| format!("cannot use the manager key {}; set key_file", file.display()))?;
+    let key = KeyPair::load(&file).with_context(|| {
+        format!(
+            "cannot use the manager key {}; set key_file",
+            file.display()
+        )
+    })?;
     anyhow::ensure!(
         key.role() == Role::Manager,
         "{} holds a {} key; the manager needs a manager key (service-mgr keygen --role manager -o FILE)",

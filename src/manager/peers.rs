@@ -52,9 +52,9 @@ pub fn user_id_of_key_id(key_id: &str) -> Option<String> {
 }
 
 fn matches(patterns: &[String], key: &PublicKey) -> bool {
-    patterns.iter().any(|p| {
-        p == "*" || p == key.name() || p == &key.fingerprint() || p == &key.to_string()
-    })
+    patterns
+        .iter()
+        .any(|p| p == "*" || p == key.name() || p == &key.fingerprint() || p == &key.to_string())
 }
 
 pub struct Peers {
@@ -147,10 +147,7 @@ impl Peers {
             self.strangers
                 .retain(|_, (t, _)| now.duration_since(*t) < Duration::from_secs(60));
         }
-        let (since, n) = self
-            .strangers
-            .entry(address.to_owned())
-            .or_insert((now, 0));
+        let (since, n) = self.strangers.entry(address.to_owned()).or_insert((now, 0));
         if now.duration_since(*since) >= Duration::from_secs(60) {
             *since = now;
             *n = 0;
@@ -273,9 +270,13 @@ mod tests {
         assert!(allowed(&granted.judge_t(&zap(domain::MGMT, a))));
         assert_eq!(granted.right(&user_id(&a.curve_key())), Some(Right::Read));
         // Rejected keys get nowhere; strangers only where keys are filed, and not in floods.
-        assert!(!allowed(&peers.judge_t(&zap(domain::FRONTEND, eve.public()))));
+        assert!(!allowed(
+            &peers.judge_t(&zap(domain::FRONTEND, eve.public()))
+        ));
         let stranger = KeyPair::generate(Role::Agent, "new").unwrap();
-        assert!(!allowed(&peers.judge_t(&zap(domain::RESULTS, stranger.public()))));
+        assert!(!allowed(
+            &peers.judge_t(&zap(domain::RESULTS, stranger.public()))
+        ));
         let admitted = (0..100)
             .filter(|_| allowed(&peers.judge_t(&zap(domain::SINK, stranger.public()))))
             .count();

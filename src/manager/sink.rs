@@ -85,11 +85,15 @@ impl Manager<'_> {
                 let checked = match &self.peers {
                     Some(_) => match self.accepted_peer(crate::security::Role::Agent) {
                         Some(k) if node.as_deref() == Some(k.name()) && auth.is_some() => Ok(()),
-                        Some(k) => Err(format!("result for node {node:?} on the connection of {}", k.name())),
+                        Some(k) => Err(format!(
+                            "result for node {node:?} on the connection of {}",
+                            k.name()
+                        )),
                         // Not in the index yet (a key accepted a moment ago): the signature decides.
                         None => match &auth {
                             Some(a) if !self.sent_by(&a.key) => {
-                                Err("result signed with a key other than the connection's".to_owned())
+                                Err("result signed with a key other than the connection's"
+                                    .to_owned())
                             }
                             _ => self
                                 .gate

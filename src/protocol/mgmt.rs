@@ -133,7 +133,8 @@ pub struct Bound {
     pub result_publisher_port: u16,
     /// Where Prometheus metrics are served (`HOST:PORT`), when they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metrics_endpoint: Option<String>,    /// The manager's public key line (CURVE server key); absent in plaintext mode.
+    pub metrics_endpoint: Option<String>,
+    /// The manager's public key line (CURVE server key); absent in plaintext mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manager_key: Option<String>,
 }

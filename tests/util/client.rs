@@ -84,7 +84,10 @@ impl Client {
         c.envs(self.envs.iter().map(|(k, v)| (k, v)));
         // A manager the harness did not start (a 0.1 one, a fake): plaintext.
         if super::keys::creds(&self.endpoint).is_none()
-            && !self.envs.iter().any(|(k, _)| k == "SERVICE_MGR_MANAGER_KEY")
+            && !self
+                .envs
+                .iter()
+                .any(|(k, _)| k == "SERVICE_MGR_MANAGER_KEY")
         {
             c.env("SERVICE_MGR_MANAGER_KEY", "plaintext");
         }

@@ -33,7 +33,7 @@ pub fn manager(extra: &[&str]) -> Proc {
 /// Register a manager's endpoints with the keys that reach them: its own
 /// key (pinned by command lines; held by raw management round trips, as
 /// root on the manager's host would) and the test client's key.
-fn register_manager(p: &Proc, pki: &Pki) {
+pub fn register_manager(p: &Proc, pki: &Pki) {
     use super::keys::{register, Creds};
     let envs = |line: &str| {
         vec![
@@ -43,7 +43,13 @@ fn register_manager(p: &Proc, pki: &Pki) {
     };
     let Some(line) = p.ready["manager_key"].as_str() else {
         for k in ["frontend_endpoint", "mgmt_endpoint"] {
-            register(&p.ep(k), Creds { envs: envs("plaintext"), curve: None });
+            register(
+                &p.ep(k),
+                Creds {
+                    envs: envs("plaintext"),
+                    curve: None,
+                },
+            );
         }
         return;
     };
@@ -54,15 +60,33 @@ fn register_manager(p: &Proc, pki: &Pki) {
     let client = service_mgr::security::KeyPair::load(Path::new(&pki.client_key()))
         .ok()
         .map(|k| (server.curve_key(), std::sync::Arc::new(k)));
-    register(&p.ep("frontend_endpoint"), Creds { envs: envs(line), curve: client.clone() });
-    register(&p.ep("result_endpoint"), Creds { envs: Vec::new(), curve: client });
+    register(
+        &p.ep("frontend_endpoint"),
+        Creds {
+            envs: envs(line),
+            curve: client.clone(),
+        },
+    );
+    register(
+        &p.ep("result_endpoint"),
+        Creds {
+            envs: Vec::new(),
+            curve: client,
+        },
+    );
     // Raw sockets on the agents' side speak as an accepted agent of their own,
     // "probe": what they send in another node's name is not believed.
     let probe = service_mgr::security::KeyPair::load(Path::new(&pki.agent_key("probe")))
         .ok()
         .map(|k| (server.curve_key(), std::sync::Arc::new(k)));
     for k in ["backend_endpoint", "sink_endpoint"] {
-        register(&p.ep(k), Creds { envs: Vec::new(), curve: probe.clone() });
+        register(
+            &p.ep(k),
+            Creds {
+                envs: Vec::new(),
+                curve: probe.clone(),
+            },
+        );
     }
     register(
         &p.ep("mgmt_endpoint"),
@@ -186,7 +210,12 @@ pub fn agent_at(
     dir: &Path,
     extra: &[&str],
 ) -> Proc {
-    let mut args = vec!["-O", "allow_unsigned=true", "-O", "manager_key=\"plaintext\""];
+    let mut args = vec![
+        "-O",
+        "allow_unsigned=true",
+        "-O",
+        "manager_key=\"plaintext\"",
+    ];
     args.extend_from_slice(extra);
     spawn_agent(
         manager_endpoint,
@@ -253,13 +282,21 @@ fn register_agent(p: &Proc, key_file: &str, clients_file: &str, args: &[&str]) {
     let client_key = Path::new(clients_file).with_file_name("client.key");
     let mut envs = Vec::new();
     if client_key.exists() {
-        envs.push(("SERVICE_MGR_KEY".to_owned(), client_key.display().to_string()));
+        envs.push((
+            "SERVICE_MGR_KEY".to_owned(),
+            client_key.display().to_string(),
+        ));
     }
-    let plaintext = args.windows(2).any(|w| w[0] == "-O" && w[1] == "allow_unsigned=true");
+    let plaintext = args
+        .windows(2)
+        .any(|w| w[0] == "-O" && w[1] == "allow_unsigned=true");
     let own = service_mgr::security::KeyPair::load(Path::new(key_file)).ok();
     let curve = match (plaintext, own) {
         (false, Some(own)) => {
-            envs.push(("SERVICE_MGR_SERVER_KEY".to_owned(), own.public().to_string()));
+            envs.push((
+                "SERVICE_MGR_SERVER_KEY".to_owned(),
+                own.public().to_string(),
+            ));
             Some((own.public().curve_key(), std::sync::Arc::new(own)))
         }
         _ => {
