@@ -22,4 +22,5 @@ mod robustness;
 mod security;
 mod simulate;
 mod store;
+mod strangers;
 mod visibility;

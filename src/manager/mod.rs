@@ -144,6 +144,15 @@ pub fn run(
         "frontend" => &bound.frontend_endpoint, "backend" => &bound.backend_endpoint,
         "sink" => &bound.sink_endpoint, "mgmt" => &bound.mgmt_endpoint,
         "results" => &bound.result_endpoint);
+    // Handshakes that fail on the agents' and clients' sockets: a 0.1 peer
+    // (plaintext) is told apart and the log says how to serve it.
+    let plain_peers = match &secure {
+        Some(_) => Some([
+            transport::HandshakeWatch::new(&ctx, &sockets.backend)?,
+            transport::HandshakeWatch::new(&ctx, &sockets.frontend)?,
+        ]),
+        None => None,
+    };
     let (zap, peers) = match secure {
         Some((key, zap, peers)) => {
             info!(log, "clients and agents pin this manager key"; "fingerprint" => key.public().fingerprint(),
@@ -153,6 +162,8 @@ pub fn run(
         None => (None, None),
     };
     let mut mgr = Manager {
+        plain_peers,
+        plain_said: None,
         zap,
         peers,
         peer: String::new(),
@@ -310,6 +321,10 @@ fn default_result_endpoint(frontend: &str) -> Result<String> {
 }
 
 struct Manager<'a> {
+    /// Failed handshakes on the backend and frontend (secure mode), and when
+    /// we last said that they look like 0.1 peers.
+    plain_peers: Option<[transport::HandshakeWatch; 2]>,
+    plain_said: Option<Instant>,
     /// The ZAP handler and who may connect; `None` with allow_unsigned (plaintext).
     zap: Option<crate::zap::Handler>,
     peers: Option<Peers>,
@@ -429,6 +444,7 @@ impl Manager<'_> {
                 self.drain(Self::on_mgmt, |s| &s.mgmt);
             }
             if last_sweep.elapsed() >= Duration::from_millis(250) {
+                self.say_plaintext_peers();
                 for d in self.registry.sweep() {
                     self.departed(d);
                 }
@@ -695,6 +711,30 @@ impl Manager<'_> {
             peers.refresh_if_missed(&self.gate.keys);
         }
         peers.accepted(&self.peer, role).cloned()
+    }
+
+    /// A failed handshake that was not a refused key: most likely a 0.1
+    /// agent or client speaking plaintext. Said once per hour, with the fix.
+    fn say_plaintext_peers(&mut self) {
+        let Some(watches) = &self.plain_peers else {
+            return;
+        };
+        let failed: Vec<bool> = watches.iter().map(|w| w.failed() == Some(false)).collect();
+        if failed.iter().any(|f| *f)
+            && self
+                .plain_said
+                .is_none_or(|t| t.elapsed() >= Duration::from_secs(3600))
+        {
+            let on = if failed[0] {
+                "backend (agents)"
+            } else {
+                "frontend (clients)"
+            };
+            warn!(self.log, "a peer failed the encrypted handshake: a service-mgr 0.1 peer (plaintext) \
+                or one that pins another manager key; to serve 0.1 agents and clients set \
+                allow_unsigned = true (plaintext sockets, see SECURITY.md)"; "socket" => on);
+            self.plain_said = Some(Instant::now());
+        }
     }
 
     /// ZAP: decide every handshake waiting, and sum up refusals in the log.
