@@ -9,7 +9,7 @@ use crate::exit::Exit;
 use crate::output::{self, to_json_pretty, MgmtFormat, Style};
 use crate::protocol::mgmt::{AgentInfo, AgentState, JobRecord, JobSummary};
 use crate::protocol::{self as p, MgmtBody, MgmtReply, MgmtRequest};
-use crate::security::{self, KeyPair, KeyStore, Purpose, Role};
+use crate::security::{self, KeyPair, KeyState, KeyStore, Purpose, Role};
 use crate::transport;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -61,6 +61,10 @@ pub struct MgmtArgs {
     /// keys: the manager's config file, to find its state_dir.
     #[arg(short = 'f', long = "file", value_name = "CONFIG")]
     pub config: Option<PathBuf>,
+    /// keys accept|import: accept an agent key whose node name an accepted key
+    /// holds (a reinstalled node), rejecting that key: one node, one key.
+    #[arg(long)]
+    pub force: bool,
     /// Output format [default for the short names: table on a terminal, else json;
     /// full command names print the JSON reply, as 0.1 did].
     #[arg(long, value_enum)]
@@ -513,16 +517,25 @@ fn keys(a: &MgmtArgs) -> Result<Exit> {
         sel.with_context(|| format!("usage: service-mgr mgmt keys {op} FINGERPRINT|NAME|KEY-ID"))
     };
     match op {
-        "list" => {
-            for (state, key) in store.list() {
-                println!("{:<9} {} {}", state.as_str(), key.fingerprint(), key);
+        "list" => print!("{}", list_keys(&store, clock::now_ms())),
+        "accept" if a.force => {
+            let (key, replaced) = store.accept_replacing(need()?)?;
+            for old in replaced {
+                println!("rejected {old} (replaced: one key per node)");
             }
+            println!("accepted {key}");
         }
         "accept" => println!("accepted {}", store.accept(need()?)?),
         "reject" => println!("rejected {}", store.reject(need()?)?),
         "delete" => println!("deleted {}", store.delete(need()?)?),
         "import" => {
-            for k in store.import_accepted(std::path::Path::new(need()?))? {
+            let file = std::path::Path::new(need()?);
+            let accepted = if a.force {
+                store.import_replacing(file)?
+            } else {
+                store.import_accepted(file)?
+            };
+            for k in accepted {
                 println!("accepted {k}");
             }
         }
@@ -531,6 +544,53 @@ fn keys(a: &MgmtArgs) -> Result<Exit> {
         }
     }
     Ok(Exit::Ok)
+}
+
+/// `mgmt keys list`: one line per key (state, fingerprint, key line), an
+/// agent key whose node name another accepted key holds marked as a name
+/// clash; then how many unknown keys the manager turned away, if any.
+fn list_keys(store: &KeyStore, now_ms: u64) -> String {
+    let mut text = String::new();
+    for (state, key) in store.list() {
+        text.push_str(&format!(
+            "{:<9} {} {}",
+            state.as_str(),
+            key.fingerprint(),
+            key
+        ));
+        let held: Vec<String> = store
+            .name_clash(&key)
+            .iter()
+            .map(|k| k.fingerprint())
+            .collect();
+        match state {
+            _ if held.is_empty() => {}
+            KeyState::Pending => text.push_str(&format!(
+                "  [NAME CLASH: node {:?} is held by accepted key {}; accept only with --force]",
+                key.name(),
+                held.join(", ")
+            )),
+            KeyState::Accepted => text.push_str(&format!(
+                "  [NAME CLASH: node {:?} has other accepted keys: {}; neither is served until one is rejected]",
+                key.name(),
+                held.join(", ")
+            )),
+            KeyState::Rejected => {}
+        }
+        text.push('\n');
+    }
+    if let Some(t) = store.read_turned_away().filter(|t| t.total > 0) {
+        text.push_str(&format!(
+            "turned away: {} unknown key{} since the manager started {} ({}); last {} from {} (see the manager log)\n",
+            t.total,
+            if t.total == 1 { "" } else { "s" },
+            output::ago(now_ms.saturating_sub(t.since_ms)),
+            t.breakdown(),
+            output::ago(now_ms.saturating_sub(t.last_ms)),
+            t.last_source
+        ));
+    }
+    text
 }
 
 /// `service-mgr keygen`

@@ -145,12 +145,21 @@ pub fn try_recv(s: &zmq::Socket) -> Result<Option<Vec<Vec<u8>>>, zmq::Error> {
     }
 }
 
-/// A message and the `User-Id` of the connection it came on.
-pub type Received = (String, Vec<Vec<u8>>);
+/// Who sent a message, as libzmq tells it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sender {
+    /// The ZAP `User-Id` of the connection (empty on plaintext sockets): who
+    /// sent it, proved by the handshake.
+    pub user: String,
+    /// Its `Peer-Address`: the TCP peer's IP ("unknown" over inproc or ipc).
+    pub address: String,
+}
 
-/// As [`try_recv`], also giving the ZAP `User-Id` of the connection the message
-/// came on (empty on plaintext sockets): who sent it, proved by the handshake.
-/// Read from the last frame: a ROUTER's routing-id frame carries no metadata.
+/// A message's sender and frames.
+pub type Received = (Sender, Vec<Vec<u8>>);
+
+/// As [`try_recv`], also telling who sent the message ([`Sender`]). Read from
+/// the last frame: a ROUTER's routing-id frame carries no metadata.
 pub fn try_recv_from(s: &zmq::Socket) -> Result<Option<Received>, zmq::Error> {
     let mut frames = Vec::new();
     let mut msg = zmq::Message::new();
@@ -162,11 +171,14 @@ pub fn try_recv_from(s: &zmq::Socket) -> Result<Option<Received>, zmq::Error> {
         }
         let more = msg.get_more();
         if !more {
-            let user = msg.gets("User-Id").unwrap_or_default().to_owned();
+            let sender = Sender {
+                user: msg.gets("User-Id").unwrap_or_default().to_owned(),
+                address: msg.gets("Peer-Address").unwrap_or("unknown").to_owned(),
+            };
             if frames.len() < MAX_FRAMES + 1 {
                 frames.push(msg.to_vec());
             }
-            return Ok(Some((user, frames)));
+            return Ok(Some((sender, frames)));
         }
         if frames.len() < MAX_FRAMES + 1 {
             frames.push(msg.to_vec());

@@ -111,7 +111,7 @@ impl Manager<'_> {
                 ));
             }
         }
-        let (client, request_id) = match self.gate.check_request(&req) {
+        let (client, request_id) = match self.gate.check_request(&req, &self.source) {
             Ok(Some((key, id))) => (Some(key), Some(id)),
             Ok(None) => (None, None),
             Err(trust::Refused::Replayed(id, msg)) => {

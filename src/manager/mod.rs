@@ -97,6 +97,7 @@ pub fn run(
         &config.state_dir().join("keys"),
         config.allow_unsigned,
         Duration::from_secs(config.request_window),
+        log,
     )?;
     if config.allow_unsigned {
         warn!(log, "allow_unsigned is on: unsigned 0.1 clients and agents are served; anyone who reaches the ports can run requests");
@@ -189,6 +190,7 @@ pub fn run(
         metrics,
         unwritten_since: None,
         stop: false,
+        source: String::new(),
     };
     mgr.serve(control)?;
     drop(metrics_server);
@@ -370,6 +372,9 @@ struct Manager<'a> {
     /// Since when store events failed to be written (a failing disk), for the write lag.
     unwritten_since: Option<Instant>,
     stop: bool,
+    /// The address of the peer whose message is being handled ("unknown" if
+    /// libzmq gives none), for the limits on filing unknown keys per source.
+    source: String,
 }
 
 /// Longest time a store event waits to be written with others.
@@ -448,6 +453,7 @@ impl Manager<'_> {
                 for d in self.registry.sweep() {
                     self.departed(d);
                 }
+                self.gate.upkeep();
                 match self.gate.reload_if_changed() {
                     Ok(true) => {
                         if let Some(peers) = &mut self.peers {
@@ -771,8 +777,9 @@ impl Manager<'_> {
     fn drain(&mut self, handle: fn(&mut Self, Vec<Vec<u8>>), sock: fn(&Sockets) -> &zmq::Socket) {
         for _ in 0..1000 {
             match transport::try_recv_from(sock(&self.s)) {
-                Ok(Some((peer, frames))) => {
-                    self.peer = peer;
+                Ok(Some((sender, frames))) => {
+                    self.peer = sender.user;
+                    self.source = sender.address;
                     handle(self, frames)
                 }
                 Ok(None) => return,

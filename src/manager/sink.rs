@@ -48,7 +48,7 @@ impl Manager<'_> {
                         return;
                     }
                 }
-                let (key, a) = match self.gate.check_announce(&a) {
+                let (key, a) = match self.gate.check_announce(&a, &self.source) {
                     Ok((k, signed)) => (k.map(|k| k.to_string()), signed),
                     Err(why) => {
                         self.metrics.refusal(refused::ANNOUNCE);

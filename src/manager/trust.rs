@@ -12,11 +12,20 @@ use crate::protocol::{
     SignedAnnounce, SignedResult,
 };
 use crate::security::{
-    self, AuthError, KeyState, KeyStore, PublicKey, Purpose, ReplayGuard, Role, Signed,
+    self, AuthError, KeyState, KeyStore, PublicKey, Purpose, ReplayGuard, Role, Signed, TurnedAway,
 };
 use anyhow::{Context, Result};
+use slog::{info, warn, Logger};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Keys turned away by the limits on pending keys are logged at most once
+/// per interval, with how many: a flood must not flood the log too.
+pub const TURNED_AWAY_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// How often their count is written for `mgmt keys list`, at most.
+const TURNED_AWAY_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often pending keys are checked for expiry.
+const EXPIRE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Why a request was refused; a replay is told apart so that a client's retry
 /// can get the answer it missed.
@@ -77,6 +86,24 @@ pub struct Gate {
     pub allow_unsigned: bool,
     /// Modification times of the key store's directories, to notice `mgmt keys` edits.
     seen: Vec<Option<SystemTime>>,
+    log: Logger,
+    /// The turned-away counts at the last log line about them, and when.
+    reported: TurnedAway,
+    reported_at: Option<Instant>,
+    /// The total written for `mgmt keys list` last, and when.
+    saved: u64,
+    saved_at: Option<Instant>,
+    expired_at: Instant,
+}
+
+/// What to tell about an agent key whose node name other accepted keys hold.
+fn clash_note(pk: &PublicKey, held_by: &[PublicKey]) -> String {
+    let held: Vec<String> = held_by.iter().map(PublicKey::fingerprint).collect();
+    format!(
+        "node {:?} is held by the accepted key {} (name clash)",
+        pk.name(),
+        held.join(", ")
+    )
 }
 
 /// What to tell a client whose key is not (yet) accepted.
@@ -91,10 +118,14 @@ fn pending_hint(pk: &PublicKey, state: KeyState) -> String {
 }
 
 impl Gate {
-    pub fn open(dir: &Path, allow_unsigned: bool, window: Duration) -> Result<Gate> {
+    pub fn open(dir: &Path, allow_unsigned: bool, window: Duration, log: &Logger) -> Result<Gate> {
         let keys = KeyStore::open(dir).with_context(|| {
             format!("cannot open the key store {}; set state_dir", dir.display())
         })?;
+        // Counting starts anew: `mgmt keys list` shows this run's.
+        if let Err(e) = keys.save_turned_away() {
+            warn!(log, "cannot write the count of keys turned away"; "error" => format!("{e:#}"));
+        }
         let mut g = Gate {
             keys,
             dir: dir.to_owned(),
@@ -102,9 +133,64 @@ impl Gate {
             window,
             allow_unsigned,
             seen: Vec::new(),
+            log: log.clone(),
+            reported: TurnedAway::default(),
+            reported_at: None,
+            saved: 0,
+            saved_at: None,
+            expired_at: Instant::now(),
         };
         g.seen = g.mtimes();
         Ok(g)
+    }
+
+    /// Periodic work (a few times a second is fine): the report of keys
+    /// turned away, and pending keys expiring.
+    pub fn upkeep(&mut self) {
+        self.report_turned_away();
+        if self.expired_at.elapsed() < EXPIRE_INTERVAL {
+            return;
+        }
+        self.expired_at = Instant::now();
+        match self.keys.expire_pending(SystemTime::now()) {
+            Ok(gone) if gone.is_empty() => {}
+            Ok(gone) => {
+                let names: Vec<String> = gone
+                    .iter()
+                    .map(|k| format!("{} ({} {})", k.fingerprint(), k.role(), k.name()))
+                    .collect();
+                info!(self.log, "pending keys expired: not accepted in time; filed again if announced again";
+                    "keys" => names.len(), "ttl_h" => security::PENDING_TTL.as_secs() / 3600,
+                    "which" => names.join(", "));
+            }
+            Err(e) => {
+                warn!(self.log, "cannot expire pending keys"; "error" => format!("{e:#}"))
+            }
+        }
+    }
+
+    /// Log the keys turned away since the last report, once per
+    /// [`TURNED_AWAY_LOG_INTERVAL`], and write their count for `mgmt keys list`.
+    fn report_turned_away(&mut self) {
+        let counts = self.keys.turned_away().clone();
+        let now = Instant::now();
+        let due = |at: Option<Instant>, every| at.is_none_or(|t| now.duration_since(t) >= every);
+        if counts.total > self.reported.total && due(self.reported_at, TURNED_AWAY_LOG_INTERVAL) {
+            let new = counts.since(&self.reported);
+            warn!(self.log, "unknown keys turned away: a source filed new keys too fast, or too many are pending; accepted keys are not affected (count in: service-mgr mgmt keys list)";
+                "keys" => new.total, "rate_limited" => new.rate, "source_full" => new.source_full,
+                "store_full" => new.store_full, "last_source" => &new.last_source,
+                "next_report_s" => TURNED_AWAY_LOG_INTERVAL.as_secs());
+            self.reported = counts.clone();
+            self.reported_at = Some(now);
+        }
+        if counts.total > self.saved && due(self.saved_at, TURNED_AWAY_SAVE_INTERVAL) {
+            if let Err(e) = self.keys.save_turned_away() {
+                warn!(self.log, "cannot write the count of keys turned away"; "error" => format!("{e:#}"));
+            }
+            self.saved = counts.total;
+            self.saved_at = Some(now);
+        }
     }
 
     fn mtimes(&self) -> Vec<Option<SystemTime>> {
@@ -141,10 +227,28 @@ impl Gate {
 
     /// File a key we do not know as pending, after one more look at the disk:
     /// an operator (or a test) may have accepted it a moment ago, and filing it
-    /// as pending then would shadow that.
-    fn submit(&mut self, pk: &PublicKey) -> Result<security::Submission> {
+    /// as pending then would shadow that. `source` is the peer's address.
+    pub fn submit(&mut self, pk: &PublicKey, source: &str) -> Result<security::Submission> {
         self.look_on_disk(&pk.key_id());
-        Ok(self.keys.submit(pk)?)
+        match self.keys.submit(pk, source) {
+            Ok(sub) => {
+                if sub.new && sub.name_clash.is_empty() {
+                    info!(self.log, "unknown key filed as pending"; "key" => pk.fingerprint(),
+                        "role" => pk.role().to_string(), "name" => pk.name(), "source" => source);
+                } else if sub.new {
+                    warn!(self.log, "pending key names a node an accepted key holds (name clash): accept it only if the node was reinstalled, with --force";
+                        "key" => pk.fingerprint(), "node" => pk.name(), "source" => source,
+                        "held_by" => sub.name_clash.iter().map(PublicKey::fingerprint).collect::<Vec<_>>().join(","));
+                }
+                Ok(sub)
+            }
+            Err(e) => {
+                if e.turned_away().is_some() {
+                    self.report_turned_away();
+                }
+                Err(e.into())
+            }
+        }
     }
 
     /// A key we do not know may have been filed a moment ago (by `mgmt keys`,
@@ -167,9 +271,11 @@ impl Gate {
 
     /// A client request: `Ok(Some(key))` when signed and admitted, `Ok(None)`
     /// when unsigned and this manager serves 0.1 clients.
+    /// `source` is the peer's address, for the limits on filing unknown keys.
     pub fn check_request(
         &mut self,
         req: &ServiceRequest,
+        source: &str,
     ) -> Result<Option<(PublicKey, String)>, Refused> {
         let Some(auth) = &req.auth else {
             return if self.allow_unsigned {
@@ -188,7 +294,7 @@ impl Gate {
         let pk = match self.keys.verify_signature(auth, Purpose::Request) {
             Ok(pk) => pk,
             Err(AuthError::UnknownKey(_)) | Err(AuthError::NotAccepted(_)) => {
-                return Err(Refused::Other(self.admit_client(auth)))
+                return Err(Refused::Other(self.admit_client(auth, source)))
             }
             Err(e) => return Err(Refused::Other(format!("request refused: {e}"))),
         };
@@ -221,7 +327,7 @@ impl Gate {
     }
 
     /// An unknown client key that proves possession is filed as pending.
-    fn admit_client(&mut self, auth: &Signed) -> String {
+    fn admit_client(&mut self, auth: &Signed, source: &str) -> String {
         /// Only the signer's claimed key line matters before it is known.
         #[derive(serde::Deserialize)]
         struct Claim {
@@ -240,7 +346,7 @@ impl Gate {
         {
             return "request refused: bad signature".into();
         }
-        match self.submit(&pk) {
+        match self.submit(&pk, source) {
             Ok(sub) => pending_hint(&pk, sub.state),
             Err(e) => format!("request refused: unknown client key ({e:#})"),
         }
@@ -250,9 +356,11 @@ impl Gate {
     /// `Ok(None)` for an unsigned one this manager serves, `Err` otherwise
     /// (a new key is filed as pending on the way).
     /// Returns the announcement to believe: the signed copy, never the clear one.
+    /// `source` is the peer's address, for the limits on filing unknown keys.
     pub fn check_announce(
         &mut self,
         a: &Announce,
+        source: &str,
     ) -> Result<(Option<PublicKey>, Announce), AnnounceRefused> {
         let Some(auth) = &a.auth else {
             return if self.allow_unsigned {
@@ -305,10 +413,24 @@ impl Gate {
             )));
         }
         let sub = self
-            .submit(&pk)
+            .submit(&pk, source)
             .map_err(|e| AnnounceRefused::Other(format!("{e:#}")))?;
         match sub.state {
-            KeyState::Accepted => Ok((Some(pk), a)),
+            KeyState::Accepted if self.keys.holds_its_name(&pk) => Ok((Some(pk), a)),
+            KeyState::Accepted => Err(AnnounceRefused::Other(format!(
+                "agent {:?} key {} is accepted, but so is another key of that node: {}; neither is served until one is rejected (service-mgr mgmt keys reject FINGERPRINT)",
+                a.node,
+                pk.fingerprint(),
+                clash_note(&pk, &sub.name_clash)
+            ))),
+            KeyState::Pending if !sub.name_clash.is_empty() => Err(AnnounceRefused::Other(format!(
+                "agent {:?} key {} is pending, and {}: if {} was reinstalled, accept it with: service-mgr mgmt keys accept --force {}",
+                a.node,
+                pk.fingerprint(),
+                clash_note(&pk, &sub.name_clash),
+                a.node,
+                pk.fingerprint()
+            ))),
             other => Err(AnnounceRefused::Other(format!(
                 "agent {:?} key {} is {}; accept it with: service-mgr mgmt keys accept {}",
                 a.node,
@@ -336,7 +458,10 @@ impl Gate {
         // Accepted a moment ago? One more look at the disk before refusing.
         self.look_on_disk(&signed.key);
         match self.keys.verify_signature(signed, Purpose::Announce) {
-            Ok(pk) if pk.role() == security::Role::Agent => Grant::Private(pk.name().to_owned()),
+            // Two accepted keys for one node: neither gets its requests.
+            Ok(pk) if pk.role() == security::Role::Agent && self.keys.holds_its_name(&pk) => {
+                Grant::Private(pk.name().to_owned())
+            }
             _ => Grant::No,
         }
     }
@@ -357,6 +482,12 @@ impl Gate {
             };
         };
         let pk = self.keys.verify_signature(auth, Purpose::Result)?;
+        if !self.keys.holds_its_name(&pk) {
+            return Err(ResultDropped::NameClash {
+                fingerprint: pk.fingerprint(),
+                node: pk.name().to_owned(),
+            });
+        }
         let body = SignedResult::from_signed(&auth.body).map_err(ResultDropped::BadBody)?;
         if body.uuid != uuid || Some(body.node.as_str()) != node || pk.name() != body.node {
             return Err(ResultDropped::Mismatch {
@@ -397,6 +528,8 @@ pub enum ResultDropped {
     Auth(#[from] AuthError),
     #[error("result dropped: bad body: {0}")]
     BadBody(#[source] serde_json::Error),
+    #[error("result dropped: signed by {fingerprint}, but node {node:?} has more than one accepted key; reject the one that is not its own")]
+    NameClash { fingerprint: String, node: String },
     #[error("result dropped: signed by {fingerprint} ({name}) for node {node:?}, job {uuid}")]
     Mismatch {
         fingerprint: String,
@@ -414,6 +547,7 @@ impl ResultDropped {
             ResultDropped::Auth(e) => e.reason(),
             ResultDropped::BadBody(_) => "malformed",
             ResultDropped::Mismatch { .. } => "mismatch",
+            ResultDropped::NameClash { .. } => "name_clash",
         }
     }
 }
@@ -422,6 +556,10 @@ impl ResultDropped {
 mod tests {
     use super::*;
     use crate::security::{sign_body, KeyPair, Role};
+
+    fn discard() -> Logger {
+        Logger::root(slog::Discard, slog::o!())
+    }
 
     /// A gate in secure mode whose store has alice (client) and web1 (agent)
     /// accepted, mallory (client) pending.
@@ -435,12 +573,18 @@ mod tests {
 
     fn fixture(allow_unsigned: bool) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let mut gate = Gate::open(dir.path(), allow_unsigned, Duration::from_secs(60)).unwrap();
+        let mut gate = Gate::open(
+            dir.path(),
+            allow_unsigned,
+            Duration::from_secs(60),
+            &discard(),
+        )
+        .unwrap();
         let alice = KeyPair::generate(Role::Client, "alice").unwrap();
         let mallory = KeyPair::generate(Role::Client, "mallory").unwrap();
         let web1 = KeyPair::generate(Role::Agent, "web1").unwrap();
         for k in [&alice, &mallory, &web1] {
-            gate.keys.submit(k.public()).unwrap();
+            gate.keys.submit(k.public(), "test").unwrap();
         }
         gate.keys.accept(&alice.public().fingerprint()).unwrap();
         gate.keys.accept(&web1.public().fingerprint()).unwrap();
@@ -564,14 +708,18 @@ mod tests {
         ];
         for (name, req, allow_unsigned, want) in cases {
             let mut f2 = fixture(allow_unsigned);
-            // The same keys in every gate: copy the fixture's store decisions.
+            // The same keys in every gate: copy the fixture's store decisions
+            // (its web1 key replaces this gate's own: one key per node).
             for (k, accept) in [(&f.alice, true), (&f.mallory, false), (&f.web1, true)] {
-                f2.gate.keys.submit(k.public()).unwrap();
+                f2.gate.keys.submit(k.public(), "test").unwrap();
                 if accept {
-                    f2.gate.keys.accept(&k.public().fingerprint()).unwrap();
+                    f2.gate
+                        .keys
+                        .accept_replacing(&k.public().fingerprint())
+                        .unwrap();
                 }
             }
-            let got = f2.gate.check_request(&req);
+            let got = f2.gate.check_request(&req, "test");
             match (got, want) {
                 (Ok(key), Ok(signed)) => assert_eq!(key.is_some(), signed, "{name}"),
                 (Err(r), Err(needle)) => {
@@ -586,8 +734,10 @@ mod tests {
     fn gate_answers_a_replay_with_its_id() {
         let mut f = fixture(false);
         let req = signed(&f.alice, request(), |_| {});
-        let (_, id) = f.gate.check_request(&req).unwrap().unwrap();
-        assert!(matches!(f.gate.check_request(&req), Err(Refused::Replayed(i, _)) if i == id));
+        let (_, id) = f.gate.check_request(&req, "test").unwrap().unwrap();
+        assert!(
+            matches!(f.gate.check_request(&req, "test"), Err(Refused::Replayed(i, _)) if i == id)
+        );
     }
 
     fn hello(node: &str) -> Announce {
@@ -660,9 +810,12 @@ mod tests {
         ];
         for (name, a, allow_unsigned, want) in cases {
             let mut g = fixture(allow_unsigned);
-            g.gate.keys.submit(f.web1.public()).unwrap();
-            g.gate.keys.accept(&f.web1.public().fingerprint()).unwrap();
-            match (g.gate.check_announce(&a), want) {
+            g.gate.keys.submit(f.web1.public(), "test").unwrap();
+            g.gate
+                .keys
+                .accept_replacing(&f.web1.public().fingerprint())
+                .unwrap();
+            match (g.gate.check_announce(&a, "test"), want) {
                 (Ok((_, believed)), Ok(())) => {
                     assert_eq!(believed.topics, hello(&a.node).topics, "{name}")
                 }
@@ -680,10 +833,13 @@ mod tests {
         let now = crate::clock::now_ms();
         let web2 = KeyPair::generate(Role::Agent, "web2").unwrap();
         let mut g = fixture(false);
-        g.gate.keys.submit(f.web1.public()).unwrap();
-        g.gate.keys.accept(&f.web1.public().fingerprint()).unwrap();
+        g.gate.keys.submit(f.web1.public(), "test").unwrap();
+        g.gate
+            .keys
+            .accept_replacing(&f.web1.public().fingerprint())
+            .unwrap();
         let ahead = signed_hello(&f.web1, hello("web1"), now + 150_500);
-        match g.gate.check_announce(&ahead) {
+        match g.gate.check_announce(&ahead, "test") {
             Err(AnnounceRefused::ClockSkew { node, skew_s, .. }) => {
                 assert_eq!((node.as_str(), skew_s), ("web1", 150))
             }
@@ -691,7 +847,7 @@ mod tests {
         }
         let behind = signed_hello(&f.web1, hello("web1"), now - 200_000);
         assert!(matches!(
-            g.gate.check_announce(&behind),
+            g.gate.check_announce(&behind, "test"),
             Err(AnnounceRefused::ClockSkew {
                 skew_s: -200 | -201,
                 ..
@@ -700,7 +856,7 @@ mod tests {
         // A key that is not accepted gets no such standing.
         let new = signed_hello(&web2, hello("web2"), now + 150_000);
         assert!(matches!(
-            g.gate.check_announce(&new),
+            g.gate.check_announce(&new, "test"),
             Err(AnnounceRefused::Other(_))
         ));
     }
@@ -808,5 +964,77 @@ mod tests {
             .gate
             .check_mgmt(&MgmtRequest::new("manager.shutdown"))
             .is_ok());
+    }
+
+    fn presence(key: &KeyPair) -> Presence {
+        let ts = crate::clock::now_ms();
+        let signed = sign_body(key, Purpose::Announce, &Presence::signed_text("i1", ts));
+        Presence {
+            instance: "i1".into(),
+            signed: Some((ts, signed)),
+        }
+    }
+
+    /// An agent key named like an accepted node was filed pending with no word
+    /// of the clash; once accepted it got that node's requests (issue 11).
+    #[test]
+    fn a_node_name_held_by_another_key_is_told_and_never_served_twice() {
+        let mut f = fixture(false);
+        let now = crate::clock::now_ms();
+        let impostor = KeyPair::generate(Role::Agent, "web1").unwrap();
+        let why = f
+            .gate
+            .check_announce(&signed_hello(&impostor, hello("web1"), now), "10.0.0.66")
+            .unwrap_err()
+            .to_string();
+        let fp = impostor.public().fingerprint();
+        assert!(
+            why.contains("name clash")
+                && why.contains(&f.web1.public().fingerprint())
+                && why.contains(&format!("keys accept --force {fp}")),
+            "{why}"
+        );
+        assert_eq!(f.gate.check_presence(&presence(&impostor)), Grant::No);
+        assert_eq!(
+            f.gate.check_presence(&presence(&f.web1)),
+            Grant::Private("web1".into())
+        );
+        // Both accepted by editing the store by hand: neither is served.
+        let dir = f._dir.path();
+        std::fs::rename(
+            dir.join("pending").join(&fp),
+            dir.join("accepted").join(&fp),
+        )
+        .unwrap();
+        f.gate.keys.reload().unwrap();
+        for key in [&f.web1, &impostor] {
+            let why = f
+                .gate
+                .check_announce(&signed_hello(key, hello("web1"), now), "10.0.0.1")
+                .unwrap_err()
+                .to_string();
+            assert!(why.contains("neither is served"), "{why}");
+            assert_eq!(f.gate.check_presence(&presence(key)), Grant::No);
+            let body = SignedResult {
+                uuid: "j1".into(),
+                node: "web1".into(),
+                status: crate::protocol::Status::Ok,
+                request_id: None,
+                sealed: None,
+                result: None,
+            };
+            let auth = sign_body(key, Purpose::Result, &serde_json::to_value(&body).unwrap());
+            let dropped = f.gate.check_result(Some(&auth), "j1", Some("web1"));
+            assert!(
+                matches!(dropped, Err(ResultDropped::NameClash { .. })),
+                "{dropped:?}"
+            );
+        }
+        // One of them rejected: the other holds the name again.
+        f.gate.keys.reject(&f.web1.public().fingerprint()).unwrap();
+        assert_eq!(
+            f.gate.check_presence(&presence(&impostor)),
+            Grant::Private("web1".into())
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! The manager's key store, salt-key style: which keys are pending, accepted
-//! or rejected, kept as one file per key.
+//! or rejected, kept as one file per key; and how unknown keys are let in as
+//! pending (rate-limited and capped per source, expiring).
 
 use super::keyfile::write_file;
-use super::{parse_key_lines, AuthError, KeyFileError, PublicKey, Purpose, Signed};
+use super::{parse_key_lines, AuthError, KeyFileError, PublicKey, Purpose, Role, Signed};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::fmt;
@@ -10,10 +12,28 @@ use std::fs::{self, DirBuilder};
 use std::io::{self, ErrorKind};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
-/// Pending keys the [`KeyStore`] holds at most: anyone may announce a key, so
-/// without a cap a stranger could fill the manager's disk.
+/// Pending keys the [`KeyStore`] holds at most, from all sources together:
+/// anyone may announce a key, so without a cap a stranger could fill the
+/// manager's disk. Accepted keys are not counted: they are never crowded out.
 pub const MAX_PENDING: usize = 1000;
+/// Pending keys filed from one source (a peer address) at most, so that one
+/// host cannot fill [`MAX_PENDING`] and lock out the others.
+pub const MAX_PENDING_PER_SOURCE: usize = 20;
+/// New keys one source may have filed at once; after that, one per
+/// [`SOURCE_REFILL`] (a token bucket per source).
+pub const SOURCE_BURST: u32 = 10;
+pub const SOURCE_REFILL: Duration = Duration::from_secs(6);
+/// How long a pending key waits for a decision: then it is dropped, and filed
+/// again (as new) if its holder still announces it.
+pub const PENDING_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Sources whose rate is tracked at once; a stranger with more addresses than
+/// this is turned away until some buckets are full again.
+const MAX_SOURCES: usize = 10_000;
+/// The file, beside the state folders, where the manager tells `mgmt keys list`
+/// how many keys it turned away.
+pub const TURNED_AWAY_FILE: &str = "turned-away";
 
 /// Why the key store could not do what was asked. The text names the file or
 /// the key; the cause (an I/O error, a malformed key) is the source.
@@ -50,8 +70,25 @@ pub enum KeyStoreError {
     },
     #[error("key file {} holds key {fingerprint}: it must be named by its fingerprint", .path.display())]
     Misnamed { path: PathBuf, fingerprint: String },
-    #[error("too many pending keys ({0}); accept, reject or delete some first")]
+    #[error("too many pending keys ({0}); accept, reject or delete some first (pending keys expire after {} h)", PENDING_TTL.as_secs() / 3600)]
     TooManyPending(usize),
+    #[error(
+        "{from} files new keys too fast (at most {SOURCE_BURST} at once, then one per {} s); try again later",
+        SOURCE_REFILL.as_secs()
+    )]
+    RateLimited { from: String },
+    #[error("{from} has {count} keys pending already (at most {MAX_PENDING_PER_SOURCE} per source); accept, reject or delete some first (pending keys expire after {} h)", PENDING_TTL.as_secs() / 3600)]
+    SourceFull { from: String, count: usize },
+    #[error(
+        "key {fingerprint} names node {node:?}, which the accepted key {held_by} holds (name clash): \
+         accepting it would give it {node}'s requests. If {node} was reinstalled with a new key, \
+         `service-mgr mgmt keys accept --force {fingerprint}` accepts it and rejects {held_by}"
+    )]
+    NameClash {
+        fingerprint: String,
+        node: String,
+        held_by: String,
+    },
     #[error("key {key} has the same fingerprint as the known key {other}; refusing it")]
     FingerprintClash {
         key: Box<PublicKey>,
@@ -90,6 +127,13 @@ pub enum KeyStoreError {
         #[source]
         source: AuthError,
     },
+    #[error("{} lists two agent keys for node {node:?} ({first} and {second}): one node name, one key", .path.display())]
+    DuplicateName {
+        path: PathBuf,
+        node: String,
+        first: String,
+        second: String,
+    },
     #[error(transparent)]
     Write(#[from] KeyFileError),
 }
@@ -125,15 +169,113 @@ impl fmt::Display for KeyState {
     }
 }
 
+impl KeyStoreError {
+    /// Refused by the limits on filing unknown keys (not a fault of the store).
+    pub fn turned_away(&self) -> Option<TurnedAwayReason> {
+        match self {
+            KeyStoreError::RateLimited { .. } => Some(TurnedAwayReason::Rate),
+            KeyStoreError::SourceFull { .. } => Some(TurnedAwayReason::SourceFull),
+            KeyStoreError::TooManyPending(_) => Some(TurnedAwayReason::StoreFull),
+            _ => None,
+        }
+    }
+}
+
 /// What [`KeyStore::submit`] did with a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submission {
     pub state: KeyState,
     /// The key was not known before (it is now pending).
     pub new: bool,
-    /// Accepted keys with the same role and name but other bytes: a reinstalled
+    /// Accepted agent keys of the same node name but other bytes: a reinstalled
     /// node, or someone impersonating it. Tell the operator.
     pub name_clash: Vec<PublicKey>,
+}
+
+/// Which limit turned an unknown key away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TurnedAwayReason {
+    /// Its source filed new keys faster than [`SOURCE_BURST`] / [`SOURCE_REFILL`].
+    Rate,
+    /// Its source has [`MAX_PENDING_PER_SOURCE`] keys pending.
+    SourceFull,
+    /// The store has [`MAX_PENDING`] keys pending.
+    StoreFull,
+}
+
+/// How many unknown keys were turned away since the manager started: kept in
+/// memory, written to [`TURNED_AWAY_FILE`] by the manager for `mgmt keys list`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TurnedAway {
+    /// When counting began (the manager's start), ms since the epoch.
+    pub since_ms: u64,
+    pub total: u64,
+    /// Turned away by the per-source rate limit.
+    pub rate: u64,
+    /// By the per-source cap on pending keys.
+    pub source_full: u64,
+    /// By the cap on pending keys of all sources.
+    pub store_full: u64,
+    /// The last one: when (ms since the epoch) and from where.
+    pub last_ms: u64,
+    pub last_source: String,
+}
+
+impl TurnedAway {
+    fn count(&mut self, reason: TurnedAwayReason, source: &str) {
+        self.total += 1;
+        match reason {
+            TurnedAwayReason::Rate => self.rate += 1,
+            TurnedAwayReason::SourceFull => self.source_full += 1,
+            TurnedAwayReason::StoreFull => self.store_full += 1,
+        }
+        self.last_ms = crate::clock::now_ms();
+        source.clone_into(&mut self.last_source);
+    }
+
+    /// The counts since `before` (an earlier copy), for a report per interval.
+    pub fn since(&self, before: &TurnedAway) -> TurnedAway {
+        TurnedAway {
+            since_ms: before.last_ms,
+            total: self.total - before.total,
+            rate: self.rate - before.rate,
+            source_full: self.source_full - before.source_full,
+            store_full: self.store_full - before.store_full,
+            last_ms: self.last_ms,
+            last_source: self.last_source.clone(),
+        }
+    }
+
+    /// "1190 over the rate limit, 0 over the per-source cap, 0 over the pending cap"
+    pub fn breakdown(&self) -> String {
+        format!(
+            "{} over the per-source rate limit, {} over the per-source cap, {} over the pending cap",
+            self.rate, self.source_full, self.store_full
+        )
+    }
+}
+
+/// A pending key's filing: when (its file's time) and from where (known only
+/// to the process that filed it; a key read back from disk has no source).
+#[derive(Debug, Clone)]
+struct Filed {
+    at: SystemTime,
+    source: Option<String>,
+}
+
+/// A source's token bucket of new keys.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn level(&self, now: Instant) -> f64 {
+        let refilled =
+            now.saturating_duration_since(self.at).as_secs_f64() / SOURCE_REFILL.as_secs_f64();
+        (self.tokens + refilled).min(f64::from(SOURCE_BURST))
+    }
 }
 
 /// The manager's keys, salt-key style: `DIR/{pending,accepted,rejected}/FINGERPRINT`,
@@ -144,6 +286,14 @@ pub struct Submission {
 pub struct KeyStore {
     dir: PathBuf,
     keys: HashMap<String, (KeyState, PublicKey)>,
+    /// Key id -> its filing, for every pending key.
+    pending: HashMap<String, Filed>,
+    /// Node name -> how many accepted agent keys carry it (one, unless the
+    /// store was edited by hand).
+    agent_names: HashMap<String, usize>,
+    /// Source -> its bucket of new keys.
+    buckets: HashMap<String, Bucket>,
+    turned_away: TurnedAway,
     max_pending: usize,
 }
 
@@ -164,6 +314,13 @@ impl KeyStore {
         let mut store = KeyStore {
             dir: dir.to_owned(),
             keys: HashMap::new(),
+            pending: HashMap::new(),
+            agent_names: HashMap::new(),
+            buckets: HashMap::new(),
+            turned_away: TurnedAway {
+                since_ms: crate::clock::now_ms(),
+                ..TurnedAway::default()
+            },
             max_pending: MAX_PENDING,
         };
         store.reload()?;
@@ -184,6 +341,7 @@ impl KeyStore {
     /// key's fingerprint, is an error naming it: better than silently trusting less or more.
     pub fn reload(&mut self) -> Result<(), KeyStoreError> {
         let mut keys: HashMap<String, (KeyState, PublicKey)> = HashMap::new();
+        let mut filed_at: HashMap<String, SystemTime> = HashMap::new();
         for state in KeyState::ALL {
             let d = self.dir.join(state.as_str());
             let unreadable = |source| KeyStoreError::ReadDir {
@@ -219,6 +377,10 @@ impl KeyStore {
                         fingerprint: key.fingerprint(),
                     });
                 }
+                if state == KeyState::Pending {
+                    let at = fs::metadata(&path).and_then(|m| m.modified());
+                    filed_at.insert(key.key_id(), at.unwrap_or_else(|_| SystemTime::now()));
+                }
                 match keys.get(&key.key_id()) {
                     Some((old, _)) if *old >= state => {}
                     _ => {
@@ -227,22 +389,78 @@ impl KeyStore {
                 }
             }
         }
+        let mut pending = HashMap::new();
+        for (id, (state, _)) in &keys {
+            if *state == KeyState::Pending {
+                let source = self.pending.get(id).and_then(|f| f.source.clone());
+                let at = filed_at.get(id).copied().unwrap_or_else(SystemTime::now);
+                pending.insert(id.clone(), Filed { at, source });
+            }
+        }
         self.keys = keys;
+        self.pending = pending;
+        self.reindex();
         Ok(())
     }
 
-    /// Record a key that asked to be admitted. New keys become pending (never
-    /// accepted); known keys keep their state.
-    pub fn submit(&mut self, key: &PublicKey) -> Result<Submission, KeyStoreError> {
-        let id = key.key_id();
-        let name_clash = self
+    /// Recount the accepted agent keys per node name after a change.
+    fn reindex(&mut self) {
+        self.agent_names.clear();
+        for (state, k) in self.keys.values() {
+            if *state == KeyState::Accepted && k.role == Role::Agent {
+                *self.agent_names.entry(k.name.clone()).or_default() += 1;
+            }
+        }
+        self.pending
+            .retain(|id, _| matches!(self.keys.get(id), Some((KeyState::Pending, _))));
+    }
+
+    /// Accepted agent keys that carry `key`'s node name with other bytes. Only
+    /// agent keys clash: a node name is where requests go, while a client
+    /// key's name is a label (one user may well have two keys).
+    pub fn name_clash(&self, key: &PublicKey) -> Vec<PublicKey> {
+        if key.role != Role::Agent || !self.agent_names.contains_key(&key.name) {
+            return Vec::new();
+        }
+        let mut held: Vec<PublicKey> = self
             .keys
             .values()
             .filter(|(s, k)| {
-                *s == KeyState::Accepted && (k.role, &k.name) == (key.role, &key.name) && k != key
+                *s == KeyState::Accepted && k.role == Role::Agent && k.name == key.name && k != key
             })
             .map(|(_, k)| k.clone())
             .collect();
+        held.sort_by_key(PublicKey::fingerprint);
+        held
+    }
+
+    /// Whether `key` is an accepted key and, if an agent key, the only
+    /// accepted one of its node name: two accepted keys for one node (a store
+    /// edited by hand) means one of them is not the node's, and neither may
+    /// then act as the node.
+    pub fn holds_its_name(&self, key: &PublicKey) -> bool {
+        self.is_accepted(&key.key_id())
+            && (key.role != Role::Agent || self.agent_names.get(&key.name) == Some(&1))
+    }
+
+    /// Record a key that asked to be admitted from `source` (the peer's
+    /// address). New keys become pending (never accepted), within the limits:
+    /// [`SOURCE_BURST`]/[`SOURCE_REFILL`] and [`MAX_PENDING_PER_SOURCE`] per
+    /// source, [`MAX_PENDING`] in all (expired keys are dropped first). Known
+    /// keys keep their state, whatever the limits.
+    pub fn submit(&mut self, key: &PublicKey, source: &str) -> Result<Submission, KeyStoreError> {
+        self.submit_at(key, source, Instant::now(), SystemTime::now())
+    }
+
+    fn submit_at(
+        &mut self,
+        key: &PublicKey,
+        source: &str,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<Submission, KeyStoreError> {
+        let id = key.key_id();
+        let name_clash = self.name_clash(key);
         if let Some((state, _)) = self.keys.get(&id) {
             return Ok(Submission {
                 state: *state,
@@ -250,20 +468,134 @@ impl KeyStore {
                 name_clash,
             });
         }
-        let pending = self
-            .keys
-            .values()
-            .filter(|(s, _)| *s == KeyState::Pending)
-            .count();
-        if pending >= self.max_pending {
-            return Err(KeyStoreError::TooManyPending(pending));
+        if let Err(e) = self.may_file(source, now, wall) {
+            if let Some(reason) = e.turned_away() {
+                self.turned_away.count(reason, source);
+            }
+            return Err(e);
         }
         self.add(KeyState::Pending, key)?;
+        self.pending.insert(
+            id,
+            Filed {
+                at: wall,
+                source: Some(source.to_owned()),
+            },
+        );
         Ok(Submission {
             state: KeyState::Pending,
             new: true,
             name_clash,
         })
+    }
+
+    /// The limits on filing one more pending key from `source`; takes a token
+    /// of its bucket.
+    fn may_file(
+        &mut self,
+        source: &str,
+        now: Instant,
+        wall: SystemTime,
+    ) -> Result<(), KeyStoreError> {
+        if !self.buckets.contains_key(source) && self.buckets.len() >= MAX_SOURCES {
+            // Forget the sources whose bucket is full again: as good as new.
+            self.buckets
+                .retain(|_, b| b.level(now) < f64::from(SOURCE_BURST));
+        }
+        if !self.buckets.contains_key(source) && self.buckets.len() >= MAX_SOURCES {
+            return Err(KeyStoreError::RateLimited {
+                from: source.to_owned(),
+            });
+        }
+        let bucket = self.buckets.entry(source.to_owned()).or_insert(Bucket {
+            tokens: f64::from(SOURCE_BURST),
+            at: now,
+        });
+        let level = bucket.level(now);
+        if level < 1.0 {
+            return Err(KeyStoreError::RateLimited {
+                from: source.to_owned(),
+            });
+        }
+        *bucket = Bucket {
+            tokens: level - 1.0,
+            at: now,
+        };
+        let from_source = self
+            .pending
+            .values()
+            .filter(|f| f.source.as_deref() == Some(source))
+            .count();
+        if from_source >= MAX_PENDING_PER_SOURCE {
+            return Err(KeyStoreError::SourceFull {
+                from: source.to_owned(),
+                count: from_source,
+            });
+        }
+        if self.pending.len() >= self.max_pending {
+            self.expire_pending(wall)?;
+        }
+        if self.pending.len() >= self.max_pending {
+            return Err(KeyStoreError::TooManyPending(self.pending.len()));
+        }
+        Ok(())
+    }
+
+    /// Drop the pending keys filed more than [`PENDING_TTL`] before `now`
+    /// (their files' time); returns them. An agent that still announces its
+    /// key gets it filed again.
+    pub fn expire_pending(&mut self, now: SystemTime) -> Result<Vec<PublicKey>, KeyStoreError> {
+        let old: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, f)| now.duration_since(f.at).is_ok_and(|age| age > PENDING_TTL))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut gone = Vec::new();
+        for id in old {
+            let Some((KeyState::Pending, key)) = self.keys.get(&id).cloned() else {
+                continue;
+            };
+            // Only the pending file: an accept racing us has moved it already.
+            let path = self
+                .dir
+                .join(KeyState::Pending.as_str())
+                .join(key.fingerprint());
+            match fs::remove_file(&path) {
+                Err(source) if source.kind() != ErrorKind::NotFound => {
+                    return Err(KeyStoreError::Remove { path, source })
+                }
+                _ => {}
+            }
+            self.keys.remove(&id);
+            self.pending.remove(&id);
+            gone.push(key);
+        }
+        Ok(gone)
+    }
+
+    /// The unknown keys turned away by the limits since the store was opened.
+    pub fn turned_away(&self) -> &TurnedAway {
+        &self.turned_away
+    }
+
+    /// Write [`turned_away`](Self::turned_away) for `mgmt keys list`.
+    pub fn save_turned_away(&self) -> Result<(), KeyStoreError> {
+        let text = serde_json::to_string(&self.turned_away).unwrap_or_default();
+        write_file(
+            &self.dir.join(TURNED_AWAY_FILE),
+            format!("{text}\n").as_bytes(),
+            0o600,
+            true,
+        )?;
+        Ok(())
+    }
+
+    /// What the manager last wrote with [`save_turned_away`](Self::save_turned_away);
+    /// `None` if nothing (or nothing readable: it is only a report).
+    pub fn read_turned_away(&self) -> Option<TurnedAway> {
+        let text = fs::read_to_string(self.dir.join(TURNED_AWAY_FILE)).ok()?;
+        serde_json::from_str(&text).ok()
     }
 
     fn add(&mut self, state: KeyState, key: &PublicKey) -> Result<(), KeyStoreError> {
@@ -281,6 +613,7 @@ impl KeyStore {
         let path = self.dir.join(state.as_str()).join(&fp);
         write_file(&path, format!("{key}\n").as_bytes(), 0o600, true)?;
         self.keys.insert(key.key_id(), (state, key.clone()));
+        self.reindex();
         Ok(())
     }
 
@@ -335,6 +668,7 @@ impl KeyStore {
         }
         self.remove_files(&fp, Some(to))?;
         self.keys.insert(key.key_id(), (to, key.clone()));
+        self.reindex();
         Ok(key)
     }
 
@@ -352,8 +686,34 @@ impl KeyStore {
         Ok(())
     }
 
+    /// Accept a key. An agent key whose node name an accepted key holds is
+    /// refused ([`KeyStoreError::NameClash`]): see [`accept_replacing`](Self::accept_replacing).
     pub fn accept(&mut self, selector: &str) -> Result<PublicKey, KeyStoreError> {
-        self.set_state(selector, KeyState::Accepted)
+        let (_, key) = self.find(selector)?;
+        if let Some(held) = self.name_clash(&key).first() {
+            return Err(KeyStoreError::NameClash {
+                fingerprint: key.fingerprint(),
+                node: key.name.clone(),
+                held_by: held.fingerprint(),
+            });
+        }
+        self.set_state(&key.key_id(), KeyState::Accepted)
+    }
+
+    /// Accept a key, rejecting the accepted agent keys of its node name
+    /// first (a reinstalled node's new key): one node name, one key. Returns
+    /// the key and the keys it replaced. Rejected, not deleted, so that the old
+    /// key is not filed as pending again when its holder announces it.
+    pub fn accept_replacing(
+        &mut self,
+        selector: &str,
+    ) -> Result<(PublicKey, Vec<PublicKey>), KeyStoreError> {
+        let (_, key) = self.find(selector)?;
+        let replaced = self.name_clash(&key);
+        for old in &replaced {
+            self.set_state(&old.key_id(), KeyState::Rejected)?;
+        }
+        Ok((self.set_state(&key.key_id(), KeyState::Accepted)?, replaced))
     }
 
     pub fn reject(&mut self, selector: &str) -> Result<PublicKey, KeyStoreError> {
@@ -365,6 +725,7 @@ impl KeyStore {
         let (_, key) = self.find(selector)?;
         self.remove_files(&key.fingerprint(), None)?;
         self.keys.remove(&key.key_id());
+        self.reindex();
         Ok(key)
     }
     /// Every key, by state, then name, then fingerprint.
@@ -421,8 +782,20 @@ impl KeyStore {
     /// Accept every key listed in an authorized-keys file (see [`parse_key_lines`]).
     /// The file is the operator's word: a listed key is accepted even if it was
     /// pending or rejected; to revoke one, remove it from the file and reject it.
+    /// An agent key whose node name another accepted key holds is refused, as
+    /// by [`accept`](Self::accept) ([`import_replacing`](Self::import_replacing) replaces it).
     /// Nothing changes if any line is invalid. Returns the keys newly accepted.
     pub fn import_accepted(&mut self, path: &Path) -> Result<Vec<PublicKey>, KeyStoreError> {
+        self.import(path, false)
+    }
+
+    /// As [`import_accepted`](Self::import_accepted), rejecting the accepted
+    /// agent keys of a listed key's node name, as [`accept_replacing`](Self::accept_replacing).
+    pub fn import_replacing(&mut self, path: &Path) -> Result<Vec<PublicKey>, KeyStoreError> {
+        self.import(path, true)
+    }
+
+    fn import(&mut self, path: &Path, replace: bool) -> Result<Vec<PublicKey>, KeyStoreError> {
         let text = fs::read_to_string(path).map_err(|source| KeyStoreError::ReadAuthorized {
             path: path.to_owned(),
             source,
@@ -431,8 +804,32 @@ impl KeyStore {
             path: path.to_owned(),
             source,
         })?;
+        // One node name, one key: within the file, and against the store.
+        let mut names: HashMap<&str, &PublicKey> = HashMap::new();
+        for key in keys.iter().filter(|k| k.role == Role::Agent) {
+            if let Some(first) = names.insert(&key.name, key).filter(|f| *f != key) {
+                return Err(KeyStoreError::DuplicateName {
+                    path: path.to_owned(),
+                    node: key.name.clone(),
+                    first: first.fingerprint(),
+                    second: key.fingerprint(),
+                });
+            }
+            if let (false, Some(held)) = (replace, self.name_clash(key).first()) {
+                return Err(KeyStoreError::NameClash {
+                    fingerprint: key.fingerprint(),
+                    node: key.name.clone(),
+                    held_by: held.fingerprint(),
+                });
+            }
+        }
         let mut changed = Vec::new();
         for key in keys {
+            if replace {
+                for old in self.name_clash(&key) {
+                    self.set_state(&old.key_id(), KeyState::Rejected)?;
+                }
+            }
             match self.state_of(&key.key_id()) {
                 Some(KeyState::Accepted) => continue,
                 Some(_) => {
@@ -457,7 +854,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let agent = KeyPair::generate(Role::Agent, "web1").unwrap();
         let mut store = KeyStore::open(dir.path()).unwrap();
-        store.submit(agent.public()).unwrap();
+        store.submit(agent.public(), "test").unwrap();
         // Another process (the manager re-filing it) raced us.
         fs::remove_file(
             dir.path()
@@ -480,7 +877,7 @@ mod tests {
         }
         let web1 = KeyPair::generate(Role::Agent, "web1").unwrap();
         let pk = web1.public();
-        let sub = store.submit(pk).unwrap();
+        let sub = store.submit(pk, "test").unwrap();
         assert_eq!(
             sub,
             Submission {
@@ -491,16 +888,16 @@ mod tests {
         );
         assert!(root.join("pending").join(pk.fingerprint()).exists());
         assert!(!store.is_accepted(&pk.key_id()));
-        assert!(!store.submit(pk).unwrap().new);
+        assert!(!store.submit(pk, "test").unwrap().new);
 
         assert_eq!(&store.accept("web1").unwrap(), pk);
         assert!(store.is_accepted(&pk.key_id()));
         assert!(!root.join("pending").join(pk.fingerprint()).exists());
-        assert_eq!(store.submit(pk).unwrap().state, KeyState::Accepted);
+        assert_eq!(store.submit(pk, "test").unwrap().state, KeyState::Accepted);
 
         // A reinstalled (or impersonated) web1: pending, and the clash is reported.
         let impostor = KeyPair::generate(Role::Agent, "web1").unwrap();
-        let sub = store.submit(impostor.public()).unwrap();
+        let sub = store.submit(impostor.public(), "test").unwrap();
         assert_eq!(
             (sub.state, sub.name_clash),
             (KeyState::Pending, vec![pk.clone()])
@@ -538,7 +935,7 @@ mod tests {
             store.verify(&signed, Purpose::Request),
             Err(AuthError::UnknownKey(_))
         ));
-        store.submit(alice.public()).unwrap();
+        store.submit(alice.public(), "test").unwrap();
         let err = store.verify(&signed, Purpose::Request).unwrap_err();
         assert_eq!(err, AuthError::NotAccepted(alice.public().fingerprint()));
         store.accept("alice").unwrap();
@@ -554,9 +951,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = KeyStore::open(dir.path()).unwrap();
         store.max_pending = 2;
-        store.submit(client("a").public()).unwrap();
-        store.submit(client("b").public()).unwrap();
-        let err = store.submit(client("c").public()).unwrap_err().to_string();
+        store.submit(client("a").public(), "test").unwrap();
+        store.submit(client("b").public(), "test").unwrap();
+        let err = store
+            .submit(client("c").public(), "test")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("too many pending keys"), "{err}");
         fs::write(
             dir.path().join("accepted").join("0123456789abcdef"),
@@ -572,7 +972,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = KeyStore::open(&dir.path().join("keys")).unwrap();
         let (a, b) = (client("ops"), client("mon"));
-        store.submit(b.public()).unwrap();
+        store.submit(b.public(), "test").unwrap();
         store.reject("mon").unwrap();
         let file = dir.path().join("authorized_keys");
         fs::write(
@@ -614,5 +1014,187 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(err.contains("no key store at"), "{err}");
+    }
+
+    fn agent(name: &str) -> KeyPair {
+        KeyPair::generate(Role::Agent, name).unwrap()
+    }
+
+    /// 1,200 keys announced from one address in 1.6 s filled the pending
+    /// keys (1,000) and locked out a new real agent (issue 11).
+    #[test]
+    fn pending_keys_are_limited_per_source_and_in_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = KeyStore::open(dir.path()).unwrap();
+        let (t0, wall) = (Instant::now(), SystemTime::now());
+        // A burst from one source, then nothing until its bucket refills.
+        for i in 0..SOURCE_BURST {
+            let k = agent(&format!("flood{i}"));
+            store.submit_at(k.public(), "10.0.0.9", t0, wall).unwrap();
+        }
+        let late = agent("late");
+        let err = store
+            .submit_at(late.public(), "10.0.0.9", t0, wall)
+            .unwrap_err();
+        assert_eq!(err.turned_away(), Some(TurnedAwayReason::Rate));
+        assert!(
+            err.to_string().contains("10.0.0.9 files new keys too fast"),
+            "{err}"
+        );
+        assert_eq!(store.state_of(&late.key_id()), None);
+        // Another source is not affected; nor is a known key from the limited one.
+        let real = agent("web7");
+        let sub = store
+            .submit_at(real.public(), "10.0.0.1", t0, wall)
+            .unwrap();
+        assert!(sub.new && sub.state == KeyState::Pending);
+        store.accept("web7").unwrap();
+        let sub = store
+            .submit_at(real.public(), "10.0.0.9", t0, wall)
+            .unwrap();
+        assert_eq!(sub.state, KeyState::Accepted);
+        // One more per SOURCE_REFILL.
+        let t1 = t0 + SOURCE_REFILL;
+        store
+            .submit_at(late.public(), "10.0.0.9", t1, wall)
+            .unwrap();
+        assert!(store
+            .submit_at(agent("x").public(), "10.0.0.9", t1, wall)
+            .is_err());
+        // At most MAX_PENDING_PER_SOURCE pending from one source, however slowly filed.
+        let mut t = t1;
+        let mut filed = SOURCE_BURST as usize + 1;
+        let err = loop {
+            t += SOURCE_REFILL;
+            match store.submit_at(agent("slow").public(), "10.0.0.9", t, wall) {
+                Ok(_) => filed += 1,
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(filed, MAX_PENDING_PER_SOURCE);
+        assert_eq!(err.turned_away(), Some(TurnedAwayReason::SourceFull));
+        let counts = store.turned_away();
+        assert_eq!((counts.total, counts.rate, counts.source_full), (3, 2, 1));
+        assert_eq!(counts.last_source, "10.0.0.9");
+        // The cap on all pending keys; accepted keys never count against it.
+        store.max_pending = MAX_PENDING_PER_SOURCE + 1;
+        store
+            .submit_at(agent("a").public(), "10.0.0.2", t, wall)
+            .unwrap();
+        let err = store
+            .submit_at(agent("b").public(), "10.0.0.3", t, wall)
+            .unwrap_err();
+        assert_eq!(err.turned_away(), Some(TurnedAwayReason::StoreFull));
+        assert!(err.to_string().contains("too many pending keys"), "{err}");
+        assert!(store.is_accepted(&real.key_id()));
+        // Written for `mgmt keys list`, read back by another process.
+        store.save_turned_away().unwrap();
+        let other = KeyStore::open_read(dir.path()).unwrap();
+        assert_eq!(other.read_turned_away().as_ref(), Some(store.turned_away()));
+        assert_eq!(store.turned_away().total, 4);
+    }
+
+    #[test]
+    fn pending_keys_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = KeyStore::open(dir.path()).unwrap();
+        let (old, new) = (agent("old"), agent("new"));
+        store.submit(old.public(), "10.0.0.1").unwrap();
+        store.submit(new.public(), "10.0.0.1").unwrap();
+        // Filed 25 h ago, as its file says (a restart in between: read from disk).
+        let file = dir.path().join("pending").join(old.public().fingerprint());
+        let then = SystemTime::now() - PENDING_TTL - Duration::from_secs(3600);
+        fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(then)
+            .unwrap();
+        store.reload().unwrap();
+        let gone = store.expire_pending(SystemTime::now()).unwrap();
+        assert_eq!(gone, [old.public().clone()]);
+        assert!(!file.exists());
+        assert_eq!(store.state_of(&old.key_id()), None);
+        assert_eq!(store.state_of(&new.key_id()), Some(KeyState::Pending));
+        // A full store drops expired keys before turning a new one away.
+        store.max_pending = 1;
+        let later = SystemTime::now() + PENDING_TTL + Duration::from_secs(1);
+        store
+            .submit_at(old.public(), "10.0.0.2", Instant::now(), later)
+            .unwrap();
+        assert_eq!(store.state_of(&new.key_id()), None);
+    }
+
+    /// An agent key named like an accepted node was filed pending with no word
+    /// of the clash, and once accepted got that node's requests (issue 11).
+    #[test]
+    fn a_node_name_is_held_by_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = KeyStore::open(&dir.path().join("keys")).unwrap();
+        let (web1, impostor) = (agent("web1"), agent("web1"));
+        store.submit(web1.public(), "10.0.0.1").unwrap();
+        store.accept("web1").unwrap();
+        let sub = store.submit(impostor.public(), "10.0.0.66").unwrap();
+        assert_eq!(sub.name_clash, [web1.public().clone()]);
+        let fp = impostor.public().fingerprint();
+        let err = store.accept(&fp).unwrap_err().to_string();
+        assert!(
+            err.contains("name clash")
+                && err.contains(&web1.public().fingerprint())
+                && err.contains(&format!("mgmt keys accept --force {fp}")),
+            "{err}"
+        );
+        assert_eq!(store.state_of(&impostor.key_id()), Some(KeyState::Pending));
+        assert!(store.holds_its_name(web1.public()));
+        // Clients' names are labels: two keys of one user do not clash.
+        let (c1, c2) = (client("ops"), client("ops"));
+        for c in [&c1, &c2] {
+            store.submit(c.public(), "10.0.0.1").unwrap();
+            store.accept(&c.public().fingerprint()).unwrap();
+        }
+        assert!(store.holds_its_name(c1.public()) && store.holds_its_name(c2.public()));
+        // --force: the new key in, the old one rejected.
+        let (key, replaced) = store.accept_replacing(&fp).unwrap();
+        assert_eq!(
+            (&key, replaced),
+            (impostor.public(), vec![web1.public().clone()])
+        );
+        assert_eq!(store.state_of(&web1.key_id()), Some(KeyState::Rejected));
+        assert!(store.holds_its_name(impostor.public()));
+
+        // Import: the same rule, and a file with two keys for one node is refused.
+        let file = dir.path().join("agents");
+        fs::write(&file, format!("{}\n", web1.public())).unwrap();
+        let err = store.import_accepted(&file).unwrap_err().to_string();
+        assert!(err.contains("name clash"), "{err}");
+        assert!(!store.is_accepted(&web1.key_id()));
+        assert_eq!(
+            store.import_replacing(&file).unwrap(),
+            [web1.public().clone()]
+        );
+        assert_eq!(store.state_of(&impostor.key_id()), Some(KeyState::Rejected));
+        fs::write(&file, format!("{}\n{}\n", web1.public(), impostor.public())).unwrap();
+        let err = store.import_replacing(&file).unwrap_err().to_string();
+        assert!(err.contains("two agent keys for node \"web1\""), "{err}");
+
+        // Two accepted keys for one node by hand: neither holds the name.
+        let impostor_file = format!("{}\n", impostor.public());
+        fs::write(
+            dir.path()
+                .join("keys/accepted")
+                .join(impostor.public().fingerprint()),
+            impostor_file,
+        )
+        .unwrap();
+        fs::remove_file(
+            dir.path()
+                .join("keys/rejected")
+                .join(impostor.public().fingerprint()),
+        )
+        .unwrap();
+        store.reload().unwrap();
+        assert!(store.is_accepted(&web1.key_id()) && store.is_accepted(&impostor.key_id()));
+        assert!(!store.holds_its_name(web1.public()) && !store.holds_its_name(impostor.public()));
+        assert_eq!(store.name_clash(web1.public()), [impostor.public().clone()]);
     }
 }

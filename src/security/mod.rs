@@ -48,7 +48,10 @@ pub use keyfile::{keygen, KeyFileError};
 pub use keys::{
     check_name, fingerprint_of_id, parse_key_lines, KeyPair, PublicKey, Role, KEY_PREFIX,
 };
-pub use keystore::{KeyState, KeyStore, KeyStoreError, Submission, MAX_PENDING};
+pub use keystore::{
+    KeyState, KeyStore, KeyStoreError, Submission, TurnedAway, TurnedAwayReason, MAX_PENDING,
+    MAX_PENDING_PER_SOURCE, PENDING_TTL, SOURCE_BURST, SOURCE_REFILL,
+};
 pub use replay::{ReplayGuard, MAX_REQUEST_ID};
 pub use seal::{open, seal, Sealed};
 
