@@ -459,7 +459,12 @@ impl Manager<'_> {
                         if let Some(peers) = &mut self.peers {
                             peers.refresh(&self.gate.keys);
                         }
-                        info!(self.log, "key store changed; reloaded")
+                        info!(self.log, "key store changed; reloaded");
+                        let gate = &self.gate;
+                        let revoked = self.registry.revoke(|key| gate.trusts_agent_key(key));
+                        for d in revoked {
+                            self.departed(d);
+                        }
                     }
                     Ok(false) => {}
                     Err(e) => {

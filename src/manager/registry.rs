@@ -180,6 +180,32 @@ impl Registry {
         })
     }
 
+    /// Forget the agents whose key `trusted` no longer admits (rejected,
+    /// deleted, or replaced by another key of the node with `keys accept
+    /// --force`): requests stop going to their connection at once, instead of
+    /// at their next refused heartbeat. Forgotten rather than marked down:
+    /// requests are published to every known node's private topic.
+    pub fn revoke(&mut self, trusted: impl Fn(&str) -> bool) -> Vec<Departure> {
+        let gone: Vec<String> = self
+            .agents
+            .values()
+            .filter(|e| e.key.as_deref().is_some_and(|k| !trusted(k)))
+            .map(|e| e.node.clone())
+            .collect();
+        for node in &gone {
+            if let Some(e) = self.agents.remove(node) {
+                self.instances.remove(&e.instance);
+                self.present.remove(&e.instance);
+            }
+        }
+        gone.into_iter()
+            .map(|node| Departure {
+                node,
+                why: "its key is no longer accepted",
+            })
+            .collect()
+    }
+
     /// Mark agents that stopped heartbeating; forget long-gone ones.
     pub fn sweep(&mut self) -> Vec<Departure> {
         self.skewed.retain(|_, s| s.at.elapsed() < SKEW_SHOWN);
@@ -428,5 +454,27 @@ mod tests {
                 ("stopped", 1)
             ]
         );
+    }
+
+    #[test]
+    fn agents_whose_key_is_revoked_go_down() {
+        let mut r = Registry::default();
+        r.announce(&hello("web1", "i1", &["web1"]), Some("key-a".into()));
+        r.announce(&hello("web2", "i2", &["web2"]), Some("key-b".into()));
+        r.announce(&hello("old", "i3", &["old"]), None);
+        for (i, n) in [("i1", "web1"), ("i2", "web2")] {
+            r.connected(i, Some(n.into()));
+        }
+        r.connected("i3", None);
+        let gone = r.revoke(|k| k == "key-b");
+        assert_eq!(
+            gone,
+            [Departure {
+                node: "web1".into(),
+                why: "its key is no longer accepted"
+            }]
+        );
+        assert!(r.get("web1").is_none() && r.is_up("web2") && r.is_up("old"));
+        assert!(r.revoke(|_| false).iter().all(|d| d.node == "web2"));
     }
 }

@@ -24,6 +24,9 @@ use std::time::{Duration, Instant, SystemTime};
 pub const TURNED_AWAY_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// How often their count is written for `mgmt keys list`, at most.
 const TURNED_AWAY_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How old a key folder's time must be to be trusted as final (see
+/// [`Gate::reload_if_changed`]).
+const SETTLE: Duration = Duration::from_secs(1);
 /// How often pending keys are checked for expiry.
 const EXPIRE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -204,7 +207,6 @@ impl Gate {
             .collect()
     }
 
-    /// Re-read the key store if `service-mgr mgmt keys` changed it.
     /// Agent keys waiting in the key store to be accepted.
     pub fn pending_agents(&self) -> Vec<PublicKey> {
         self.keys
@@ -215,14 +217,33 @@ impl Gate {
             .collect()
     }
 
+    /// Whether an agent's key (its key line, as the registry keeps it) is
+    /// still accepted and the only accepted key of its node.
+    pub fn trusts_agent_key(&self, key: &str) -> bool {
+        key.parse::<PublicKey>()
+            .is_ok_and(|k| self.keys.holds_its_name(&k))
+    }
+
+    /// Re-read the key store if `service-mgr mgmt keys` changed it; true
+    /// if that changed any key's state.
+    ///
+    /// A folder's time has the file system's coarse clock (a few ms): a second
+    /// change in the same tick (`keys accept --force` moves two files) leaves
+    /// it as it was. So a time less than [`SETTLE`] old is not taken as seen,
+    /// and the folders are read again until it is older.
     pub fn reload_if_changed(&mut self) -> Result<bool> {
         let now = self.mtimes();
         if now == self.seen {
             return Ok(false);
         }
-        self.seen = now;
+        let settled = SystemTime::now() - SETTLE;
+        self.seen = now
+            .into_iter()
+            .map(|t| t.filter(|t| *t < settled))
+            .collect();
+        let before = self.keys.list();
         self.keys.reload()?;
-        Ok(true)
+        Ok(self.keys.list() != before)
     }
 
     /// File a key we do not know as pending, after one more look at the disk:
