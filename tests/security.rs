@@ -242,13 +242,9 @@ fn policy_refusals_name_the_rule() {
 fn unaccepted_agent_gets_nothing_until_accepted() {
     with_timeout(60, || {
         let dir = tempfile::tempdir().unwrap();
-        let fake = fake_service(dir.path());
         let mgr = manager(&[]);
-        // Its own key, not in the manager's store.
-        let rogue_key = dir.path().join("rogue.key");
-        security::keygen(&rogue_key, Role::Agent, "rogue", false).unwrap();
-        let key_opt = format!("key_file={:?}", rogue_key.display().to_string());
-        let _r = agent_unregistered(&mgr, "rogue", &fake, &["-O", &key_opt]);
+        // Its own key, not in the manager's store (and no other key holds its name).
+        let (_r, fp) = agent_with_own_key(&mgr, "rogue", dir.path());
         let keys_dir = mgr.pki.as_ref().unwrap().path("state/keys");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         loop {
@@ -278,7 +274,6 @@ fn unaccepted_agent_gets_nothing_until_accepted() {
             calls(dir.path()).is_empty(),
             "an unaccepted agent ran a request"
         );
-        let fp = KeyPair::load(&rogue_key).unwrap().public().fingerprint();
         assert!(
             run(&["mgmt", "keys", "accept", &fp, "--keys-dir", &keys_dir])
                 .status
@@ -404,5 +399,261 @@ fn shutdown_needs_a_key_with_that_right() {
         let r = mgmt(&ep, "manager.shutdown");
         assert_eq!(r["success"], 0, "{r}");
         assert_eq!(mgr.wait_exit(10).and_then(|s| s.code()), Some(0));
+    });
+}
+
+/// `mgmt keys list` of `mgr`'s key store.
+fn keys_list(mgr: &Proc) -> String {
+    let keys_dir = mgr.pki.as_ref().unwrap().path("state/keys");
+    let out = run(&["mgmt", "keys", "list", "--keys-dir", &keys_dir]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `mgmt keys ARGS...` on `mgr`'s key store.
+fn keys_cmd(mgr: &Proc, args: &[&str]) -> std::process::Output {
+    let keys_dir = mgr.pki.as_ref().unwrap().path("state/keys");
+    let mut all = vec!["mgmt", "keys"];
+    all.extend_from_slice(args);
+    all.extend(["--keys-dir", &keys_dir]);
+    run(&all)
+}
+
+/// One management round trip, `None` if no answer within 2 s (a busy manager).
+fn try_mgmt(endpoint: &str, cmd: &str) -> Option<Value> {
+    let ctx = zmq::Context::new();
+    let s = connect(&ctx, zmq::REQ, endpoint);
+    s.set_rcvtimeo(2000).unwrap();
+    s.send(json!({ "cmd": cmd }).to_string().as_bytes(), 0).ok()?;
+    serde_json::from_slice(&s.recv_bytes(0).ok()?).ok()
+}
+
+/// A signed hello of `key` for the node of its name, as an agent sends it.
+fn signed_hello(key: &KeyPair) -> Vec<u8> {
+    let node = key.name().to_owned();
+    let announce = p::Announce {
+        kind: p::AnnounceKind::Hello,
+        v: p::PROTOCOL_VERSION,
+        node: node.clone(),
+        instance: uuid::Uuid::new_v4().simple().to_string(),
+        system: "Linux".into(),
+        release: "6.1".into(),
+        os_version: "#1".into(),
+        topics: vec!["Linux".into(), "any".into(), node],
+        agent_version: "0.2.0".into(),
+        started_ms: service_mgr::clock::now_ms(),
+        interval_ms: 2000,
+        running: 0,
+        auth: None,
+        uuid: p::ANNOUNCE_UUID.into(),
+    };
+    let body = p::SignedAnnounce {
+        announce: announce.clone(),
+        key: key.public().to_string(),
+        ts: service_mgr::clock::now_ms(),
+    };
+    let auth = security::sign_body(
+        key,
+        Purpose::Announce,
+        &serde_json::to_value(&body).unwrap(),
+    );
+    p::encode(&p::Announce {
+        auth: Some(auth),
+        ..announce
+    })
+}
+
+/// An agent of `mgr` named `node` with a key of its own that the manager has
+/// not accepted (its files in `dir`), trusting the test client.
+fn agent_with_own_key(mgr: &Proc, node: &str, dir: &std::path::Path) -> (Proc, String) {
+    let key = dir.join(format!("{node}.key"));
+    let pk = security::keygen(&key, Role::Agent, node, false).unwrap();
+    std::fs::copy(
+        mgr.pki.as_ref().unwrap().path("client.key.pub"),
+        dir.join("authorized_clients"),
+    )
+    .unwrap();
+    let fake = fake_service(dir);
+    let agent = agent_at(
+        &mgr.ep("backend_endpoint"),
+        &mgr.ep("sink_endpoint"),
+        node,
+        &fake,
+        dir,
+        &["-O", "allow_unsigned=false", "-O", ALLOW_ALL],
+    );
+    (agent, pk.fingerprint())
+}
+
+/// 1,200 agent keys announced in 1.6 s from one address filled the pending
+/// keys and locked out a new real agent (issue 11).
+#[test]
+fn pending_key_flood_from_one_source_does_not_lock_out_a_new_agent() {
+    with_timeout(150, || {
+        let mgr = manager(&[]);
+        // The flood comes from 127.0.0.2 (libzmq's "source;destination"
+        // form), the real agent from 127.0.0.1: two sources on loopback.
+        let port = mgr.ep("sink_endpoint").rsplit(':').next().unwrap().to_owned();
+        let ctx = zmq::Context::new();
+        let push = connect(&ctx, zmq::PUSH, &format!("tcp://127.0.0.2:0;127.0.0.1:{port}"));
+        push.set_linger(10_000).unwrap();
+        const FLOOD: usize = 1200;
+        let started = std::time::Instant::now();
+        for i in 0..FLOOD {
+            let key = KeyPair::generate(Role::Agent, &format!("flood{i}")).unwrap();
+            push.send(signed_hello(&key), 0).unwrap();
+        }
+        let flooding = started.elapsed();
+        // Last, from the same source, an accepted node's hello: once it is
+        // listed, the manager has seen the whole flood; and accepted keys are
+        // never crowded out.
+        let n1 = mgr.pki.as_ref().unwrap().agent_key("n1");
+        push.send(signed_hello(&KeyPair::load(std::path::Path::new(&n1)).unwrap()), 0)
+            .unwrap();
+        wait_for(90, "the manager to get through the flood", || {
+            let agents = try_mgmt(&mgr.ep("mgmt_endpoint"), "manager.agents")?;
+            let listed = agents["result"].as_array()?.iter().any(|a| a["node"] == "n1");
+            listed.then_some(())
+        });
+        // The new real agent is filed pending, and once accepted it serves.
+        let dir = tempfile::tempdir().unwrap();
+        let (_web7, fp) = agent_with_own_key(&mgr, "web7", dir.path());
+        wait_for(20, "the new agent's key to be pending", || {
+            keys_list(&mgr)
+                .lines()
+                .any(|l| l.starts_with("pending") && l.contains(&fp))
+                .then_some(())
+        });
+        let out = keys_cmd(&mgr, &["accept", &fp]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        wait_registered(&mgr, "web7");
+        let (out, doc) = Client::new(&mgr)
+            .nodes("web7")
+            .cmd("status")
+            .service("x")
+            .run();
+        assert_eq!(out.status.code(), Some(0), "{doc}");
+        assert_eq!(calls(dir.path()), ["x status"]);
+        // The flood was cut off and counted: every announcement of it was
+        // filed pending or counted as turned away, in keys list.
+        let list = wait_for(10, "the flood to be counted in keys list", || {
+            let list = keys_list(&mgr);
+            let filed = list.lines().filter(|l| l.contains("flood")).count();
+            let turned = list
+                .lines()
+                .find_map(|l| l.strip_prefix("turned away: "))
+                .and_then(|l| l.split(' ').next()?.parse::<usize>().ok())
+                .unwrap_or(0);
+            (filed + turned == FLOOD).then_some(list)
+        });
+        let filed = list.lines().filter(|l| l.contains("flood")).count();
+        // The per-source burst, plus at most one refill per 6 s of flooding.
+        let most = security::SOURCE_BURST as usize
+            + (flooding.as_secs() / security::SOURCE_REFILL.as_secs()) as usize
+            + 1;
+        assert!(filed <= most, "{filed} flood keys pending:\n{list}");
+        assert!(
+            list.contains("over the per-source rate limit") && list.contains("from 127.0.0.2"),
+            "{list}"
+        );
+        // Logged once for the interval, not once per key.
+        let log = mgr.log_text();
+        assert_eq!(count_lines(&log, "unknown keys turned away"), 1, "{log}");
+    });
+}
+
+/// An agent key named like an accepted node was filed pending with no word
+/// that the name was held; once accepted, requests for `-N web1` ran on the
+/// impostor and showed as verified `ok` (issue 11).
+#[test]
+fn an_agent_key_named_like_an_accepted_node_is_a_name_clash() {
+    with_timeout(90, || {
+        let real_dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(real_dir.path());
+        let mgr = manager(&[]);
+        let _web1 = agent(&mgr, "web1", &fake, &[]);
+        let real_fp = KeyPair::load(std::path::Path::new(
+            &mgr.pki.as_ref().unwrap().agent_key("web1"),
+        ))
+        .unwrap()
+        .public()
+        .fingerprint();
+        let other_dir = tempfile::tempdir().unwrap();
+        let (_impostor, fp) = agent_with_own_key(&mgr, "web1", other_dir.path());
+        // Flagged in keys list ...
+        let line = wait_for(20, "the impostor's key to be pending", || {
+            keys_list(&mgr)
+                .lines()
+                .find(|l| l.starts_with("pending") && l.contains(&fp))
+                .map(str::to_owned)
+        });
+        assert!(
+            line.contains("NAME CLASH") && line.contains(&real_fp) && line.contains("--force"),
+            "{line}"
+        );
+        // ... in the manager's log when filed ...
+        let log = mgr.log_text();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("name clash") && l.contains(&fp) && l.contains(&real_fp)),
+            "{log}"
+        );
+        // ... and on accept, which refuses without --force.
+        let out = keys_cmd(&mgr, &["accept", &fp]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "accepted without --force");
+        assert!(
+            err.contains("name clash")
+                && err.contains(&real_fp)
+                && err.contains(&format!("accept --force {fp}")),
+            "{err}"
+        );
+        assert!(keys_list(&mgr)
+            .lines()
+            .any(|l| l.starts_with("pending") && l.contains(&fp)));
+        // Requests for web1 run on web1, never on the other key.
+        std::thread::sleep(Duration::from_millis(600));
+        let (out, doc) = Client::new(&mgr)
+            .nodes("web1")
+            .cmd("status")
+            .service("x")
+            .run();
+        assert_eq!(out.status.code(), Some(0), "{doc}");
+        assert_eq!(doc["results"].as_array().unwrap().len(), 1, "{doc}");
+        assert_eq!(calls(real_dir.path()), ["x status"]);
+        assert!(calls(other_dir.path()).is_empty());
+        // --force: the node was reinstalled; the new key replaces the old one,
+        // whose connection gets no request once the manager has read the change.
+        let reloads = count_lines(&mgr.log_text(), "key store changed");
+        let out = keys_cmd(&mgr, &["accept", "--force", &fp]);
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(said.contains("rejected") && said.contains("accepted"), "{said}");
+        let list = keys_list(&mgr);
+        assert!(
+            list.lines()
+                .any(|l| l.starts_with("rejected") && l.contains(&real_fp)),
+            "{list}"
+        );
+        wait_for(10, "the manager to read the change", || {
+            (count_lines(&mgr.log_text(), "key store changed") > reloads).then_some(())
+        });
+        wait_for(20, "requests for web1 to reach the new key", || {
+            let (out, _) = Client::new(&mgr)
+                .nodes("web1")
+                .cmd("status")
+                .service("y")
+                .run();
+            (out.status.code() == Some(0) && !calls(other_dir.path()).is_empty()).then_some(())
+        });
+        assert!(
+            !calls(real_dir.path()).contains(&"y status".to_owned()),
+            "{:?}\n{}",
+            calls(real_dir.path()),
+            mgr.log_text()
+        );
     });
 }
