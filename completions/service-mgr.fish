@@ -97,6 +97,7 @@ complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l keys-di
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s f -l file -d 'keys: the manager\'s config file, to find its state_dir' -r -F
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l format -d 'Output format [default for the short names: table on a terminal, else json; full command names print the JSON reply, as 0.1 did]' -r -f -a "table\t'A table for people'
 json\t'The reply as JSON, as 0.1 printed it'"
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l force -d 'keys accept|import: accept an agent key whose node name an accepted key holds (a reinstalled node), rejecting that key: one node, one key'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s v -l version -d 'Print version and exit'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand demo" -s s -l service -d 'The service to ask about [default: the first of ssh, sshd, cron, crond, dbus that this host has]' -r
