@@ -418,15 +418,6 @@ fn keys_cmd(mgr: &Proc, args: &[&str]) -> std::process::Output {
     run(&all)
 }
 
-/// One management round trip, `None` if no answer within 2 s (a busy manager).
-fn try_mgmt(endpoint: &str, cmd: &str) -> Option<Value> {
-    let ctx = zmq::Context::new();
-    let s = connect(&ctx, zmq::REQ, endpoint);
-    s.set_rcvtimeo(2000).unwrap();
-    s.send(json!({ "cmd": cmd }).to_string().as_bytes(), 0).ok()?;
-    serde_json::from_slice(&s.recv_bytes(0).ok()?).ok()
-}
-
 /// A signed hello of `key` for the node of its name, as an agent sends it.
 fn signed_hello(key: &KeyPair) -> Vec<u8> {
     let node = key.name().to_owned();
@@ -479,42 +470,84 @@ fn agent_with_own_key(mgr: &Proc, node: &str, dir: &std::path::Path) -> (Proc, S
         node,
         &fake,
         dir,
-        &["-O", "allow_unsigned=false", "-O", ALLOW_ALL],
+        &["-O", "allow_unsigned=false", "-O", ALLOW_ALL, "-O", &manager_key_setting(mgr)],
     );
     (agent, pk.fingerprint())
+}
+
+/// A PUSH socket to `mgr`'s sink from `source` (libzmq's "source;destination"
+/// form, so that a test can speak from 127.0.0.2 on loopback), on a CURVE
+/// connection of `key` when the manager is secure.
+fn sink_from(ctx: &zmq::Context, mgr: &Proc, source: &str, key: &KeyPair) -> zmq::Socket {
+    let port = mgr.ep("sink_endpoint").rsplit(':').next().unwrap().to_owned();
+    let s = ctx.socket(zmq::PUSH).unwrap();
+    s.set_linger(5000).unwrap();
+    if let Some(line) = mgr.ready["manager_key"].as_str() {
+        let server: security::PublicKey = line.parse().unwrap();
+        s.set_curve_serverkey(&server.curve_key()).unwrap();
+        s.set_curve_publickey(&key.public().curve_key()).unwrap();
+        s.set_curve_secretkey(&key.curve_secret()).unwrap();
+    }
+    s.connect(&format!("tcp://{source}:0;127.0.0.1:{port}")).unwrap();
+    s
 }
 
 /// 1,200 agent keys announced in 1.6 s from one address filled the pending
 /// keys and locked out a new real agent (issue 11).
 #[test]
 fn pending_key_flood_from_one_source_does_not_lock_out_a_new_agent() {
-    with_timeout(150, || {
+    with_timeout(120, || {
         let mgr = manager(&[]);
-        // The flood comes from 127.0.0.2 (libzmq's "source;destination"
-        // form), the real agent from 127.0.0.1: two sources on loopback.
-        let port = mgr.ep("sink_endpoint").rsplit(':').next().unwrap().to_owned();
+        // The flood comes from 127.0.0.2, the real agent from 127.0.0.1: two
+        // sources on loopback. Each flood key announces itself on its own
+        // connection (a connection speaks only for its own CURVE key); 25 stay
+        // within the handshakes of unknown keys the manager admits per address
+        // and minute (manager::peers), so that all reach the key store.
+        const FLOOD: usize = 25;
         let ctx = zmq::Context::new();
-        let push = connect(&ctx, zmq::PUSH, &format!("tcp://127.0.0.2:0;127.0.0.1:{port}"));
-        push.set_linger(10_000).unwrap();
-        const FLOOD: usize = 1200;
-        let started = std::time::Instant::now();
+        let mut flood = Vec::new();
         for i in 0..FLOOD {
             let key = KeyPair::generate(Role::Agent, &format!("flood{i}")).unwrap();
+            let push = sink_from(&ctx, &mgr, "127.0.0.2", &key);
             push.send(signed_hello(&key), 0).unwrap();
+            flood.push(push);
         }
-        let flooding = started.elapsed();
-        // Last, from the same source, an accepted node's hello: once it is
-        // listed, the manager has seen the whole flood; and accepted keys are
-        // never crowded out.
-        let n1 = mgr.pki.as_ref().unwrap().agent_key("n1");
-        push.send(signed_hello(&KeyPair::load(std::path::Path::new(&n1)).unwrap()), 0)
-            .unwrap();
-        wait_for(90, "the manager to get through the flood", || {
-            let agents = try_mgmt(&mgr.ep("mgmt_endpoint"), "manager.agents")?;
-            let listed = agents["result"].as_array()?.iter().any(|a| a["node"] == "n1");
-            listed.then_some(())
+        // The flood was cut off and counted: every announcement of it was
+        // filed pending or counted as turned away, in keys list.
+        let list = wait_for(30, "the flood to be counted in keys list", || {
+            let list = keys_list(&mgr);
+            let filed = list.lines().filter(|l| l.contains("flood")).count();
+            let turned = list
+                .lines()
+                .find_map(|l| l.strip_prefix("turned away: "))
+                .and_then(|l| l.split(' ').next()?.parse::<usize>().ok())
+                .unwrap_or(0);
+            (filed + turned == FLOOD).then_some(list)
         });
-        // The new real agent is filed pending, and once accepted it serves.
+        let filed = list.lines().filter(|l| l.contains("flood")).count();
+        // The per-source burst, plus a refill if the flood took over 6 s.
+        assert!(
+            filed <= security::SOURCE_BURST as usize + 1,
+            "{filed} flood keys pending:\n{list}"
+        );
+        assert!(
+            list.contains("over the per-source rate limit") && list.contains("from 127.0.0.2"),
+            "{list}"
+        );
+        // Logged once for the interval, not once per key.
+        let log = mgr.log_text();
+        assert_eq!(count_lines(&log, "unknown keys turned away"), 1, "{log}");
+        // An accepted node is not crowded out, even from the flooding source ...
+        let n1 = mgr.pki.as_ref().unwrap().agent_key("n1");
+        let n1 = KeyPair::load(std::path::Path::new(&n1)).unwrap();
+        sink_from(&ctx, &mgr, "127.0.0.2", &n1)
+            .send(signed_hello(&n1), 0)
+            .unwrap();
+        wait_for(20, "the accepted node's hello to be admitted", || {
+            agent_listed(&mgr, "n1", "connecting").0.then_some(())
+        });
+        // ... and a new real agent from another source is filed pending, and
+        // once accepted it serves.
         let dir = tempfile::tempdir().unwrap();
         let (_web7, fp) = agent_with_own_key(&mgr, "web7", dir.path());
         wait_for(20, "the new agent's key to be pending", || {
@@ -537,31 +570,6 @@ fn pending_key_flood_from_one_source_does_not_lock_out_a_new_agent() {
             .run();
         assert_eq!(out.status.code(), Some(0), "{doc}");
         assert_eq!(calls(dir.path()), ["x status"]);
-        // The flood was cut off and counted: every announcement of it was
-        // filed pending or counted as turned away, in keys list.
-        let list = wait_for(10, "the flood to be counted in keys list", || {
-            let list = keys_list(&mgr);
-            let filed = list.lines().filter(|l| l.contains("flood")).count();
-            let turned = list
-                .lines()
-                .find_map(|l| l.strip_prefix("turned away: "))
-                .and_then(|l| l.split(' ').next()?.parse::<usize>().ok())
-                .unwrap_or(0);
-            (filed + turned == FLOOD).then_some(list)
-        });
-        let filed = list.lines().filter(|l| l.contains("flood")).count();
-        // The per-source burst, plus at most one refill per 6 s of flooding.
-        let most = security::SOURCE_BURST as usize
-            + (flooding.as_secs() / security::SOURCE_REFILL.as_secs()) as usize
-            + 1;
-        assert!(filed <= most, "{filed} flood keys pending:\n{list}");
-        assert!(
-            list.contains("over the per-source rate limit") && list.contains("from 127.0.0.2"),
-            "{list}"
-        );
-        // Logged once for the interval, not once per key.
-        let log = mgr.log_text();
-        assert_eq!(count_lines(&log, "unknown keys turned away"), 1, "{log}");
     });
 }
 
@@ -630,8 +638,15 @@ fn an_agent_key_named_like_an_accepted_node_is_a_name_clash() {
         let reloads = count_lines(&mgr.log_text(), "key store changed");
         let out = keys_cmd(&mgr, &["accept", "--force", &fp]);
         let said = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        assert!(said.contains("rejected") && said.contains("accepted"), "{said}");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            said.contains("rejected") && said.contains("accepted"),
+            "{said}"
+        );
         let list = keys_list(&mgr);
         assert!(
             list.lines()

@@ -247,7 +247,7 @@ mod tests {
         let web1 = KeyPair::generate(Role::Agent, "web1").unwrap();
         let eve = KeyPair::generate(Role::Client, "eve").unwrap();
         for k in [&alice, &web1, &eve] {
-            store.submit(k.public()).unwrap();
+            store.submit(k.public(), "10.0.0.9").unwrap();
         }
         store.accept("alice").unwrap();
         store.accept("web1").unwrap();
