@@ -97,6 +97,10 @@ pub struct Gate {
     saved: u64,
     saved_at: Option<Instant>,
     expired_at: Instant,
+    /// Re-reads of the store that changed a key's state, and how many of
+    /// them [`reload_if_changed`](Gate::reload_if_changed) has reported.
+    generation: u64,
+    reported_generation: u64,
 }
 
 /// What to tell about an agent key whose node name other accepted keys hold.
@@ -142,6 +146,8 @@ impl Gate {
             saved: 0,
             saved_at: None,
             expired_at: Instant::now(),
+            generation: 0,
+            reported_generation: 0,
         };
         g.seen = g.mtimes();
         Ok(g)
@@ -231,19 +237,38 @@ impl Gate {
     /// change in the same tick (`keys accept --force` moves two files) leaves
     /// it as it was. So a time less than [`SETTLE`] old is not taken as seen,
     /// and the folders are read again until it is older.
+    ///
+    /// True if a key's state changed since the last true (also by a re-read
+    /// on the way, [`look_on_disk`](Self::look_on_disk)); the store re-read
+    /// after the manager's own filing of a pending key changes nothing.
     pub fn reload_if_changed(&mut self) -> Result<bool> {
         let now = self.mtimes();
-        if now == self.seen {
-            return Ok(false);
+        if now != self.seen {
+            self.mark_seen(now);
+            self.reload()?;
         }
+        let changed = self.generation != self.reported_generation;
+        self.reported_generation = self.generation;
+        Ok(changed)
+    }
+
+    /// Re-read the key store; count a change of any key's state.
+    fn reload(&mut self) -> Result<(), security::KeyStoreError> {
+        let before = self.keys.list();
+        self.keys.reload()?;
+        if self.keys.list() != before {
+            self.generation += 1;
+        }
+        Ok(())
+    }
+
+    /// Take the folders' times `now` as seen, but those younger than [`SETTLE`].
+    fn mark_seen(&mut self, now: Vec<Option<SystemTime>>) {
         let settled = SystemTime::now() - SETTLE;
         self.seen = now
             .into_iter()
             .map(|t| t.filter(|t| *t < settled))
             .collect();
-        let before = self.keys.list();
-        self.keys.reload()?;
-        Ok(self.keys.list() != before)
     }
 
     /// File a key we do not know as pending, after one more look at the disk:
@@ -285,8 +310,8 @@ impl Gate {
         let filed = ["accepted", "pending", "rejected"]
             .iter()
             .any(|d| self.dir.join(d).join(&fp).exists());
-        if filed && self.keys.reload().is_ok() {
-            self.seen = self.mtimes();
+        if filed && self.reload().is_ok() {
+            self.mark_seen(self.mtimes());
         }
     }
 
