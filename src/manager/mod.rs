@@ -455,17 +455,7 @@ impl Manager<'_> {
                 }
                 self.gate.upkeep();
                 match self.gate.reload_if_changed() {
-                    Ok(true) => {
-                        if let Some(peers) = &mut self.peers {
-                            peers.refresh(&self.gate.keys);
-                        }
-                        info!(self.log, "key store changed; reloaded");
-                        let gate = &self.gate;
-                        let revoked = self.registry.revoke(|key| gate.trusts_agent_key(key));
-                        for d in revoked {
-                            self.departed(d);
-                        }
-                    }
+                    Ok(true) => self.key_store_changed(),
                     Ok(false) => {}
                     Err(e) => {
                         error!(self.log, "cannot reload the key store"; "error" => format!("{e:#}"))
@@ -748,14 +738,26 @@ impl Manager<'_> {
         }
     }
 
+    /// A key's state changed on disk: re-index the peers, and agents whose key
+    /// is no longer accepted (or no longer the only one of its node) get no
+    /// more requests.
+    fn key_store_changed(&mut self) {
+        if let Some(peers) = &mut self.peers {
+            peers.refresh(&self.gate.keys);
+        }
+        info!(self.log, "key store changed; reloaded");
+        let gate = &self.gate;
+        let revoked = self.registry.revoke(|key| gate.trusts_agent_key(key));
+        for d in revoked {
+            self.departed(d);
+        }
+    }
+
     /// ZAP: decide every handshake waiting, and sum up refusals in the log.
     fn answer_handshakes(&mut self) {
         // Keys accepted on disk a moment ago count at once (three stats).
         if let Ok(true) = self.gate.reload_if_changed() {
-            if let Some(peers) = &mut self.peers {
-                peers.refresh(&self.gate.keys);
-            }
-            info!(self.log, "key store changed; reloaded");
+            self.key_store_changed();
         }
         let (Some(zap), Some(peers)) = (&self.zap, &mut self.peers) else {
             return;
