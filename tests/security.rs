@@ -470,7 +470,14 @@ fn agent_with_own_key(mgr: &Proc, node: &str, dir: &std::path::Path) -> (Proc, S
         node,
         &fake,
         dir,
-        &["-O", "allow_unsigned=false", "-O", ALLOW_ALL, "-O", &manager_key_setting(mgr)],
+        &[
+            "-O",
+            "allow_unsigned=false",
+            "-O",
+            ALLOW_ALL,
+            "-O",
+            &manager_key_setting(mgr),
+        ],
     );
     (agent, pk.fingerprint())
 }
@@ -479,7 +486,12 @@ fn agent_with_own_key(mgr: &Proc, node: &str, dir: &std::path::Path) -> (Proc, S
 /// form, so that a test can speak from 127.0.0.2 on loopback), on a CURVE
 /// connection of `key` when the manager is secure.
 fn sink_from(ctx: &zmq::Context, mgr: &Proc, source: &str, key: &KeyPair) -> zmq::Socket {
-    let port = mgr.ep("sink_endpoint").rsplit(':').next().unwrap().to_owned();
+    let port = mgr
+        .ep("sink_endpoint")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
     let s = ctx.socket(zmq::PUSH).unwrap();
     s.set_linger(5000).unwrap();
     if let Some(line) = mgr.ready["manager_key"].as_str() {
@@ -488,7 +500,8 @@ fn sink_from(ctx: &zmq::Context, mgr: &Proc, source: &str, key: &KeyPair) -> zmq
         s.set_curve_publickey(&key.public().curve_key()).unwrap();
         s.set_curve_secretkey(&key.curve_secret()).unwrap();
     }
-    s.connect(&format!("tcp://{source}:0;127.0.0.1:{port}")).unwrap();
+    s.connect(&format!("tcp://{source}:0;127.0.0.1:{port}"))
+        .unwrap();
     s
 }
 

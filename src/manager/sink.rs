@@ -85,7 +85,11 @@ impl Manager<'_> {
                 let checked = match &self.peers {
                     Some(_) => match self.accepted_peer(crate::security::Role::Agent) {
                         // Two accepted keys for one node: neither speaks for it.
-                        Some(k) if !self.gate.keys.holds_its_name(&k) => Err(format!("result from {}, one of several accepted keys of node {:?}", k.fingerprint(), k.name())),
+                        Some(k) if !self.gate.keys.holds_its_name(&k) => Err(format!(
+                            "result from {}, one of several accepted keys of node {:?}",
+                            k.fingerprint(),
+                            k.name()
+                        )),
                         Some(k) if node.as_deref() == Some(k.name()) && auth.is_some() => Ok(()),
                         Some(k) => Err(format!(
                             "result for node {node:?} on the connection of {}",
