@@ -18,7 +18,8 @@
 //!   `Value` forms [`sign_body`], [`verify`], [`verify_announce`].
 //! - [`seal`](mod@seal): [`Sealed`] data, [`seal()`], [`open`], and a key pair's cache
 //!   of AEAD keys shared with its peers ([`KeyPair::seal_to`]).
-//! - [`replay`]: the [`ReplayGuard`] against stale and repeated requests.
+//! - [`replay`]: the [`ReplayGuard`] against stale and repeated requests, and its
+//!   journal on disk, which keeps them refused across restarts.
 //! - [`keystore`]: the manager's [`KeyStore`] and the [`KeyState`] of each key.
 //!
 //! Wire forms:
@@ -52,7 +53,7 @@ pub use keystore::{
     KeyState, KeyStore, KeyStoreError, Submission, TurnedAway, TurnedAwayReason, MAX_PENDING,
     MAX_PENDING_PER_SOURCE, PENDING_TTL, SOURCE_BURST, SOURCE_REFILL,
 };
-pub use replay::{ReplayGuard, MAX_REQUEST_ID};
+pub use replay::{JournalError, JournalLoad, ReplayGuard, MAX_REQUEST_ID};
 pub use seal::{open, seal, Sealed};
 
 use base64::Engine;
@@ -85,6 +86,11 @@ pub enum AuthError {
     Replayed(String),
     #[error("too many recent requests ({0} remembered); try again later")]
     ReplayCacheFull(usize),
+    #[error(
+        "cannot record the request in the replay journal {file} ({error}); refused, since it \
+         could run again after a restart: free space there or fix its permissions"
+    )]
+    NotRecorded { file: String, error: String },
     #[error("malformed security data: {0}")]
     Malformed(String),
     #[error("cannot decrypt: not addressed to this key, or altered on the way")]
@@ -102,6 +108,7 @@ impl AuthError {
             AuthError::Expired { .. } | AuthError::FromTheFuture { .. } => "expired",
             AuthError::Replayed(_) => "replay",
             AuthError::ReplayCacheFull(_) => "busy",
+            AuthError::NotRecorded { .. } => "journal",
             AuthError::Malformed(_) | AuthError::Decrypt => "malformed",
         }
     }
