@@ -94,7 +94,7 @@ pub fn run(
     on_ready: OnReady,
 ) -> Result<()> {
     let gate = Gate::open(
-        &config.state_dir().join("keys"),
+        &config.state_dir(),
         config.allow_unsigned,
         Duration::from_secs(config.request_window),
         log,

@@ -6,16 +6,26 @@
 //! and a result must be signed by the accepted key of the node it names.
 //! `allow_unsigned = true` also serves 0.1 peers, which sign nothing.
 //! The manager is a relay, not the last line: agents check requests themselves.
+//!
+//! Replays across restarts: the request ids it accepted (requests and
+//! `manager.shutdown`) are journaled in `state_dir/replay.journal` before it
+//! acts, and the agent instances that ended (replaced by a newer one, or gone
+//! with a goodbye) in `state_dir/instances.journal`, so that what was captured
+//! before a restart is refused after it as before (see
+//! [`crate::security::replay`] for why a journal rather than refusing what was
+//! signed before the start). Announcements of a node must come newer than the
+//! last one believed, and a goodbye newer than the presence it ends.
 
 use crate::protocol::{
-    Announce, MgmtBody, MgmtRefusal, MgmtRequest, Presence, RequestBody, ServiceRequest,
-    SignedAnnounce, SignedResult,
+    Announce, AnnounceKind, MgmtBody, MgmtRefusal, MgmtRequest, Presence, RequestBody,
+    ServiceRequest, SignedAnnounce, SignedResult,
 };
 use crate::security::{
     self, AuthError, KeyState, KeyStore, PublicKey, Purpose, ReplayGuard, Role, Signed, TurnedAway,
 };
 use anyhow::{Context, Result};
 use slog::{info, warn, Logger};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -85,6 +95,14 @@ pub struct Gate {
     pub keys: KeyStore,
     dir: PathBuf,
     replay: ReplayGuard,
+    /// Agent instances that ended (replaced, or said goodbye): whatever they
+    /// signed is refused, for 2 × window, after which it is stale anyway.
+    retired: ReplayGuard,
+    /// Per node, its current instance and the signed time of the last
+    /// announcement believed: a later one must be newer.
+    announced: HashMap<String, (String, u64)>,
+    /// Per instance, the signed time of the last presence token granted.
+    presence_ts: HashMap<String, u64>,
     window: Duration,
     pub allow_unsigned: bool,
     /// Modification times of the key store's directories, to notice `mgmt keys` edits.
@@ -125,18 +143,42 @@ fn pending_hint(pk: &PublicKey, state: KeyState) -> String {
 }
 
 impl Gate {
-    pub fn open(dir: &Path, allow_unsigned: bool, window: Duration, log: &Logger) -> Result<Gate> {
-        let keys = KeyStore::open(dir).with_context(|| {
+    /// The gate of a manager whose state is in `state_dir`: its key store
+    /// (`keys/`) and replay journals.
+    pub fn open(
+        state_dir: &Path,
+        allow_unsigned: bool,
+        window: Duration,
+        log: &Logger,
+    ) -> Result<Gate> {
+        let dir = state_dir.join("keys");
+        let keys = KeyStore::open(&dir).with_context(|| {
             format!("cannot open the key store {}; set state_dir", dir.display())
         })?;
+        let journal = |name: &str, window: Duration| -> Result<ReplayGuard> {
+            let path = state_dir.join(name);
+            let (guard, load) = ReplayGuard::open(&path, window, 1_000_000, crate::clock::now_ms())
+                .context("set state_dir to a folder the manager may write")?;
+            if load.damaged > 0 {
+                warn!(log, "replay journal damaged: the lines that could not be read were dropped";
+                    "file" => %path.display(), "damaged" => load.damaged, "kept" => load.live);
+            } else if load.live > 0 {
+                info!(log, "replay journal read: recent requests stay refused as replays";
+                    "file" => %path.display(), "ids" => load.live);
+            }
+            Ok(guard)
+        };
         // Counting starts anew: `mgmt keys list` shows this run's.
         if let Err(e) = keys.save_turned_away() {
             warn!(log, "cannot write the count of keys turned away"; "error" => format!("{e:#}"));
         }
         let mut g = Gate {
             keys,
-            dir: dir.to_owned(),
-            replay: ReplayGuard::new(window, 1_000_000),
+            dir,
+            replay: journal("replay.journal", window)?,
+            retired: journal("instances.journal", window * 2)?,
+            announced: HashMap::new(),
+            presence_ts: HashMap::new(),
             window,
             allow_unsigned,
             seen: Vec::new(),
@@ -462,7 +504,10 @@ impl Gate {
             .submit(&pk, source)
             .map_err(|e| AnnounceRefused::Other(format!("{e:#}")))?;
         match sub.state {
-            KeyState::Accepted if self.keys.holds_its_name(&pk) => Ok((Some(pk), a)),
+            KeyState::Accepted if self.keys.holds_its_name(&pk) => {
+                self.order(&a, body.ts)?;
+                Ok((Some(pk), a))
+            }
             KeyState::Accepted => Err(AnnounceRefused::Other(format!(
                 "agent {:?} key {} is accepted, but so is another key of that node: {}; neither is served until one is rejected (service-mgr mgmt keys reject FINGERPRINT)",
                 a.node,
@@ -487,6 +532,60 @@ impl Gate {
         }
     }
 
+    /// An accepted node's announcement signed at `ts` is believed only if it is
+    /// newer than the last one believed of that node and its instance has not
+    /// ended; a goodbye only if newer than the presence it ends. What passes
+    /// is recorded: a new instance ends the old one, a goodbye its own.
+    fn order(&mut self, a: &Announce, ts: u64) -> Result<(), AnnounceRefused> {
+        let now = crate::clock::now_ms();
+        let refuse = |why: String| {
+            Err(AnnounceRefused::Other(format!(
+                "announcement refused: {why}; a replay? (ignored)"
+            )))
+        };
+        let kind = match a.kind {
+            AnnounceKind::Hello => "hello",
+            AnnounceKind::Heartbeat => "heartbeat",
+            AnnounceKind::Bye => "goodbye",
+        };
+        if self.retired.seen(&a.instance, now) {
+            return refuse(format!(
+                "{kind} of node {:?} from instance {}, which has ended (replaced by a newer one, or said goodbye)",
+                a.node, a.instance
+            ));
+        }
+        if let Some((_, last)) = self.announced.get(&a.node).filter(|(_, last)| ts <= *last) {
+            return refuse(format!(
+                "{kind} of node {:?} signed at {ts}, not after its last announcement ({last})",
+                a.node
+            ));
+        }
+        let connected = self.presence_ts.get(&a.instance).copied().unwrap_or(0);
+        if a.kind == AnnounceKind::Bye && ts < connected {
+            return refuse(format!(
+                "goodbye of node {:?} signed at {ts}, before the connection it would end ({connected})",
+                a.node
+            ));
+        }
+        let ended = match self.announced.get(&a.node) {
+            Some((old, _)) if *old != a.instance => Some(old.clone()),
+            _ => None,
+        };
+        let until = now.saturating_add(2 * self.window.as_millis() as u64);
+        for instance in ended
+            .iter()
+            .chain((a.kind == AnnounceKind::Bye).then_some(&a.instance))
+        {
+            self.presence_ts.remove(instance);
+            // Kept in memory when the journal cannot take it; the restart
+            // after that is the only one it would not cover.
+            let _ = self.retired.remember(instance, until, now);
+        }
+        self.announced
+            .insert(a.node.clone(), (a.instance.clone(), ts));
+        Ok(())
+    }
+
     /// A presence subscription: the instance, and whether its connection may
     /// get requests (signed by an accepted agent key, recent; or unsigned in
     /// 0.1-compatible mode).
@@ -503,13 +602,26 @@ impl Gate {
         }
         // Accepted a moment ago? One more look at the disk before refusing.
         self.look_on_disk(&signed.key);
-        match self.keys.verify_signature(signed, Purpose::Announce) {
+        let node = match self.keys.verify_signature(signed, Purpose::Announce) {
             // Two accepted keys for one node: neither gets its requests.
             Ok(pk) if pk.role() == security::Role::Agent && self.keys.holds_its_name(&pk) => {
-                Grant::Private(pk.name().to_owned())
+                pk.name().to_owned()
             }
-            _ => Grant::No,
+            _ => return Grant::No,
+        };
+        // An ended instance's token, or one older than the last granted (a
+        // replay), earns nothing; the same token again is a reconnection.
+        let now = crate::clock::now_ms();
+        let last = self.presence_ts.get(&p.instance).copied().unwrap_or(0);
+        if *ts < last || self.retired.seen(&p.instance, now) {
+            return Grant::No;
         }
+        if self.presence_ts.len() >= 100_000 {
+            let horizon = now.saturating_sub(2 * self.window.as_millis() as u64);
+            self.presence_ts.retain(|_, t| *t >= horizon);
+        }
+        self.presence_ts.insert(p.instance.clone(), *ts);
+        Grant::Private(node)
     }
 
     /// A result on the sink: signed by the accepted key of the node it names,
