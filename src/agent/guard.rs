@@ -5,6 +5,15 @@
 //! is fresh and not replayed, is addressed to this node, and the `[[policy]]`
 //! rules allow that key this command on this service. Results are signed with
 //! the agent's key and sealed to the requesting client's key.
+//!
+//! Replays across restarts: the ids of the requests and `agent.shutdown`s it
+//! accepted are journaled beside its key (`<key_file>.replay`) before it acts,
+//! and read again at start, so that what was captured before a restart (or a
+//! crash) is refused after it as before ([`crate::security::replay`] says why
+//! a journal rather than refusing what was signed before the start). What the
+//! agent signs itself (announcements, presence tokens) is dated by a clock that
+//! never goes back within the process, since the manager refuses an
+//! announcement that is not newer than the last.
 
 use crate::agent::Identity;
 use crate::config::{AgentConfig, Decision, Policy};
@@ -17,6 +26,7 @@ use anyhow::{Context, Result};
 use slog::{error, info, warn, Logger};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -98,6 +108,8 @@ pub struct Guard {
     policy: Arc<Policy>,
     replay: ReplayGuard,
     allow_unsigned: bool,
+    /// The last time we signed (ms): what we sign is dated strictly after it.
+    signed_at: AtomicU64,
 }
 
 impl Guard {
@@ -127,7 +139,41 @@ impl Guard {
             key.name()
         );
         let (clients, policy) = load_trust(config, log)?;
-        Ok(Guard::new(Arc::new(key), clients, policy, config))
+        let mut guard = Guard::new(Arc::new(key), clients, policy, config);
+        let path = replay_journal(&key_file);
+        let (replay, load) = ReplayGuard::open(
+            &path,
+            Duration::from_secs(config.request_window),
+            1_000_000,
+            crate::clock::now_ms(),
+        )
+        .context("the agent keeps it beside its key_file: that folder must be writable")?;
+        if load.damaged > 0 {
+            warn!(log, "replay journal damaged: the lines that could not be read were dropped";
+                "file" => %path.display(), "damaged" => load.damaged, "kept" => load.live);
+        }
+        guard.replay = replay;
+        Ok(guard)
+    }
+
+    /// A time for what we sign now: the wall clock, but strictly after the
+    /// last one we used, so that a clock set back does not make our next
+    /// announcement look like a replay of an earlier one.
+    fn stamp(&self) -> u64 {
+        let now = crate::clock::now_ms();
+        let mut prev = self.signed_at.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(prev + 1);
+            match self.signed_at.compare_exchange_weak(
+                prev,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return next,
+                Err(p) => prev = p,
+            }
+        }
     }
 
     /// A guard for `key` over already loaded trust (see [`load_trust`]).
@@ -146,6 +192,7 @@ impl Guard {
             policy,
             replay: ReplayGuard::new(Duration::from_secs(config.request_window), 1_000_000),
             allow_unsigned: config.allow_unsigned,
+            signed_at: AtomicU64::new(0),
         }
     }
 
@@ -303,7 +350,7 @@ impl Guard {
 
     /// A fresh signed presence token for our subscription.
     pub fn presence(&self, instance: &str) -> String {
-        let ts = crate::clock::now_ms();
+        let ts = self.stamp();
         let signed = security::sign(
             &self.key,
             Purpose::Announce,
@@ -324,10 +371,17 @@ impl Guard {
         let body = SignedAnnounce {
             announce: a.clone(),
             key: self.key.public().to_string(),
-            ts: crate::clock::now_ms(),
+            ts: self.stamp(),
         };
         a.auth = Some(security::sign(&self.key, Purpose::Announce, &body));
     }
+}
+
+/// Where the agent whose key is `key_file` journals the requests it accepted.
+pub fn replay_journal(key_file: &Path) -> PathBuf {
+    let mut name = key_file.as_os_str().to_owned();
+    name.push(".replay");
+    PathBuf::from(name)
 }
 
 /// The frame for a result: signed, and sealed to the client when we verified
