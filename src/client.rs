@@ -329,24 +329,58 @@ pub(crate) fn verify_result(
     }
 }
 
-/// An unsigned result is fine from a 0.1 agent (no key known for it), and
-/// for the manager's own no_response; not from a node whose key we hold.
+/// An unsigned result proves nothing about who sent it: anyone who can pose
+/// as the manager can publish one. A client that signed its request (it has a
+/// key) takes none as the node's answer, only the manager's own `no_response`
+/// (never `ok`). Only the explicit unsigned mode (no key, for 0.1 managers and
+/// agents) shows plain answers, and the client then says they are unverified
+/// (see [`unsigned_mode_hint`]).
 fn check_unsigned(
     obj: Map<String, Value>,
     accepted: &Accepted,
     key: Option<&KeyPair>,
 ) -> Result<Map<String, Value>, String> {
+    if key.is_none() || crate::report::status_of(&obj) == "no_response" {
+        return Ok(obj);
+    }
     let node = obj.get("node").and_then(Value::as_str).unwrap_or_default();
     let keyed = accepted
         .agent_keys
         .as_ref()
         .is_some_and(|k| k.contains_key(node));
-    if keyed && key.is_some() && obj.get("status").and_then(Value::as_str) != Some("no_response") {
-        return Err(format!(
-            "unsigned result for node {node:?}, whose key is known: not accepted"
-        ));
-    }
-    Ok(obj)
+    Err(if keyed {
+        format!("unsigned result for node {node:?}, whose key is known: not accepted")
+    } else {
+        format!(
+            "unsigned result for node {node:?}: nothing proves who sent it (the manager named no \
+             key for that node; accept its agent key, or for a 0.1 agent run the client without \
+             a key: SERVICE_MGR_KEY=none)"
+        )
+    })
+}
+
+/// What the client says when it ran without a key and showed plain answers:
+/// nothing proves who sent them.
+fn unsigned_mode_hint(req: &Request, results: &[Value]) -> Option<String> {
+    let plain = results
+        .iter()
+        .filter_map(Value::as_object)
+        .filter(|m| m.get("verified") != Some(&Value::Bool(true)))
+        .filter(|m| {
+            !matches!(
+                m.get("status").and_then(Value::as_str),
+                Some("unverified" | "no_response")
+            )
+        })
+        .count();
+    (req.key.is_none() && plain > 0).then(|| {
+        format!(
+            "{plain} answer{} unverified: the client has no key (unsigned mode), so nothing proves \
+             which node sent {}",
+            if plain == 1 { " is" } else { "s are" },
+            if plain == 1 { "it" } else { "them" }
+        )
+    })
 }
 
 /// Whether a result object names this node and job.
@@ -630,6 +664,7 @@ fn exchange(
         }
     }
     let mut hints = hints(&accepted, &req.request.topic);
+    hints.extend(unsigned_mode_hint(req, &results));
     let silent = extra_wanted.saturating_sub(extra);
     if wanted.is_some() && silent > 0 {
         hints.push(format!(
