@@ -18,6 +18,7 @@ mod metrics;
 mod output;
 mod protocol;
 mod readme;
+mod replay;
 mod robustness;
 mod security;
 mod simulate;
