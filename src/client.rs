@@ -1122,6 +1122,50 @@ mod tests {
         assert!(check(sealed_result(&web1, "web1", "job-1", &bob)).is_err());
     }
 
+    /// An unsigned answer proves nothing: with a key it is never the node's,
+    /// whatever the manager said about the node; without one (unsigned mode)
+    /// it is shown, and the client says it is unverified.
+    #[test]
+    fn unsigned_answers_are_unverified_unless_the_client_runs_unsigned() {
+        use crate::security::Role;
+        let client = KeyPair::generate(Role::Client, "alice").unwrap();
+        let web1 = KeyPair::generate(Role::Agent, "web1").unwrap();
+        let plain = |node: &str, status: &str| {
+            json!({"node": node, "uuid": "job-1", "status": status, "msg": "done"})
+                .as_object()
+                .unwrap()
+                .clone()
+        };
+        let accepted: Accepted = serde_json::from_value(json!({
+            "uuid": "job-1", "port": 1, "expected": ["web1", "old1"],
+            "agent_keys": {"web1": web1.public().to_string()},
+        }))
+        .unwrap();
+        let check = |m, key| verify_result(ResultFrame::from_object(m), &accepted, key, None);
+        for node in ["web1", "old1"] {
+            let err = check(plain(node, "ok"), Some(&client)).unwrap_err();
+            assert!(err.contains("unsigned result"), "{err}");
+            assert!(check(plain(node, "no_response"), Some(&client)).is_ok());
+            assert!(check(plain(node, "ok"), None).is_ok());
+        }
+        let req = |key: Option<std::sync::Arc<KeyPair>>| Request {
+            endpoint: "tcp://localhost:5500".into(),
+            request: ServiceRequest::new("status", "cron", "any"),
+            wait: None,
+            retries: 1,
+            timeout: Duration::from_secs(1),
+            expect: None,
+            key,
+        };
+        let shown = [
+            Value::Object(plain("old1", "ok")),
+            Value::Object(plain("web1", "no_response")),
+        ];
+        let hint = unsigned_mode_hint(&req(None), &shown).unwrap();
+        assert!(hint.starts_with("1 answer is unverified"), "{hint}");
+        assert_eq!(unsigned_mode_hint(&req(Some(client.into())), &shown), None);
+    }
+
     #[test]
     fn every_expected_node_gets_a_status() {
         let j = job(

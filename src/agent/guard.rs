@@ -786,6 +786,17 @@ deny = [{{ services = ["sshd"] }}]
     }
 
     #[test]
+    fn what_the_agent_signs_is_dated_strictly_later_each_time() {
+        let f = fixture(false);
+        let stamps: Vec<u64> = (0..1000).map(|_| f.guard.stamp()).collect();
+        assert!(stamps.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(
+            replay_journal(Path::new("/etc/service-mgr/agent.key")),
+            Path::new("/etc/service-mgr/agent.key.replay")
+        );
+    }
+
+    #[test]
     fn guard_decides_on_shutdowns() {
         let mut f = fixture(false);
         let shutdown = |key: &KeyPair, node: Option<&str>| {

@@ -1158,7 +1158,7 @@ mod tests {
             Grant::Private("web1".into())
         );
         // Both accepted by editing the store by hand: neither is served.
-        let dir = f._dir.path();
+        let dir = &f._dir.path().join("keys");
         std::fs::rename(
             dir.join("pending").join(&fp),
             dir.join("accepted").join(&fp),
@@ -1194,5 +1194,82 @@ mod tests {
             f.gate.check_presence(&presence(&impostor)),
             Grant::Private("web1".into())
         );
+    }
+
+    /// Announcement `kind` of web1's `instance`, signed by `key` at `ts`.
+    fn announce(key: &KeyPair, kind: AnnounceKind, instance: &str, ts: u64) -> Announce {
+        let mut a = crate::manager::registry::hello("web1", instance, &["any", "web1"]);
+        a.kind = kind;
+        signed_hello(key, a, ts)
+    }
+
+    fn presence_at(key: &KeyPair, instance: &str, ts: u64) -> Presence {
+        Presence {
+            instance: instance.into(),
+            signed: Some((
+                ts,
+                sign_body(key, Purpose::Announce, &Presence::signed_text(instance, ts)),
+            )),
+        }
+    }
+
+    #[test]
+    fn announcements_and_presence_are_believed_in_order_only() {
+        use AnnounceKind::{Bye, Heartbeat, Hello};
+        let mut f = fixture(false);
+        let now = crate::clock::now_ms();
+        let web1 = &f.web1;
+        let mut ok = |g: &mut Gate, a: Announce| {
+            g.check_announce(&a, "127.0.0.1")
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        };
+        let beat1 = announce(web1, Heartbeat, "i1", now - 5000);
+        ok(&mut f.gate, announce(web1, Hello, "i1", now - 6000)).unwrap();
+        ok(&mut f.gate, beat1.clone()).unwrap();
+        // The same heartbeat again, or an older one: a replay.
+        let err = ok(&mut f.gate, beat1.clone()).unwrap_err();
+        assert!(err.contains("not after its last announcement"), "{err}");
+        assert_eq!(
+            f.gate.check_presence(&presence_at(web1, "i1", now - 4000)),
+            Grant::Private("web1".into())
+        );
+        // The same token again is a reconnection; an older one is not.
+        assert_eq!(
+            f.gate.check_presence(&presence_at(web1, "i1", now - 4000)),
+            Grant::Private("web1".into())
+        );
+        assert_eq!(
+            f.gate.check_presence(&presence_at(web1, "i1", now - 4500)),
+            Grant::No
+        );
+        // A goodbye signed before the presence it would end.
+        let err = ok(&mut f.gate, announce(web1, Bye, "i1", now - 4200)).unwrap_err();
+        assert!(err.contains("before the connection"), "{err}");
+        // A new instance replaces i1, which has ended: its goodbye, heartbeats
+        // and presence are refused.
+        let bye1 = announce(web1, Bye, "i1", now - 3000);
+        ok(&mut f.gate, announce(web1, Hello, "i2", now - 2000)).unwrap();
+        let err = ok(&mut f.gate, bye1.clone()).unwrap_err();
+        assert!(err.contains("which has ended"), "{err}");
+        assert!(ok(&mut f.gate, announce(web1, Heartbeat, "i1", now - 1000)).is_err());
+        assert_eq!(
+            f.gate.check_presence(&presence_at(web1, "i1", now - 900)),
+            Grant::No
+        );
+        ok(&mut f.gate, announce(web1, Heartbeat, "i2", now - 1000)).unwrap();
+        // Said goodbye: i2 has ended too.
+        ok(&mut f.gate, announce(web1, Bye, "i2", now - 500)).unwrap();
+        assert!(ok(&mut f.gate, announce(web1, Heartbeat, "i2", now - 400)).is_err());
+        // A restarted manager (the same state_dir) still refuses what ended.
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let mut again = Gate::open(f._dir.path(), false, Duration::from_secs(60), &log).unwrap();
+        let err = ok(&mut again, bye1).unwrap_err();
+        assert!(err.contains("which has ended"), "{err}");
+        assert_eq!(
+            again.check_presence(&presence_at(web1, "i2", now - 300)),
+            Grant::No
+        );
+        ok(&mut again, announce(web1, Hello, "i3", now)).unwrap();
     }
 }
