@@ -1156,6 +1156,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             expect: None,
             key,
+            wire: transport::Wire::Plain,
         };
         let shown = [
             Value::Object(plain("old1", "ok")),
