@@ -1219,7 +1219,7 @@ mod tests {
         let mut f = fixture(false);
         let now = crate::clock::now_ms();
         let web1 = &f.web1;
-        let mut ok = |g: &mut Gate, a: Announce| {
+        let ok = |g: &mut Gate, a: Announce| {
             g.check_announce(&a, "127.0.0.1")
                 .map(|_| ())
                 .map_err(|e| e.to_string())
