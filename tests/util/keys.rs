@@ -31,6 +31,11 @@ pub fn register(endpoint: &str, creds: Creds) {
         .insert(endpoint.to_owned(), creds);
 }
 
+/// An endpoint the test binds itself now: whatever daemon had its port before is gone.
+pub fn forget(endpoint: &str) {
+    registry().lock().unwrap().remove(endpoint);
+}
+
 pub fn creds(endpoint: &str) -> Option<Creds> {
     registry().lock().unwrap().get(endpoint).cloned()
 }

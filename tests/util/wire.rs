@@ -13,6 +13,8 @@ pub fn bind_loopback(ctx: &zmq::Context, kind: zmq::SocketType) -> (zmq::Socket,
     s.bind(LOOPBACK).unwrap();
     let ep = s.get_last_endpoint().unwrap().unwrap();
     assert!(ep.starts_with("tcp://127.0.0.1:"), "{ep}");
+    // A port an earlier test's daemon had: not that daemon any more.
+    super::keys::forget(&ep);
     (s, ep)
 }
 
