@@ -7,6 +7,7 @@ use nix::fcntl::{Flock, FlockArg};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -167,13 +168,7 @@ impl PidFile {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create pid file directory {}", dir.display()))?;
         }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .with_context(|| format!("cannot open pid file {}", path.display()))?;
+        let file = open_pid_file(path)?;
         let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
             Ok(f) => f,
             Err((mut f, _)) => {
@@ -197,6 +192,47 @@ impl PidFile {
     pub fn update(&mut self) -> Result<()> {
         write_pid(&mut self.file)
     }
+}
+
+/// Open (or create, mode 0644) the pid file without following a symlink or
+/// writing through a hard link: someone who can write its directory (a shared
+/// /var/run, a -p in /tmp) could otherwise make a daemon started as root
+/// truncate and overwrite any file it names.
+fn open_pid_file(path: &Path) -> Result<File> {
+    let refuse = |why: &str| {
+        anyhow::anyhow!(
+            "pid file {p} {why}; refusing to write through it (remove {p}, or give -p another path)",
+            p = path.display()
+        )
+    };
+    // The same check as O_NOFOLLOW below, for an error that says what is wrong.
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(refuse("is a symbolic link"));
+    }
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        // O_NONBLOCK: a FIFO or device planted there must not hang the start.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            // A link planted between the check above and the open.
+            Some(libc::ELOOP) => refuse("is a symbolic link"),
+            _ => anyhow::Error::new(e).context(format!("cannot open pid file {}", path.display())),
+        })?;
+    let meta = file
+        .metadata()
+        .with_context(|| format!("cannot stat pid file {}", path.display()))?;
+    if !meta.is_file() {
+        return Err(refuse("is not a regular file"));
+    }
+    if meta.nlink() > 1 {
+        return Err(refuse("has other hard links"));
+    }
+    Ok(file)
 }
 
 fn write_pid(file: &mut File) -> Result<()> {
@@ -279,9 +315,15 @@ pub fn detach(program: &str, logfile: Option<&Path>) -> Result<Detached> {
 }
 
 /// Write the ready document atomically (tests and scripts poll for the file).
+/// The temp file is made anew (O_EXCL), so a link planted at its name is not followed.
 pub fn write_ready_file(path: &Path, doc: &serde_json::Value) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(doc)?)
+    let _ = std::fs::remove_file(&tmp); // left by a crash, or planted
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&serde_json::to_vec_pretty(doc)?))
         .and_then(|_| std::fs::rename(&tmp, path))
         .with_context(|| format!("cannot write ready file {}", path.display()))
 }
@@ -373,5 +415,36 @@ mod tests {
         assert!(err.contains("already running"), "{err}");
         drop(held);
         assert!(!path.exists());
+    }
+
+    /// A pid path planted as a symlink (or a hard link) to another file made
+    /// the daemon truncate and overwrite that file.
+    #[test]
+    fn pid_file_is_never_written_through_a_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let link = dir.path().join("x.pid");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        let err = format!(
+            "{:#}",
+            PidFile::acquire(&link, "service-mgrd").err().unwrap()
+        );
+        assert!(
+            err.contains(&format!("pid file {} is a symbolic link", link.display())),
+            "{err}"
+        );
+        let dangling = dir.path().join("y.pid");
+        std::os::unix::fs::symlink(dir.path().join("new-file"), &dangling).unwrap();
+        assert!(PidFile::acquire(&dangling, "service-mgrd").is_err());
+        assert!(!dir.path().join("new-file").exists());
+        let hard = dir.path().join("z.pid");
+        std::fs::hard_link(&victim, &hard).unwrap();
+        let err = format!(
+            "{:#}",
+            PidFile::acquire(&hard, "service-mgrd").err().unwrap()
+        );
+        assert!(err.contains("has other hard links"), "{err}");
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
     }
 }

@@ -645,3 +645,36 @@ fn c_relative_log_file_is_reopened_at_its_path_after_sighup() {
         assert!(pid_alive(pid));
     });
 }
+
+/// A pid file path planted as a symlink made the daemon (started as root by
+/// an init script) truncate and overwrite the file it pointed to.
+#[test]
+fn c_symlinked_pid_file_is_not_followed() {
+    with_timeout(60, || {
+        let pki = Pki::new();
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim.conf");
+        std::fs::write(&victim, "precious\n").unwrap();
+        let pidfile = dir.path().join("mgr.pid");
+        std::os::unix::fs::symlink(&victim, &pidfile).unwrap();
+        let (logfile, ready) = (dir.path().join("mgr.log"), dir.path().join("ready.json"));
+        let out = run_in(
+            None,
+            &detached_args(&pki, &pidfile, &logfile, &ready, &[]),
+            &[NO_KEY],
+        );
+        // Before the fix the daemon started, its pid in the victim: stop it.
+        let _started = read_pid(&victim).map(Detached::new);
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!(
+                "pid file {} is a symbolic link; refusing",
+                pidfile.display()
+            )),
+            "{err}"
+        );
+        assert!(!ready.exists());
+    });
+}
