@@ -685,3 +685,109 @@ fn an_agent_key_named_like_an_accepted_node_is_a_name_clash() {
         );
     });
 }
+
+/// Start `service-mgr ARGS... -d -p PID -o LOG start` as an init script
+/// does: the start's output, and a guard that kills the daemon if it did start.
+fn start_detached(
+    dir: &std::path::Path,
+    args: &[String],
+) -> (std::process::Output, Option<Detached>) {
+    let pidfile = dir.join("daemon.pid");
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(args)
+        .arg("-d")
+        .arg("-p")
+        .arg(&pidfile)
+        .arg("-o")
+        .arg(dir.join("daemon.log"))
+        .arg("start");
+    let out = output(&mut cmd);
+    let started = std::fs::read_to_string(&pidfile)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .map(Detached::new);
+    (out, started)
+}
+
+/// `agent -f /dev/null -n n1` on loopback with this key and authorized clients.
+fn agent_args(key_file: &std::path::Path, clients: &std::path::Path) -> Vec<String> {
+    let mut args: Vec<String> = ["agent", "-f", "/dev/null", "-n", "n1"]
+        .map(String::from)
+        .to_vec();
+    for set in [
+        "manager_endpoint=tcp://127.0.0.1:9".to_owned(),
+        "sink_endpoint=tcp://127.0.0.1:9".to_owned(),
+        format!("mgmt_endpoint={LOOPBACK}"),
+        format!("key_file={}", toml_str(&key_file.display().to_string())),
+        format!(
+            "authorized_clients={}",
+            toml_str(&clients.display().to_string())
+        ),
+    ] {
+        args.extend(["-O".to_owned(), set]);
+    }
+    args
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// An agent trusted an authorized_clients file that every user could write:
+/// anyone on the node could add a key and run commands through the agent.
+#[test]
+fn world_writable_authorized_clients_is_refused_at_start() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let clients = dir.path().join("authorized_clients");
+        std::fs::write(&clients, "# nobody yet\n").unwrap();
+        set_mode(&clients, 0o666);
+        let args = agent_args(&dir.path().join("agent.key"), &clients);
+        let (out, started) = start_detached(dir.path(), &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(started.is_none(), "the agent started: {err}");
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("writable by every user")
+                && err.contains(&format!("run `chmod o-w {}`", clients.display())),
+            "{err}"
+        );
+        set_mode(&clients, 0o644);
+        let (out, started) = start_detached(dir.path(), &args);
+        assert!(
+            started.is_some(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// The manager trusted a key store folder that every user could write:
+/// anyone on its host could admit a key by dropping a file into accepted/.
+#[test]
+fn world_writable_key_store_is_refused_at_start() {
+    with_timeout(60, || {
+        let pki = Pki::new();
+        let dir = tempfile::tempdir().unwrap();
+        let accepted = std::path::Path::new(&pki.path("state/keys/accepted")).to_owned();
+        set_mode(&accepted, 0o777);
+        let mut args: Vec<String> = ["daemon", "-f", "/dev/null"].map(String::from).to_vec();
+        for set in MANAGER_ENDPOINTS
+            .map(|k| format!("{k}={LOOPBACK}"))
+            .into_iter()
+            .chain([format!("state_dir={}", toml_str(&pki.path("state")))])
+        {
+            args.extend(["-O".to_owned(), set]);
+        }
+        let (out, started) = start_detached(dir.path(), &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(started.is_none(), "the manager started: {err}");
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("writable by every user")
+                && err.contains(&format!("run `chmod o-w {}`", accepted.display())),
+            "{err}"
+        );
+    });
+}

@@ -499,13 +499,16 @@ pub fn load_trust(config: &AgentConfig, log: &Logger) -> Result<(Clients, Arc<Po
 }
 
 fn read_clients(path: &Path, log: &Logger) -> Result<HashMap<String, PublicKey>> {
-    let text = match std::fs::read_to_string(path) {
+    // Refused if anyone but root and us could write it (they could add a key).
+    let text = match security::keyfile::read_trusted(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        Err(security::KeyFileError::Read { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
             warn!(log, "no authorized clients file: every signed request is refused"; "file" => %path.display());
             return Ok(HashMap::new());
         }
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Err(e) => return Err(e.into()),
     };
     let keys = security::parse_key_lines(&text)
         .with_context(|| format!("invalid key in {}", path.display()))?;

@@ -9,7 +9,7 @@ use rand_core::{OsRng, RngCore};
 use serde::{Deserialize, Serialize};
 use std::fs::{self, DirBuilder, File, OpenOptions, Permissions};
 use std::io::{self, ErrorKind, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use x25519_dalek::StaticSecret;
 
@@ -74,6 +74,67 @@ pub enum KeyFileError {
     /// A key that cannot be made (a bad name).
     #[error(transparent)]
     Key(#[from] AuthError),
+    #[error(
+        "{p} is writable by every user (mode {mode:03o}): anyone could add a key to it; run `chmod o-w {p}`",
+        p = .path.display()
+    )]
+    WorldWritable { path: PathBuf, mode: u32 },
+    #[error(
+        "{p} is owned by uid {owner}, neither root nor this user (uid {me}): that user could add a key to it; run `chown {me} {p}`",
+        p = .path.display()
+    )]
+    ForeignOwner { path: PathBuf, owner: u32, me: u32 },
+}
+
+/// Whether a file or folder that says which keys to trust (authorized_clients,
+/// the key store) may be trusted, as sshd's StrictModes: not writable by
+/// every user, and owned by root or by the user we run as. `meta` is of the
+/// open file (fstat), so the check and the read are of the same file.
+pub fn check_trusted(path: &Path, meta: &fs::Metadata) -> Result<(), KeyFileError> {
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o002 != 0 {
+        return Err(KeyFileError::WorldWritable {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(KeyFileError::ForeignOwner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    Ok(())
+}
+
+/// [`check_trusted`] for a path (a folder), following symlinks.
+pub fn check_trusted_path(path: &Path) -> Result<(), KeyFileError> {
+    let meta = fs::metadata(path).map_err(|source| KeyFileError::Stat {
+        path: path.to_owned(),
+        source,
+    })?;
+    check_trusted(path, &meta)
+}
+
+/// Read a file of public keys to trust (authorized_clients, a key store
+/// entry), refusing one that fails [`check_trusted`]. A file that cannot be
+/// opened or read is a [`KeyFileError::Read`] (NotFound is for the caller to tell).
+pub fn read_trusted(path: &Path) -> Result<String, KeyFileError> {
+    let read_err = |source| KeyFileError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut f = File::open(path).map_err(read_err)?;
+    let meta = f.metadata().map_err(|source| KeyFileError::Stat {
+        path: path.to_owned(),
+        source,
+    })?;
+    check_trusted(path, &meta)?;
+    let mut text = String::new();
+    f.read_to_string(&mut text).map_err(read_err)?;
+    Ok(text)
 }
 
 /// The secret key file, TOML with standard base64 fields.
@@ -288,6 +349,39 @@ mod tests {
         fs::set_permissions(&path, Permissions::from_mode(0o600)).unwrap();
         let err = format!("{:#}", KeyPair::load(&path).unwrap_err());
         assert!(err.contains("invalid secret key file"), "{err}");
+    }
+
+    #[test]
+    fn trusted_files_are_neither_world_writable_nor_another_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("authorized_clients");
+        fs::write(&path, "# none\n").unwrap();
+        assert_eq!(read_trusted(&path).unwrap(), "# none\n");
+        fs::set_permissions(&path, Permissions::from_mode(0o646)).unwrap();
+        let err = read_trusted(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("mode 646")
+                && err.contains(&format!("run `chmod o-w {}`", path.display())),
+            "{err}"
+        );
+        fs::set_permissions(&path, Permissions::from_mode(0o664)).unwrap();
+        assert!(
+            read_trusted(&path).is_ok(),
+            "group-writable is the admin's call"
+        );
+        let missing = read_trusted(&dir.path().join("none")).unwrap_err();
+        assert!(
+            matches!(&missing, KeyFileError::Read { source, .. } if source.kind() == ErrorKind::NotFound),
+            "{missing:?}"
+        );
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+            let err = read_trusted(&path).unwrap_err().to_string();
+            assert!(
+                err.contains("owned by uid 65534") && err.contains("run `chown 0 "),
+                "{err}"
+            );
+        }
     }
 
     /// A new user's first `keygen --role client` failed: ~/.config/service-mgr

@@ -2,7 +2,7 @@
 //! or rejected, kept as one file per key; and how unknown keys are let in as
 //! pending (rate-limited and capped per source, expiring).
 
-use super::keyfile::write_file;
+use super::keyfile::{check_trusted_path, read_trusted, write_file};
 use super::{parse_key_lines, AuthError, KeyFileError, PublicKey, Purpose, Role, Signed};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -136,6 +136,9 @@ pub enum KeyStoreError {
     },
     #[error(transparent)]
     Write(#[from] KeyFileError),
+    /// A folder or key file anyone (or another user) could write: it could admit keys.
+    #[error("unsafe key store: {0}")]
+    Unsafe(#[source] KeyFileError),
 }
 
 /// Where a key stands with the manager; also the name of its directory.
@@ -339,9 +342,12 @@ impl KeyStore {
 
     /// Re-read every key file. A file that is not a key, or not named by its
     /// key's fingerprint, is an error naming it: better than silently trusting less or more.
+    /// A folder or file that anyone but root and us could write is refused
+    /// ([`check_trusted`]): a file dropped into `accepted/` admits a key.
     pub fn reload(&mut self) -> Result<(), KeyStoreError> {
         let mut keys: HashMap<String, (KeyState, PublicKey)> = HashMap::new();
         let mut filed_at: HashMap<String, SystemTime> = HashMap::new();
+        check_trusted_path(&self.dir).map_err(KeyStoreError::Unsafe)?;
         for state in KeyState::ALL {
             let d = self.dir.join(state.as_str());
             let unreadable = |source| KeyStoreError::ReadDir {
@@ -353,6 +359,7 @@ impl KeyStore {
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 entries => entries.map_err(unreadable)?,
             };
+            check_trusted_path(&d).map_err(KeyStoreError::Unsafe)?;
             for entry in entries {
                 let path = entry.map_err(unreadable)?.path();
                 let file_name = path
@@ -363,9 +370,12 @@ impl KeyStore {
                 if file_name.starts_with('.') {
                     continue; // our temp files
                 }
-                let text = match fs::read_to_string(&path) {
+                let text = match read_trusted(&path) {
                     Ok(text) => text,
-                    Err(source) => return Err(KeyStoreError::ReadKey { path, source }),
+                    Err(KeyFileError::Read { source, .. } | KeyFileError::Stat { source, .. }) => {
+                        return Err(KeyStoreError::ReadKey { path, source })
+                    }
+                    Err(e) => return Err(KeyStoreError::Unsafe(e)),
                 };
                 let key: PublicKey = match text.trim().parse() {
                     Ok(key) => key,
@@ -996,6 +1006,42 @@ mod tests {
             "{err}"
         );
         assert_eq!(store.list().len(), 2);
+    }
+
+    /// A key store folder or key file that every user could write was read
+    /// and trusted: anyone on the host could admit a key by dropping a file.
+    #[test]
+    fn a_store_anyone_could_write_is_refused_naming_the_chmod() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("keys");
+        let mut store = KeyStore::open(&root).unwrap();
+        let a = client("a");
+        store.submit(a.public(), "test").unwrap();
+        store.accept("a").unwrap();
+        let set = |p: &Path, m: u32| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+        let file = root.join("accepted").join(a.public().fingerprint());
+        for (path, open_mode, safe_mode) in [
+            (root.clone(), 0o777, 0o700),
+            (root.join("accepted"), 0o1777, 0o700),
+            (file.clone(), 0o666, 0o600),
+        ] {
+            set(&path, open_mode);
+            for err in [
+                chain(&KeyStore::open(&root).unwrap_err()),
+                chain(&KeyStore::open_read(&root).unwrap_err()),
+                chain(&store.reload().unwrap_err()),
+            ] {
+                assert!(
+                    err.contains("writable by every user")
+                        && err.contains(&format!("run `chmod o-w {}`", path.display())),
+                    "{err}"
+                );
+            }
+            set(&path, safe_mode);
+        }
+        store.reload().unwrap();
+        assert!(store.is_accepted(&a.key_id()));
     }
 
     /// A non-root `mgmt keys list` on a store it cannot write tried to create
