@@ -372,6 +372,7 @@ impl JobStore {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(open_err)?;
         }
+        make_private(path).map_err(open_err)?;
         let mut db = Database::builder()
             .set_cache_size(CACHE_BYTES)
             .create(path)
@@ -842,6 +843,24 @@ fn flush_db(db: &Database) -> Result<()> {
     begin(db, true)?.commit()?;
     Ok(())
 }
+/// The store holds who asked for what and every command's output: make its
+/// file mode 0600 before redb opens it (redb would create it 0644 less the
+/// umask), and take group and other access away from one made before.
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let mode = file.metadata()?.permissions().mode();
+    if mode & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o700))?;
+    }
+    Ok(())
+}
 
 /// A write transaction, durable or lazy. Durable ones save redb's allocator
 /// state too (quick repair), so reopening after a crash needs no full scan.
@@ -1124,6 +1143,21 @@ mod tests {
             .unwrap();
         assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
         assert!(err.to_string().contains("another service-mgrd"), "{err}");
+    }
+
+    /// jobs.redb (every request and output) was created 0644: readable by
+    /// every user of the manager's host.
+    #[test]
+    fn store_file_is_private_and_an_open_one_is_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let (dir, store) = temp_store();
+        let path = dir.path().join("state/jobs.redb");
+        assert_eq!(mode(&path), 0o600);
+        drop(store);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (_store, note) = JobStore::open_recovering(&path).unwrap();
+        assert_eq!((mode(&path), note), (0o600, None));
     }
 
     #[test]

@@ -791,3 +791,20 @@ fn world_writable_key_store_is_refused_at_start() {
         );
     });
 }
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+/// jobs.redb (every request, who sent it and every output) was created 0644,
+/// readable by every user of the manager's host.
+#[test]
+fn job_store_is_created_private() {
+    with_timeout(60, || {
+        let mgr = manager(&[]);
+        let store =
+            std::path::Path::new(&mgr.pki.as_ref().unwrap().path("state/jobs.redb")).to_owned();
+        assert_eq!(mode_of(&store), 0o600, "{}", store.display());
+    });
+}
