@@ -160,6 +160,8 @@ struct Role {
     stop_cmd: &'static str,
     /// The management port's distance from the base port (config::port).
     mgmt_port: u16,
+    /// Open files below which the log warns: each peer connection is one.
+    open_files: u64,
 }
 
 const MANAGER_ROLE: Role = Role {
@@ -168,6 +170,8 @@ const MANAGER_ROLE: Role = Role {
     status_cmd: protocol::MANAGER_STATUS,
     stop_cmd: protocol::MANAGER_SHUTDOWN,
     mgmt_port: config::port::MGMT,
+    // Two connections per agent, one per client, with room to spare.
+    open_files: 8192,
 };
 
 const AGENT_ROLE: Role = Role {
@@ -176,6 +180,7 @@ const AGENT_ROLE: Role = Role {
     status_cmd: protocol::AGENT_STATUS,
     stop_cmd: protocol::AGENT_SHUTDOWN,
     mgmt_port: config::port::AGENT_MGMT,
+    open_files: 1024,
 };
 
 /// `start`, `stop` or `status` for either daemon: config, pid file, detaching,
@@ -263,6 +268,7 @@ where
         p.update()?;
     }
     let log = logging::root(target.clone(), role.program, o.debug);
+    raise_open_files(role, &log);
     let control = Control::new()?;
     control.install_signals()?;
     let reopen_target = target.clone();
@@ -286,6 +292,24 @@ where
     }
     drop(pid);
     result.map(|_| Exit::Ok)
+}
+
+/// Raise the soft limit of open files to the hard limit: at a soft limit of
+/// 1024, 1,100 idle TCP connects from anyone locked every client out.
+fn raise_open_files(role: &Role, log: &slog::Logger) {
+    match runtime::raise_nofile_limit() {
+        Ok(limit) if limit < role.open_files => slog::warn!(log,
+            "the open files limit is low: each connection takes one, and at the limit new ones \
+             (real clients and agents too) wait; raise the hard limit (LimitNOFILE= in the \
+             systemd unit, ulimit -Hn)";
+            "limit" => limit, "wanted" => role.open_files),
+        Ok(limit) => {
+            slog::debug!(log, "open files limit raised to the hard limit"; "limit" => limit)
+        }
+        Err(e) => {
+            slog::warn!(log, "cannot raise the open files limit"; "error" => format!("{e:#}"))
+        }
+    }
 }
 
 /// A bind endpoint (`tcp://*:5800`) as something to connect to (`tcp://localhost:5800`).

@@ -119,3 +119,31 @@ fn debian_init_script_says_when_its_daemon_is_missing() {
         assert_eq!(stop.status.code(), Some(0), "{name} stop: {}", show(&stop));
     }
 }
+
+/// The systemd units set no LimitNOFILE: at the soft limit of 1024, 1,100 raw
+/// TCP connects to the manager made every legitimate request time out.
+#[test]
+fn systemd_units_raise_the_open_files_limit() {
+    for unit in [
+        "contrib/systemd/service-mgrd.service",
+        "contrib/systemd/service-mgr-agentd.service",
+    ] {
+        let text = std::fs::read_to_string(script(unit)).unwrap();
+        let service = text
+            .split("\n[")
+            .find(|s| s.starts_with("Service]"))
+            .unwrap_or_else(|| panic!("{unit} has no [Service] section"));
+        let limit = service
+            .lines()
+            .find_map(|l| l.strip_prefix("LimitNOFILE="))
+            .unwrap_or_else(|| panic!("{unit} sets no LimitNOFILE"));
+        let n: u64 = limit
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{unit}: {limit}: {e}"));
+        assert!(
+            n >= 8192,
+            "{unit}: LimitNOFILE={n}, the manager wants 8192 or more"
+        );
+    }
+}

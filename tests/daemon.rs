@@ -678,3 +678,38 @@ fn c_symlinked_pid_file_is_not_followed() {
         assert!(!ready.exists());
     });
 }
+
+/// 1,100 raw TCP connects to the frontend made every legitimate request time
+/// out: the manager stayed at a soft limit of 1024 open files and could not
+/// accept the client's connection (or open anything else).
+#[test]
+fn c_a_flood_of_raw_tcp_connections_does_not_lock_clients_out() {
+    const FLOOD: usize = 1100;
+    with_timeout(120, || {
+        // This process holds the other end of every connection.
+        let ours = service_mgr::runtime::raise_nofile_limit().unwrap();
+        if ours < 2 * FLOOD as u64 + 512 {
+            eprintln!("skipped: the open files limit of the tests is {ours}, too low to flood");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = fake_service(tmp.path());
+        let mut mgr = manager_with(&[], |cmd| soft_nofile(cmd, 1024));
+        let _agent = agent(&mgr, "n1", &fake, &[]);
+        let frontend = mgr.ep("frontend_endpoint");
+        let addr: std::net::SocketAddr = frontend.trim_start_matches("tcp://").parse().unwrap();
+        let flood: Vec<std::net::TcpStream> = (0..FLOOD)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).ok()
+            })
+            .collect();
+        assert!(flood.len() > 1024, "only {} connections made", flood.len());
+        assert_serves(&mut mgr, "n1", "1,100 raw TCP connections to the frontend");
+        drop(flood);
+        assert!(
+            mgr.log_text().contains("open files limit raised"),
+            "{}",
+            mgr.log_text()
+        );
+    });
+}

@@ -2,11 +2,12 @@
 //! agents admitted to it, and waits on what the manager reports.
 
 use super::{
-    calls, client::Client, count_lines, mgmt, pki::toml_str, spawn_ready, wait_for, Pki, Proc,
-    Running, ALLOW_ALL, LOOPBACK,
+    calls, client::Client, count_lines, mgmt, pki::toml_str, spawn_ready, spawn_ready_with,
+    wait_for, Pki, Proc, Running, ALLOW_ALL, LOOPBACK,
 };
 use serde_json::Value;
 use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The manager's four sockets, as named in its config and ready file.
@@ -20,11 +21,16 @@ pub const MANAGER_ENDPOINTS: [&str; 4] = [
 /// A manager on loopback ephemeral ports, no config file.
 /// The test client may also shut it down (`mgmt_admin_keys`).
 pub fn manager(extra: &[&str]) -> Proc {
+    manager_with(extra, |_| {})
+}
+
+/// As [`manager`], with `setup` applied to its command (e.g. [`soft_nofile`](super::soft_nofile)).
+pub fn manager_with(extra: &[&str], setup: impl FnOnce(&mut Command)) -> Proc {
     let pki = Pki::new();
     let state = format!("state_dir={}", toml_str(&pki.path("state")));
     let mut args = vec!["-O", state.as_str(), "-O", r#"mgmt_admin_keys=["tester"]"#];
     args.extend_from_slice(extra);
-    let mut p = manager_bare(&args);
+    let mut p = manager_bare(&args, setup);
     register_manager(&p, &pki);
     p.pki = Some(pki);
     p
@@ -114,14 +120,14 @@ pub fn manager_compat(extra: &[&str]) -> Proc {
 
 /// A manager with only the loopback endpoints set (secure, keys in the default state_dir
 /// unless `extra` sets one).
-fn manager_bare(extra: &[&str]) -> Proc {
+fn manager_bare(extra: &[&str], setup: impl FnOnce(&mut Command)) -> Proc {
     let endpoints = MANAGER_ENDPOINTS.map(|k| format!("{k}={LOOPBACK}"));
     let mut args = vec!["daemon", "-D", "-f", "/dev/null"];
     for e in &endpoints {
         args.extend(["-O", e.as_str()]);
     }
     args.extend_from_slice(extra);
-    spawn_ready(&args)
+    spawn_ready_with(&args, setup)
 }
 
 /// Stop a manager with SIGTERM (it must exit 0) and start it again on the same

@@ -226,12 +226,18 @@ impl Proc {
 
 /// Start `service-mgr ARGS... --ready-file F` and wait until F appears.
 pub fn spawn_ready(args: &[&str]) -> Proc {
+    spawn_ready_with(args, |_| {})
+}
+
+/// As [`spawn_ready`], with `setup` applied to the command first (e.g. [`soft_nofile`]).
+pub fn spawn_ready_with(args: &[&str], setup: impl FnOnce(&mut Command)) -> Proc {
     let dir = tempfile::tempdir().unwrap();
     let ready = dir.path().join("ready.json");
     let log = dir.path().join("stderr.log");
+    let mut cmd = Command::new(bin());
+    setup(&mut cmd);
     let child = Tracked::spawn(
-        Command::new(bin())
-            .args(args)
+        cmd.args(args)
             .arg("--ready-file")
             .arg(&ready)
             .stdin(Stdio::null())
@@ -264,6 +270,29 @@ pub fn spawn_ready(args: &[&str]) -> Proc {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Start the child with this soft limit of open files, as on a host whose
+/// default is 1024 (the hard limit stays as it is).
+pub fn soft_nofile(cmd: &mut Command, soft: u64) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: getrlimit/setrlimit are async-signal-safe and touch only `lim`.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            lim.rlim_cur = (soft as libc::rlim_t).min(lim.rlim_max);
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
 }
 
 /// Poll `f` every 5 ms until it gives `Some`, or panic after `secs` naming `what`.
