@@ -808,3 +808,32 @@ fn job_store_is_created_private() {
         assert_eq!(mode_of(&store), 0o600, "{}", store.display());
     });
 }
+
+/// authorized_clients was looked for in /etc/service-mgr (or ~/.config) even
+/// with key_file elsewhere, not beside key_file as the README says: the agent
+/// refused every signed request.
+#[test]
+fn authorized_clients_is_found_beside_a_non_default_key_file() {
+    with_timeout(60, || {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = fake_service(tmp.path());
+        let mut mgr = manager(&[]);
+        accept_agent_key(&mgr, "n1");
+        let pki = mgr.pki.as_ref().unwrap();
+        let node_dir = std::path::Path::new(&pki.path("n1-etc")).to_owned();
+        std::fs::create_dir(&node_dir).unwrap();
+        let key = node_dir.join("agent.key");
+        std::fs::rename(pki.agent_key("n1"), &key).unwrap();
+        std::fs::copy(
+            pki.path("client.key.pub"),
+            node_dir.join("authorized_clients"),
+        )
+        .unwrap();
+        let _agent = agent_default_clients(&mgr, "n1", &fake, &key);
+        assert_serves(
+            &mut mgr,
+            "n1",
+            "starting with authorized_clients beside key_file",
+        );
+    });
+}

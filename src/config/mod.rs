@@ -328,10 +328,14 @@ impl AgentConfig {
             .clone()
             .unwrap_or_else(|| default_config_dir().join("agent.key"))
     }
+    /// Default: in the folder of `key_file` (README, service-mgr.conf(5)).
     pub fn authorized_clients(&self) -> PathBuf {
-        self.authorized_clients
-            .clone()
-            .unwrap_or_else(|| default_config_dir().join("authorized_clients"))
+        self.authorized_clients.clone().unwrap_or_else(|| {
+            self.key_file()
+                .parent()
+                .unwrap_or(Path::new(""))
+                .join("authorized_clients")
+        })
     }
 }
 

@@ -172,9 +172,32 @@ pub fn agent_unregistered(mgr: &Proc, node: &str, service_command: &Path, extra:
         node,
         service_command,
         &pki.agent_key(node),
-        &pki.path("client.key.pub"),
+        Some(&pki.path("client.key.pub")),
         &args,
     )
+}
+
+/// An agent of `mgr` whose (accepted) key is `key_file` and whose config sets
+/// no `authorized_clients`, so that it reads the default one; returns once the
+/// manager lists it as up.
+pub fn agent_default_clients(
+    mgr: &Proc,
+    node: &str,
+    service_command: &Path,
+    key_file: &Path,
+) -> Proc {
+    let pin = manager_key_setting(mgr);
+    let p = spawn_agent(
+        &mgr.ep("backend_endpoint"),
+        &mgr.ep("sink_endpoint"),
+        node,
+        service_command,
+        &key_file.display().to_string(),
+        None,
+        &["-O", ALLOW_ALL, "-O", &pin],
+    );
+    wait_registered(mgr, node);
+    p
 }
 
 /// An agent of `mgr` (started by `util::manager*`) that also runs unsigned
@@ -229,20 +252,21 @@ pub fn agent_at(
         node,
         service_command,
         &dir.join(format!("{node}.key")).display().to_string(),
-        &dir.join("authorized_clients").display().to_string(),
+        Some(&dir.join("authorized_clients").display().to_string()),
         &args,
     )
 }
 
 /// `service-mgr agent` in the foreground on loopback with these endpoints,
-/// service manager, key and authorized clients (nothing read from $HOME).
+/// service manager, key and authorized clients (nothing read from $HOME;
+/// without `clients_file`, the default beside the key).
 fn spawn_agent(
     manager_endpoint: &str,
     sink_endpoint: &str,
     node: &str,
     service_command: &Path,
     key_file: &str,
-    clients_file: &str,
+    clients_file: Option<&str>,
     extra: &[&str],
 ) -> Proc {
     let backend = format!("manager_endpoint={manager_endpoint}");
@@ -252,7 +276,7 @@ fn spawn_agent(
         toml_str(&service_command.display().to_string())
     );
     let key = format!("key_file={}", toml_str(key_file));
-    let clients = format!("authorized_clients={}", toml_str(clients_file));
+    let clients = clients_file.map(|f| format!("authorized_clients={}", toml_str(f)));
     let mgmt = format!("mgmt_endpoint={LOOPBACK}");
     let mut args = vec![
         "agent",
@@ -271,11 +295,14 @@ fn spawn_agent(
         &svc,
         "-O",
         &key,
-        "-O",
-        &clients,
     ];
+    if let Some(clients) = &clients {
+        args.extend(["-O", clients]);
+    }
     args.extend_from_slice(extra);
     let p = spawn_ready(&args);
+    let default_clients = Path::new(key_file).with_file_name("authorized_clients");
+    let clients_file = clients_file.unwrap_or(default_clients.to_str().unwrap());
     register_agent(&p, key_file, clients_file, &args);
     p
 }
