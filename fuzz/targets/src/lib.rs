@@ -23,6 +23,7 @@
 //! | `signed` | [`verify`], [`verify_announce`] on any [`Signed`] | never verifies for a key whose secret the input does not hold; our own signature over the same body verifies once, not for another purpose, not with a changed body |
 //! | `sealed` | [`open`] on any [`Sealed`] | what opens, opens only unaltered; seal/open round trip of the input; another key cannot open it |
 //! | `config` | [`config::parse`] for [`AgentConfig`] and [`ManagerConfig`] | a parsed config re-serialized as TOML parses to the same value; its policy compiles or fails without panic |
+//! | `zap_request` | [`zap::decode`] (the ZAP handler of manager and agent, before any peer message is read) | accepted exactly when the frame count, version, mechanism with its credentials and short UTF-8 domain and address are right, each field taken from its frame; the reply is six frames echoing the request id, and a refusal's status text never echoes peer bytes |
 //! | `result_frame` | result and reply frames the client reads ([`ResultMsg`], [`ResultEnvelope`], [`SignedResult`], [`Accepted`], [`MgmtReply`]) | serde round trip; [`client::node_of`] and [`client::status_of`] never panic |
 //!
 //! The keys the targets verify against are fixed (deterministic runs), and no
@@ -46,6 +47,7 @@ use service_mgr::security::{
     self, open, parse_key_lines, seal, sign_body, verify, verify_announce, KeyPair, PublicKey,
     Purpose, Role, Sealed, Signed, KEY_PREFIX,
 };
+use service_mgr::zap::{self, Mechanism, Verdict, ZapError};
 use std::fmt::Debug;
 use std::sync::OnceLock;
 
@@ -69,6 +71,7 @@ pub fn all() -> &'static [(&'static str, Target)] {
         ("sealed", sealed),
         ("config", config),
         ("result_frame", result_frame),
+        ("zap_request", zap_request),
     ]
 }
 
@@ -700,5 +703,128 @@ pub fn result_frame(data: &[u8]) {
     }
     if let Ok(Value::Object(obj)) = serde_json::from_slice::<Value>(data) {
         let _ = (client::node_of(&obj), client::status_of(&obj));
+    }
+}
+
+/// The frames of a ZAP request: the bytes split at 0xFF, with 0xFE escaping
+/// the byte after it, so that a frame (a CURVE key) may hold any byte.
+fn zap_frames(data: &[u8]) -> Vec<Vec<u8>> {
+    let mut frames = vec![Vec::new()];
+    let mut bytes = data.iter();
+    while let Some(&b) = bytes.next() {
+        match b {
+            0xff => frames.push(Vec::new()),
+            0xfe => frames.last_mut().expect("never empty").extend(bytes.next()),
+            _ => frames.last_mut().expect("never empty").push(b),
+        }
+    }
+    frames
+}
+
+/// `zap::decode`: what libzmq hands the ZAP handler for each new connection
+/// (the peer chose the credentials, and the address is its own).
+pub fn zap_request(data: &[u8]) {
+    let frames = zap_frames(data);
+    check_zap(&frames);
+    // The same fields in a well-formed CURVE request: accepted exactly when
+    // domain and address are short UTF-8 text, whatever bytes the key holds.
+    let mut built = frames.clone();
+    built.resize(6, Vec::new());
+    built[0] = b"1.0".to_vec();
+    built[5] = b"CURVE".to_vec();
+    let mut key = [0u8; 32];
+    for (k, b) in key.iter_mut().zip(data.iter().rev()) {
+        *k = *b;
+    }
+    built.truncate(6);
+    built.push(key.to_vec());
+    let text_ok = |f: &[u8]| f.len() <= 255 && std::str::from_utf8(f).is_ok();
+    let req = zap::decode(&built);
+    assert_eq!(
+        req.is_ok(),
+        text_ok(&built[2]) && text_ok(&built[3]),
+        "{req:?}"
+    );
+    if let Ok(req) = req {
+        assert_eq!(req.mechanism, Mechanism::Curve { client_key: key });
+    }
+    check_zap(&built);
+}
+
+fn check_zap(frames: &[Vec<u8>]) {
+    let text_ok = |f: &[u8]| f.len() <= 255 && std::str::from_utf8(f).is_ok();
+    let decoded = zap::decode(frames);
+    if frames.len() < 6 {
+        assert_eq!(decoded, Err(ZapError::FrameCount(frames.len())));
+        return;
+    }
+    if frames[0] != b"1.0" {
+        assert_eq!(decoded, Err(ZapError::Version));
+        return;
+    }
+    let credentials = &frames[6..];
+    let shape_ok = match frames[5].as_slice() {
+        b"NULL" => credentials.is_empty(),
+        b"PLAIN" => credentials.len() == 2,
+        b"CURVE" => credentials.len() == 1 && credentials[0].len() == 32,
+        _ => {
+            assert_eq!(decoded, Err(ZapError::Mechanism));
+            return;
+        }
+    };
+    if !shape_ok {
+        assert!(
+            matches!(decoded, Err(ZapError::Credentials { .. })),
+            "{decoded:?}"
+        );
+    } else if !text_ok(&frames[2]) {
+        assert_eq!(decoded, Err(ZapError::Text("domain")));
+    } else if !text_ok(&frames[3]) {
+        assert_eq!(decoded, Err(ZapError::Text("address")));
+    }
+    match &decoded {
+        Ok(req) => {
+            assert!(shape_ok && text_ok(&frames[2]) && text_ok(&frames[3]));
+            assert_eq!(req.request_id, frames[1], "request id");
+            assert_eq!(req.domain.as_bytes(), frames[2].as_slice(), "domain");
+            assert_eq!(req.address.as_bytes(), frames[3].as_slice(), "address");
+            match &req.mechanism {
+                Mechanism::Null => assert_eq!(frames[5], b"NULL"),
+                Mechanism::Plain => assert_eq!(frames[5], b"PLAIN"),
+                Mechanism::Curve { client_key } => {
+                    assert_eq!(frames[5], b"CURVE");
+                    assert_eq!(client_key.as_slice(), credentials[0].as_slice());
+                }
+            }
+            assert_eq!(req.mechanism.to_string().as_bytes(), frames[5].as_slice());
+            let ok = zap::reply(
+                &req.request_id,
+                &Verdict::Allow {
+                    user_id: req.domain.clone(),
+                },
+            );
+            assert_eq!(ok.len(), 6);
+            assert_eq!(
+                (&ok[0][..], &ok[1], &ok[2][..], &ok[4]),
+                (&b"1.0"[..], &req.request_id, &b"200"[..], &frames[2]),
+                "allow reply"
+            );
+        }
+        Err(e) => {
+            // As Handler::answer_waiting answers it: denied, under the request's id.
+            let reason = e.to_string();
+            assert!(
+                reason.len() <= 64 && reason.is_ascii(),
+                "the status text carries only our words: {reason:?}"
+            );
+            let id = frames.get(1).cloned().unwrap_or_default();
+            let no = zap::reply(&id, &Verdict::Deny { reason });
+            assert_eq!(no.len(), 6);
+            assert_eq!(
+                (&no[0][..], &no[1], &no[2][..], &no[4][..]),
+                (&b"1.0"[..], &id, &b"400"[..], &b""[..]),
+                "deny reply"
+            );
+        }
     }
 }
