@@ -328,9 +328,13 @@ pub fn write_ready_file(path: &Path, doc: &serde_json::Value) -> Result<()> {
         .with_context(|| format!("cannot write ready file {}", path.display()))
 }
 
+/// The soft limit of open files this process started with, once
+/// [`raise_nofile_limit`] raised it (u64::MAX: not raised).
+static INHERITED_NOFILE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(u64::MAX);
+
 /// Raise the soft limit of open files to the hard limit, for a process that
-/// holds thousands of connections (a simulated fleet, the benchmark).
-/// Returns the new soft limit.
+/// holds thousands of connections (both daemons, a simulated fleet, the
+/// benchmark). Returns the new soft limit.
 pub fn raise_nofile_limit() -> Result<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
@@ -345,6 +349,8 @@ pub fn raise_nofile_limit() -> Result<u64> {
             );
         }
         if lim.rlim_cur < lim.rlim_max {
+            #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
+            let inherited = lim.rlim_cur as u64;
             lim.rlim_cur = lim.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
                 bail!(
@@ -353,10 +359,41 @@ pub fn raise_nofile_limit() -> Result<u64> {
                     std::io::Error::last_os_error()
                 );
             }
+            let _ = INHERITED_NOFILE.compare_exchange(
+                u64::MAX,
+                inherited,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
         }
     }
     #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 everywhere
     Ok(lim.rlim_cur as u64)
+}
+
+/// Give a child the soft limit of open files this process started with, if
+/// [`raise_nofile_limit`] raised ours: programs the agent starts (init
+/// scripts, daemons) may use select(2), which breaks on descriptors past 1024.
+pub fn child_gets_inherited_nofile(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let soft = INHERITED_NOFILE.load(Ordering::SeqCst);
+    if soft == u64::MAX {
+        return;
+    }
+    // SAFETY: getrlimit/setrlimit are async-signal-safe and touch only `lim`.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+                lim.rlim_cur = (soft as libc::rlim_t).min(lim.rlim_max);
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+            Ok(())
+        })
+    };
 }
 
 /// Create links named `names` in `dir`, each pointing at this executable
@@ -415,6 +452,25 @@ mod tests {
         assert!(err.contains("already running"), "{err}");
         drop(held);
         assert!(!path.exists());
+    }
+
+    /// Raising the daemons' limit must not hand services the agent starts a
+    /// soft limit past 1024 (select(2) breaks there).
+    #[test]
+    fn children_get_the_open_files_limit_we_started_with() {
+        let soft = |cmd: &mut std::process::Command| {
+            let out = cmd.args(["-c", "ulimit -Sn"]).output().unwrap();
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        let before = soft(&mut std::process::Command::new("sh"));
+        let mut cmd = std::process::Command::new("sh");
+        child_gets_inherited_nofile(&mut cmd);
+        assert_eq!(soft(&mut cmd), before, "not raised: left alone");
+        INHERITED_NOFILE.store(1000, Ordering::SeqCst);
+        let mut cmd = std::process::Command::new("sh");
+        child_gets_inherited_nofile(&mut cmd);
+        INHERITED_NOFILE.store(u64::MAX, Ordering::SeqCst);
+        assert_eq!(soft(&mut cmd), "1000");
     }
 
     /// A pid path planted as a symlink (or a hard link) to another file made

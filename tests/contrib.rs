@@ -137,8 +137,9 @@ fn systemd_units_raise_the_open_files_limit() {
             .lines()
             .find_map(|l| l.strip_prefix("LimitNOFILE="))
             .unwrap_or_else(|| panic!("{unit} sets no LimitNOFILE"));
-        let n: u64 = limit
-            .trim()
+        // SOFT:HARD or one value for both; the daemons raise soft to hard.
+        let hard = limit.trim().rsplit(':').next().unwrap_or_default();
+        let n: u64 = hard
             .parse()
             .unwrap_or_else(|e| panic!("{unit}: {limit}: {e}"));
         assert!(

@@ -55,6 +55,7 @@ impl Backend {
             Backend::NameFirst(_) => c.args([service, cmd]),
             Backend::Systemctl(_) => c.args(["--no-pager", cmd, service]),
         };
+        crate::runtime::child_gets_inherited_nofile(&mut c);
         c
     }
 }
