@@ -153,6 +153,7 @@ backend_endpoint = "tcp://127.0.0.1:$p_back"
 sink_endpoint = "tcp://127.0.0.1:$p_sink"
 mgmt_endpoint = "$mgmt"
 result_endpoint = "tcp://127.0.0.1:$p_result"
+state_dir = "$work/state"
 EOF
 
 install_file "$INITSCRIPT" 755 <"$script_src"
@@ -289,7 +290,7 @@ svc status
 if [ "$rc" -eq 0 ]; then pass "service $NAME status exits 0"; else fail "service $NAME status exits $rc, want 0"; fi
 
 echo "== $daemon_link -e $mgmt status"
-out=$(timeout 30 "$daemon_link" -e "$mgmt" status 2>&1)
+out=$(timeout 30 "$daemon_link" -f "$config" -e "$mgmt" status 2>&1)
 rc=$?
 printf '    %s\n' "${out//$'\n'/$'\n'    }"
 if [ "$rc" -eq 0 ]; then pass "service-mgrd -e ... status exits 0"; else fail "service-mgrd -e ... status exits $rc"; fi
@@ -364,7 +365,7 @@ else
 fi
 
 echo "== $daemon_link -e $mgmt status (stopped)"
-out=$(timeout 30 "$daemon_link" -e "$mgmt" status 2>&1)
+out=$(timeout 30 "$daemon_link" -f "$config" -e "$mgmt" status 2>&1)
 rc=$?
 printf '    %s\n' "${out//$'\n'/$'\n'    }"
 if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ]; then
