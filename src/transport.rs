@@ -227,6 +227,144 @@ pub fn set_xpub_manual(s: &mut zmq::Socket) -> Result<()> {
     Ok(())
 }
 
+/// Set ZMQ_XPUB_VERBOSER, which the zmq crate does not wrap: every
+/// subscription and every unsubscription is passed up, so that the manager
+/// counts each connection's live subscriptions exactly.
+pub fn set_xpub_verboser(s: &mut zmq::Socket) -> Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: valid socket pointer; the option takes an int by pointer and length.
+    let rc = unsafe {
+        zmq_sys::zmq_setsockopt(
+            s.as_mut_ptr(),
+            zmq_sys::ZMQ_XPUB_VERBOSER as libc::c_int,
+            &on as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>(),
+        )
+    };
+    if rc != 0 {
+        bail!("cannot set ZMQ_XPUB_VERBOSER on the result publisher");
+    }
+    Ok(())
+}
+
+/// The connection a message came from, told apart from the others while it
+/// lives: libzmq gives every connection one metadata object, shared by all its
+/// messages, so the address of its `Peer-Address` text names the connection.
+/// The message is kept so that the metadata (and the name) stays valid.
+pub struct Peer {
+    /// Names the connection (see above); never reused while this lives.
+    pub conn: usize,
+    /// The peer's IP address as libzmq reports it.
+    pub address: String,
+    /// Holds the connection's metadata (and so `conn`) alive.
+    pub pin: zmq::Message,
+}
+
+/// One message of an XPUB's upstream (a subscription), without blocking,
+/// with the connection it came from when libzmq says (an unsubscription made
+/// by libzmq itself, when a connection closes, comes from none). Further
+/// frames of a multipart message are read and dropped.
+/// Also gives the ZAP `User-Id`, as [`try_recv_from`] does.
+pub fn try_recv_subscription(
+    s: &zmq::Socket,
+) -> Result<Option<(Vec<u8>, String, Option<Peer>)>, zmq::Error> {
+    let mut msg = zmq::Message::new();
+    match s.recv(&mut msg, zmq::DONTWAIT) {
+        Ok(()) => {}
+        Err(zmq::Error::EAGAIN) => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let mut more = msg.get_more();
+    while more {
+        let mut rest = zmq::Message::new();
+        s.recv(&mut rest, 0)?;
+        more = rest.get_more();
+    }
+    let frame = msg.to_vec();
+    let user = msg.gets("User-Id").unwrap_or_default().to_owned();
+    let peer = msg
+        .gets("Peer-Address")
+        .map(|a| (a.as_ptr() as usize, a.to_owned()));
+    Ok(Some((
+        frame,
+        user,
+        peer.map(|(conn, address)| Peer {
+            conn,
+            address,
+            pin: msg,
+        }),
+    )))
+}
+
+/// Close every TCP connection of this process whose local port is
+/// `local_port` and whose peer is at `address`: the way to drop a peer that
+/// libzmq offers no call for (an XPUB subscriber that floods subscriptions).
+/// libzmq sees the connection end as if the peer had left. Returns how many
+/// were closed. Linux (`/proc/self/fd`); elsewhere the first 4096 fds.
+pub fn close_connections(local_port: u16, address: &str) -> usize {
+    let fds: Vec<i32> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+        Err(_) => (0..4096).collect(),
+    };
+    let mut closed = 0;
+    for fd in fds {
+        let (Some(local), Some(peer)) = (sock_addr(fd, false), sock_addr(fd, true)) else {
+            continue;
+        };
+        if local.port() == local_port && ip_text(&peer) == address {
+            // SAFETY: shutdown(2) on an fd number of this process; it frees
+            // nothing (libzmq still owns and closes the fd), and the address
+            // check just above makes it this peer's connection.
+            if unsafe { libc::shutdown(fd, libc::SHUT_RDWR) } == 0 {
+                closed += 1;
+            }
+        }
+    }
+    closed
+}
+
+/// The IP as libzmq's `Peer-Address` writes it.
+fn ip_text(a: &std::net::SocketAddr) -> String {
+    a.ip().to_string()
+}
+
+/// The local (`peer` false) or remote address of a TCP socket fd.
+fn sock_addr(fd: i32, peer: bool) -> Option<std::net::SocketAddr> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+    // SAFETY: sockaddr_storage is plain data; zeroed is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    let sa = &mut ss as *mut libc::sockaddr_storage as *mut libc::sockaddr;
+    // SAFETY: the buffer and its length are valid; a non-socket fd fails.
+    let rc = unsafe {
+        if peer {
+            libc::getpeername(fd, sa, &mut len)
+        } else {
+            libc::getsockname(fd, sa, &mut len)
+        }
+    };
+    if rc != 0 {
+        return None;
+    }
+    match ss.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a = unsafe { *(sa as *const libc::sockaddr_in) };
+            let ip = Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr));
+            Some(SocketAddr::from((ip, u16::from_be(a.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a = unsafe { *(sa as *const libc::sockaddr_in6) };
+            let ip = Ipv6Addr::from(a.sin6_addr.s6_addr);
+            Some(SocketAddr::from((ip, u16::from_be(a.sin6_port))))
+        }
+        _ => None,
+    }
+}
+
 /// One request/reply round trip, retried Lazy-Pirate style: `retries` tries,
 /// each waiting `timeout`, with a fresh REQ socket per try (0.1's behaviour).
 /// On CURVE a failed handshake is told apart from silence, so that the error

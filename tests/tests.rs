@@ -14,6 +14,7 @@ mod end_to_end;
 mod first_hour;
 mod fuzz_smoke;
 mod install;
+mod limits;
 mod metrics;
 mod output;
 mod protocol;

@@ -395,6 +395,23 @@ pub fn result_frame(
     request_id: Option<String>,
     signed_request: bool,
 ) -> Vec<u8> {
+    let mut frame = one_frame(key, r, client, request_id.clone(), signed_request);
+    // The sink takes at most RESULT_LIMIT: escaping can make capped outputs
+    // bigger than that, so they are cut further until the result fits.
+    let mut r = std::borrow::Cow::Borrowed(r);
+    while frame.len() > p::RESULT_LIMIT && r.to_mut().shrink_output() {
+        frame = one_frame(key, &r, client, request_id.clone(), signed_request);
+    }
+    frame
+}
+
+fn one_frame(
+    key: &KeyPair,
+    r: &ResultMsg,
+    client: Option<&PublicKey>,
+    request_id: Option<String>,
+    signed_request: bool,
+) -> Vec<u8> {
     if client.is_none() && !signed_request {
         return p::encode(r);
     }

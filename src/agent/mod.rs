@@ -141,7 +141,7 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     wire.apply(&sub)?;
     // Not admitted yet (key pending): libzmq retries the handshake, backing off.
     sub.set_reconnect_ivl_max(5000)?;
-    sub.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
+    sub.set_maxmsgsize(p::BACKEND_FRAME_LIMIT)?;
     transport::set_heartbeats(&sub)?;
     for t in &me.topics {
         sub.set_subscribe(t.as_bytes())?;

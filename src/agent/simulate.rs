@@ -276,7 +276,7 @@ impl SimNode {
         let sub = transport::socket(ctx, zmq::SUB)?;
         wire.apply(&sub)?;
         sub.set_reconnect_ivl_max(5000)?;
-        sub.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
+        sub.set_maxmsgsize(p::BACKEND_FRAME_LIMIT)?;
         transport::set_heartbeats(&sub)?;
         for t in &self.me.topics {
             sub.set_subscribe(t.as_bytes())?;

@@ -4,16 +4,26 @@
 
 use super::{trust, Manager};
 use crate::protocol::{self as p, Welcome};
+use crate::transport::Peer;
 use slog::{debug, warn};
+
+/// Most distinct plain topics counted for `manager.status` in secure mode.
+const TOPICS_SHOWN_MAX: usize = 4096;
 
 impl Manager<'_> {
     /// Manual XPUB: subscribe the agent's pipe to the topic plus terminator,
     /// and watch presence subscriptions for agents that disconnect.
-    pub(super) fn on_backend_subscription(&mut self, frames: Vec<Vec<u8>>) {
-        let Some(frame) = frames.first() else { return };
+    pub(super) fn on_backend_subscription(&mut self, frame: Vec<u8>, peer: Option<Peer>) {
         let Some((&kind, topic)) = frame.split_first() else {
             return;
         };
+        if kind > 1 {
+            return; // not a subscription: an XSUB's own message
+        }
+        let port = crate::transport::endpoint_port(&self.bound.backend_endpoint);
+        if !self.subscription_allowed(|m| &mut m.backend_subs, port, kind == 1, peer) {
+            return;
+        }
         let shown = String::from_utf8_lossy(topic).into_owned();
         if let Some(presence) = p::Presence::parse(&shown) {
             self.on_presence(kind == 1, presence, &shown);
@@ -25,12 +35,23 @@ impl Manager<'_> {
         if !self.gate.allow_unsigned {
             // Secure mode: plain topics are not granted; agents get requests on
             // their private topic once they proved their key.
+            // Counted for manager.status only, and only as many topics as a
+            // fleet has: a stranger's random topics are not kept.
+            if !p::valid_topic(&shown)
+                || (self.subscriptions.len() >= TOPICS_SHOWN_MAX
+                    && !self.subscriptions.contains_key(&shown))
+            {
+                return;
+            }
             let n = self.subscriptions.entry(shown.clone()).or_default();
             *n = if kind == 1 {
                 *n + 1
             } else {
                 n.saturating_sub(1)
             };
+            if *n == 0 {
+                self.subscriptions.remove(&shown);
+            }
             return;
         }
         let mut stored = topic.to_vec();

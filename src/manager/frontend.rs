@@ -193,6 +193,7 @@ impl Manager<'_> {
             results: Vec::new(),
             silent: BTreeMap::new(),
             subscribed: false,
+            replayed: Default::default(),
         };
         self.events.push(StoreEvent::NewJob {
             uuid: uuid.clone(),

@@ -26,6 +26,7 @@ pub mod peers;
 pub mod registry;
 pub mod routing;
 mod sink;
+mod subscribers;
 pub mod trust;
 
 use crate::clock::now_ms;
@@ -43,6 +44,7 @@ use registry::Registry;
 use slog::{debug, error, info, warn, Logger};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
+use subscribers::Subscribers;
 use trust::Gate;
 
 /// The endpoints the manager really bound (ports resolved), for the ready
@@ -73,8 +75,11 @@ struct Job {
     /// late real answer replaces its node's placeholder, and a follower is
     /// replayed each node's latest state rather than both.
     silent: BTreeMap<String, Vec<u8>>,
-    /// Whether a client is subscribed to the job id right now.
+    /// Whether a client subscribed to the job id (held until then).
     subscribed: bool,
+    /// The connections (see [`transport::Peer`]) that were replayed the
+    /// results so far: each gets them once, at most REPLAYS_MAX in all.
+    replayed: BTreeSet<usize>,
 }
 
 struct Sockets {
@@ -187,6 +192,8 @@ pub fn run(
         presence: HashMap::new(),
         host: HostInfo::read(),
         subscriptions: HashMap::new(),
+        backend_subs: Subscribers::new(p::BACKEND_SUBSCRIPTIONS_MAX),
+        result_subs: Subscribers::new(p::RESULT_SUBSCRIPTIONS_MAX),
         metrics,
         unwritten_since: None,
         stop: false,
@@ -250,6 +257,7 @@ fn bind_all(
     let mut backend = transport::socket(ctx, zmq::XPUB)?;
     secure(&backend, domain::BACKEND)?;
     transport::set_xpub_manual(&mut backend)?;
+    backend.set_maxmsgsize(p::BACKEND_SUBSCRIPTION_LIMIT)?;
     backend.set_sndhwm(100_000)?;
     // Dead peers (a cut cable sends no FIN) are dropped within seconds, which
     // ends their presence subscription.
@@ -265,10 +273,12 @@ fn bind_all(
     let mgmt = transport::socket(ctx, zmq::REP)?;
     secure(&mgmt, domain::MGMT)?;
     mgmt.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
-    let results = transport::socket(ctx, zmq::XPUB)?;
+    let mut results = transport::socket(ctx, zmq::XPUB)?;
     secure(&results, domain::RESULTS)?;
-    // Every subscription is reported, so a second subscriber to a job gets its results too.
-    results.set_xpub_verbose(true)?;
+    results.set_maxmsgsize(p::RESULT_SUBSCRIPTION_LIMIT)?;
+    // Every subscription is reported, so a second subscriber to a job gets
+    // its results too; and every unsubscription, to count each connection's.
+    transport::set_xpub_verboser(&mut results)?;
     results.set_sndhwm(100_000)?;
     // Results already published still go out when we stop.
     results.set_linger(2000)?;
@@ -368,6 +378,9 @@ struct Manager<'a> {
     host: HostInfo,
     /// Agent subscriptions by topic (how many pipes), as reported by the backend.
     subscriptions: HashMap<String, usize>,
+    /// Live subscriptions per connection on the backend and the result publisher.
+    backend_subs: Subscribers<zmq::Message>,
+    result_subs: Subscribers<zmq::Message>,
     metrics: ManagerMetrics,
     /// Since when store events failed to be written (a failing disk), for the write lag.
     unwritten_since: Option<Instant>,
@@ -434,10 +447,10 @@ impl Manager<'_> {
             }
             // Subscriptions first: a result that arrives in the same round can then go straight out.
             if ready[1] {
-                self.drain(Self::on_backend_subscription, |s| &s.backend);
+                self.drain_subscriptions(Self::on_backend_subscription, |s| &s.backend);
             }
             if ready[4] {
-                self.drain(Self::on_result_subscription, |s| &s.results);
+                self.drain_subscriptions(Self::on_result_subscription, |s| &s.results);
             }
             if ready[2] {
                 self.drain(Self::on_sink, |s| &s.sink);
@@ -506,7 +519,7 @@ impl Manager<'_> {
             }
         }
         // Results already on their way in are still delivered.
-        self.drain(Self::on_result_subscription, |s| &s.results);
+        self.drain_subscriptions(Self::on_result_subscription, |s| &s.results);
         self.drain(Self::on_sink, |s| &s.sink);
         self.write_events();
         if self.failing.is_some() {
@@ -796,6 +809,46 @@ impl Manager<'_> {
                 }
             }
         }
+    }
+
+    /// As `drain`, for the subscriptions of an XPUB, with their connection.
+    fn drain_subscriptions(
+        &mut self,
+        handle: fn(&mut Self, Vec<u8>, Option<transport::Peer>),
+        sock: fn(&Sockets) -> &zmq::Socket,
+    ) {
+        for _ in 0..1000 {
+            match transport::try_recv_subscription(sock(&self.s)) {
+                Ok(Some((frame, user, peer))) => {
+                    self.peer = user;
+                    handle(self, frame, peer)
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    error!(self.log, "receive failed"; "error" => %e);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Count a subscription of `peer` on one XPUB (bound on `port`); false
+    /// when the connection went over `which`'s cap and was closed.
+    fn subscription_allowed(
+        &mut self,
+        which: fn(&mut Self) -> &mut Subscribers<zmq::Message>,
+        port: Option<u16>,
+        subscribe: bool,
+        peer: Option<transport::Peer>,
+    ) -> bool {
+        let Some(peer) = peer else { return true };
+        let Some(address) = which(self).count(peer.conn, &peer.address, peer.pin, subscribe) else {
+            return true;
+        };
+        let closed = port.map_or(0, |port| transport::close_connections(port, &address));
+        warn!(self.log, "too many subscriptions from one connection: closed the connections of its address";
+            "address" => &address, "closed" => closed, "port" => port);
+        false
     }
 
     /// Forget jobs older than job_ttl; their silent nodes are recorded as such.

@@ -8,26 +8,56 @@ use super::{now_ms, publish, Manager};
 use crate::jobstore::StoreEvent;
 use crate::metrics::refused;
 use crate::protocol::{self as p, ResultMsg, SinkMessage, Status};
+use crate::transport::Peer;
 use serde_json::value::RawValue;
 use slog::{debug, info, warn};
 
+/// Most connections a job's stored results are replayed to (each once): a
+/// client and a few followers; every replay is a copy queued per subscriber.
+const REPLAYS_MAX: usize = 16;
+
 impl Manager<'_> {
-    /// A client subscribed to (or left) a job id: deliver what is held for it.
-    pub(super) fn on_result_subscription(&mut self, frames: Vec<Vec<u8>>) {
-        let Some(frame) = frames.first() else { return };
+    /// A client subscribed to (or left) a job id: deliver what is held for it,
+    /// once per connection (a stranger re-subscribing without reading had
+    /// every stored result queued again each time, until libzmq ran out of
+    /// memory), and to at most REPLAYS_MAX connections per job.
+    pub(super) fn on_result_subscription(&mut self, frame: Vec<u8>, peer: Option<Peer>) {
         let Some((&kind, topic)) = frame.split_first() else {
             return;
         };
+        if kind > 1 {
+            return; // not a subscription: an XSUB's own message
+        }
+        let conn = peer.as_ref().map(|p| p.conn);
+        let port = Some(self.bound.result_publisher_port);
+        if !self.subscription_allowed(|m| &mut m.result_subs, port, kind == 1, peer) {
+            return;
+        }
         let uuid = String::from_utf8_lossy(topic).into_owned();
         let Some(job) = self.jobs.get_mut(&uuid) else {
             debug!(self.log, "subscription to unknown job"; "uuid" => &uuid);
             return;
         };
         if kind == 0 {
-            job.subscribed = false;
+            // Results go on being published: a connection that subscribes
+            // later is replayed what it missed.
             return;
         }
         job.subscribed = true;
+        if let Some(conn) = conn {
+            if job.replayed.contains(&conn) {
+                return;
+            }
+            if job.replayed.len() >= REPLAYS_MAX {
+                if job.replayed.len() == REPLAYS_MAX {
+                    warn!(self.log, "job's results replayed to too many connections; no more replays (follow it with client --job)";
+                        "uuid" => &uuid, "replays" => REPLAYS_MAX);
+                    job.replayed.insert(conn);
+                }
+                return;
+            }
+            job.replayed.insert(conn);
+        }
         for frame in job.results.iter().chain(job.silent.values()) {
             publish(&self.s.results, self.log, &uuid, frame);
         }

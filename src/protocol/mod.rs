@@ -57,15 +57,47 @@ pub const REQUEST_LIMIT: usize = 64 * 1024;
 /// fields the manager adds (uuid, v). Found by fuzzing: with REQUEST_LIMIT
 /// here, a request just under the limit was accepted but refused by agents.
 pub const DISPATCH_LIMIT: usize = REQUEST_LIMIT + 4096;
-/// Largest result an agent may send to the sink (two capped outputs plus JSON escaping).
-pub const RESULT_LIMIT: usize = 160 * 1024 * 1024;
+/// Largest result an agent may send to the sink, and a client read from the
+/// result publisher: two outputs of `MAX_OUTPUT_LIMIT` as text, sealed
+/// (base64, 4/3) and signed, with room to spare. An agent whose result would
+/// be bigger (escaping: a control character is 6 bytes of JSON; 0.1's lists
+/// of lines) cuts its outputs further until it fits ([`ResultMsg::shrink_output`]).
+/// The sink's `ZMQ_MAXMSGSIZE`: a bigger frame is refused by libzmq, which
+/// drops the connection, before anything is allocated for it.
+pub const RESULT_LIMIT: usize = 32 * 1024 * 1024;
+/// Largest agent announcement (hello, heartbeat, bye) the sink decodes: a
+/// node's names and topics, far below a result.
+pub const ANNOUNCE_LIMIT: usize = REQUEST_LIMIT;
 /// Most output an agent may be configured to keep per stream (`max_output`):
-/// worst case 6 bytes of JSON per byte of control characters, two streams,
-/// 4/3 for sealing, stays under RESULT_LIMIT.
+/// two such outputs of plain text, sealed, stay under RESULT_LIMIT.
 pub const MAX_OUTPUT_LIMIT: u64 = 8 * 1024 * 1024;
-/// Transport-level limit (ZMQ_MAXMSGSIZE) for sockets that read requests:
-/// a peer sending more is disconnected by libzmq before we allocate it.
+/// Transport-level limit (ZMQ_MAXMSGSIZE) for sockets that read requests
+/// (frontend, both mgmt sockets): a peer sending more is disconnected by
+/// libzmq before we allocate it; smaller frames over `REQUEST_LIMIT` get an
+/// error reply that says so.
 pub const HARD_FRAME_LIMIT: i64 = 1024 * 1024;
+/// ZMQ_MAXMSGSIZE of an agent's SUB (the backend's downstream): a dispatch
+/// with room to spare for the manager's welcome and a 0.1 manager's frames.
+pub const BACKEND_FRAME_LIMIT: i64 = 2 * DISPATCH_LIMIT as i64;
+/// Longest subscription message (the subscribe byte and the topic) the
+/// backend XPUB takes: a topic or private topic (node names are at most 255
+/// bytes) or a signed presence token. libzmq keeps every subscription of a
+/// connection in a trie of one node per byte, so a 1 MiB topic cost it about
+/// 64 MiB; a longer one now drops the connection.
+pub const BACKEND_SUBSCRIPTION_LIMIT: i64 = 1024;
+/// Longest subscription message the result publisher takes: clients
+/// subscribe to job ids (32 hex digits); room for longer ids of other clients.
+pub const RESULT_SUBSCRIPTION_LIMIT: i64 = 1 + 128;
+/// Most subscriptions one connection may make to the backend (an agent
+/// subscribes to its topics, its private topic and its presence token,
+/// renewed now and then). A connection over it is closed (with the other
+/// connections of its address): libzmq keeps every subscription in a trie it
+/// walks whenever any connection closes, so a stranger's 100,000 topics
+/// stalled the manager for minutes.
+pub const BACKEND_SUBSCRIPTIONS_MAX: usize = 1024;
+/// Most subscriptions one connection may make to the result publisher (our
+/// client subscribes once per request on its own connection).
+pub const RESULT_SUBSCRIPTIONS_MAX: usize = 256;
 /// Most frames we accept in one multipart message; more is hostile.
 pub const MAX_FRAMES: usize = 16;
 

@@ -138,6 +138,15 @@ pub struct ResultMsg {
     pub state: Option<ServiceState>,
 }
 
+/// Keep the first half of `t` (at a character boundary).
+fn halve(t: &mut String) {
+    let mut at = t.len() / 2;
+    while !t.is_char_boundary(at) {
+        at -= 1;
+    }
+    t.truncate(at);
+}
+
 /// What a `status` answer says about the service, from LSB init-script exit
 /// codes (0 running, 1-3 not running, 4 unknown) and systemctl's (3 inactive,
 /// 4 no such unit), and the messages of service(8) for names it does not know.
@@ -198,6 +207,43 @@ impl ResultMsg {
         self.node
             .as_deref()
             .or(self.result.as_ref().map(|r| r.node.as_str()))
+    }
+
+    /// Cut the outputs to about half, keeping their start, for a result whose
+    /// frame is over [`RESULT_LIMIT`] (see there). Marks the result
+    /// truncated; false when there was nothing left to cut.
+    pub fn shrink_output(&mut self) -> bool {
+        let Some(r) = self.result.as_mut() else {
+            return false;
+        };
+        const CUT: &str = "[service-mgr: output truncated to fit a result message]";
+        let cut = |o: &mut Output| match o {
+            Output::Text(t) if t.len() > CUT.len() * 2 => {
+                halve(t);
+                t.push('\n');
+                t.push_str(CUT);
+                true
+            }
+            Output::Lines(lines) if lines.len() > 2 => {
+                lines.truncate(lines.len() / 2);
+                lines.push(CUT.into());
+                true
+            }
+            Output::Lines(lines) => match lines.iter_mut().max_by_key(|l| l.len()) {
+                Some(l) if l.len() > CUT.len() * 2 => {
+                    halve(l);
+                    true
+                }
+                _ => false,
+            },
+            Output::Text(_) => false,
+        };
+        let a = cut(&mut r.stdout);
+        let b = cut(&mut r.stderr);
+        if a || b {
+            self.truncated = true;
+        }
+        a || b
     }
 
     /// The status, derived for 0.1 results that do not carry one.

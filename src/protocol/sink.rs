@@ -3,12 +3,11 @@
 //! fields it routes by; the result itself stays the bytes that arrived.
 
 use super::results::Status;
-use super::{checked_text, DecodeError, RESULT_LIMIT};
+use super::{checked_text, DecodeError, ANNOUNCE_LIMIT, RESULT_LIMIT};
 use crate::security::Signed;
 use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::Value;
 use std::borrow::Cow;
 use std::fmt;
 
@@ -128,13 +127,17 @@ impl PartialEq for SinkMessage {
 
 /// The routing fields of a sink frame. Everything else is read by [`Strict`]:
 /// checked as strictly as a full decode (escapes, numbers), never stored.
+/// No field is read into a `serde_json::Value`: a stranger's frame of nested
+/// arrays in `node` or `auth` once took 1.5 GB for 40 MiB; now what is kept
+/// is at most a copy of the frame's own text.
 #[derive(Default)]
-struct Probe {
-    kind: Option<Value>,
-    uuid: Option<Value>,
-    node: Option<Value>,
-    status: Option<Value>,
-    auth: Option<Value>,
+struct Probe<'a> {
+    kind: Option<Field>,
+    uuid: Option<Field>,
+    node: Option<Field>,
+    status: Option<Field>,
+    /// The envelope's text, decoded once the frame is known to be a result.
+    auth: Option<&'a RawValue>,
     result: Option<ResultProbe>,
 }
 
@@ -142,8 +145,69 @@ struct Probe {
 /// not an object reads as empty (0.1 leniency: the status then says failed).
 #[derive(Default)]
 struct ResultProbe {
-    node: Option<Value>,
-    returncode: Option<Value>,
+    node: Option<Field>,
+    returncode: Option<Field>,
+}
+
+/// A routing field as far as routing cares: a string, an integer, null, or
+/// anything else (validated by [`Strict`] and dropped).
+#[derive(Debug, PartialEq)]
+enum Field {
+    Null,
+    Str(String),
+    Int(i64),
+    Other,
+}
+
+impl Field {
+    fn into_str(self) -> Option<String> {
+        match self {
+            Field::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Field;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Field, E> {
+                Ok(Field::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Field, E> {
+                Ok(i64::try_from(v).map_or(Field::Other, Field::Int))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Field, E> {
+                Ok(Field::Other)
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Field, E> {
+                Ok(Field::Str(v.to_owned()))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Field, E> {
+                Ok(Field::Str(v))
+            }
+            fn visit_unit<E>(self) -> Result<Field, E> {
+                Ok(Field::Null)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Field, A::Error> {
+                StrictVisitor.visit_seq(seq)?;
+                Ok(Field::Other)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Field, A::Error> {
+                StrictVisitor.visit_map(map)?;
+                Ok(Field::Other)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Any JSON value, validated and dropped: strings are decoded (a lone
@@ -194,15 +258,15 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
-impl<'de> Deserialize<'de> for Probe {
+impl<'de: 'a, 'a> Deserialize<'de> for Probe<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Probe;
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Probe<'a>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Probe<'a>, A::Error> {
                 // A repeated key keeps its last value, as a full decode does.
                 let mut p = Probe::default();
                 while let Some(k) = map.next_key::<Cow<'de, str>>()? {
@@ -221,7 +285,7 @@ impl<'de> Deserialize<'de> for Probe {
                 Ok(p)
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_map(V(std::marker::PhantomData))
     }
 }
 
@@ -279,13 +343,15 @@ impl SinkMessage {
         // One strict pass reads the routing fields; the result itself is kept as text.
         let probe: Probe = serde_json::from_str(text).map_err(|e| refused(text, e))?;
         match probe.kind {
-            None | Some(Value::Null) => {}
-            Some(Value::String(kind)) if kind.starts_with("agent.") => {
+            None | Some(Field::Null) => {}
+            Some(Field::Str(kind)) if kind.starts_with("agent.") => {
+                // An announcement is a few names and topics: a big one is not decoded.
+                checked_text(bytes, ANNOUNCE_LIMIT)?;
                 let a: Announce = serde_json::from_str(text)
                     .map_err(|e| DecodeError::Invalid(format!("bad agent announcement: {e}")))?;
                 return Ok(SinkMessage::Announce(a));
             }
-            Some(Value::String(_)) => {}
+            Some(Field::Str(_)) => {}
             Some(_) => {
                 return Err(DecodeError::WrongType {
                     field: "type",
@@ -294,8 +360,8 @@ impl SinkMessage {
             }
         }
         let uuid = match probe.uuid {
-            None | Some(Value::Null) => return Err(DecodeError::Missing("uuid")),
-            Some(Value::String(s)) => s,
+            None | Some(Field::Null) => return Err(DecodeError::Missing("uuid")),
+            Some(Field::Str(s)) => s,
             Some(_) => {
                 return Err(DecodeError::WrongType {
                     field: "uuid",
@@ -305,23 +371,27 @@ impl SinkMessage {
         };
         let result = probe.result.unwrap_or_default();
         // A top-level `node` wins, even when it is not a string (then: none).
-        let node = match probe.node.or(result.node) {
-            Some(Value::String(s)) => Some(s),
-            _ => None,
-        };
+        let node = probe.node.or(result.node).and_then(Field::into_str);
         // The status the way ResultMsg derives it, without requiring its full shape.
-        let status = match probe.status.map(Status::deserialize) {
+        let status = match probe.status.and_then(Field::into_str).map(|s| {
+            Status::deserialize(serde::de::value::StrDeserializer::<serde_json::Error>::new(
+                &s,
+            ))
+        }) {
             Some(Ok(s)) => s,
-            _ => match result.returncode.as_ref().and_then(Value::as_i64) {
-                Some(0) => Status::Ok,
+            _ => match result.returncode {
+                Some(Field::Int(0)) => Status::Ok,
                 _ => Status::Failed,
             },
         };
         let auth = match probe.auth {
-            None | Some(Value::Null) => None,
-            Some(a) => Some(Signed::deserialize(a).map_err(|_| DecodeError::WrongType {
-                field: "auth",
-                expected: "a signed envelope {key, body, sig}",
+            None => None,
+            Some(a) if a.get() == "null" => None,
+            Some(a) => Some(serde_json::from_str::<Signed>(a.get()).map_err(|_| {
+                DecodeError::WrongType {
+                    field: "auth",
+                    expected: "a signed envelope {key, body, sig}",
+                }
             })?),
         };
         Ok(SinkMessage::Result {
