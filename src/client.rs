@@ -563,7 +563,44 @@ fn exchange(
         req.retries,
     )?;
     let accepted = match FrontendReply::decode(&reply)? {
-        FrontendReply::Record(r) => return Ok(from_record(*r, req.key.as_deref(), started)),
+        FrontendReply::Record(mut r) => {
+            // A stored job's results come in pages of bounded size.
+            while let Some(offset) = r.next.take() {
+                let page = FollowRequest {
+                    offset: Some(offset),
+                    ..FollowRequest::new(&r.uuid)
+                };
+                let reply = transport::request(
+                    ctx,
+                    &req.endpoint,
+                    &req.wire,
+                    &p::encode(&page),
+                    req.timeout,
+                    req.retries,
+                )?;
+                match FrontendReply::decode(&reply)? {
+                    FrontendReply::Record(more)
+                        if !more.record.results.is_empty()
+                            && more.next.is_none_or(|n| n > offset) =>
+                    {
+                        r.record.results.extend(more.record.results);
+                        r.next = more.next;
+                    }
+                    FrontendReply::Refused(e) => {
+                        bail!(
+                            "the manager refused the next page of job {}: {}",
+                            r.uuid,
+                            e.msg
+                        )
+                    }
+                    _ => bail!(
+                        "the manager's page of job {} at offset {offset} makes no progress",
+                        r.uuid
+                    ),
+                }
+            }
+            return Ok(from_record(*r, req.key.as_deref(), started));
+        }
         FrontendReply::Refused(e) => bail!("the manager refused the request: {}", e.msg),
         FrontendReply::Accepted(a) => a,
     };

@@ -438,12 +438,42 @@ impl JobStore {
 
     /// One job with all its results, or `None` if the store does not know it.
     pub fn get(&self, uuid: &str) -> Result<Option<JobRecord>> {
-        guarded("reading a job", &self.path, || self.get_unguarded(uuid))
+        Ok(self
+            .get_page(uuid, 0, usize::MAX, usize::MAX)?
+            .map(|(record, _)| record))
+    }
+
+    /// One page of a job: its results from `offset` on, at most `limit` of
+    /// them and, past the first, no more than `max_bytes` of stored results
+    /// (sized before they are decoded). With the offset of the next page, if
+    /// there is one.
+    pub fn get_page(
+        &self,
+        uuid: &str,
+        offset: usize,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Option<(JobRecord, Option<usize>)>> {
+        guarded("reading a job", &self.path, || {
+            self.get_unguarded(uuid, offset, limit, max_bytes)
+        })
     }
 
     /// Summaries of the `limit` newest jobs, newest first.
     pub fn list(&self, limit: usize) -> Result<Vec<JobSummary>> {
-        guarded("listing jobs", &self.path, || self.list_unguarded(limit))
+        Ok(self.list_page(0, limit)?.0)
+    }
+
+    /// The jobs after the newest `offset`, newest first, at most `limit`;
+    /// with the offset of the next page, if there is one.
+    pub fn list_page(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<JobSummary>, Option<usize>)> {
+        guarded("listing jobs", &self.path, || {
+            self.list_unguarded(offset, limit)
+        })
     }
 
     /// Delete the jobs created before `older_than_ms` with their results;
@@ -526,7 +556,13 @@ impl JobStore {
     }
 
     /// `get` without the panic guard.
-    fn get_unguarded(&self, uuid: &str) -> Result<Option<JobRecord>> {
+    fn get_unguarded(
+        &self,
+        uuid: &str,
+        offset: usize,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Option<(JobRecord, Option<usize>)>> {
         let tx = self.db.begin_read()?;
         let Some(row) = tx.open_table(JOBS)?.get(uuid)? else {
             return Ok(None);
@@ -537,31 +573,52 @@ impl JobStore {
             None => Progress::default(),
         };
         let mut results = Vec::new();
+        let (mut total, mut bytes, mut next) = (0, 0usize, None);
         for row in tx.open_table(RESULTS)?.range((uuid, "")..)? {
             let (key, value) = row?;
             if key.value().0 != uuid {
                 break;
             }
+            total += 1;
+            if total <= offset || next.is_some() {
+                continue;
+            }
+            let size = value.value().len();
+            if results.len() >= limit || (!results.is_empty() && bytes + size > max_bytes) {
+                next = Some(offset + results.len());
+                continue;
+            }
+            bytes += size;
             let (_, node) = key.value();
             results.push(decode_result(value.value(), uuid, node)?);
         }
-        Ok(Some(JobRecord {
-            uuid: uuid.to_owned(),
-            created_ms: m.created_ms,
-            request: m.request,
-            expected: m.expected,
-            results,
-            finished_ms: p.finished_ms,
-            conflicts: p.conflicts,
-        }))
+        Ok(Some((
+            JobRecord {
+                uuid: uuid.to_owned(),
+                created_ms: m.created_ms,
+                request: m.request,
+                expected: m.expected,
+                results,
+                results_total: total,
+                finished_ms: p.finished_ms,
+                conflicts: p.conflicts,
+            },
+            next,
+        )))
     }
 
     /// `list` without the panic guard.
-    fn list_unguarded(&self, limit: usize) -> Result<Vec<JobSummary>> {
+    fn list_unguarded(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<JobSummary>, Option<usize>)> {
         let tx = self.db.begin_read()?;
         let (jobs, progress) = (tx.open_table(JOBS)?, tx.open_table(PROGRESS)?);
         let mut out = Vec::new();
-        for row in tx.open_table(BY_TIME)?.iter()?.rev().take(limit) {
+        let by_time = tx.open_table(BY_TIME)?;
+        let mut rows = by_time.iter()?.rev().skip(offset);
+        for row in rows.by_ref().take(limit) {
             let (key, _) = row?;
             let (_, uuid) = key.value();
             let Some(meta) = jobs.get(uuid)? else {
@@ -583,7 +640,8 @@ impl JobStore {
                 finished_ms: p.finished_ms,
             });
         }
-        Ok(out)
+        let next = rows.next().is_some().then(|| offset.saturating_add(limit));
+        Ok((out, next))
     }
 
     /// `expire` without the panic guard.

@@ -65,6 +65,13 @@ pub struct MgmtArgs {
     /// holds (a reinstalled node), rejecting that key: one node, one key.
     #[arg(long)]
     pub force: bool,
+    /// jobs: jobs per page [default: 50, at most 1000]; job: results per page
+    /// [default: 1000]. A page that is not the last says where the next starts.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// jobs, job: skip the first N (newest jobs; results by node): the next page.
+    #[arg(long, value_name = "N")]
+    pub offset: Option<usize>,
     /// Output format [default for the short names: table on a terminal, else json;
     /// full command names print the JSON reply, as 0.1 did].
     #[arg(long, value_enum)]
@@ -319,6 +326,10 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
         };
         req.uuid = Some(id.clone());
     }
+    if matches!(cmd, p::MANAGER_JOBS | p::MANAGER_JOB) {
+        req.limit = a.limit;
+        req.offset = a.offset;
+    }
     let mut reply = call(&a.endpoint, &wire, &req, timeout, a.retries)?;
     let mut view = view;
     // The short names mean the manager's commands; an agent's endpoint
@@ -364,7 +375,23 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
             print!(
                 "{}",
                 render(view, &reply["result"], clock::now_ms(), Style::stdout())
-            )
+            );
+            if let Some(next) = reply["next"].as_u64() {
+                let what = if view == View::Jobs {
+                    "jobs"
+                } else {
+                    "results"
+                };
+                let args = a
+                    .args
+                    .first()
+                    .map(|id| format!(" {id}"))
+                    .unwrap_or_default();
+                println!(
+                    "more {what}: service-mgr mgmt -e {} {}{args} --offset {next}",
+                    a.endpoint, a.command
+                );
+            }
         }
         (MgmtFormat::Table, _) if !ok => {
             let msg = reply["msg"].as_str().unwrap_or("no reason given");

@@ -247,3 +247,89 @@ fn resubscribing_to_a_job_does_not_replay_its_results_again() {
         assert!(again <= 1, "the client got the result {again} more times");
     });
 }
+
+// Regression: `manager.jobs` took any limit and `manager.job` (and `client
+// --job`) answered every stored result in one reply, however many and big.
+#[test]
+fn job_list_and_job_reads_come_in_pages() {
+    with_timeout(120, || {
+        let mgr = manager_compat(&[]);
+        let mgmt_ep = mgr.ep("mgmt_endpoint");
+        let ctx = zmq::Context::new();
+        let push = connect(&ctx, zmq::PUSH, &mgr.ep("sink_endpoint"));
+        push.set_linger(5000).unwrap();
+        // Results for jobs the manager does not know are stored as jobs too.
+        let result = |uuid: &str, node: &str, out: &str| {
+            json!({"msg": "Executed service status request", "uuid": uuid, "node": node,
+                   "result": {"node": node, "service": "s", "returncode": 0,
+                              "stdout": out, "stderr": "", "system": "Linux", "version": "1"}})
+            .to_string()
+        };
+        let wide = "a".repeat(32);
+        for i in 0..1500 {
+            push.send(result(&wide, &format!("n{i:04}"), "ok").as_bytes(), 0)
+                .unwrap();
+        }
+        let big = "b".repeat(32);
+        let mib = "x".repeat(1024 * 1024);
+        for i in 0..20 {
+            push.send(result(&big, &format!("n{i:02}"), &mib).as_bytes(), 0)
+                .unwrap();
+        }
+        for i in 0..100 {
+            push.send(result(&format!("{i:032x}"), "n1", "ok").as_bytes(), 0)
+                .unwrap();
+        }
+        let job = |uuid: &str, offset: Option<usize>| {
+            mgmt_req(
+                &mgmt_ep,
+                json!({"cmd": "manager.job", "uuid": uuid, "offset": offset}),
+            )
+        };
+        wait_for(30, "every result to be stored", || {
+            let r = job(&wide, None);
+            (r["result"]["results_total"] == 1500).then_some(())
+        });
+        // A job's results: 1000 a page by default, the reply says where the next starts.
+        let first = job(&wide, None);
+        assert_eq!(first["result"]["results"].as_array().unwrap().len(), 1000);
+        assert_eq!(first["next"], 1000, "{}", first["msg"]);
+        let last = job(&wide, Some(1000));
+        assert_eq!(last["result"]["results"].as_array().unwrap().len(), 500);
+        assert!(last.get("next").is_none(), "{}", last["msg"]);
+        assert_eq!(last["result"]["results"][0]["node"], "n1000");
+        // Big results: a page holds about 8 MiB of them.
+        wait_for(30, "the big results to be stored", || {
+            (job(&big, None)["result"]["results_total"] == 20).then_some(())
+        });
+        let page = job(&big, None);
+        let n = page["result"]["results"].as_array().unwrap().len();
+        assert!((1..=8).contains(&n), "a page of {n} results of 1 MiB");
+        assert_eq!(page["next"], n);
+        // The job list: 50 a page by default, at most 1000 whatever the limit.
+        let jobs = |req: serde_json::Value| mgmt_req(&mgmt_ep, req);
+        let page = jobs(json!({"cmd": "manager.jobs"}));
+        assert_eq!(page["result"].as_array().unwrap().len(), 50);
+        assert_eq!(page["next"], 50);
+        let page = jobs(json!({"cmd": "manager.jobs", "limit": 1_000_000_000u64}));
+        assert_eq!(page["result"].as_array().unwrap().len(), 102);
+        assert!(page.get("next").is_none());
+        let page = jobs(json!({"cmd": "manager.jobs", "limit": 40, "offset": 80}));
+        assert_eq!(page["result"].as_array().unwrap().len(), 22);
+        assert!(page.get("next").is_none());
+        // The command line says how to get the next page.
+        let out = run(&[
+            "mgmt", "-e", &mgmt_ep, "jobs", "--format", "table", "--limit", "10",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("--offset 10"), "{text}");
+        // client --job gets every page.
+        let (out, doc) = Client::new(&mgr).unsigned().arg("--job").arg(&wide).run();
+        assert_eq!(
+            doc["results"].as_array().map(Vec::len),
+            Some(1500),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}

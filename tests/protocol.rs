@@ -207,7 +207,7 @@ fn frontend_messages() {
         "frontend/follow.json",
         &FollowRequest::new(JOB),
         |b| match FrontendRequest::decode(b).unwrap() {
-            FrontendRequest::Follow { job } => FollowRequest::new(&job),
+            FrontendRequest::Follow { job, .. } => FollowRequest::new(&job),
             other => panic!("{other:?}"),
         },
     );
@@ -218,6 +218,7 @@ fn frontend_messages() {
             uuid: JOB.into(),
             agent_keys: BTreeMap::from([("web1".to_owned(), web1().public().to_string())]),
             record: record(),
+            next: None,
         },
         |b| match FrontendReply::decode(b).unwrap() {
             FrontendReply::Record(r) => *r,
@@ -246,6 +247,7 @@ fn record() -> JobRecord {
                 result: Value::Null,
             },
         ],
+        results_total: 2,
         finished_ms: Some(TS + 600_000),
         conflicts: 0,
     }

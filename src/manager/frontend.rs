@@ -4,6 +4,7 @@
 use super::{now_ms, routing, trust, Job, Manager};
 use crate::jobstore::StoreEvent;
 use crate::metrics::{outcome, refused};
+use crate::protocol::mgmt as m;
 use crate::protocol::{
     self as p, Accepted, Dispatch, ErrorReply, FollowRecord, FrontendRequest, ResultMsg,
     ServiceRequest,
@@ -50,7 +51,7 @@ impl Manager<'_> {
             ErrorReply::new(e)
         })?;
         match request {
-            FrontendRequest::Follow { job } => self.follow(&job),
+            FrontendRequest::Follow { job, offset } => self.follow(&job, offset),
             FrontendRequest::Service(req) => self.dispatch(req).map(|a| p::encode(&a)),
         }
     }
@@ -69,13 +70,13 @@ impl Manager<'_> {
     /// Re-attach a client to a job: one still in memory is replayed on the
     /// result publisher (and its missing answers still arrive); an older one is
     /// answered from the job store in one reply.
-    fn follow(&mut self, uuid: &str) -> Result<Vec<u8>, ErrorReply> {
+    fn follow(&mut self, uuid: &str, offset: usize) -> Result<Vec<u8>, ErrorReply> {
         let Some(job) = self.jobs.get(uuid) else {
             self.write_events();
-            let record = self
+            let (record, next) = self
                 .readable_store()
                 .map_err(ErrorReply::new)?
-                .get(uuid)
+                .get_page(uuid, offset, m::RESULTS_PAGE, m::PAGE_BYTES)
                 .map_err(|e| ErrorReply::new(format!("cannot read the job store: {e:#}")))?
                 .ok_or_else(|| ErrorReply::new(format!("no job {uuid} in the job store")))?;
             return Ok(p::encode(&FollowRecord {
@@ -83,6 +84,7 @@ impl Manager<'_> {
                 uuid: uuid.to_owned(),
                 agent_keys: self.agent_keys(&record.expected),
                 record,
+                next,
             }));
         };
         Ok(p::encode(&Accepted {

@@ -44,10 +44,16 @@ impl Manager<'_> {
             p::MANAGER_AGENTS => MgmtReply::with("Service Manager Agents", &self.agents()),
             p::MANAGER_JOBS => match self.readable_store() {
                 Err(why) => MgmtReply::error(why),
-                Ok(store) => match store.list(req.limit.unwrap_or(50)) {
-                    Ok(list) => MgmtReply::with("Service Manager Jobs", &list),
-                    Err(e) => MgmtReply::error(format!("cannot read the job store: {e:#}")),
-                },
+                Ok(store) => {
+                    let limit = req.limit.unwrap_or(m::JOBS_PAGE).min(m::JOBS_PAGE_MAX);
+                    match store.list_page(req.offset.unwrap_or(0), limit) {
+                        Ok((list, next)) => MgmtReply {
+                            next,
+                            ..MgmtReply::with("Service Manager Jobs", &list)
+                        },
+                        Err(e) => MgmtReply::error(format!("cannot read the job store: {e:#}")),
+                    }
+                }
             },
             p::MANAGER_JOB => {
                 let Some(id) = &req.uuid else {
@@ -57,8 +63,15 @@ impl Manager<'_> {
                     Ok(store) => store,
                     Err(why) => return MgmtReply::error(why),
                 };
-                match store.get(id) {
-                    Ok(Some(record)) => MgmtReply::with("Service Manager Job", &record),
+                let limit = req
+                    .limit
+                    .unwrap_or(m::RESULTS_PAGE)
+                    .min(m::RESULTS_PAGE_MAX);
+                match store.get_page(id, req.offset.unwrap_or(0), limit, m::PAGE_BYTES) {
+                    Ok(Some((record, next))) => MgmtReply {
+                        next,
+                        ..MgmtReply::with("Service Manager Job", &record)
+                    },
                     Ok(None) => MgmtReply::error(format!("no job {id} in the job store")),
                     Err(e) => MgmtReply::error(format!("cannot read the job store: {e:#}")),
                 }

@@ -191,6 +191,9 @@ pub struct FollowRequest {
     pub v: u64,
     pub job: String,
     pub topic: String,
+    /// Results to skip: the `next` of the previous page of a stored job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<usize>,
 }
 
 impl FollowRequest {
@@ -199,6 +202,7 @@ impl FollowRequest {
             v: PROTOCOL_VERSION,
             job: job.to_owned(),
             topic: "!follow".to_owned(),
+            offset: None,
         }
     }
 }
@@ -208,14 +212,21 @@ impl FollowRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum FrontendRequest {
     Service(ServiceRequest),
-    Follow { job: String },
+    Follow { job: String, offset: usize },
 }
 
 impl FrontendRequest {
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut m = decode_object(bytes, REQUEST_LIMIT)?;
         match m.remove("job") {
-            Some(Value::String(job)) => Ok(FrontendRequest::Follow { job }),
+            Some(Value::String(job)) => Ok(FrontendRequest::Follow {
+                job,
+                // A stored job's results come in pages (see FollowRecord::next).
+                offset: m
+                    .get("offset")
+                    .and_then(Value::as_u64)
+                    .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+            }),
             Some(_) => Err(DecodeError::Invalid(
                 "field `job` must be a string".to_owned(),
             )),
@@ -271,6 +282,9 @@ pub struct FollowRecord {
     #[serde(default)]
     pub agent_keys: BTreeMap<String, String>,
     pub record: JobRecord,
+    /// More results are stored: ask again with this `offset`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<usize>,
 }
 
 /// Any reply on the frontend, as the client reads it.

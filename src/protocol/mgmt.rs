@@ -20,8 +20,24 @@ pub const MANAGER_JOB: &str = "manager.job";
 pub const AGENT_STATUS: &str = "agent.status";
 pub const AGENT_SHUTDOWN: &str = "agent.shutdown";
 
+/// Jobs per `manager.jobs` page when the request sets no `limit`, and the most it may set.
+pub const JOBS_PAGE: usize = 50;
+pub const JOBS_PAGE_MAX: usize = 1000;
+/// Results per `manager.job` (and follow) page when no `limit` is set, and the most.
+pub const RESULTS_PAGE: usize = 1000;
+pub const RESULTS_PAGE_MAX: usize = 10_000;
+/// Stored result bytes per page: a page ends before it would pass this (it
+/// holds at least one result), so that no reply grows with the job.
+pub const PAGE_BYTES: usize = 8 * 1024 * 1024;
+
 /// Management request (REQ -> REP): `{"cmd": "manager.status"}`.
-/// `manager.job` takes `"uuid"`, `manager.jobs` an optional `"limit"`.
+/// `manager.job` takes `"uuid"`; `manager.jobs` and `manager.job` are paged:
+/// `"limit"` (jobs, or results of the job, per page) and `"offset"` (how
+/// many to skip: the `next` of the previous page's reply).
+///
+/// ```json
+/// {"cmd": "manager.jobs", "limit": 20, "offset": 40}
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MgmtRequest {
     pub cmd: String,
@@ -29,6 +45,8 @@ pub struct MgmtRequest {
     pub uuid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<usize>,
     /// A client's signature over a [`MgmtBody`], required for shutdown in secure mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Signed>,
@@ -40,24 +58,30 @@ impl MgmtRequest {
             cmd: cmd.to_owned(),
             uuid: None,
             limit: None,
+            offset: None,
             auth: None,
         }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut m = decode_object(bytes, REQUEST_LIMIT)?;
-        let limit = match m.get("limit") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_u64().ok_or(DecodeError::WrongType {
-                field: "limit",
-                expected: "a non-negative integer",
-            })? as usize),
+        let count = |field: &'static str| match m.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v
+                .as_u64()
+                .map(|n| Some(usize::try_from(n).unwrap_or(usize::MAX)))
+                .ok_or(DecodeError::WrongType {
+                    field,
+                    expected: "a non-negative integer",
+                }),
         };
+        let (limit, offset) = (count("limit")?, count("offset")?);
         let cmd = req_str(&m, "cmd")?.to_owned();
         Ok(MgmtRequest {
             cmd,
             uuid: take_opt_str(&mut m, "uuid")?,
             limit,
+            offset,
             auth: take_auth(&mut m)?,
         })
     }
@@ -86,12 +110,16 @@ impl MgmtBody {
 }
 
 /// Management reply: `{"success": 0, "msg": "Service Manager Status", "result": {...}}`.
+/// A page of `manager.jobs` or `manager.job` that is not the last says
+/// where the next one starts: `"next": 50` (send it as `offset`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MgmtReply {
     pub success: i64,
     pub msg: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<usize>,
 }
 
 impl MgmtReply {
@@ -100,6 +128,7 @@ impl MgmtReply {
             success: 0,
             msg: msg.to_owned(),
             result,
+            next: None,
         }
     }
     /// A success carrying one of the typed results below.
@@ -114,6 +143,7 @@ impl MgmtReply {
             success: -1,
             msg: msg.to_string(),
             result: None,
+            next: None,
         }
     }
 }
@@ -260,8 +290,8 @@ pub struct NodeResult {
     pub result: Value,
 }
 
-/// `manager.job` (and a follow request's record): a job with all its
-/// results, ordered by node name.
+/// `manager.job` (and a follow request's record): a job with one page of
+/// its results, ordered by node name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub uuid: String,
@@ -273,6 +303,9 @@ pub struct JobRecord {
     /// The nodes the request is known to have reached.
     pub expected: Vec<String>,
     pub results: Vec<NodeResult>,
+    /// How many results the job has in all (`results` is one page of them).
+    #[serde(default)]
+    pub results_total: usize,
     pub finished_ms: Option<u64>,
     /// Results dropped because their node had already answered differently.
     pub conflicts: u64,
