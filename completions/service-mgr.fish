@@ -95,6 +95,8 @@ complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s k -l ke
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l server-key -d 'The daemon\'s public key, pinned: for the manager as the client\'s --manager-key; for an agent its agent.key.pub (file or line) [default: the key_file of the local config]; `plaintext` for a 0.1 or allow_unsigned daemon' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l keys-dir -d 'keys: the manager\'s key store [default: keys in the manager\'s state_dir]' -r -F
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s f -l file -d 'keys: the manager\'s config file, to find its state_dir' -r -F
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l limit -d 'jobs: jobs per page [default: 50, at most 1000]; job: results per page [default: 1000]. A page that is not the last says where the next starts' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l offset -d 'jobs, job: skip the first N (newest jobs; results by node): the next page' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l format -d 'Output format [default for the short names: table on a terminal, else json; full command names print the JSON reply, as 0.1 did]' -r -f -a "table\t'A table for people'
 json\t'The reply as JSON, as 0.1 printed it'"
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l force -d 'keys accept|import: accept an agent key whose node name an accepted key holds (a reinstalled node), rejecting that key: one node, one key'

@@ -260,14 +260,20 @@ pub struct Peer {
     pub pin: zmq::Message,
 }
 
+/// A message of an XPUB's upstream: `[1|0][topic]` for a subscription.
+pub struct Subscription {
+    pub frame: Vec<u8>,
+    /// The ZAP `User-Id` of its connection (empty on plaintext sockets).
+    pub user: String,
+    pub peer: Option<Peer>,
+}
+
 /// One message of an XPUB's upstream (a subscription), without blocking,
 /// with the connection it came from when libzmq says (an unsubscription made
 /// by libzmq itself, when a connection closes, comes from none). Further
-/// frames of a multipart message are read and dropped.
-/// Also gives the ZAP `User-Id`, as [`try_recv_from`] does.
-pub fn try_recv_subscription(
-    s: &zmq::Socket,
-) -> Result<Option<(Vec<u8>, String, Option<Peer>)>, zmq::Error> {
+/// frames of a multipart message are read and dropped. The `User-Id` is
+/// read as [`try_recv_from`] does.
+pub fn try_recv_subscription(s: &zmq::Socket) -> Result<Option<Subscription>, zmq::Error> {
     let mut msg = zmq::Message::new();
     match s.recv(&mut msg, zmq::DONTWAIT) {
         Ok(()) => {}
@@ -285,15 +291,15 @@ pub fn try_recv_subscription(
     let peer = msg
         .gets("Peer-Address")
         .map(|a| (a.as_ptr() as usize, a.to_owned()));
-    Ok(Some((
+    Ok(Some(Subscription {
         frame,
         user,
-        peer.map(|(conn, address)| Peer {
+        peer: peer.map(|(conn, address)| Peer {
             conn,
             address,
             pin: msg,
         }),
-    )))
+    }))
 }
 
 /// Close every TCP connection of this process whose local port is

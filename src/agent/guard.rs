@@ -395,10 +395,13 @@ pub fn result_frame(
     request_id: Option<String>,
     signed_request: bool,
 ) -> Vec<u8> {
-    let mut frame = one_frame(key, r, client, request_id.clone(), signed_request);
     // The sink takes at most RESULT_LIMIT: escaping can make capped outputs
-    // bigger than that, so they are cut further until the result fits.
+    // bigger than that, so they are cut further until the result fits. Its
+    // JSON, sealed (4/3), tells first; the whole frame is checked after.
     let mut r = std::borrow::Cow::Borrowed(r);
+    let sealed_size = |r: &ResultMsg| p::encode(r).len() / 3 * 4 + 4096;
+    while sealed_size(&r) > p::RESULT_LIMIT && r.to_mut().shrink_output() {}
+    let mut frame = one_frame(key, &r, client, request_id.clone(), signed_request);
     while frame.len() > p::RESULT_LIMIT && r.to_mut().shrink_output() {
         frame = one_frame(key, &r, client, request_id.clone(), signed_request);
     }
@@ -536,6 +539,38 @@ fn read_clients(path: &Path, log: &Logger) -> Result<HashMap<String, PublicKey>>
 mod tests {
     use super::*;
     use crate::protocol::{ServiceRequest, AGENT_SHUTDOWN};
+
+    /// Two outputs at the largest max_output, all control bytes (6 bytes of
+    /// JSON each), sealed: cut until the frame fits the sink's limit.
+    #[test]
+    fn a_result_bigger_than_the_sink_takes_is_cut_to_fit() {
+        let key = KeyPair::generate(Role::Agent, "web1").unwrap();
+        let alice = KeyPair::generate(Role::Client, "alice").unwrap();
+        let out = "\u{1}".repeat(p::MAX_OUTPUT_LIMIT as usize);
+        let mut r = p::ResultMsg::no_response("u", "web1", "x");
+        r.result = Some(p::ExecResult {
+            node: "web1".into(),
+            service: "s".into(),
+            returncode: 0,
+            stdout: p::Output::Text(out.clone()),
+            stderr: p::Output::Text(out),
+            system: "Linux".into(),
+            version: "1".into(),
+        });
+        let frame = result_frame(&key, &r, Some(alice.public()), Some("id".into()), true);
+        assert!(frame.len() <= p::RESULT_LIMIT, "{} bytes", frame.len());
+        let opened: p::ResultEnvelope = serde_json::from_slice(&frame).unwrap();
+        let body = p::SignedResult::from_signed(&opened.auth.body).unwrap();
+        let plain = crate::security::open(&alice, body.sealed.as_ref().unwrap()).unwrap();
+        let back: p::ResultMsg = serde_json::from_slice(&plain).unwrap();
+        assert!(back.truncated);
+        assert!(back
+            .result
+            .unwrap()
+            .stdout
+            .text()
+            .ends_with("to fit a result message]"));
+    }
 
     struct Fixture {
         guard: Guard,

@@ -819,9 +819,9 @@ impl Manager<'_> {
     ) {
         for _ in 0..1000 {
             match transport::try_recv_subscription(sock(&self.s)) {
-                Ok(Some((frame, user, peer))) => {
-                    self.peer = user;
-                    handle(self, frame, peer)
+                Ok(Some(sub)) => {
+                    self.peer = sub.user;
+                    handle(self, sub.frame, sub.peer)
                 }
                 Ok(None) => return,
                 Err(e) => {

@@ -218,7 +218,15 @@ impl ResultMsg {
         };
         const CUT: &str = "[service-mgr: output truncated to fit a result message]";
         let cut = |o: &mut Output| match o {
-            Output::Text(t) if t.len() > CUT.len() * 2 => {
+            Output::Text(t) => {
+                // The marker of an earlier cut is not cut again.
+                let body = t
+                    .strip_suffix(CUT)
+                    .map_or(t.len(), |b| b.strip_suffix('\n').unwrap_or(b).len());
+                if body < 2 {
+                    return false;
+                }
+                t.truncate(body);
                 halve(t);
                 t.push('\n');
                 t.push_str(CUT);
@@ -236,7 +244,6 @@ impl ResultMsg {
                 }
                 _ => false,
             },
-            Output::Text(_) => false,
         };
         let a = cut(&mut r.stdout);
         let b = cut(&mut r.stderr);
@@ -347,6 +354,39 @@ impl ResultFrame {
 #[cfg(test)]
 mod tests {
     use crate::protocol::*;
+
+    #[test]
+    fn shrink_output_halves_both_outputs_and_says_so() {
+        let mut r = ResultMsg::no_response("u", "n", "x");
+        assert!(!r.shrink_output(), "nothing to cut");
+        r.result = Some(ExecResult {
+            node: "n".into(),
+            service: "s".into(),
+            returncode: 0,
+            stdout: Output::Text("é".repeat(1000)),
+            stderr: Output::lines_01(&"line\n".repeat(100)),
+            system: "Linux".into(),
+            version: "1".into(),
+        });
+        assert!(r.shrink_output());
+        assert!(r.truncated);
+        let res = r.result.as_ref().unwrap();
+        let out = res.stdout.text();
+        assert!(
+            out.len() < 1100 && out.ends_with("to fit a result message]"),
+            "{out}"
+        );
+        let Output::Lines(lines) = &res.stderr else {
+            panic!()
+        };
+        assert_eq!(lines.len(), 51);
+        // Cut again and again, it ends.
+        let mut n = 0;
+        while r.shrink_output() {
+            n += 1;
+            assert!(n < 20);
+        }
+    }
     use serde_json::{json, Value};
 
     /// The README's FreeBSD `status sshd` answer, byte for byte what 0.1 agents send.

@@ -467,4 +467,46 @@ mod tests {
             .contains("uuid"));
         assert!(SinkMessage::decode(br#"{"type": "agent.hello"}"#).is_err());
     }
+
+    /// Routing fields that are not what they should be are read and dropped,
+    /// never kept as JSON values; the envelope is read from its own text.
+    #[test]
+    fn odd_routing_fields_are_dropped_not_kept() {
+        let nested = format!(
+            r#"{{"uuid": "u", "node": [{}0], "status": {{"a": [1]}}}}"#,
+            "[0],".repeat(1000)
+        );
+        match SinkMessage::decode(nested.as_bytes()).unwrap() {
+            SinkMessage::Result {
+                node, status, auth, ..
+            } => {
+                assert_eq!((node, status, auth), (None, Status::Failed, None));
+            }
+            other => panic!("{other:?}"),
+        }
+        let ok = br#"{"uuid": "u", "result": {"node": "n", "returncode": 0}, "auth": {"key": "k", "body": "{}", "sig": "s"}}"#;
+        match SinkMessage::decode(ok).unwrap() {
+            SinkMessage::Result {
+                node, status, auth, ..
+            } => {
+                assert_eq!(node.as_deref(), Some("n"));
+                assert_eq!(status, Status::Ok);
+                assert_eq!(auth.unwrap().body, "{}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(SinkMessage::decode(br#"{"uuid": "u", "auth": [1]}"#)
+            .unwrap_err()
+            .to_string()
+            .contains("auth"));
+        // An announcement is small; a big one is not decoded.
+        let big = format!(
+            r#"{{"type": "agent.hello", "topics": ["{}"]}}"#,
+            "t".repeat(ANNOUNCE_LIMIT)
+        );
+        assert!(matches!(
+            SinkMessage::decode(big.as_bytes()),
+            Err(DecodeError::TooLarge { .. })
+        ));
+    }
 }
