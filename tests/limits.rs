@@ -235,8 +235,10 @@ fn resubscribing_to_a_job_does_not_replay_its_results_again() {
         while recv_within(&xsub, 500).is_some() {
             got += 1;
         }
+        // (None at all when libzmq had read its unsubscription too before the
+        // one replay went out: it gets no second.)
         assert!(
-            (1..=2).contains(&got),
+            got <= 2,
             "1001 subscriptions of one connection got {got} copies of one result"
         );
         // The client's connection was not sent it again either.
