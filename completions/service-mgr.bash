@@ -175,7 +175,7 @@ _service__mgr() {
             return 0
             ;;
         service__mgr__subcmd__client)
-            opts="-w -r -t -D -e -T -N -G -c -s -k -v -h --wait --retries --timeout --debug --endpoint --topic --nodes --glob --cmd --service --batch --batch-wait --fail-fast --job --key --format --custom --version --help"
+            opts="-w -r -t -D -e -T -N -G -c -s -k -v -h --wait --retries --timeout --debug --endpoint --topic --nodes --glob --cmd --service --batch --batch-wait --fail-fast --job --key --manager-key --format --custom --version --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -270,6 +270,10 @@ _service__mgr() {
                     return 0
                     ;;
                 -k)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --manager-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -551,7 +555,7 @@ _service__mgr() {
             return 0
             ;;
         service__mgr__subcmd__mgmt)
-            opts="-e -t -r -k -f -v -h --endpoint --timeout --retries --key --keys-dir --file --limit --offset --format --version --help agents jobs job status shutdown keys manager.status manager.shutdown manager.agents manager.jobs manager.job agent.status agent.shutdown"
+            opts="-e -t -r -k -f -v -h --endpoint --timeout --retries --key --server-key --keys-dir --file --limit --offset --format --version --help agents jobs job status shutdown keys manager.status manager.shutdown manager.agents manager.jobs manager.job agent.status agent.shutdown"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -586,6 +590,10 @@ _service__mgr() {
                     return 0
                     ;;
                 -k)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --server-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
