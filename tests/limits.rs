@@ -321,10 +321,15 @@ fn job_list_and_job_reads_come_in_pages() {
         assert!(page.get("next").is_none());
         // The command line says how to get the next page.
         let out = run(&[
-            "mgmt", "-e", &mgmt_ep, "jobs", "--format", "table", "--limit", "10",
+            "mgmt", "-e", &mgmt_ep, "--server-key", "plaintext", "jobs", "--format", "table",
+            "--limit", "10",
         ]);
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("--offset 10"), "{text}");
+        assert!(
+            text.contains("--offset 10"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         // client --job gets every page.
         let (out, doc) = Client::new(&mgr).unsigned().arg("--job").arg(&wide).run();
         assert_eq!(
