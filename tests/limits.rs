@@ -321,8 +321,16 @@ fn job_list_and_job_reads_come_in_pages() {
         assert!(page.get("next").is_none());
         // The command line says how to get the next page.
         let out = run(&[
-            "mgmt", "-e", &mgmt_ep, "--server-key", "plaintext", "jobs", "--format", "table",
-            "--limit", "10",
+            "mgmt",
+            "-e",
+            &mgmt_ep,
+            "--server-key",
+            "plaintext",
+            "jobs",
+            "--format",
+            "table",
+            "--limit",
+            "10",
         ]);
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
