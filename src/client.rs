@@ -609,7 +609,7 @@ fn exchange(
 
     let sub = transport::socket(ctx, zmq::SUB)?;
     req.wire.apply(&sub)?;
-    sub.set_maxmsgsize(p::RESULT_LIMIT as i64)?;
+    sub.set_maxmsgsize(p::RESULT_FRAME_LIMIT)?;
     sub.set_subscribe(accepted.uuid.as_bytes())?;
     transport::connect(
         &sub,

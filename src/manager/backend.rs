@@ -21,7 +21,13 @@ impl Manager<'_> {
             return; // not a subscription: an XSUB's own message
         }
         let port = crate::transport::endpoint_port(&self.bound.backend_endpoint);
-        if !self.subscription_allowed(|m| &mut m.backend_subs, port, kind == 1, peer) {
+        if !self.subscription_allowed(
+            |m| &mut m.backend_subs,
+            port,
+            kind == 1,
+            frame.len() > p::BACKEND_TOPIC_MAX,
+            peer,
+        ) {
             return;
         }
         let shown = String::from_utf8_lossy(topic).into_owned();

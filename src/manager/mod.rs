@@ -268,7 +268,7 @@ fn bind_all(
     let sink = transport::socket(ctx, zmq::PULL)?;
     secure(&sink, domain::SINK)?;
     sink.set_backlog(4096)?;
-    sink.set_maxmsgsize(p::RESULT_LIMIT as i64)?;
+    sink.set_maxmsgsize(p::RESULT_FRAME_LIMIT)?;
     sink.set_rcvhwm(100_000)?;
     let mgmt = transport::socket(ctx, zmq::REP)?;
     secure(&mgmt, domain::MGMT)?;
@@ -833,16 +833,23 @@ impl Manager<'_> {
     }
 
     /// Count a subscription of `peer` on one XPUB (bound on `port`); false
-    /// when the connection went over `which`'s cap and was closed.
+    /// when the connection went over `which`'s cap, or sent a topic that is
+    /// `too_long`, and was closed.
     fn subscription_allowed(
         &mut self,
         which: fn(&mut Self) -> &mut Subscribers<zmq::Message>,
         port: Option<u16>,
         subscribe: bool,
+        too_long: bool,
         peer: Option<transport::Peer>,
     ) -> bool {
         let Some(peer) = peer else { return true };
-        let Some(address) = which(self).count(peer.conn, &peer.address, peer.pin, subscribe) else {
+        let address = if too_long {
+            Some(peer.address)
+        } else {
+            which(self).count(peer.conn, &peer.address, peer.pin, subscribe)
+        };
+        let Some(address) = address else {
             return true;
         };
         let closed = port.map_or(0, |port| transport::close_connections(port, &address));

@@ -30,7 +30,13 @@ impl Manager<'_> {
         }
         let conn = peer.as_ref().map(|p| p.conn);
         let port = Some(self.bound.result_publisher_port);
-        if !self.subscription_allowed(|m| &mut m.result_subs, port, kind == 1, peer) {
+        if !self.subscription_allowed(
+            |m| &mut m.result_subs,
+            port,
+            kind == 1,
+            frame.len() > p::RESULT_TOPIC_MAX,
+            peer,
+        ) {
             return;
         }
         let uuid = String::from_utf8_lossy(topic).into_owned();

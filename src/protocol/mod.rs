@@ -65,6 +65,13 @@ pub const DISPATCH_LIMIT: usize = REQUEST_LIMIT + 4096;
 /// The sink's `ZMQ_MAXMSGSIZE`: a bigger frame is refused by libzmq, which
 /// drops the connection, before anything is allocated for it.
 pub const RESULT_LIMIT: usize = 32 * 1024 * 1024;
+/// ZMQ_MAXMSGSIZE of the sockets that carry results (the sink, a client's
+/// SUB): a result of RESULT_LIMIT plus what CURVE adds to a frame.
+pub const RESULT_FRAME_LIMIT: i64 = RESULT_LIMIT as i64 + CURVE_SLACK;
+/// What CURVE adds to a frame on the wire, with room: libzmq checks
+/// ZMQ_MAXMSGSIZE against the encrypted frame and against the handshake's
+/// commands (INITIATE carries the peer's metadata, a few hundred bytes).
+pub const CURVE_SLACK: i64 = 4096;
 /// Largest agent announcement (hello, heartbeat, bye) the sink decodes: a
 /// node's names and topics, far below a result.
 pub const ANNOUNCE_LIMIT: usize = REQUEST_LIMIT;
@@ -84,10 +91,15 @@ pub const BACKEND_FRAME_LIMIT: i64 = 2 * DISPATCH_LIMIT as i64;
 /// bytes) or a signed presence token. libzmq keeps every subscription of a
 /// connection in a trie of one node per byte, so a 1 MiB topic cost it about
 /// 64 MiB; a longer one now drops the connection.
-pub const BACKEND_SUBSCRIPTION_LIMIT: i64 = 1024;
+pub const BACKEND_SUBSCRIPTION_LIMIT: i64 = BACKEND_TOPIC_MAX as i64 + CURVE_SLACK;
 /// Longest subscription message the result publisher takes: clients
 /// subscribe to job ids (32 hex digits); room for longer ids of other clients.
-pub const RESULT_SUBSCRIPTION_LIMIT: i64 = 1 + 128;
+pub const RESULT_SUBSCRIPTION_LIMIT: i64 = RESULT_TOPIC_MAX as i64 + CURVE_SLACK;
+/// Longest subscription (subscribe byte and topic) the manager keeps on the
+/// backend and on the result publisher: a connection that sends a longer one
+/// is closed (libzmq's limits above leave room for CURVE's handshake).
+pub const BACKEND_TOPIC_MAX: usize = 1024;
+pub const RESULT_TOPIC_MAX: usize = 1 + 128;
 /// Most subscriptions one connection may make to the backend (an agent
 /// subscribes to its topics, its private topic and its presence token,
 /// renewed now and then). A connection over it is closed (with the other
