@@ -248,7 +248,8 @@ fn push_byes(mgr: &Proc, bye: &[u8], node: &str, secs: u64) -> usize {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let mut down = 0;
     while Instant::now() < deadline {
-        push.send(bye, zmq::DONTWAIT).unwrap();
+        // Not yet connected (the handshake is under way): that push is skipped.
+        let _ = push.send(bye, zmq::DONTWAIT);
         std::thread::sleep(Duration::from_millis(100));
         if !agent_listed(mgr, node, "up").0 {
             down += 1;

@@ -711,9 +711,17 @@ fn start_detached(
 
 /// `agent -f /dev/null -n n1` on loopback with this key and authorized clients.
 fn agent_args(key_file: &std::path::Path, clients: &std::path::Path) -> Vec<String> {
-    let mut args: Vec<String> = ["agent", "-f", "/dev/null", "-n", "n1"]
-        .map(String::from)
-        .to_vec();
+    let mut args: Vec<String> = [
+        "agent",
+        "-f",
+        "/dev/null",
+        "-n",
+        "n1",
+        "-O",
+        "manager_key=\"plaintext\"",
+    ]
+    .map(String::from)
+    .to_vec();
     for set in [
         "manager_endpoint=tcp://127.0.0.1:9".to_owned(),
         "sink_endpoint=tcp://127.0.0.1:9".to_owned(),

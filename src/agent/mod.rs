@@ -220,15 +220,17 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     Ok(())
 }
 
-/// The manager's key, waiting for it if it is not there yet: a manager on
-/// this host writes it at its first start, which may be a moment after ours
-/// (both started at boot, or one line after the other in a shell).
+/// The manager's key, waiting up to 10 s for it if it is not there yet: a
+/// manager on this host writes it at its first start, which may be a moment
+/// after ours (both started at boot, or one line after the other in a shell).
+/// Not longer: `start -d` waits for us, and a missing key needs the operator.
 fn wait_for_manager_key(
     config: &AgentConfig,
     control: &Control,
     log: &Logger,
 ) -> Result<crate::config::pin::ManagerKey> {
     let mut said: Option<Instant> = None;
+    let give_up = Instant::now() + Duration::from_secs(10);
     loop {
         match crate::config::pin::manager_key(
             config.manager_key.as_deref(),
@@ -239,8 +241,11 @@ fn wait_for_manager_key(
             Err(e) if config.manager_key.is_some() => {
                 return Err(e.context("the agent cannot know its manager; set manager_key"))
             }
+            Err(e) if Instant::now() >= give_up => {
+                return Err(e.context("the agent cannot know its manager; set manager_key"))
+            }
             Err(e) => {
-                if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                if said.is_none() {
                     error!(log, "waiting for the manager's key"; "error" => format!("{e:#}"));
                     said = Some(Instant::now());
                 }
