@@ -385,12 +385,14 @@ pub fn request(
 ) -> Result<Vec<u8>> {
     let tries = retries.max(1);
     let mut seen = Handshake::default();
-    for _ in 0..tries {
+    for n in 0..tries {
         let s = socket(ctx, zmq::REQ)?;
         wire.apply(&s)?;
+        // Watched only once a try went unanswered: a monitor costs two more
+        // sockets, which a client sending thousands of requests runs out of.
         let monitor = match wire {
-            Wire::Curve { .. } => Some(monitor(ctx, &s)?),
-            Wire::Plain => None,
+            Wire::Curve { .. } if n > 0 => Some(monitor(ctx, &s)?),
+            _ => None,
         };
         connect(&s, endpoint, "the -e endpoint")?;
         s.send(payload, 0)?;
@@ -424,6 +426,10 @@ pub fn request(
             "reached {endpoint}, but the encrypted handshake never completed ({tried}): the daemon \
              there does not hold the key we pinned for it (another or a re-keyed manager; or a 0.1 \
              or allow_unsigned one, which needs the key setting `plaintext`)"
+        ),
+        _ if wire.is_curve() && tries == 1 => bail!(
+            "no answer from {endpoint} after {tried}; is the daemon running and is -e right? \
+             (or it does not hold the key we pinned: try again with -r 2 to tell)"
         ),
         _ => {
             bail!("no answer from {endpoint} after {tried}; is the daemon running and is -e right?")
