@@ -387,7 +387,7 @@ fn shutdown_needs_a_key_with_that_right() {
         );
         let out = output(
             Command::new(bin())
-                .args(["mgmt", "-e", &ep, "-t", "300", "-r", "1", "status"])
+                .args(["mgmt", "-e", &ep, "-t", "300", "-r", "2", "status"])
                 .env("SERVICE_MGR_KEY", "none"),
         );
         let err = String::from_utf8_lossy(&out.stderr);
