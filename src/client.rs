@@ -236,15 +236,51 @@ pub struct Request {
 /// Sign a request with the client's key: a fresh id and time, our key line.
 /// Returns the request's id, which every signed result must name.
 pub fn sign(request: &mut ServiceRequest, key: &KeyPair) -> String {
+    sign_until(request, key, None)
+}
+
+/// [`sign`], with the client's deadline for the manager's accept (unix ms):
+/// after it, neither the manager nor an agent runs the request.
+pub fn sign_until(request: &mut ServiceRequest, key: &KeyPair, accept_by: Option<u64>) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let body = RequestBody::for_request(
+    let mut body = RequestBody::for_request(
         request,
         id.clone(),
         crate::clock::now_ms(),
         key.public().to_string(),
     );
+    body.accept_by = accept_by;
     request.auth = Some(security::sign(key, Purpose::Request, &body));
     id
+}
+
+/// How long the client waits for the manager's accept in all: `-r` tries of `-t` ms.
+fn accept_wait(req: &Request) -> Duration {
+    req.timeout * req.retries.max(1)
+}
+
+/// What the client says when the manager never accepted a signed request,
+/// which carried `accept_by`: not run, or (when the request may have reached
+/// the manager, whose answer was then lost) may have been, with how to check.
+fn gave_up(err: anyhow::Error, req: &Request, request_id: &str) -> anyhow::Error {
+    let Some(no_answer) = err.downcast_ref::<transport::NoAnswer>() else {
+        return err;
+    };
+    let waited = accept_wait(req).as_millis();
+    if !no_answer.reached {
+        return anyhow::anyhow!(
+            "the manager did not accept the request within {waited} ms; it was not run (its \
+             deadline has passed, so no manager or agent will run it): {no_answer}"
+        );
+    }
+    anyhow::anyhow!(
+        "the manager did not accept the request within {waited} ms. It may have been \
+         dispatched: the request reached the manager, whose answer was lost (request id \
+         {request_id}; the job id is unknown to the client: on the manager's host look for \
+         request={request_id} in the manager's log (the line \"request dispatched\" gives its \
+         uuid for `service-mgr client --job UUID`), or see `service-mgr mgmt jobs`). From now on \
+         its deadline has passed, so no manager or agent will run it: {no_answer}"
+    )
 }
 
 /// Check a result against the key the manager reported for its node, and
@@ -470,7 +506,13 @@ pub fn collect(
     watch: Option<Watch<'_>>,
 ) -> Result<Collected> {
     let mut request = req.request.clone();
-    let id = req.key.as_ref().map(|key| sign(&mut request, key));
+    // The client stops waiting for the accept after its -r tries of -t ms; the
+    // deadline is signed, so that nobody runs the request after that.
+    let accept_by = crate::clock::now_ms() + accept_wait(req).as_millis() as u64;
+    let id = req
+        .key
+        .as_ref()
+        .map(|key| sign_until(&mut request, key, Some(accept_by)));
     exchange(ctx, req, &p::encode(&request), id.as_deref(), log, watch)
 }
 
@@ -561,7 +603,11 @@ fn exchange(
         payload,
         req.timeout,
         req.retries,
-    )?;
+    )
+    .map_err(|e| match request_id {
+        Some(id) => gave_up(e, req, id),
+        None => e,
+    })?;
     let accepted = match FrontendReply::decode(&reply)? {
         FrontendReply::Record(mut r) => {
             // A stored job's results come in pages of bounded size.

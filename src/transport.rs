@@ -412,8 +412,12 @@ pub fn request(
         }
     }
     let tried = format!("{tries} tries of {} ms", timeout.as_millis());
-    match seen {
-        Handshake { refused: true, .. } => bail!(
+    let reached = match wire {
+        Wire::Curve { .. } => seen.succeeded,
+        Wire::Plain => true,
+    };
+    let why = match seen {
+        Handshake { refused: true, .. } => format!(
             "{endpoint} refused our key in the encrypted handshake ({tried}): it is not accepted \
              there (on the manager's host: service-mgr mgmt keys list, then accept it), rejected, \
              or not allowed on that socket"
@@ -422,19 +426,32 @@ pub fn request(
             connected: true,
             succeeded: false,
             ..
-        } => bail!(
+        } => format!(
             "reached {endpoint}, but the encrypted handshake never completed ({tried}): the daemon \
-             there does not hold the key we pinned for it (another or a re-keyed manager; or a 0.1 \
-             or allow_unsigned one, which needs the key setting `plaintext`)"
+             there is stalled, or does not hold the key we pinned for it (another or a re-keyed \
+             manager; or a 0.1 or allow_unsigned one, which needs the key setting `plaintext`)"
         ),
         _ if wire.is_curve() && tries == 1 => bail!(
             "no answer from {endpoint} after {tried}; is the daemon running and is -e right? \
              (or it does not hold the key we pinned: try again with -r 2 to tell)"
         ),
         _ => {
-            bail!("no answer from {endpoint} after {tried}; is the daemon running and is -e right?")
+            format!(
+                "no answer from {endpoint} after {tried}; is the daemon running and is -e right?"
+            )
         }
-    }
+    };
+    Err(NoAnswer { reached, why }.into())
+}
+
+/// No answer to a [`request`] within its tries: why, and whether the request
+/// may have reached the daemon (over CURVE only once a handshake completed;
+/// over plaintext nobody can tell, so it may have).
+#[derive(Debug, thiserror::Error)]
+#[error("{why}")]
+pub struct NoAnswer {
+    pub reached: bool,
+    why: String,
 }
 
 /// What a socket monitor saw of the handshakes of one connection attempt.

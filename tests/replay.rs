@@ -29,6 +29,7 @@ fn body(key: &KeyPair, req: &ServiceRequest) -> RequestBody {
         ts: service_mgr::clock::now_ms(),
         client: key.public().to_string(),
         dry_run: false,
+        accept_by: None,
     }
 }
 

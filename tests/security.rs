@@ -27,6 +27,7 @@ fn signed_frame(
         ts: service_mgr::clock::now_ms(),
         client: key.public().to_string(),
         dry_run: false,
+        accept_by: None,
     };
     edit(&mut body);
     req.auth = Some(security::sign_body(

@@ -9,6 +9,7 @@ mod compat01;
 mod completion;
 mod contrib;
 mod daemon;
+mod deadline;
 mod docs;
 mod end_to_end;
 mod first_hour;

@@ -61,6 +61,8 @@ pub enum Refusal {
     NotAddressed(String),
     #[error("refused by policy: {0}")]
     Policy(String),
+    #[error("request refused, nothing was run: it came {0} ms after the client's deadline for an accept (accept_by), when the client had stopped waiting (this agent's clock against the client's: clock skew counts; check NTP)")]
+    TooLate(u64),
     #[error("agent busy: {0} commands running (max_concurrent); try again later")]
     Busy(usize),
     #[error("the agent is stopping (it finishes the commands it runs, then exits); try again when it is back")]
@@ -83,6 +85,7 @@ impl Refusal {
             Refusal::OtherClient | Refusal::Altered => "mismatch",
             Refusal::NotAddressed(_) => "not_addressed",
             Refusal::Policy(_) => "policy",
+            Refusal::TooLate(_) => "too_late",
             Refusal::Busy(_) => "busy",
             Refusal::Stopping => "stopping",
             Refusal::BadName(e) => e.reason(),
@@ -313,8 +316,14 @@ impl Guard {
                 Refusal::NotAddressed(me.node.clone()),
             ));
         }
-        if let Err(e) = self.replay.check(&body.id, body.ts, crate::clock::now_ms()) {
+        let now = crate::clock::now_ms();
+        if let Err(e) = self.replay.check(&body.id, body.ts, now) {
             return Err(refused(Some(pk), id, Refusal::Auth(e)));
+        }
+        // A manager that held the request past the client's deadline (stalled,
+        // or not to be trusted with it) does not get it run here either.
+        if let Some(ms) = body.late_by(now) {
+            return Err(refused(Some(pk), id, Refusal::TooLate(ms)));
         }
         match self.policy.decide(&pk, &body.cmd, &body.service) {
             Decision::Allow { .. } => Ok(Admitted {
@@ -732,6 +741,20 @@ deny = [{{ services = ["sshd"] }}]
                 false,
                 dispatch(alice, "status", "nginx", |b| b.ts -= 10 * 60 * 1000),
                 Err("expired"),
+            ),
+            (
+                "after the client's deadline for an accept",
+                false,
+                dispatch(alice, "status", "nginx", |b| b.accept_by = Some(b.ts - 1)),
+                Err("after the client's deadline"),
+            ),
+            (
+                "before the client's deadline for an accept",
+                false,
+                dispatch(alice, "status", "nginx", |b| {
+                    b.accept_by = Some(b.ts + 60_000)
+                }),
+                Ok(true),
             ),
         ];
         for (name, allow_unsigned, d, want) in cases {

@@ -215,7 +215,9 @@ impl Manager<'_> {
                 at_ms: now_ms(),
             });
         }
+        // The request id too: a client that gave up before the accept knows only that.
         info!(self.log, "request dispatched"; "uuid" => &uuid, "topic" => &job.request.topic,
+            "request" => request_id.as_deref().unwrap_or("unsigned"),
             "client" => client.as_ref().map(|k| k.to_string()).unwrap_or_else(|| "unsigned".into()),
             "cmd" => &job.request.cmd, "service" => &job.request.service,
             "expected" => route.expected.len(), "unregistered" => route.unregistered);

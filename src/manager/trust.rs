@@ -411,6 +411,18 @@ impl Gate {
             }
             Err(e) => return Err(Refused::Other(format!("request refused: {e}"))),
         }
+        // After the replay check: a retry of a request accepted in time still
+        // gets its first answer. Past the deadline the client has given up and
+        // told its user the request was not run; running it now would surprise
+        // them (and a retry of theirs would run it twice).
+        if let Some(ms) = body.late_by(crate::clock::now_ms()) {
+            return Err(Refused::Other(format!(
+                "request refused, nothing was run: it came {ms} ms after the client's deadline \
+                 for an accept (accept_by), when the client had stopped waiting (this manager's \
+                 clock against the client's: a clock behind by more than the client's -t × -r \
+                 makes every request late; check NTP)"
+            )));
+        }
         Ok(Some((pk, body.id)))
     }
 

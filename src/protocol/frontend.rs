@@ -47,6 +47,9 @@ pub struct ServiceRequest {
 ///  "id": "0b7c...", "ts": 1764294000000, "client": "smgr1 client alice AAAA..."}
 /// ```
 /// The field order is the signed bytes deployed 0.2 peers produce; keep it.
+/// `accept_by` (absent from older clients) is the client's deadline for the
+/// manager's accept, unix ms by the client's clock: after it the client has
+/// given up, and neither manager nor agent runs the request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestBody {
     pub cmd: String,
@@ -62,6 +65,9 @@ pub struct RequestBody {
     /// Signed too, so that nobody on the way can turn a plan into a run.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// When the client stops waiting for the manager's accept (unix ms, its clock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_by: Option<u64>,
 }
 
 impl RequestBody {
@@ -77,7 +83,17 @@ impl RequestBody {
             ts,
             client,
             dry_run: r.dry_run,
+            accept_by: None,
         }
+    }
+
+    /// How long ago (ms) the client's deadline for an accept passed at
+    /// `now_ms`; `None` while it still waits, or when it set none. Both
+    /// clocks count: a client's clock behind the reader's looks late.
+    pub fn late_by(&self, now_ms: u64) -> Option<u64> {
+        self.accept_by
+            .filter(|by| now_ms > *by)
+            .map(|by| now_ms - by)
     }
 
     /// Whether the routing copy of a request says the same as the signed body.
