@@ -1286,6 +1286,43 @@ mod tests {
         assert_eq!(exit_code(&[]), Exit::NoResponse, "nobody answered");
     }
 
+    /// Issue 13.3: a client that gave up says the request was not run, or
+    /// (when it reached the manager) that it may have been, with its id.
+    #[test]
+    fn giving_up_says_whether_the_request_may_have_run() {
+        let req = Request {
+            endpoint: "tcp://localhost:5500".into(),
+            request: ServiceRequest::new("restart", "ghost", "any"),
+            wait: None,
+            retries: 3,
+            timeout: Duration::from_millis(1000),
+            expect: None,
+            key: None,
+            wire: transport::Wire::Plain,
+        };
+        let no_answer = |reached| {
+            anyhow::Error::from(transport::NoAnswer {
+                reached,
+                why: "no answer from tcp://localhost:5500".into(),
+            })
+        };
+        let not_sent = gave_up(no_answer(false), &req, "r1").to_string();
+        assert!(
+            not_sent.starts_with(
+                "the manager did not accept the request within 3000 ms; it was not run (its \
+                 deadline has passed, so no manager or agent will run it)"
+            ),
+            "{not_sent}"
+        );
+        let maybe = gave_up(no_answer(true), &req, "r1").to_string();
+        assert!(maybe.contains("It may have been dispatched"), "{maybe}");
+        assert!(maybe.contains("request id r1"), "{maybe}");
+        assert!(!maybe.contains("it was not run"), "{maybe}");
+        // Other failures pass unchanged.
+        let other = gave_up(anyhow::anyhow!("bad endpoint"), &req, "r1").to_string();
+        assert_eq!(other, "bad endpoint");
+    }
+
     #[test]
     fn batch_sizes() {
         assert_eq!(batch_size("2", 10).unwrap(), 2);

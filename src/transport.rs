@@ -451,7 +451,7 @@ pub fn request(
 #[error("{why}")]
 pub struct NoAnswer {
     pub reached: bool,
-    why: String,
+    pub(crate) why: String,
 }
 
 /// What a socket monitor saw of the handshakes of one connection attempt.

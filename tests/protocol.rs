@@ -124,9 +124,15 @@ fn result_of(b: &[u8]) -> ResultMsg {
 }
 
 fn signed_request() -> ServiceRequest {
+    signed_request_until(None)
+}
+
+/// A signed request, with the client's deadline for an accept when given.
+fn signed_request_until(accept_by: Option<u64>) -> ServiceRequest {
     let key = alice();
     let mut req = ServiceRequest::new("status", "nginx", "web");
-    let body = RequestBody::for_request(&req, REQUEST_ID.into(), TS, key.public().to_string());
+    let mut body = RequestBody::for_request(&req, REQUEST_ID.into(), TS, key.public().to_string());
+    body.accept_by = accept_by;
     req.auth = Some(sign_body(
         &key,
         Purpose::Request,
@@ -154,6 +160,20 @@ fn frontend_messages() {
     assert!(body.matches(&signed));
     // Typed signing (what our peers do) and signing the JSON value agree byte for byte.
     assert_eq!(Some(sign(&alice(), Purpose::Request, &body)), signed.auth);
+    // Issue 13.3: the client's deadline for an accept is signed; a body without it
+    // (older clients) has none, and the field keeps the order of the bytes signed.
+    assert_eq!(body.accept_by, None);
+    let until = signed_request_until(Some(TS + 3000));
+    ours("frontend/request-deadline.json", &until, request_of);
+    let body = RequestBody::from_signed(&until.auth.as_ref().unwrap().body).unwrap();
+    assert_eq!(body.accept_by, Some(TS + 3000));
+    assert!(body.matches(&until));
+    assert!(until
+        .auth
+        .as_ref()
+        .unwrap()
+        .body
+        .ends_with(&format!(r#""accept_by":{}}}"#, TS + 3000)));
 
     let accepted = |b: &[u8]| match FrontendReply::decode(b).unwrap() {
         FrontendReply::Accepted(a) => a,

@@ -875,6 +875,18 @@ mod tests {
                 false,
                 Err("expired"),
             ),
+            (
+                "after the client's deadline for an accept",
+                signed(&f.alice, request(), |b| b.accept_by = Some(b.ts - 1)),
+                false,
+                Err("after the client's deadline"),
+            ),
+            (
+                "before the client's deadline for an accept",
+                signed(&f.alice, request(), |b| b.accept_by = Some(b.ts + 60_000)),
+                false,
+                Ok(true),
+            ),
         ];
         for (name, req, allow_unsigned, want) in cases {
             let mut f2 = fixture(allow_unsigned);
