@@ -134,3 +134,54 @@ fn an_agent_refuses_a_dispatch_that_comes_after_the_clients_deadline() {
         });
     });
 }
+
+/// Issue 13.3: when the request reached a manager whose answer never came, the client
+/// cannot say it was not run: it says it may have been dispatched, and names the
+/// request (it never learned the job id). The request carries its deadline, signed.
+#[test]
+fn a_client_whose_request_reached_the_manager_says_it_may_have_run() {
+    with_timeout(60, || {
+        let real = manager(&[]);
+        let pki = real.pki.as_ref().unwrap();
+        // A manager that holds the real key, takes the request and never answers.
+        let key = KeyPair::load(Path::new(&pki.path("state/manager.key"))).unwrap();
+        let ctx = zmq::Context::new();
+        let router = ctx.socket(zmq::ROUTER).unwrap();
+        router.set_linger(0).unwrap();
+        router.set_curve_server(true).unwrap();
+        router.set_curve_secretkey(&key.curve_secret()).unwrap();
+        router.bind("tcp://127.0.0.1:*").unwrap();
+        let silent = router.get_last_endpoint().unwrap().unwrap();
+        let out = Client::at(&silent)
+            .key(&pki.client_key())
+            .env("SERVICE_MGR_MANAGER_KEY", real.ep("manager_key").as_str())
+            .topic("n1")
+            .cmd("restart")
+            .service("ghost")
+            .arg("-t")
+            .arg("300")
+            .arg("-r")
+            .arg("2")
+            .output();
+        let frames = recv_within(&router, 1000).expect("the request reached the manager");
+        let req = ServiceRequest::decode(frames.last().unwrap()).unwrap();
+        let body = RequestBody::from_signed(&req.auth.unwrap().body).unwrap();
+        assert_eq!(
+            body.accept_by,
+            Some(body.ts + 600),
+            "-r 2 tries of -t 300 ms"
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr
+                .contains("did not accept the request within 600 ms. It may have been dispatched"),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("request id {}", body.id)),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("it was not run"), "{stderr}");
+    });
+}
