@@ -273,13 +273,19 @@ fn gave_up(err: anyhow::Error, req: &Request, request_id: &str) -> anyhow::Error
              deadline has passed, so no manager or agent will run it): {no_answer}"
         );
     }
+    // Over plaintext the manager may be a 0.1 one, which knows no deadline.
+    let from_now = if req.wire.is_curve() {
+        "so no manager or agent will run it"
+    } else {
+        "so no service-mgr 0.2 manager or agent will run it (0.1 ones ignore the deadline)"
+    };
     anyhow::anyhow!(
         "the manager did not accept the request within {waited} ms. It may have been \
-         dispatched: the request reached the manager, whose answer was lost (request id \
-         {request_id}; the job id is unknown to the client: on the manager's host look for \
-         request={request_id} in the manager's log (the line \"request dispatched\" gives its \
-         uuid for `service-mgr client --job UUID`), or see `service-mgr mgmt jobs`). From now on \
-         its deadline has passed, so no manager or agent will run it: {no_answer}"
+         dispatched: the request may have reached the manager, whose answer was then lost \
+         (request id {request_id}; the job id is unknown to the client: on the manager's host \
+         look for request={request_id} in the manager's log (the line \"request dispatched\" \
+         gives its uuid for `service-mgr client --job UUID`), or see `service-mgr mgmt jobs`). \
+         From now on its deadline has passed, {from_now}: {no_answer}"
     )
 }
 
