@@ -412,6 +412,10 @@ pub fn request(
         }
     }
     let tried = format!("{tries} tries of {} ms", timeout.as_millis());
+    // The first try is not watched. Had it reached a manager that accepted it
+    // in time but answered too late for it, the manager was up then, and the
+    // next try (watched) would have completed its handshake; with one try the
+    // client's deadline (`accept_by`) ends with that try.
     let reached = match wire {
         Wire::Curve { .. } => seen.succeeded,
         Wire::Plain => true,
@@ -431,7 +435,7 @@ pub fn request(
              there is stalled, or does not hold the key we pinned for it (another or a re-keyed \
              manager; or a 0.1 or allow_unsigned one, which needs the key setting `plaintext`)"
         ),
-        _ if wire.is_curve() && tries == 1 => bail!(
+        _ if wire.is_curve() && tries == 1 => format!(
             "no answer from {endpoint} after {tried}; is the daemon running and is -e right? \
              (or it does not hold the key we pinned: try again with -r 2 to tell)"
         ),
@@ -445,8 +449,8 @@ pub fn request(
 }
 
 /// No answer to a [`request`] within its tries: why, and whether the request
-/// may have reached the daemon (over CURVE only once a handshake completed;
-/// over plaintext nobody can tell, so it may have).
+/// may have reached the daemon (over CURVE only once a watched handshake
+/// completed; over plaintext nobody can tell, so it may have).
 #[derive(Debug, thiserror::Error)]
 #[error("{why}")]
 pub struct NoAnswer {
