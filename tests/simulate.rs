@@ -56,9 +56,19 @@ pub(crate) fn fleet(n: usize) -> (Proc, Proc) {
     );
     assert_eq!(sim.ready["nodes"], n);
     assert_eq!(sim.ready["last"], simulate::node_name("sim-", n));
-    for i in 1..=n {
-        wait_registered(&mgr, &simulate::node_name("sim-", i));
-    }
+    // Every node up, seen in one listing per try (not one listing per node).
+    let all: BTreeSet<String> = (1..=n).map(|i| simulate::node_name("sim-", i)).collect();
+    wait_for(60, "every simulated agent up", || {
+        let agents = mgmt(&mgr.ep("mgmt_endpoint"), "manager.agents");
+        let up: BTreeSet<String> = agents["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|a| a["state"] == "up")
+            .filter_map(|a| a["node"].as_str().map(str::to_owned))
+            .collect();
+        all.is_subset(&up).then_some(())
+    });
     (mgr, sim)
 }
 
@@ -209,4 +219,70 @@ fn fleet_keys_are_kept_between_runs() {
     );
     let again = simulate::ensure_keys(dir.path(), "web-", 3).unwrap();
     assert_eq!(std::fs::read_to_string(again).unwrap(), text);
+}
+
+/// Issue 13.6: with a few hundred agents the manager took tens of seconds to
+/// exit on SIGTERM (libzmq's teardown of every connection), past systemd's
+/// stop timeout; it must exit at once, its job store written.
+#[test]
+fn manager_with_a_fleet_exits_promptly_on_sigterm() {
+    with_timeout(150, || {
+        // The smallest fleet whose stop took well over 5 s before (8-15 s here).
+        let n = 500;
+        let (mut mgr, mut sim) = fleet(n);
+        let (out, v) = Client::new(&mgr)
+            .topic("any")
+            .cmd("status")
+            .service("sshd")
+            .run();
+        assert!(out.status.success(), "{v}");
+        assert_eq!(v["results"].as_array().unwrap().len(), n, "{v}");
+        let job = v["job"].as_str().unwrap().to_owned();
+
+        let endpoints = MANAGER_ENDPOINTS.map(|k| format!("{k}={}", mgr.ep(k)));
+        let asked = std::time::Instant::now();
+        // SAFETY: kill(2) on our own unreaped child's pid.
+        unsafe { libc::kill(mgr.pid(), libc::SIGTERM) };
+        let st = mgr.wait_exit(120);
+        let took = asked.elapsed();
+        eprintln!(
+            "manager of {n} agents exited {} ms after SIGTERM",
+            took.as_millis()
+        );
+        assert_eq!(st.and_then(|s| s.code()), Some(0), "{}", mgr.log_text());
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "the manager of {n} agents took {} ms to exit after SIGTERM",
+            took.as_millis()
+        );
+
+        // Started again on the same state, it has the job's results.
+        let state = format!("state_dir={:?}", mgr.pki.as_ref().unwrap().path("state"));
+        let mut args = vec!["daemon", "-f", "/dev/null", "-O", state.as_str()];
+        for e in &endpoints {
+            args.extend(["-O", e.as_str()]);
+        }
+        let again = spawn_ready(&args);
+        register_manager(&again, mgr.pki.as_ref().unwrap());
+        let r = mgmt_req(
+            &again.ep("mgmt_endpoint"),
+            serde_json::json!({"cmd": "manager.job", "uuid": job}),
+        );
+        assert_eq!(nodes_with(&r["result"], "status", "ok").len(), n, "{r}");
+
+        // The fleet's process stops promptly too.
+        let asked = std::time::Instant::now();
+        let st = sim.signal_and_wait(libc::SIGTERM, 60);
+        let took = asked.elapsed();
+        eprintln!(
+            "{n} simulated agents exited {} ms after SIGTERM",
+            took.as_millis()
+        );
+        assert_eq!(st.code(), Some(0), "{}", sim.log_text());
+        assert!(
+            took < std::time::Duration::from_secs(5),
+            "{n} simulated agents took {} ms to exit after SIGTERM",
+            took.as_millis()
+        );
+    });
 }
