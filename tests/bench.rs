@@ -43,6 +43,7 @@ fn quick_bench_reports_every_figure_complete() {
             "rss_manager_idle",
             "rss_agent_idle",
             "rss_manager_10_agents",
+            "stop_manager_10_agents",
             "jobstore_lazy",
             "jobstore_durable",
         ] {

@@ -361,7 +361,10 @@ fn run_all(plan: &Plan, dir: &Path, exe: &Path) -> Vec<Figure> {
         );
         let (latency, held) = bench.broadcast(n, n == *plan.sizes.iter().max().unwrap_or(&n));
         figures.push(latency);
-        memory.extend(held);
+        if let Some((mem, stop)) = held {
+            memory.push(mem);
+            figures.push(stop);
+        }
     }
     for clients in [1, MANY_CLIENTS] {
         eprintln!(
@@ -835,8 +838,8 @@ impl<'a> Bench<'a> {
     }
 
     /// Request to last result, broadcast to `n` agents; with `hold`, also the
-    /// manager's memory once they all registered.
-    fn broadcast(&self, n: usize, hold: bool) -> (Figure, Option<Figure>) {
+    /// manager's memory once they all registered, and its stop time after the runs.
+    fn broadcast(&self, n: usize, hold: bool) -> (Figure, Option<(Figure, Figure)>) {
         let plural = if n == 1 { "" } else { "s" };
         let mut f = Figure::new(
             format!("broadcast_{n}"),
@@ -854,19 +857,27 @@ impl<'a> Bench<'a> {
                 "MiB",
             );
             m.detail.insert("agents".into(), json!(n));
-            m
+            let mut stop = Figure::new(
+                format!("stop_manager_{n}_agents"),
+                format!("manager holding {n} agent{plural}: SIGTERM to exit"),
+                "ms",
+            )
+            .target(Target::Below(5000.0));
+            stop.detail.insert("agents".into(), json!(n));
+            (m, stop)
         });
         let mut d = match self.deploy(&format!("broadcast-{n}"), n) {
             Ok(d) => d,
             Err(e) => {
                 f.failed(&e);
-                if let Some(m) = mem.as_mut() {
+                if let Some((m, stop)) = mem.as_mut() {
                     m.failed(&e);
+                    stop.failed(&e);
                 }
                 return (f, mem);
             }
         };
-        if let Some(m) = mem.as_mut() {
+        if let Some((m, _)) = mem.as_mut() {
             std::thread::sleep(Duration::from_secs(1));
             if let Err(e) = sample_memory(m, d.manager.pid(), self.plan.reps.min(10)) {
                 m.failed(&e);
@@ -899,6 +910,12 @@ impl<'a> Bench<'a> {
         f.detail
             .insert("results_expected".into(), json!(n * self.plan.reps));
         f.detail.insert("results_received".into(), json!(received));
+        if let Some((_, stop)) = mem.as_mut() {
+            match stop_manager(&mut d.manager) {
+                Ok(t) => stop.samples.push(ms(t)),
+                Err(e) => stop.failed(&e),
+            }
+        }
         (f, mem)
     }
 
@@ -1243,6 +1260,31 @@ fn wait_until_up(
             .map(|a| log_tail(&a.log))
             .unwrap_or_default()
     )
+}
+
+/// SIGTERM to the manager, until it exited (0): one sample per bench run.
+fn stop_manager(manager: &mut Proc) -> Result<Duration> {
+    let asked = Instant::now();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &manager.pid().to_string()])
+        .status()
+        .context("cannot run kill(1) to stop the manager")?;
+    anyhow::ensure!(sent.success(), "kill -TERM {} failed", manager.pid());
+    loop {
+        match manager.child.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok(asked.elapsed()),
+            Ok(Some(status)) => bail!(
+                "the {} exited ({status}) on SIGTERM; its log ends:\n{}",
+                manager.name,
+                log_tail(&manager.log)
+            ),
+            Ok(None) if asked.elapsed() < Duration::from_secs(300) => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            Ok(None) => bail!("the {} did not exit within 300 s of SIGTERM", manager.name),
+            Err(e) => return Err(e).context("cannot wait for the manager"),
+        }
+    }
 }
 
 /// Memory of `pid`, sampled `count` times 100 ms apart: VmRSS, and Pss when readable.
