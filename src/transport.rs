@@ -391,7 +391,7 @@ pub fn request(
         // Watched only once a try went unanswered: a monitor costs two more
         // sockets, which a client sending thousands of requests runs out of.
         let monitor = match wire {
-            Wire::Curve { .. } if n > 0 => Some(monitor(ctx, &s)?),
+            Wire::Curve { .. } if n > 0 => Some(monitor(ctx, &s, zmq::SocketEvent::ALL as i32)?),
             _ => None,
         };
         connect(&s, endpoint, "the -e endpoint")?;
@@ -491,16 +491,12 @@ pub struct HandshakeWatch {
 
 impl HandshakeWatch {
     pub fn new(ctx: &zmq::Context, s: &zmq::Socket) -> Result<HandshakeWatch> {
-        let endpoint = format!("inproc://monitor-{}", uuid::Uuid::new_v4().simple());
-        s.monitor(
-            &endpoint,
-            (zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32)
-                | (zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as i32)
-                | (zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32),
-        )?;
-        let monitor = socket(ctx, zmq::PAIR)?;
-        monitor.connect(&endpoint)?;
-        Ok(HandshakeWatch { monitor })
+        let failures = (zmq::SocketEvent::HANDSHAKE_FAILED_AUTH as i32)
+            | (zmq::SocketEvent::HANDSHAKE_FAILED_PROTOCOL as i32)
+            | (zmq::SocketEvent::HANDSHAKE_FAILED_NO_DETAIL as i32);
+        Ok(HandshakeWatch {
+            monitor: monitor(ctx, s, failures)?,
+        })
     }
 
     /// A failure seen since the last call: `Some(true)` when the server
@@ -518,10 +514,10 @@ impl HandshakeWatch {
     }
 }
 
-/// A PAIR socket receiving `s`'s connection events.
-fn monitor(ctx: &zmq::Context, s: &zmq::Socket) -> Result<zmq::Socket> {
+/// A PAIR socket receiving `s`'s connection `events`.
+fn monitor(ctx: &zmq::Context, s: &zmq::Socket, events: i32) -> Result<zmq::Socket> {
     let endpoint = format!("inproc://monitor-{}", uuid::Uuid::new_v4().simple());
-    s.monitor(&endpoint, zmq::SocketEvent::ALL as i32)?;
+    s.monitor(&endpoint, events)?;
     let m = socket(ctx, zmq::PAIR)?;
     m.connect(&endpoint)?;
     Ok(m)

@@ -7,17 +7,6 @@ use crate::util::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-/// A field of /proc/PID/status in MiB (`VmRSS`, `VmHWM`: the peak).
-fn mem_mib(pid: i32, field: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    kb / 1024
-}
-
 /// A raw ZMTP 3.0 peer of type XSUB over plain TCP: sends subscriptions of
 /// any length (libzmq's own XSUB keeps them in a recursive trie that
 /// overflows a test's stack for long topics).

@@ -19,18 +19,12 @@ fn load(path: &str) -> KeyPair {
 
 /// The body a client signs for `cmd service` on `topic`, dated now.
 fn body(key: &KeyPair, req: &ServiceRequest) -> RequestBody {
-    RequestBody {
-        cmd: req.cmd.clone(),
-        service: req.service.clone(),
-        topic: req.topic.clone(),
-        nodes: None,
-        glob: None,
-        id: uuid::Uuid::new_v4().simple().to_string(),
-        ts: service_mgr::clock::now_ms(),
-        client: key.public().to_string(),
-        dry_run: false,
-        accept_by: None,
-    }
+    RequestBody::for_request(
+        req,
+        uuid::Uuid::new_v4().simple().to_string(),
+        service_mgr::clock::now_ms(),
+        key.public().to_string(),
+    )
 }
 
 /// A client's signed request frame, as the frontend receives it.

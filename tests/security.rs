@@ -17,18 +17,12 @@ fn signed_frame(
     edit: impl FnOnce(&mut RequestBody),
 ) -> Vec<u8> {
     let mut req = ServiceRequest::new("status", service, node);
-    let mut body = RequestBody {
-        cmd: req.cmd.clone(),
-        service: req.service.clone(),
-        topic: req.topic.clone(),
-        nodes: None,
-        glob: None,
-        id: uuid::Uuid::new_v4().simple().to_string(),
-        ts: service_mgr::clock::now_ms(),
-        client: key.public().to_string(),
-        dry_run: false,
-        accept_by: None,
-    };
+    let mut body = RequestBody::for_request(
+        &req,
+        uuid::Uuid::new_v4().simple().to_string(),
+        service_mgr::clock::now_ms(),
+        key.public().to_string(),
+    );
     edit(&mut body);
     req.auth = Some(security::sign_body(
         key,

@@ -8,17 +8,6 @@ use serde_json::json;
 use service_mgr::security::{KeyPair, Role};
 use std::time::{Duration, Instant};
 
-/// The manager's resident memory in MiB.
-fn rss_mib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap();
-    kb / 1024
-}
-
 /// A socket of `kind` with no key at all (ZMTP NULL), as 0.1 peers and
 /// strangers connect.
 fn plain(ctx: &zmq::Context, kind: zmq::SocketType, endpoint: &str) -> zmq::Socket {
@@ -53,7 +42,7 @@ fn a_stranger_without_a_key_is_never_read() {
         let fake = fake_service(dir.path());
         let mut mgr = manager(&[]);
         let _a = agent(&mgr, "n1", &fake, &[]);
-        let before = rss_mib(mgr.pid());
+        let before = mem_mib(mgr.pid(), "VmRSS");
         let ctx = zmq::Context::new();
 
         let push = plain(&ctx, zmq::PUSH, &mgr.ep("sink_endpoint"));
@@ -99,7 +88,7 @@ fn a_stranger_without_a_key_is_never_read() {
         std::thread::sleep(Duration::from_secs(2));
 
         answers_fast(&mgr);
-        let grown = rss_mib(mgr.pid()).saturating_sub(before);
+        let grown = mem_mib(mgr.pid(), "VmRSS").saturating_sub(before);
         assert!(grown < 60, "the manager grew by {grown} MiB");
         assert!(
             agent_listed(&mgr, "n1", "up").0,

@@ -90,10 +90,8 @@ fn local_candidates() -> Vec<PathBuf> {
 }
 
 fn is_local(endpoint: &str) -> bool {
-    matches!(
-        transport::endpoint_host(endpoint),
-        Some("localhost" | "127.0.0.1" | "[::1]" | "::1")
-    ) || transport::endpoint_host(endpoint).is_some_and(|h| h.starts_with("127."))
+    transport::endpoint_host(endpoint)
+        .is_some_and(|h| matches!(h, "localhost" | "[::1]" | "::1") || h.starts_with("127."))
 }
 
 /// Resolve `manager_key` for a connection to `endpoint`: `plaintext`, a key

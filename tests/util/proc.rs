@@ -295,6 +295,17 @@ pub fn soft_nofile(cmd: &mut Command, soft: u64) {
     };
 }
 
+/// A field of /proc/PID/status in MiB (`VmRSS`, `VmHWM`: the peak).
+pub fn mem_mib(pid: i32, field: &str) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    kb / 1024
+}
+
 /// Poll `f` every 5 ms until it gives `Some`, or panic after `secs` naming `what`.
 pub fn wait_for<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + Duration::from_secs(secs);
