@@ -239,17 +239,14 @@ pub fn sign(request: &mut ServiceRequest, key: &KeyPair) -> String {
     sign_until(request, key, None)
 }
 
-/// [`sign`], with the client's deadline for the manager's accept (unix ms):
-/// after it, neither the manager nor an agent runs the request.
-pub fn sign_until(request: &mut ServiceRequest, key: &KeyPair, accept_by: Option<u64>) -> String {
+/// [`sign`], with the client's deadline for the manager's accept, `wait`
+/// after the signed timestamp: after it, neither the manager nor an agent runs
+/// the request.
+pub fn sign_until(request: &mut ServiceRequest, key: &KeyPair, wait: Option<Duration>) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let mut body = RequestBody::for_request(
-        request,
-        id.clone(),
-        crate::clock::now_ms(),
-        key.public().to_string(),
-    );
-    body.accept_by = accept_by;
+    let ts = crate::clock::now_ms();
+    let mut body = RequestBody::for_request(request, id.clone(), ts, key.public().to_string());
+    body.accept_by = wait.map(|w| ts + w.as_millis() as u64);
     request.auth = Some(security::sign(key, Purpose::Request, &body));
     id
 }
@@ -514,11 +511,10 @@ pub fn collect(
     let mut request = req.request.clone();
     // The client stops waiting for the accept after its -r tries of -t ms; the
     // deadline is signed, so that nobody runs the request after that.
-    let accept_by = crate::clock::now_ms() + accept_wait(req).as_millis() as u64;
     let id = req
         .key
         .as_ref()
-        .map(|key| sign_until(&mut request, key, Some(accept_by)));
+        .map(|key| sign_until(&mut request, key, Some(accept_wait(req))));
     exchange(ctx, req, &p::encode(&request), id.as_deref(), log, watch)
 }
 
