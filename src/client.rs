@@ -509,6 +509,9 @@ pub fn collect(
     watch: Option<Watch<'_>>,
 ) -> Result<Collected> {
     let mut request = req.request.clone();
+    // Results on the request's own connection: only a manager of ours speaks
+    // CURVE (a 0.1 one is asked as 0.1 asks).
+    request.attach = req.wire.is_curve();
     // The client stops waiting for the accept after its -r tries of -t ms; the
     // deadline is signed, so that nobody runs the request after that.
     let id = req
@@ -526,7 +529,10 @@ pub fn follow(
     log: &Logger,
     watch: Option<Watch<'_>>,
 ) -> Result<Collected> {
-    let payload = p::encode(&FollowRequest::new(job));
+    let payload = p::encode(&FollowRequest {
+        attach: req.wire.is_curve(),
+        ..FollowRequest::new(job)
+    });
     exchange(ctx, req, &payload, None, log, watch)
 }
 
@@ -598,15 +604,29 @@ fn exchange(
     let started = Instant::now();
     let host = transport::endpoint_host(&req.endpoint)
         .with_context(|| format!("endpoint {} is not tcp://HOST:PORT", req.endpoint))?;
-    let reply = transport::request(
-        ctx,
-        &req.endpoint,
-        &req.wire,
-        payload,
-        req.timeout,
-        req.retries,
-    )
-    .map_err(|e| match request_id {
+    let sent = if req.wire.is_curve() {
+        transport::request_kept(
+            ctx,
+            &req.endpoint,
+            &req.wire,
+            payload,
+            req.timeout,
+            req.retries,
+            |s| Ok(s.set_maxmsgsize(p::RESULT_FRAME_LIMIT)?),
+        )
+        .map(|(reply, s)| (reply, Some(s)))
+    } else {
+        transport::request(
+            ctx,
+            &req.endpoint,
+            &req.wire,
+            payload,
+            req.timeout,
+            req.retries,
+        )
+        .map(|reply| (reply, None))
+    };
+    let (reply, conn) = sent.map_err(|e| match request_id {
         Some(id) => gave_up(e, req, id),
         None => e,
     })?;
@@ -655,15 +675,24 @@ fn exchange(
     debug!(log, "request accepted"; "uuid" => &accepted.uuid, "port" => accepted.port,
         "expected" => ?accepted.expected, "unregistered" => ?accepted.unregistered);
 
-    let sub = transport::socket(ctx, zmq::SUB)?;
-    req.wire.apply(&sub)?;
-    sub.set_maxmsgsize(p::RESULT_FRAME_LIMIT)?;
-    sub.set_subscribe(accepted.uuid.as_bytes())?;
-    transport::connect(
-        &sub,
-        &format!("tcp://{host}:{}", accepted.port),
-        "the -e endpoint",
-    )?;
+    // The results come on the request's connection, or (a 0.1 manager, or
+    // plaintext) from the result publisher, as `[uuid, result]` both ways.
+    let attached = accepted.attached && conn.is_some();
+    let sub = match conn.filter(|_| attached) {
+        Some(conn) => conn,
+        None => {
+            let sub = transport::socket(ctx, zmq::SUB)?;
+            req.wire.apply(&sub)?;
+            sub.set_maxmsgsize(p::RESULT_FRAME_LIMIT)?;
+            sub.set_subscribe(accepted.uuid.as_bytes())?;
+            transport::connect(
+                &sub,
+                &format!("tcp://{host}:{}", accepted.port),
+                "the -e endpoint",
+            )?;
+            sub
+        }
+    };
 
     let expected = accepted.expected.clone().or_else(|| req.expect.clone());
     let waited = req.wait.unwrap_or(if expected.is_some() {
@@ -703,7 +732,8 @@ fn exchange(
             }
             heard = Instant::now();
             incoming = refollow(ctx, req, &accepted.uuid, left, request_id, log, |port| {
-                if ports.contains(&port) {
+                // An attached connection reconnects by itself.
+                if attached || ports.contains(&port) {
                     return Ok(());
                 }
                 debug!(log, "the manager publishes results on a new port"; "port" => port);
@@ -713,7 +743,11 @@ fn exchange(
         }
         while let Some(frames) = transport::try_recv(&sub)? {
             heard = Instant::now();
-            let [topic, body] = frames.as_slice() else {
+            let frames = match frames.split_first() {
+                Some((delimiter, rest)) if attached && delimiter.is_empty() => rest,
+                _ => &frames[..],
+            };
+            let [topic, body] = frames else {
                 continue;
             };
             if topic.as_slice() != accepted.uuid.as_bytes() {
@@ -839,6 +873,7 @@ fn record_results(
         agent_keys: Some(agent_keys),
         pending_keys: None,
         near: None,
+        attached: false,
     };
     let mut results = Vec::new();
     for r in std::mem::take(&mut record.results) {

@@ -451,6 +451,7 @@ fn open_results(
         agent_keys: Some(agent_keys),
         pending_keys: None,
         near: None,
+        attached: false,
     };
     let Some(results) = job.get_mut("results").and_then(Value::as_array_mut) else {
         return;

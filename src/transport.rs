@@ -383,11 +383,62 @@ pub fn request(
     timeout: Duration,
     retries: u32,
 ) -> Result<Vec<u8>> {
+    let (reply, _) = round_trip(
+        ctx,
+        zmq::REQ,
+        endpoint,
+        wire,
+        payload,
+        timeout,
+        retries,
+        |_| Ok(()),
+    )?;
+    Ok(reply)
+}
+
+/// [`request`] on a DEALER that the caller keeps: the reply and the socket,
+/// on which the manager goes on sending what the request asked for (one
+/// connection, one CURVE handshake). `prepare` sets options before connecting.
+pub fn request_kept(
+    ctx: &zmq::Context,
+    endpoint: &str,
+    wire: &Wire,
+    payload: &[u8],
+    timeout: Duration,
+    retries: u32,
+    prepare: impl Fn(&zmq::Socket) -> Result<()>,
+) -> Result<(Vec<u8>, zmq::Socket)> {
+    round_trip(
+        ctx,
+        zmq::DEALER,
+        endpoint,
+        wire,
+        payload,
+        timeout,
+        retries,
+        prepare,
+    )
+}
+
+/// A REQ's round trip, on a REQ or on a DEALER that frames it as a REQ does
+/// (an empty delimiter, then the payload; the reply is the frame after it).
+#[allow(clippy::too_many_arguments)]
+fn round_trip(
+    ctx: &zmq::Context,
+    kind: zmq::SocketType,
+    endpoint: &str,
+    wire: &Wire,
+    payload: &[u8],
+    timeout: Duration,
+    retries: u32,
+    prepare: impl Fn(&zmq::Socket) -> Result<()>,
+) -> Result<(Vec<u8>, zmq::Socket)> {
     let tries = retries.max(1);
     let mut seen = Handshake::default();
     for n in 0..tries {
-        let s = socket(ctx, zmq::REQ)?;
+        let s = socket(ctx, kind)?;
         wire.apply(&s)?;
+        prepare(&s)?;
         // Watched only once a try went unanswered: a monitor costs two more
         // sockets, which a client sending thousands of requests runs out of.
         let monitor = match wire {
@@ -395,7 +446,10 @@ pub fn request(
             _ => None,
         };
         connect(&s, endpoint, "the -e endpoint")?;
-        s.send(payload, 0)?;
+        match kind {
+            zmq::REQ => s.send(payload, 0)?,
+            _ => s.send_multipart([&b""[..], payload], 0)?,
+        }
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -404,7 +458,15 @@ pub fn request(
             }
             let mut items = [s.as_poll_item(zmq::POLLIN)];
             if poll(&mut items, left.as_millis() as i64)? > 0 && items[0].is_readable() {
-                return Ok(s.recv_bytes(0)?);
+                if kind == zmq::REQ {
+                    return Ok((s.recv_bytes(0)?, s));
+                }
+                // Each try is a fresh connection: its first message is the reply.
+                if let Some(mut frames) = try_recv(&s)? {
+                    if frames.len() == 2 && frames[0].is_empty() {
+                        return Ok((frames.pop().expect("two frames"), s));
+                    }
+                }
             }
         }
         if let Some(m) = &monitor {

@@ -448,3 +448,48 @@ fn late_results_are_kept_and_jobs_survive_a_manager_restart() {
         assert_eq!(listed["result"][0]["uuid"], job.as_str(), "{listed}");
     });
 }
+
+/// Issue 11: each request cost two CURVE handshakes in sequence (the REQ, then a SUB
+/// to the result publisher after the accept). A request with `attach` gets the accept
+/// and then its results on the one connection that carried it; nothing subscribes.
+#[test]
+fn results_come_on_the_connection_that_asked() {
+    use service_mgr::protocol::{self as p, RequestBody, ServiceRequest};
+    use service_mgr::security::{self, KeyPair, Purpose};
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        let _a = agent(&mgr, "n1", &fake, &[]);
+        wait_registered(&mgr, "n1");
+        let alice = KeyPair::load(std::path::Path::new(
+            &mgr.pki.as_ref().unwrap().client_key(),
+        ))
+        .unwrap();
+        let mut req = ServiceRequest::new("status", "nginx", "n1");
+        let body = RequestBody::for_request(
+            &req,
+            uuid::Uuid::new_v4().simple().to_string(),
+            service_mgr::clock::now_ms(),
+            alice.public().to_string(),
+        );
+        req.auth = Some(security::sign(&alice, Purpose::Request, &body));
+        req.attach = true;
+        let ctx = zmq::Context::new();
+        let dealer = connect(&ctx, zmq::DEALER, &mgr.ep("frontend_endpoint"));
+        dealer
+            .send_multipart([&b""[..], &p::encode(&req)], 0)
+            .unwrap();
+        let accept = recv_within(&dealer, 5000).expect("the accept");
+        assert_eq!(accept.len(), 2, "[\"\", accept]");
+        let accept = json(&accept[1]);
+        assert_eq!(accept["attached"], true, "{accept}");
+        let uuid = accept["uuid"].as_str().unwrap().to_owned();
+        let result = recv_within(&dealer, 10_000).expect("the result on the same connection");
+        assert_eq!(result.len(), 3, "[\"\", uuid, result]");
+        assert_eq!(result[1], uuid.as_bytes());
+        let r = json(&result[2]);
+        assert_eq!(r["node"], "n1", "{r}");
+        assert_eq!(r["status"], "ok", "{r}");
+    });
+}

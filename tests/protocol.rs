@@ -163,8 +163,13 @@ fn frontend_messages() {
     // Issue 13.3: the client's deadline for an accept is signed; a body without it
     // (older clients) has none, and the field keeps the order of the bytes signed.
     assert_eq!(body.accept_by, None);
-    let until = signed_request_until(Some(TS + 3000));
+    let mut until = signed_request_until(Some(TS + 3000));
     ours("frontend/request-deadline.json", &until, request_of);
+    // A CURVE client asks for its results on its own connection (unsigned: it
+    // says where the sender's own connection gets answers).
+    until.attach = true;
+    ours("frontend/request-attached.json", &until, request_of);
+    until.attach = false;
     let body = RequestBody::from_signed(&until.auth.as_ref().unwrap().body).unwrap();
     assert_eq!(body.accept_by, Some(TS + 3000));
     assert!(body.matches(&until));
@@ -195,6 +200,26 @@ fn frontend_messages() {
             )])),
             pending_keys: None,
             near: None,
+            attached: false,
+        },
+        accepted,
+    );
+    // The results of an attached request follow this reply on the connection.
+    ours(
+        "frontend/accept-attached.json",
+        &Accepted {
+            uuid: JOB.into(),
+            port: 41234,
+            v: Some(2),
+            expected: Some(vec!["web1".into()]),
+            unregistered: Some(0),
+            agent_keys: Some(BTreeMap::from([(
+                "web1".to_owned(),
+                web1().public().to_string(),
+            )])),
+            pending_keys: None,
+            near: None,
+            attached: true,
         },
         accepted,
     );
@@ -210,6 +235,7 @@ fn frontend_messages() {
             agent_keys: Some(BTreeMap::new()),
             pending_keys: Some(1),
             near: Some(vec!["web1".into(), "webfarm".into()]),
+            attached: false,
         },
         accepted,
     );
@@ -228,6 +254,20 @@ fn frontend_messages() {
         &FollowRequest::new(JOB),
         |b| match FrontendRequest::decode(b).unwrap() {
             FrontendRequest::Follow { job, .. } => FollowRequest::new(&job),
+            other => panic!("{other:?}"),
+        },
+    );
+    ours(
+        "frontend/follow-attached.json",
+        &FollowRequest {
+            attach: true,
+            ..FollowRequest::new(JOB)
+        },
+        |b| match FrontendRequest::decode(b).unwrap() {
+            FrontendRequest::Follow { job, attach, .. } => FollowRequest {
+                attach,
+                ..FollowRequest::new(&job)
+            },
             other => panic!("{other:?}"),
         },
     );

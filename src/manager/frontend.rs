@@ -1,7 +1,7 @@
 //! The manager's frontend: each client frame is decoded once, then either
 //! dispatched (gate, routing, publish, job) or answered as a follow request.
 
-use super::{now_ms, routing, trust, Job, Manager};
+use super::{now_ms, publish, routing, trust, Job, Manager};
 use crate::jobstore::StoreEvent;
 use crate::metrics::{outcome, refused};
 use crate::protocol::mgmt as m;
@@ -30,29 +30,87 @@ impl Manager<'_> {
                 )))
             }
         };
-        let payload = match reply {
+        let (payload, attach_to) = match reply {
             Ok(v) => v,
             Err(e) => {
                 warn!(self.log, "request refused"; "reason" => &e.msg);
-                p::encode(&e)
+                (p::encode(&e), None)
             }
         };
-        let mut out: Vec<&[u8]> = frames[..prefix_len].iter().map(Vec::as_slice).collect();
+        let envelope = &frames[..prefix_len];
+        let mut out: Vec<&[u8]> = envelope.iter().map(Vec::as_slice).collect();
         out.push(&payload);
         if let Err(e) = self.s.frontend.send_multipart(out, zmq::DONTWAIT) {
             warn!(self.log, "cannot answer client"; "error" => %e);
+            return;
+        }
+        if let Some(uuid) = attach_to {
+            self.attach(&uuid, envelope.to_vec());
         }
     }
 
-    /// Answer a frontend frame: a new request, or `{"job": ID}` to follow an earlier one.
-    fn accept(&mut self, body: &[u8]) -> Result<Vec<u8>, ErrorReply> {
+    /// Answer a frontend frame: a new request, or `{"job": ID}` to follow an
+    /// earlier one; with the job whose results go to this connection.
+    fn accept(&mut self, body: &[u8]) -> Result<(Vec<u8>, Option<String>), ErrorReply> {
         let request = FrontendRequest::decode(body).map_err(|e| {
             self.metrics.request(outcome::INVALID);
             ErrorReply::new(e)
         })?;
-        match request {
-            FrontendRequest::Follow { job, offset } => self.follow(&job, offset),
-            FrontendRequest::Service(req) => self.dispatch(req).map(|a| p::encode(&a)),
+        let (mut accepted, attach) = match request {
+            FrontendRequest::Follow {
+                job,
+                offset,
+                attach,
+            } => match self.follow(&job, offset)? {
+                Ok(a) => (a, attach),
+                Err(record) => return Ok((record, None)),
+            },
+            FrontendRequest::Service(req) => {
+                let attach = req.attach && !req.dry_run;
+                (self.dispatch(req)?, attach)
+            }
+        };
+        accepted.attached = attach;
+        let uuid = attach.then(|| accepted.uuid.clone());
+        Ok((p::encode(&accepted), uuid))
+    }
+
+    /// Send a job's results on the client connection `envelope` from now on,
+    /// after those it already has; each connection once, at most
+    /// REPLAYS_MAX per job (a retried request comes on a new connection).
+    fn attach(&mut self, uuid: &str, envelope: Vec<Vec<u8>>) {
+        let Some(job) = self.jobs.get_mut(uuid) else {
+            return;
+        };
+        if job.attached.contains(&envelope) {
+            return;
+        }
+        if job.attached.len() >= super::REPLAYS_MAX {
+            warn!(self.log, "too many connections attached to a job; this one gets no results (follow it with client --job)";
+                "uuid" => uuid, "connections" => super::REPLAYS_MAX);
+            return;
+        }
+        job.attached.push(envelope);
+        let job = &self.jobs[uuid];
+        let envelope = job.attached.last().expect("just pushed");
+        for frame in job.results.iter().chain(job.silent.values()) {
+            send_attached(&self.s.frontend, self.log, envelope, uuid, frame);
+        }
+    }
+
+    /// A job's result to every connection attached to it, and to the result
+    /// publisher once a client subscribed there (a job this manager does not
+    /// hold, dispatched before a restart, is published as 0.1 did).
+    pub(super) fn deliver(&self, uuid: &str, frame: &[u8]) {
+        let Some(job) = self.jobs.get(uuid) else {
+            publish(&self.s.results, self.log, uuid, frame);
+            return;
+        };
+        for envelope in &job.attached {
+            send_attached(&self.s.frontend, self.log, envelope, uuid, frame);
+        }
+        if job.subscribed {
+            publish(&self.s.results, self.log, uuid, frame);
         }
     }
 
@@ -67,10 +125,15 @@ impl Manager<'_> {
             .collect()
     }
 
-    /// Re-attach a client to a job: one still in memory is replayed on the
-    /// result publisher (and its missing answers still arrive); an older one is
-    /// answered from the job store in one reply.
-    fn follow(&mut self, uuid: &str, offset: usize) -> Result<Vec<u8>, ErrorReply> {
+    /// Re-attach a client to a job: one still in memory is accepted again
+    /// (its results replayed on the result publisher or the connection, and
+    /// its missing answers still arrive); an older one is answered (`Err`)
+    /// from the job store in one reply.
+    fn follow(
+        &mut self,
+        uuid: &str,
+        offset: usize,
+    ) -> Result<Result<Accepted, Vec<u8>>, ErrorReply> {
         let Some(job) = self.jobs.get(uuid) else {
             self.write_events();
             let (record, next) = self
@@ -79,15 +142,15 @@ impl Manager<'_> {
                 .get_page(uuid, offset, m::RESULTS_PAGE, m::PAGE_BYTES)
                 .map_err(|e| ErrorReply::new(format!("cannot read the job store: {e:#}")))?
                 .ok_or_else(|| ErrorReply::new(format!("no job {uuid} in the job store")))?;
-            return Ok(p::encode(&FollowRecord {
+            return Ok(Err(p::encode(&FollowRecord {
                 v: p::PROTOCOL_VERSION,
                 uuid: uuid.to_owned(),
                 agent_keys: self.agent_keys(&record.expected),
                 record,
                 next,
-            }));
+            })));
         };
-        Ok(p::encode(&Accepted {
+        Ok(Ok(Accepted {
             uuid: uuid.to_owned(),
             port: self.bound.result_publisher_port,
             v: Some(p::PROTOCOL_VERSION),
@@ -96,6 +159,7 @@ impl Manager<'_> {
             agent_keys: Some(self.agent_keys(&job.expected)),
             pending_keys: None,
             near: None,
+            attached: false,
         }))
     }
 
@@ -158,7 +222,10 @@ impl Manager<'_> {
             near: (route.expected.is_empty() && route.unregistered == 0)
                 .then(|| self.registry.near(&req.topic))
                 .filter(|near| !near.is_empty()),
+            attached: false,
         };
+        // Where this connection gets answers is no part of the job.
+        req.attach = false;
         if req.dry_run {
             self.metrics.request(outcome::DRY_RUN);
             return Ok(accepted);
@@ -196,6 +263,7 @@ impl Manager<'_> {
             silent: BTreeMap::new(),
             subscribed: false,
             replayed: Default::default(),
+            attached: Vec::new(),
         };
         self.events.push(StoreEvent::NewJob {
             uuid: uuid.clone(),
@@ -232,5 +300,22 @@ impl Manager<'_> {
             self.answered.insert(id, (Instant::now(), accepted.clone()));
         }
         Ok(accepted)
+    }
+}
+
+/// One result to an attached client: `[envelope.., uuid, result]`, as the
+/// result publisher sends `[uuid, result]`.
+fn send_attached(
+    frontend: &zmq::Socket,
+    log: &slog::Logger,
+    envelope: &[Vec<u8>],
+    uuid: &str,
+    frame: &[u8],
+) {
+    let mut out: Vec<&[u8]> = envelope.iter().map(Vec::as_slice).collect();
+    out.push(uuid.as_bytes());
+    out.push(frame);
+    if let Err(e) = frontend.send_multipart(out, zmq::DONTWAIT) {
+        warn!(log, "cannot send a result to an attached client"; "uuid" => uuid, "error" => %e);
     }
 }

@@ -80,7 +80,14 @@ struct Job {
     /// The connections (see [`transport::Peer`]) that were replayed the
     /// results so far: each gets them once, at most REPLAYS_MAX in all.
     replayed: BTreeSet<usize>,
+    /// The frontend envelopes of clients that get the results on their own
+    /// connection (`attach`), at most REPLAYS_MAX.
+    attached: Vec<Vec<Vec<u8>>>,
 }
+
+/// Most connections a job's stored results are replayed to (each once): a
+/// client and a few followers; every replay is a copy queued per connection.
+const REPLAYS_MAX: usize = 16;
 
 struct Sockets {
     frontend: zmq::Socket,
@@ -312,6 +319,9 @@ fn bind_all(
     let frontend = transport::socket(ctx, zmq::ROUTER)?;
     secure(&frontend, domain::FRONTEND)?;
     frontend.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
+    // Attached clients get a whole broadcast's results here, as on `results`.
+    frontend.set_sndhwm(100_000)?;
+    frontend.set_linger(RESULTS_LINGER_MS)?;
     let mut backend = transport::socket(ctx, zmq::XPUB)?;
     secure(&backend, domain::BACKEND)?;
     transport::set_xpub_manual(&mut backend)?;

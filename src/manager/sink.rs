@@ -4,17 +4,13 @@
 
 use super::registry::Departure;
 use super::trust::AnnounceRefused;
-use super::{now_ms, publish, Manager};
+use super::{now_ms, publish, Manager, REPLAYS_MAX};
 use crate::jobstore::StoreEvent;
 use crate::metrics::refused;
 use crate::protocol::{self as p, ResultMsg, SinkMessage, Status};
 use crate::transport::Peer;
 use serde_json::value::RawValue;
 use slog::{debug, info, warn};
-
-/// Most connections a job's stored results are replayed to (each once): a
-/// client and a few followers; every replay is a copy queued per subscriber.
-const REPLAYS_MAX: usize = 16;
 
 impl Manager<'_> {
     /// A client subscribed to (or left) a job id: deliver what is held for it,
@@ -175,27 +171,22 @@ impl Manager<'_> {
         debug!(self.log, "result received"; "uuid" => &uuid, "node" => ?node, "status" => status.as_str());
         let since_dispatch = self.jobs.get(&uuid).map(|j| j.created.elapsed());
         self.metrics.result(status.as_str(), since_dispatch);
-        let publish_now = match self.jobs.get_mut(&uuid) {
-            Some(job) => {
-                if let Some(n) = &node {
-                    job.pending.remove(n);
-                    // A late answer (after `no_response`) is what a follower sees.
-                    if status != Status::NoResponse {
-                        job.silent.remove(n);
-                    }
-                    if job.pending.is_empty() {
-                        self.events.push(StoreEvent::Finished {
-                            uuid: uuid.clone(),
-                            at_ms: now_ms(),
-                        });
-                    }
+        if let Some(job) = self.jobs.get_mut(&uuid) {
+            if let Some(n) = &node {
+                job.pending.remove(n);
+                // A late answer (after `no_response`) is what a follower sees.
+                if status != Status::NoResponse {
+                    job.silent.remove(n);
                 }
-                job.results.push(frame.clone());
-                job.subscribed
+                if job.pending.is_empty() {
+                    self.events.push(StoreEvent::Finished {
+                        uuid: uuid.clone(),
+                        at_ms: now_ms(),
+                    });
+                }
             }
-            // A job we do not know (e.g. dispatched before a restart): publish as 0.1 did.
-            None => true,
-        };
+            job.results.push(frame.clone());
+        }
         // Kept whatever happens to the client: a late answer is in the store.
         self.events.push(StoreEvent::Result {
             uuid: uuid.clone(),
@@ -204,9 +195,7 @@ impl Manager<'_> {
             received_ms: now_ms(),
             result: body,
         });
-        if publish_now {
-            publish(&self.s.results, self.log, &uuid, &frame);
-        }
+        self.deliver(&uuid, &frame);
     }
 
     /// An agent went away: every job still waiting for it gets `no_response`.
@@ -233,13 +222,11 @@ impl Manager<'_> {
                         at_ms: now_ms(),
                     });
                 }
-                if job.subscribed {
-                    out.push((uuid.clone(), r));
-                }
+                out.push((uuid.clone(), r));
             }
         }
         for (uuid, r) in out {
-            publish(&self.s.results, self.log, &uuid, &r);
+            self.deliver(&uuid, &r);
         }
     }
 }

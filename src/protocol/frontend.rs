@@ -37,6 +37,12 @@ pub struct ServiceRequest {
     /// The client's signature over a [`RequestBody`] that repeats the fields above.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Signed>,
+    /// Send the results on this connection (the client is a DEALER), not on
+    /// the result publisher: one connection and one CURVE handshake per
+    /// request, and no result published before the client subscribed. Not
+    /// signed: it says where the sender's own connection gets answers.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attach: bool,
 }
 
 /// What a client signs: the request, a unique id, the time, and its own public
@@ -124,6 +130,7 @@ impl ServiceRequest {
             glob: None,
             dry_run: false,
             auth: None,
+            attach: false,
         }
     }
 
@@ -171,16 +178,8 @@ impl ServiceRequest {
                 })
             }
         };
-        let dry_run = match m.get("dry_run") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => {
-                return Err(DecodeError::WrongType {
-                    field: "dry_run",
-                    expected: "true or false",
-                })
-            }
-        };
+        let dry_run = flag(&m, "dry_run")?;
+        let attach = flag(&m, "attach")?;
         let auth = take_auth(&mut m)?;
         Ok(ServiceRequest {
             cmd,
@@ -191,7 +190,20 @@ impl ServiceRequest {
             glob,
             dry_run,
             auth,
+            attach,
         })
+    }
+}
+
+/// An optional boolean field (absent or null is false).
+fn flag(m: &Map<String, Value>, field: &'static str) -> Result<bool, DecodeError> {
+    match m.get(field) {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(DecodeError::WrongType {
+            field,
+            expected: "true or false",
+        }),
     }
 }
 
@@ -210,6 +222,10 @@ pub struct FollowRequest {
     /// Results to skip: the `next` of the previous page of a stored job.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<usize>,
+    /// As in [`ServiceRequest::attach`]: a job still in memory sends its
+    /// results on this connection.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attach: bool,
 }
 
 impl FollowRequest {
@@ -219,6 +235,7 @@ impl FollowRequest {
             job: job.to_owned(),
             topic: "!follow".to_owned(),
             offset: None,
+            attach: false,
         }
     }
 }
@@ -228,7 +245,11 @@ impl FollowRequest {
 #[derive(Debug, Clone, PartialEq)]
 pub enum FrontendRequest {
     Service(ServiceRequest),
-    Follow { job: String, offset: usize },
+    Follow {
+        job: String,
+        offset: usize,
+        attach: bool,
+    },
 }
 
 impl FrontendRequest {
@@ -242,6 +263,7 @@ impl FrontendRequest {
                     .get("offset")
                     .and_then(Value::as_u64)
                     .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+                attach: flag(&m, "attach")?,
             }),
             Some(_) => Err(DecodeError::Invalid(
                 "field `job` must be a string".to_owned(),
@@ -282,6 +304,11 @@ pub struct Accepted {
     /// are close to the one asked for (topics match exactly).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub near: Option<Vec<String>>,
+    /// The job's results come on the connection that asked (it asked with
+    /// `attach`), as `[uuid, result]` messages after this reply; without it
+    /// (a 0.1 manager) the client subscribes to `port`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attached: bool,
 }
 
 /// The reply to a follow request for a job no longer in memory: its record

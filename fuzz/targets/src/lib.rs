@@ -278,6 +278,7 @@ pub fn service_request(data: &[u8]) {
         glob: f.opt(5),
         dry_run: data.first().is_some_and(|b| b & 1 == 1),
         auth: f.signed(6),
+        attach: data.first().is_some_and(|b| b & 2 == 2),
     };
     round_trip_request(&built);
 }
