@@ -74,7 +74,7 @@ install: $(BIN)
 	$(INSTALL) -m 644 README.md SECURITY.md BENCHMARKS.md "$(DESTDIR)$(docdir)/"
 	$(INSTALL) -m 644 docs/protocol.md "$(DESTDIR)$(docdir)/docs/"
 	$(INSTALL) -m 644 contrib/service-mgrd.conf contrib/service-mgr-agentd.conf \
-		"$(DESTDIR)$(docdir)/examples/"
+		contrib/client.conf "$(DESTDIR)$(docdir)/examples/"
 	cp -R $(addprefix contrib/,$(CONTRIB)) "$(DESTDIR)$(docdir)/contrib/"
 	$(INSTALL) -m 644 contrib/service-mgrd.conf contrib/service-mgr-agentd.conf \
 		"$(DESTDIR)$(docdir)/contrib/"

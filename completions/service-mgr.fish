@@ -62,9 +62,9 @@ complete -c service-mgr -n "__fish_service_mgr_using_subcommand agent" -s D -l d
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand agent" -s v -l version -d 'Print version and exit'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand agent" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s w -l wait -d 'Seconds to wait for results at most [default: 60 when the manager says which nodes will answer (the client returns as soon as they all did); 0.1 against a 0.1 manager]' -r
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s r -l retries -d 'Tries to reach the manager' -r
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s t -l timeout -d 'Milliseconds to wait for the manager\'s answer per try' -r
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s e -l endpoint -d 'The manager\'s frontend endpoint ($SERVICE_MGR_PORT moves the default port)' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s r -l retries -d 'Tries to reach the manager [default: 3]' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s t -l timeout -d 'Milliseconds to wait for the manager\'s answer per try [default: 1000]' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s e -l endpoint -d 'The manager\'s frontend endpoint, else `endpoint` in client.conf [default: tcp://localhost:5500] ($SERVICE_MGR_PORT moves the default port)' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s T -l topic -d 'Who runs it: `any`, an OS name (`Linux`, `FreeBSD`), a node name or a custom topic [default with -N or -G: any]' -r -f -a "(__fish_service_mgr_targets topics)"
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s N -l nodes -d 'Only these nodes (comma-separated), combined with -T' -r -f -a "(__fish_service_mgr_targets nodes)"
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s G -l glob -d 'Only registered nodes whose name matches this glob (e.g. \'web*\'), combined with -T and -N' -r
@@ -83,6 +83,7 @@ complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -l forma
 json\t'One JSON document: job, request, expected nodes, summary, every node\'s result'
 jsonl\t'One JSON object per line, each result as it arrives, then a summary line'
 legacy\t'0.1\'s output: a JSON array of the results (plus entries for silent nodes)'"
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -l conf -d 'The client config file to read instead of /etc/service-mgr/client.conf and ~/.config/service-mgr/client.conf [default: $SERVICE_MGR_CLIENT_CONF; `none` reads none]. Options on the command line win over it' -r -F
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -s D -l debug -d 'Debug output on stderr'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -l fail-fast -d 'Stop the rollout after the first batch in which a node did not succeed'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand client" -l custom -d 'Send a command beyond start, stop, restart, reload and status (one the agents declare in their custom_commands, e.g. condrestart)'

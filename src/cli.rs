@@ -220,7 +220,7 @@ mod tests {
         .unwrap() else {
             panic!()
         };
-        assert_eq!((c.wait, c.retries, c.timeout), (Some(5.0), 3, 1000));
+        assert_eq!((c.wait, c.retries, c.timeout), (Some(5.0), None, None));
         assert!(Applet::try_parse_from([
             "service-mgr",
             "client",

@@ -46,33 +46,19 @@ pub struct ClientArgs {
     /// will answer (the client returns as soon as they all did); 0.1 against a 0.1 manager].
     #[arg(short = 'w', long = "wait", value_name = "WAIT")]
     pub wait: Option<f64>,
-    /// Tries to reach the manager.
-    #[arg(
-        short = 'r',
-        long = "retries",
-        value_name = "RETRIES",
-        default_value_t = 3
-    )]
-    pub retries: u32,
-    /// Milliseconds to wait for the manager's answer per try.
-    #[arg(
-        short = 't',
-        long = "timeout",
-        value_name = "TIMEOUT",
-        default_value_t = 1000
-    )]
-    pub timeout: u64,
+    /// Tries to reach the manager [default: 3].
+    #[arg(short = 'r', long = "retries", value_name = "RETRIES")]
+    pub retries: Option<u32>,
+    /// Milliseconds to wait for the manager's answer per try [default: 1000].
+    #[arg(short = 't', long = "timeout", value_name = "TIMEOUT")]
+    pub timeout: Option<u64>,
     /// Debug output on stderr.
     #[arg(short = 'D', long = "debug")]
     pub debug: bool,
-    /// The manager's frontend endpoint ($SERVICE_MGR_PORT moves the default port).
-    #[arg(
-        short = 'e',
-        long = "endpoint",
-        value_name = "ENDPOINT",
-        default_value_t = crate::config::default_endpoint("localhost", crate::config::port::FRONTEND)
-    )]
-    pub endpoint: String,
+    /// The manager's frontend endpoint, else `endpoint` in client.conf
+    /// [default: tcp://localhost:5500] ($SERVICE_MGR_PORT moves the default port).
+    #[arg(short = 'e', long = "endpoint", value_name = "ENDPOINT")]
+    pub endpoint: Option<String>,
     /// Who runs it: `any`, an OS name (`Linux`, `FreeBSD`), a node name or a custom topic
     /// [default with -N or -G: any].
     #[arg(short = 'T', long = "topic", value_name = "TOPIC", allow_hyphen_values = true,
@@ -139,6 +125,11 @@ pub struct ClientArgs {
     /// agents declare in their custom_commands, e.g. condrestart).
     #[arg(long)]
     pub custom: bool,
+    /// The client config file to read instead of /etc/service-mgr/client.conf and
+    /// ~/.config/service-mgr/client.conf [default: $SERVICE_MGR_CLIENT_CONF; `none`
+    /// reads none]. Options on the command line win over it.
+    #[arg(long = "conf", value_name = "FILE")]
+    pub conf: Option<PathBuf>,
     #[command(flatten)]
     pub version: VersionFlag,
 }
@@ -146,7 +137,7 @@ pub struct ClientArgs {
 impl ClientArgs {
     /// What the client can tell is wrong without asking anyone: exit 2 at
     /// once instead of a refusal (or a wait) from the manager or the agents.
-    pub fn check(&self) -> Result<(), UsageError> {
+    pub fn check(&self, endpoint: &str) -> Result<(), UsageError> {
         let usage = |msg: String| Err(UsageError(msg));
         crate::config::base_port().map_err(UsageError)?;
         if let Some(w) = self.wait.filter(|w| !(w.is_finite() && *w >= 0.0)) {
@@ -155,7 +146,7 @@ impl ClientArgs {
         if !(self.batch_wait.is_finite() && self.batch_wait >= 0.0) {
             return usage("--batch-wait must be a number of seconds".into());
         }
-        let e = &self.endpoint;
+        let e = endpoint;
         let endpoint_ok = match e.split_once("://") {
             Some(("tcp", rest)) => rest.rsplit_once(':').is_some_and(|(host, port)| {
                 !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
@@ -1037,10 +1028,20 @@ pub fn batch_size(spec: &str, total: usize) -> Result<usize> {
 /// `service-mgr client` / `service-mgr-client`: one request (or a rollout in
 /// batches, or an earlier job), printed in the chosen format.
 pub fn run(a: &ClientArgs, legacy_name: bool) -> Result<Exit> {
-    a.check()?;
+    let conf = crate::config::client::ClientConf::load(a.conf.as_deref())?;
+    let crate::config::client::Connection {
+        endpoint,
+        key: key_file,
+        manager_key,
+    } = conf.connection(
+        a.endpoint.as_deref(),
+        a.key.as_deref(),
+        a.manager_key.as_deref(),
+    );
+    a.check(&endpoint)?;
     let log = &logging::debug_or_quiet(a.debug, "service-mgr-client");
-    let wait = a.wait.map(Duration::from_secs_f64);
-    let format = output::client_format(a.format, legacy_name);
+    let wait = a.wait.or(conf.wait).map(Duration::from_secs_f64);
+    let format = output::client_format(a.format.or(conf.format()), legacy_name);
     let mut progress = output::Progress::new(format);
     let mut request = ServiceRequest::new(
         a.cmd.as_deref().unwrap_or_default(),
@@ -1049,15 +1050,15 @@ pub fn run(a: &ClientArgs, legacy_name: bool) -> Result<Exit> {
     );
     request.nodes = a.nodes.clone();
     request.glob = a.glob.clone();
-    let key = crate::config::load_client_key(a.key.as_deref())?;
-    let manager = crate::config::pin::manager_key(a.manager_key.as_deref(), &a.endpoint)?;
+    let key = crate::config::load_client_key(key_file.as_deref())?;
+    let manager = crate::config::pin::manager_key(manager_key.as_deref(), &endpoint)?;
     let wire = manager.wire(key.as_deref())?;
     let mut req = Request {
-        endpoint: a.endpoint.clone(),
+        endpoint,
         request,
         wait,
-        retries: a.retries,
-        timeout: Duration::from_millis(a.timeout),
+        retries: a.retries.or(conf.retries).unwrap_or(3),
+        timeout: Duration::from_millis(a.timeout.or(conf.timeout).unwrap_or(1000)),
         expect: None,
         key,
         wire,

@@ -27,19 +27,17 @@ pub const BUDGET: Duration = Duration::from_millis(300);
 
 /// The manager and key named by the words typed so far (the client's
 /// `-e`/`--endpoint` and `-k`/`--key`), with the client's defaults.
-#[derive(Debug, PartialEq)]
+/// What the command line being completed says about the manager.
+#[derive(Debug, PartialEq, Default)]
 struct Line {
-    endpoint: String,
+    endpoint: Option<String>,
     key: Option<PathBuf>,
     manager_key: Option<String>,
+    conf: Option<PathBuf>,
 }
 
 fn line(words: &[String]) -> Line {
-    let mut l = Line {
-        endpoint: crate::config::default_endpoint("localhost", crate::config::port::FRONTEND),
-        key: None,
-        manager_key: None,
-    };
+    let mut l = Line::default();
     let mut it = words.iter().map(String::as_str);
     while let Some(w) = it.next() {
         let value = |long: &str, short: &str, it: &mut dyn Iterator<Item = &str>| {
@@ -54,7 +52,9 @@ fn line(words: &[String]) -> Line {
             }
         };
         if let Some(e) = value("--endpoint", "-e", &mut it) {
-            l.endpoint = e;
+            l.endpoint = Some(e);
+        } else if let Some(c) = value("--conf", "--conf", &mut it) {
+            l.conf = Some(c.into());
         } else if let Some(k) = value("--key", "-k", &mut it) {
             l.key = Some(k.into());
         } else if let Some(k) = value("--manager-key", "--manager-key", &mut it) {
@@ -75,10 +75,16 @@ fn nodes(l: &Line) -> Result<Vec<String>> {
             .max(Duration::from_millis(1))
     };
     let ctx = zmq::Context::new();
-    let key = load_client_key(l.key.as_deref()).ok().flatten();
-    let wire = crate::config::pin::manager_key(l.manager_key.as_deref(), &l.endpoint)?
+    // As the client would: its config file fills in what the line does not say.
+    let c = crate::config::client::ClientConf::load(l.conf.as_deref())?.connection(
+        l.endpoint.as_deref(),
+        l.key.as_deref(),
+        l.manager_key.as_deref(),
+    );
+    let key = load_client_key(c.key.as_deref()).ok().flatten();
+    let wire = crate::config::pin::manager_key(c.manager_key.as_deref(), &c.endpoint)?
         .wire(key.as_deref())?;
-    if crate::client::manager_is_01(&ctx, &l.endpoint, &wire, left(), 1)? {
+    if crate::client::manager_is_01(&ctx, &c.endpoint, &wire, left(), 1)? {
         bail!("a 0.1 manager cannot say which nodes it knows");
     }
     let mut dry = ServiceRequest::new("status", "service-mgr-completion", "any");
@@ -88,7 +94,7 @@ fn nodes(l: &Line) -> Result<Vec<String>> {
     if let Some(key) = &key {
         sign(&mut dry, key);
     }
-    let reply = transport::request(&ctx, &l.endpoint, &wire, &p::encode(&dry), left(), 1)?;
+    let reply = transport::request(&ctx, &c.endpoint, &wire, &p::encode(&dry), left(), 1)?;
     Ok(serde_json::from_slice::<Accepted>(&reply)?
         .expected
         .unwrap_or_default())
@@ -128,27 +134,35 @@ mod tests {
     #[test]
     fn the_endpoint_and_key_come_from_the_line_in_every_spelling() {
         let cases = [
-            ("service-mgr-client -T", "tcp://localhost:5500", None),
-            ("service-mgr-client -e tcp://m:1 -T", "tcp://m:1", None),
+            ("service-mgr-client -T", None, None),
+            (
+                "service-mgr-client -e tcp://m:1 -T",
+                Some("tcp://m:1"),
+                None,
+            ),
             (
                 "service-mgr client --endpoint=tcp://m:2 -k /k -N",
-                "tcp://m:2",
+                Some("tcp://m:2"),
                 Some("/k"),
             ),
             (
                 "service-mgr-client -etcp://m:3 --key /a --key=/b -T",
-                "tcp://m:3",
+                Some("tcp://m:3"),
                 Some("/b"),
             ),
-            ("service-mgr-client --endpoint tcp://m:4", "tcp://m:4", None),
+            (
+                "service-mgr-client --endpoint tcp://m:4",
+                Some("tcp://m:4"),
+                None,
+            ),
         ];
         for (typed, endpoint, key) in cases {
             assert_eq!(
                 line(&words(typed)),
                 Line {
-                    endpoint: endpoint.into(),
+                    endpoint: endpoint.map(str::to_owned),
                     key: key.map(PathBuf::from),
-                    manager_key: None,
+                    ..Line::default()
                 },
                 "{typed}"
             );

@@ -229,6 +229,27 @@ where
 fn example_configs_show_every_key_with_its_default() {
     check_example::<ManagerConfig>("contrib/service-mgrd.conf");
     check_example::<AgentConfig>("contrib/service-mgr-agentd.conf");
+    // client.conf: every key there, commented out, and the lines parse as one.
+    let text = std::fs::read_to_string(repo("contrib/client.conf")).unwrap();
+    let lines: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# ").filter(|l| l.contains(" = ")))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let path = tempfile::tempdir().unwrap().keep().join("client.conf");
+    std::fs::write(&path, &lines).unwrap();
+    let conf = service_mgr::config::client::ClientConf::read(&path)
+        .unwrap_or_else(|e| panic!("contrib/client.conf: {e:#}"));
+    assert!(
+        conf.endpoint.is_some()
+            && conf.key.is_some()
+            && conf.manager_key.is_some()
+            && conf.format.is_some()
+            && conf.wait.is_some()
+            && conf.timeout.is_some()
+            && conf.retries.is_some(),
+        "contrib/client.conf lacks a key: {conf:?}"
+    );
 }
 
 #[test]

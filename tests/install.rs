@@ -59,6 +59,7 @@ fn make_install_honours_destdir_and_prefix_and_uninstall_removes_it() {
         "share/fish/vendor_completions.d/service-mgr-agentd.fish",
         "share/doc/service-mgr/examples/service-mgrd.conf",
         "share/doc/service-mgr/examples/service-mgr-agentd.conf",
+        "share/doc/service-mgr/examples/client.conf",
         "share/doc/service-mgr/contrib/systemd/service-mgrd.service",
         "share/doc/service-mgr/contrib/init.d/debian/service-mgr-agentd",
         "share/doc/service-mgr/contrib/rc.d/service-mgrd",

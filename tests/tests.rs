@@ -5,6 +5,7 @@ mod util;
 mod agent_edges;
 mod bench;
 mod cli;
+mod client_conf;
 mod compat01;
 mod completion;
 mod contrib;

@@ -7,6 +7,7 @@
 //! command line is applied by the roles. The `[[policy]]` tables and their
 //! compiled form live in [`policy`].
 
+pub mod client;
 pub mod pin;
 pub mod policy;
 

@@ -480,7 +480,10 @@ fn client_extra(r: &mut Roff) {
     exit_status(r, &EXIT_CLIENT);
     environment_output(r);
     sh(r, "FILES");
-    para(r, "The client reads no file. The manager it talks to is configured in /etc/service-mgr/service-mgrd.conf; see service-mgr.conf(5).");
+    item(r, "/etc/service-mgr/client.conf", "The host's client settings (TOML): endpoint, key, manager_key, format, wait, timeout, retries. Relative paths are relative to the file. The command line and $SERVICE_MGR_KEY / $SERVICE_MGR_MANAGER_KEY win over it.");
+    item(r, "~/.config/service-mgr/client.conf", "The user's client settings; they win over the host's key by key. --conf FILE or $SERVICE_MGR_CLIENT_CONF reads that file instead (none: no file). An example with every key is contrib/client.conf.");
+    item(r, "~/.config/service-mgr/client.key", "The client key that signs requests, when neither -k, key nor $SERVICE_MGR_KEY names another (/etc/service-mgr/client.key for root).");
+    para(r, "The manager it talks to is configured in /etc/service-mgr/service-mgrd.conf; see service-mgr.conf(5).");
     sh(r, "EXAMPLES");
     client_examples(r, "service-mgr-client");
     see_also(
