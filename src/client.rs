@@ -477,6 +477,13 @@ fn hints(accepted: &Accepted, topic: &str) -> Vec<String> {
             if n == 1 { "" } else { "s" }
         ));
     }
+    if let Some(ms) = accepted.started_ms_ago {
+        out.push(format!(
+            "the manager started {:.1} s ago and has not yet seen its agents come back: \
+             try again in a few seconds",
+            ms as f64 / 1000.0
+        ));
+    }
     if let Some(near) = &accepted.near {
         out.push(format!(
             "no agent has the topic {topic:?}; topics match exactly (-G globs node names); known and close: {}",
@@ -865,6 +872,7 @@ fn record_results(
         pending_keys: None,
         near: None,
         attached: false,
+        started_ms_ago: None,
     };
     let mut results = Vec::new();
     for r in std::mem::take(&mut record.results) {

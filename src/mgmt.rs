@@ -36,12 +36,14 @@ pub struct MgmtArgs {
     #[arg(short = 'r', long = "retries", default_value_t = 3)]
     pub retries: u32,
     /// manager.status, manager.shutdown, manager.agents, manager.jobs, manager.job,
-    /// agent.status, agent.shutdown; short forms: status, agents, jobs, job ID;
+    /// manager.forget, agent.status, agent.shutdown; short forms: status, agents, jobs, job ID,
+    /// `agents forget NODE` (a lost or stopped agent is no longer expected to answer);
     /// and `keys list|accept|reject|delete|import ...` (local, on the manager's host).
     #[arg(value_parser = crate::hints::Hints(&crate::hints::MGMT_COMMANDS),
           hide_possible_values = true)]
     pub command: String,
-    /// Arguments of the command (job ID; keys: a fingerprint, key id, name or file).
+    /// Arguments of the command (job ID; agents forget NODE; keys: a fingerprint, key id,
+    /// name or file).
     pub args: Vec<String>,
     /// Client key to sign commands that change something (shutdown) [default: as the client's].
     #[arg(short = 'k', long = "key", value_name = "FILE")]
@@ -102,7 +104,7 @@ pub struct KeygenArgs {
 
 /// Commands that change something are signed when a key is at hand.
 fn signed(cmd: &str) -> bool {
-    cmd.ends_with(".shutdown")
+    cmd.ends_with(".shutdown") || cmd == p::MANAGER_FORGET
 }
 
 /// Whose management socket a command goes to.
@@ -286,7 +288,22 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
     if a.command == "keys" {
         return keys(a);
     }
+    // `agents forget NODE` (or manager.forget NODE): the node to forget.
+    let forget = match (a.command.as_str(), a.args.as_slice()) {
+        ("agents", [verb, rest @ ..]) if verb == "forget" => Some(rest.first()),
+        (p::MANAGER_FORGET, rest) => Some(rest.first()),
+        _ => None,
+    };
+    let forget = match forget {
+        Some(Some(node)) => Some(node.clone()),
+        Some(None) => {
+            eprintln!("service-mgr: usage: service-mgr mgmt agents forget NODE");
+            return Ok(Exit::Usage);
+        }
+        None => None,
+    };
     let (cmd, short) = match a.command.as_str() {
+        _ if forget.is_some() => (p::MANAGER_FORGET, true),
         "status" => (p::MANAGER_STATUS, true),
         "agents" => (p::MANAGER_AGENTS, true),
         "jobs" => (p::MANAGER_JOBS, true),
@@ -318,7 +335,15 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
         &own_key_file,
         key.as_deref(),
     )?;
-    let mut req = prepare(&a.endpoint, &wire, cmd, key.as_deref(), timeout, a.retries)?;
+    let mut req = match &forget {
+        // The signature binds the node forgotten.
+        Some(node) => {
+            let mut req = request(cmd, key.as_deref(), Some(node));
+            req.node = Some(node.clone());
+            req
+        }
+        None => prepare(&a.endpoint, &wire, cmd, key.as_deref(), timeout, a.retries)?,
+    };
     if cmd == p::MANAGER_JOB {
         let Some(id) = a.args.first() else {
             eprintln!("service-mgr: usage: service-mgr mgmt job ID");
@@ -393,6 +418,9 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
                 );
             }
         }
+        (MgmtFormat::Table, _) if ok && forget.is_some() => {
+            println!("{}", reply["msg"].as_str().unwrap_or("forgotten"));
+        }
         (MgmtFormat::Table, _) if !ok => {
             let msg = reply["msg"].as_str().unwrap_or("no reason given");
             eprintln!("service-mgr: {} answered: {msg}", a.endpoint);
@@ -452,6 +480,7 @@ fn open_results(
         pending_keys: None,
         near: None,
         attached: false,
+        started_ms_ago: None,
     };
     let Some(results) = job.get_mut("results").and_then(Value::as_array_mut) else {
         return;

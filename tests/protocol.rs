@@ -201,6 +201,7 @@ fn frontend_messages() {
             pending_keys: None,
             near: None,
             attached: false,
+            started_ms_ago: None,
         },
         accepted,
     );
@@ -220,6 +221,7 @@ fn frontend_messages() {
             pending_keys: None,
             near: None,
             attached: true,
+            started_ms_ago: None,
         },
         accepted,
     );
@@ -236,6 +238,24 @@ fn frontend_messages() {
             pending_keys: Some(1),
             near: Some(vec!["web1".into(), "webfarm".into()]),
             attached: false,
+            started_ms_ago: None,
+        },
+        accepted,
+    );
+    // Nothing matched a moment after the manager started: it says so.
+    ours(
+        "frontend/accept-starting.json",
+        &Accepted {
+            uuid: JOB.into(),
+            port: 41234,
+            v: Some(2),
+            expected: Some(Vec::new()),
+            unregistered: Some(0),
+            agent_keys: Some(BTreeMap::new()),
+            pending_keys: None,
+            near: None,
+            attached: false,
+            started_ms_ago: Some(1200),
         },
         accepted,
     );

@@ -51,6 +51,11 @@ pub struct ManagerConfig {
     /// go first, before `job_retention` would remove them.
     #[serde(deserialize_with = "lenient_u64")]
     pub job_store_max_mb: u64,
+    /// How long (seconds) an agent that went away (lost or stopped) stays
+    /// known: until then a request to its topic expects it and reports it
+    /// `no_response`, unless `mgmt agents forget NODE` removes it sooner.
+    #[serde(deserialize_with = "lenient_u64")]
+    pub forget_after: u64,
     /// Where the manager keeps its key store and job store. Default:
     /// /var/lib/service-mgr as root, else ~/.local/state/service-mgr.
     pub state_dir: Option<PathBuf>,
@@ -225,6 +230,7 @@ impl Default for ManagerConfig {
             job_ttl: 600,
             job_retention: 7 * 24 * 3600,
             job_store_max_mb: 1024,
+            forget_after: 7 * 24 * 3600,
             state_dir: None,
             allow_unsigned: false,
             request_window: 60,

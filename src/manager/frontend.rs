@@ -160,6 +160,7 @@ impl Manager<'_> {
             pending_keys: None,
             near: None,
             attached: false,
+            started_ms_ago: None,
         }))
     }
 
@@ -204,6 +205,7 @@ impl Manager<'_> {
             &self.registry,
             &self.subscriptions,
             !self.gate.allow_unsigned,
+            self.starting(),
         )
         .map_err(|e| {
             self.metrics.request(outcome::INVALID);
@@ -223,6 +225,11 @@ impl Manager<'_> {
                 .then(|| self.registry.near(&req.topic))
                 .filter(|near| !near.is_empty()),
             attached: false,
+            // Nobody matched right after a start: the agents may not be back yet.
+            started_ms_ago: (route.expected.is_empty()
+                && route.unregistered == 0
+                && self.starting())
+            .then(|| self.started.elapsed().as_millis() as u64),
         };
         // Where this connection gets answers is no part of the job.
         req.attach = false;
@@ -230,6 +237,7 @@ impl Manager<'_> {
             self.metrics.request(outcome::DRY_RUN);
             return Ok(accepted);
         }
+        let late_until = (!route.late.is_empty()).then(|| self.late_until(&req));
         // The signature moves on to the agents; the job keeps what was asked.
         let dispatch = Dispatch {
             cmd: req.cmd.clone(),
@@ -264,7 +272,15 @@ impl Manager<'_> {
             subscribed: false,
             replayed: Default::default(),
             attached: Vec::new(),
+            late: late_until.map(|until| super::late::Late {
+                nodes: route.late.iter().cloned().collect(),
+                body: body.clone(),
+                until,
+            }),
         };
+        if job.late.is_some() {
+            self.awaiting.insert(uuid.clone());
+        }
         self.events.push(StoreEvent::NewJob {
             uuid: uuid.clone(),
             created_ms: job.created_ms,
@@ -288,7 +304,8 @@ impl Manager<'_> {
             "request" => request_id.as_deref().unwrap_or("unsigned"),
             "client" => client.as_ref().map(|k| k.to_string()).unwrap_or_else(|| "unsigned".into()),
             "cmd" => &job.request.cmd, "service" => &job.request.service,
-            "expected" => route.expected.len(), "unregistered" => route.unregistered);
+            "expected" => route.expected.len(), "unregistered" => route.unregistered,
+            "not_back" => route.late.len());
         self.metrics
             .request(if route.expected.is_empty() && route.unregistered == 0 {
                 outcome::NO_TARGET

@@ -42,6 +42,7 @@ impl Manager<'_> {
                 MgmtReply::shutdown(&allowed, "Service Manager is shutting down")
             }
             p::MANAGER_AGENTS => MgmtReply::with("Service Manager Agents", &self.agents()),
+            p::MANAGER_FORGET => self.forget(req),
             p::MANAGER_JOBS => match self.readable_store() {
                 Err(why) => MgmtReply::error(why),
                 Ok(store) => {
@@ -85,9 +86,47 @@ impl Manager<'_> {
                     p::MANAGER_AGENTS,
                     p::MANAGER_JOBS,
                     p::MANAGER_JOB,
+                    p::MANAGER_FORGET,
                 ],
             ),
         }
+    }
+
+    /// `manager.forget`: an admin removes a lost or stopped agent, so that
+    /// requests to its topics stop expecting it (until it comes back).
+    fn forget(&mut self, req: &MgmtRequest) -> MgmtReply {
+        let allowed = match &self.peers {
+            Some(peers) if peers.right(&self.peer) == Some(peers::Right::Admin) => Ok(()),
+            Some(_) => Err(m::MgmtRefusal::NotAdmin),
+            None => self.gate.check_mgmt(req),
+        };
+        if let Err(why) = allowed {
+            warn!(self.log, "forget refused"; "why" => %why);
+            let why = match why {
+                m::MgmtRefusal::NotAdmin => "this key may read but not change the registry; \
+                    grant it with mgmt_admin_keys in the manager's config"
+                    .to_owned(),
+                other => other.to_string(),
+            };
+            return MgmtReply::error(format!("forget refused: {why}"));
+        }
+        let Some(node) = &req.node else {
+            return MgmtReply::error(
+                "manager.forget needs \"node\" (service-mgr mgmt agents forget NODE)",
+            );
+        };
+        if self.registry.is_up(node) {
+            return MgmtReply::error(format!(
+                "agent {node:?} is up; forget removes agents that are gone (lost or stopped): stop it first"
+            ));
+        }
+        if !self.registry.forget(node) {
+            return MgmtReply::error(format!(
+                "no agent {node:?} is known to the manager (service-mgr mgmt agents lists them)"
+            ));
+        }
+        info!(self.log, "agent forgotten on request: no longer expected to answer"; "node" => node);
+        MgmtReply::ok(&format!("Forgot agent {node}"), None)
     }
 
     fn status(&self) -> ManagerStatus {

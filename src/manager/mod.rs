@@ -21,6 +21,8 @@
 
 mod backend;
 mod frontend;
+mod journal;
+mod late;
 mod mgmt;
 pub mod peers;
 pub mod registry;
@@ -83,6 +85,8 @@ struct Job {
     /// The frontend envelopes of clients that get the results on their own
     /// connection (`attach`), at most REPLAYS_MAX.
     attached: Vec<Vec<Vec<u8>>>,
+    /// Expected nodes not back since a restart, sent the request when they are.
+    late: Option<late::Late>,
 }
 
 /// Most connections a job's stored results are replayed to (each once): a
@@ -124,6 +128,17 @@ pub fn run(
     if let Some(w) = &store_warning {
         error!(log, "job store damaged"; "error" => w);
     }
+    // The agents known before a restart are awaited, not forgotten.
+    let started_ms = now_ms();
+    let journal_path = config.state_dir().join("agents.json");
+    let mut registry = Registry::new(Duration::from_secs(config.forget_after));
+    let known = journal::load(&journal_path, started_ms, log);
+    let beat = known
+        .iter()
+        .map(|e| e.interval())
+        .max()
+        .unwrap_or(Duration::from_secs(2));
+    registry.restore(known);
     let ctx = zmq::Context::new();
     // Secure mode: our key is the CURVE server key of every socket; the ZAP
     // handler is bound before any of them, or libzmq would admit everyone.
@@ -185,7 +200,12 @@ pub fn run(
         s: sockets,
         bound,
         jobs: HashMap::new(),
-        registry: Registry::default(),
+        registry,
+        journal: Some(journal::Journal::start(journal_path, log)),
+        started: Instant::now(),
+        started_ms,
+        grace: late::grace(beat),
+        awaiting: BTreeSet::new(),
         gate,
         store: Some(store),
         store_path,
@@ -207,6 +227,9 @@ pub fn run(
         source: String::new(),
     };
     let served = mgr.serve(control);
+    if let Some(j) = mgr.journal.take() {
+        j.finish(&mgr.registry);
+    }
     drop(metrics_server);
     // The store is written and synced by serve; closed here, before the
     // sockets, so that nothing of it waits on their teardown.
@@ -417,6 +440,15 @@ struct Manager<'a> {
     bound: Bound,
     jobs: HashMap<String, Job>,
     registry: Registry,
+    /// Keeps what the registry knows across restarts (state_dir/agents.json).
+    journal: Option<journal::Journal>,
+    /// When this manager started, and how long after it agents known from
+    /// before are awaited (the startup grace, see [`late::grace`]).
+    started: Instant,
+    started_ms: u64,
+    grace: Duration,
+    /// Jobs with nodes not back since the restart (see [`late`]).
+    awaiting: BTreeSet<String>,
     gate: Gate,
     /// Every job, its expected nodes and each result, kept across restarts.
     /// `None` while it failed and could not be reopened yet.
@@ -531,6 +563,7 @@ impl Manager<'_> {
             if ready[3] {
                 self.drain(Self::on_mgmt, |s| &s.mgmt);
             }
+            self.dispatch_late();
             if last_sweep.elapsed() >= Duration::from_millis(250) {
                 self.say_plaintext_peers();
                 for d in self.registry.sweep() {
@@ -545,6 +578,9 @@ impl Manager<'_> {
                     }
                 }
                 self.expire_jobs();
+                if let Some(j) = &mut self.journal {
+                    j.maybe_save(&mut self.registry);
+                }
                 last_sweep = Instant::now();
             }
             if last_expire.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {

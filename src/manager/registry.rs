@@ -1,5 +1,7 @@
-//! The manager's view of its agents: who is up, what they answer to, and which
-//! of them a request targets.
+//! The manager's view of its agents: who is up, what they answer to, which
+//! of them a request targets, and which are known but down (lost, stopped,
+//! or not back since the manager restarted): those stay in a request's
+//! expected set until an operator forgets them or `forget_after` passes.
 
 use crate::clock::now_ms;
 use crate::protocol::mgmt::{AgentInfo, AgentState};
@@ -10,8 +12,12 @@ use std::time::{Duration, Instant};
 /// Heartbeats an agent may miss before it counts as lost (when the transport
 /// did not already tell us).
 const MISSED_BEATS: u32 = 3;
-/// How long an agent that went away stays listed.
-const FORGET_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// How long an agent that went away stays known when the config says
+/// nothing (`forget_after`): a week, like Salt's minion data cache.
+pub const FORGET_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Why a node known from before a manager restart has no connection yet.
+pub const NOT_BACK: &str = "not back since the manager restarted";
 
 /// How long a refusal for clock skew is shown after the last one (the agent
 /// is refused at each heartbeat, so a fresh one comes while it runs).
@@ -33,6 +39,69 @@ pub struct AgentEntry {
     pub info: AgentInfo,
     last_seen: Instant,
     interval: Duration,
+    /// Since when (unix ms) and why it is down; `None` while up.
+    pub down: Option<Down>,
+}
+
+/// When and why a known agent went down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Down {
+    pub since_ms: u64,
+    pub why: String,
+}
+
+impl AgentEntry {
+    /// The entry of a node known from the journal (see [`super::journal`]).
+    pub fn restored(info: AgentInfo, interval_ms: u64, down: Down) -> AgentEntry {
+        // Its age counts from when it was last seen, as before the restart.
+        let age = Duration::from_millis(now_ms().saturating_sub(info.last_seen_ms));
+        AgentEntry {
+            info,
+            last_seen: Instant::now().checked_sub(age).unwrap_or_else(Instant::now),
+            interval: Duration::from_millis(interval_ms.clamp(100, 600_000)),
+            down: Some(down),
+        }
+    }
+
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    /// Why a request is not sent to this down agent, as its `no_response`
+    /// says: `lost since 2026-12-01 06:10:03 UTC (the agent's connection
+    /// dropped)`, `stopped at ...`, `not back since the manager restarted at ...`.
+    pub fn down_reason(&self) -> Option<String> {
+        let d = self.down.as_ref()?;
+        Some(if d.why == NOT_BACK {
+            format!("{NOT_BACK} at {}", utc(d.since_ms))
+        } else if self.state == AgentState::Stopped {
+            format!("stopped at {} ({})", utc(d.since_ms), d.why)
+        } else {
+            format!("lost since {} ({})", utc(d.since_ms), d.why)
+        })
+    }
+}
+
+/// A unix time in ms as `2026-12-01 06:10:03 UTC`.
+pub fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 impl std::ops::Deref for AgentEntry {
@@ -49,9 +118,13 @@ pub struct Departure {
     pub why: &'static str,
 }
 
-#[derive(Default)]
 pub struct Registry {
     agents: BTreeMap<String, AgentEntry>,
+    /// How long an agent that went away stays known (`forget_after`).
+    forget_after: Duration,
+    /// Whether something a restart must know changed since the last
+    /// [`Registry::take_changed`] (a node, its key, topics or state).
+    changed: bool,
     /// instance -> node, for presence unsubscriptions.
     instances: HashMap<String, String>,
     /// Instances whose presence subscription is in place. Subscriptions travel
@@ -65,7 +138,54 @@ pub struct Registry {
     skewed: BTreeMap<String, Skewed>,
 }
 
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new(FORGET_AFTER)
+    }
+}
+
 impl Registry {
+    pub fn new(forget_after: Duration) -> Registry {
+        Registry {
+            agents: BTreeMap::new(),
+            forget_after,
+            changed: false,
+            instances: HashMap::new(),
+            present: HashMap::new(),
+            skewed: BTreeMap::new(),
+        }
+    }
+
+    /// Nodes known from before a restart (the journal): each is down, with
+    /// the reason it had or, if it was up, [`NOT_BACK`] since `restart_ms`.
+    pub fn restore(&mut self, entries: impl IntoIterator<Item = AgentEntry>) {
+        for e in entries {
+            if e.last_seen.elapsed() > self.forget_after {
+                continue;
+            }
+            self.instances.insert(e.instance.clone(), e.node.clone());
+            self.agents.insert(e.node.clone(), e);
+        }
+    }
+
+    /// Whether the registry changed in a way a restart must know; clears it.
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Forget a node the operator removed (`mgmt agents forget`): it is no
+    /// longer expected to answer. False if it is unknown.
+    pub fn forget(&mut self, node: &str) -> bool {
+        let Some(e) = self.agents.remove(node) else {
+            return false;
+        };
+        self.instances.remove(&e.instance);
+        self.present.remove(&e.instance);
+        self.skewed.remove(node);
+        self.changed = true;
+        true
+    }
+
     /// Record an announcement; returns a departure when it was a goodbye.
     pub fn announce(&mut self, a: &Announce, key: Option<String>) -> Option<Departure> {
         self.skewed.remove(&a.node);
@@ -80,10 +200,18 @@ impl Registry {
             }
         }
         self.instances.insert(a.instance.clone(), a.node.clone());
-        let was_up = self
-            .agents
-            .get(&a.node)
-            .is_some_and(|e| e.state == AgentState::Up);
+        let before = self.agents.get(&a.node);
+        let was_up = before.is_some_and(|e| e.state == AgentState::Up);
+        self.changed |= before.is_none_or(|e| {
+            e.state != state || e.instance != a.instance || e.topics != a.topics || e.key != key
+        });
+        let down = match state {
+            AgentState::Stopped => Some(Down {
+                since_ms: now_ms(),
+                why: "it said goodbye".to_owned(),
+            }),
+            _ => None,
+        };
         self.agents.insert(
             a.node.clone(),
             AgentEntry {
@@ -104,6 +232,7 @@ impl Registry {
                 },
                 last_seen: Instant::now(),
                 interval: Duration::from_millis(a.interval_ms.clamp(100, 600_000)),
+                down,
             },
         );
         (state == AgentState::Stopped && was_up).then(|| Departure {
@@ -173,10 +302,16 @@ impl Registry {
         if entry.instance != instance || entry.state != AgentState::Up {
             return None;
         }
+        let why = "the agent's connection dropped";
         entry.info.state = AgentState::Lost;
+        entry.down = Some(Down {
+            since_ms: now_ms(),
+            why: why.to_owned(),
+        });
+        self.changed = true;
         Some(Departure {
             node: node.clone(),
-            why: "the agent's connection dropped",
+            why,
         })
     }
 
@@ -196,6 +331,7 @@ impl Registry {
             if let Some(e) = self.agents.remove(node) {
                 self.instances.remove(&e.instance);
                 self.present.remove(&e.instance);
+                self.changed = true;
             }
         }
         gone.into_iter()
@@ -212,24 +348,27 @@ impl Registry {
         let mut gone = Vec::new();
         for e in self.agents.values_mut() {
             if e.state == AgentState::Up && e.last_seen.elapsed() > e.interval * MISSED_BEATS {
+                let why = "the agent stopped sending heartbeats";
                 e.info.state = AgentState::Lost;
+                e.down = Some(Down {
+                    since_ms: now_ms(),
+                    why: why.to_owned(),
+                });
+                self.changed = true;
                 gone.push(Departure {
                     node: e.node.clone(),
-                    why: "the agent stopped sending heartbeats",
+                    why,
                 });
             }
         }
         let stale: Vec<String> = self
             .agents
             .values()
-            .filter(|e| e.state != AgentState::Up && e.last_seen.elapsed() > FORGET_AFTER)
+            .filter(|e| e.state != AgentState::Up && e.last_seen.elapsed() > self.forget_after)
             .map(|e| e.node.clone())
             .collect();
         for node in stale {
-            if let Some(e) = self.agents.remove(&node) {
-                self.instances.remove(&e.instance);
-                self.present.remove(&e.instance);
-            }
+            self.forget(&node);
         }
         gone
     }
@@ -261,6 +400,28 @@ impl Registry {
             .filter(|e| glob.is_none_or(|g| g.is_match(&e.node)))
             .map(|e| e.node.clone())
             .collect()
+    }
+
+    /// Known agents that answer `topic` (narrowed to `glob`) but are down:
+    /// lost, stopped, or not back since a restart. They are expected to
+    /// answer, and answered for when they cannot be sent the request.
+    /// Announced agents whose subscriptions are not in place yet are not
+    /// among them (they are up, a moment from reachable).
+    pub fn down_matching(&self, topic: &str, glob: Option<&globset::GlobMatcher>) -> Vec<String> {
+        self.agents
+            .values()
+            .filter(|e| e.state != AgentState::Up)
+            .filter(|e| e.topics.iter().any(|t| t == topic))
+            .filter(|e| glob.is_none_or(|g| g.is_match(&e.node)))
+            .map(|e| e.node.clone())
+            .collect()
+    }
+
+    /// Whether `node` is known from before the restart and not back yet.
+    pub fn not_back(&self, node: &str) -> bool {
+        self.agents.get(node).is_some_and(|e| {
+            e.state != AgentState::Up && e.down.as_ref().is_some_and(|d| d.why == NOT_BACK)
+        })
     }
 
     /// How many up registered agents answer `topic` (to tell 0.1 subscribers apart).

@@ -18,12 +18,17 @@ pub struct Route {
     /// Topics to publish the request on (without the terminator).
     pub topics: Vec<String>,
     /// Expected nodes that will not get the request, with the reason they are
-    /// answered for at once (`no_response`).
+    /// answered for at once (`no_response`): known but down (lost, stopped),
+    /// or not an admitted agent.
     pub unreachable: Vec<(String, String)>,
+    /// Expected nodes known from before a manager restart and not back yet,
+    /// within the startup grace: sent the request when they come back.
+    pub late: Vec<String>,
 }
 
 /// Why an expected node was not sent the request.
 pub const NOT_CONNECTED: &str = "the agent is not connected to the manager";
+
 pub const NO_SUCH_AGENT: &str =
     "no such agent: none by that name is connected with an accepted key";
 
@@ -68,12 +73,15 @@ impl RouteError {
 
 /// Check a request's fields and decide who must answer (the gate has
 /// already passed it). `secure` is the opposite of `allow_unsigned`;
-/// `subscriptions` counts the backend's subscribers per topic.
+/// `subscriptions` counts the backend's subscribers per topic; `starting`
+/// says the manager is within its startup grace, when nodes not back since
+/// the restart are still awaited.
 pub fn route(
     req: &ServiceRequest,
     registry: &Registry,
     subscriptions: &HashMap<String, usize>,
     secure: bool,
+    starting: bool,
 ) -> Result<Route, RouteError> {
     if !p::valid_topic(&req.topic) {
         return Err(RouteError::BadTopic(req.topic.clone()));
@@ -96,7 +104,8 @@ pub fn route(
             return Err(RouteError::BadNode(bad.clone()));
         }
     }
-    // Who must answer: up agents on the topic, narrowed by the glob. An
+    // Who must answer: every known agent on the topic, narrowed by the glob,
+    // up or down (a lost or stopped one is never silently left out). An
     // explicit node list is taken as is, less known nodes outside the topic:
     // unknown nodes are asked too (they may be 0.1 agents) and reported.
     let narrowed = req.nodes.is_some() || req.glob.is_some();
@@ -104,6 +113,7 @@ pub fn route(
         None => registry
             .matching(&req.topic, glob.as_ref())
             .into_iter()
+            .chain(registry.down_matching(&req.topic, glob.as_ref()))
             .collect(),
         Some(nodes) => nodes
             .iter()
@@ -124,16 +134,28 @@ pub fn route(
         let subscribed = subscriptions.get(&req.topic).copied().unwrap_or(0);
         subscribed.saturating_sub(registry.count_with_topic(&req.topic))
     };
-    // Secure mode: each admitted agent on its private topic. Otherwise narrowed
+    // Not back since a restart, within the grace: awaited, sent the request
+    // when they come back.
+    let late: Vec<String> = expected
+        .iter()
+        .filter(|n| starting && !registry.is_up(n) && registry.not_back(n))
+        .cloned()
+        .collect();
+    // Secure mode: each up agent on its private topic. Otherwise narrowed
     // requests go to each node's own topic and the rest is one broadcast.
     let topics = if secure {
         expected
             .iter()
+            .filter(|n| registry.is_up(n))
             .filter_map(|n| registry.get(n))
             .map(|e| p::private_topic(&e.node, &e.instance))
             .collect()
     } else if narrowed {
-        expected.clone()
+        expected
+            .iter()
+            .filter(|n| late.binary_search(n).is_err())
+            .cloned()
+            .collect()
     } else {
         vec![req.topic.clone()]
     };
@@ -142,10 +164,12 @@ pub fn route(
     let unreachable = expected
         .iter()
         .filter(|n| !registry.is_up(n) && (registry.get(n).is_some() || secure))
+        .filter(|n| late.binary_search(n).is_err())
         .map(|n| {
-            let why = match (registry.skew_of(n), registry.get(n)) {
+            let entry = registry.get(n);
+            let why = match (registry.skew_of(n), entry) {
                 (Some(skew_s), _) => skewed(skew_s),
-                (None, Some(_)) => NOT_CONNECTED.to_owned(),
+                (None, Some(e)) => e.down_reason().unwrap_or_else(|| NOT_CONNECTED.to_owned()),
                 (None, None) => NO_SUCH_AGENT.to_owned(),
             };
             (n.clone(), why)
@@ -156,6 +180,7 @@ pub fn route(
         unregistered,
         topics,
         unreachable,
+        late,
     })
 }
 
@@ -199,20 +224,21 @@ mod tests {
         }
         let cases = [
             Case {
-                name: "broadcast, 0.1-compatible: one publish on the topic",
+                name: "broadcast, 0.1-compatible: one publish on the topic, the lost node expected",
                 req: req("web", None, None),
                 secure: false,
-                expected: &["web1", "web2"],
+                expected: &["old1", "web1", "web2"],
                 topics: &["web"],
-                unreachable: &[],
+                unreachable: &[("old1", LOST)],
             },
             Case {
-                name: "broadcast, secure: each up agent's private topic",
+                name:
+                    "broadcast, secure: each up agent's private topic, the lost node answered for",
                 req: req("web", None, None),
                 secure: true,
-                expected: &["web1", "web2"],
+                expected: &["old1", "web1", "web2"],
                 topics: &["!to/web1/i-web1", "!to/web2/i-web2"],
-                unreachable: &[],
+                unreachable: &[("old1", LOST)],
             },
             Case {
                 name: "topic match is exact, not a prefix",
@@ -231,13 +257,21 @@ mod tests {
                 unreachable: &[],
             },
             Case {
+                name: "glob keeps a lost node that matches",
+                req: req("any", None, Some("*1")),
+                secure: true,
+                expected: &["db1", "old1", "web1"],
+                topics: &["!to/db1/i-db1", "!to/web1/i-web1"],
+                unreachable: &[("old1", LOST)],
+            },
+            Case {
                 name:
                     "node list: unknown kept (0.1 agent), outside topic dropped, down answered for",
                 req: req("web", Some(&["web1", "db1", "ghost", "old1"]), None),
                 secure: false,
                 expected: &["ghost", "old1", "web1"],
                 topics: &["ghost", "old1", "web1"],
-                unreachable: &[("old1", NOT_CONNECTED)],
+                unreachable: &[("old1", LOST)],
             },
             Case {
                 name: "node list, secure: an unknown node gets no request and no_response",
@@ -258,16 +292,96 @@ mod tests {
         ];
         let reg = fleet();
         for c in cases {
-            let r = route(&c.req, &reg, &HashMap::new(), c.secure).unwrap();
+            let r = route(&c.req, &reg, &HashMap::new(), c.secure, false).unwrap();
             assert_eq!(r.expected, c.expected, "{}", c.name);
             assert_eq!(r.topics, c.topics, "{}", c.name);
+            // Reasons are compared by their start (a lost node's carries a time).
             let unreachable: Vec<(&str, &str)> = r
                 .unreachable
                 .iter()
-                .map(|(n, w)| (n.as_str(), w.as_str()))
+                .map(|(n, w)| {
+                    let want = c
+                        .unreachable
+                        .iter()
+                        .find(|(m, _)| m == n)
+                        .map_or("", |u| u.1);
+                    (
+                        n.as_str(),
+                        if w.starts_with(want) {
+                            want
+                        } else {
+                            w.as_str()
+                        },
+                    )
+                })
                 .collect();
             assert_eq!(unreachable, c.unreachable, "{}", c.name);
+            assert!(r.late.is_empty(), "{}", c.name);
         }
+    }
+
+    /// What a lost node's no_response starts with.
+    const LOST: &str = "lost since ";
+
+    #[test]
+    fn lost_and_stopped_nodes_are_expected_until_forgotten() {
+        let mut reg = fleet();
+        let mut bye = hello("web2", "i-web2", &["any", "web", "web2"]);
+        bye.kind = crate::protocol::AnnounceKind::Bye;
+        reg.announce(&bye, None);
+        let r = route(&req("web", None, None), &reg, &HashMap::new(), true, false).unwrap();
+        assert_eq!(r.expected, ["old1", "web1", "web2"]);
+        assert_eq!(r.topics, ["!to/web1/i-web1"]);
+        let why: Vec<&str> = r.unreachable.iter().map(|(_, w)| w.as_str()).collect();
+        assert!(
+            why[0].starts_with("lost since ")
+                && why[0].ends_with(" UTC (the agent's connection dropped)"),
+            "{why:?}"
+        );
+        assert!(why[1].starts_with("stopped at "), "{why:?}");
+        assert!(reg.forget("old1") && reg.forget("web2") && !reg.forget("old1"));
+        let r = route(&req("web", None, None), &reg, &HashMap::new(), true, false).unwrap();
+        assert_eq!(r.expected, ["web1"]);
+        assert!(r.unreachable.is_empty());
+    }
+
+    #[test]
+    fn nodes_not_back_after_a_restart_are_awaited_within_the_grace() {
+        use crate::manager::registry::{AgentEntry, Down, NOT_BACK};
+        let mut reg = fleet();
+        let mut info = reg.get("web1").unwrap().info.clone();
+        info.node = "web3".into();
+        info.instance = "i-web3".into();
+        info.topics = vec!["web".into()];
+        info.state = crate::protocol::mgmt::AgentState::Lost;
+        reg.restore([AgentEntry::restored(
+            info,
+            2000,
+            Down {
+                since_ms: 0,
+                why: NOT_BACK.into(),
+            },
+        )]);
+        let r = route(&req("web", None, None), &reg, &HashMap::new(), true, true).unwrap();
+        assert_eq!(r.expected, ["old1", "web1", "web2", "web3"]);
+        assert_eq!(r.late, ["web3"]);
+        assert!(r.unreachable.iter().all(|(n, _)| n != "web3"));
+        // After the grace it is answered for at once, saying why.
+        let r = route(&req("web", None, None), &reg, &HashMap::new(), true, false).unwrap();
+        assert!(r.late.is_empty());
+        let (_, why) = r.unreachable.iter().find(|(n, _)| n == "web3").unwrap();
+        assert_eq!(
+            why,
+            "not back since the manager restarted at 1970-01-01 00:00:00 UTC"
+        );
+    }
+
+    #[test]
+    fn times_read_as_utc() {
+        use crate::manager::registry::utc;
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_796_106_603_000), "2026-12-01 06:30:03 UTC");
+        assert_eq!(utc(951_782_400_000), "2000-02-29 00:00:00 UTC");
     }
 
     #[test]
@@ -283,7 +397,7 @@ mod tests {
         ];
         for (r, secure, want) in cases {
             assert_eq!(
-                route(&r, &reg, &subs, secure).unwrap().unregistered,
+                route(&r, &reg, &subs, secure, false).unwrap().unregistered,
                 want,
                 "{r:?} secure={secure}"
             );
@@ -300,6 +414,7 @@ mod tests {
             &reg,
             &HashMap::new(),
             true,
+            false,
         );
         let want = [
             ("old1".to_owned(), skewed(-200)),
@@ -334,7 +449,7 @@ mod tests {
             ),
         ];
         for (r, needle) in cases {
-            let err = route(&r, &reg, &HashMap::new(), true).unwrap_err();
+            let err = route(&r, &reg, &HashMap::new(), true, false).unwrap_err();
             assert!(
                 err.to_string().contains(needle),
                 "{err:?} should mention {needle:?}"

@@ -309,6 +309,11 @@ pub struct Accepted {
     /// (a 0.1 manager) the client subscribes to `port`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub attached: bool,
+    /// When no node matched and the manager started a moment ago (within
+    /// its startup grace): how long ago, in ms. Its agents may not have
+    /// reconnected yet, so "nobody" may be wrong for a few seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms_ago: Option<u64>,
 }
 
 /// The reply to a follow request for a job no longer in memory: its record

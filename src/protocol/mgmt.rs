@@ -16,6 +16,9 @@ pub const MANAGER_SHUTDOWN: &str = "manager.shutdown";
 pub const MANAGER_AGENTS: &str = "manager.agents";
 pub const MANAGER_JOBS: &str = "manager.jobs";
 pub const MANAGER_JOB: &str = "manager.job";
+/// Ours: remove a lost or stopped agent from the registry (admin), so that
+/// requests stop expecting it: `{"cmd": "manager.forget", "node": "web3"}`.
+pub const MANAGER_FORGET: &str = "manager.forget";
 /// Management commands of the agent.
 pub const AGENT_STATUS: &str = "agent.status";
 pub const AGENT_SHUTDOWN: &str = "agent.shutdown";
@@ -31,7 +34,8 @@ pub const RESULTS_PAGE_MAX: usize = 10_000;
 pub const PAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// Management request (REQ -> REP): `{"cmd": "manager.status"}`.
-/// `manager.job` takes `"uuid"`; `manager.jobs` and `manager.job` are paged:
+/// `manager.job` takes `"uuid"`, `manager.forget` takes `"node"`;
+/// `manager.jobs` and `manager.job` are paged:
 /// `"limit"` (jobs, or results of the job, per page) and `"offset"` (how
 /// many to skip: the `next` of the previous page's reply).
 ///
@@ -47,6 +51,9 @@ pub struct MgmtRequest {
     pub limit: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<usize>,
+    /// `manager.forget`: the node to forget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// A client's signature over a [`MgmtBody`], required for shutdown in secure mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Signed>,
@@ -59,6 +66,7 @@ impl MgmtRequest {
             uuid: None,
             limit: None,
             offset: None,
+            node: None,
             auth: None,
         }
     }
@@ -82,6 +90,7 @@ impl MgmtRequest {
             uuid: take_opt_str(&mut m, "uuid")?,
             limit,
             offset,
+            node: take_opt_str(&mut m, "node")?,
             auth: take_auth(&mut m)?,
         })
     }
@@ -397,6 +406,17 @@ pub fn answer(frames: &[Vec<u8>], handle: impl FnOnce(&MgmtRequest) -> MgmtReply
 mod tests {
     use crate::protocol::*;
     use serde_json::json;
+
+    #[test]
+    fn forget_names_its_node() {
+        let req = MgmtRequest::decode(br#"{"cmd": "manager.forget", "node": "web3"}"#).unwrap();
+        assert_eq!(
+            (req.cmd.as_str(), req.node.as_deref()),
+            (MANAGER_FORGET, Some("web3"))
+        );
+        roundtrip(&req);
+        assert!(MgmtRequest::decode(br#"{"cmd": "manager.forget", "node": 3}"#).is_err());
+    }
 
     #[test]
     fn mgmt_roundtrip_and_errors() {

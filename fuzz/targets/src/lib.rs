@@ -386,6 +386,7 @@ pub fn mgmt_request(data: &[u8]) {
         uuid: f.opt(1),
         limit: f.num(2).map(|n| n as usize),
         offset: f.num(4).map(|n| n as usize),
+        node: f.opt(5),
         auth: f.signed(3),
     };
     let bytes = encode(&built);
