@@ -13,6 +13,7 @@ mod daemon;
 mod deadline;
 mod docs;
 mod end_to_end;
+mod expected;
 mod first_hour;
 mod fuzz_smoke;
 mod install;

@@ -424,11 +424,15 @@ impl Registry {
         })
     }
 
-    /// How many up registered agents answer `topic` (to tell 0.1 subscribers apart).
+    /// How many registered agents still connected answer `topic` (to tell
+    /// 0.1 subscribers apart): up ones, and lost ones whose connection (and
+    /// so their subscriptions) is still there, which are expected by name.
     pub fn count_with_topic(&self, topic: &str) -> usize {
         self.agents
             .values()
-            .filter(|e| self.reachable(e) && e.topics.iter().any(|t| t == topic))
+            .filter(|e| {
+                self.present.contains_key(&e.instance) && e.topics.iter().any(|t| t == topic)
+            })
             .count()
     }
 
