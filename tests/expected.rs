@@ -96,10 +96,20 @@ fn a_killed_or_stopped_agent_is_reported_until_forgotten() {
         assert_eq!(out.status.code(), Some(0), "{doc}");
         assert_eq!(doc["summary"]["expected"], 1, "{doc}");
         // Forgetting an unknown node says so.
-        let out = run(&["mgmt", "-e", &mgr.ep("mgmt_endpoint"), "agents", "forget", "n2"]);
+        let out = run(&[
+            "mgmt",
+            "-e",
+            &mgr.ep("mgmt_endpoint"),
+            "agents",
+            "forget",
+            "n2",
+        ]);
         assert_eq!(out.status.code(), Some(1));
         let said = String::from_utf8_lossy(&out.stdout);
-        assert!(said.contains("n2") && said.contains("is known to the manager"), "{said}");
+        assert!(
+            said.contains("n2") && said.contains("is known to the manager"),
+            "{said}"
+        );
     });
 }
 
@@ -223,5 +233,67 @@ fn nobody_matching_right_after_a_start_says_the_manager_just_started() {
                 && err.contains("has not yet seen its agents come back"),
             "{err}"
         );
+    });
+}
+
+/// Issue 12: 0.1 agents the manager counted but cannot name that stay
+/// silent make the run incomplete (exit 4, "N of M unnamed 0.1 agents stayed
+/// silent"); a registered agent that went lost with its connection still open
+/// (stopped, missing heartbeats) was counted among those unnamed ones
+/// ("2 of 2") instead of being named.
+#[test]
+fn silent_unnamed_01_agents_are_counted_and_a_lost_agent_is_named() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager_compat(&[]);
+        let _n1 = compat_agent(&mgr, "n1", &fake);
+        accept_agent_key(&mgr, "n2");
+        let n2 = agent(
+            &mgr,
+            "n2",
+            &fake,
+            &["-O", "allow_unsigned=true", "-O", "heartbeat_interval=1"],
+        );
+        let ctx = zmq::Context::new();
+        let sub = ctx.socket(zmq::SUB).unwrap();
+        sub.set_linger(0).unwrap();
+        for t in ["any", "Linux", "hung1"] {
+            sub.set_subscribe(t.as_bytes()).unwrap();
+        }
+        sub.connect(&mgr.ep("backend_endpoint")).unwrap();
+        wait_subscribed(&mgr, "hung1");
+        // n2 stops heartbeating; its connection (and subscriptions) stay.
+        signal(&n2, libc::SIGSTOP);
+        wait_agent_state(&mgr, "n2", "lost");
+        for format in ["json", "table"] {
+            let (out, text) = Client::at(&mgr.ep("frontend_endpoint"))
+                .unsigned()
+                .topic("any")
+                .cmd("status")
+                .service("x")
+                .wait("1")
+                .format(format)
+                .text();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(4), "{format}: {text}\n{err}");
+            assert!(
+                err.contains("1 of 1 unnamed 0.1 agent") && err.contains("stayed silent"),
+                "{format}: {err}"
+            );
+            if format == "json" {
+                let doc: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(doc["summary"]["expected"], 3, "{doc}");
+                assert_eq!(doc["summary"]["no_response"], 2, "{doc}");
+                let got = outcome(&doc);
+                assert!(
+                    got.iter().any(|(n, s, m)| n == "n2"
+                        && s == "no_response"
+                        && m.starts_with("lost since")),
+                    "{doc}"
+                );
+            }
+        }
+        signal(&n2, libc::SIGCONT);
     });
 }
