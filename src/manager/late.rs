@@ -5,7 +5,7 @@
 //! A node not back by then is answered for with `no_response`.
 
 use super::registry::{utc, NOT_BACK};
-use super::{now_ms, publish, Manager};
+use super::{now_ms, Manager};
 use crate::jobstore::StoreEvent;
 use crate::protocol::{self as p, RequestBody, ResultMsg, ServiceRequest, Status};
 use slog::{debug, info};
@@ -148,8 +148,6 @@ impl Manager<'_> {
                 at_ms: now_ms(),
             });
         }
-        if job.subscribed {
-            publish(&self.s.results, self.log, uuid, &r);
-        }
+        self.deliver(uuid, &r);
     }
 }
