@@ -5,6 +5,7 @@
 //! A node not back by then is answered for with `no_response`.
 
 use super::registry::{utc, NOT_BACK};
+use super::routing::NOT_CONNECTED;
 use super::{now_ms, Manager};
 use crate::jobstore::StoreEvent;
 use crate::protocol::{self as p, RequestBody, ResultMsg, ServiceRequest, Status};
@@ -106,12 +107,20 @@ impl Manager<'_> {
                 }
             }
             if late.until <= Instant::now() {
-                let reason = format!(
-                    "{NOT_BACK} at {}: it did not come back while the request could still be sent to it",
-                    utc(self.started_ms)
-                );
+                let restarted = utc(self.started_ms);
                 for n in std::mem::take(&mut late.nodes) {
-                    expired.push((uuid.clone(), n, reason.clone()));
+                    let reason = if self.registry.connecting(&n) {
+                        format!(
+                            "{NOT_CONNECTED}: it reconnected after the manager restarted at \
+                            {restarted}, but not in time for the request to be sent to it"
+                        )
+                    } else {
+                        format!(
+                            "{NOT_BACK} at {restarted}: it did not come back while the \
+                            request could still be sent to it"
+                        )
+                    };
+                    expired.push((uuid.clone(), n, reason));
                 }
             }
             if late.nodes.is_empty() {

@@ -417,6 +417,30 @@ impl Registry {
             .collect()
     }
 
+    /// Agents that answer `topic` (narrowed to `glob`) that have announced
+    /// themselves but whose presence is not in place yet: a moment from
+    /// reachable (after a manager restart, a whole fleet is).
+    pub fn connecting_matching(
+        &self,
+        topic: &str,
+        glob: Option<&globset::GlobMatcher>,
+    ) -> Vec<String> {
+        self.agents
+            .values()
+            .filter(|e| e.state == AgentState::Up && !self.reachable(e))
+            .filter(|e| e.topics.iter().any(|t| t == topic))
+            .filter(|e| glob.is_none_or(|g| g.is_match(&e.node)))
+            .map(|e| e.node.clone())
+            .collect()
+    }
+
+    /// Whether `node` has announced itself but its presence is not in place.
+    pub fn connecting(&self, node: &str) -> bool {
+        self.agents
+            .get(node)
+            .is_some_and(|e| e.state == AgentState::Up && !self.reachable(e))
+    }
+
     /// Whether `node` is known from before the restart and not back yet.
     pub fn not_back(&self, node: &str) -> bool {
         self.agents.get(node).is_some_and(|e| {

@@ -114,6 +114,14 @@ pub fn route(
             .matching(&req.topic, glob.as_ref())
             .into_iter()
             .chain(registry.down_matching(&req.topic, glob.as_ref()))
+            // Right after a restart, agents that announced themselves before
+            // their subscriptions arrived are awaited too.
+            .chain(
+                starting
+                    .then(|| registry.connecting_matching(&req.topic, glob.as_ref()))
+                    .into_iter()
+                    .flatten(),
+            )
             .collect(),
         Some(nodes) => nodes
             .iter()
@@ -134,11 +142,13 @@ pub fn route(
         let subscribed = subscriptions.get(&req.topic).copied().unwrap_or(0);
         subscribed.saturating_sub(registry.count_with_topic(&req.topic))
     };
-    // Not back since a restart, within the grace: awaited, sent the request
-    // when they come back.
+    // Not back since a restart (or back but not reachable yet), within the
+    // grace: awaited, sent the request when they are reachable.
     let late: Vec<String> = expected
         .iter()
-        .filter(|n| starting && !registry.is_up(n) && registry.not_back(n))
+        .filter(|n| {
+            starting && !registry.is_up(n) && (registry.not_back(n) || registry.connecting(n))
+        })
         .cloned()
         .collect();
     // Secure mode: each up agent on its private topic. Otherwise narrowed
@@ -362,9 +372,11 @@ mod tests {
                 why: NOT_BACK.into(),
             },
         )]);
+        // web4 announced itself again, its presence not in place yet.
+        reg.announce(&hello("web4", "i-web4", &["web"]), None);
         let r = route(&req("web", None, None), &reg, &HashMap::new(), true, true).unwrap();
-        assert_eq!(r.expected, ["old1", "web1", "web2", "web3"]);
-        assert_eq!(r.late, ["web3"]);
+        assert_eq!(r.expected, ["old1", "web1", "web2", "web3", "web4"]);
+        assert_eq!(r.late, ["web3", "web4"]);
         assert!(r.unreachable.iter().all(|(n, _)| n != "web3"));
         // After the grace it is answered for at once, saying why.
         let r = route(&req("web", None, None), &reg, &HashMap::new(), true, false).unwrap();
