@@ -17,7 +17,8 @@
 //! - [`manager`]: the loop and sockets in `mod.rs`; `frontend` (requests,
 //!   follow), `routing` (who must answer: a pure function), `backend`
 //!   (subscriptions, presence), `sink` (results, announcements, departures),
-//!   `mgmt`, `registry` (the agents), `trust` (the gate).
+//!   `mgmt`, `registry` (the agents), `journal` (the agents it knew, kept
+//!   across restarts), `late` (requests to agents not back yet), `trust` (the gate).
 //! - [`agent`]: the loop; `guard` (its checks and signatures), `exec` (running
 //!   the host's service manager), `simulate` (a fleet in one process).
 //! - [`client`] (requests and rollouts), [`mgmt`] (management, keys, keygen),

@@ -297,3 +297,48 @@ fn silent_unnamed_01_agents_are_counted_and_a_lost_agent_is_named() {
         signal(&n2, libc::SIGCONT);
     });
 }
+
+/// Issue 13: the agents journal never keeps a manager down: a damaged one is
+/// set aside, logged, and the manager starts without it.
+#[test]
+fn a_damaged_agents_journal_is_set_aside() {
+    with_timeout(60, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mut mgr = manager(&[]);
+        let _n1 = agent(&mgr, "n1", &fake, &["--topics", "web"]);
+        let state_arg = format!("state_dir={:?}", mgr.pki.as_ref().unwrap().path("state"));
+        let state = std::path::PathBuf::from(mgr.pki.as_ref().unwrap().path("state"));
+        let endpoints = MANAGER_ENDPOINTS.map(|k| format!("{k}={}", mgr.ep(k)));
+        // Stopped cleanly, the journal knows n1; then it is damaged.
+        assert_eq!(mgr.signal_and_wait(libc::SIGTERM, 10).code(), Some(0));
+        let journal = state.join("agents.json");
+        let text = std::fs::read_to_string(&journal).unwrap();
+        assert!(text.contains("\"n1\""), "{text}");
+        std::fs::write(&journal, &text.as_bytes()[..text.len() / 2]).unwrap();
+        let mut args = vec!["daemon", "-D", "-f", "/dev/null", "-O", state_arg.as_str()];
+        for e in &endpoints {
+            args.extend(["-O", e.as_str()]);
+        }
+        let mut mgr2 = spawn_ready(&args);
+        mgr2.pki = mgr.pki.take();
+        register_manager(&mgr2, mgr2.pki.as_ref().unwrap());
+        wait_registered(&mgr2, "n1");
+        let aside = std::fs::read_dir(&state)
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("agents.json.damaged-")
+            });
+        assert!(aside, "not set aside:\n{}", mgr2.log_text());
+        assert!(
+            mgr2.log_text().contains("agents journal is damaged"),
+            "{}",
+            mgr2.log_text()
+        );
+        let (out, doc) = status_web(&mgr2);
+        assert_eq!(out.status.code(), Some(0), "{doc}");
+    });
+}

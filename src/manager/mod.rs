@@ -7,7 +7,8 @@
 //! [`frontend`] (requests and follows), [`routing`] (who must answer, a pure
 //! function), [`backend`] (subscriptions, presence, welcome), [`sink`]
 //! (results, announcements, departures), [`mgmt`] (management commands),
-//! [`registry`] (the agents), [`trust`] (the gate) and [`peers`] (who may
+//! [`registry`] (the agents), [`journal`] (the agents known across a
+//! restart), [`late`] (requests to agents not back since it), [`trust`] (the gate) and [`peers`] (who may
 //! connect: every socket is a CURVE server, judged by ZAP before a message is read).
 //!
 //! Fixes over 0.1 that live here:
@@ -17,7 +18,8 @@
 //!   client's subscription to the job id arrives, so none is lost to the race
 //!   between dispatch and subscribe;
 //! - agents register (see [`registry`]); each request names the nodes expected
-//!   to answer, and a node that goes away gets a `no_response` result at once.
+//!   to answer, lost and stopped ones included, and a node that goes away (or
+//!   is down already) gets a `no_response` result at once.
 
 mod backend;
 mod frontend;
