@@ -71,10 +71,11 @@ impl Manager<'_> {
             let Some(late) = job.late.as_mut() else {
                 continue;
             };
+            let open = Instant::now() < late.until;
             let back: Vec<String> = late
                 .nodes
                 .iter()
-                .filter(|n| self.registry.is_up(n))
+                .filter(|n| open && self.registry.is_up(n))
                 .cloned()
                 .collect();
             for n in back {
@@ -106,7 +107,7 @@ impl Manager<'_> {
                     }
                 }
             }
-            if late.until <= Instant::now() {
+            if !open {
                 let restarted = utc(self.started_ms);
                 for n in std::mem::take(&mut late.nodes) {
                     let reason = if self.registry.connecting(&n) {

@@ -179,8 +179,10 @@ impl Registry {
         let Some(e) = self.agents.remove(node) else {
             return false;
         };
+        // Its presence (if its connection is still there) stays: the
+        // transport's to end, and it makes the agent a target again at its
+        // next heartbeat.
         self.instances.remove(&e.instance);
-        self.present.remove(&e.instance);
         self.skewed.remove(node);
         self.changed = true;
         true
@@ -368,7 +370,11 @@ impl Registry {
             .map(|e| e.node.clone())
             .collect();
         for node in stale {
-            self.forget(&node);
+            if let Some(e) = self.agents.remove(&node) {
+                self.instances.remove(&e.instance);
+                self.present.remove(&e.instance);
+                self.changed = true;
+            }
         }
         gone
     }
