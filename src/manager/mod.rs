@@ -8,8 +8,9 @@
 //! function), [`backend`] (subscriptions, presence, welcome), [`sink`]
 //! (results, announcements, departures), [`mgmt`] (management commands),
 //! [`registry`] (the agents), [`journal`] (the agents known across a
-//! restart), [`late`] (requests to agents not back since it), [`trust`] (the gate) and [`peers`] (who may
-//! connect: every socket is a CURVE server, judged by ZAP before a message is read).
+//! restart), [`late`] (requests to agents not back since it), [`trust`] (the
+//! gate) and [`peers`] (who may connect: every socket is a CURVE server,
+//! judged by ZAP before a message is read).
 //!
 //! Fixes over 0.1 that live here:
 //! - the backend XPUB runs in manual mode and stores each subscription with a
