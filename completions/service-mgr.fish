@@ -125,7 +125,7 @@ complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen help" -f -a "install-links" -d 'Create the link names in DIR (same as --install-links)'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen help" -f -a "keygen" -d 'Make a key pair for a client, an agent or a manager'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -f -a "agents jobs job status shutdown keys manager.status manager.shutdown manager.agents manager.jobs manager.job agent.status agent.shutdown"
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -f -a "agents jobs job status shutdown keys manager.status manager.shutdown manager.agents manager.jobs manager.job manager.forget agent.status agent.shutdown"
 
 # -T/-N: the nodes the manager named by -e knows (asked with a 0.3 s limit).
 function __fish_service_mgr_targets

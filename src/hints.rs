@@ -9,7 +9,7 @@ use std::ffi::OsStr;
 pub const SERVICE_COMMANDS: [&str; 5] = p::STANDARD_COMMANDS;
 
 /// `service-mgr mgmt`'s commands: the short names, `keys`, then the full names.
-pub const MGMT_COMMANDS: [&str; 13] = [
+pub const MGMT_COMMANDS: [&str; 14] = [
     "agents",
     "jobs",
     "job",
@@ -21,6 +21,7 @@ pub const MGMT_COMMANDS: [&str; 13] = [
     p::MANAGER_AGENTS,
     p::MANAGER_JOBS,
     p::MANAGER_JOB,
+    p::MANAGER_FORGET,
     p::AGENT_STATUS,
     p::AGENT_SHUTDOWN,
 ];
