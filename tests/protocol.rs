@@ -357,6 +357,17 @@ fn backend_messages() {
             other => panic!("{other:?}"),
         },
     );
+    ours(
+        "backend/ack.json",
+        &p::Ack::new(
+            "web1",
+            vec![JOB.into(), "0c1d5e2f9a8b4c7d8e6f5a4b3c2d1e0f".into()],
+        ),
+        |b| match BackendMessage::decode(b).unwrap() {
+            BackendMessage::Ack(a) => a,
+            other => panic!("{other:?}"),
+        },
+    );
     assert_eq!(p::backend_topic("web1"), b"web1\0");
     assert_eq!(p::private_topic("web1", "i1"), "!to/web1/i1");
 }

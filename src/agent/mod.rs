@@ -567,6 +567,8 @@ impl Agent<'_> {
                 }
                 return;
             }
+            // We do not subscribe to acks (no outbox yet).
+            Ok(BackendMessage::Ack(_)) => return,
             Err((maybe_uuid, e)) => {
                 warn!(self.log, "bad request"; "uuid" => maybe_uuid.as_deref().unwrap_or("-"), "reason" => %e);
                 if let Some(uuid) = maybe_uuid {

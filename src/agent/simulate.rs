@@ -466,6 +466,8 @@ impl Shard {
                 node.welcomed |= topic == node.private_topic;
                 return;
             }
+            // Simulated nodes keep no outbox and do not subscribe to acks.
+            Ok(BackendMessage::Ack(_)) => return,
             Err((uuid, e)) => {
                 debug!(self.log, "bad request"; "node" => &node.me.node, "reason" => %e);
                 if let Some(uuid) = uuid {

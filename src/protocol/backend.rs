@@ -1,6 +1,7 @@
 //! The backend: manager XPUB → agent SUB. Dispatched requests, the topic
 //! frames (exact matching), the agent's presence subscription and private
-//! topic (upstream), and the welcome that tells an agent it is admitted.
+//! topic (upstream), the welcome that tells an agent it is admitted, and
+//! the acknowledgement of the results the manager has stored.
 
 use super::{
     decode_object, take_auth, take_opt_str, take_str, DecodeError, DISPATCH_LIMIT,
@@ -77,10 +78,55 @@ impl Default for Welcome {
     }
 }
 
+/// The manager has stored these results of the agent durably (its job store
+/// synced them): the agent may forget them. On the agent's private topic,
+/// only to agents that subscribed to [`ACKS_TOPIC`]. Jobs of one node (the
+/// receiver): a node answers a job once, so its uuid names the result.
+///
+/// ```json
+/// {"type":"manager.ack","v":2,"node":"web1","uuids":["f5697966...","0c1d..."]}
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ack {
+    #[serde(rename = "type")]
+    pub kind: AckKind,
+    pub v: u64,
+    pub node: String,
+    pub uuids: Vec<String>,
+}
+
+/// The one value of [`Ack::kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AckKind {
+    #[serde(rename = "manager.ack")]
+    Ack,
+}
+
+impl Ack {
+    pub fn new(node: &str, uuids: Vec<String>) -> Ack {
+        Ack {
+            kind: AckKind::Ack,
+            v: PROTOCOL_VERSION,
+            node: node.to_owned(),
+            uuids,
+        }
+    }
+}
+
+/// Most job ids in one [`Ack`]: 256 ids of up to 64 bytes stay far below
+/// what an agent reads on the backend ([`DISPATCH_LIMIT`]).
+pub const ACK_UUIDS_MAX: usize = 256;
+
+/// The subscription by which an agent says it keeps its results until they
+/// are acknowledged ([`Ack`]). Never published on; earlier agents do not
+/// subscribe to it and are sent no acks (they would log each as a bad request).
+pub const ACKS_TOPIC: &str = "!acks";
+
 /// A payload frame on the backend, decoded once by the agent.
 #[derive(Debug, Clone, PartialEq)]
 pub enum BackendMessage {
     Welcome(Welcome),
+    Ack(Ack),
     Dispatch(Dispatch),
 }
 
@@ -98,6 +144,16 @@ impl BackendMessage {
                 kind: WelcomeKind::Welcome,
                 v,
             }));
+        }
+        if matches!(m.get("type"), Some(Value::String(t)) if t == "manager.ack") {
+            return serde_json::from_value(Value::Object(m))
+                .map(BackendMessage::Ack)
+                .map_err(|e| {
+                    (
+                        None,
+                        DecodeError::Invalid(format!("bad acknowledgement: {e}")),
+                    )
+                });
         }
         Dispatch::from_map(m).map(BackendMessage::Dispatch)
     }
