@@ -239,9 +239,11 @@ impl Progress {
     }
 }
 
-/// Since when lazy (`Durability::None`) commits await their fsync, if any do.
+/// Since when lazy (`Durability::None`) commits await their fsync, if any do;
+/// and a lock held across each take-and-sync, so that [`JobStore::flush`]
+/// returns only once a sync the flusher thread already started is done.
 #[derive(Default)]
-struct Dirty(Mutex<Option<Instant>>);
+struct Dirty(Mutex<Option<Instant>>, Mutex<()>);
 
 impl Dirty {
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
@@ -261,6 +263,9 @@ impl Dirty {
     }
     fn since(&self) -> Option<Instant> {
         *self.lock()
+    }
+    fn syncing(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.1.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -405,6 +410,7 @@ impl JobStore {
                     stopped.recv_timeout(FLUSH_INTERVAL)
                 {
                     // On failure stay dirty and retry; a failing disk also fails `apply`.
+                    let _syncing = fdirty.syncing();
                     if let Some(since) = fdirty.take() {
                         if guarded("flushing", Path::new(""), || flush_db(&fdb)).is_err() {
                             fdirty.restore(since);
@@ -685,8 +691,10 @@ impl JobStore {
     }
 
     /// Make every commit so far durable (fsync). The store also does this by
-    /// itself within `FLUSH_INTERVAL` and when dropped.
+    /// itself within `FLUSH_INTERVAL` and when dropped. On `Ok`, every commit
+    /// before the call is on disk (the manager acknowledges results then).
     pub fn flush(&self) -> Result<()> {
+        let _syncing = self.dirty.syncing();
         if let Some(since) = self.dirty.take() {
             if let Err(e) = guarded("flushing", &self.path, || flush_db(&self.db)) {
                 self.dirty.restore(since);
