@@ -35,6 +35,12 @@ impl Manager<'_> {
             self.on_presence(kind == 1, presence, &shown);
             return;
         }
+        if shown == p::ACKS_TOPIC {
+            if kind == 1 {
+                self.on_acks_subscription();
+            }
+            return;
+        }
         if shown.starts_with('!') {
             return; // reserved prefixes are never granted as topics
         }
@@ -129,6 +135,7 @@ impl Manager<'_> {
             warn!(self.log, "cannot grant the private topic"; "error" => %e);
             return;
         }
+        self.acks.granted(&node, &private);
         // Tells the agent it is admitted, so it stops renewing its token often.
         let welcome = p::encode(&Welcome::default());
         let _ = self

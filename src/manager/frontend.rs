@@ -277,6 +277,7 @@ impl Manager<'_> {
                 body: body.clone(),
                 until,
             }),
+            answered: Default::default(),
         };
         if job.late.is_some() {
             self.awaiting.insert(uuid.clone());

@@ -90,6 +90,9 @@ struct Job {
     attached: Vec<Vec<Vec<u8>>>,
     /// Expected nodes not back since a restart, sent the request when they are.
     late: Option<late::Late>,
+    /// Nodes whose real answer (not `no_response`) is in: a second copy
+    /// (an agent re-sending until acknowledged) is acknowledged, not counted.
+    answered: BTreeSet<String>,
 }
 
 /// Most connections a job's stored results are replayed to (each once): a
@@ -226,6 +229,7 @@ pub fn run(
         result_subs: Subscribers::new(p::RESULT_SUBSCRIPTIONS_MAX),
         metrics,
         unwritten_since: None,
+        acks: sink::Acks::default(),
         stop: false,
         source: String::new(),
     };
@@ -487,6 +491,8 @@ struct Manager<'a> {
     metrics: ManagerMetrics,
     /// Since when store events failed to be written (a failing disk), for the write lag.
     unwritten_since: Option<Instant>,
+    /// Results to acknowledge to their agents once the store holds them durably.
+    acks: sink::Acks,
     stop: bool,
     /// The address of the peer whose message is being handled ("unknown" if
     /// libzmq gives none), for the limits on filing unknown keys per source.
@@ -618,6 +624,7 @@ impl Manager<'_> {
                     self.write_events();
                 }
             }
+            self.acknowledge(false);
             if last_gauges.is_none_or(|t| t.elapsed() >= GAUGE_INTERVAL) {
                 let size_due = last_size.is_none_or(|t| t.elapsed() >= STORE_SIZE_INTERVAL);
                 self.update_gauges(size_due);
@@ -640,6 +647,8 @@ impl Manager<'_> {
         } else if let Some(Err(e)) = self.store.as_ref().map(JobStore::flush) {
             error!(self.log, "cannot flush the job store"; "error" => format!("{e:#}"));
         }
+        // What the store now holds is acknowledged before the sockets close.
+        self.acknowledge(true);
         Ok(())
     }
 
@@ -686,6 +695,9 @@ impl Manager<'_> {
         let over = self.held.len().saturating_sub(STORE_HOLD_MAX);
         if over > 0 {
             self.held.drain(..over);
+            // Which results went is not tracked: none awaiting its write is
+            // acknowledged, so their agents send them again.
+            self.acks.forget_unwritten();
             if self.held_dropped == 0 {
                 error!(self.log, "job store still cannot write: dropping the oldest held results";
                     "held_max" => STORE_HOLD_MAX);
