@@ -8,6 +8,7 @@
 
 pub mod exec;
 pub mod guard;
+pub mod outbox;
 pub mod simulate;
 
 use crate::config::AgentConfig;
@@ -58,6 +59,10 @@ const BYE_LINGER_MS: i32 = 250;
 /// `a3_results_of_our_agents_reach_a_01_client_through_a_01_manager`).
 /// Our manager holds results itself; its requests are never delayed.
 pub const HOLD_FOR_01_MANAGER: Duration = Duration::from_millis(50);
+
+/// How often the outbox is checked for results whose resend is due (each
+/// has its own backoff, see [`outbox::RETRY_FIRST`]).
+const RESEND_CHECK: Duration = Duration::from_secs(1);
 
 /// What the agent is, as it reports itself.
 #[derive(Debug, Clone, Serialize)]
@@ -149,6 +154,18 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     // Our private topic: in secure mode the manager grants it once our signed
     // presence below proved our key, and sends our requests there.
     sub.set_subscribe(p::private_topic(&me.node, &instance).as_bytes())?;
+    // Our manager acknowledges stored results to agents that keep them until
+    // then (CURVE only: a plaintext peer may be a 0.1 manager, which never does).
+    let outbox = match wire {
+        transport::Wire::Curve { .. } => {
+            sub.set_subscribe(p::ACKS_TOPIC.as_bytes())?;
+            Some(outbox::Outbox::open(
+                &outbox::journal_path(&config.key_file()),
+                log,
+            ))
+        }
+        transport::Wire::Plain => None,
+    };
     // Never published on: its unsubscription tells the manager we are gone.
     let presence = guard.presence(&instance);
     sub.set_subscribe(presence.as_bytes())?;
@@ -212,6 +229,7 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
         metrics,
         held: Default::default(),
         hold_until: None,
+        outbox,
         stop: false,
     };
     agent.serve(control)?;
@@ -297,11 +315,17 @@ struct Agent<'a> {
     metrics: crate::metrics::AgentMetrics,
     /// Answers to a 0.1 manager's requests, held until their time
     /// ([`HOLD_FOR_01_MANAGER`]); in the order they are due.
-    held: std::cell::RefCell<std::collections::VecDeque<(Instant, Vec<u8>)>>,
+    held: std::cell::RefCell<std::collections::VecDeque<Held>>,
     /// The hold of the request being answered: `Some(due)` when a 0.1 manager sent it.
     hold_until: Option<Instant>,
+    /// Results sent and not yet acknowledged by the manager (see [`outbox`]);
+    /// `None` on a plaintext wire (a 0.1 manager acknowledges nothing).
+    outbox: Option<outbox::Outbox>,
     stop: bool,
 }
+
+/// An answer held back: when it is due, its job and its frame.
+type Held = (Instant, Option<String>, Vec<u8>);
 
 /// A request being run by a worker.
 struct Job {
@@ -319,6 +343,7 @@ impl Agent<'_> {
         self.announce(AnnounceKind::Hello);
         let mut next_beat = Instant::now() + interval;
         let mut next_presence = Instant::now() + interval;
+        let mut next_resend = Instant::now() + RESEND_CHECK;
         let stop_timeout = Duration::from_secs(self.config.stop_timeout);
         // Set when we start stopping: until then (or until nothing runs) we
         // keep heartbeating, refuse new requests and deliver what finishes.
@@ -348,8 +373,11 @@ impl Agent<'_> {
                 },
             ];
             let mut wait = next_beat.saturating_duration_since(Instant::now());
-            if let Some((due, _)) = self.held.borrow().front() {
+            if let Some((due, _, _)) = self.held.borrow().front() {
                 wait = wait.min(due.saturating_duration_since(Instant::now()));
+            }
+            if self.outbox.as_ref().is_some_and(|o| !o.is_empty()) {
+                wait = wait.min(next_resend.saturating_duration_since(Instant::now()));
             }
             if let Some(deadline) = stop_deadline {
                 wait = wait.min(deadline.saturating_duration_since(Instant::now()));
@@ -397,6 +425,10 @@ impl Agent<'_> {
                 self.forward_results();
             }
             self.release_held(false);
+            if Instant::now() >= next_resend {
+                self.resend_unacked(false);
+                next_resend = Instant::now() + RESEND_CHECK;
+            }
             if ready[0] {
                 while let Ok(Some(frames)) = try_recv(&self.sub) {
                     self.on_request(frames);
@@ -462,7 +494,7 @@ impl Agent<'_> {
                 job.request_id,
                 job.signed,
             );
-            self.push_result(frame);
+            self.push_result(Some(&job.uuid), frame);
         }
         self.running = 0;
         Ok(())
@@ -472,6 +504,12 @@ impl Agent<'_> {
     /// that the manager never sees us without one): a restarted manager and a
     /// key accepted meanwhile both take effect within PRESENCE_REFRESH.
     fn refresh_presence(&mut self) {
+        // Said again before each token: a manager that did not hold our key
+        // at our first subscription (accepted since) learns we take acks.
+        if self.outbox.is_some() {
+            let _ = self.sub.set_subscribe(p::ACKS_TOPIC.as_bytes());
+            let _ = self.sub.set_unsubscribe(p::ACKS_TOPIC.as_bytes());
+        }
         let fresh = self.guard.presence(&self.instance);
         if self.sub.set_subscribe(fresh.as_bytes()).is_ok() {
             let _ = self.sub.set_unsubscribe(self.presence.as_bytes());
@@ -501,44 +539,77 @@ impl Agent<'_> {
             self.running = self.running.saturating_sub(1);
             // [job number, result]; workers hold their own answers (see `on_request`).
             let mut frames = frames.into_iter();
+            let mut uuid = None;
             if let Some(id) = frames.next() {
                 if let Ok(id) = <[u8; 8]>::try_from(id.as_slice()) {
-                    self.jobs.remove(&u64::from_be_bytes(id));
+                    uuid = self.jobs.remove(&u64::from_be_bytes(id)).map(|j| j.uuid);
                 }
             }
             for f in frames {
-                self.push_result(f);
+                self.push_result(uuid.as_deref(), f);
             }
         }
     }
 
     /// Send the held answers that are due (`all`: every one, as we stop).
-    fn release_held(&self, all: bool) {
+    fn release_held(&mut self, all: bool) {
         loop {
             let next = {
                 let mut held = self.held.borrow_mut();
                 match held.front() {
-                    Some((due, _)) if all || *due <= Instant::now() => held.pop_front(),
+                    Some((due, _, _)) if all || *due <= Instant::now() => held.pop_front(),
                     _ => None,
                 }
             };
-            let Some((_, frame)) = next else { return };
-            self.push_result(frame);
+            let Some((_, uuid, frame)) = next else { return };
+            self.push_result(uuid.as_deref(), frame);
         }
     }
 
     /// Send a result now, or hold it when a 0.1 manager dispatched its request.
-    fn send_result_frame(&self, frame: Vec<u8>) {
+    fn send_result_frame(&mut self, uuid: Option<&str>, frame: Vec<u8>) {
         match self.hold_until {
-            Some(due) if due > Instant::now() => self.held.borrow_mut().push_back((due, frame)),
-            _ => self.push_result(frame),
+            Some(due) if due > Instant::now() => {
+                self.held
+                    .borrow_mut()
+                    .push_back((due, uuid.map(str::to_owned), frame))
+            }
+            _ => self.push_result(uuid, frame),
         }
     }
 
-    fn push_result(&self, frame: Vec<u8>) {
+    /// Send the result of job `uuid`, kept in the outbox until acknowledged.
+    fn push_result(&mut self, uuid: Option<&str>, frame: Vec<u8>) {
         self.last_result.set(Some(Instant::now()));
+        if let (Some(outbox), Some(uuid)) = (&mut self.outbox, uuid) {
+            outbox.add(uuid, &frame);
+        }
         if let Err(e) = self.push.send(frame, zmq::DONTWAIT) {
-            error!(self.log, "result could not be queued for the manager and is lost"; "error" => %e);
+            match &self.outbox {
+                Some(_) => {
+                    warn!(self.log, "result could not be queued for the manager; kept, sent again later"; "error" => %e)
+                }
+                None => {
+                    error!(self.log, "result could not be queued for the manager and is lost"; "error" => %e)
+                }
+            }
+        }
+    }
+
+    /// Send again the results the manager has not acknowledged: all of them
+    /// when it just admitted us (`welcomed`, maybe a restarted manager), else
+    /// those whose backoff ran out.
+    fn resend_unacked(&mut self, welcomed: bool) {
+        let Some(outbox) = &mut self.outbox else {
+            return;
+        };
+        let push = &self.push;
+        let sent = outbox.resend(welcomed, |frame| push.send(frame, zmq::DONTWAIT).is_ok());
+        if sent > 0 {
+            self.last_result.set(Some(Instant::now()));
+            if welcomed {
+                info!(self.log, "results not acknowledged by the manager sent again"; "results" => sent);
+            }
         }
     }
 
@@ -564,11 +635,20 @@ impl Agent<'_> {
                 if topic == self.private_topic {
                     debug!(self.log, "the manager admitted us");
                     self.welcomed = true;
+                    self.resend_unacked(true);
                 }
                 return;
             }
-            // We do not subscribe to acks (no outbox yet).
-            Ok(BackendMessage::Ack(_)) => return,
+            Ok(BackendMessage::Ack(ack)) => {
+                // Only on our private topic, which only our manager can send on.
+                if topic == self.private_topic && ack.node == self.me.node {
+                    if let Some(outbox) = &mut self.outbox {
+                        let n = outbox.ack(&ack.uuids);
+                        debug!(self.log, "results acknowledged"; "results" => n, "kept" => outbox.len());
+                    }
+                }
+                return;
+            }
             Err((maybe_uuid, e)) => {
                 warn!(self.log, "bad request"; "uuid" => maybe_uuid.as_deref().unwrap_or("-"), "reason" => %e);
                 if let Some(uuid) = maybe_uuid {
@@ -677,7 +757,7 @@ impl Agent<'_> {
 
     /// Send a result: signed and sealed to `client` when we know it.
     fn answer(
-        &self,
+        &mut self,
         r: &ResultMsg,
         client: Option<&security::PublicKey>,
         request_id: Option<String>,
@@ -685,7 +765,7 @@ impl Agent<'_> {
     ) {
         self.metrics.record(r);
         let frame = guard::result_frame(&self.guard.key, r, client, request_id, signed);
-        self.send_result_frame(frame);
+        self.send_result_frame(r.uuid.as_deref(), frame);
     }
 
     /// `stop`/`restart` of the agent's own service would kill us before we
