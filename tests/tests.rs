@@ -2,6 +2,7 @@
 
 mod util;
 
+mod ack;
 mod agent_edges;
 mod bench;
 mod cli;
