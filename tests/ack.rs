@@ -278,3 +278,49 @@ fn an_agent_restarted_before_the_ack_delivers_its_results() {
         assert_eq!(v["result"]["results_total"], 1, "{v}");
     });
 }
+
+// Issue 13.1: results that reached a manager as it stopped (here: stalled, then SIGTERM) were neither stored nor sent again.
+#[test]
+fn results_that_reach_a_stopping_manager_are_stored_after_its_restart() {
+    with_timeout(120, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mut mgr = manager(&[]);
+        let _agents: Vec<Proc> = NODES.iter().map(|n| agent(&mgr, n, &fake, &[])).collect();
+        let mut jobs = Vec::new();
+        for i in 0..6 {
+            let (_, doc) = Client::new(&mgr)
+                .topic("any")
+                .service(&format!("pause-{i}"))
+                .cmd("status")
+                .wait("0.1")
+                .run();
+            jobs.push(doc["job"].as_str().unwrap().to_owned());
+        }
+        // The manager stalls while the commands finish: their results wait in
+        // its socket buffers, and it is told to stop as it resumes.
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(mgr.pid(), libc::SIGSTOP) };
+        wait_for(10, "the commands to start", || {
+            (calls(dir.path()).len() == jobs.len() * NODES.len()).then_some(())
+        });
+        std::thread::sleep(Duration::from_millis(2500));
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(mgr.pid(), libc::SIGTERM);
+            libc::kill(mgr.pid(), libc::SIGCONT);
+        }
+        let mut mgr2 = restart_after(&mut mgr, libc::SIGTERM);
+        for n in NODES {
+            wait_registered(&mgr2, n);
+        }
+        let missing = missing_after(&mgr2, &jobs, 30);
+        assert!(
+            missing.is_empty(),
+            "{} of {} results lost: {missing:?}",
+            missing.len(),
+            jobs.len() * NODES.len()
+        );
+        mgr2.signal_and_wait(libc::SIGTERM, 10);
+    });
+}
