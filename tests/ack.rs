@@ -146,7 +146,7 @@ fn no_result_is_lost_when_the_manager_stops_under_load() {
         let _agents: Vec<Proc> = NODES.iter().map(|n| agent(&mgr, n, &fake, &[])).collect();
         // Clients that keep asking (commands of 0.3 s) until the manager goes away.
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let clients: Vec<_> = (0..4)
+        let clients: Vec<_> = (0..10)
             .map(|c| {
                 let endpoint = mgr.ep("frontend_endpoint");
                 let key = mgr.pki.as_ref().unwrap().client_key();
