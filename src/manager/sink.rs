@@ -17,8 +17,11 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
 /// How long results written to the store wait to be acknowledged together:
-/// the job store syncs once for all of them (its flusher often did already).
-const ACK_INTERVAL: Duration = Duration::from_millis(500);
+/// a little over the store's own sync period, so that its flusher thread has
+/// nearly always synced them already and our `flush` costs no fsync on the
+/// manager's thread.
+const ACK_INTERVAL: Duration =
+    Duration::from_millis(crate::jobstore::FLUSH_INTERVAL.as_millis() as u64 + 200);
 
 /// Most results awaiting their acknowledgement; beyond, the oldest are not
 /// acknowledged (their agents send them again, and the store keeps one copy).
