@@ -678,6 +678,8 @@ impl Manager<'_> {
                 // The results still went to the client; the record is held
                 // in memory until the store can write again (a full disk).
                 self.unwritten_since.get_or_insert(since);
+                // The store must be reopened, which may lose its unsynced commits.
+                self.acks.forget_written();
                 let events = std::mem::take(&mut self.events);
                 self.hold(events);
                 let why = format!("{e:#}");
@@ -712,6 +714,8 @@ impl Manager<'_> {
     fn retry_store(&mut self) {
         // Dropping it first releases the file's lock; its final flush may fail.
         self.store = None;
+        // What it committed but never synced may be gone once reopened: not acknowledged.
+        self.acks.forget_written();
         let store = match JobStore::open_recovering(&self.store_path) {
             Ok((store, note)) => {
                 if let Some(n) = note {

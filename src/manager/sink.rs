@@ -90,6 +90,13 @@ impl Acks {
         self.unwritten.clear();
     }
 
+    /// The store failed: what it committed since its last sync may be lost
+    /// when it is reopened, so none of it is acknowledged (sent again instead).
+    pub(super) fn forget_written(&mut self) {
+        self.written.clear();
+        self.written_since = None;
+    }
+
     fn due(&self, now: bool) -> bool {
         !self.written.is_empty()
             && (now
@@ -162,8 +169,11 @@ impl Manager<'_> {
         match self.store.as_ref().map(JobStore::flush) {
             Some(Ok(())) => {}
             // Not durable yet: tried again next round (the store's own error is logged where it writes).
+            // The store is reopened after an I/O error, which may lose the
+            // commits that were not synced: their agents send them again.
             Some(Err(e)) => {
-                debug!(self.log, "job store not synced; results not acknowledged yet"; "error" => format!("{e:#}"));
+                debug!(self.log, "job store not synced; results not acknowledged"; "error" => format!("{e:#}"));
+                self.acks.forget_written();
                 return;
             }
             None => return,
@@ -447,6 +457,11 @@ mod tests {
         acks.forget_unwritten();
         acks.all_written();
         assert!(acks.take().is_empty());
+        // Written, but the store failed before a sync: not acknowledged.
+        acks.received("web1", "y");
+        acks.all_written();
+        acks.forget_written();
+        assert!(!acks.due(true));
     }
 
     #[test]
