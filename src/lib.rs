@@ -32,7 +32,10 @@
 //!   guard and the key store; [`zap`]: who may complete a CURVE handshake.
 //! - [`config`]: both daemons' settings, defaults and checks; `policy` (who may
 //!   run what on an agent).
-//! - [`jobstore`]: the manager's jobs and results on disk (redb).
+//! - [`jobstore`]: the manager's jobs and results, one interface (`mod.rs`)
+//!   and two stores: `redb` (embedded, the default) and `postgres` (shared by
+//!   several managers, written by a thread of its own; its schema and views
+//!   are `migrations/postgres/`).
 //! - [`metrics`]: Prometheus metrics and their HTTP endpoint.
 //! - [`report`]: the client's typed report; [`output`]: formats, tables and
 //!   colour, rendering reports and management replies.

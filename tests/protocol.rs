@@ -313,6 +313,7 @@ fn record() -> JobRecord {
         created_ms: TS,
         request: json!({"cmd": "status", "service": "nginx", "topic": "web", "v": 2}),
         expected: vec!["web1".into(), "web2".into()],
+        client: None,
         results: vec![
             NodeResult {
                 node: "web1".into(),
@@ -629,6 +630,7 @@ fn mgmt_messages() {
                 ("no_response".to_owned(), 1),
             ]),
             finished_ms: Some(TS + 600_000),
+            client: None,
         }],
     );
     typed("mgmt/job.json", "Service Manager Job", &record());

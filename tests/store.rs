@@ -4,7 +4,7 @@
 use crate::util::*;
 
 use serde_json::json;
-use service_mgr::jobstore::{JobStore, StoreEvent};
+use service_mgr::jobstore::{RedbStore, StoreEvent};
 use std::path::Path;
 
 /// Start a manager on `mgr`'s state and endpoints, logging to `log` (`-o`).
@@ -32,7 +32,7 @@ fn manager_again_with(mgr: &mut Proc, endpoints: &[String], log: &Path, extra: &
 /// (the damage below must land on used pages), as a week of requests would.
 fn filler(path: &Path, stdout_len: usize) {
     let stdout = "x".repeat(stdout_len);
-    let store = JobStore::open(path).unwrap();
+    let store = RedbStore::open(path).unwrap();
     for i in 0..400u64 {
         let uuid = format!("{i:032x}");
         let nodes: Vec<String> = (0..10).map(|n| format!("node{n}")).collect();
@@ -41,6 +41,7 @@ fn filler(path: &Path, stdout_len: usize) {
             created_ms: service_mgr::clock::now_ms() - 1000 + i,
             request: json!({"cmd": "status", "service": "sshd", "topic": "any"}),
             expected: nodes.clone(),
+            client: None,
         }];
         for n in nodes {
             events.push(StoreEvent::Result {
@@ -260,7 +261,7 @@ fn job_store_bytes_per_result() {
         eprintln!("one stored result: {}", one["result"]["results"][0]);
         assert_eq!(mgr.signal_and_wait(libc::SIGTERM, 10).code(), Some(0));
         let size = std::fs::metadata(&store).unwrap().len();
-        let stats = JobStore::open(&store).unwrap().stats().unwrap();
+        let stats = RedbStore::open(&store).unwrap().stats().unwrap();
         eprintln!(
             "{requests} requests, {} results: file {size} bytes ({} per result), in use {} ({} per result), result rows {} ({} per result)",
             stats.results,

@@ -16,7 +16,7 @@ use serde_json::{json, Map, Value};
 use service_mgr::client;
 use service_mgr::config::{AgentConfig, PolicyRule};
 use service_mgr::exit::Exit;
-use service_mgr::jobstore::{JobStore, StoreEvent};
+use service_mgr::jobstore::{RedbStore, StoreEvent};
 use service_mgr::logging;
 use service_mgr::protocol::{self, ServiceRequest};
 use service_mgr::security::{self, KeyPair, KeyStore, Role};
@@ -1099,7 +1099,7 @@ fn jobstore(plan: &Plan, dir: &Path, lazy: bool) -> Figure {
     f.detail.insert("batch".into(), json!(STORE_BATCH));
     let outcome = (|| -> Result<usize> {
         let path = dir.join(format!("{id}.redb"));
-        let mut store = JobStore::open(&path)
+        let mut store = RedbStore::open(&path)
             .with_context(|| format!("cannot open the job store {}", path.display()))?;
         store.set_lazy(lazy);
         let payload = json!({"msg": "Executed service status request", "result": {
@@ -1123,6 +1123,7 @@ fn jobstore(plan: &Plan, dir: &Path, lazy: bool) -> Figure {
                     created_ms: 1,
                     request: json!({"cmd": "status", "service": "sshd", "topic": "any"}),
                     expected: nodes.clone(),
+                    client: None,
                 }])?;
                 let batches: Vec<Vec<StoreEvent>> = nodes
                     .chunks(STORE_BATCH)

@@ -59,6 +59,10 @@ pub struct ManagerConfig {
     /// Where the manager keeps its key store and job store. Default:
     /// /var/lib/service-mgr as root, else ~/.local/state/service-mgr.
     pub state_dir: Option<PathBuf>,
+    /// The job store: unset for the embedded one (jobs.redb in state_dir), or
+    /// a PostgreSQL URL (`postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`)
+    /// for a store several managers share.
+    pub job_store: Option<String>,
     /// Serve unsigned 0.1 clients and agents (and warn about it in the log).
     #[serde(deserialize_with = "lenient_bool")]
     pub allow_unsigned: bool,
@@ -90,6 +94,13 @@ impl ManagerConfig {
         self.key_file
             .clone()
             .unwrap_or_else(|| self.state_dir().join("manager.key"))
+    }
+    /// Where the jobs go (`job_store`; checked by [`Check`]).
+    pub fn job_store_location(&self) -> crate::jobstore::Location {
+        match self.job_store.as_deref().filter(|s| !s.is_empty()) {
+            Some(url) => crate::jobstore::Location::Postgres(url.to_owned()),
+            None => crate::jobstore::Location::Redb(self.state_dir().join("jobs.redb")),
+        }
     }
 }
 
@@ -232,6 +243,7 @@ impl Default for ManagerConfig {
             job_store_max_mb: 1024,
             forget_after: 7 * 24 * 3600,
             state_dir: None,
+            job_store: None,
             allow_unsigned: false,
             request_window: 60,
             metrics_endpoint: String::new(),
@@ -399,6 +411,13 @@ fn check_metrics_endpoint(endpoint: &str) -> Result<()> {
 impl Check for ManagerConfig {
     fn check(&self) -> Result<()> {
         base_port().map_err(anyhow::Error::msg)?;
+        if let Some(url) = self.job_store.as_deref().filter(|s| !s.is_empty()) {
+            anyhow::ensure!(
+                url.starts_with("postgres://") || url.starts_with("postgresql://"),
+                "job_store: {:?} is not a postgres:// URL; leave job_store unset for the embedded store in state_dir",
+                crate::jobstore::Location::Postgres(url.to_owned()).to_string()
+            );
+        }
         check_metrics_endpoint(&self.metrics_endpoint)
     }
 }

@@ -287,6 +287,7 @@ impl Manager<'_> {
             created_ms: job.created_ms,
             request: serde_json::to_value(&job.request).unwrap_or_default(),
             expected: route.expected.clone(),
+            client: client.as_ref().map(|k| k.to_string()),
         });
         // Nodes that were not sent the request will not answer: say so at once.
         for (n, why) in route.unreachable {

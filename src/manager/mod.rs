@@ -37,7 +37,7 @@ pub mod trust;
 use crate::clock::now_ms;
 use crate::config::ManagerConfig;
 use crate::host::HostInfo;
-use crate::jobstore::{JobStore, StoreEvent};
+use crate::jobstore::{self, JobStore, StoreEvent};
 use crate::metrics::{self, ManagerMetrics};
 use crate::protocol::{self as p, Accepted, ServiceRequest};
 use crate::runtime::{Control, OnReady};
@@ -126,11 +126,13 @@ pub fn run(
     }
     // A damaged store must not keep the manager down: it is repaired or moved
     // aside, said loudly here and in manager.status.
-    let store_path = config.state_dir().join("jobs.redb");
-    if !store_path.exists() {
-        info!(log, "no job store yet: starting an empty one"; "path" => %store_path.display());
+    let store_at = config.job_store_location();
+    if let jobstore::Location::Redb(path) = &store_at {
+        if !path.exists() {
+            info!(log, "no job store yet: starting an empty one"; "path" => %path.display());
+        }
     }
-    let (store, store_warning) = JobStore::open_recovering(&store_path)?;
+    let (store, store_warning) = jobstore::open(&store_at, log)?;
     if let Some(w) = &store_warning {
         error!(log, "job store damaged"; "error" => w);
     }
@@ -214,7 +216,7 @@ pub fn run(
         awaiting: BTreeSet::new(),
         gate,
         store: Some(store),
-        store_path,
+        store_at,
         store_warning,
         failing: None,
         held: std::collections::VecDeque::new(),
@@ -459,8 +461,8 @@ struct Manager<'a> {
     gate: Gate,
     /// Every job, its expected nodes and each result, kept across restarts.
     /// `None` while it failed and could not be reopened yet.
-    store: Option<JobStore>,
-    store_path: std::path::PathBuf,
+    store: Option<Box<dyn JobStore>>,
+    store_at: jobstore::Location,
     /// What was wrong with the job store when it was opened, for `manager.status`.
     store_warning: Option<String>,
     /// Why the store cannot write, and since when we retry: set at the first
@@ -644,7 +646,7 @@ impl Manager<'_> {
         if let Some((why, _)) = &self.failing {
             error!(self.log, "stopping with job store events unwritten: they are lost";
                 "events" => self.held.len(), "error" => why);
-        } else if let Some(Err(e)) = self.store.as_ref().map(JobStore::flush) {
+        } else if let Some(Err(e)) = self.store.as_ref().map(|s| s.flush()) {
             error!(self.log, "cannot flush the job store"; "error" => format!("{e:#}"));
         }
         // What the store now holds is acknowledged before the sockets close.
@@ -716,7 +718,7 @@ impl Manager<'_> {
         self.store = None;
         // What it committed but never synced may be gone once reopened: not acknowledged.
         self.acks.forget_written();
-        let store = match JobStore::open_recovering(&self.store_path) {
+        let store = match jobstore::open(&self.store_at, self.log) {
             Ok((store, note)) => {
                 if let Some(n) = note {
                     error!(self.log, "job store damaged"; "error" => &n);
@@ -758,8 +760,8 @@ impl Manager<'_> {
     }
 
     /// The store for a read, or why there is none (it failed and is being reopened).
-    fn readable_store(&self) -> Result<&JobStore, String> {
-        self.store.as_ref().ok_or_else(|| {
+    fn readable_store(&self) -> Result<&dyn JobStore, String> {
+        self.store.as_deref().ok_or_else(|| {
             let why = self.failing.as_ref().map_or("", |(w, _)| w.as_str());
             format!("the job store is unavailable ({why}); service-mgrd retries every {} s: free space in state_dir",
                 STORE_RETRY_INTERVAL.as_secs())
@@ -779,10 +781,12 @@ impl Manager<'_> {
             }
             s
         });
-        match (failing, &self.store_warning) {
-            (Some(f), Some(w)) => Some(format!("{f}; {w}")),
-            (f, w) => f.or_else(|| w.clone()),
-        }
+        let writer = self.store.as_ref().and_then(|s| s.status());
+        let said: Vec<String> = [failing, writer, self.store_warning.clone()]
+            .into_iter()
+            .flatten()
+            .collect();
+        (!said.is_empty()).then(|| said.join("; "))
     }
 
     /// Remove the oldest jobs while the store is over `job_store_max_mb`.
@@ -818,7 +822,7 @@ impl Manager<'_> {
         let oldest = [
             self.unwritten_since,
             self.events_since,
-            self.store.as_ref().and_then(JobStore::unsynced_since),
+            self.store.as_ref().and_then(|s| s.unsynced_since()),
         ]
         .into_iter()
         .flatten()
@@ -826,7 +830,7 @@ impl Manager<'_> {
         self.metrics
             .job_store_lag(oldest.map_or(Duration::ZERO, |t| t.elapsed()));
         if size {
-            match self.store.as_ref().map(JobStore::size_bytes) {
+            match self.store.as_ref().map(|s| s.size_bytes()) {
                 None => {}
                 Some(Ok(bytes)) => self.metrics.job_store_bytes(bytes),
                 Some(Err(e)) => {

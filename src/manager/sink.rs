@@ -6,7 +6,7 @@
 use super::registry::Departure;
 use super::trust::AnnounceRefused;
 use super::{now_ms, publish, Manager, REPLAYS_MAX};
-use crate::jobstore::{JobStore, StoreEvent};
+use crate::jobstore::StoreEvent;
 use crate::metrics::refused;
 use crate::protocol::{self as p, ResultMsg, SinkMessage, Status};
 use crate::security::Role;
@@ -166,7 +166,7 @@ impl Manager<'_> {
         if !self.acks.due(now) {
             return;
         }
-        match self.store.as_ref().map(JobStore::flush) {
+        match self.store.as_ref().map(|s| s.flush()) {
             Some(Ok(())) => {}
             // Not durable yet: tried again next round (the store's own error is logged where it writes).
             // The store is reopened after an I/O error, which may lose the

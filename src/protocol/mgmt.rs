@@ -311,6 +311,9 @@ pub struct JobRecord {
     pub request: Value,
     /// The nodes the request is known to have reached.
     pub expected: Vec<String>,
+    /// Who signed the request: the client's public key line (absent: unsigned, or an older store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     pub results: Vec<NodeResult>,
     /// How many results the job has in all (`results` is one page of them).
     #[serde(default)]
@@ -332,6 +335,9 @@ pub struct JobSummary {
     /// Stored results per status, `no_response` included.
     pub status_counts: BTreeMap<String, usize>,
     pub finished_ms: Option<u64>,
+    /// Who signed the request (see [`JobRecord::client`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 impl MgmtReply {

@@ -9,10 +9,12 @@
 //! - `service`: the fake service(8) and its call log
 //! - `wire`: raw zmq sockets and management round trips
 //! - `keys`: the keys each daemon is pinned by, applied by endpoint
+//! - `pg`: PostgreSQL for the shared job store's tests (a database per test, a cuttable relay)
 
 mod client;
 mod fleet;
 pub mod keys;
+pub mod pg;
 mod pki;
 mod proc;
 mod service;

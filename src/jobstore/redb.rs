@@ -1,6 +1,6 @@
-//! The manager's job store: every job and every node's result, kept in an
-//! embedded crash-safe database (redb) so that late results are not lost,
-//! past jobs can be shown and the store survives a restart.
+//! The embedded job store (the default): every job and every node's result
+//! in a crash-safe database file (redb), `state_dir/jobs.redb`, for one
+//! manager. The merge rules are the module's ([`super`]).
 //!
 //! # Layout
 //! Four tables, values as JSON bytes (simple to dump and debug) except results:
@@ -18,13 +18,13 @@
 //!   walk this index instead of scanning the jobs.
 //!
 //! # Durability
-//! [`JobStore::apply`] commits one write transaction per call. On Linux,
+//! [`RedbStore::apply`] commits one write transaction per call. On Linux,
 //! redb's `Durability::Eventual` is an fsync just like `Immediate` (only macOS
 //! has a cheaper barrier), so every batch is committed with
 //! `Durability::None`: visible at once, it reaches the disk with the next
 //! durable commit. Durable commits (fsync, with redb's quick repair so that
-//! reopening after a crash needs no full scan) are: [`JobStore::expire`],
-//! [`JobStore::flush`], dropping the store, and a background thread that
+//! reopening after a crash needs no full scan) are: [`RedbStore::expire`],
+//! [`RedbStore::flush`], dropping the store, and a background thread that
 //! flushes within [`FLUSH_INTERVAL`] after any lazy commit. A crash of the
 //! process or the machine thus loses at most the jobs and results of the last
 //! `FLUSH_INTERVAL` (about a second), and never tears the database. (A durable
@@ -38,22 +38,12 @@
 //! # Damage
 //! redb panics on some damaged files instead of returning an error. Every
 //! public operation runs under `catch_unwind`: a panic becomes
-//! [`StoreError::Panicked`] for that call only. [`JobStore::open_recovering`]
+//! [`StoreError::Panicked`] for that call only. [`RedbStore::open_recovering`]
 //! (the manager's way in) runs redb's integrity check and repair at every
 //! start; a file that cannot be opened or repaired is moved aside to
 //! `jobs.redb.damaged-<unix time>` and an empty store replaces it, with a
 //! warning for the log and `manager.status`.
 //!
-//! # Merge rules
-//! The first result of a node is kept. A repeated result equal to it (same
-//! status and result) is ignored; a differing one is dropped too but counted
-//! in [`JobRecord::conflicts`] (two agents using one node name, say). A
-//! `NoResponse` is stored as a result with status [`NO_RESPONSE`], is replaced
-//! by a real result that arrives later, and never replaces one. An event for
-//! an unknown uuid creates a stub job (request `null`, created at the event's
-//! time) that a later `NewJob` completes: a result is never lost silently.
-//! A `NewJob` for a known uuid replaces its creation time, request and
-//! expected nodes; the first `Finished` time is kept.
 
 use redb::{
     Database, DatabaseError, Durability, ReadableTable, ReadableTableMetadata, StorageError, Table,
@@ -68,6 +58,11 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::{
+    JobRecord, JobStore, JobSummary, NodeResult, Result, StoreError, StoreEvent, StoreStats,
+    NO_RESPONSE,
+};
+
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const PROGRESS: TableDefinition<&str, &[u8]> = TableDefinition::new("progress");
 const RESULTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("results");
@@ -75,50 +70,8 @@ const BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("by_time"
 
 /// Longest time a lazily committed result waits for its fsync.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
-/// Status of the placeholder result stored for a `NoResponse` event.
-pub const NO_RESPONSE: &str = "no_response";
 /// redb's page cache (its default is 1 GiB, too much for a daemon).
 const CACHE_BYTES: usize = 64 << 20;
-
-/// Why the job store failed.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The directory or file cannot be created or opened.
-    #[error("cannot open job store {} (set state_dir to a writable directory)", path.display())]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// Another process (or another `JobStore` here) holds the file's lock.
-    #[error("job store {} is in use: another service-mgrd seems to be running with the same state_dir", path.display())]
-    InUse { path: PathBuf },
-    /// The file is not a redb database, is damaged or needs an upgrade.
-    #[error("cannot open job store {}", path.display())]
-    Database {
-        path: PathBuf,
-        #[source]
-        source: Box<DatabaseError>,
-    },
-    /// A stored row is not the JSON this module writes.
-    #[error("job store holds an unreadable record of job {uuid}")]
-    Corrupt {
-        uuid: String,
-        #[source]
-        source: serde_json::Error,
-    },
-    /// Any other database failure (I/O, full disk...).
-    #[error(transparent)]
-    Db(Box<redb::Error>),
-    /// The database library panicked on the file's contents (a damaged file);
-    /// the panic was caught and only this operation failed.
-    #[error("the job store failed while {what}: {message} (the file may be damaged: stop service-mgrd and move {} aside)", path.display())]
-    Panicked {
-        what: &'static str,
-        path: PathBuf,
-        message: String,
-    },
-}
 
 macro_rules! from_redb {
     ($($t:ty),*) => {$(
@@ -137,22 +90,6 @@ from_redb!(
     redb::CommitError
 );
 
-/// Result of the store's operations.
-pub type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-pub use crate::protocol::mgmt::{JobRecord, JobSummary, NodeResult};
-
-/// What [`JobStore::stats`] counts.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct StoreStats {
-    pub jobs: u64,
-    pub results: u64,
-    pub result_bytes: u64,
-    /// Bytes in use in the file (data, indexes, fragmentation); the rest of
-    /// the file is free pages that later writes reuse.
-    pub live_bytes: u64,
-}
-
 /// The same, borrowed, so that `apply` serializes without cloning results.
 #[derive(Serialize)]
 struct NodeResultRef<'a> {
@@ -162,55 +99,6 @@ struct NodeResultRef<'a> {
     result: &'a RawValue,
 }
 
-/// A change to the store; the manager batches those of one poll-loop round.
-#[derive(Debug, Clone)]
-pub enum StoreEvent {
-    /// The manager dispatched a request.
-    NewJob {
-        uuid: String,
-        created_ms: u64,
-        request: Value,
-        expected: Vec<String>,
-    },
-    /// A node answered (`result` is the agent's whole result message, as
-    /// received: stored without being decoded or re-encoded).
-    Result {
-        uuid: String,
-        node: String,
-        status: String,
-        received_ms: u64,
-        result: Box<RawValue>,
-    },
-    /// An expected node did not answer in time.
-    NoResponse {
-        uuid: String,
-        node: String,
-        at_ms: u64,
-    },
-    /// The manager stopped waiting for the job.
-    Finished { uuid: String, at_ms: u64 },
-}
-
-impl StoreEvent {
-    /// The job and the event's time (created, received or noticed).
-    fn key(&self) -> (&str, u64) {
-        match self {
-            StoreEvent::NewJob {
-                uuid,
-                created_ms: t,
-                ..
-            }
-            | StoreEvent::Result {
-                uuid,
-                received_ms: t,
-                ..
-            }
-            | StoreEvent::NoResponse { uuid, at_ms: t, .. }
-            | StoreEvent::Finished { uuid, at_ms: t } => (uuid, *t),
-        }
-    }
-}
-
 /// Row of `jobs`. `serde(default)` lets older rows load after fields are added.
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -218,6 +106,8 @@ struct JobMeta {
     created_ms: u64,
     request: Value,
     expected: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client: Option<String>,
 }
 
 /// Row of `progress`.
@@ -270,7 +160,7 @@ impl Dirty {
 }
 
 /// The open job store. Cheap to share by reference between threads.
-pub struct JobStore {
+pub struct RedbStore {
     db: Arc<Database>,
     path: PathBuf,
     dirty: Arc<Dirty>,
@@ -281,15 +171,15 @@ pub struct JobStore {
     lazy: bool,
 }
 
-impl JobStore {
-    /// Open the store at `path` as [`JobStore::open`] does, but never fail on
+impl RedbStore {
+    /// Open the store at `path` as [`RedbStore::open`] does, but never fail on
     /// the file's contents: it is checked (and repaired by redb if it can be);
     /// a file that cannot be opened or repaired is moved aside to
     /// `jobs.redb.damaged-<unix time>` and a new, empty store takes its place.
     /// Returns the store and, when something was wrong, what (for the log and
     /// `manager.status`). Only a directory that cannot be written or a store
     /// in use by another process is still an error.
-    pub fn open_recovering(path: &Path) -> Result<(JobStore, Option<String>)> {
+    pub fn open_recovering(path: &Path) -> Result<(RedbStore, Option<String>)> {
         let empty = std::fs::metadata(path).is_ok_and(|m| m.len() == 0);
         let damage = match guarded("opening", path, || Self::open_checked(path)) {
             Ok((store, repaired)) => {
@@ -350,7 +240,7 @@ impl JobStore {
     }
 
     /// Open, then run redb's integrity check; `true` if it repaired something.
-    fn open_checked(path: &Path) -> Result<(JobStore, bool)> {
+    fn open_checked(path: &Path) -> Result<(RedbStore, bool)> {
         Self::open_with(path, |db| {
             db.check_integrity()
                 .map(|clean| !clean)
@@ -362,14 +252,14 @@ impl JobStore {
     }
 
     /// Open or create the store at `path`, creating its directory.
-    pub fn open(path: &Path) -> Result<JobStore> {
+    pub fn open(path: &Path) -> Result<RedbStore> {
         Ok(Self::open_with(path, |_| Ok(false))?.0)
     }
 
     fn open_with(
         path: &Path,
         check: impl FnOnce(&mut Database) -> Result<bool>,
-    ) -> Result<(JobStore, bool)> {
+    ) -> Result<(RedbStore, bool)> {
         let open_err = |source| StoreError::Open {
             path: path.to_owned(),
             source,
@@ -419,7 +309,7 @@ impl JobStore {
                 }
             })
             .map_err(redb::Error::Io)?;
-        let store = JobStore {
+        let store = RedbStore {
             db,
             path: path.to_owned(),
             dirty,
@@ -508,7 +398,10 @@ impl JobStore {
             for ev in events {
                 let (uuid, at_ms) = ev.key();
                 if let StoreEvent::NewJob {
-                    request, expected, ..
+                    request,
+                    expected,
+                    client,
+                    ..
                 } = ev
                 {
                     let (request, expected) = (request.clone(), expected.clone());
@@ -518,6 +411,7 @@ impl JobStore {
                             created_ms: at_ms,
                             request,
                             expected,
+                            client: client.clone(),
                         },
                     )?;
                 }
@@ -604,6 +498,7 @@ impl JobStore {
                 created_ms: m.created_ms,
                 request: m.request,
                 expected: m.expected,
+                client: m.client,
                 results,
                 results_total: total,
                 finished_ms: p.finished_ms,
@@ -644,6 +539,7 @@ impl JobStore {
                 answered_count: answered.map(|(_, n)| n).sum(),
                 status_counts: p.status_counts,
                 finished_ms: p.finished_ms,
+                client: m.client,
             });
         }
         let next = rows.next().is_some().then(|| offset.saturating_add(limit));
@@ -782,7 +678,40 @@ impl JobStore {
     }
 }
 
-impl Drop for JobStore {
+impl JobStore for RedbStore {
+    fn apply(&self, events: &[StoreEvent]) -> Result<()> {
+        RedbStore::apply(self, events)
+    }
+    fn get_page(
+        &self,
+        uuid: &str,
+        offset: usize,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Option<(JobRecord, Option<usize>)>> {
+        RedbStore::get_page(self, uuid, offset, limit, max_bytes)
+    }
+    fn list_page(&self, offset: usize, limit: usize) -> Result<(Vec<JobSummary>, Option<usize>)> {
+        RedbStore::list_page(self, offset, limit)
+    }
+    fn expire(&self, older_than_ms: u64) -> Result<usize> {
+        RedbStore::expire(self, older_than_ms)
+    }
+    fn trim_to(&self, max_bytes: u64) -> Result<usize> {
+        RedbStore::trim_to(self, max_bytes)
+    }
+    fn flush(&self) -> Result<()> {
+        RedbStore::flush(self)
+    }
+    fn unsynced_since(&self) -> Option<Instant> {
+        RedbStore::unsynced_since(self)
+    }
+    fn size_bytes(&self) -> std::io::Result<u64> {
+        RedbStore::size_bytes(self)
+    }
+}
+
+impl Drop for RedbStore {
     fn drop(&mut self) {
         drop(self.stop.take());
         if let Some(flusher) = self.flusher.take() {
@@ -901,6 +830,9 @@ fn is_damage(e: &StoreError) -> bool {
             _ => true,
         },
         StoreError::Corrupt { .. } | StoreError::Panicked { .. } => true,
+        StoreError::Postgres { .. } | StoreError::Unavailable { .. } | StoreError::Newer { .. } => {
+            false
+        }
     }
 }
 
@@ -1038,6 +970,7 @@ mod tests {
             created_ms,
             request: json!({"cmd": "status", "service": "sshd", "topic": "any"}),
             expected: nodes.iter().map(|n| n.to_string()).collect(),
+            client: Some("smgr1 client alice 0123".into()),
         }
     }
 
@@ -1070,9 +1003,9 @@ mod tests {
         }
     }
 
-    fn temp_store() -> (tempfile::TempDir, JobStore) {
+    fn temp_store() -> (tempfile::TempDir, RedbStore) {
         let dir = tempfile::tempdir().unwrap();
-        let store = JobStore::open(&dir.path().join("state/jobs.redb")).unwrap();
+        let store = RedbStore::open(&dir.path().join("state/jobs.redb")).unwrap();
         (dir, store)
     }
 
@@ -1193,18 +1126,18 @@ mod tests {
     fn survives_reopen_after_drop() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.redb");
-        let store = JobStore::open(&path).unwrap();
+        let store = RedbStore::open(&path).unwrap();
         store.apply(&[new_job("j", 1, &["a"])]).unwrap();
         store.apply(&[result("j", "a", "ok", 0)]).unwrap(); // lazy commit
         drop(store);
-        let store = JobStore::open(&path).unwrap();
+        let store = RedbStore::open(&path).unwrap();
         assert_eq!(store.get("j").unwrap().unwrap().results.len(), 1);
     }
 
     #[test]
     fn second_open_says_in_use() {
         let (dir, _store) = temp_store();
-        let err = JobStore::open(&dir.path().join("state/jobs.redb"))
+        let err = RedbStore::open(&dir.path().join("state/jobs.redb"))
             .err()
             .unwrap();
         assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
@@ -1222,7 +1155,7 @@ mod tests {
         assert_eq!(mode(&path), 0o600);
         drop(store);
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let (_store, note) = JobStore::open_recovering(&path).unwrap();
+        let (_store, note) = RedbStore::open_recovering(&path).unwrap();
         assert_eq!((mode(&path), note), (0o600, None));
     }
 
@@ -1232,7 +1165,7 @@ mod tests {
         let file = dir.path().join("file");
         std::fs::write(&file, "").unwrap();
         let path = file.join("jobs.redb"); // parent is a file: fails even as root
-        let err = JobStore::open(&path).err().unwrap();
+        let err = RedbStore::open(&path).err().unwrap();
         assert!(matches!(err, StoreError::Open { .. }), "{err:?}");
         assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
         assert!(err.to_string().contains("state_dir"), "{err}");
@@ -1344,7 +1277,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("jobs.redb");
         std::fs::write(&path, vec![0x5a; 20000]).unwrap();
-        let (store, note) = JobStore::open_recovering(&path).unwrap();
+        let (store, note) = RedbStore::open_recovering(&path).unwrap();
         let note = note.unwrap();
         assert!(note.contains("moved it aside"), "{note}");
         store.apply(&[new_job("j", 1, &["a"])]).unwrap();
@@ -1360,7 +1293,7 @@ mod tests {
         );
         // A sound store opens with nothing to say.
         drop(store);
-        let (store, note) = JobStore::open_recovering(&path).unwrap();
+        let (store, note) = RedbStore::open_recovering(&path).unwrap();
         assert_eq!(note, None);
         assert!(store.get("j").unwrap().is_some());
     }
@@ -1369,7 +1302,7 @@ mod tests {
     #[test]
     fn flushed_results_survive_a_crash() {
         if let Some(path) = std::env::var_os("JOBSTORE_CRASH_CHILD") {
-            let store = JobStore::open(Path::new(&path)).unwrap();
+            let store = RedbStore::open(Path::new(&path)).unwrap();
             store.apply(&[new_job("j", 1, &["a", "b"])]).unwrap();
             store.apply(&[result("j", "a", "ok", 0)]).unwrap();
             store.flush().unwrap();
@@ -1388,7 +1321,7 @@ mod tests {
             .status()
             .unwrap();
         assert!(!status.success(), "the child should have aborted");
-        let store = JobStore::open(&path).unwrap();
+        let store = RedbStore::open(&path).unwrap();
         let job = store.get("j").unwrap().unwrap();
         assert_eq!(job.results[0].node, "a");
     }

@@ -1,0 +1,213 @@
+//! PostgreSQL for the shared job store's tests: `SERVICE_MGR_TEST_PG` names a
+//! server and a role that may create databases (`.ci/run` starts a throwaway
+//! cluster and sets it). Each test gets a database of its own, dropped at the
+//! end, and may put a [`Proxy`] between the manager and the server to take the
+//! database away and bring it back under load.
+
+use postgres::{Client, NoTls};
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// The server the tests use, or `None` (after a loud message) when it is not
+/// set or not reachable here. Under CI (`CI` set) that is a failure instead:
+/// CI must run these tests.
+pub fn server(test: &str) -> Option<String> {
+    let why = match std::env::var("SERVICE_MGR_TEST_PG") {
+        Ok(url) if !url.is_empty() => match Client::connect(&url, NoTls) {
+            Ok(_) => return Some(url),
+            Err(e) => format!("SERVICE_MGR_TEST_PG={url} is not reachable: {e}"),
+        },
+        _ => "SERVICE_MGR_TEST_PG is not set".to_owned(),
+    };
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "{test}: {why}; CI must run the PostgreSQL tests (.ci/run starts a throwaway cluster)"
+        );
+    }
+    eprintln!(
+        "\n*** SKIP {test}: {why}.\n*** The PostgreSQL job store is NOT tested. Run `. .ci/postgres.sh; start_test_postgres` \
+         (as root, or with a PostgreSQL server installed) and export SERVICE_MGR_TEST_PG to run it.\n"
+    );
+    None
+}
+
+/// A database of its own for one test, dropped with it.
+pub struct Db {
+    admin: String,
+    name: String,
+    /// Its URL, for `job_store`.
+    pub url: String,
+}
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+impl Db {
+    /// A new, empty database on `server` (a URL from [`server`]).
+    pub fn new(server: &str) -> Db {
+        let name = format!(
+            "smt_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut admin = Client::connect(server, NoTls).unwrap();
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name}"))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let url = with_database(server, &name);
+        Db {
+            admin: server.to_owned(),
+            name,
+            url,
+        }
+    }
+
+    /// A connection to it, to check what the manager wrote.
+    pub fn client(&self) -> Client {
+        Client::connect(&self.url, NoTls).unwrap()
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = Client::connect(&self.admin, NoTls) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// `url` with its database replaced by `db`.
+pub fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, format!("?{q}")),
+        None => (url, String::new()),
+    };
+    let after_scheme = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[after_scheme..].find('/') {
+        Some(i) => &base[..after_scheme + i],
+        None => base,
+    };
+    format!("{base}/{db}{query}")
+}
+
+/// A TCP relay on a loopback port in front of the PostgreSQL server: taking
+/// it down cuts every connection and refuses new ones, as a database that
+/// stopped or a lost network would look from the manager.
+pub struct Proxy {
+    port: u16,
+    down: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    /// A relay to the server of `url`.
+    pub fn new(url: &str) -> Proxy {
+        let config: postgres::Config = url.parse().unwrap();
+        let host = match &config.get_hosts()[0] {
+            postgres::config::Host::Tcp(h) => h.clone(),
+            other => panic!("the PostgreSQL tests need a TCP server, not {other:?}"),
+        };
+        let upstream = format!(
+            "{host}:{}",
+            config.get_ports().first().copied().unwrap_or(5432)
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (down, conns, stop) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(Mutex::new(Vec::<TcpStream>::new())),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (d, c, s) = (down.clone(), conns.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(client) = client else { continue };
+                if d.load(Ordering::SeqCst) {
+                    drop(client); // refused: closed at once
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let mut list = c.lock().unwrap();
+                list.push(client.try_clone().unwrap());
+                list.push(server.try_clone().unwrap());
+                drop(list);
+                pump(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pump(server, client);
+            }
+        });
+        Proxy {
+            port,
+            down,
+            conns,
+            stop,
+        }
+    }
+
+    /// `url` pointed at the relay instead of the server.
+    pub fn url(&self, url: &str) -> String {
+        let config: postgres::Config = url.parse().unwrap();
+        let host = match &config.get_hosts()[0] {
+            postgres::config::Host::Tcp(h) => h.clone(),
+            other => panic!("{other:?}"),
+        };
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        url.replacen(
+            &format!("{host}:{port}"),
+            &format!("127.0.0.1:{}", self.port),
+            1,
+        )
+    }
+
+    /// Take the database away: every connection cut, new ones refused.
+    pub fn down(&self) {
+        self.down.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Bring it back.
+    pub fn up(&self) {
+        self.down.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.down();
+        let _ = TcpStream::connect(("127.0.0.1", self.port)); // wakes the accept loop
+    }
+}
+
+/// Copy one direction until either side closes.
+fn pump(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16384];
+        loop {
+            match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if to.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+        let _ = from.shutdown(Shutdown::Both);
+    });
+}
