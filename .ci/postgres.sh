@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by .ci/run: a throwaway PostgreSQL cluster on a free loopback port for
 # tests/pgstore.rs, from Debian's postgresql package (installed if missing), run
 # from a temporary directory and stopped when .ci/run exits. Exports
