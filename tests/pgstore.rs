@@ -419,3 +419,59 @@ fn a_restarted_manager_keeps_its_jobs_in_postgres() {
         drop(agent_proc);
     });
 }
+
+/// A database that hangs (connections accepted, never answered) costs a
+/// read at most a second: `mgmt job` gets an error saying so and the manager
+/// answers the next request at once. Before the reads moved to their own
+/// threads each one held the manager's loop for the whole connect timeout.
+#[test]
+fn a_hung_database_holds_a_read_for_a_second_at_most() {
+    let Some(server) = pg::server("pgstore::a_hung_database_holds_a_read_for_a_second_at_most")
+    else {
+        return;
+    };
+    with_timeout(120, move || {
+        let db = Db::new(&server);
+        let proxy = Proxy::new(&db.url);
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&["-O", &job_store(&proxy.url(&db.url))]);
+        let _a = agent(&mgr, "n1", &fake, &[]);
+        let job = run_job(&mgr, "n1", "status");
+        let read = || {
+            mgmt_req(
+                &mgr.ep("mgmt_endpoint"),
+                json!({"cmd": "manager.job", "uuid": job}),
+            )
+        };
+        wait_for(10, "the job in PostgreSQL", || {
+            (read()["success"] == 0).then_some(())
+        });
+        proxy.stall();
+        for _ in 0..3 {
+            let t = Instant::now();
+            let r = read();
+            let took = t.elapsed();
+            assert!(
+                took < Duration::from_millis(1500),
+                "a read took {took:?}: {r}"
+            );
+            assert_ne!(r["success"], 0, "{r}");
+            assert!(
+                r["msg"].as_str().unwrap_or_default().contains("job store"),
+                "{r}"
+            );
+            let t = Instant::now();
+            status(&mgr);
+            assert!(
+                t.elapsed() < Duration::from_millis(500),
+                "status after a read took {:?}",
+                t.elapsed()
+            );
+        }
+        proxy.up();
+        wait_for(20, "reads to work again", || {
+            (read()["result"]["results"][0]["status"] == "ok").then_some(())
+        });
+    });
+}

@@ -14,9 +14,12 @@
 //! and how many events wait or were dropped. Expiry (`job_retention`) also
 //! runs on the writer.
 //!
-//! Reads run on the caller's thread (the manager's loop) on a small pool of
-//! connections, with short connect and statement timeouts; while the writer
-//! knows the database to be down they fail at once instead of trying.
+//! Reads (`client --job`, `mgmt job(s)`) run on two reader threads sharing a
+//! small pool of connections (short connect and statement timeouts); the
+//! caller waits for the answer [`READ_WAIT`] at most, then gets an error
+//! saying so. While the writer knows the database to be down they fail at
+//! once instead of trying. So a read blocks the manager's loop for at most
+//! `READ_WAIT`, not for as long as the database takes.
 //!
 //! # Consistency
 //! Events reach the database a moment after they happen (the manager batches
@@ -35,7 +38,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use serde_json::Value;
 use slog::{error, info, warn, Logger};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -49,6 +52,11 @@ pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A read statement may run this long (server side).
 const READ_STATEMENT_TIMEOUT_MS: u64 = 2000;
+/// The longest a caller (the manager's loop) waits for a read.
+pub const READ_WAIT: Duration = Duration::from_secs(1);
+/// Reader threads, and reads waiting for one at most.
+const READERS: usize = 2;
+const READS_QUEUED_MAX: usize = 8;
 /// A write statement may run this long (server side).
 const WRITE_STATEMENT_TIMEOUT_MS: u64 = 30_000;
 /// Unacknowledged data (a host that vanished) breaks a connection after this long.
@@ -114,8 +122,13 @@ pub struct PgStore {
     url: String,
     shared: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
-    readers: r2d2::Pool<PostgresConnectionManager<NoTls>>,
+    /// Reads for the reader threads; dropping it stops them.
+    reads: Option<mpsc::SyncSender<Read>>,
 }
+
+type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+/// A read, run by a reader thread on a pooled connection.
+type Read = Box<dyn FnOnce(&Pool) + Send>;
 
 /// The connection settings of `url`, with our timeouts.
 fn config(url: &str, statement_timeout_ms: u64) -> Result<postgres::Config> {
@@ -164,11 +177,29 @@ impl PgStore {
                 None
             }
         };
-        let readers = r2d2::Pool::builder()
-            .max_size(2)
+        let pool: Pool = r2d2::Pool::builder()
+            .max_size(READERS as u32)
             .min_idle(Some(0))
             .connection_timeout(CONNECT_TIMEOUT)
             .build_unchecked(PostgresConnectionManager::new(read_config, NoTls));
+        let (reads, queued) = mpsc::sync_channel::<Read>(READS_QUEUED_MAX);
+        let queued = Arc::new(Mutex::new(queued));
+        for i in 0..READERS {
+            let (pool, queued) = (pool.clone(), queued.clone());
+            std::thread::Builder::new()
+                .name(format!("jobstore-pg-read{i}"))
+                .spawn(move || loop {
+                    let next = queued.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    match next {
+                        Ok(read) => read(&pool),
+                        Err(_) => return,
+                    }
+                })
+                .map_err(|e| StoreError::Unavailable {
+                    url: shown.clone(),
+                    why: format!("cannot start its reader threads: {e}"),
+                })?;
+        }
         let writer = Writer {
             config: write_config,
             url: shown.clone(),
@@ -189,31 +220,51 @@ impl PgStore {
             url: shown,
             shared,
             writer: Some(writer),
-            readers,
+            reads: Some(reads),
         })
     }
 
-    /// A connection for a read; fails at once while the writer knows the
-    /// database to be down.
-    fn reader(&self) -> Result<r2d2::PooledConnection<PostgresConnectionManager<NoTls>>> {
+    /// Run `f` on a reader thread with a pooled connection, waiting for it
+    /// READ_WAIT at most; fails at once while the writer knows the database
+    /// to be down.
+    fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Client, &str) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let unavailable = |why: String| StoreError::Unavailable {
+            url: self.url.clone(),
+            why,
+        };
         if let Some((why, _)) = &self.shared.lock().failing {
-            return Err(StoreError::Unavailable {
-                url: self.url.clone(),
-                why: why.clone(),
-            });
+            return Err(unavailable(why.clone()));
         }
-        self.readers.get().map_err(|e| StoreError::Unavailable {
-            url: self.url.clone(),
-            why: e.to_string(),
+        let (answer, answered) = mpsc::sync_channel(1);
+        let url = self.url.clone();
+        let read: Read = Box::new(move |pool: &Pool| {
+            let result = match pool.get() {
+                Ok(mut c) => f(&mut c, &url),
+                Err(e) => Err(StoreError::Unavailable {
+                    url,
+                    why: format!("cannot connect: {e}"),
+                }),
+            };
+            // The caller may have given up waiting: nobody to tell then.
+            let _ = answer.send(result);
+        });
+        let Some(reads) = &self.reads else {
+            return Err(unavailable("stopping".into()));
+        };
+        reads.try_send(read).map_err(|_| {
+            unavailable(format!(
+                "{READS_QUEUED_MAX} reads already wait for the database"
+            ))
+        })?;
+        answered.recv_timeout(READ_WAIT).unwrap_or_else(|_| {
+            Err(unavailable(format!(
+                "no answer within {} ms",
+                READ_WAIT.as_millis()
+            )))
         })
-    }
-
-    fn err(&self, what: &'static str) -> impl Fn(postgres::Error) -> StoreError + '_ {
-        move |e| StoreError::Postgres {
-            url: self.url.clone(),
-            what,
-            source: Box::new(e),
-        }
     }
 
     /// Events queued or being written.
@@ -249,128 +300,12 @@ impl JobStore for PgStore {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Option<(JobRecord, Option<usize>)>> {
-        let mut c = self.reader()?;
-        let mut tx = c
-            .build_transaction()
-            .read_only(true)
-            .isolation_level(postgres::IsolationLevel::RepeatableRead)
-            .start()
-            .map_err(self.err("read a job"))?;
-        let Some(job) = tx
-            .query_opt(
-                "SELECT created_ms, request::text, expected::text, client, finished_ms, conflicts
-                 FROM service_mgr.jobs WHERE uuid = $1",
-                &[&uuid],
-            )
-            .map_err(self.err("read a job"))?
-        else {
-            return Ok(None);
-        };
-        let total: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM service_mgr.results WHERE uuid = $1",
-                &[&uuid],
-            )
-            .map_err(self.err("read a job"))?
-            .get(0);
-        let offset_sql = i64::try_from(offset).unwrap_or(i64::MAX);
-        let limit_sql = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
-        let rows = tx
-            .query(
-                "SELECT node, status, received_ms, result FROM service_mgr.results
-                 WHERE uuid = $1 ORDER BY node OFFSET $2 LIMIT $3",
-                &[&uuid, &offset_sql, &limit_sql],
-            )
-            .map_err(self.err("read a job's results"))?;
-        let (mut results, mut bytes, mut next) = (Vec::new(), 0usize, None);
-        for row in rows {
-            let text: &str = row.get(3);
-            if results.len() >= limit || (!results.is_empty() && bytes + text.len() > max_bytes) {
-                next = Some(offset + results.len());
-                break;
-            }
-            bytes += text.len();
-            results.push(NodeResult {
-                node: row.get(0),
-                status: row.get(1),
-                received_ms: ms(row.get(2)),
-                result: json(text, uuid)?,
-            });
-        }
-        let _ = tx.rollback();
-        let request: Option<String> = job.get(1);
-        let expected: String = job.get(2);
-        Ok(Some((
-            JobRecord {
-                uuid: uuid.to_owned(),
-                created_ms: ms(job.get(0)),
-                request: request.map_or(Ok(Value::Null), |r| json(&r, uuid))?,
-                expected: serde_json::from_str(&expected).map_err(|source| {
-                    StoreError::Corrupt {
-                        uuid: uuid.to_owned(),
-                        source,
-                    }
-                })?,
-                client: job.get(3),
-                results,
-                results_total: usize::try_from(total).unwrap_or(0),
-                finished_ms: job.get::<_, Option<i64>>(4).map(ms),
-                conflicts: u64::try_from(job.get::<_, i64>(5)).unwrap_or(0),
-            },
-            next,
-        )))
+        let uuid = uuid.to_owned();
+        self.read(move |c, url| read_job(c, url, &uuid, offset, limit, max_bytes))
     }
 
     fn list_page(&self, offset: usize, limit: usize) -> Result<(Vec<JobSummary>, Option<usize>)> {
-        let mut c = self.reader()?;
-        let offset_sql = i64::try_from(offset).unwrap_or(i64::MAX);
-        let limit_sql = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
-        let rows = c
-            .query(
-                "SELECT uuid, created_ms, request::text, jsonb_array_length(expected), client, finished_ms
-                 FROM service_mgr.jobs ORDER BY created_ms DESC, uuid DESC OFFSET $1 LIMIT $2",
-                &[&offset_sql, &limit_sql],
-            )
-            .map_err(self.err("list jobs"))?;
-        let next = (rows.len() > limit).then(|| offset.saturating_add(limit));
-        let uuids: Vec<String> = rows.iter().take(limit).map(|r| r.get(0)).collect();
-        let mut counts: HashMap<String, BTreeMap<String, usize>> = HashMap::new();
-        for row in c
-            .query(
-                "SELECT uuid, status, count(*) FROM service_mgr.results
-                 WHERE uuid = ANY($1) GROUP BY uuid, status",
-                &[&uuids],
-            )
-            .map_err(self.err("list jobs"))?
-        {
-            let n: i64 = row.get(2);
-            counts
-                .entry(row.get(0))
-                .or_default()
-                .insert(row.get(1), usize::try_from(n).unwrap_or(0));
-        }
-        let mut out = Vec::new();
-        for row in rows.into_iter().take(limit) {
-            let uuid: String = row.get(0);
-            let request: Option<String> = row.get(2);
-            let status_counts = counts.remove(&uuid).unwrap_or_default();
-            let answered = status_counts
-                .iter()
-                .filter(|(s, _)| *s != NO_RESPONSE)
-                .map(|(_, n)| n)
-                .sum();
-            out.push(JobSummary {
-                created_ms: ms(row.get(1)),
-                request: request.map_or(Ok(Value::Null), |r| json(&r, &uuid))?,
-                expected_count: usize::try_from(row.get::<_, i32>(3)).unwrap_or(0),
-                answered_count: answered,
-                status_counts,
-                finished_ms: row.get::<_, Option<i64>>(5).map(ms),
-                client: row.get(4),
-                uuid,
-            });
-        }
-        Ok((out, next))
+        self.read(move |c, url| read_list(c, url, offset, limit))
     }
 
     fn expire(&self, older_than_ms: u64) -> Result<usize> {
@@ -458,6 +393,143 @@ impl Drop for PgStore {
             let _ = w.join();
         }
     }
+}
+
+/// A job's page (see [`JobStore::get_page`]), in one read-only snapshot.
+fn read_job(
+    c: &mut Client,
+    url: &str,
+    uuid: &str,
+    offset: usize,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Option<(JobRecord, Option<usize>)>> {
+    let err = |what| pg_err(url, what);
+    let mut tx = c
+        .build_transaction()
+        .read_only(true)
+        .isolation_level(postgres::IsolationLevel::RepeatableRead)
+        .start()
+        .map_err(err("read a job"))?;
+    let Some(job) = tx
+        .query_opt(
+            "SELECT created_ms, request::text, expected::text, client, finished_ms, conflicts
+             FROM service_mgr.jobs WHERE uuid = $1",
+            &[&uuid],
+        )
+        .map_err(err("read a job"))?
+    else {
+        return Ok(None);
+    };
+    let total: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM service_mgr.results WHERE uuid = $1",
+            &[&uuid],
+        )
+        .map_err(err("read a job"))?
+        .get(0);
+    let offset_sql = i64::try_from(offset).unwrap_or(i64::MAX);
+    let limit_sql = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+    let rows = tx
+        .query(
+            "SELECT node, status, received_ms, result FROM service_mgr.results
+             WHERE uuid = $1 ORDER BY node OFFSET $2 LIMIT $3",
+            &[&uuid, &offset_sql, &limit_sql],
+        )
+        .map_err(err("read a job's results"))?;
+    let (mut results, mut bytes, mut next) = (Vec::new(), 0usize, None);
+    for row in rows {
+        let text: &str = row.get(3);
+        if results.len() >= limit || (!results.is_empty() && bytes + text.len() > max_bytes) {
+            next = Some(offset + results.len());
+            break;
+        }
+        bytes += text.len();
+        results.push(NodeResult {
+            node: row.get(0),
+            status: row.get(1),
+            received_ms: ms(row.get(2)),
+            result: json(text, uuid)?,
+        });
+    }
+    let _ = tx.rollback();
+    let request: Option<String> = job.get(1);
+    let expected: String = job.get(2);
+    Ok(Some((
+        JobRecord {
+            uuid: uuid.to_owned(),
+            created_ms: ms(job.get(0)),
+            request: request.map_or(Ok(Value::Null), |r| json(&r, uuid))?,
+            expected: serde_json::from_str(&expected).map_err(|source| StoreError::Corrupt {
+                uuid: uuid.to_owned(),
+                source,
+            })?,
+            client: job.get(3),
+            results,
+            results_total: usize::try_from(total).unwrap_or(0),
+            finished_ms: job.get::<_, Option<i64>>(4).map(ms),
+            conflicts: u64::try_from(job.get::<_, i64>(5)).unwrap_or(0),
+        },
+        next,
+    )))
+}
+
+/// A page of job summaries (see [`JobStore::list_page`]).
+fn read_list(
+    c: &mut Client,
+    url: &str,
+    offset: usize,
+    limit: usize,
+) -> Result<(Vec<JobSummary>, Option<usize>)> {
+    let err = |what| pg_err(url, what);
+    let offset_sql = i64::try_from(offset).unwrap_or(i64::MAX);
+    let limit_sql = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+    let rows = c
+        .query(
+            "SELECT uuid, created_ms, request::text, jsonb_array_length(expected), client, finished_ms
+             FROM service_mgr.jobs ORDER BY created_ms DESC, uuid DESC OFFSET $1 LIMIT $2",
+            &[&offset_sql, &limit_sql],
+        )
+        .map_err(err("list jobs"))?;
+    let next = (rows.len() > limit).then(|| offset.saturating_add(limit));
+    let uuids: Vec<String> = rows.iter().take(limit).map(|r| r.get(0)).collect();
+    let mut counts: HashMap<String, BTreeMap<String, usize>> = HashMap::new();
+    for row in c
+        .query(
+            "SELECT uuid, status, count(*) FROM service_mgr.results
+             WHERE uuid = ANY($1) GROUP BY uuid, status",
+            &[&uuids],
+        )
+        .map_err(err("list jobs"))?
+    {
+        let n: i64 = row.get(2);
+        counts
+            .entry(row.get(0))
+            .or_default()
+            .insert(row.get(1), usize::try_from(n).unwrap_or(0));
+    }
+    let mut out = Vec::new();
+    for row in rows.into_iter().take(limit) {
+        let uuid: String = row.get(0);
+        let request: Option<String> = row.get(2);
+        let status_counts = counts.remove(&uuid).unwrap_or_default();
+        let answered = status_counts
+            .iter()
+            .filter(|(s, _)| *s != NO_RESPONSE)
+            .map(|(_, n)| n)
+            .sum();
+        out.push(JobSummary {
+            created_ms: ms(row.get(1)),
+            request: request.map_or(Ok(Value::Null), |r| json(&r, &uuid))?,
+            expected_count: usize::try_from(row.get::<_, i32>(3)).unwrap_or(0),
+            answered_count: answered,
+            status_counts,
+            finished_ms: row.get::<_, Option<i64>>(5).map(ms),
+            client: row.get(4),
+            uuid,
+        });
+    }
+    Ok((out, next))
 }
 
 /// Milliseconds as PostgreSQL's bigint and back.

@@ -103,6 +103,8 @@ pub fn with_database(url: &str, db: &str) -> String {
 pub struct Proxy {
     port: u16,
     down: Arc<AtomicBool>,
+    /// New connections are accepted and never answered (a hung server).
+    stalled: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<TcpStream>>>,
     stop: Arc<AtomicBool>,
 }
@@ -121,12 +123,13 @@ impl Proxy {
         );
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let (down, conns, stop) = (
+        let (down, conns, stop, stalled) = (
             Arc::new(AtomicBool::new(false)),
             Arc::new(Mutex::new(Vec::<TcpStream>::new())),
             Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
         );
-        let (d, c, s) = (down.clone(), conns.clone(), stop.clone());
+        let (d, c, s, st) = (down.clone(), conns.clone(), stop.clone(), stalled.clone());
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 if s.load(Ordering::SeqCst) {
@@ -135,6 +138,10 @@ impl Proxy {
                 let Ok(client) = client else { continue };
                 if d.load(Ordering::SeqCst) {
                     drop(client); // refused: closed at once
+                    continue;
+                }
+                if st.load(Ordering::SeqCst) {
+                    c.lock().unwrap().push(client); // held, never answered
                     continue;
                 }
                 let Ok(server) = TcpStream::connect(&upstream) else {
@@ -151,6 +158,7 @@ impl Proxy {
         Proxy {
             port,
             down,
+            stalled,
             conns,
             stop,
         }
@@ -179,9 +187,22 @@ impl Proxy {
         }
     }
 
+    /// A server that hangs: every connection cut, new ones accepted and
+    /// never answered.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+    }
+
     /// Bring it back.
     pub fn up(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
         self.down.store(false, Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(Shutdown::Both);
+        }
     }
 }
 
