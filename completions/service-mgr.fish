@@ -97,7 +97,11 @@ complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l server-
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l keys-dir -d 'keys: the manager\'s key store [default: keys in the manager\'s state_dir]' -r -F
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s f -l file -d 'keys: the manager\'s config file, to find its state_dir' -r -F
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l limit -d 'jobs: jobs per page [default: 50, at most 1000]; job: results per page [default: 1000]. A page that is not the last says where the next starts' -r
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l offset -d 'jobs, job: skip the first N (newest jobs; results by node): the next page' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l offset -d 'jobs, job, history: skip the first N (newest jobs; results by node): the next page' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l node -d 'history: only this node\'s answers' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l service -d 'history: only requests for this service' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l since -d 'history: only requests since T: a time ago (30m, 12h, 7d, 2w) or a UTC date (2026-11-24, 2026-11-24T08:00, 2026-11-24T08:00:00)' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l client -d 'history: only requests signed by this client key (its name, key id or public key line)' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l format -d 'Output format [default for the short names: table on a terminal, else json; full command names print the JSON reply, as 0.1 did]' -r -f -a "table\t'A table for people'
 json\t'The reply as JSON, as 0.1 printed it'"
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l force -d 'keys accept|import: accept an agent key whose node name an accepted key holds (a reinstalled node), rejecting that key: one node, one key'
@@ -125,7 +129,7 @@ complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen help" -f -a "install-links" -d 'Create the link names in DIR (same as --install-links)'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen help" -f -a "keygen" -d 'Make a key pair for a client, an agent or a manager'
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand help; and not __fish_seen_subcommand_from daemon agent client mgmt demo install-links keygen help" -f -a "help" -d 'Print this message or the help of the given subcommand(s)'
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -f -a "agents jobs job status shutdown keys manager.status manager.shutdown manager.agents manager.jobs manager.job manager.forget agent.status agent.shutdown"
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -f -a "agents jobs job history status shutdown keys manager.status manager.shutdown manager.agents manager.jobs manager.job manager.forget manager.history agent.status agent.shutdown"
 
 # -T/-N: the nodes the manager named by -e knows (asked with a 0.3 s limit).
 function __fish_service_mgr_targets

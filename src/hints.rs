@@ -9,10 +9,11 @@ use std::ffi::OsStr;
 pub const SERVICE_COMMANDS: [&str; 5] = p::STANDARD_COMMANDS;
 
 /// `service-mgr mgmt`'s commands: the short names, `keys`, then the full names.
-pub const MGMT_COMMANDS: [&str; 14] = [
+pub const MGMT_COMMANDS: [&str; 16] = [
     "agents",
     "jobs",
     "job",
+    "history",
     "status",
     "shutdown",
     "keys",
@@ -22,6 +23,7 @@ pub const MGMT_COMMANDS: [&str; 14] = [
     p::MANAGER_JOBS,
     p::MANAGER_JOB,
     p::MANAGER_FORGET,
+    p::MANAGER_HISTORY,
     p::AGENT_STATUS,
     p::AGENT_SHUTDOWN,
 ];

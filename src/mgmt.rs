@@ -7,7 +7,7 @@ use crate::clock;
 use crate::config::{self, ManagerConfig};
 use crate::exit::Exit;
 use crate::output::{self, to_json_pretty, MgmtFormat, Style};
-use crate::protocol::mgmt::{AgentInfo, AgentState, JobRecord, JobSummary};
+use crate::protocol::mgmt::{AgentInfo, AgentState, HistoryEntry, JobRecord, JobSummary};
 use crate::protocol::{self as p, MgmtBody, MgmtReply, MgmtRequest};
 use crate::security::{self, KeyPair, KeyState, KeyStore, Purpose, Role};
 use crate::transport;
@@ -36,8 +36,10 @@ pub struct MgmtArgs {
     #[arg(short = 'r', long = "retries", default_value_t = 3)]
     pub retries: u32,
     /// manager.status, manager.shutdown, manager.agents, manager.jobs, manager.job,
-    /// manager.forget, agent.status, agent.shutdown; short forms: status, agents, jobs, job ID,
-    /// `agents forget NODE` (a lost or stopped agent is no longer expected to answer);
+    /// manager.forget, manager.history, agent.status, agent.shutdown; short forms: status,
+    /// agents, jobs, job ID, history (who asked what where, and the answers: see --node,
+    /// --service, --since, --client), `agents forget NODE` (a lost or stopped agent is no
+    /// longer expected to answer);
     /// and `keys list|accept|reject|delete|import ...` (local, on the manager's host).
     #[arg(value_parser = crate::hints::Hints(&crate::hints::MGMT_COMMANDS),
           hide_possible_values = true)]
@@ -71,9 +73,22 @@ pub struct MgmtArgs {
     /// [default: 1000]. A page that is not the last says where the next starts.
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
-    /// jobs, job: skip the first N (newest jobs; results by node): the next page.
+    /// jobs, job, history: skip the first N (newest jobs; results by node): the next page.
     #[arg(long, value_name = "N")]
     pub offset: Option<usize>,
+    /// history: only this node's answers.
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// history: only requests for this service.
+    #[arg(long, value_name = "SERVICE")]
+    pub service: Option<String>,
+    /// history: only requests since T: a time ago (30m, 12h, 7d, 2w) or a UTC date
+    /// (2026-11-24, 2026-11-24T08:00, 2026-11-24T08:00:00).
+    #[arg(long, value_name = "T")]
+    pub since: Option<String>,
+    /// history: only requests signed by this client key (its name, key id or public key line).
+    #[arg(long, value_name = "KEY")]
+    pub client: Option<String>,
     /// Output format [default for the short names: table on a terminal, else json;
     /// full command names print the JSON reply, as 0.1 did].
     #[arg(long, value_enum)]
@@ -279,6 +294,7 @@ enum View {
     Agents,
     Jobs,
     Job,
+    History,
     Status,
 }
 
@@ -308,6 +324,7 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
         "agents" => (p::MANAGER_AGENTS, true),
         "jobs" => (p::MANAGER_JOBS, true),
         "job" => (p::MANAGER_JOB, true),
+        "history" => (p::MANAGER_HISTORY, true),
         "shutdown" => (p::MANAGER_SHUTDOWN, true),
         other => (other, false),
     };
@@ -315,7 +332,18 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
         p::MANAGER_AGENTS => Some(View::Agents),
         p::MANAGER_JOBS => Some(View::Jobs),
         p::MANAGER_JOB => Some(View::Job),
+        p::MANAGER_HISTORY => Some(View::History),
         p::MANAGER_STATUS | p::AGENT_STATUS => Some(View::Status),
+        _ => None,
+    };
+    let since_ms = match (&a.since, cmd) {
+        (Some(t), p::MANAGER_HISTORY) => match parse_since(t, clock::now_ms()) {
+            Ok(ms) => Some(ms),
+            Err(why) => {
+                eprintln!("service-mgr: --since {t:?}: {why}");
+                return Ok(Exit::Usage);
+            }
+        },
         _ => None,
     };
     let key = config::load_client_key(a.key.as_deref())?;
@@ -351,9 +379,15 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
         };
         req.uuid = Some(id.clone());
     }
-    if matches!(cmd, p::MANAGER_JOBS | p::MANAGER_JOB) {
+    if matches!(cmd, p::MANAGER_JOBS | p::MANAGER_JOB | p::MANAGER_HISTORY) {
         req.limit = a.limit;
         req.offset = a.offset;
+    }
+    if cmd == p::MANAGER_HISTORY {
+        req.node = a.node.clone();
+        req.service = a.service.clone();
+        req.since_ms = since_ms;
+        req.client = a.client.clone();
     }
     let mut reply = call(&a.endpoint, &wire, &req, timeout, a.retries)?;
     let mut view = view;
@@ -402,10 +436,10 @@ pub fn run(a: &MgmtArgs) -> Result<Exit> {
                 render(view, &reply["result"], clock::now_ms(), Style::stdout())
             );
             if let Some(next) = reply["next"].as_u64() {
-                let what = if view == View::Jobs {
-                    "jobs"
-                } else {
-                    "results"
+                let what = match view {
+                    View::Jobs => "jobs",
+                    View::History => "entries",
+                    _ => "results",
                 };
                 let args = a
                     .args
@@ -541,9 +575,69 @@ fn render(view: View, result: &Value, now_ms: u64, style: Style) -> String {
             }
         }),
         View::Job => typed::<JobRecord>(result).map(|job| output::job_view(&job, now_ms, style)),
+        View::History => typed::<Vec<HistoryEntry>>(result).map(|list| {
+            if list.is_empty() {
+                "no history matches\n".into()
+            } else {
+                output::history_table(&list, now_ms).render(style)
+            }
+        }),
         View::Status => Some(output::status_view(result, style)),
     };
     shown.unwrap_or_else(|| format!("{}\n", to_json_pretty(result)))
+}
+
+/// `--since T`: a time ago (`30m`, `12h`, `7d`, `2w`, `90s`) or a UTC date
+/// (`2026-11-24`, `2026-11-24T08:00`, `2026-11-24T08:00:00`), as unix ms.
+pub fn parse_since(t: &str, now_ms: u64) -> Result<u64, String> {
+    let form = "give a time ago (30m, 12h, 7d, 2w) or a UTC date (2026-11-24, 2026-11-24T08:00)";
+    let ago = t
+        .char_indices()
+        .last()
+        .filter(|(i, c)| c.is_ascii_alphabetic() && t[..*i].bytes().all(|b| b.is_ascii_digit()));
+    if let Some((at, unit)) = ago {
+        let n: u64 = t[..at].parse().map_err(|_| form.to_owned())?;
+        let secs = match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86_400,
+            'w' => 7 * 86_400,
+            _ => return Err(form.to_owned()),
+        };
+        return Ok(now_ms.saturating_sub(n.saturating_mul(secs).saturating_mul(1000)));
+    }
+    let (date, time) = t.split_once('T').unwrap_or((t, "00:00"));
+    let num = |s: &str| s.parse::<u64>().map_err(|_| form.to_owned());
+    let d: Vec<&str> = date.split('-').collect();
+    let hms: Vec<&str> = time.trim_end_matches('Z').split(':').collect();
+    let ([y, mo, da], [h, mi, rest @ ..]) = (d.as_slice(), hms.as_slice()) else {
+        return Err(form.to_owned());
+    };
+    let (y, mo, da, h, mi) = (num(y)?, num(mo)?, num(da)?, num(h)?, num(mi)?);
+    let sec = match rest {
+        [] => 0,
+        [s] => num(s)?,
+        _ => return Err(form.to_owned()),
+    };
+    if !(1970..=9999).contains(&y)
+        || !(1..=12).contains(&mo)
+        || !(1..=31).contains(&da)
+        || h > 23
+        || mi > 59
+        || sec > 60
+    {
+        return Err(form.to_owned());
+    }
+    // Days from the civil date (Howard Hinnant's algorithm), 1970-01-01 = 0.
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + da - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Ok((((days * 24 + h) * 60 + mi) * 60 + sec) * 1000)
 }
 
 /// `mgmt keys list|accept|reject|delete|import`: the manager's key store, edited
@@ -674,4 +768,35 @@ pub fn keygen(a: &KeygenArgs) -> Result<Exit> {
     );
     println!("{pk}");
     Ok(Exit::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_since;
+
+    #[test]
+    fn since_takes_a_time_ago_or_a_utc_date() {
+        let now = 1_795_478_400_000; // 2026-11-24T00:00:00Z
+        assert_eq!(parse_since("2026-11-24", now), Ok(now));
+        assert_eq!(parse_since("2000-02-29T08:30:05", now), Ok(951_813_005_000));
+        assert_eq!(
+            parse_since("2000-02-29T08:30:05Z", now),
+            Ok(951_813_005_000)
+        );
+        assert_eq!(parse_since("7d", now), Ok(now - 7 * 86_400_000));
+        assert_eq!(parse_since("90s", now), Ok(now - 90_000));
+        assert_eq!(parse_since("2w", now), Ok(now - 14 * 86_400_000));
+        for bad in [
+            "",
+            "7",
+            "7y",
+            "d",
+            "2026-13-01",
+            "2026-11",
+            "yesterday",
+            "2026-11-24T25:00",
+        ] {
+            assert!(parse_since(bad, now).is_err(), "{bad}");
+        }
+    }
 }

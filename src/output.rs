@@ -524,6 +524,31 @@ pub fn jobs_table(jobs: &[JobSummary], now_ms: u64) -> Table {
     t
 }
 
+/// `manager.history`: a row per node's answer, newest request first.
+pub fn history_table(entries: &[crate::protocol::mgmt::HistoryEntry], now_ms: u64) -> Table {
+    let mut t = Table::new(&[
+        ">WHEN", "CLIENT", "CMD", "SERVICE", "NODE", "STATUS", "JOB~",
+    ]);
+    for e in entries {
+        let age = ago(now_ms.saturating_sub(e.requested_ms));
+        // "smgr1 client NAME KEYID": the name says who.
+        let client = e
+            .client
+            .as_deref()
+            .map_or("unsigned", |c| c.split(' ').nth(2).unwrap_or(c));
+        t.row(vec![
+            (age, Tone::Plain),
+            (or_dash(client), Tone::Plain),
+            (or_dash(&e.cmd), Tone::Plain),
+            (or_dash(&e.service), Tone::Plain),
+            (or_dash(&e.node), Tone::Plain),
+            (e.status.clone(), Tone::of_status(&e.status)),
+            (or_dash(&e.uuid), Tone::Plain),
+        ]);
+    }
+    t
+}
+
 /// `manager.job`: what was asked and when, then a row per node; expected
 /// nodes with nothing recorded yet show as `pending`.
 pub fn job_view(job: &JobRecord, now_ms: u64, style: Style) -> String {

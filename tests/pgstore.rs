@@ -475,3 +475,102 @@ fn a_hung_database_holds_a_read_for_a_second_at_most() {
         });
     });
 }
+
+/// `mgmt history` with its filters, as a table and as JSON, on `mgr` (whose
+/// agents web1 and web2 have topic web).
+fn check_history(mgr: &Proc) {
+    let restart = run_job(mgr, "web", "restart");
+    let status = run_job(mgr, "web1", "status");
+    let ep = mgr.ep("mgmt_endpoint");
+    let history = |args: &[&str]| -> Vec<(String, String, String, String)> {
+        let mut all = vec!["mgmt", "-e", &ep, "history", "--format", "json"];
+        all.extend_from_slice(args);
+        // A result reaches the store a moment after the client had it.
+        wait_for(10, "the history", || {
+            let out = crate::util::run(&all);
+            assert!(out.status.success(), "{args:?}: {out:?}");
+            let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let rows: Vec<_> = doc["result"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| {
+                    let s = |k: &str| e[k].as_str().unwrap_or_default().to_owned();
+                    (s("uuid"), s("cmd"), s("node"), s("status"))
+                })
+                .collect();
+            (rows.iter().filter(|r| r.0 == restart).count() == 2 || args.len() > 1).then_some(rows)
+        })
+    };
+    let all = history(&[]);
+    let want =
+        |job: &str, cmd: &str, node: &str| (job.to_owned(), cmd.into(), node.into(), "ok".into());
+    // Newest request first, nodes in order.
+    assert_eq!(
+        all,
+        [
+            want(&status, "status", "web1"),
+            want(&restart, "restart", "web1"),
+            want(&restart, "restart", "web2")
+        ]
+    );
+    assert_eq!(
+        history(&["--node", "web2"]),
+        [want(&restart, "restart", "web2")]
+    );
+    assert_eq!(
+        history(&["--service", "sshd", "--client", "tester"]).len(),
+        3
+    );
+    assert_eq!(history(&["--client", "nobody"]), []);
+    assert_eq!(history(&["--since", "1h"]).len(), 3);
+    assert_eq!(history(&["--since", "2099-01-01"]), []);
+    assert_eq!(
+        history(&["--limit", "1", "--offset", "1"]),
+        [want(&restart, "restart", "web1")]
+    );
+    let out = crate::util::run(&[
+        "mgmt", "-e", &ep, "history", "--node", "web1", "--format", "table",
+    ]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.starts_with("WHEN") || table.contains("WHEN "),
+        "{table}"
+    );
+    assert!(
+        table.contains("tester") && table.contains("restart") && table.contains("web1"),
+        "{table}"
+    );
+    let bad = crate::util::run(&["mgmt", "-e", &ep, "history", "--since", "last tuesday"]);
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+}
+
+/// `mgmt history` (issue 14 point 5) on the embedded store.
+#[test]
+fn mgmt_history_on_the_embedded_store() {
+    with_timeout(120, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&[]);
+        let _a = agent(&mgr, "web1", &fake, &["-O", "topics=[\"web\"]"]);
+        let _b = agent(&mgr, "web2", &fake, &["-O", "topics=[\"web\"]"]);
+        check_history(&mgr);
+    });
+}
+
+/// `mgmt history` (issue 14 point 5) on PostgreSQL: the same answers.
+#[test]
+fn mgmt_history_on_postgres() {
+    let Some(server) = pg::server("pgstore::mgmt_history_on_postgres") else {
+        return;
+    };
+    with_timeout(120, move || {
+        let db = Db::new(&server);
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mgr = manager(&["-O", &job_store(&db.url)]);
+        let _a = agent(&mgr, "web1", &fake, &["-O", "topics=[\"web\"]"]);
+        let _b = agent(&mgr, "web2", &fake, &["-O", "topics=[\"web\"]"]);
+        check_history(&mgr);
+    });
+}

@@ -89,6 +89,16 @@ pub trait JobStore: Send {
             .map(|(record, _)| record))
     }
 
+    /// `manager.history`: the answers of the jobs `filter` keeps, newest job
+    /// first (nodes in order), after the first `offset`, at most `limit`;
+    /// with the offset of the next page, if there is one.
+    fn history(
+        &self,
+        filter: &HistoryFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<HistoryEntry>, Option<usize>)>;
+
     /// Summaries of the `limit` newest jobs, newest first.
     fn list(&self, limit: usize) -> Result<Vec<JobSummary>> {
         Ok(self.list_page(0, limit)?.0)
@@ -191,7 +201,16 @@ pub enum StoreError {
 /// Result of the store's operations.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-pub use crate::protocol::mgmt::{JobRecord, JobSummary, NodeResult};
+pub use crate::protocol::mgmt::{HistoryEntry, HistoryFilter, JobRecord, JobSummary, NodeResult};
+
+/// A request's field as text (`""` when absent: a stub's `null` request).
+pub(crate) fn request_text(request: &Value, field: &str) -> String {
+    request
+        .get(field)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
+}
 
 /// What [`RedbStore::stats`] counts.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

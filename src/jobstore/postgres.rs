@@ -37,7 +37,8 @@
 //! then miss one.
 
 use super::{
-    JobRecord, JobStore, JobSummary, NodeResult, Result, StoreError, StoreEvent, NO_RESPONSE,
+    HistoryEntry, HistoryFilter, JobRecord, JobStore, JobSummary, NodeResult, Result, StoreError,
+    StoreEvent, NO_RESPONSE,
 };
 use postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
@@ -321,6 +322,16 @@ impl JobStore for PgStore {
         self.read(move |c, url| read_list(c, url, offset, limit))
     }
 
+    fn history(
+        &self,
+        filter: &HistoryFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<HistoryEntry>, Option<usize>)> {
+        let filter = filter.clone();
+        self.read(move |c, url| read_history(c, url, &filter, offset, limit))
+    }
+
     fn expire(&self, older_than_ms: u64) -> Result<usize> {
         self.shared.lock().expire_before = Some(older_than_ms);
         self.shared.wake.notify_all();
@@ -542,6 +553,59 @@ fn read_list(
             uuid,
         });
     }
+    Ok((out, next))
+}
+
+/// A page of the history (see [`JobStore::history`]).
+fn read_history(
+    c: &mut Client,
+    url: &str,
+    filter: &HistoryFilter,
+    offset: usize,
+    limit: usize,
+) -> Result<(Vec<HistoryEntry>, Option<usize>)> {
+    let offset_sql = i64::try_from(offset).unwrap_or(i64::MAX);
+    let limit_sql = i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX);
+    let since = filter.since_ms.map(sql_ms);
+    let rows = c
+        .query(
+            "SELECT j.uuid, j.created_ms, j.client, coalesce(j.request ->> 'cmd', ''),
+                    coalesce(j.request ->> 'service', ''), coalesce(j.request ->> 'topic', ''),
+                    r.node, r.status, r.received_ms
+             FROM service_mgr.jobs j JOIN service_mgr.results r ON r.uuid = j.uuid
+             WHERE ($1::text IS NULL OR r.node = $1)
+               AND ($2::text IS NULL OR j.request ->> 'service' = $2)
+               AND ($3::int8 IS NULL OR j.created_ms >= $3)
+               AND ($4::text IS NULL OR j.client = $4 OR split_part(j.client, ' ', 3) = $4
+                    OR split_part(j.client, ' ', 4) = $4)
+             ORDER BY j.created_ms DESC, j.uuid DESC, r.node
+             OFFSET $5 LIMIT $6",
+            &[
+                &filter.node,
+                &filter.service,
+                &since,
+                &filter.client,
+                &offset_sql,
+                &limit_sql,
+            ],
+        )
+        .map_err(pg_err(url, "read the history"))?;
+    let next = (rows.len() > limit).then(|| offset.saturating_add(limit));
+    let out = rows
+        .into_iter()
+        .take(limit)
+        .map(|r| HistoryEntry {
+            uuid: r.get(0),
+            requested_ms: ms(r.get(1)),
+            client: r.get(2),
+            cmd: r.get(3),
+            service: r.get(4),
+            topic: r.get(5),
+            node: r.get(6),
+            status: r.get(7),
+            received_ms: ms(r.get(8)),
+        })
+        .collect();
     Ok((out, next))
 }
 

@@ -59,8 +59,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{
-    JobRecord, JobStore, JobSummary, NodeResult, Result, StoreError, StoreEvent, StoreStats,
-    NO_RESPONSE,
+    HistoryEntry, HistoryFilter, JobRecord, JobStore, JobSummary, NodeResult, Result, StoreError,
+    StoreEvent, StoreStats, NO_RESPONSE,
 };
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
@@ -508,6 +508,74 @@ impl RedbStore {
         )))
     }
 
+    /// The history (see [`JobStore::history`]): walks `by_time` from the
+    /// newest job down to `since_ms`, reading the results of the jobs kept.
+    pub fn history(
+        &self,
+        filter: &HistoryFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<HistoryEntry>, Option<usize>)> {
+        guarded("reading the history", &self.path, || {
+            self.history_unguarded(filter, offset, limit)
+        })
+    }
+
+    fn history_unguarded(
+        &self,
+        filter: &HistoryFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<HistoryEntry>, Option<usize>)> {
+        let tx = self.db.begin_read()?;
+        let (jobs, results) = (tx.open_table(JOBS)?, tx.open_table(RESULTS)?);
+        let by_time = tx.open_table(BY_TIME)?;
+        let since = filter.since_ms.unwrap_or(0);
+        let (mut out, mut skipped) = (Vec::new(), 0usize);
+        for row in by_time.range((since, "")..)?.rev() {
+            let (key, _) = row?;
+            let (_, uuid) = key.value();
+            let Some(meta) = jobs.get(uuid)? else {
+                continue;
+            };
+            let m: JobMeta = decode(meta.value(), uuid)?;
+            let service = super::request_text(&m.request, "service");
+            if filter.service.as_ref().is_some_and(|s| *s != service)
+                || !filter.client_matches(m.client.as_deref())
+            {
+                continue;
+            }
+            let first = filter.node.as_deref().unwrap_or("");
+            for r in results.range((uuid, first)..)? {
+                let (key, value) = r?;
+                let (u, node) = key.value();
+                if u != uuid || filter.node.as_ref().is_some_and(|n| n != node) {
+                    break;
+                }
+                if skipped < offset {
+                    skipped += 1;
+                    continue;
+                }
+                if out.len() == limit {
+                    return Ok((out, Some(offset.saturating_add(limit))));
+                }
+                let r = decode_result(value.value(), uuid, node)?;
+                out.push(HistoryEntry {
+                    uuid: uuid.to_owned(),
+                    requested_ms: m.created_ms,
+                    client: m.client.clone(),
+                    cmd: super::request_text(&m.request, "cmd"),
+                    service: service.clone(),
+                    topic: super::request_text(&m.request, "topic"),
+                    node: node.to_owned(),
+                    status: r.status,
+                    received_ms: r.received_ms,
+                });
+            }
+        }
+        Ok((out, None))
+    }
+
     /// `list` without the panic guard.
     fn list_unguarded(
         &self,
@@ -708,6 +776,14 @@ impl JobStore for RedbStore {
     }
     fn size_bytes(&self) -> std::io::Result<u64> {
         RedbStore::size_bytes(self)
+    }
+    fn history(
+        &self,
+        filter: &HistoryFilter,
+        offset: usize,
+        limit: usize,
+    ) -> Result<(Vec<HistoryEntry>, Option<usize>)> {
+        RedbStore::history(self, filter, offset, limit)
     }
 }
 

@@ -15,7 +15,10 @@ impl Manager<'_> {
     }
 
     fn mgmt_command(&mut self, req: &MgmtRequest) -> MgmtReply {
-        if matches!(req.cmd.as_str(), p::MANAGER_JOBS | p::MANAGER_JOB) {
+        if matches!(
+            req.cmd.as_str(),
+            p::MANAGER_JOBS | p::MANAGER_JOB | p::MANAGER_HISTORY
+        ) {
             // The store shows every result received so far.
             self.write_events();
         }
@@ -56,6 +59,28 @@ impl Manager<'_> {
                     }
                 }
             },
+            p::MANAGER_HISTORY => match self.readable_store() {
+                Err(why) => MgmtReply::error(why),
+                Ok(store) => {
+                    let filter = m::HistoryFilter {
+                        node: req.node.clone(),
+                        service: req.service.clone(),
+                        since_ms: req.since_ms,
+                        client: req.client.clone(),
+                    };
+                    let limit = req
+                        .limit
+                        .unwrap_or(m::HISTORY_PAGE)
+                        .min(m::HISTORY_PAGE_MAX);
+                    match store.history(&filter, req.offset.unwrap_or(0), limit) {
+                        Ok((list, next)) => MgmtReply {
+                            next,
+                            ..MgmtReply::with("Service Manager History", &list)
+                        },
+                        Err(e) => MgmtReply::error(format!("cannot read the job store: {e:#}")),
+                    }
+                }
+            },
             p::MANAGER_JOB => {
                 let Some(id) = &req.uuid else {
                     return MgmtReply::error("manager.job needs \"uuid\"");
@@ -87,6 +112,7 @@ impl Manager<'_> {
                     p::MANAGER_JOBS,
                     p::MANAGER_JOB,
                     p::MANAGER_FORGET,
+                    p::MANAGER_HISTORY,
                 ],
             ),
         }

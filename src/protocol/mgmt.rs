@@ -19,6 +19,10 @@ pub const MANAGER_JOB: &str = "manager.job";
 /// Ours: remove a lost or stopped agent from the registry (admin), so that
 /// requests stop expecting it: `{"cmd": "manager.forget", "node": "web3"}`.
 pub const MANAGER_FORGET: &str = "manager.forget";
+/// Ours: who asked what where, and what happened, from the job store, one
+/// entry per node's answer, newest job first; filtered by `node`, `service`,
+/// `since_ms` and `client` (a key's name, key id or line), paged as `manager.jobs`.
+pub const MANAGER_HISTORY: &str = "manager.history";
 /// Management commands of the agent.
 pub const AGENT_STATUS: &str = "agent.status";
 pub const AGENT_SHUTDOWN: &str = "agent.shutdown";
@@ -29,6 +33,9 @@ pub const JOBS_PAGE_MAX: usize = 1000;
 /// Results per `manager.job` (and follow) page when no `limit` is set, and the most.
 pub const RESULTS_PAGE: usize = 1000;
 pub const RESULTS_PAGE_MAX: usize = 10_000;
+/// Entries per `manager.history` page when no `limit` is set, and the most.
+pub const HISTORY_PAGE: usize = 100;
+pub const HISTORY_PAGE_MAX: usize = 5000;
 /// Stored result bytes per page: a page ends before it would pass this (it
 /// holds at least one result), so that no reply grows with the job.
 pub const PAGE_BYTES: usize = 8 * 1024 * 1024;
@@ -51,9 +58,19 @@ pub struct MgmtRequest {
     pub limit: Option<usize>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<usize>,
-    /// `manager.forget`: the node to forget.
+    /// `manager.forget`: the node to forget; `manager.history`: only this node's answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// `manager.history`: only requests for this service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// `manager.history`: only requests made at or after this (unix ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
+    /// `manager.history`: only requests signed by this client key (its name,
+    /// key id or whole public key line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
     /// A client's signature over a [`MgmtBody`], required for shutdown in secure mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<Signed>,
@@ -67,6 +84,9 @@ impl MgmtRequest {
             limit: None,
             offset: None,
             node: None,
+            service: None,
+            since_ms: None,
+            client: None,
             auth: None,
         }
     }
@@ -83,7 +103,7 @@ impl MgmtRequest {
                     expected: "a non-negative integer",
                 }),
         };
-        let (limit, offset) = (count("limit")?, count("offset")?);
+        let (limit, offset, since_ms) = (count("limit")?, count("offset")?, count("since_ms")?);
         let cmd = req_str(&m, "cmd")?.to_owned();
         Ok(MgmtRequest {
             cmd,
@@ -91,6 +111,9 @@ impl MgmtRequest {
             limit,
             offset,
             node: take_opt_str(&mut m, "node")?,
+            service: take_opt_str(&mut m, "service")?,
+            since_ms: since_ms.map(|n| n as u64),
+            client: take_opt_str(&mut m, "client")?,
             auth: take_auth(&mut m)?,
         })
     }
@@ -321,6 +344,53 @@ pub struct JobRecord {
     pub finished_ms: Option<u64>,
     /// Results dropped because their node had already answered differently.
     pub conflicts: u64,
+}
+
+/// What `manager.history` keeps (every filter set must match).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HistoryFilter {
+    pub node: Option<String>,
+    pub service: Option<String>,
+    pub since_ms: Option<u64>,
+    /// A client key's name, key id or whole line.
+    pub client: Option<String>,
+}
+
+impl HistoryFilter {
+    /// Whether a request signed by `line` (a public key line, `None`:
+    /// unsigned) matches the `client` filter.
+    pub fn client_matches(&self, line: Option<&str>) -> bool {
+        let Some(want) = &self.client else {
+            return true;
+        };
+        let Some(line) = line else { return false };
+        let mut words = line.split(' ');
+        let (name, id) = (words.nth(2), words.next());
+        line == want || name == Some(want.as_str()) || id == Some(want.as_str())
+    }
+}
+
+/// One entry of `manager.history`: a node's answer to a request.
+///
+/// ```json
+/// {"uuid": "f569...", "requested_ms": 1764294000000, "client": "smgr1 client alice AAAA...",
+///  "cmd": "restart", "service": "nginx", "topic": "web", "node": "web1",
+///  "status": "ok", "received_ms": 1764294000150}
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub uuid: String,
+    pub requested_ms: u64,
+    /// Who signed the request (absent: unsigned, or not recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+    pub cmd: String,
+    pub service: String,
+    pub topic: String,
+    pub node: String,
+    /// `ok`, `failed`, `timeout`, `refused` or `no_response`.
+    pub status: String,
+    pub received_ms: u64,
 }
 
 /// One entry of `manager.jobs`: a job without its results.

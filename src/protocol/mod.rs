@@ -34,7 +34,7 @@ pub use frontend::{
 };
 pub use mgmt::{
     MgmtBody, MgmtRefusal, MgmtReply, MgmtRequest, AGENT_SHUTDOWN, AGENT_STATUS, MANAGER_AGENTS,
-    MANAGER_FORGET, MANAGER_JOB, MANAGER_JOBS, MANAGER_SHUTDOWN, MANAGER_STATUS,
+    MANAGER_FORGET, MANAGER_HISTORY, MANAGER_JOB, MANAGER_JOBS, MANAGER_SHUTDOWN, MANAGER_STATUS,
 };
 pub use results::{
     join_lines, ExecResult, Output, ResultEnvelope, ResultFrame, ResultMsg, ServiceState,

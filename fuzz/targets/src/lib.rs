@@ -387,6 +387,9 @@ pub fn mgmt_request(data: &[u8]) {
         limit: f.num(2).map(|n| n as usize),
         offset: f.num(4).map(|n| n as usize),
         node: f.opt(5),
+        service: f.opt(6),
+        since_ms: f.num(7),
+        client: f.opt(8),
         auth: f.signed(3),
     };
     let bytes = encode(&built);
