@@ -45,6 +45,7 @@ start_test_postgres() {
     return 1
   fi
   TEST_PG_STOP=("${as[@]}" "$bindir/pg_ctl" -D "$dir/data" -m immediate stop)
+  TEST_PG_DIR=$dir
   trap 'stop_test_postgres' EXIT
   "$bindir/psql" -q -h 127.0.0.1 -p "$started" -U postgres -d postgres \
     -c "CREATE ROLE service_mgr_test LOGIN CREATEDB" >/dev/null
@@ -56,5 +57,6 @@ start_test_postgres() {
 stop_test_postgres() {
   if [ -n "${TEST_PG_STOP+x}" ]; then
     "${TEST_PG_STOP[@]}" >/dev/null 2>&1 || true
+    rm -rf "$TEST_PG_DIR"
   fi
 }
