@@ -280,7 +280,99 @@ fn client_job_works_through_a_manager_that_did_not_dispatch_it() {
 /// The database taken away and brought back while requests flow: every
 /// request is still answered, `manager.status` answers within a second
 /// throughout and says what waits to be written, the log says it once, and
-/// once the database is back every job and result is in it.
+/// once the database is back every job and result is in it. `url` is what the
+/// manager uses, `check` where the test looks (the same database).
+fn outage_under_load(url: &str, check: &str, down: &dyn Fn(), up: &dyn Fn()) {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_service(dir.path());
+    let mgr = Arc::new(manager(&["-O", &job_store(url)]));
+    let _a = agent(&mgr, "n1", &fake, &["-O", "topics=[\"all\"]"]);
+    let _b = agent(&mgr, "n2", &fake, &["-O", "topics=[\"all\"]"]);
+    const JOBS: usize = 24;
+    let done = Arc::new(AtomicUsize::new(0));
+    let finished = Arc::new(AtomicBool::new(false));
+    let load = {
+        let (mgr, done, finished) = (mgr.clone(), done.clone(), finished.clone());
+        std::thread::spawn(move || {
+            let mut jobs = Vec::new();
+            for _ in 0..JOBS {
+                jobs.push(run_job(&mgr, "all", "status"));
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+            finished.store(true, Ordering::SeqCst);
+            jobs
+        })
+    };
+    // Status answers fast whatever the database does.
+    let timed_status = || {
+        let t = Instant::now();
+        let s = status(&mgr);
+        let took = t.elapsed();
+        assert!(
+            took < Duration::from_secs(1),
+            "manager.status took {took:?}"
+        );
+        s["result"]["job_store_warning"].as_str().map(str::to_owned)
+    };
+    wait_for(60, "the first jobs", || {
+        (done.load(Ordering::SeqCst) >= 4).then_some(())
+    });
+    let down_at = done.load(Ordering::SeqCst);
+    down();
+    let mut warned = None;
+    while done.load(Ordering::SeqCst) < down_at + 8 || warned.is_none() {
+        assert!(
+            !finished.load(Ordering::SeqCst) || warned.is_some(),
+            "load ended before the manager noticed"
+        );
+        if let Some(w) = timed_status() {
+            warned = Some(w);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let warning = warned.unwrap();
+    eprintln!("while down: {warning}");
+    assert!(warning.contains("cannot be written"), "{warning}");
+    assert!(warning.contains("queued in memory"), "{warning}");
+    up();
+    while !finished.load(Ordering::SeqCst) {
+        timed_status();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let jobs = load.join().unwrap();
+    // Caught up: every job and every result, and the warning gone.
+    let connect = || postgres::Client::connect(check, postgres::NoTls).unwrap();
+    wait_for(30, "the queued events in PostgreSQL", || {
+        let n: i64 = connect()
+            .query_one(
+                "SELECT count(*) FROM service_mgr.results WHERE uuid = ANY($1) AND status = 'ok'",
+                &[&jobs],
+            )
+            .unwrap()
+            .get(0);
+        (n == 2 * JOBS as i64).then_some(())
+    });
+    let requests: i64 = connect()
+        .query_one(
+            "SELECT count(*) FROM service_mgr.jobs WHERE uuid = ANY($1) AND request->>'cmd' = 'status'",
+            &[&jobs],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(requests, JOBS as i64);
+    wait_for(10, "the warning to clear", || {
+        timed_status().is_none().then_some(())
+    });
+    let log = mgr.log_text();
+    assert_eq!(
+        crate::util::count_lines(&log, "PostgreSQL job store cannot be written"),
+        1,
+        "said once: {log}"
+    );
+    assert!(log.contains("PostgreSQL job store writes again"), "{log}");
+}
+
+/// The outage as a lost network: every connection cut, new ones refused.
 #[test]
 fn database_down_under_load_loses_nothing_and_never_blocks_the_manager() {
     let Some(server) =
@@ -291,95 +383,24 @@ fn database_down_under_load_loses_nothing_and_never_blocks_the_manager() {
     with_timeout(240, move || {
         let db = Db::new(&server);
         let proxy = Proxy::new(&db.url);
-        let dir = tempfile::tempdir().unwrap();
-        let fake = fake_service(dir.path());
-        let mgr = Arc::new(manager(&["-O", &job_store(&proxy.url(&db.url))]));
-        let _a = agent(&mgr, "n1", &fake, &["-O", "topics=[\"all\"]"]);
-        let _b = agent(&mgr, "n2", &fake, &["-O", "topics=[\"all\"]"]);
-        const JOBS: usize = 24;
-        let done = Arc::new(AtomicUsize::new(0));
-        let finished = Arc::new(AtomicBool::new(false));
-        let load = {
-            let (mgr, done, finished) = (mgr.clone(), done.clone(), finished.clone());
-            std::thread::spawn(move || {
-                let mut jobs = Vec::new();
-                for _ in 0..JOBS {
-                    jobs.push(run_job(&mgr, "all", "status"));
-                    done.fetch_add(1, Ordering::SeqCst);
-                }
-                finished.store(true, Ordering::SeqCst);
-                jobs
-            })
-        };
-        // Status answers fast whatever the database does.
-        let timed_status = || {
-            let t = Instant::now();
-            let s = status(&mgr);
-            let took = t.elapsed();
-            assert!(
-                took < Duration::from_secs(1),
-                "manager.status took {took:?}"
-            );
-            s["result"]["job_store_warning"].as_str().map(str::to_owned)
-        };
-        wait_for(60, "the first jobs", || {
-            (done.load(Ordering::SeqCst) >= 4).then_some(())
+        outage_under_load(&proxy.url(&db.url), &db.url, &|| proxy.down(), &|| {
+            proxy.up()
         });
-        proxy.down();
-        let down_at = done.load(Ordering::SeqCst);
-        let mut warned = None;
-        while done.load(Ordering::SeqCst) < down_at + 8 || warned.is_none() {
-            assert!(
-                !finished.load(Ordering::SeqCst) || warned.is_some(),
-                "load ended before the manager noticed"
-            );
-            if let Some(w) = timed_status() {
-                warned = Some(w);
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let warning = warned.unwrap();
-        eprintln!("while down: {warning}");
-        assert!(warning.contains("cannot be written"), "{warning}");
-        assert!(warning.contains("queued in memory"), "{warning}");
-        assert!(!warning.contains("password"), "{warning}");
-        proxy.up();
-        while !finished.load(Ordering::SeqCst) {
-            timed_status();
-            std::thread::sleep(Duration::from_millis(200));
-        }
-        let jobs = load.join().unwrap();
-        // Caught up: every job and every result, and the warning gone.
-        wait_for(30, "the queued events in PostgreSQL", || {
-            let mut c = db.client();
-            let n: i64 = c
-                .query_one(
-                    "SELECT count(*) FROM service_mgr.results WHERE uuid = ANY($1) AND status = 'ok'",
-                    &[&jobs],
-                )
-                .unwrap()
-                .get(0);
-            (n == 2 * JOBS as i64).then_some(())
-        });
-        let requests: i64 = db
-            .client()
-            .query_one(
-                "SELECT count(*) FROM service_mgr.jobs WHERE uuid = ANY($1) AND request->>'cmd' = 'status'",
-                &[&jobs],
-            )
-            .unwrap()
-            .get(0);
-        assert_eq!(requests, JOBS as i64);
-        wait_for(10, "the warning to clear", || {
-            timed_status().is_none().then_some(())
-        });
-        let log = mgr.log_text();
-        assert_eq!(
-            crate::util::count_lines(&log, "PostgreSQL job store cannot be written"),
-            1,
-            "said once: {log}"
-        );
-        assert!(log.contains("PostgreSQL job store writes again"), "{log}");
+    });
+}
+
+/// The outage as the database server stopped (`pg_ctl stop -m fast`) and
+/// started again, on a cluster of the test's own.
+#[test]
+fn database_stopped_and_started_under_load_loses_nothing() {
+    let Some(cluster) =
+        pg::Cluster::new("pgstore::database_stopped_and_started_under_load_loses_nothing")
+    else {
+        return;
+    };
+    with_timeout(240, move || {
+        let url = cluster.url();
+        outage_under_load(&url, &url, &|| cluster.stop(), &|| cluster.start());
     });
 }
 

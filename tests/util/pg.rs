@@ -232,3 +232,151 @@ fn pump(mut from: TcpStream, mut to: TcpStream) {
         let _ = from.shutdown(Shutdown::Both);
     });
 }
+
+/// A PostgreSQL cluster of its own for one test, on a free loopback port, that
+/// the test may stop and start (`SERVICE_MGR_TEST_PG_BIN` names the server's
+/// bin directory, else the newest /usr/lib/postgresql/*/bin). Run as the
+/// postgres user when we are root (initdb refuses root). Stopped and removed
+/// on drop.
+pub struct Cluster {
+    bin: std::path::PathBuf,
+    dir: tempfile::TempDir,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl Cluster {
+    /// A new cluster, started; `None` (after a loud message) without the
+    /// server's programs, a failure under CI.
+    pub fn new(test: &str) -> Option<Cluster> {
+        let bin = std::env::var_os("SERVICE_MGR_TEST_PG_BIN")
+            .map(std::path::PathBuf::from)
+            .or_else(|| {
+                let mut dirs: Vec<_> = std::fs::read_dir("/usr/lib/postgresql")
+                    .ok()?
+                    .filter_map(|e| Some(e.ok()?.path().join("bin")))
+                    .filter(|b| b.join("initdb").exists())
+                    .collect();
+                dirs.sort_by_key(|d| {
+                    d.parent()
+                        .and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok())
+                        .unwrap_or(0)
+                });
+                dirs.pop()
+            });
+        let Some(bin) = bin else {
+            let why = "no PostgreSQL server programs (apt-get install postgresql, or set SERVICE_MGR_TEST_PG_BIN)";
+            if std::env::var_os("CI").is_some() {
+                panic!("{test}: {why}; CI must run the PostgreSQL tests");
+            }
+            eprintln!("\n*** SKIP {test}: {why}.\n");
+            return None;
+        };
+        let as_postgres = nix::unistd::geteuid().is_root();
+        let dir = tempfile::tempdir().unwrap();
+        if as_postgres {
+            let pg = nix::unistd::User::from_name("postgres")
+                .unwrap()
+                .expect("a postgres user (the postgresql package makes it)");
+            std::os::unix::fs::chown(dir.path(), Some(pg.uid.as_raw()), Some(pg.gid.as_raw()))
+                .unwrap();
+        }
+        let port = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let c = Cluster {
+            bin,
+            dir,
+            port,
+            as_postgres,
+        };
+        let data = c.dir.path().join("data");
+        let data = data.to_str().unwrap();
+        c.run(
+            "initdb",
+            &["-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
+        );
+        c.start();
+        Some(c)
+    }
+
+    /// A server program, as the postgres user when we are root.
+    fn run(&self, program: &str, args: &[&str]) {
+        let exe = self.bin.join(program);
+        let mut cmd = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            std::process::Command::new(&exe)
+        };
+        let out = cmd.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let data = self.dir.path().join("data");
+        let mut all = vec!["-D", data.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.run("pg_ctl", &all);
+    }
+
+    /// Start the server (again), on its port.
+    pub fn start(&self) {
+        let opts = format!(
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log");
+        self.pg_ctl(&[
+            "-w",
+            "-t",
+            "60",
+            "-l",
+            log.to_str().unwrap(),
+            "-o",
+            &opts,
+            "start",
+        ]);
+    }
+
+    /// Stop the server (fast: connections are told and closed).
+    pub fn stop(&self) {
+        self.pg_ctl(&["-w", "-m", "fast", "stop"]);
+    }
+
+    /// The URL of its `postgres` database.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let exe = self.bin.join("pg_ctl");
+        let args = [
+            "-D",
+            data.to_str().unwrap_or_default(),
+            "-m",
+            "immediate",
+            "stop",
+        ];
+        let _ = if self.as_postgres {
+            std::process::Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(&exe)
+                .args(args)
+                .output()
+        } else {
+            std::process::Command::new(&exe).args(args).output()
+        };
+    }
+}
