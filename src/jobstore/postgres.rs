@@ -222,6 +222,7 @@ impl PgStore {
             client: first,
             manager: crate::host::HostInfo::read().node,
             last_size: None,
+            said_full: false,
         };
         let writer = std::thread::Builder::new()
             .name("jobstore-pg".into())
@@ -706,6 +707,8 @@ struct Writer {
     client: Option<Client>,
     manager: String,
     last_size: Option<Instant>,
+    /// The queue's overflow was logged (until it drains).
+    said_full: bool,
 }
 
 impl Writer {
@@ -743,8 +746,13 @@ impl Writer {
                             "queued" => q.events.len() + batch.len(), "dropped" => q.dropped, "was" => why);
                     }
                     if q.events.is_empty() {
+                        if q.dropped > 0 {
+                            warn!(self.log, "PostgreSQL job store caught up; job events were dropped while its queue was full";
+                                "dropped" => q.dropped);
+                        }
                         q.oldest = None;
                         q.dropped = 0;
+                        self.said_full = false;
                     }
                 }
                 Err(e) => {
@@ -756,10 +764,6 @@ impl Writer {
                     let over = q.events.len().saturating_sub(QUEUE_MAX);
                     if over > 0 {
                         q.events.drain(..over);
-                        if q.dropped == 0 {
-                            error!(self.log, "PostgreSQL job store queue full: dropping the oldest job events";
-                                "queue_max" => QUEUE_MAX);
-                        }
                         q.dropped += over as u64;
                     }
                     if let Some(cutoff) = expire {
@@ -778,11 +782,13 @@ impl Writer {
                             "events" => q.events.len());
                         return;
                     }
+                    say_full(&self.log, &mut self.said_full, &q);
                     drop(q);
                     self.pause();
                     continue;
                 }
             }
+            say_full(&self.log, &mut self.said_full, &q);
             let finished = q.events.is_empty();
             drop(q);
             // flush() waits on this condition too.
@@ -837,6 +843,16 @@ impl Writer {
             }
         }
         Ok(())
+    }
+}
+
+/// Say once that the queue overflowed (`apply` drops the oldest events and
+/// counts them; it has no logger and must not wait for one).
+fn say_full(log: &Logger, said: &mut bool, q: &Queue) {
+    if q.dropped > 0 && !*said {
+        error!(log, "PostgreSQL job store queue full: dropping the oldest job events (their results are not stored)";
+            "dropped" => q.dropped, "queue_max" => QUEUE_MAX);
+        *said = true;
     }
 }
 
@@ -1057,6 +1073,40 @@ mod tests {
     fn a_bad_url_is_an_error_naming_the_form() {
         let err = config("postgres://mgr@db:notaport/jobs", 1000, true).unwrap_err();
         assert!(err.to_string().contains("job_store URL"), "{err}");
+    }
+
+    /// Nothing listens there: the store opens anyway, queues up to the cap,
+    /// drops the oldest beyond it and says so; reads fail at once.
+    #[test]
+    fn an_unreachable_database_queues_to_the_cap_and_says_so() {
+        let log = slog::Logger::root(slog::Discard, slog::o!());
+        let store = PgStore::open("postgres://mgr:secret@127.0.0.1:1/jobs", &log).unwrap();
+        let events: Vec<StoreEvent> = (0..QUEUE_MAX + 10)
+            .map(|i| StoreEvent::NoResponse {
+                uuid: format!("j{i}"),
+                node: "n".into(),
+                at_ms: 1,
+            })
+            .collect();
+        store.apply(&events).unwrap();
+        assert_eq!(store.queued(), QUEUE_MAX);
+        let said = store.status().unwrap();
+        assert!(said.contains("cannot be written"), "{said}");
+        assert!(said.contains("10 job events dropped"), "{said}");
+        assert!(
+            said.contains("postgres://mgr:***@127.0.0.1:1/jobs"),
+            "{said}"
+        );
+        assert!(!said.contains("secret"), "{said}");
+        let t = Instant::now();
+        let err = store.get("j1").unwrap_err();
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
+        assert!(store.unsynced_since().is_some());
     }
 
     #[test]
