@@ -29,10 +29,13 @@
 //! statement per table and batch, and no foreign key to check per result, the
 //! writer takes about 80 % of the embedded store's results/s (bench
 //! `jobstore_postgres`, BENCHMARKS.md).
+//!
 //! Events reach the database a moment after they happen (the manager batches
 //! them for up to 100 ms, then the writer's round trip): a read just after a
-//! result may not show it yet. Each event is written once: a batch is kept
-//! queued until its transaction committed. Two managers writing the same
+//! result may not show it yet. A batch stays queued until its transaction
+//! committed, so every event is written at least once; writing one twice (a
+//! connection lost between the commit and its answer) changes nothing, the
+//! writes being upserts, except that a conflict may be counted twice. Two managers writing the same
 //! node's result of one job (a failover) is settled by the database: the
 //! first real result stays (`ON CONFLICT`), though the `conflicts` count may
 //! then miss one.
