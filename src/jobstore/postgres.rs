@@ -1084,6 +1084,18 @@ mod tests {
     fn a_bad_url_is_an_error_naming_the_form() {
         let err = config("postgres://mgr@db:notaport/jobs", 1000, true).unwrap_err();
         assert!(err.to_string().contains("job_store URL"), "{err}");
+        // The README's local-socket form.
+        let local = config(
+            "postgres://service_mgr@%2Frun%2Fpostgresql/service_mgr",
+            1000,
+            true,
+        )
+        .unwrap();
+        assert!(
+            matches!(&local.get_hosts()[0], postgres::config::Host::Unix(p) if p.as_os_str() == "/run/postgresql"),
+            "{:?}",
+            local.get_hosts()
+        );
     }
 
     /// Nothing listens there: the store opens anyway, queues up to the cap,
