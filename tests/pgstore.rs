@@ -595,3 +595,50 @@ fn mgmt_history_on_postgres() {
         check_history(&mgr);
     });
 }
+
+/// Results are acknowledged to their agents only once PostgreSQL holds them:
+/// with the database away, a manager killed with results queued in memory
+/// loses none of them, as its agents send them again to its successor once
+/// the database is back. (What only the dead manager knew, the requests
+/// themselves, is gone: their results are kept under stub jobs.)
+#[test]
+fn results_queued_for_a_missing_database_survive_the_manager_being_killed() {
+    let Some(server) = pg::server(
+        "pgstore::results_queued_for_a_missing_database_survive_the_manager_being_killed",
+    ) else {
+        return;
+    };
+    with_timeout(180, move || {
+        let db = Db::new(&server);
+        let proxy = Proxy::new(&db.url);
+        let url = proxy.url(&db.url);
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mut mgr = manager(&["-O", &job_store(&url)]);
+        let _a = agent(&mgr, "n1", &fake, &["-O", "topics=[\"all\"]"]);
+        let _b = agent(&mgr, "n2", &fake, &["-O", "topics=[\"all\"]"]);
+        proxy.down();
+        let jobs: Vec<String> = (0..4).map(|_| run_job(&mgr, "all", "status")).collect();
+        wait_for(10, "the manager to notice", || {
+            status(&mgr)["result"]["job_store_warning"]
+                .as_str()
+                .map(|_| ())
+        });
+        let endpoints = MANAGER_ENDPOINTS.map(|k| format!("{k}={}", mgr.ep(k)));
+        mgr.signal_and_wait(libc::SIGKILL, 10);
+        proxy.up();
+        let again = twin(&mgr, &url, Some(&endpoints));
+        wait_for(60, "the agents' results sent again", || {
+            let n: i64 = db
+                .client()
+                .query_one(
+                    "SELECT count(*) FROM service_mgr.results WHERE uuid = ANY($1) AND status = 'ok'",
+                    &[&jobs],
+                )
+                .unwrap()
+                .get(0);
+            (n == 2 * jobs.len() as i64).then_some(())
+        });
+        drop(again);
+    });
+}

@@ -70,6 +70,15 @@ pub trait JobStore: Send {
     /// a few seconds at most, for the writer's queue to drain).
     fn flush(&self) -> Result<()>;
 
+    /// Whether everything applied so far is durable, without waiting on a
+    /// database: the manager acknowledges results to their agents only then.
+    /// `Ok(false)`: not yet (ask again later); an error: some may be lost
+    /// (their agents must send them again). The embedded store syncs here
+    /// (its flusher has nearly always done it already).
+    fn flush_nowait(&self) -> Result<bool> {
+        self.flush().map(|()| true)
+    }
+
     /// Since when applied events are not durable yet (`None`: all are).
     fn unsynced_since(&self) -> Option<Instant>;
 

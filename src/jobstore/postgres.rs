@@ -49,6 +49,7 @@ use r2d2_postgres::PostgresConnectionManager;
 use serde_json::Value;
 use slog::{error, info, warn, Logger};
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -107,6 +108,8 @@ struct Queue {
     in_flight: usize,
     /// Events dropped because the queue was full, since the last success.
     dropped: u64,
+    /// Events dropped since the store opened.
+    dropped_total: u64,
     /// Why the database cannot be written, since when (unix ms).
     failing: Option<(String, u64)>,
     /// Expire jobs created before this (unix ms), on the next round.
@@ -135,6 +138,8 @@ pub struct PgStore {
     writer: Option<JoinHandle<()>>,
     /// Reads for the reader threads; dropping it stops them.
     reads: Option<mpsc::SyncSender<Read>>,
+    /// `dropped_total` at the last `flush_nowait`.
+    dropped_seen: AtomicU64,
 }
 
 type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
@@ -240,6 +245,7 @@ impl PgStore {
             shared,
             writer: Some(writer),
             reads: Some(reads),
+            dropped_seen: AtomicU64::new(0),
         })
     }
 
@@ -306,6 +312,7 @@ impl JobStore for PgStore {
         if over > 0 {
             q.events.drain(..over);
             q.dropped += over as u64;
+            q.dropped_total += over as u64;
         }
         drop(q);
         self.shared.wake.notify_all();
@@ -381,6 +388,27 @@ impl JobStore for PgStore {
                 .unwrap_or_else(|e| e.into_inner().0);
         }
         Ok(())
+    }
+
+    fn flush_nowait(&self) -> Result<bool> {
+        let q = self.shared.lock();
+        let unavailable = |why: String| StoreError::Unavailable {
+            url: self.url.clone(),
+            why,
+        };
+        if let Some((why, _)) = &q.failing {
+            return Err(unavailable(why.clone()));
+        }
+        // Events dropped since the last call: whatever was applied before
+        // cannot be taken as written.
+        let seen = self.dropped_seen.swap(q.dropped_total, Ordering::Relaxed);
+        if q.dropped_total > seen {
+            return Err(unavailable(format!(
+                "{} job events dropped (the queue was full)",
+                q.dropped_total - seen
+            )));
+        }
+        Ok(q.events.is_empty() && q.in_flight == 0)
     }
 
     fn unsynced_since(&self) -> Option<Instant> {
@@ -769,6 +797,7 @@ impl Writer {
                     if over > 0 {
                         q.events.drain(..over);
                         q.dropped += over as u64;
+                        q.dropped_total += over as u64;
                     }
                     if let Some(cutoff) = expire {
                         q.expire_before.get_or_insert(cutoff);
@@ -1130,6 +1159,8 @@ mod tests {
         );
         assert!(matches!(err, StoreError::Unavailable { .. }), "{err}");
         assert!(store.unsynced_since().is_some());
+        // Nothing is acknowledged while it cannot write.
+        assert!(store.flush_nowait().is_err());
     }
 
     #[test]

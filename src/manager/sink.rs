@@ -166,8 +166,10 @@ impl Manager<'_> {
         if !self.acks.due(now) {
             return;
         }
-        match self.store.as_ref().map(|s| s.flush()) {
-            Some(Ok(())) => {}
+        match self.store.as_ref().map(|s| s.flush_nowait()) {
+            Some(Ok(true)) => {}
+            // Still on its way to the database (the PostgreSQL store): next round.
+            Some(Ok(false)) => return,
             // Not durable yet: tried again next round (the store's own error is logged where it writes).
             // The store is reopened after an I/O error, which may lose the
             // commits that were not synced: their agents send them again.
