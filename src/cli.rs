@@ -135,6 +135,9 @@ pub fn main() -> std::process::ExitCode {
     {
         // SAFETY: restoring the default disposition of one signal, before any thread exists.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        // A short-lived tool: libzmq's threads need no malloc arenas of their
+        // own (each is a 64 MiB mapping set up and grown by syscalls at start).
+        runtime::one_malloc_arena();
     }
     match run(applet) {
         Ok(code) => code.into(),

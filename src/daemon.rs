@@ -125,6 +125,9 @@ pub fn run(daemon: Daemon) -> Result<Exit> {
             }
             let simulate = a.simulate;
             let prefix = a.node_prefix;
+            if simulate.is_none() {
+                runtime::one_malloc_arena();
+            }
             serve(
                 &AGENT_ROLE,
                 &a.opts,
@@ -281,6 +284,7 @@ where
         if let Some(d) = detached.borrow_mut().as_mut() {
             d.ready();
         }
+        runtime::release_freed_memory();
         Ok(())
     };
     let result = body(&cfg, &control, &log, &mut on_ready);
