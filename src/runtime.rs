@@ -446,6 +446,14 @@ pub fn install_links(dir: &Path, names: &[&str]) -> Result<()> {
 mod tests {
     use super::*;
 
+    /// build.rs links the unwinder statically (libgcc_eh for libgcc_s): a
+    /// panic must still unwind and be caught (the job store relies on it).
+    #[test]
+    fn panics_unwind_with_the_static_unwinder() {
+        let caught = std::panic::catch_unwind(|| -> u32 { panic!("on purpose") });
+        assert!(caught.is_err());
+    }
+
     #[test]
     fn handle_wakes_and_requests_shutdown() {
         let c = Control::new().unwrap();
