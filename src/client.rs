@@ -602,28 +602,15 @@ fn exchange(
     let started = Instant::now();
     let host = transport::endpoint_host(&req.endpoint)
         .with_context(|| format!("endpoint {} is not tcp://HOST:PORT", req.endpoint))?;
-    let sent = if req.wire.is_curve() {
-        transport::request_kept(
-            ctx,
-            &req.endpoint,
-            &req.wire,
-            payload,
-            req.timeout,
-            req.retries,
-            |s| Ok(s.set_maxmsgsize(p::RESULT_FRAME_LIMIT)?),
-        )
-        .map(|(reply, s)| (reply, Some(s)))
-    } else {
-        transport::request(
-            ctx,
-            &req.endpoint,
-            &req.wire,
-            payload,
-            req.timeout,
-            req.retries,
-        )
-        .map(|reply| (reply, None))
-    };
+    let sent = transport::request_keeping(
+        ctx,
+        &req.endpoint,
+        &req.wire,
+        payload,
+        req.timeout,
+        req.retries,
+        |s| Ok(s.set_maxmsgsize(p::RESULT_FRAME_LIMIT)?),
+    );
     let (reply, conn) = sent.map_err(|e| match request_id {
         Some(id) => gave_up(e, req, id),
         None => e,

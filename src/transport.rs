@@ -396,10 +396,12 @@ pub fn request(
     Ok(reply)
 }
 
-/// [`request`] on a DEALER that the caller keeps: the reply and the socket,
-/// on which the manager goes on sending what the request asked for (one
-/// connection, one CURVE handshake). `prepare` sets options before connecting.
-pub fn request_kept(
+/// [`request`], keeping the connection for what follows the reply: over
+/// CURVE on a DEALER, returned with the reply, on which the manager goes on
+/// sending what the request asked for (one connection, one handshake);
+/// over plaintext (0.1 peers) on a REQ, dropped (`None`). `prepare` sets
+/// the kept socket's options before it connects.
+pub fn request_keeping(
     ctx: &zmq::Context,
     endpoint: &str,
     wire: &Wire,
@@ -407,17 +409,16 @@ pub fn request_kept(
     timeout: Duration,
     retries: u32,
     prepare: impl Fn(&zmq::Socket) -> Result<()>,
-) -> Result<(Vec<u8>, zmq::Socket)> {
-    round_trip(
-        ctx,
-        zmq::DEALER,
-        endpoint,
-        wire,
-        payload,
-        timeout,
-        retries,
-        prepare,
-    )
+) -> Result<(Vec<u8>, Option<zmq::Socket>)> {
+    let kind = if wire.is_curve() {
+        zmq::DEALER
+    } else {
+        zmq::REQ
+    };
+    let (reply, s) = round_trip(
+        ctx, kind, endpoint, wire, payload, timeout, retries, prepare,
+    )?;
+    Ok((reply, (kind == zmq::DEALER).then_some(s)))
 }
 
 /// A REQ's round trip, on a REQ or on a DEALER that frames it as a REQ does
