@@ -18,7 +18,8 @@
 //!   follow), `routing` (who must answer: a pure function), `backend`
 //!   (subscriptions, presence), `sink` (results, announcements, departures),
 //!   `mgmt`, `registry` (the agents), `journal` (the agents it knew, kept
-//!   across restarts), `late` (requests to agents not back yet), `trust` (the gate).
+//!   across restarts), `late` (requests to agents not back yet), `trust` (the gate),
+//!   `keysync` (key decisions shared through a PostgreSQL job store).
 //! - [`agent`]: the loop; `guard` (its checks and signatures), `exec` (running
 //!   the host's service manager), `simulate` (a fleet in one process).
 //! - [`client`] (requests and rollouts), [`mgmt`] (management, keys, keygen),

@@ -21,6 +21,7 @@ mod install;
 mod limits;
 mod metrics;
 mod output;
+mod pgkeys;
 mod pgstore;
 mod protocol;
 mod readme;

@@ -81,7 +81,10 @@ const SIZE_INTERVAL: Duration = Duration::from_secs(30);
 const MIGRATION_LOCK: i64 = 0x5345_5256_4d47_5231; // "SERVMGR1"
 
 /// The migrations, in order: (version, SQL).
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (2, include_str!("../../migrations/postgres/0002_keys.sql")),
+];
 
 /// The URL without its password, for logs and messages.
 pub fn redact(url: &str) -> String {
@@ -147,7 +150,11 @@ type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
 type Read = Box<dyn FnOnce(&Pool) + Send>;
 
 /// The connection settings of `url`, with our timeouts.
-fn config(url: &str, statement_timeout_ms: u64, synchronous: bool) -> Result<postgres::Config> {
+pub(crate) fn config(
+    url: &str,
+    statement_timeout_ms: u64,
+    synchronous: bool,
+) -> Result<postgres::Config> {
     let mut config: postgres::Config = url.parse().map_err(|e| StoreError::Postgres {
         url: redact(url),
         what: "parse the job_store URL (postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE)",
@@ -659,7 +666,7 @@ fn json(text: &str, uuid: &str) -> Result<Value> {
 
 /// Why a store operation failed, on one line, without the store's URL (the
 /// messages that show it say it once).
-fn reason(e: &StoreError) -> String {
+pub(crate) fn reason(e: &StoreError) -> String {
     match e {
         StoreError::Postgres { what, source, .. } => format!("cannot {what}: {}", chain(source)),
         StoreError::Unavailable { why, .. } => why.clone(),
@@ -682,7 +689,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Connect and bring the schema up to date.
-fn connect(config: &postgres::Config, url: &str) -> Result<Client> {
+pub(crate) fn connect(config: &postgres::Config, url: &str) -> Result<Client> {
     let err = |what| {
         move |e| StoreError::Postgres {
             url: url.to_owned(),

@@ -25,6 +25,7 @@
 mod backend;
 mod frontend;
 mod journal;
+mod keysync;
 mod late;
 mod mgmt;
 pub mod peers;
@@ -133,6 +134,15 @@ pub fn run(
         }
     }
     let (store, store_warning) = jobstore::open(&store_at, log)?;
+    // Managers sharing a PostgreSQL store share their key decisions too.
+    let key_sync = match &store_at {
+        jobstore::Location::Postgres(url) => Some(keysync::KeySync::start(
+            url,
+            &config.state_dir().join("keys"),
+            log,
+        )?),
+        jobstore::Location::Redb(_) => None,
+    };
     if let Some(w) = &store_warning {
         error!(log, "job store damaged"; "error" => w);
     }
@@ -243,6 +253,7 @@ pub fn run(
     // The store is written and synced by serve; closed here, before the
     // sockets, so that nothing of it waits on their teardown.
     drop(mgr.store.take());
+    drop(key_sync);
     close_sockets(ctx, mgr.s, mgr.zap, mgr.plain_peers, log);
     served?;
     info!(log, "service manager stopped");

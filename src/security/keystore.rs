@@ -738,6 +738,51 @@ impl KeyStore {
         self.reindex();
         Ok(key)
     }
+    /// Put `key` in `state`, or forget it (`None`), as decided elsewhere: by
+    /// another manager sharing the job store (`manager::keysync`). Neither the
+    /// limits on filing nor the name-clash check apply: they did where the
+    /// decision was made (an accept `--force` there sends the old key's
+    /// reject too; until it comes, neither key holds the node's name). True if
+    /// the key's state changed.
+    pub fn set_decided(
+        &mut self,
+        key: &PublicKey,
+        state: Option<KeyState>,
+    ) -> Result<bool, KeyStoreError> {
+        let id = key.key_id();
+        let now = match self.keys.get(&id) {
+            Some((_, held)) if held != key => {
+                return Err(KeyStoreError::FingerprintClash {
+                    key: Box::new(key.clone()),
+                    other: Box::new(held.clone()),
+                })
+            }
+            held => held.map(|(s, _)| *s),
+        };
+        if now == state {
+            return Ok(false);
+        }
+        match (now, state) {
+            (_, None) => {
+                self.remove_files(&key.fingerprint(), None)?;
+                self.keys.remove(&id);
+                self.reindex();
+            }
+            (None, Some(to)) => self.add(to, key)?,
+            (Some(_), Some(to)) => {
+                self.set_state(&id, to)?;
+            }
+        }
+        if state == Some(KeyState::Pending) {
+            let filed = Filed {
+                at: SystemTime::now(),
+                source: None,
+            };
+            self.pending.insert(id, filed);
+        }
+        Ok(true)
+    }
+
     /// Every key, by state, then name, then fingerprint.
     pub fn list(&self) -> Vec<(KeyState, PublicKey)> {
         let mut all: Vec<_> = self.keys.values().cloned().collect();
@@ -875,6 +920,38 @@ mod tests {
         store.accept(&agent.public().fingerprint()).unwrap();
         let again = KeyStore::open(dir.path()).unwrap();
         assert!(again.is_accepted(&agent.public().key_id()));
+    }
+
+    /// A decision made by another manager sharing the store: applied as is,
+    /// without the limits on filing or the name-clash check.
+    #[test]
+    fn a_decision_made_elsewhere_is_set_directly() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = KeyStore::open(dir.path()).unwrap();
+        store.max_pending = 0;
+        let (web1, other) = (
+            KeyPair::generate(Role::Agent, "web1").unwrap(),
+            KeyPair::generate(Role::Agent, "web1").unwrap(),
+        );
+        let pk = web1.public();
+        assert!(store.set_decided(pk, Some(KeyState::Pending)).unwrap());
+        assert!(!store.set_decided(pk, Some(KeyState::Pending)).unwrap());
+        assert!(dir.path().join("pending").join(pk.fingerprint()).exists());
+        assert!(store.set_decided(pk, Some(KeyState::Accepted)).unwrap());
+        assert!(!dir.path().join("pending").join(pk.fingerprint()).exists());
+        // Another key of the node: accepted too (its --force sends web1's
+        // reject next); meanwhile neither holds the name.
+        store
+            .set_decided(other.public(), Some(KeyState::Accepted))
+            .unwrap();
+        assert!(!store.holds_its_name(pk) && !store.holds_its_name(other.public()));
+        store.set_decided(pk, Some(KeyState::Rejected)).unwrap();
+        assert!(store.holds_its_name(other.public()));
+        assert!(store.set_decided(pk, None).unwrap());
+        assert_eq!(store.state_of(&pk.key_id()), None);
+        let again = KeyStore::open(dir.path()).unwrap();
+        assert_eq!(again.state_of(&pk.key_id()), None);
+        assert!(again.is_accepted(&other.key_id()));
     }
 
     #[test]

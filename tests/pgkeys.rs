@@ -1,0 +1,186 @@
+//! Keys accepted once (issue 14 point 4): managers sharing a PostgreSQL job
+//! store share their key decisions, each manager with its own state_dir (and
+//! key directory). Each test skips loudly without `SERVICE_MGR_TEST_PG` and
+//! fails without it under CI (see tests/util/pg.rs).
+
+use crate::util::pg::{self, Db, Proxy};
+use crate::util::{
+    agent_at, calls, fake_service, manager, manager_key_setting, mgmt, run, toml_str, wait_for,
+    with_timeout, Client, Proc, ALLOW_ALL,
+};
+use service_mgr::security::{self, Role};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn job_store(url: &str) -> String {
+    format!("job_store={}", toml_str(url))
+}
+
+/// `mgmt keys ARGS...` on `mgr`'s key store, as root on its host would.
+fn keys_cmd(mgr: &Proc, args: &[&str]) -> std::process::Output {
+    let keys_dir = mgr.pki.as_ref().unwrap().path("state/keys");
+    let mut all = vec!["mgmt", "keys"];
+    all.extend_from_slice(args);
+    all.extend(["--keys-dir", &keys_dir]);
+    run(&all)
+}
+
+/// The state `mgr`'s key store gives the key `fp`, if it lists it.
+fn key_state(mgr: &Proc, fp: &str) -> Option<String> {
+    let out = keys_cmd(mgr, &["list"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.contains(fp))
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+}
+
+fn wait_key_state(mgr: &Proc, fp: &str, state: &str, secs: u64) {
+    wait_for(secs, &format!("key {fp} to be {state}"), || {
+        (key_state(mgr, fp).as_deref() == Some(state)).then_some(())
+    });
+}
+
+/// An agent `node` of `mgr` with a key of its own that no manager knows
+/// (filed pending when it connects); it trusts `mgr`'s test client.
+fn new_agent(mgr: &Proc, node: &str, dir: &Path) -> (Proc, String) {
+    let key = dir.join(format!("{node}.key"));
+    let pk = security::keygen(&key, Role::Agent, node, false).unwrap();
+    std::fs::copy(
+        mgr.pki.as_ref().unwrap().path("client.key.pub"),
+        dir.join("authorized_clients"),
+    )
+    .unwrap();
+    let fake = fake_service(dir);
+    let agent = agent_at(
+        &mgr.ep("backend_endpoint"),
+        &mgr.ep("sink_endpoint"),
+        node,
+        &fake,
+        dir,
+        &[
+            "-O",
+            "allow_unsigned=false",
+            "-O",
+            ALLOW_ALL,
+            "-O",
+            &manager_key_setting(mgr),
+        ],
+    );
+    (agent, pk.fingerprint())
+}
+
+/// Whether a status request for `node` through `mgr` ran there.
+fn answers(mgr: &Proc, node: &str) -> bool {
+    let (out, doc) = Client::new(mgr)
+        .nodes(node)
+        .cmd("status")
+        .service("x")
+        .wait("2")
+        .run();
+    out.status.code() == Some(0) && doc["results"][0]["status"] == "ok"
+}
+
+/// `mgmt keys accept` on one manager's host left the key pending on the other
+/// managers of the shared store: the agent, connected to another, stayed out
+/// (issue 14 point 4). Rejects and deletes reached no other manager either.
+#[test]
+fn a_key_accepted_on_one_manager_admits_it_on_all() {
+    let Some(server) = pg::server("pgkeys::a_key_accepted_on_one_manager_admits_it_on_all") else {
+        return;
+    };
+    with_timeout(120, move || {
+        let db = Db::new(&server);
+        let store = job_store(&db.url);
+        let m1 = manager(&["-O", &store]);
+        let m2 = manager(&["-O", &store]);
+        let dir = tempfile::tempdir().unwrap();
+        let (web9, fp) = new_agent(&m2, "web9", dir.path());
+        // Filed pending where it connected, and shown pending on the other.
+        wait_key_state(&m2, &fp, "pending", 20);
+        wait_key_state(&m1, &fp, "pending", 10);
+        let out = keys_cmd(&m1, &["accept", &fp]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let accepted = Instant::now();
+        wait_for(15, "the agent to answer through manager 2", || {
+            answers(&m2, "web9").then_some(())
+        });
+        assert!(
+            accepted.elapsed() < Duration::from_secs(10),
+            "{:?}\nmanager 2's log:\n{}",
+            accepted.elapsed(),
+            m2.log_text()
+        );
+        assert_eq!(key_state(&m2, &fp).as_deref(), Some("accepted"));
+        assert_eq!(calls(dir.path())[0], "x status");
+        let row: String = db
+            .client()
+            .query_one(
+                "SELECT state FROM service_mgr.key_decisions WHERE fingerprint = $1",
+                &[&fp],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(row, "accepted");
+
+        // A reject on manager 1 reaches manager 2, which drops the agent:
+        // nothing runs there any more.
+        assert!(keys_cmd(&m1, &["reject", &fp]).status.success());
+        wait_key_state(&m2, &fp, "rejected", 10);
+        let ran = calls(dir.path()).len();
+        assert!(!answers(&m2, "web9"));
+        assert_eq!(calls(dir.path()).len(), ran);
+        // A delete on manager 2 reaches manager 1 (the agent stopped first:
+        // else its next hello files it pending again, as a deleted key may).
+        drop(web9);
+        assert!(keys_cmd(&m2, &["delete", &fp]).status.success());
+        wait_for(10, "manager 1 to forget the key", || {
+            key_state(&m1, &fp).is_none().then_some(())
+        });
+    });
+}
+
+/// The database away: a manager still serves, its key decision waits, and
+/// reaches the other manager once the database is back.
+#[test]
+fn a_key_decision_made_while_the_database_is_away_is_shared_when_it_returns() {
+    let Some(server) = pg::server(
+        "pgkeys::a_key_decision_made_while_the_database_is_away_is_shared_when_it_returns",
+    ) else {
+        return;
+    };
+    with_timeout(120, move || {
+        let db = Db::new(&server);
+        let proxy = Proxy::new(&db.url);
+        let m1 = manager(&["-O", &job_store(&proxy.url(&db.url))]);
+        let m2 = manager(&["-O", &job_store(&db.url)]);
+        let dir = tempfile::tempdir().unwrap();
+        let (_web8, fp) = new_agent(&m2, "web8", dir.path());
+        wait_key_state(&m1, &fp, "pending", 20);
+        proxy.down();
+        assert!(keys_cmd(&m1, &["accept", &fp]).status.success());
+        wait_for(10, "manager 1 to say the database is away", || {
+            m1.log_text()
+                .contains("key decisions are not shared with the other managers")
+                .then_some(())
+        });
+        let status = mgmt(&m1.ep("mgmt_endpoint"), "manager.status");
+        assert!(status["result"].is_object(), "{status}");
+        std::thread::sleep(Duration::from_secs(2));
+        assert_eq!(key_state(&m2, &fp).as_deref(), Some("pending"));
+        proxy.up();
+        wait_for(20, "the agent to answer through manager 2", || {
+            answers(&m2, "web8").then_some(())
+        });
+        assert!(m1.log_text().contains("key decisions shared again"));
+        let log = m1.log_text();
+        assert_eq!(
+            crate::util::count_lines(&log, "key decisions are not shared with the other managers"),
+            1,
+            "{log}"
+        );
+    });
+}
