@@ -5,8 +5,8 @@
 
 use crate::util::pg::{self, Db, Proxy};
 use crate::util::{
-    agent_at, calls, fake_service, manager, manager_key_setting, mgmt, run, toml_str, wait_for,
-    with_timeout, Client, Proc, ALLOW_ALL,
+    agent_at, calls, fake_service, manager_key_setting, mgmt, register_manager, run, spawn_ready,
+    toml_str, wait_for, with_timeout, Client, Pki, Proc, ALLOW_ALL, LOOPBACK, MANAGER_ENDPOINTS,
 };
 use service_mgr::security::{self, Role};
 use std::path::Path;
@@ -14,6 +14,36 @@ use std::time::{Duration, Instant};
 
 fn job_store(url: &str) -> String {
     format!("job_store={}", toml_str(url))
+}
+
+/// A manager of the job store `url` with a state_dir (and key directory) of
+/// its own, as `util::manager` makes one.
+fn shared_manager(url: &str) -> Proc {
+    let pki = Pki::new();
+    // Made before the manager starts: made after, it would clash with the
+    // other manager's "probe" agent key, shared through the store meanwhile.
+    pki.agent_key("probe");
+    let state = format!("state_dir={}", toml_str(&pki.path("state")));
+    let store = job_store(url);
+    let endpoints = MANAGER_ENDPOINTS.map(|k| format!("{k}={LOOPBACK}"));
+    let mut args = vec![
+        "daemon",
+        "-D",
+        "-f",
+        "/dev/null",
+        "-O",
+        &state,
+        "-O",
+        &store,
+    ];
+    args.extend(["-O", r#"mgmt_admin_keys=["tester"]"#]);
+    for e in &endpoints {
+        args.extend(["-O", e.as_str()]);
+    }
+    let mut p = spawn_ready(&args);
+    register_manager(&p, &pki);
+    p.pki = Some(pki);
+    p
 }
 
 /// `mgmt keys ARGS...` on `mgr`'s key store, as root on its host would.
@@ -90,9 +120,8 @@ fn a_key_accepted_on_one_manager_admits_it_on_all() {
     };
     with_timeout(120, move || {
         let db = Db::new(&server);
-        let store = job_store(&db.url);
-        let m1 = manager(&["-O", &store]);
-        let m2 = manager(&["-O", &store]);
+        let m1 = shared_manager(&db.url);
+        let m2 = shared_manager(&db.url);
         let dir = tempfile::tempdir().unwrap();
         let (web9, fp) = new_agent(&m2, "web9", dir.path());
         // Filed pending where it connected, and shown pending on the other.
@@ -155,8 +184,8 @@ fn a_key_decision_made_while_the_database_is_away_is_shared_when_it_returns() {
     with_timeout(120, move || {
         let db = Db::new(&server);
         let proxy = Proxy::new(&db.url);
-        let m1 = manager(&["-O", &job_store(&proxy.url(&db.url))]);
-        let m2 = manager(&["-O", &job_store(&db.url)]);
+        let m1 = shared_manager(&proxy.url(&db.url));
+        let m2 = shared_manager(&db.url);
         let dir = tempfile::tempdir().unwrap();
         let (_web8, fp) = new_agent(&m2, "web8", dir.path());
         wait_key_state(&m1, &fp, "pending", 20);

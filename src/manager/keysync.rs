@@ -37,6 +37,8 @@ use postgres::Client;
 use slog::{error, info, warn, Logger};
 use std::collections::HashMap;
 use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -240,8 +242,18 @@ impl Syncer {
             .collect();
         let text = serde_json::to_string(&entries).unwrap_or_default();
         let path = self.shared_file();
-        let tmp = self.dir.join(format!(".{SHARED_FILE}.tmp"));
-        let written = fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, &path));
+        // Of this process: two managers on one state_dir each write their own.
+        let tmp = self
+            .dir
+            .join(format!(".{SHARED_FILE}.{}.tmp", std::process::id()));
+        let written = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .and_then(|()| fs::rename(&tmp, &path));
         written.map_err(|e| PassError::Local(format!("cannot write {}: {e}", path.display())))?;
         self.dirty = false;
         Ok(())
