@@ -23,6 +23,11 @@ fn shared_manager(url: &str) -> Proc {
     // Made before the manager starts: made after, it would clash with the
     // other manager's "probe" agent key, shared through the store meanwhile.
     pki.agent_key("probe");
+    manager_on(pki, url)
+}
+
+/// A manager of the job store `url` on the keys of `pki`.
+fn manager_on(pki: Pki, url: &str) -> Proc {
     let state = format!("state_dir={}", toml_str(&pki.path("state")));
     let store = job_store(url);
     let endpoints = MANAGER_ENDPOINTS.map(|k| format!("{k}={LOOPBACK}"));
@@ -210,6 +215,59 @@ fn a_key_decision_made_while_the_database_is_away_is_shared_when_it_returns() {
             crate::util::count_lines(&log, "key decisions are not shared with the other managers"),
             1,
             "{log}"
+        );
+    });
+}
+
+/// A manager joining a shared store (its first start on it) with keys of
+/// its own: those the store lacks are shared, for the others the store's
+/// decision wins (a key it holds as pending does not undo an accept).
+#[test]
+fn a_manager_joining_the_shared_store_takes_its_decisions() {
+    let Some(server) = pg::server("pgkeys::a_manager_joining_the_shared_store_takes_its_decisions")
+    else {
+        return;
+    };
+    with_timeout(120, move || {
+        let db = Db::new(&server);
+        let m1 = shared_manager(&db.url);
+        let dir = tempfile::tempdir().unwrap();
+        let (web5, web6) = (dir.path().join("web5.key"), dir.path().join("web6.key"));
+        let pk5 = security::keygen(&web5, Role::Agent, "web5", false).unwrap();
+        let pk6 = security::keygen(&web6, Role::Agent, "web6", false).unwrap();
+        let out = keys_cmd(
+            &m1,
+            &["import", dir.path().join("web5.key.pub").to_str().unwrap()],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Manager 2's own store, before it first starts: web5 and web6 pending.
+        let pki = Pki::new();
+        pki.agent_key("probe");
+        let mut own =
+            service_mgr::security::KeyStore::open(Path::new(&pki.path("state/keys"))).unwrap();
+        own.submit(&pk5, "127.0.0.1").unwrap();
+        own.submit(&pk6, "127.0.0.1").unwrap();
+        drop(own);
+        wait_for(10, "web5's accept to reach the database", || {
+            db.client()
+                .query_opt(
+                    "SELECT 1 FROM service_mgr.key_decisions WHERE fingerprint = $1 AND state = 'accepted'",
+                    &[&pk5.fingerprint()],
+                )
+                .ok()
+                .flatten()
+                .map(|_| ())
+        });
+        let m2 = manager_on(pki, &db.url);
+        wait_key_state(&m2, &pk5.fingerprint(), "accepted", 10);
+        wait_key_state(&m1, &pk6.fingerprint(), "pending", 10);
+        assert_eq!(
+            key_state(&m1, &pk5.fingerprint()).as_deref(),
+            Some("accepted")
         );
     });
 }
