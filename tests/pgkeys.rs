@@ -5,16 +5,12 @@
 
 use crate::util::pg::{self, Db, Proxy};
 use crate::util::{
-    agent_at, calls, fake_service, manager_key_setting, mgmt, register_manager, run, spawn_ready,
-    toml_str, wait_for, with_timeout, Client, Pki, Proc, ALLOW_ALL, LOOPBACK, MANAGER_ENDPOINTS,
+    agent_at, calls, fake_service, manager_key_setting, mgmt, run, wait_for, with_timeout, Client,
+    Pki, Proc, ALLOW_ALL,
 };
 use service_mgr::security::{self, Role};
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-fn job_store(url: &str) -> String {
-    format!("job_store={}", toml_str(url))
-}
 
 /// A manager of the job store `url` with a state_dir (and key directory) of
 /// its own, as `util::manager` makes one.
@@ -28,25 +24,7 @@ fn shared_manager(url: &str) -> Proc {
 
 /// A manager of the job store `url` on the keys of `pki`.
 fn manager_on(pki: Pki, url: &str) -> Proc {
-    let state = format!("state_dir={}", toml_str(&pki.path("state")));
-    let store = job_store(url);
-    let endpoints = MANAGER_ENDPOINTS.map(|k| format!("{k}={LOOPBACK}"));
-    let mut args = vec![
-        "daemon",
-        "-D",
-        "-f",
-        "/dev/null",
-        "-O",
-        &state,
-        "-O",
-        &store,
-    ];
-    args.extend(["-O", r#"mgmt_admin_keys=["tester"]"#]);
-    for e in &endpoints {
-        args.extend(["-O", e.as_str()]);
-    }
-    let mut p = spawn_ready(&args);
-    register_manager(&p, &pki);
+    let mut p = pg::manager_on(&pki, url, None);
     p.pki = Some(pki);
     p
 }

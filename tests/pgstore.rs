@@ -3,10 +3,10 @@
 //! database going away under load, a restart. Each test skips loudly without
 //! `SERVICE_MGR_TEST_PG` and fails without it under CI (see tests/util/pg.rs).
 
-use crate::util::pg::{self, Db, Proxy};
+use crate::util::pg::{self, job_store, Db, Proxy};
 use crate::util::{
-    agent, fake_service, manager, mgmt, mgmt_req, register_manager, spawn_ready, toml_str,
-    wait_for, with_timeout, Client, Proc, LOOPBACK, MANAGER_ENDPOINTS,
+    agent, fake_service, manager, mgmt, mgmt_req, wait_for, with_timeout, Client, Proc,
+    MANAGER_ENDPOINTS,
 };
 use serde_json::{json, Value};
 use service_mgr::jobstore::{JobStore, PgStore, StoreEvent};
@@ -14,36 +14,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn job_store(url: &str) -> String {
-    format!("job_store={}", toml_str(url))
-}
-
 /// Another manager on `mgr`'s state_dir (so its keys: one deployment, as
 /// several managers share them) and the job store `url`, on new loopback
 /// ports, or on `endpoints` (a restart).
 fn twin(mgr: &Proc, url: &str, endpoints: Option<&[String]>) -> Proc {
-    let pki = mgr.pki.as_ref().unwrap();
-    let state = format!("state_dir={}", toml_str(&pki.path("state")));
-    let store = job_store(url);
-    let fresh = MANAGER_ENDPOINTS.map(|k| format!("{k}={LOOPBACK}"));
-    let endpoints = endpoints.unwrap_or(&fresh);
-    let mut args = vec![
-        "daemon",
-        "-D",
-        "-f",
-        "/dev/null",
-        "-O",
-        &state,
-        "-O",
-        &store,
-    ];
-    args.extend(["-O", r#"mgmt_admin_keys=["tester"]"#]);
-    for e in endpoints {
-        args.extend(["-O", e.as_str()]);
-    }
-    let p = spawn_ready(&args);
-    register_manager(&p, pki);
-    p
+    pg::manager_on(mgr.pki.as_ref().unwrap(), url, endpoints)
 }
 
 fn status(mgr: &Proc) -> Value {

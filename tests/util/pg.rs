@@ -380,3 +380,33 @@ impl Drop for Cluster {
         };
     }
 }
+
+/// `job_store = "URL"`, as a `-O` setting.
+pub fn job_store(url: &str) -> String {
+    format!("job_store={}", super::toml_str(url))
+}
+
+/// A manager of the job store `url` on the state_dir (and so the keys) of
+/// `pki`, on new loopback ports or on `endpoints` (a restart).
+pub fn manager_on(pki: &super::Pki, url: &str, endpoints: Option<&[String]>) -> super::Proc {
+    let state = format!("state_dir={}", super::toml_str(&pki.path("state")));
+    let store = job_store(url);
+    let fresh = super::MANAGER_ENDPOINTS.map(|k| format!("{k}={}", super::LOOPBACK));
+    let mut args = vec![
+        "daemon",
+        "-D",
+        "-f",
+        "/dev/null",
+        "-O",
+        &state,
+        "-O",
+        &store,
+    ];
+    args.extend(["-O", r#"mgmt_admin_keys=["tester"]"#]);
+    for e in endpoints.unwrap_or(&fresh) {
+        args.extend(["-O", e.as_str()]);
+    }
+    let p = super::spawn_ready(&args);
+    super::register_manager(&p, pki);
+    p
+}
