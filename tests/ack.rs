@@ -241,6 +241,9 @@ fn an_agent_restarted_before_the_ack_delivers_its_results() {
             (calls(dir.path()).len() == 1).then_some(())
         });
         std::thread::sleep(Duration::from_millis(1800));
+        // The agent says what it holds for the manager.
+        let st = mgmt(&a1.ep("mgmt_endpoint"), "agent.status");
+        assert_eq!(st["result"]["unacknowledged"], 1, "{st}");
         a1.signal_and_wait(libc::SIGTERM, 15);
         let outbox = mgr.pki.as_ref().unwrap().path("a1.key.outbox");
         // Manager and agent back: the result reaches the store.
@@ -255,7 +258,7 @@ fn an_agent_restarted_before_the_ack_delivers_its_results() {
         let mut mgr2 = spawn_ready(&args);
         mgr2.pki = mgr.pki.take();
         register_manager(&mgr2, mgr2.pki.as_ref().unwrap());
-        let _a1 = agent(&mgr2, "a1", &fake, &[]);
+        let a1 = agent(&mgr2, "a1", &fake, &[]);
         let deadline = Instant::now() + Duration::from_secs(20);
         while stored(&mgr2, &job).get("a1").map(String::as_str) != Some("ok") {
             assert!(
@@ -271,6 +274,9 @@ fn an_agent_restarted_before_the_ack_delivers_its_results() {
                 .is_empty()
                 .then_some(())
         });
+        let st = mgmt(&a1.ep("mgmt_endpoint"), "agent.status");
+        assert_eq!(st["result"]["unacknowledged"], 0, "{st}");
+        assert_eq!(st["result"]["unacknowledged_dropped"], 0, "{st}");
         let v: Value = mgmt_req(
             &mgr2.ep("mgmt_endpoint"),
             json!({"cmd": "manager.job", "uuid": job}),

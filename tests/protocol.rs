@@ -581,6 +581,8 @@ fn mgmt_messages() {
             instance: hello(AnnounceKind::Hello).instance,
             service_manager: Some("/usr/sbin/service".into()),
             version: "0.2.0".into(),
+            unacknowledged: None,
+            unacknowledged_dropped: None,
         },
     );
     typed(

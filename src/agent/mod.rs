@@ -910,6 +910,8 @@ impl Agent<'_> {
                         .as_ref()
                         .map(|b| b.program().display().to_string()),
                     version: env!("CARGO_PKG_VERSION").into(),
+                    unacknowledged: self.outbox.as_ref().map(outbox::Outbox::len),
+                    unacknowledged_dropped: self.outbox.as_ref().map(outbox::Outbox::dropped),
                 },
             ),
             p::AGENT_SHUTDOWN => {

@@ -239,6 +239,14 @@ pub struct AgentStatus {
     /// The program requests run through (`null` when none was found).
     pub service_manager: Option<String>,
     pub version: String,
+    /// Results sent to a CURVE manager and not yet acknowledged as stored
+    /// (the outbox; absent against a 0.1 or plaintext manager).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unacknowledged: Option<usize>,
+    /// Unacknowledged results the outbox dropped since the agent started
+    /// (over its limits), each also logged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unacknowledged_dropped: Option<u64>,
 }
 
 /// `agent.status` of `agent --simulate`: the fleet as one agent named `PREFIX*`.
