@@ -180,7 +180,13 @@ fn a_key_decision_made_while_the_database_is_away_is_shared_when_it_returns() {
                 .then_some(())
         });
         let status = mgmt(&m1.ep("mgmt_endpoint"), "manager.status");
-        assert!(status["result"].is_object(), "{status}");
+        let said = status["result"]["key_sync_warning"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            said.contains("not shared with the other managers"),
+            "{status}"
+        );
         std::thread::sleep(Duration::from_secs(2));
         assert_eq!(key_state(&m2, &fp).as_deref(), Some("pending"));
         proxy.up();
@@ -188,6 +194,8 @@ fn a_key_decision_made_while_the_database_is_away_is_shared_when_it_returns() {
             answers(&m2, "web8").then_some(())
         });
         assert!(m1.log_text().contains("key decisions shared again"));
+        let status = mgmt(&m1.ep("mgmt_endpoint"), "manager.status");
+        assert!(status["result"]["key_sync_warning"].is_null(), "{status}");
         let log = m1.log_text();
         assert_eq!(
             crate::util::count_lines(&log, "key decisions are not shared with the other managers"),

@@ -564,6 +564,7 @@ fn mgmt_messages() {
             jobs_in_memory: 3,
             subscriptions: BTreeMap::from([("any".to_owned(), 1)]),
             job_store_warning: None,
+            key_sync_warning: None,
         },
     );
     typed(

@@ -61,10 +61,15 @@ pub const SHARED_FILE: &str = "shared.json";
 /// How long a stopping manager waits for the thread.
 const STOP_WAIT: Duration = Duration::from_secs(2);
 
+/// Why key decisions are not being shared right now, for `manager.status`
+/// (`None` while they are).
+pub type Warning = std::sync::Arc<std::sync::Mutex<Option<String>>>;
+
 /// The running sync thread; dropping it stops the thread.
 pub struct KeySync {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    warning: Warning,
 }
 
 impl KeySync {
@@ -74,7 +79,9 @@ impl KeySync {
     pub fn start(url: &str, dir: &Path, log: &Logger) -> anyhow::Result<KeySync> {
         let shown = redact(url);
         let log = log.new(slog::o!("key_sync" => shown.clone()));
+        let warning = Warning::default();
         let syncer = Syncer {
+            warning: warning.clone(),
             config: config(url, STATEMENT_TIMEOUT_MS, true)?,
             url: shown,
             client: None,
@@ -99,7 +106,13 @@ impl KeySync {
         Ok(KeySync {
             stop: Some(stop),
             thread: Some(thread),
+            warning,
         })
+    }
+
+    /// The shared warning the thread keeps up to date.
+    pub fn warning(&self) -> Warning {
+        self.warning.clone()
     }
 }
 
@@ -162,6 +175,8 @@ struct Syncer {
     seen: Vec<Option<SystemTime>>,
     /// Why the last pass failed, while it fails (logged once).
     failing: Option<String>,
+    /// What `manager.status` says of it.
+    warning: Warning,
     host: String,
     log: Logger,
 }
@@ -172,6 +187,7 @@ impl Syncer {
         loop {
             match self.pass() {
                 Ok(()) => {
+                    self.say(None);
                     if let Some(why) = self.failing.take() {
                         info!(self.log, "key decisions shared again: caught up with the job store";
                             "was" => why);
@@ -197,7 +213,13 @@ impl Syncer {
         if self.failing.is_none() {
             error!(self.log, "{}", what; "error" => &why);
         }
+        self.say(Some(format!("{what}: {why}")));
         self.failing = Some(why);
+    }
+
+    fn say(&self, warning: Option<String>) {
+        // A plain string: a panic elsewhere cannot leave it torn.
+        *self.warning.lock().unwrap_or_else(|e| e.into_inner()) = warning;
     }
 
     fn shared_file(&self) -> PathBuf {

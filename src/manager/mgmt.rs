@@ -170,6 +170,10 @@ impl Manager<'_> {
             allow_unsigned: self.gate.allow_unsigned,
             jobs_in_memory: self.jobs.len(),
             job_store_warning: self.store_status(),
+            key_sync_warning: self
+                .key_sync
+                .as_ref()
+                .and_then(|w| w.lock().unwrap_or_else(|e| e.into_inner()).clone()),
             subscriptions: self
                 .subscriptions
                 .iter()

@@ -208,6 +208,7 @@ pub fn run(
         None => (None, None),
     };
     let mut mgr = Manager {
+        key_sync: key_sync.as_ref().map(keysync::KeySync::warning),
         plain_peers,
         plain_said: None,
         zap,
@@ -444,6 +445,8 @@ fn default_result_endpoint(frontend: &str) -> Result<String> {
 }
 
 struct Manager<'a> {
+    /// Why key decisions are not shared right now (a PostgreSQL job store).
+    key_sync: Option<keysync::Warning>,
     /// Failed handshakes on the backend and frontend (secure mode), and when
     /// we last said that they look like 0.1 peers.
     plain_peers: Option<[transport::HandshakeWatch; 2]>,

@@ -222,6 +222,10 @@ pub struct ManagerStatus {
     /// at start-up); absent when nothing is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_store_warning: Option<String>,
+    /// Why key decisions are not shared with the other managers of a
+    /// PostgreSQL job store right now; absent when they are (or no such store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_sync_warning: Option<String>,
 }
 
 /// `agent.status` of a real agent: 0.1's fields, then ours.
