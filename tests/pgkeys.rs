@@ -5,8 +5,7 @@
 
 use crate::util::pg::{self, Db, Proxy};
 use crate::util::{
-    agent_at, calls, fake_service, manager_key_setting, mgmt, run, wait_for, with_timeout, Client,
-    Pki, Proc, ALLOW_ALL,
+    agent_with_own_key, calls, mgmt, run, wait_for, with_timeout, Client, Pki, Proc,
 };
 use service_mgr::security::{self, Role};
 use std::path::Path;
@@ -53,35 +52,6 @@ fn wait_key_state(mgr: &Proc, fp: &str, state: &str, secs: u64) {
     });
 }
 
-/// An agent `node` of `mgr` with a key of its own that no manager knows
-/// (filed pending when it connects); it trusts `mgr`'s test client.
-fn new_agent(mgr: &Proc, node: &str, dir: &Path) -> (Proc, String) {
-    let key = dir.join(format!("{node}.key"));
-    let pk = security::keygen(&key, Role::Agent, node, false).unwrap();
-    std::fs::copy(
-        mgr.pki.as_ref().unwrap().path("client.key.pub"),
-        dir.join("authorized_clients"),
-    )
-    .unwrap();
-    let fake = fake_service(dir);
-    let agent = agent_at(
-        &mgr.ep("backend_endpoint"),
-        &mgr.ep("sink_endpoint"),
-        node,
-        &fake,
-        dir,
-        &[
-            "-O",
-            "allow_unsigned=false",
-            "-O",
-            ALLOW_ALL,
-            "-O",
-            &manager_key_setting(mgr),
-        ],
-    );
-    (agent, pk.fingerprint())
-}
-
 /// Whether a status request for `node` through `mgr` ran there.
 fn answers(mgr: &Proc, node: &str) -> bool {
     let (out, doc) = Client::new(mgr)
@@ -106,7 +76,7 @@ fn a_key_accepted_on_one_manager_admits_it_on_all() {
         let m1 = shared_manager(&db.url);
         let m2 = shared_manager(&db.url);
         let dir = tempfile::tempdir().unwrap();
-        let (web9, fp) = new_agent(&m2, "web9", dir.path());
+        let (web9, fp) = agent_with_own_key(&m2, "web9", dir.path());
         // Filed pending where it connected, and shown pending on the other.
         wait_key_state(&m2, &fp, "pending", 20);
         wait_key_state(&m1, &fp, "pending", 10);
@@ -170,7 +140,7 @@ fn a_key_decision_made_while_the_database_is_away_is_shared_when_it_returns() {
         let m1 = shared_manager(&proxy.url(&db.url));
         let m2 = shared_manager(&db.url);
         let dir = tempfile::tempdir().unwrap();
-        let (_web8, fp) = new_agent(&m2, "web8", dir.path());
+        let (_web8, fp) = agent_with_own_key(&m2, "web8", dir.path());
         wait_key_state(&m1, &fp, "pending", 20);
         proxy.down();
         assert!(keys_cmd(&m1, &["accept", &fp]).status.success());

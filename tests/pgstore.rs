@@ -21,6 +21,20 @@ fn twin(mgr: &Proc, url: &str, endpoints: Option<&[String]>) -> Proc {
     pg::manager_on(mgr.pki.as_ref().unwrap(), url, endpoints)
 }
 
+/// A manager (with `extra` settings) and agents web1 and web2 of the topic
+/// `web`, with the directory of their fake service.
+fn web_fleet(extra: &[&str]) -> (Proc, (tempfile::TempDir, [Proc; 2])) {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake_service(dir.path());
+    let mgr = manager(extra);
+    let web = ["-O", "topics=[\"web\"]"];
+    let agents = [
+        agent(&mgr, "web1", &fake, &web),
+        agent(&mgr, "web2", &fake, &web),
+    ];
+    (mgr, (dir, agents))
+}
+
 fn status(mgr: &Proc) -> Value {
     mgmt(&mgr.ep("mgmt_endpoint"), "manager.status")
 }
@@ -172,11 +186,7 @@ fn results_of_jobs_land_in_postgres() {
     };
     with_timeout(120, move || {
         let db = Db::new(&server);
-        let dir = tempfile::tempdir().unwrap();
-        let fake = fake_service(dir.path());
-        let mgr = manager(&["-O", &job_store(&db.url)]);
-        let _a = agent(&mgr, "web1", &fake, &["-O", "topics=[\"web\"]"]);
-        let _b = agent(&mgr, "web2", &fake, &["-O", "topics=[\"web\"]"]);
+        let (mgr, _fleet) = web_fleet(&["-O", &job_store(&db.url)]);
         let job = run_job(&mgr, "web", "restart");
         let rows = wait_for(10, "the job's results in PostgreSQL", || {
             let rows = history(&db, &job);
@@ -545,11 +555,7 @@ fn check_history(mgr: &Proc) {
 #[test]
 fn mgmt_history_on_the_embedded_store() {
     with_timeout(120, || {
-        let dir = tempfile::tempdir().unwrap();
-        let fake = fake_service(dir.path());
-        let mgr = manager(&[]);
-        let _a = agent(&mgr, "web1", &fake, &["-O", "topics=[\"web\"]"]);
-        let _b = agent(&mgr, "web2", &fake, &["-O", "topics=[\"web\"]"]);
+        let (mgr, _fleet) = web_fleet(&[]);
         check_history(&mgr);
     });
 }
@@ -562,11 +568,7 @@ fn mgmt_history_on_postgres() {
     };
     with_timeout(120, move || {
         let db = Db::new(&server);
-        let dir = tempfile::tempdir().unwrap();
-        let fake = fake_service(dir.path());
-        let mgr = manager(&["-O", &job_store(&db.url)]);
-        let _a = agent(&mgr, "web1", &fake, &["-O", "topics=[\"web\"]"]);
-        let _b = agent(&mgr, "web2", &fake, &["-O", "topics=[\"web\"]"]);
+        let (mgr, _fleet) = web_fleet(&["-O", &job_store(&db.url)]);
         check_history(&mgr);
     });
 }

@@ -448,35 +448,6 @@ fn signed_hello(key: &KeyPair) -> Vec<u8> {
     })
 }
 
-/// An agent of `mgr` named `node` with a key of its own that the manager has
-/// not accepted (its files in `dir`), trusting the test client.
-fn agent_with_own_key(mgr: &Proc, node: &str, dir: &std::path::Path) -> (Proc, String) {
-    let key = dir.join(format!("{node}.key"));
-    let pk = security::keygen(&key, Role::Agent, node, false).unwrap();
-    std::fs::copy(
-        mgr.pki.as_ref().unwrap().path("client.key.pub"),
-        dir.join("authorized_clients"),
-    )
-    .unwrap();
-    let fake = fake_service(dir);
-    let agent = agent_at(
-        &mgr.ep("backend_endpoint"),
-        &mgr.ep("sink_endpoint"),
-        node,
-        &fake,
-        dir,
-        &[
-            "-O",
-            "allow_unsigned=false",
-            "-O",
-            ALLOW_ALL,
-            "-O",
-            &manager_key_setting(mgr),
-        ],
-    );
-    (agent, pk.fingerprint())
-}
-
 /// A PUSH socket to `mgr`'s sink from `source` (libzmq's "source;destination"
 /// form, so that a test can speak from 127.0.0.2 on loopback), on a CURVE
 /// connection of `key` when the manager is secure.

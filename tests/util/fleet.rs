@@ -433,3 +433,33 @@ pub fn busy_agent(mgr: &Proc, dir: &Path, node: &str, service: &str, wait: &str)
     });
     client
 }
+
+/// An agent of `mgr` named `node` with a key of its own that the manager has
+/// not accepted (its files in `dir`), trusting the test client.
+pub fn agent_with_own_key(mgr: &Proc, node: &str, dir: &Path) -> (Proc, String) {
+    let key = dir.join(format!("{node}.key"));
+    let pk = service_mgr::security::keygen(&key, service_mgr::security::Role::Agent, node, false)
+        .unwrap();
+    std::fs::copy(
+        mgr.pki.as_ref().unwrap().path("client.key.pub"),
+        dir.join("authorized_clients"),
+    )
+    .unwrap();
+    let fake = super::fake_service(dir);
+    let agent = agent_at(
+        &mgr.ep("backend_endpoint"),
+        &mgr.ep("sink_endpoint"),
+        node,
+        &fake,
+        dir,
+        &[
+            "-O",
+            "allow_unsigned=false",
+            "-O",
+            ALLOW_ALL,
+            "-O",
+            &manager_key_setting(mgr),
+        ],
+    );
+    (agent, pk.fingerprint())
+}
