@@ -211,38 +211,62 @@ pub fn set_heartbeats(s: &zmq::Socket) -> Result<()> {
 /// Set ZMQ_XPUB_MANUAL, which the zmq crate does not wrap: the manager then
 /// decides what each subscriber is subscribed to (exact topic matching).
 pub fn set_xpub_manual(s: &mut zmq::Socket) -> Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: valid socket pointer; the option takes an int by pointer and length.
-    let rc = unsafe {
-        zmq_sys::zmq_setsockopt(
-            s.as_mut_ptr(),
-            zmq_sys::ZMQ_XPUB_MANUAL as libc::c_int,
-            &on as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>(),
-        )
-    };
-    if rc != 0 {
-        bail!("cannot set ZMQ_XPUB_MANUAL on the backend socket");
-    }
-    Ok(())
+    set_raw(
+        s,
+        zmq_sys::ZMQ_XPUB_MANUAL as i32,
+        &1i32.to_ne_bytes(),
+        "ZMQ_XPUB_MANUAL",
+    )
 }
 
 /// Set ZMQ_XPUB_VERBOSER, which the zmq crate does not wrap: every
 /// subscription and every unsubscription is passed up, so that the manager
 /// counts each connection's live subscriptions exactly.
 pub fn set_xpub_verboser(s: &mut zmq::Socket) -> Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: valid socket pointer; the option takes an int by pointer and length.
+    set_raw(
+        s,
+        zmq_sys::ZMQ_XPUB_VERBOSER as i32,
+        &1i32.to_ne_bytes(),
+        "ZMQ_XPUB_VERBOSER",
+    )
+}
+
+/// ZMQ_ROUTER_NOTIFY and its ZMQ_NOTIFY_DISCONNECT (draft API, not in zmq-sys).
+const ZMQ_ROUTER_NOTIFY: i32 = 97;
+const ZMQ_NOTIFY_DISCONNECT: i32 = 2;
+/// ZMQ_HELLO_MSG (draft API, not in zmq-sys).
+const ZMQ_HELLO_MSG: i32 = 110;
+
+/// A ROUTER that hands up `[routing id][empty frame]` when a peer's
+/// connection ends: the manager's agent socket learns of a lost agent at
+/// O(log n) cost (an XPUB walked its whole subscription trie per connection).
+pub fn set_router_notify_disconnect(s: &mut zmq::Socket) -> Result<()> {
+    let v = ZMQ_NOTIFY_DISCONNECT.to_ne_bytes();
+    set_raw(s, ZMQ_ROUTER_NOTIFY, &v, "ZMQ_ROUTER_NOTIFY")
+}
+
+/// Send `hello` to every peer first thing on each new connection, by
+/// libzmq: an agent then knows, with no monitor socket, that it reached
+/// a manager (again) and must say who it is.
+pub fn set_hello_msg(s: &mut zmq::Socket, hello: &[u8]) -> Result<()> {
+    set_raw(s, ZMQ_HELLO_MSG, hello, "ZMQ_HELLO_MSG")
+}
+
+/// zmq_setsockopt for the options the zmq crate does not wrap.
+fn set_raw(s: &mut zmq::Socket, option: i32, value: &[u8], name: &str) -> Result<()> {
+    // SAFETY: valid socket pointer; value is a live buffer of the given length.
     let rc = unsafe {
         zmq_sys::zmq_setsockopt(
             s.as_mut_ptr(),
-            zmq_sys::ZMQ_XPUB_VERBOSER as libc::c_int,
-            &on as *const libc::c_int as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>(),
+            option as libc::c_int,
+            value.as_ptr() as *const libc::c_void,
+            value.len(),
         )
     };
     if rc != 0 {
-        bail!("cannot set ZMQ_XPUB_VERBOSER on the result publisher");
+        // SAFETY: reads libzmq's thread-local errno.
+        let errno = unsafe { zmq_sys::zmq_errno() };
+        bail!("cannot set {name}: {}", zmq::Error::from_raw(errno));
     }
     Ok(())
 }
