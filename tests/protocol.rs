@@ -358,6 +358,13 @@ fn backend_messages() {
             other => panic!("{other:?}"),
         },
     );
+    // Secure agents' DEALER gets this from the manager's ROUTER on every
+    // (re)connect (ZMQ_HELLO_MSG): the cue to introduce themselves.
+    ours("backend/hello.json", &p::ManagerHello::default(), |b| {
+        assert!(p::ManagerHello::is(b));
+        serde(b)
+    });
+    assert!(!p::ManagerHello::is(b"{\"type\":\"manager.welcome\",\"v\":2}"));
     ours(
         "backend/ack.json",
         &p::Ack::new(

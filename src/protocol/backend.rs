@@ -78,6 +78,42 @@ impl Default for Welcome {
     }
 }
 
+/// `{"type":"manager.hello","v":2}`: the first message on every connection
+/// to the manager's agent socket (secure mode), sent by libzmq itself
+/// (ZMQ_HELLO_MSG), alone in its message. A DEALER has no other sign that it
+/// reached a manager (again): the agent answers with its presence, `!acks`,
+/// topics and hello announcement (docs/protocol.md §4.5).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManagerHello {
+    #[serde(rename = "type")]
+    pub kind: ManagerHelloKind,
+    pub v: u64,
+}
+
+/// The one value of [`ManagerHello::kind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ManagerHelloKind {
+    #[serde(rename = "manager.hello")]
+    Hello,
+}
+
+impl Default for ManagerHello {
+    fn default() -> Self {
+        ManagerHello {
+            kind: ManagerHelloKind::Hello,
+            v: PROTOCOL_VERSION,
+        }
+    }
+}
+
+impl ManagerHello {
+    /// Whether a one-frame message is the manager's hello.
+    pub fn is(frame: &[u8]) -> bool {
+        decode_object(frame, 256)
+            .is_ok_and(|m| matches!(m.get("type"), Some(Value::String(t)) if t == "manager.hello"))
+    }
+}
+
 /// The manager has stored these results of the agent durably (its job store
 /// synced them): the agent may forget them. On the agent's private topic,
 /// only to agents that subscribed to [`ACKS_TOPIC`]. Jobs of one node (the

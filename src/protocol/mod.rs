@@ -25,8 +25,8 @@ pub mod results;
 pub mod sink;
 
 pub use backend::{
-    backend_topic, parse_backend_topic, private_topic, Ack, BackendMessage, Dispatch, Presence,
-    Welcome, ACKS_TOPIC, ACK_UUIDS_MAX, PRESENCE_PREFIX, PRIVATE_PREFIX,
+    backend_topic, parse_backend_topic, private_topic, Ack, BackendMessage, Dispatch, ManagerHello,
+    Presence, Welcome, ACKS_TOPIC, ACK_UUIDS_MAX, PRESENCE_PREFIX, PRIVATE_PREFIX,
 };
 pub use frontend::{
     Accepted, FollowRecord, FollowRequest, FrontendReply, FrontendRequest, ReplyError, RequestBody,
