@@ -10,6 +10,7 @@ pub mod exec;
 pub mod guard;
 pub mod outbox;
 pub mod simulate;
+mod uplink;
 
 use crate::config::AgentConfig;
 use crate::host::HostInfo;
@@ -142,47 +143,35 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
         Some(crate::zap::Handler::bind(&ctx).context("cannot bind the ZAP handler")?)
     };
     let instance = uuid::Uuid::new_v4().simple().to_string();
-    let sub = transport::socket(&ctx, zmq::SUB)?;
-    wire.apply(&sub)?;
-    // Not admitted yet (key pending): libzmq retries the handshake, backing off.
-    sub.set_reconnect_ivl_max(5000)?;
-    sub.set_maxmsgsize(p::BACKEND_FRAME_LIMIT)?;
-    transport::set_heartbeats(&sub)?;
-    for t in &me.topics {
-        sub.set_subscribe(t.as_bytes())?;
-    }
-    // Our private topic: in secure mode the manager grants it once our signed
-    // presence below proved our key, and sends our requests there.
-    sub.set_subscribe(p::private_topic(&me.node, &instance).as_bytes())?;
+    let uplink = uplink::Uplink::connect(&ctx, config, &wire, RESULT_LINGER_MS)?;
     // Our manager acknowledges stored results to agents that keep them until
     // then (CURVE only: a plaintext peer may be a 0.1 manager, which never does).
     let outbox = match wire {
-        transport::Wire::Curve { .. } => {
-            sub.set_subscribe(p::ACKS_TOPIC.as_bytes())?;
-            Some(outbox::Outbox::open(
-                &outbox::journal_path(&config.key_file()),
-                log,
-            ))
-        }
+        transport::Wire::Curve { .. } => Some(outbox::Outbox::open(
+            &outbox::journal_path(&config.key_file()),
+            log,
+        )),
         transport::Wire::Plain => None,
     };
-    // Never published on: its unsubscription tells the manager we are gone.
     let presence = guard.presence(&instance);
-    sub.set_subscribe(presence.as_bytes())?;
-    transport::connect(&sub, &config.manager_endpoint, "manager_endpoint")?;
-    let push = transport::socket(&ctx, zmq::PUSH)?;
-    wire.apply(&push)?;
-    push.set_reconnect_ivl_max(5000)?;
-    push.set_sndhwm(100_000)?;
-    // Results queued when we stop still reach the manager.
-    push.set_linger(RESULT_LINGER_MS)?;
-    transport::set_heartbeats(&push)?;
-    transport::connect(&push, &config.sink_endpoint, "sink_endpoint")?;
+    // On the DEALER we say all this when the manager says hello (introduce).
+    if !uplink.is_link() {
+        for t in &me.topics {
+            uplink.subscribe(t)?;
+        }
+        uplink.subscribe(&p::private_topic(&me.node, &instance))?;
+        // Never published on: its unsubscription tells the manager we are gone.
+        uplink.subscribe(&presence)?;
+    }
+    uplink.start(config)?;
     let watches = match wire {
-        transport::Wire::Curve { .. } => Some([
-            transport::HandshakeWatch::new(&ctx, &sub)?,
-            transport::HandshakeWatch::new(&ctx, &push)?,
-        ]),
+        transport::Wire::Curve { .. } => Some(
+            uplink
+                .sockets(config)
+                .into_iter()
+                .map(|(s, _)| transport::HandshakeWatch::new(&ctx, s))
+                .collect::<Result<Vec<_>>>()?,
+        ),
         transport::Wire::Plain => None,
     };
     let (mgmt, mgmt_endpoint) = bind_mgmt(&ctx, config, zap.as_ref().map(|_| guard.key.as_ref()))?;
@@ -212,8 +201,7 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
         host,
         backend: backend.map(Arc::new),
         inbox_endpoint,
-        sub,
-        push,
+        uplink,
         mgmt,
         inbox,
         private_topic,
@@ -280,9 +268,9 @@ struct Agent<'a> {
     /// Judges who may open our management socket; `None` when it is plaintext.
     zap: Option<crate::zap::Handler>,
     /// Failed handshakes of our connections to the manager (CURVE only).
-    watches: Option<[transport::HandshakeWatch; 2]>,
+    watches: Option<Vec<transport::HandshakeWatch>>,
     manager_described: String,
-    /// When to connect which socket (0: sub, 1: push) again after a failed
+    /// When to connect which socket (of [`uplink::Uplink::sockets`]) again after a failed
     /// handshake (libzmq gives up on those).
     reconnect_at: Vec<(Instant, usize)>,
     config: &'a AgentConfig,
@@ -292,8 +280,7 @@ struct Agent<'a> {
     host: HostInfo,
     backend: Option<Arc<Backend>>,
     inbox_endpoint: String,
-    sub: zmq::Socket,
-    push: zmq::Socket,
+    uplink: uplink::Uplink,
     mgmt: zmq::Socket,
     inbox: zmq::Socket,
     instance: String,
@@ -363,7 +350,7 @@ impl Agent<'_> {
                 }
             }
             let mut items = [
-                self.sub.as_poll_item(zmq::POLLIN),
+                self.uplink.inbound().as_poll_item(zmq::POLLIN),
                 self.mgmt.as_poll_item(zmq::POLLIN),
                 self.inbox.as_poll_item(zmq::POLLIN),
                 zmq::PollItem::from_fd(control.fd(), zmq::POLLIN),
@@ -430,7 +417,7 @@ impl Agent<'_> {
                 next_resend = Instant::now() + RESEND_CHECK;
             }
             if ready[0] {
-                while let Ok(Some(frames)) = try_recv(&self.sub) {
+                while let Ok(Some(frames)) = try_recv(self.uplink.inbound()) {
                     self.on_request(frames);
                 }
             }
@@ -458,7 +445,7 @@ impl Agent<'_> {
             // Only heartbeats and the goodbye can be queued: the context's
             // teardown (after "stopped") must not wait the result linger for
             // a manager that is away (issue 15: 2-7 s to exit).
-            let _ = self.push.set_linger(BYE_LINGER_MS);
+            self.uplink.set_linger(BYE_LINGER_MS);
         }
         Ok(())
     }
@@ -507,15 +494,33 @@ impl Agent<'_> {
         // Said again before each token: a manager that did not hold our key
         // at our first subscription (accepted since) learns we take acks.
         if self.outbox.is_some() {
-            let _ = self.sub.set_subscribe(p::ACKS_TOPIC.as_bytes());
-            let _ = self.sub.set_unsubscribe(p::ACKS_TOPIC.as_bytes());
+            let _ = self.uplink.subscribe(p::ACKS_TOPIC);
+            let _ = self.uplink.unsubscribe(p::ACKS_TOPIC);
         }
         let fresh = self.guard.presence(&self.instance);
-        if self.sub.set_subscribe(fresh.as_bytes()).is_ok() {
-            let _ = self.sub.set_unsubscribe(self.presence.as_bytes());
+        if self.uplink.subscribe(&fresh).is_ok() {
+            let _ = self.uplink.unsubscribe(&self.presence);
             self.presence = fresh;
             self.welcomed = false;
         }
+    }
+
+    /// The manager said hello on a new connection (its first or after a
+    /// reconnect): say who we are, as a SUB's subscriptions would be sent
+    /// again by libzmq: acks, a fresh presence token (it stands for this
+    /// connection), our topics (counted in `manager.status`), a hello.
+    fn introduce(&mut self) {
+        debug!(self.log, "connected to the manager; saying who we are");
+        if self.outbox.is_some() {
+            let _ = self.uplink.subscribe(p::ACKS_TOPIC);
+        }
+        self.presence = self.guard.presence(&self.instance);
+        self.welcomed = false;
+        let _ = self.uplink.subscribe(&self.presence);
+        for t in &self.me.topics {
+            let _ = self.uplink.subscribe(t);
+        }
+        self.announce(AnnounceKind::Hello);
     }
 
     /// Tell the manager who we are (hello, heartbeat) or that we leave (bye).
@@ -531,7 +536,7 @@ impl Agent<'_> {
         );
         self.guard.sign_announce(&mut a);
         // A full queue (manager away) only costs a heartbeat; the next one will do.
-        let _ = self.push.send(p::encode(&a), zmq::DONTWAIT);
+        let _ = self.uplink.send(p::encode(&a));
     }
 
     fn forward_results(&mut self) {
@@ -584,7 +589,7 @@ impl Agent<'_> {
         if let (Some(outbox), Some(uuid)) = (&mut self.outbox, uuid) {
             outbox.add(uuid, &frame);
         }
-        if let Err(e) = self.push.send(frame, zmq::DONTWAIT) {
+        if let Err(e) = self.uplink.send(frame) {
             match &self.outbox {
                 Some(_) => {
                     warn!(self.log, "result could not be queued for the manager; kept, sent again later"; "error" => %e)
@@ -603,8 +608,8 @@ impl Agent<'_> {
         let Some(outbox) = &mut self.outbox else {
             return;
         };
-        let push = &self.push;
-        let sent = outbox.resend(welcomed, |frame| push.send(frame, zmq::DONTWAIT).is_ok());
+        let uplink = &self.uplink;
+        let sent = outbox.resend(welcomed, |frame| uplink.send(frame).is_ok());
         if sent > 0 {
             self.last_result.set(Some(Instant::now()));
             if welcomed {
@@ -614,6 +619,13 @@ impl Agent<'_> {
     }
 
     fn on_request(&mut self, frames: Vec<Vec<u8>>) {
+        if let [hello] = frames.as_slice() {
+            // Only on the DEALER, from the manager we pinned (CURVE).
+            if self.uplink.is_link() && p::ManagerHello::is(hello) {
+                self.introduce();
+                return;
+            }
+        }
         let [topic, body] = frames.as_slice() else {
             warn!(self.log, "backend message ignored: expected [topic, request]"; "frames" => frames.len());
             return;
@@ -843,10 +855,10 @@ impl Agent<'_> {
             .map(|(_, i)| *i)
             .collect();
         self.reconnect_at.retain(|(t, _)| now < *t);
+        let sockets = self.uplink.sockets(self.config);
         for i in due {
-            let (s, ep) = match i {
-                0 => (&self.sub, &self.config.manager_endpoint),
-                _ => (&self.push, &self.config.sink_endpoint),
+            let Some(&(s, ep)) = sockets.get(i) else {
+                continue;
             };
             let _ = s.disconnect(ep);
             if let Err(e) = s.connect(ep) {

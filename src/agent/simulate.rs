@@ -1,7 +1,7 @@
 //! `service-mgr agent --simulate N`: many agents in one process, for load tests.
 //!
 //! Each simulated node is a whole agent as the manager sees it: its own key,
-//! its own SUB and PUSH connections, signed presence, hello and heartbeats,
+//! its own connection (a DEALER; SUB and PUSH on plaintext), signed presence, hello and heartbeats,
 //! requests checked by the same guard (signature, replay, addressing, policy,
 //! allowed commands) and results signed and sealed like a real agent's. Only
 //! the service manager is fake: an in-memory table of service states, so that
@@ -11,6 +11,7 @@
 //! sockets. One management socket serves the whole fleet.
 
 use super::guard::{self, Guard};
+use super::uplink::Uplink;
 use super::{announcement, check_request, exec::Outcome, executed, refusal, Identity};
 use crate::config::AgentConfig;
 use crate::host::HostInfo;
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 /// Upper bound on simulated nodes in one process (file descriptors, memory).
 pub const MAX_SIMULATED: usize = 20_000;
 
-/// Nodes per thread and zmq context (two sockets each, of 1023 per context).
+/// Nodes per thread and zmq context (at most two sockets each, of 1023 per context).
 const NODES_PER_SHARD: usize = 400;
 
 /// How often a shard wakes at least, to send heartbeats and see a stop.
@@ -103,13 +104,24 @@ pub fn run(
     on_ready: OnReady,
 ) -> Result<()> {
     check_fleet(prefix, n)?;
-    // Two sockets per node, each a connection and a mailbox.
-    let limit = runtime::raise_nofile_limit()?;
-    if (limit as usize) < n * 4 + 64 {
-        bail!("{n} simulated nodes need about {} open files; the limit is {limit} (raise it with ulimit -n)", n * 4 + 64);
-    }
     let (list, keys) = fleet_keys(&key_dir(config), prefix, n)?;
     let first_key = keys[0].clone();
+    // Each socket is a connection and a mailbox: one DEALER per node on
+    // CURVE, a SUB and a PUSH on plaintext.
+    let curve = matches!(
+        crate::config::pin::manager_key(config.manager_key.as_deref(), &config.manager_endpoint)?
+            .wire(Some(&first_key))?,
+        transport::Wire::Curve { .. }
+    );
+    let needed = n * if curve { 2 } else { 4 } + 64;
+    let limit = runtime::raise_nofile_limit()?;
+    if (limit as usize) < needed {
+        bail!(
+            "{n} simulated nodes need about {needed} open files; the limit is {limit} \
+            (raise it with ulimit -n, or split the fleet over several `agent --simulate` \
+            processes, each with its own --prefix)"
+        );
+    }
     let (clients, policy) = guard::load_trust(config, log)?;
     let host = HostInfo::read();
 
@@ -246,7 +258,7 @@ struct SimNode {
     next_presence: Instant,
     /// Services this node stopped; every other service is running.
     stopped: BTreeSet<String>,
-    sockets: Option<(zmq::Socket, zmq::Socket)>,
+    uplink: Option<Uplink>,
 }
 
 impl SimNode {
@@ -263,7 +275,7 @@ impl SimNode {
             next_beat: Instant::now(),
             next_presence: Instant::now(),
             stopped: BTreeSet::new(),
-            sockets: None,
+            uplink: None,
         }
     }
 
@@ -273,32 +285,35 @@ impl SimNode {
             &config.manager_endpoint,
         )?;
         let wire = manager.wire(Some(&self.guard.key))?;
-        let sub = transport::socket(ctx, zmq::SUB)?;
-        wire.apply(&sub)?;
-        sub.set_reconnect_ivl_max(5000)?;
-        sub.set_maxmsgsize(p::BACKEND_FRAME_LIMIT)?;
-        transport::set_heartbeats(&sub)?;
-        for t in &self.me.topics {
-            sub.set_subscribe(t.as_bytes())?;
+        let uplink = Uplink::connect(ctx, config, &wire, 2000)?;
+        // On the DEALER we say this when the manager says hello (introduce).
+        if !uplink.is_link() {
+            for t in &self.me.topics {
+                uplink.subscribe(t)?;
+            }
+            uplink.subscribe(&self.private_topic)?;
+            uplink.subscribe(&self.presence)?;
         }
-        sub.set_subscribe(self.private_topic.as_bytes())?;
-        sub.set_subscribe(self.presence.as_bytes())?;
-        transport::connect(&sub, &config.manager_endpoint, "manager_endpoint")?;
-        let push = transport::socket(ctx, zmq::PUSH)?;
-        wire.apply(&push)?;
-        push.set_reconnect_ivl_max(5000)?;
-        push.set_sndhwm(10_000)?;
-        push.set_linger(2000)?;
-        transport::set_heartbeats(&push)?;
-        transport::connect(&push, &config.sink_endpoint, "sink_endpoint")?;
-        self.sockets = Some((sub, push));
+        uplink.start(config)?;
+        self.uplink = Some(uplink);
         Ok(())
     }
 
     fn send(&self, frame: Vec<u8>) -> bool {
-        self.sockets
-            .as_ref()
-            .is_some_and(|(_, push)| push.send(frame, zmq::DONTWAIT).is_ok())
+        self.uplink.as_ref().is_some_and(|u| u.send(frame).is_ok())
+    }
+
+    /// The manager said hello on a new connection: as the agent's introduce,
+    /// without acks (simulated nodes keep no outbox).
+    fn introduce(&mut self, config: &AgentConfig, host: &HostInfo) {
+        let Some(uplink) = &self.uplink else { return };
+        self.presence = self.guard.presence(&self.instance);
+        self.welcomed = false;
+        let _ = uplink.subscribe(&self.presence);
+        for t in &self.me.topics {
+            let _ = uplink.subscribe(t);
+        }
+        self.announce(AnnounceKind::Hello, config, host);
     }
 
     fn announce(&self, kind: AnnounceKind, config: &AgentConfig, host: &HostInfo) {
@@ -320,9 +335,9 @@ impl SimNode {
     /// A new presence token replaces the old one (see the agent's refresh_presence).
     fn refresh_presence(&mut self) {
         let fresh = self.guard.presence(&self.instance);
-        if let Some((sub, _)) = &self.sockets {
-            if sub.set_subscribe(fresh.as_bytes()).is_ok() {
-                let _ = sub.set_unsubscribe(self.presence.as_bytes());
+        if let Some(uplink) = &self.uplink {
+            if uplink.subscribe(&fresh).is_ok() {
+                let _ = uplink.unsubscribe(&self.presence);
                 self.presence = fresh;
                 self.welcomed = false;
             }
@@ -404,9 +419,9 @@ impl Shard {
                     .nodes
                     .iter()
                     .filter_map(|n| {
-                        n.sockets
+                        n.uplink
                             .as_ref()
-                            .map(|(sub, _)| sub.as_poll_item(zmq::POLLIN))
+                            .map(|u| u.inbound().as_poll_item(zmq::POLLIN))
                     })
                     .collect();
                 transport::poll(&mut items, TICK.as_millis() as i64)?;
@@ -421,7 +436,7 @@ impl Shard {
             }
             for &k in &readable {
                 while let Some(Ok(Some(frames))) =
-                    self.nodes[k].sockets.as_ref().map(|(sub, _)| try_recv(sub))
+                    self.nodes[k].uplink.as_ref().map(|u| try_recv(u.inbound()))
                 {
                     self.on_request(k, frames);
                 }
@@ -453,6 +468,12 @@ impl Shard {
 
     fn on_request(&mut self, k: usize, frames: Vec<Vec<u8>>) {
         let node = &mut self.nodes[k];
+        if let [hello] = frames.as_slice() {
+            if node.uplink.as_ref().is_some_and(Uplink::is_link) && p::ManagerHello::is(hello) {
+                node.introduce(&self.config, &self.host);
+            }
+            return;
+        }
         let [topic, body] = frames.as_slice() else {
             return;
         };

@@ -200,7 +200,7 @@ impl Manager<'_> {
                 return Err(ErrorReply::new(msg));
             }
         };
-        let route = routing::route(
+        let mut route = routing::route(
             &req,
             &self.registry,
             &self.subscriptions,
@@ -252,13 +252,22 @@ impl Manager<'_> {
         let body = p::encode(&dispatch);
         for t in &route.topics {
             let topic = p::backend_topic(t);
-            if let Err(e) = self
-                .s
-                .backend
-                .send_multipart([topic.as_slice(), &body], zmq::DONTWAIT)
-            {
-                self.metrics.request(outcome::ERROR);
-                return Err(ErrorReply::new(format!("cannot dispatch the request: {e}")));
+            if let Err(e) = self.to_agent(&topic, &body) {
+                // One agent's connection (secure mode): that node is answered
+                // for at once; the XPUB failing fails the whole request.
+                match t
+                    .strip_prefix(p::PRIVATE_PREFIX)
+                    .and_then(|r| r.split('/').next())
+                {
+                    Some(node) if self.links.is_some() => route.unreachable.push((
+                        node.to_owned(),
+                        format!("no answer: cannot send it the request: {e}"),
+                    )),
+                    _ => {
+                        self.metrics.request(outcome::ERROR);
+                        return Err(ErrorReply::new(format!("cannot dispatch the request: {e}")));
+                    }
+                }
             }
         }
         let mut job = Job {

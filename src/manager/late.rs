@@ -89,11 +89,12 @@ impl Manager<'_> {
                     n.clone()
                 };
                 let frame = p::backend_topic(&topic);
-                match self
-                    .s
-                    .backend
-                    .send_multipart([frame.as_slice(), &late.body], zmq::DONTWAIT)
-                {
+                match super::backend::send_to_agent(
+                    &self.s.backend,
+                    self.links.as_ref(),
+                    &frame,
+                    &late.body,
+                ) {
                     Ok(()) => {
                         info!(self.log, "request sent to an agent back since the restart"; "uuid" => &uuid, "node" => &n)
                     }

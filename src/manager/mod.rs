@@ -27,6 +27,7 @@ mod frontend;
 mod journal;
 mod keysync;
 mod late;
+mod links;
 mod mgmt;
 pub mod peers;
 pub mod registry;
@@ -238,6 +239,8 @@ pub fn run(
         presence: HashMap::new(),
         host: HostInfo::read(),
         subscriptions: HashMap::new(),
+        links: (!config.allow_unsigned).then(links::Links::default),
+        link_rid: None,
         backend_subs: Subscribers::new(p::BACKEND_SUBSCRIPTIONS_MAX),
         result_subs: Subscribers::new(p::RESULT_SUBSCRIPTIONS_MAX),
         metrics,
@@ -366,10 +369,28 @@ fn bind_all(
     // Attached clients get a whole broadcast's results here, as on `results`.
     frontend.set_sndhwm(100_000)?;
     frontend.set_linger(RESULTS_LINGER_MS)?;
-    let mut backend = transport::socket(ctx, zmq::XPUB)?;
-    secure(&backend, domain::BACKEND)?;
-    transport::set_xpub_manual(&mut backend)?;
-    backend.set_maxmsgsize(p::BACKEND_SUBSCRIPTION_LIMIT)?;
+    // Secure mode: one DEALER connection per agent on a ROUTER (see links);
+    // plaintext keeps 0.1's pattern, agents' SUBs on an XPUB.
+    let backend = match key {
+        Some(_) => {
+            let mut b = transport::socket(ctx, zmq::ROUTER)?;
+            secure(&b, domain::BACKEND)?;
+            // Results come on it too.
+            b.set_maxmsgsize(p::RESULT_FRAME_LIMIT)?;
+            b.set_rcvhwm(100_000)?;
+            // A send to a connection that is gone fails instead of vanishing.
+            b.set_router_mandatory(true)?;
+            transport::set_router_notify_disconnect(&mut b)?;
+            transport::set_hello_msg(&mut b, &p::encode(&p::ManagerHello::default()))?;
+            b
+        }
+        None => {
+            let mut b = transport::socket(ctx, zmq::XPUB)?;
+            transport::set_xpub_manual(&mut b)?;
+            b.set_maxmsgsize(p::BACKEND_SUBSCRIPTION_LIMIT)?;
+            b
+        }
+    };
     backend.set_sndhwm(100_000)?;
     // Dead peers (a cut cable sends no FIN) are dropped within seconds, which
     // ends their presence subscription.
@@ -501,6 +522,11 @@ struct Manager<'a> {
     host: HostInfo,
     /// Agent subscriptions by topic (how many pipes), as reported by the backend.
     subscriptions: HashMap<String, usize>,
+    /// The agents' connections on the backend ROUTER (secure mode; `None`
+    /// on plaintext, where the backend is an XPUB).
+    links: Option<links::Links>,
+    /// The routing id of the backend message being handled (secure mode).
+    link_rid: Option<Vec<u8>>,
     /// Live subscriptions per connection on the backend and the result publisher.
     backend_subs: Subscribers<zmq::Message>,
     result_subs: Subscribers<zmq::Message>,
@@ -574,7 +600,11 @@ impl Manager<'_> {
             }
             // Subscriptions first: a result that arrives in the same round can then go straight out.
             if ready[1] {
-                self.drain_subscriptions(Self::on_backend_subscription, |s| &s.backend);
+                if self.links.is_some() {
+                    self.drain(Self::on_link, |s| &s.backend);
+                } else {
+                    self.drain_subscriptions(Self::on_backend_subscription, |s| &s.backend);
+                }
             }
             if ready[4] {
                 self.drain_subscriptions(Self::on_result_subscription, |s| &s.results);
@@ -653,6 +683,9 @@ impl Manager<'_> {
         // Results already on their way in are still delivered.
         self.drain_subscriptions(Self::on_result_subscription, |s| &s.results);
         self.drain(Self::on_sink, |s| &s.sink);
+        if self.links.is_some() {
+            self.drain(Self::on_link, |s| &s.backend);
+        }
         self.write_events();
         if self.failing.is_some() {
             self.retry_store();

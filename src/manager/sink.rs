@@ -181,11 +181,7 @@ impl Manager<'_> {
             None => return,
         }
         for (topic, ack) in self.acks.take() {
-            if let Err(e) = self
-                .s
-                .backend
-                .send_multipart([topic.as_slice(), &ack], zmq::DONTWAIT)
-            {
+            if let Err(e) = self.to_agent(&topic, &ack) {
                 // The agent sends those results again; the store keeps one copy.
                 debug!(self.log, "cannot send an acknowledgement"; "error" => %e);
             }
