@@ -16,6 +16,7 @@ mod docs;
 mod end_to_end;
 mod expected;
 mod first_hour;
+mod fleet_drop;
 mod fuzz_smoke;
 mod install;
 mod limits;
