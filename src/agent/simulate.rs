@@ -119,7 +119,7 @@ pub fn run(
         bail!(
             "{n} simulated nodes need about {needed} open files; the limit is {limit} \
             (raise it with ulimit -n, or split the fleet over several `agent --simulate` \
-            processes, each with its own --prefix)"
+            processes, each with its own --node-prefix)"
         );
     }
     let (clients, policy) = guard::load_trust(config, log)?;
