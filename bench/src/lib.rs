@@ -25,6 +25,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod fleet;
+
 /// Measure latency, throughput and memory of service-mgr with a simulated fleet (see BENCHMARKS.md).
 #[derive(Debug, Parser)]
 #[command(name = "service-mgr-bench", version)]
@@ -60,6 +62,11 @@ pub struct BenchArgs {
     /// database (a scratch one: the bench writes its jobs there, then deletes them).
     #[arg(long, value_name = "URL", env = "SERVICE_MGR_BENCH_PG")]
     pub postgres: Option<String>,
+    /// Simulated agents for the fleet figures: cold start, manager restart and
+    /// all dropping at once, `manager.status` asked throughout [default: 10000;
+    /// 1000 with --quick; 0 skips them].
+    #[arg(long, value_name = "N")]
+    pub fleet: Option<usize>,
     /// Only the job store figures (no daemons, no fleets).
     #[arg(long)]
     pub jobstore_only: bool,
@@ -206,6 +213,7 @@ struct Plan {
     unsigned: bool,
     postgres: Option<String>,
     jobstore_only: bool,
+    fleet: usize,
 }
 
 const LOOPBACK: &str = "tcp://127.0.0.1:*";
@@ -300,6 +308,7 @@ pub fn measure(args: &BenchArgs, exe: &Path) -> Result<Report> {
         unsigned: args.unsigned,
         postgres: args.postgres.clone(),
         jobstore_only: args.jobstore_only,
+        fleet: args.fleet.unwrap_or(if args.quick { 1000 } else { 10_000 }),
     };
     anyhow::ensure!(plan.reps > 0, "--reps must be at least 1");
     anyhow::ensure!(plan.runs > 0, "--runs must be at least 1");
@@ -334,6 +343,7 @@ pub fn measure(args: &BenchArgs, exe: &Path) -> Result<Report> {
         "reps": plan.reps,
         "sizes": plan.sizes,
         "throughput_runs": plan.runs,
+        "fleet": plan.fleet,
         "throughput_seconds": plan.duration.as_secs_f64(),
         "open_files_limit": nofile,
         "postgres": plan.postgres.as_deref().map(service_mgr::jobstore::postgres::redact),
@@ -393,6 +403,9 @@ fn run_all(plan: &Plan, dir: &Path, exe: &Path) -> Vec<Figure> {
         plan.reps
     );
     figures.push(bench.client_exit());
+    if plan.fleet > 0 && !plan.real_agents {
+        figures.extend(bench.fleet(plan.fleet));
+    }
     figures.extend(jobstore_figures(plan, dir));
     figures.extend(memory);
     figures
