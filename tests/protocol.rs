@@ -364,7 +364,9 @@ fn backend_messages() {
         assert!(p::ManagerHello::is(b));
         serde(b)
     });
-    assert!(!p::ManagerHello::is(b"{\"type\":\"manager.welcome\",\"v\":2}"));
+    assert!(!p::ManagerHello::is(
+        b"{\"type\":\"manager.welcome\",\"v\":2}"
+    ));
     ours(
         "backend/ack.json",
         &p::Ack::new(

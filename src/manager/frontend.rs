@@ -220,7 +220,7 @@ impl Manager<'_> {
             unregistered: Some(route.unregistered),
             agent_keys: Some(self.agent_keys(&route.expected)),
             // Why fewer nodes may answer than the operator thinks: said to the client.
-            pending_keys: Some(self.gate.pending_agents().len()).filter(|n| *n > 0),
+            pending_keys: Some(self.gate.pending_agent_count()).filter(|n| *n > 0),
             near: (route.expected.is_empty() && route.unregistered == 0)
                 .then(|| self.registry.near(&req.topic))
                 .filter(|near| !near.is_empty()),
