@@ -248,6 +248,7 @@ impl Manager<'_> {
         match SinkMessage::decode(&frame) {
             Ok(SinkMessage::Announce(a)) => {
                 // Only the key this connection proved may announce (or be filed as pending).
+                let proven = self.peers.is_some() && a.auth.is_some();
                 if let Some(auth) = &a.auth {
                     if !self.sent_by(&auth.key) {
                         self.metrics.refusal(refused::ANNOUNCE);
@@ -255,7 +256,7 @@ impl Manager<'_> {
                         return;
                     }
                 }
-                let (key, a) = match self.gate.check_announce(&a, &self.source) {
+                let (key, a) = match self.gate.check_announce_on(&a, &self.source, proven) {
                     Ok((k, signed)) => (k.map(|k| k.to_string()), signed),
                     Err(why) => {
                         self.metrics.refusal(refused::ANNOUNCE);
