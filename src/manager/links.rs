@@ -84,6 +84,11 @@ impl Links {
             .is_some_and(|l| l.topics.remove(topic))
     }
 
+    /// Whether the private topic `topic` (with its terminator) has a live connection.
+    pub fn holds(&self, topic: &[u8]) -> bool {
+        self.by_topic.contains_key(topic)
+    }
+
     /// The routing id of the connection granted `topic` (with terminator).
     pub fn route(&self, topic: &[u8]) -> Option<&[u8]> {
         self.by_topic.get(topic).map(Vec::as_slice)

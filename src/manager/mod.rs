@@ -159,6 +159,17 @@ pub fn run(
         .unwrap_or(Duration::from_secs(2));
     registry.restore(known);
     let ctx = zmq::Context::new();
+    // libzmq cancels timers by a linear scan per I/O thread, and every ZMTP
+    // heartbeat arms one per connection: with a fleet on one thread that scan
+    // dominated the profile. One I/O thread per core, at most 4, for the
+    // agents, and one more of its own for clients and management (see
+    // bind_all).
+    let cores = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
+    // Before the first socket (the ZAP handler's): libzmq starts its
+    // threads then, and ignores the setting afterwards.
+    ctx.set_io_threads(cores as i32 + 1)?;
     // Secure mode: our key is the CURVE server key of every socket; the ZAP
     // handler is bound before any of them, or libzmq would admit everyone.
     let secure = if config.allow_unsigned {
@@ -170,13 +181,6 @@ pub fn run(
         peers.refresh(&gate.keys);
         Some((key, zap, peers))
     };
-    // libzmq cancels timers by a linear scan per I/O thread, and every ZMTP
-    // heartbeat arms one per connection: with a fleet on one thread that scan
-    // dominated the profile. One I/O thread per core, at most 4.
-    let cores = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(4);
-    ctx.set_io_threads(cores as i32)?;
     let (sockets, mut bound) = bind_all(&ctx, config, secure.as_ref().map(|s| &s.0))?;
     bound.manager_key = secure.as_ref().map(|s| s.0.public().to_string());
     let metrics = ManagerMetrics::new();
@@ -358,12 +362,21 @@ fn bind_all(
     key: Option<&KeyPair>,
 ) -> Result<(Sockets, Bound)> {
     const PROG: &str = "service-mgrd";
+    // The last I/O thread serves clients and management alone: a fleet's
+    // CURVE handshakes and heartbeats (10,000 agents connecting at once)
+    // saturate the agents' threads, and `mgmt status` then waited behind
+    // them for over 10 s (issue 12). Affinity is set before bind: it places
+    // the connections a socket accepts.
+    let threads = ctx.get_io_threads()?.max(2) as u32;
+    let operator = 1u64 << (threads - 1);
+    let agents = operator - 1;
     // CURVE server with a ZAP domain per socket, set before bind.
     let secure = |s: &zmq::Socket, domain: &str| match key {
         Some(k) => transport::serve_curve(s, k, domain),
         None => Ok(()),
     };
     let frontend = transport::socket(ctx, zmq::ROUTER)?;
+    frontend.set_affinity(operator)?;
     secure(&frontend, domain::FRONTEND)?;
     frontend.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
     // Attached clients get a whole broadcast's results here, as on `results`.
@@ -395,18 +408,22 @@ fn bind_all(
     // Dead peers (a cut cable sends no FIN) are dropped within seconds, which
     // ends their presence subscription.
     transport::set_heartbeats(&backend)?;
+    backend.set_affinity(agents)?;
     // A whole fleet connects at once after a manager restart: libzmq's default
     // listen backlog of 100 made the kernel drop most handshakes.
     backend.set_backlog(4096)?;
     let sink = transport::socket(ctx, zmq::PULL)?;
+    sink.set_affinity(agents)?;
     secure(&sink, domain::SINK)?;
     sink.set_backlog(4096)?;
     sink.set_maxmsgsize(p::RESULT_FRAME_LIMIT)?;
     sink.set_rcvhwm(100_000)?;
     let mgmt = transport::socket(ctx, zmq::REP)?;
+    mgmt.set_affinity(operator)?;
     secure(&mgmt, domain::MGMT)?;
     mgmt.set_maxmsgsize(p::HARD_FRAME_LIMIT)?;
     let mut results = transport::socket(ctx, zmq::XPUB)?;
+    results.set_affinity(operator)?;
     secure(&results, domain::RESULTS)?;
     results.set_maxmsgsize(p::RESULT_SUBSCRIPTION_LIMIT)?;
     // Every subscription is reported, so a second subscriber to a job gets
@@ -621,7 +638,13 @@ impl Manager<'_> {
             self.dispatch_late();
             if last_sweep.elapsed() >= Duration::from_millis(250) {
                 self.say_plaintext_peers();
-                for d in self.registry.sweep() {
+                let links = self.links.as_ref();
+                let linked = |node: &str, instance: &str| {
+                    links.is_some_and(|l| {
+                        l.holds(&p::backend_topic(&p::private_topic(node, instance)))
+                    })
+                };
+                for d in self.registry.sweep(linked) {
                     self.departed(d);
                 }
                 self.gate.upkeep();
@@ -861,7 +884,7 @@ impl Manager<'_> {
         for (state, n) in self.registry.count_by_state() {
             self.metrics.set_agents(state, n);
         }
-        let pending = self.gate.pending_agents().len();
+        let pending = self.gate.pending_agent_count();
         self.metrics
             .set_agents(crate::protocol::mgmt::AgentState::Pending.as_str(), pending);
         // Events are unwritten while the store fails, and not yet durable

@@ -12,6 +12,13 @@ use std::time::{Duration, Instant};
 /// Heartbeats an agent may miss before it counts as lost (when the transport
 /// did not already tell us).
 const MISSED_BEATS: u32 = 3;
+/// Heartbeats an agent with a live connection of its own (secure mode) may
+/// miss: libzmq's ZMTP heartbeats and disconnect notice already tell a
+/// dead connection within 15 s, so a manager too busy to read heartbeats in
+/// time (a 10,000-agent cold start) does not take live agents down, which
+/// made them all announce again and fed the backlog (issue 12). A hung agent
+/// whose connection stays up is still taken down after this long.
+const LINKED_SILENCE: Duration = Duration::from_secs(60);
 /// How long an agent that went away stays known when the config says
 /// nothing (`forget_after`): a week, like Salt's minion data cache.
 pub const FORGET_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -345,11 +352,17 @@ impl Registry {
     }
 
     /// Mark agents that stopped heartbeating; forget long-gone ones.
-    pub fn sweep(&mut self) -> Vec<Departure> {
+    /// `linked(node, instance)`: that instance holds a live connection of
+    /// its own (secure mode), and gets [`LINKED_SILENCE`].
+    pub fn sweep(&mut self, linked: impl Fn(&str, &str) -> bool) -> Vec<Departure> {
         self.skewed.retain(|_, s| s.at.elapsed() < SKEW_SHOWN);
         let mut gone = Vec::new();
         for e in self.agents.values_mut() {
-            if e.state == AgentState::Up && e.last_seen.elapsed() > e.interval * MISSED_BEATS {
+            let silent = e.last_seen.elapsed();
+            if e.state == AgentState::Up
+                && silent > e.interval * MISSED_BEATS
+                && (silent > LINKED_SILENCE || !linked(&e.node, &e.instance))
+            {
                 let why = "the agent stopped sending heartbeats";
                 e.info.state = AgentState::Lost;
                 e.down = Some(Down {
@@ -609,7 +622,7 @@ mod tests {
         assert_eq!(r.announce(&bye, None).unwrap().node, "b");
         std::thread::sleep(Duration::from_millis(350));
         assert_eq!(
-            r.sweep(),
+            r.sweep(|_, _| false),
             [Departure {
                 node: "c".into(),
                 why: "the agent stopped sending heartbeats"
