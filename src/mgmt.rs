@@ -53,8 +53,10 @@ pub struct MgmtArgs {
     /// The daemon's public key, pinned: for the manager as the client's --manager-key; for an
     /// agent its agent.key.pub (file or line) [default: the key_file of the local config];
     /// `plaintext` for a 0.1 or allow_unsigned daemon.
+    // --manager-key too: the error for a missing manager key says that name.
     #[arg(
         long = "server-key",
+        visible_alias = "manager-key",
         value_name = "FILE|LINE",
         env = "SERVICE_MGR_SERVER_KEY"
     )]
