@@ -99,13 +99,21 @@ impl Bench<'_> {
             Ok(())
         })();
         let mut figures = vec![cold, rss, restart, restart_ask, drop, drop_ask];
+        let mut said: Option<String> = None;
         for f in &mut figures {
             f.detail.insert("agents".into(), json!(n));
             f.detail
                 .insert("simulator_processes".into(), json!(n.div_ceil(PER_PROCESS)));
             if let Err(e) = &outcome {
                 if f.samples.is_empty() {
-                    f.failed(e);
+                    // The whole story once; the figures after it point there.
+                    match &said {
+                        None => {
+                            f.failed(e);
+                            said = Some(f.label.clone());
+                        }
+                        Some(first) => f.failed(&anyhow::anyhow!("not measured: see \"{first}\"")),
+                    }
                 }
             }
         }
