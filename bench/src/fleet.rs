@@ -70,9 +70,8 @@ impl Bench<'_> {
         }
         let outcome = (|| -> Result<()> {
             eprintln!("bench: fleet of {n}: cold start ...");
-            let started = Instant::now();
-            let mut d = self.deploy_split(n)?;
-            cold.samples.push(started.elapsed().as_secs_f64());
+            let (mut d, took) = self.deploy_split(n)?;
+            cold.samples.push(took.as_secs_f64());
             std::thread::sleep(Duration::from_secs(1));
             super::sample_memory(&mut rss, d.manager.pid(), 5)?;
 
@@ -121,8 +120,9 @@ impl Bench<'_> {
     }
 
     /// A manager and `n` simulated agents over as many simulator processes
-    /// as the descriptor limit needs, every agent up.
-    fn deploy_split(&self, n: usize) -> Result<Deployment> {
+    /// as the descriptor limit needs, every agent up; and the time from
+    /// starting the simulators to all up (keys are made before, not timed).
+    fn deploy_split(&self, n: usize) -> Result<(Deployment, Duration)> {
         let processes = n.div_ceil(PER_PROCESS);
         let dir = service_mgr::agent::simulate::key_dir(&service_mgr::config::AgentConfig {
             key_file: Some(self.agent_key_file.clone()),
@@ -144,6 +144,7 @@ impl Bench<'_> {
             agents: Vec::new(),
             nodes: n,
         };
+        let started = Instant::now();
         for (k, &m) in sizes.iter().enumerate() {
             let args = vec![
                 "agent".to_owned(),
@@ -163,7 +164,7 @@ impl Bench<'_> {
             )?);
         }
         self.ask_until(&d, |up| up >= n, Duration::from_secs(300))?;
-        Ok(d)
+        Ok((d, started.elapsed()))
     }
 
     /// The same manager again (its state, keys and endpoints) after it stopped.
