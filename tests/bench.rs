@@ -20,6 +20,10 @@ fn quick_bench_reports_every_figure_complete() {
             "1",
             "--duration",
             "0.3",
+            // Cold start, restart and drop of a small fleet: the code path,
+            // not the figures (the real ones take 10,000 agents).
+            "--fleet",
+            "20",
             "--json",
         ])
         .unwrap();
@@ -46,6 +50,11 @@ fn quick_bench_reports_every_figure_complete() {
             "stop_manager_10_agents",
             "jobstore_lazy",
             "jobstore_durable",
+            "fleet_20_cold_start",
+            "fleet_20_restart",
+            "fleet_20_restart_status",
+            "fleet_20_drop_lost",
+            "fleet_20_drop_status",
         ] {
             assert!(ids.contains(&id), "no figure {id} in {ids:?}");
         }

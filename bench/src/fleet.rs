@@ -173,20 +173,7 @@ impl Bench<'_> {
             .state_dir
             .clone()
             .context("the manager's state_dir is unknown")?;
-        let mut args: Vec<String> = vec!["daemon".into(), "-f".into(), "/dev/null".into()];
-        let mut set = |kv: String| args.extend(["-O".to_owned(), kv]);
-        set(format!(
-            "state_dir={}",
-            toml::Value::String(state.display().to_string())
-        ));
-        for ep in [
-            "frontend_endpoint",
-            "backend_endpoint",
-            "sink_endpoint",
-            "mgmt_endpoint",
-        ] {
-            set(format!("{ep}={}", old.ep(ep)?));
-        }
+        let args = super::manager_args(&state, |ep| old.ep(ep))?;
         let mut p = spawn(
             &self.exe,
             &self.dir,

@@ -570,6 +570,23 @@ fn spawn(exe: &Path, dir: &Path, name: &str, args: &[String], within: Duration) 
     }
 }
 
+/// `service-mgr daemon` arguments for a manager keeping its state in
+/// `state`, each of its endpoints `endpoint(config key)`.
+fn manager_args(state: &Path, endpoint: impl Fn(&str) -> Result<String>) -> Result<Vec<String>> {
+    let mut args: Vec<String> = vec!["daemon".into(), "-f".into(), "/dev/null".into()];
+    let state = toml::Value::String(state.display().to_string());
+    args.extend(["-O".into(), format!("state_dir={state}")]);
+    for ep in [
+        "frontend_endpoint",
+        "backend_endpoint",
+        "sink_endpoint",
+        "mgmt_endpoint",
+    ] {
+        args.extend(["-O".into(), format!("{ep}={}", endpoint(ep)?)]);
+    }
+    Ok(args)
+}
+
 /// Keys and paths shared by every scenario.
 struct Bench<'a> {
     plan: &'a Plan,
@@ -651,22 +668,9 @@ impl<'a> Bench<'a> {
             store.import_accepted(f)?;
         }
         drop(store);
-        let mut args: Vec<String> = vec!["daemon".into(), "-f".into(), "/dev/null".into()];
-        let mut set = |kv: String| args.extend(["-O".to_owned(), kv]);
-        set(format!(
-            "state_dir={}",
-            toml::Value::String(state.display().to_string())
-        ));
-        for ep in [
-            "frontend_endpoint",
-            "backend_endpoint",
-            "sink_endpoint",
-            "mgmt_endpoint",
-        ] {
-            set(format!("{ep}={LOOPBACK}"));
-        }
+        let mut args = manager_args(&state, |_| Ok(LOOPBACK.into()))?;
         if self.plan.unsigned {
-            set("allow_unsigned=true".into());
+            args.extend(["-O".into(), "allow_unsigned=true".into()]);
         }
         let mut p = spawn(&self.exe, &self.dir, name, &args, Duration::from_secs(20))?;
         p.state_dir = Some(state);
