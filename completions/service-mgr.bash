@@ -559,7 +559,7 @@ _service__mgr() {
             return 0
             ;;
         service__mgr__subcmd__mgmt)
-            opts="-e -t -r -k -f -v -h --endpoint --timeout --retries --key --server-key --keys-dir --file --force --limit --offset --node --service --since --client --format --version --help agents jobs job history status shutdown keys manager.status manager.shutdown manager.agents manager.jobs manager.job manager.forget manager.history agent.status agent.shutdown"
+            opts="-e -t -r -k -f -v -h --endpoint --timeout --retries --key --manager-key --server-key --keys-dir --file --force --limit --offset --node --service --since --client --format --version --help agents jobs job history status shutdown keys manager.status manager.shutdown manager.agents manager.jobs manager.job manager.forget manager.history agent.status agent.shutdown"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -598,6 +598,10 @@ _service__mgr() {
                     return 0
                     ;;
                 --server-key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --manager-key)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;

@@ -93,7 +93,7 @@ complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s e -l en
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s t -l timeout -d 'Milliseconds to wait for the answer per try' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s r -l retries -d 'Tries' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s k -l key -d 'Client key to sign commands that change something (shutdown) [default: as the client\'s]' -r -F
-complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l server-key -d 'The daemon\'s public key, pinned: for the manager as the client\'s --manager-key; for an agent its agent.key.pub (file or line) [default: the key_file of the local config]; `plaintext` for a 0.1 or allow_unsigned daemon' -r
+complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l server-key -l manager-key -d 'The daemon\'s public key, pinned: for the manager as the client\'s --manager-key; for an agent its agent.key.pub (file or line) [default: the key_file of the local config]; `plaintext` for a 0.1 or allow_unsigned daemon' -r
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l keys-dir -d 'keys: the manager\'s key store [default: keys in the manager\'s state_dir]' -r -F
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -s f -l file -d 'keys: the manager\'s config file, to find its state_dir' -r -F
 complete -c service-mgr -n "__fish_service_mgr_using_subcommand mgmt" -l limit -d 'jobs: jobs per page [default: 50, at most 1000]; job: results per page [default: 1000]. A page that is not the last says where the next starts' -r
