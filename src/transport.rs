@@ -236,6 +236,8 @@ const ZMQ_ROUTER_NOTIFY: i32 = 97;
 const ZMQ_NOTIFY_DISCONNECT: i32 = 2;
 /// ZMQ_HELLO_MSG (draft API, not in zmq-sys).
 const ZMQ_HELLO_MSG: i32 = 110;
+const ZMQ_IN_BATCH_SIZE: i32 = 101;
+const ZMQ_OUT_BATCH_SIZE: i32 = 102;
 
 /// A ROUTER that hands up `[routing id][empty frame]` when a peer's
 /// connection ends: the manager's agent socket learns of a lost agent at
@@ -250,6 +252,15 @@ pub fn set_router_notify_disconnect(s: &mut zmq::Socket) -> Result<()> {
 /// a manager (again) and must say who it is.
 pub fn set_hello_msg(s: &mut zmq::Socket, hello: &[u8]) -> Result<()> {
     set_raw(s, ZMQ_HELLO_MSG, hello, "ZMQ_HELLO_MSG")
+}
+
+/// The bytes libzmq reads and writes per system call on each connection
+/// (8 KiB each by default): buffers every connection holds, which a socket
+/// of thousands of small-message peers can keep smaller.
+pub fn set_batch_sizes(s: &mut zmq::Socket, bytes: i32) -> Result<()> {
+    let v = bytes.to_ne_bytes();
+    set_raw(s, ZMQ_IN_BATCH_SIZE, &v, "ZMQ_IN_BATCH_SIZE")?;
+    set_raw(s, ZMQ_OUT_BATCH_SIZE, &v, "ZMQ_OUT_BATCH_SIZE")
 }
 
 /// zmq_setsockopt for the options the zmq crate does not wrap.

@@ -395,6 +395,7 @@ fn bind_all(
             b.set_router_mandatory(true)?;
             transport::set_router_notify_disconnect(&mut b)?;
             transport::set_hello_msg(&mut b, &p::encode(&p::ManagerHello::default()))?;
+            transport::set_batch_sizes(&mut b, 2048)?;
             b
         }
         None => {
