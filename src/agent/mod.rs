@@ -516,10 +516,7 @@ impl Agent<'_> {
         }
         self.presence = self.guard.presence(&self.instance);
         self.welcomed = false;
-        let _ = self.uplink.subscribe(&self.presence);
-        for t in &self.me.topics {
-            let _ = self.uplink.subscribe(t);
-        }
+        self.uplink.declare(&self.presence, &self.me.topics);
         self.announce(AnnounceKind::Hello);
     }
 

@@ -309,10 +309,7 @@ impl SimNode {
         let Some(uplink) = &self.uplink else { return };
         self.presence = self.guard.presence(&self.instance);
         self.welcomed = false;
-        let _ = uplink.subscribe(&self.presence);
-        for t in &self.me.topics {
-            let _ = uplink.subscribe(t);
-        }
+        uplink.declare(&self.presence, &self.me.topics);
         self.announce(AnnounceKind::Hello, config, host);
     }
 

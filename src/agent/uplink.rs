@@ -104,6 +104,16 @@ impl Uplink {
         }
     }
 
+    /// Our presence token and topics, as subscriptions: what an agent (real
+    /// or simulated) says when a manager greets a new connection. Best
+    /// effort: a full queue means the manager is away and greets us again.
+    pub fn declare(&self, presence: &str, topics: &[String]) {
+        let _ = self.subscribe(presence);
+        for t in topics {
+            let _ = self.subscribe(t);
+        }
+    }
+
     pub fn set_linger(&self, ms: i32) {
         let _ = match self {
             Uplink::Link { dealer } => dealer.set_linger(ms),
