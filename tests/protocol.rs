@@ -85,7 +85,7 @@ fn serde<T: DeserializeOwned>(b: &[u8]) -> T {
 
 fn request_of(b: &[u8]) -> ServiceRequest {
     match FrontendRequest::decode(b).unwrap() {
-        FrontendRequest::Service(r) => r,
+        FrontendRequest::Service(r) => *r,
         other => panic!("{other:?}"),
     }
 }
@@ -169,6 +169,10 @@ fn frontend_messages() {
     // says where the sender's own connection gets answers).
     until.attach = true;
     ours("frontend/request-attached.json", &until, request_of);
+    // The same request through a second manager, taking over the first's job.
+    until.resume = Some(JOB.into());
+    ours("frontend/request-resume.json", &until, request_of);
+    until.resume = None;
     until.attach = false;
     let body = RequestBody::from_signed(&until.auth.as_ref().unwrap().body).unwrap();
     assert_eq!(body.accept_by, Some(TS + 3000));

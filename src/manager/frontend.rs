@@ -67,7 +67,7 @@ impl Manager<'_> {
             },
             FrontendRequest::Service(req) => {
                 let attach = req.attach && !req.dry_run;
-                (self.dispatch(req)?, attach)
+                (self.dispatch(*req)?, attach)
             }
         };
         accepted.attached = attach;
@@ -167,6 +167,23 @@ impl Manager<'_> {
     /// Validate a request, decide who must answer, publish it and say where
     /// results appear. Each way out counts the request's outcome once.
     fn dispatch(&mut self, mut req: ServiceRequest) -> Result<Accepted, ErrorReply> {
+        if let Some(job) = &req.resume {
+            if !p::valid_job_id(job) {
+                self.metrics.request(outcome::INVALID);
+                return Err(ErrorReply::new(
+                    "request refused: resume must be the 32 hex digits of a job id",
+                ));
+            }
+            // Taken over already (the client asked twice): follow it.
+            if self.jobs.contains_key(job) {
+                let job = job.clone();
+                self.metrics.request(outcome::REPEATED);
+                return match self.follow(&job, 0)? {
+                    Ok(a) => Ok(a),
+                    Err(_) => Err(ErrorReply::new(format!("job {job} is no longer in memory"))),
+                };
+            }
+        }
         // A request travels on its signer's own connection: a key that was
         // captured (or relayed by a fake manager) cannot be used from another.
         if let Some(auth) = &req.auth {
@@ -211,7 +228,12 @@ impl Manager<'_> {
             self.metrics.request(outcome::INVALID);
             ErrorReply::new(e)
         })?;
-        let uuid = uuid::Uuid::new_v4().simple().to_string();
+        // A job another manager accepted keeps its id: the agents' results
+        // and the client's report name it.
+        let uuid = match req.resume.take() {
+            Some(job) => job,
+            None => uuid::Uuid::new_v4().simple().to_string(),
+        };
         let accepted = Accepted {
             uuid: uuid.clone(),
             port: self.bound.result_publisher_port,

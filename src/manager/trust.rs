@@ -419,8 +419,13 @@ impl Gate {
         // After the replay check: a retry of a request accepted in time still
         // gets its first answer. Past the deadline the client has given up and
         // told its user the request was not run; running it now would surprise
-        // them (and a retry of theirs would run it twice).
-        if let Some(ms) = body.late_by(crate::clock::now_ms()) {
+        // them (and a retry of theirs would run it twice). A job another
+        // manager accepted in time and this one takes over is not late: its
+        // agents answer from memory, and one that never got it refuses it.
+        if let Some(ms) = body
+            .late_by(crate::clock::now_ms())
+            .filter(|_| req.resume.is_none())
+        {
             return Err(Refused::Other(format!(
                 "request refused, nothing was run: it came {ms} ms after the client's deadline \
                  for an accept (accept_by), when the client had stopped waiting (this manager's \

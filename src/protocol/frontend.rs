@@ -43,6 +43,13 @@ pub struct ServiceRequest {
     /// signed: it says where the sender's own connection gets answers.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub attach: bool,
+    /// The job id another manager gave this very request, which then went
+    /// away before the job was done: this manager takes the job over under
+    /// that id (several managers, see docs/protocol.md §4.6). Not signed:
+    /// the signed body and its request id are the first request's, and an
+    /// agent that ran it answers again from memory instead of running it twice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume: Option<String>,
 }
 
 /// What a client signs: the request, a unique id, the time, and its own public
@@ -131,6 +138,7 @@ impl ServiceRequest {
             dry_run: false,
             auth: None,
             attach: false,
+            resume: None,
         }
     }
 
@@ -180,6 +188,7 @@ impl ServiceRequest {
         };
         let dry_run = flag(&m, "dry_run")?;
         let attach = flag(&m, "attach")?;
+        let resume = take_opt_str(&mut m, "resume")?;
         let auth = take_auth(&mut m)?;
         Ok(ServiceRequest {
             cmd,
@@ -191,6 +200,7 @@ impl ServiceRequest {
             dry_run,
             auth,
             attach,
+            resume,
         })
     }
 }
@@ -244,7 +254,7 @@ impl FollowRequest {
 /// object with a `job` key; its other fields are ignored).
 #[derive(Debug, Clone, PartialEq)]
 pub enum FrontendRequest {
-    Service(ServiceRequest),
+    Service(Box<ServiceRequest>),
     Follow {
         job: String,
         offset: usize,
@@ -268,7 +278,7 @@ impl FrontendRequest {
             Some(_) => Err(DecodeError::Invalid(
                 "field `job` must be a string".to_owned(),
             )),
-            None => ServiceRequest::from_map(m).map(FrontendRequest::Service),
+            None => ServiceRequest::from_map(m).map(|r| FrontendRequest::Service(Box::new(r))),
         }
     }
 }

@@ -354,6 +354,13 @@ pub fn valid_topic(s: &str) -> bool {
         && !s.starts_with('!')
 }
 
+/// Whether `s` is a job id as our managers make them: 32 lowercase hex digits.
+pub fn valid_job_id(s: &str) -> bool {
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// Encode and decode again: the same message.
 #[cfg(test)]
 pub(crate) fn roundtrip<T: Serialize + for<'de> Deserialize<'de> + PartialEq + fmt::Debug>(v: &T) {

@@ -239,7 +239,7 @@ pub fn service_request(data: &[u8]) {
     check_limit(data, REQUEST_LIMIT, decoded.as_ref().err());
     // The manager's one decode of a frontend frame agrees with the request decoder.
     match FrontendRequest::decode(data) {
-        Ok(FrontendRequest::Service(r)) => assert_eq!(Some(&r), decoded.as_ref().ok()),
+        Ok(FrontendRequest::Service(r)) => assert_eq!(Some(&*r), decoded.as_ref().ok()),
         Ok(FrontendRequest::Follow { .. }) => assert!(has_key(data, "job")),
         Err(e) => assert!(decoded.is_err() || has_key(data, "job"), "{e}"),
     }
@@ -279,6 +279,7 @@ pub fn service_request(data: &[u8]) {
         dry_run: data.first().is_some_and(|b| b & 1 == 1),
         auth: f.signed(6),
         attach: data.first().is_some_and(|b| b & 2 == 2),
+        resume: f.opt(7),
     };
     round_trip_request(&built);
 }
