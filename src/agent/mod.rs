@@ -1,11 +1,12 @@
-//! The agent (`service-mgr-agentd`): subscribes to its topics on the manager's
-//! backend, runs each request through the host's service manager and pushes the
-//! result to the manager's sink.
+//! The agent (`service-mgr-agentd`): subscribes to its topics on each of its
+//! managers' backends, runs each request through the host's service manager
+//! and sends the result back to the manager that asked.
 //!
 //! The main thread owns every socket. Each request runs on a worker thread,
 //! which hands its result back over an inproc PUSH socket, so a slow command
 //! never holds up the next request (0.1 ran one at a time).
 
+mod answers;
 pub mod exec;
 pub mod guard;
 pub mod outbox;
@@ -27,7 +28,7 @@ use exec::Backend;
 use serde::Serialize;
 use serde_json::json;
 use slog::{debug, error, info, warn, Logger};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -131,10 +132,6 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     // for what runs (a third one exits on the spot).
     control.hurry_on_second_signal();
     let ctx = zmq::Context::new();
-    // The manager's key, pinned: the handshake fails with anyone else.
-    let manager = wait_for_manager_key(config, control, log)?;
-    let wire = manager.wire(Some(&guard.key))?;
-    info!(log, "manager"; "key" => manager.describe());
     // Our management socket is a CURVE server with our key, unless we serve 0.1
     // tools; its ZAP handler is bound first (without one libzmq admits anyone).
     let zap = if config.allow_unsigned {
@@ -143,37 +140,28 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
         Some(crate::zap::Handler::bind(&ctx).context("cannot bind the ZAP handler")?)
     };
     let instance = uuid::Uuid::new_v4().simple().to_string();
-    let uplink = uplink::Uplink::connect(&ctx, config, &wire, RESULT_LINGER_MS)?;
-    // Our manager acknowledges stored results to agents that keep them until
-    // then (CURVE only: a plaintext peer may be a 0.1 manager, which never does).
-    let outbox = match wire {
-        transport::Wire::Curve { .. } => Some(outbox::Outbox::open(
-            &outbox::journal_path(&config.key_file()),
-            log,
-        )),
-        transport::Wire::Plain => None,
-    };
-    let presence = guard.presence(&instance);
-    // On the DEALER we say all this when the manager says hello (introduce).
-    if !uplink.is_link() {
-        for t in &me.topics {
-            uplink.subscribe(t)?;
-        }
-        uplink.subscribe(&p::private_topic(&me.node, &instance))?;
-        // Never published on: its unsubscription tells the manager we are gone.
-        uplink.subscribe(&presence)?;
+    let mut managers = Vec::new();
+    for addr in config.managers()? {
+        managers.push(Manager::connect(
+            &ctx, &addr, &guard, &instance, &me, control, log,
+        )?);
     }
-    uplink.start(config)?;
-    let watches = match wire {
-        transport::Wire::Curve { .. } => Some(
-            uplink
-                .sockets(config)
-                .into_iter()
-                .map(|(s, _)| transport::HandshakeWatch::new(&ctx, s))
-                .collect::<Result<Vec<_>>>()?,
-        ),
-        transport::Wire::Plain => None,
-    };
+    let curve = managers.iter().filter(|m| m.curve()).count();
+    anyhow::ensure!(
+        curve == 0 || curve == managers.len(),
+        "manager_key pins some managers and leaves others plaintext; an agent talks to all its \
+         managers the same way: give every manager's key, or `plaintext` for all"
+    );
+    let sinks: BTreeSet<&str> = managers.iter().filter_map(|m| m.uplink.sink()).collect();
+    anyhow::ensure!(
+        curve > 0 || sinks.len() == managers.len(),
+        "several plaintext managers need one sink_endpoint each, comma-separated in the order of \
+         manager_endpoint"
+    );
+    // Our managers acknowledge stored results to agents that keep them until
+    // then (CURVE only: a plaintext peer may be a 0.1 manager, which never does).
+    let outbox =
+        (curve > 0).then(|| outbox::Outbox::open(&outbox::journal_path(&config.key_file()), log));
     let (mgmt, mgmt_endpoint) = bind_mgmt(&ctx, config, zap.as_ref().map(|_| guard.key.as_ref()))?;
     let inbox_endpoint = format!("inproc://agent-results-{}", uuid::Uuid::new_v4().simple());
     let inbox = transport::socket(&ctx, zmq::PULL)?;
@@ -191,8 +179,8 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     let private_topic = p::private_topic(&me.node, &instance);
     let mut agent = Agent {
         zap,
-        watches,
-        manager_described: manager.describe(),
+        managers,
+        via: 0,
         reconnect_at: Vec::new(),
         config,
         log,
@@ -201,14 +189,11 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
         host,
         backend: backend.map(Arc::new),
         inbox_endpoint,
-        uplink,
         mgmt,
         inbox,
         private_topic,
         instance,
-        presence,
         guard,
-        welcomed: false,
         started_ms: crate::clock::now_ms(),
         running: 0,
         jobs: BTreeMap::new(),
@@ -218,6 +203,8 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
         held: Default::default(),
         hold_until: None,
         outbox,
+        sent_via: HashMap::new(),
+        answers: Default::default(),
         stop: false,
     };
     agent.serve(control)?;
@@ -226,33 +213,100 @@ pub fn run(config: &AgentConfig, control: &Control, log: &Logger, on_ready: OnRe
     Ok(())
 }
 
-/// The manager's key, waiting up to 10 s for it if it is not there yet: a
+/// One of the agent's managers: the connection and what it knows of us.
+struct Manager {
+    uplink: uplink::Uplink,
+    /// The pinned key, as the log says it.
+    described: String,
+    /// Failed handshakes of the connection (CURVE only; empty on plaintext).
+    watches: Vec<transport::HandshakeWatch>,
+    /// Our current signed presence subscription, refreshed so it stays recent.
+    presence: String,
+    /// Whether this manager granted our private topic since our last token.
+    welcomed: bool,
+}
+
+impl Manager {
+    /// Pin the manager's key and connect; a plaintext connection subscribes
+    /// at once, a CURVE one says who we are when the manager greets it.
+    fn connect(
+        ctx: &zmq::Context,
+        addr: &crate::config::ManagerAddr,
+        guard: &guard::Guard,
+        instance: &str,
+        me: &Identity,
+        control: &Control,
+        log: &Logger,
+    ) -> Result<Manager> {
+        // The handshake fails with anyone but the key we pin.
+        let key = wait_for_manager_key(addr, control, log)?;
+        let wire = key.wire(Some(&guard.key))?;
+        info!(log, "manager"; "endpoint" => &addr.endpoint, "key" => key.describe());
+        let uplink =
+            uplink::Uplink::connect(ctx, &addr.endpoint, &addr.sink, &wire, RESULT_LINGER_MS)?;
+        let presence = guard.presence(instance);
+        if !uplink.is_link() {
+            for t in &me.topics {
+                uplink.subscribe(t)?;
+            }
+            uplink.subscribe(&p::private_topic(&me.node, instance))?;
+            // Never published on: its unsubscription tells the manager we are gone.
+            uplink.subscribe(&presence)?;
+        }
+        uplink.start()?;
+        let watches = match wire {
+            transport::Wire::Curve { .. } => uplink
+                .sockets()
+                .into_iter()
+                .map(|(s, _)| transport::HandshakeWatch::new(ctx, s))
+                .collect::<Result<Vec<_>>>()?,
+            transport::Wire::Plain => Vec::new(),
+        };
+        Ok(Manager {
+            uplink,
+            described: key.describe(),
+            watches,
+            presence,
+            welcomed: false,
+        })
+    }
+
+    fn curve(&self) -> bool {
+        self.uplink.is_link()
+    }
+}
+
+/// A manager's key, waiting up to 10 s for it if it is not there yet: a
 /// manager on this host writes it at its first start, which may be a moment
 /// after ours (both started at boot, or one line after the other in a shell).
 /// Not longer: `start -d` waits for us, and a missing key needs the operator.
 fn wait_for_manager_key(
-    config: &AgentConfig,
+    addr: &crate::config::ManagerAddr,
     control: &Control,
     log: &Logger,
 ) -> Result<crate::config::pin::ManagerKey> {
     let mut said: Option<Instant> = None;
     let give_up = Instant::now() + Duration::from_secs(10);
     loop {
-        match crate::config::pin::manager_key(
-            config.manager_key.as_deref(),
-            &config.manager_endpoint,
-        ) {
+        match crate::config::pin::manager_key(addr.key.as_deref(), &addr.endpoint) {
             Ok(key) => return Ok(key),
             // A key that is there but wrong will not get better: stop.
-            Err(e) if config.manager_key.is_some() => {
-                return Err(e.context("the agent cannot know its manager; set manager_key"))
+            Err(e) if addr.key.is_some() => {
+                return Err(e.context(format!(
+                    "the agent cannot know its manager at {}; set manager_key",
+                    addr.endpoint
+                )))
             }
             Err(e) if Instant::now() >= give_up => {
-                return Err(e.context("the agent cannot know its manager; set manager_key"))
+                return Err(e.context(format!(
+                    "the agent cannot know its manager at {}; set manager_key",
+                    addr.endpoint
+                )))
             }
             Err(e) => {
                 if said.is_none() {
-                    error!(log, "waiting for the manager's key"; "error" => format!("{e:#}"));
+                    error!(log, "waiting for the manager's key"; "endpoint" => &addr.endpoint,
+                        "error" => format!("{e:#}"));
                     said = Some(Instant::now());
                 }
             }
@@ -267,12 +321,13 @@ fn wait_for_manager_key(
 struct Agent<'a> {
     /// Judges who may open our management socket; `None` when it is plaintext.
     zap: Option<crate::zap::Handler>,
-    /// Failed handshakes of our connections to the manager (CURVE only).
-    watches: Option<Vec<transport::HandshakeWatch>>,
-    manager_described: String,
-    /// When to connect which socket (of [`uplink::Uplink::sockets`]) again after a failed
-    /// handshake (libzmq gives up on those).
-    reconnect_at: Vec<(Instant, usize)>,
+    /// Our managers, in the order of `manager_endpoint`.
+    managers: Vec<Manager>,
+    /// The manager whose request is being answered (an index into `managers`).
+    via: usize,
+    /// When to connect which socket (manager, index in [`uplink::Uplink::sockets`])
+    /// again after a failed handshake (libzmq gives up on those).
+    reconnect_at: Vec<(Instant, usize, usize)>,
     config: &'a AgentConfig,
     log: &'a Logger,
     ctx: zmq::Context,
@@ -280,16 +335,11 @@ struct Agent<'a> {
     host: HostInfo,
     backend: Option<Arc<Backend>>,
     inbox_endpoint: String,
-    uplink: uplink::Uplink,
     mgmt: zmq::Socket,
     inbox: zmq::Socket,
     instance: String,
     private_topic: String,
-    /// Our current signed presence subscription, refreshed so it stays recent.
-    presence: String,
     guard: guard::Guard,
-    /// Whether the manager granted our private topic since our last token.
-    welcomed: bool,
     started_ms: u64,
     /// Requests whose worker has not yet handed back a result.
     running: usize,
@@ -308,15 +358,25 @@ struct Agent<'a> {
     /// Results sent and not yet acknowledged by the manager (see [`outbox`]);
     /// `None` on a plaintext wire (a 0.1 manager acknowledges nothing).
     outbox: Option<outbox::Outbox>,
+    /// The manager each result in the outbox went to (job id -> manager).
+    sent_via: HashMap<String, usize>,
+    /// What we answered, by request id: a request asked again is answered
+    /// from here, never run twice.
+    answers: answers::Answers,
     stop: bool,
 }
 
-/// An answer held back: when it is due, its job and its frame.
-type Held = (Instant, Option<String>, Vec<u8>);
+/// An answer held back: when it is due, the manager, its job and its frame.
+type Held = (Instant, usize, Option<String>, Vec<u8>);
 
 /// A request being run by a worker.
 struct Job {
+    /// The manager that sent it, and the job id it gave.
+    via: usize,
     uuid: String,
+    /// Other managers that sent the same request since (manager, job id):
+    /// they get the result too.
+    also: Vec<(usize, String)>,
     cmd: String,
     client: Option<security::PublicKey>,
     request_id: Option<String>,
@@ -349,8 +409,15 @@ impl Agent<'_> {
                     break;
                 }
             }
-            let mut items = [
-                self.uplink.inbound().as_poll_item(zmq::POLLIN),
+            // Each manager's connection, then ours: [MGMT, INBOX, CONTROL, ZAP] after them.
+            let n = self.managers.len();
+            let (mgmt, inbox, zap) = (n, n + 1, n + 3);
+            let mut items: Vec<zmq::PollItem> = self
+                .managers
+                .iter()
+                .map(|m| m.uplink.inbound().as_poll_item(zmq::POLLIN))
+                .collect();
+            items.extend([
                 self.mgmt.as_poll_item(zmq::POLLIN),
                 self.inbox.as_poll_item(zmq::POLLIN),
                 zmq::PollItem::from_fd(control.fd(), zmq::POLLIN),
@@ -358,9 +425,9 @@ impl Agent<'_> {
                     Some(z) => z.socket().as_poll_item(zmq::POLLIN),
                     None => zmq::PollItem::from_fd(-1, zmq::PollEvents::empty()),
                 },
-            ];
+            ]);
             let mut wait = next_beat.saturating_duration_since(Instant::now());
-            if let Some((due, _, _)) = self.held.borrow().front() {
+            if let Some((due, ..)) = self.held.borrow().front() {
                 wait = wait.min(due.saturating_duration_since(Instant::now()));
             }
             if self.outbox.as_ref().is_some_and(|o| !o.is_empty()) {
@@ -371,7 +438,7 @@ impl Agent<'_> {
             }
             transport::poll(&mut items, wait.as_millis() as i64)?;
             let ready: Vec<bool> = items.iter().map(|i| i.is_readable()).collect();
-            if ready[4] {
+            if ready[zap] {
                 self.answer_handshakes();
             }
             self.check_handshakes();
@@ -382,7 +449,7 @@ impl Agent<'_> {
             if Instant::now() >= next_presence {
                 // Until the manager welcomed our current token (key not yet
                 // accepted, manager away), try again at every heartbeat.
-                let period = if self.welcomed {
+                let period = if self.managers.iter().all(|m| m.welcomed) {
                     PRESENCE_REFRESH
                 } else {
                     interval
@@ -408,20 +475,20 @@ impl Agent<'_> {
                     "running" => self.running);
                 urgent = true;
             }
-            if ready[2] {
+            if ready[inbox] {
                 self.forward_results();
             }
             self.release_held(false);
             if Instant::now() >= next_resend {
-                self.resend_unacked(false);
+                self.resend_unacked(None);
                 next_resend = Instant::now() + RESEND_CHECK;
             }
-            if ready[0] {
-                while let Ok(Some(frames)) = try_recv(self.uplink.inbound()) {
-                    self.on_request(frames);
+            for (i, _) in ready[..n].iter().enumerate().filter(|(_, r)| **r) {
+                while let Ok(Some(frames)) = try_recv(self.managers[i].uplink.inbound()) {
+                    self.on_request(i, frames);
                 }
             }
-            if ready[1] {
+            if ready[mgmt] {
                 while let Ok(Some(frames)) = try_recv(&self.mgmt) {
                     self.on_mgmt(frames);
                 }
@@ -445,7 +512,9 @@ impl Agent<'_> {
             // Only heartbeats and the goodbye can be queued: the context's
             // teardown (after "stopped") must not wait the result linger for
             // a manager that is away (issue 15: 2-7 s to exit).
-            self.uplink.set_linger(BYE_LINGER_MS);
+            for m in &self.managers {
+                m.uplink.set_linger(BYE_LINGER_MS);
+            }
         }
         Ok(())
     }
@@ -474,14 +543,7 @@ impl Agent<'_> {
             );
             r.status = Some(Status::Interrupted);
             self.metrics.record(&r);
-            let frame = guard::result_frame(
-                &self.guard.key,
-                &r,
-                job.client.as_ref(),
-                job.request_id,
-                job.signed,
-            );
-            self.push_result(Some(&job.uuid), frame);
+            self.finished(job, r, None);
         }
         self.running = 0;
         Ok(())
@@ -491,17 +553,19 @@ impl Agent<'_> {
     /// that the manager never sees us without one): a restarted manager and a
     /// key accepted meanwhile both take effect within PRESENCE_REFRESH.
     fn refresh_presence(&mut self) {
-        // Said again before each token: a manager that did not hold our key
-        // at our first subscription (accepted since) learns we take acks.
-        if self.outbox.is_some() {
-            let _ = self.uplink.subscribe(p::ACKS_TOPIC);
-            let _ = self.uplink.unsubscribe(p::ACKS_TOPIC);
-        }
-        let fresh = self.guard.presence(&self.instance);
-        if self.uplink.subscribe(&fresh).is_ok() {
-            let _ = self.uplink.unsubscribe(&self.presence);
-            self.presence = fresh;
-            self.welcomed = false;
+        for m in &mut self.managers {
+            // Said again before each token: a manager that did not hold our key
+            // at our first subscription (accepted since) learns we take acks.
+            if self.outbox.is_some() {
+                let _ = m.uplink.subscribe(p::ACKS_TOPIC);
+                let _ = m.uplink.unsubscribe(p::ACKS_TOPIC);
+            }
+            let fresh = self.guard.presence(&self.instance);
+            if m.uplink.subscribe(&fresh).is_ok() {
+                let _ = m.uplink.unsubscribe(&m.presence);
+                m.presence = fresh;
+                m.welcomed = false;
+            }
         }
     }
 
@@ -509,19 +573,30 @@ impl Agent<'_> {
     /// reconnect): say who we are, as a SUB's subscriptions would be sent
     /// again by libzmq: acks, a fresh presence token (it stands for this
     /// connection), our topics (counted in `manager.status`), a hello.
-    fn introduce(&mut self) {
-        debug!(self.log, "connected to the manager; saying who we are");
+    fn introduce(&mut self, i: usize) {
+        let hello = self.announcement(AnnounceKind::Hello);
+        let m = &mut self.managers[i];
+        debug!(self.log, "connected to the manager; saying who we are"; "endpoint" => m.uplink.endpoint());
         if self.outbox.is_some() {
-            let _ = self.uplink.subscribe(p::ACKS_TOPIC);
+            let _ = m.uplink.subscribe(p::ACKS_TOPIC);
         }
-        self.presence = self.guard.presence(&self.instance);
-        self.welcomed = false;
-        self.uplink.declare(&self.presence, &self.me.topics);
-        self.announce(AnnounceKind::Hello);
+        m.presence = self.guard.presence(&self.instance);
+        m.welcomed = false;
+        m.uplink.declare(&m.presence, &self.me.topics);
+        let _ = m.uplink.send(hello);
     }
 
-    /// Tell the manager who we are (hello, heartbeat) or that we leave (bye).
+    /// Tell every manager who we are (hello, heartbeat) or that we leave (bye).
     fn announce(&self, kind: AnnounceKind) {
+        let frame = self.announcement(kind);
+        for m in &self.managers {
+            // A full queue (manager away) only costs a heartbeat; the next one will do.
+            let _ = m.uplink.send(frame.as_slice());
+        }
+    }
+
+    /// Our announcement of `kind`, signed.
+    fn announcement(&self, kind: AnnounceKind) -> Vec<u8> {
         let mut a = announcement(
             kind,
             &self.me,
@@ -532,24 +607,67 @@ impl Agent<'_> {
             self.running,
         );
         self.guard.sign_announce(&mut a);
-        // A full queue (manager away) only costs a heartbeat; the next one will do.
-        let _ = self.uplink.send(p::encode(&a));
+        p::encode(&a)
     }
 
     fn forward_results(&mut self) {
         while let Ok(Some(frames)) = try_recv(&self.inbox) {
             self.running = self.running.saturating_sub(1);
-            // [job number, result]; workers hold their own answers (see `on_request`).
+            // [job number, sealed frame, result]; workers hold their own
+            // answers (see `on_request`).
             let mut frames = frames.into_iter();
-            let mut uuid = None;
-            if let Some(id) = frames.next() {
-                if let Ok(id) = <[u8; 8]>::try_from(id.as_slice()) {
-                    uuid = self.jobs.remove(&u64::from_be_bytes(id)).map(|j| j.uuid);
+            let (Some(id), Some(frame)) = (frames.next(), frames.next()) else {
+                continue;
+            };
+            let result = frames
+                .next()
+                .and_then(|r| serde_json::from_slice::<ResultMsg>(&r).ok());
+            let job = <[u8; 8]>::try_from(id.as_slice())
+                .ok()
+                .and_then(|id| self.jobs.remove(&u64::from_be_bytes(id)));
+            match (job, result) {
+                (Some(job), Some(r)) => self.finished(job, r, Some(frame)),
+                (job, _) => {
+                    let via = job.as_ref().map_or(0, |j| j.via);
+                    self.push_result(via, job.map(|j| j.uuid).as_deref(), frame);
                 }
             }
-            for f in frames {
-                self.push_result(uuid.as_deref(), f);
-            }
+        }
+    }
+
+    /// A job's result `r` (`frame`: as its worker sealed it): to the manager
+    /// that sent the request, to every other that sent it since, and kept
+    /// by request id for one that asks again.
+    fn finished(&mut self, job: Job, r: ResultMsg, frame: Option<Vec<u8>>) {
+        let seal = |uuid: &str| {
+            let mut r = r.clone();
+            r.uuid = Some(uuid.to_owned());
+            guard::result_frame(
+                &self.guard.key,
+                &r,
+                job.client.as_ref(),
+                job.request_id.clone(),
+                job.signed,
+            )
+        };
+        let mut out = vec![(
+            job.via,
+            job.uuid.clone(),
+            frame.unwrap_or_else(|| seal(&job.uuid)),
+        )];
+        for (via, uuid) in &job.also {
+            out.push((*via, uuid.clone(), seal(uuid)));
+        }
+        for (via, uuid, frame) in out {
+            self.push_result(via, Some(&uuid), frame);
+        }
+        if let Some(id) = &job.request_id {
+            let answer = answers::Answer {
+                result: r,
+                client: job.client,
+                signed: job.signed,
+            };
+            self.answers.remember(id, answer);
         }
     }
 
@@ -559,67 +677,165 @@ impl Agent<'_> {
             let next = {
                 let mut held = self.held.borrow_mut();
                 match held.front() {
-                    Some((due, _, _)) if all || *due <= Instant::now() => held.pop_front(),
+                    Some((due, ..)) if all || *due <= Instant::now() => held.pop_front(),
                     _ => None,
                 }
             };
-            let Some((_, uuid, frame)) = next else { return };
-            self.push_result(uuid.as_deref(), frame);
+            let Some((_, via, uuid, frame)) = next else {
+                return;
+            };
+            self.push_result(via, uuid.as_deref(), frame);
         }
     }
 
-    /// Send a result now, or hold it when a 0.1 manager dispatched its request.
+    /// Send a result to the manager that asked now, or hold it when a 0.1
+    /// manager dispatched its request.
     fn send_result_frame(&mut self, uuid: Option<&str>, frame: Vec<u8>) {
         match self.hold_until {
             Some(due) if due > Instant::now() => {
                 self.held
                     .borrow_mut()
-                    .push_back((due, uuid.map(str::to_owned), frame))
+                    .push_back((due, self.via, uuid.map(str::to_owned), frame))
             }
-            _ => self.push_result(uuid, frame),
+            _ => self.push_result(self.via, uuid, frame),
         }
     }
 
-    /// Send the result of job `uuid`, kept in the outbox until acknowledged.
-    fn push_result(&mut self, uuid: Option<&str>, frame: Vec<u8>) {
+    /// Send the result of job `uuid` to manager `via`, kept in the outbox
+    /// until acknowledged.
+    fn push_result(&mut self, via: usize, uuid: Option<&str>, frame: Vec<u8>) {
         self.last_result.set(Some(Instant::now()));
         if let (Some(outbox), Some(uuid)) = (&mut self.outbox, uuid) {
             outbox.add(uuid, &frame);
+            self.sent_via.insert(uuid.to_owned(), via);
+            if self.sent_via.len() > 2 * outbox.len() + 1024 {
+                self.sent_via.retain(|u, _| outbox.contains(u));
+            }
         }
-        if let Err(e) = self.uplink.send(frame) {
+        let Some(m) = self.managers.get(via) else {
+            return;
+        };
+        if let Err(e) = m.uplink.send(frame) {
             match &self.outbox {
                 Some(_) => {
-                    warn!(self.log, "result could not be queued for the manager; kept, sent again later"; "error" => %e)
+                    warn!(self.log, "result could not be queued for the manager; kept, sent again later";
+                        "endpoint" => m.uplink.endpoint(), "error" => %e)
                 }
                 None => {
-                    error!(self.log, "result could not be queued for the manager and is lost"; "error" => %e)
+                    error!(self.log, "result could not be queued for the manager and is lost";
+                        "endpoint" => m.uplink.endpoint(), "error" => %e)
                 }
             }
         }
     }
 
-    /// Send again the results the manager has not acknowledged: all of them
-    /// when it just admitted us (`welcomed`, maybe a restarted manager), else
-    /// those whose backoff ran out.
-    fn resend_unacked(&mut self, welcomed: bool) {
+    /// Send again the results our managers have not acknowledged. `Some(i)`:
+    /// manager `i` just admitted us (maybe it restarted): everything that
+    /// went to it, or to a manager that is not there now. `None`: those whose
+    /// backoff ran out, to the manager they went to or, while that one is
+    /// away, to each one that is there (any manager stores a result, also of
+    /// a job it does not hold; with a shared job store every manager reads it).
+    fn resend_unacked(&mut self, welcomed: Option<usize>) {
         let Some(outbox) = &mut self.outbox else {
             return;
         };
-        let uplink = &self.uplink;
-        let sent = outbox.resend(welcomed, |frame| uplink.send(frame).is_ok());
+        let (managers, sent_via) = (&self.managers, &self.sent_via);
+        let up = |i: usize| managers.get(i).is_some_and(|m| m.welcomed);
+        let sent = outbox.resend(welcomed.is_some(), |uuid, frame| {
+            let went_to = sent_via.get(uuid).copied();
+            let to: Vec<usize> = match (welcomed, went_to.filter(|&i| up(i))) {
+                (Some(w), Some(t)) if t != w => return outbox::Resent::NotHere,
+                (Some(w), _) => vec![w],
+                (None, Some(t)) => vec![t],
+                (None, None) => {
+                    let there: Vec<usize> = (0..managers.len()).filter(|&i| up(i)).collect();
+                    if there.is_empty() {
+                        // Queued for when its manager is back.
+                        vec![went_to.unwrap_or(0)]
+                    } else {
+                        there
+                    }
+                }
+            };
+            let mut queued = false;
+            for i in to {
+                queued |= managers
+                    .get(i)
+                    .is_some_and(|m| m.uplink.send(frame).is_ok());
+            }
+            if queued {
+                outbox::Resent::Sent
+            } else {
+                outbox::Resent::Full
+            }
+        });
         if sent > 0 {
             self.last_result.set(Some(Instant::now()));
-            if welcomed {
+            if welcomed.is_some() {
                 info!(self.log, "results not acknowledged by the manager sent again"; "results" => sent);
             }
         }
     }
 
-    fn on_request(&mut self, frames: Vec<Vec<u8>>) {
+    /// A request we accepted before, asked again: by a second manager (the
+    /// client retried through it), or by one taking over the job of a manager
+    /// that went away. The job running it answers this `uuid` too, or we
+    /// answer again what we answered then. Never run twice. False when we
+    /// know nothing of it (then it is refused as a replay).
+    fn answer_again(&mut self, id: &str, uuid: &str, client: Option<&security::PublicKey>) -> bool {
+        let via = self.via;
+        let running = self
+            .jobs
+            .values_mut()
+            .find(|j| j.request_id.as_deref() == Some(id) && j.client.as_ref() == client);
+        if let Some(job) = running {
+            let asked = (via, uuid.to_owned());
+            if (job.via, &job.uuid) != (via, &asked.1) && !job.also.contains(&asked) {
+                job.also.push(asked);
+            }
+            info!(self.log, "request asked again while it runs: its result goes to this manager too; it does not run twice";
+                "request" => id, "uuid" => uuid);
+            return true;
+        }
+        if let Some(a) = self.answers.recall(id, client) {
+            let mut r = a.result.clone();
+            r.uuid = Some(uuid.to_owned());
+            let frame = guard::result_frame(
+                &self.guard.key,
+                &r,
+                a.client.as_ref(),
+                Some(id.to_owned()),
+                a.signed,
+            );
+            info!(self.log, "request asked again: answered from memory; it does not run twice";
+                "request" => id, "uuid" => uuid);
+            self.send_result_frame(Some(uuid), frame);
+            return true;
+        }
+        // Answered before we restarted, and not yet acknowledged: the outbox has it.
+        let kept: Vec<Vec<u8>> = self
+            .outbox
+            .as_ref()
+            .map(|o| o.frames_of(uuid).into_iter().map(<[u8]>::to_vec).collect())
+            .unwrap_or_default();
+        if kept.is_empty() {
+            return false;
+        }
+        info!(self.log, "request asked again: its unacknowledged result sent again; it does not run twice";
+            "request" => id, "uuid" => uuid);
+        for frame in kept {
+            self.push_result(via, Some(uuid), frame);
+        }
+        true
+    }
+
+    /// A message from manager `i`.
+    fn on_request(&mut self, i: usize, frames: Vec<Vec<u8>>) {
+        self.via = i;
         if let [hello] = frames.as_slice() {
             // Only on the DEALER, from the manager we pinned (CURVE).
-            if self.uplink.is_link() && p::ManagerHello::is(hello) {
-                self.introduce();
+            if self.managers[i].uplink.is_link() && p::ManagerHello::is(hello) {
+                self.introduce(i);
                 return;
             }
         }
@@ -642,9 +858,9 @@ impl Agent<'_> {
             Ok(BackendMessage::Dispatch(r)) => r,
             Ok(BackendMessage::Welcome(_)) => {
                 if topic == self.private_topic {
-                    debug!(self.log, "the manager admitted us");
-                    self.welcomed = true;
-                    self.resend_unacked(true);
+                    debug!(self.log, "the manager admitted us"; "endpoint" => self.managers[i].uplink.endpoint());
+                    self.managers[i].welcomed = true;
+                    self.resend_unacked(Some(i));
                 }
                 return;
             }
@@ -652,6 +868,9 @@ impl Agent<'_> {
                 // Only on our private topic, which only our manager can send on.
                 if topic == self.private_topic && ack.node == self.me.node {
                     if let Some(outbox) = &mut self.outbox {
+                        for u in &ack.uuids {
+                            self.sent_via.remove(u);
+                        }
                         let n = outbox.ack(&ack.uuids);
                         debug!(self.log, "results acknowledged"; "results" => n, "kept" => outbox.len());
                     }
@@ -677,6 +896,11 @@ impl Agent<'_> {
         let admitted = match self.guard.admit(&req, &self.me) {
             Ok(a) => a,
             Err(r) => {
+                if let Some(id) = &r.request_id {
+                    if self.answer_again(id, &req.uuid, r.client.as_ref()) {
+                        return;
+                    }
+                }
                 warn!(self.log, "request refused"; "uuid" => &req.uuid, "service" => &req.service,
                     "cmd" => &req.cmd, "reason" => %r.why, "why" => r.why.reason());
                 self.answer(
@@ -723,7 +947,9 @@ impl Agent<'_> {
         self.jobs.insert(
             job,
             Job {
+                via: self.via,
                 uuid: req.uuid.clone(),
+                also: Vec::new(),
                 cmd: req.cmd.clone(),
                 client: client.clone(),
                 request_id: request_id.clone(),
@@ -755,7 +981,9 @@ impl Agent<'_> {
                 s.set_linger(-1)?;
                 s.connect(&inbox)?;
                 s.send(job.to_be_bytes().as_slice(), zmq::SNDMORE)?;
-                s.send(frame, 0)?;
+                s.send(frame, zmq::SNDMORE)?;
+                // Kept by the main thread, for a manager that asks again.
+                s.send(p::encode(&result), 0)?;
                 Ok(())
             });
             if let Err(e) = sent {
@@ -773,6 +1001,14 @@ impl Agent<'_> {
         signed: bool,
     ) {
         self.metrics.record(r);
+        if let Some(id) = &request_id {
+            let answer = answers::Answer {
+                result: r.clone(),
+                client: client.cloned(),
+                signed,
+            };
+            self.answers.remember(id, answer);
+        }
         let frame = guard::result_frame(&self.guard.key, r, client, request_id, signed);
         self.send_result_frame(r.uuid.as_deref(), frame);
     }
@@ -826,35 +1062,43 @@ impl Agent<'_> {
     /// and connect again every 5 s (a key accepted later, a manager back with
     /// its key), since libzmq does not.
     fn check_handshakes(&mut self) {
-        if let Some(watches) = &self.watches {
-            for (i, w) in watches.iter().enumerate() {
+        for (mi, m) in self.managers.iter().enumerate() {
+            for (si, w) in m.watches.iter().enumerate() {
                 let Some(refused) = w.failed() else { continue };
-                if self.reconnect_at.iter().all(|(_, which)| *which != i) {
-                    if refused {
-                        warn!(self.log, "the manager refused our key; accept it on the manager's host \
-                            (service-mgr mgmt keys accept), retrying every 5 s";
-                            "key" => self.guard.key.public().fingerprint());
-                    } else {
-                        error!(self.log, "the encrypted handshake with the manager failed: it does not \
-                            hold the key we pinned (set manager_key to its manager.key.pub); retrying every 5 s";
-                            "pinned" => &self.manager_described);
-                    }
-                    self.reconnect_at
-                        .push((Instant::now() + Duration::from_secs(5), i));
+                if self
+                    .reconnect_at
+                    .iter()
+                    .any(|&(_, a, b)| (a, b) == (mi, si))
+                {
+                    continue;
                 }
+                if refused {
+                    warn!(self.log, "the manager refused our key; accept it on the manager's host \
+                        (service-mgr mgmt keys accept), retrying every 5 s";
+                        "key" => self.guard.key.public().fingerprint(), "endpoint" => m.uplink.endpoint());
+                } else {
+                    error!(self.log, "the encrypted handshake with the manager failed: it does not \
+                        hold the key we pinned (set manager_key to its manager.key.pub); retrying every 5 s";
+                        "pinned" => &m.described, "endpoint" => m.uplink.endpoint());
+                }
+                self.reconnect_at
+                    .push((Instant::now() + Duration::from_secs(5), mi, si));
             }
         }
         let now = Instant::now();
-        let due: Vec<usize> = self
+        let due: Vec<(usize, usize)> = self
             .reconnect_at
             .iter()
-            .filter(|(t, _)| now >= *t)
-            .map(|(_, i)| *i)
+            .filter(|(t, ..)| now >= *t)
+            .map(|&(_, mi, si)| (mi, si))
             .collect();
-        self.reconnect_at.retain(|(t, _)| now < *t);
-        let sockets = self.uplink.sockets(self.config);
-        for i in due {
-            let Some(&(s, ep)) = sockets.get(i) else {
+        self.reconnect_at.retain(|(t, ..)| now < *t);
+        for (mi, si) in due {
+            let Some((s, ep)) = self
+                .managers
+                .get(mi)
+                .and_then(|m| m.uplink.sockets().get(si).copied())
+            else {
                 continue;
             };
             let _ = s.disconnect(ep);

@@ -258,7 +258,7 @@ impl Outbox {
     /// last moment (a manager, maybe a restarted one, admitted us); else what
     /// its backoff says. `send` returns false when the socket takes no more
     /// (tried again later). Drops what is older than [`MAX_AGE`] first.
-    pub fn resend(&mut self, welcomed: bool, mut send: impl FnMut(&[u8]) -> bool) -> usize {
+    pub fn resend(&mut self, welcomed: bool, mut send: impl FnMut(&str, &[u8]) -> Resent) -> usize {
         self.expire();
         let now = Instant::now();
         let mut sent = 0;
@@ -272,8 +272,10 @@ impl Outbox {
             if !due {
                 continue;
             }
-            if !send(&e.frame) {
-                break;
+            match send(&e.uuid, &e.frame) {
+                Resent::Sent => {}
+                Resent::NotHere => continue,
+                Resent::Full => break,
             }
             e.last_sent = Some(now);
             e.tries = e.tries.saturating_add(1);
@@ -283,6 +285,20 @@ impl Outbox {
             debug!(self.log, "unacknowledged results sent again"; "results" => sent, "kept" => self.entries.len());
         }
         sent
+    }
+
+    /// The results kept for job `uuid`, as sent.
+    pub fn frames_of(&self, uuid: &str) -> Vec<&[u8]> {
+        self.by_uuid.get(uuid).map_or_else(Vec::new, |seqs| {
+            seqs.iter()
+                .filter_map(|s| self.entries.get(s))
+                .map(|e| e.frame.as_slice())
+                .collect()
+        })
+    }
+
+    pub fn contains(&self, uuid: &str) -> bool {
+        self.by_uuid.contains_key(uuid)
     }
 
     pub fn len(&self) -> usize {
@@ -392,6 +408,15 @@ impl Outbox {
     }
 }
 
+/// What became of one result [`Outbox::resend`] offered.
+pub enum Resent {
+    Sent,
+    /// Not for the manager(s) being sent to now: still due.
+    NotHere,
+    /// The socket takes no more: the rest waits for the next round.
+    Full,
+}
+
 /// A job id as the outbox keeps it: printable, no blanks (a line separator).
 fn valid_uuid(bytes: &[u8]) -> Option<String> {
     let s = std::str::from_utf8(bytes).ok()?;
@@ -429,9 +454,9 @@ mod tests {
 
     fn sent_all(o: &mut Outbox, welcomed: bool) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        o.resend(welcomed, |f| {
+        o.resend(welcomed, |_, f| {
             out.push(f.to_vec());
-            true
+            Resent::Sent
         });
         out
     }

@@ -104,6 +104,11 @@ pub fn run(
     on_ready: OnReady,
 ) -> Result<()> {
     check_fleet(prefix, n)?;
+    anyhow::ensure!(
+        !config.manager_endpoint.contains(','),
+        "--simulate talks to one manager; manager_endpoint lists several ({}): name one",
+        config.manager_endpoint
+    );
     let (list, keys) = fleet_keys(&key_dir(config), prefix, n)?;
     let first_key = keys[0].clone();
     // Each socket is a connection and a mailbox: one DEALER per node on
@@ -285,7 +290,13 @@ impl SimNode {
             &config.manager_endpoint,
         )?;
         let wire = manager.wire(Some(&self.guard.key))?;
-        let uplink = Uplink::connect(ctx, config, &wire, 2000)?;
+        let uplink = Uplink::connect(
+            ctx,
+            &config.manager_endpoint,
+            &config.sink_endpoint,
+            &wire,
+            2000,
+        )?;
         // On the DEALER we say this when the manager says hello (introduce).
         if !uplink.is_link() {
             for t in &self.me.topics {
@@ -294,7 +305,7 @@ impl SimNode {
             uplink.subscribe(&self.private_topic)?;
             uplink.subscribe(&self.presence)?;
         }
-        uplink.start(config)?;
+        uplink.start()?;
         self.uplink = Some(uplink);
         Ok(())
     }

@@ -1,4 +1,5 @@
-//! The agent's connection(s) to its manager.
+//! The agent's connection(s) to one manager (an agent with several managers
+//! holds one `Uplink` for each).
 //!
 //! - **Secure (CURVE, a manager of ours):** one DEALER on the manager's agent
 //!   socket (`manager_endpoint`) carries everything: requests, acks and the
@@ -12,21 +13,30 @@
 //! A subscription on the DEALER is a message `[1|0][topic]`, the very frame an
 //! XPUB hands up, so the manager reads both the same way.
 
-use crate::config::AgentConfig;
 use crate::protocol as p;
 use crate::transport::{self, Wire};
 use anyhow::Result;
 
 pub(super) enum Uplink {
-    Link { dealer: zmq::Socket },
-    Pair { sub: zmq::Socket, push: zmq::Socket },
+    Link {
+        dealer: zmq::Socket,
+        endpoint: String,
+    },
+    Pair {
+        sub: zmq::Socket,
+        push: zmq::Socket,
+        endpoint: String,
+        sink: String,
+    },
 }
 
 impl Uplink {
-    /// Connect to the manager with `wire`; `linger_ms` for results queued at stop.
+    /// Connect to the manager at `endpoint` (and `sink`, plaintext) with
+    /// `wire`; `linger_ms` for results queued at stop.
     pub fn connect(
         ctx: &zmq::Context,
-        config: &AgentConfig,
+        endpoint: &str,
+        sink: &str,
         wire: &Wire,
         linger_ms: i32,
     ) -> Result<Uplink> {
@@ -49,8 +59,11 @@ impl Uplink {
             Wire::Curve { .. } => {
                 let dealer = inbound(zmq::DEALER)?;
                 outbound(&dealer)?;
-                transport::connect(&dealer, &config.manager_endpoint, "manager_endpoint")?;
-                Ok(Uplink::Link { dealer })
+                transport::connect(&dealer, endpoint, "manager_endpoint")?;
+                Ok(Uplink::Link {
+                    dealer,
+                    endpoint: endpoint.to_owned(),
+                })
             }
             Wire::Plain => {
                 let sub = inbound(zmq::SUB)?;
@@ -59,25 +72,51 @@ impl Uplink {
                 push.set_reconnect_ivl_max(5000)?;
                 outbound(&push)?;
                 transport::set_heartbeats(&push)?;
-                Ok(Uplink::Pair { sub, push })
+                Ok(Uplink::Pair {
+                    sub,
+                    push,
+                    endpoint: endpoint.to_owned(),
+                    sink: sink.to_owned(),
+                })
             }
         }
     }
 
     /// Connect the plaintext pair once its subscriptions are set (a SUB
     /// sends them on connecting); the DEALER is connected already.
-    pub fn start(&self, config: &AgentConfig) -> Result<()> {
-        if let Uplink::Pair { sub, push } = self {
-            transport::connect(sub, &config.manager_endpoint, "manager_endpoint")?;
-            transport::connect(push, &config.sink_endpoint, "sink_endpoint")?;
+    pub fn start(&self) -> Result<()> {
+        if let Uplink::Pair {
+            sub,
+            push,
+            endpoint,
+            sink,
+        } = self
+        {
+            transport::connect(sub, endpoint, "manager_endpoint")?;
+            transport::connect(push, sink, "sink_endpoint")?;
         }
         Ok(())
+    }
+
+    /// The manager's endpoint, as configured.
+    pub fn endpoint(&self) -> &str {
+        match self {
+            Uplink::Link { endpoint, .. } | Uplink::Pair { endpoint, .. } => endpoint,
+        }
+    }
+
+    /// The manager's sink (plaintext only).
+    pub fn sink(&self) -> Option<&str> {
+        match self {
+            Uplink::Link { .. } => None,
+            Uplink::Pair { sink, .. } => Some(sink),
+        }
     }
 
     /// Where requests come in (to poll and read).
     pub fn inbound(&self) -> &zmq::Socket {
         match self {
-            Uplink::Link { dealer } => dealer,
+            Uplink::Link { dealer, .. } => dealer,
             Uplink::Pair { sub, .. } => sub,
         }
     }
@@ -85,21 +124,21 @@ impl Uplink {
     /// Queue one frame for the manager (announcement or result).
     pub fn send(&self, frame: impl Into<zmq::Message>) -> Result<(), zmq::Error> {
         match self {
-            Uplink::Link { dealer } => dealer.send(frame, zmq::DONTWAIT),
+            Uplink::Link { dealer, .. } => dealer.send(frame, zmq::DONTWAIT),
             Uplink::Pair { push, .. } => push.send(frame, zmq::DONTWAIT),
         }
     }
 
     pub fn subscribe(&self, topic: &str) -> Result<(), zmq::Error> {
         match self {
-            Uplink::Link { dealer } => dealer.send(subscription(1, topic), zmq::DONTWAIT),
+            Uplink::Link { dealer, .. } => dealer.send(subscription(1, topic), zmq::DONTWAIT),
             Uplink::Pair { sub, .. } => sub.set_subscribe(topic.as_bytes()),
         }
     }
 
     pub fn unsubscribe(&self, topic: &str) -> Result<(), zmq::Error> {
         match self {
-            Uplink::Link { dealer } => dealer.send(subscription(0, topic), zmq::DONTWAIT),
+            Uplink::Link { dealer, .. } => dealer.send(subscription(0, topic), zmq::DONTWAIT),
             Uplink::Pair { sub, .. } => sub.set_unsubscribe(topic.as_bytes()),
         }
     }
@@ -116,19 +155,21 @@ impl Uplink {
 
     pub fn set_linger(&self, ms: i32) {
         let _ = match self {
-            Uplink::Link { dealer } => dealer.set_linger(ms),
+            Uplink::Link { dealer, .. } => dealer.set_linger(ms),
             Uplink::Pair { push, .. } => push.set_linger(ms),
         };
     }
 
     /// The sockets with their endpoints, for handshake watches and reconnects.
-    pub fn sockets<'a>(&'a self, config: &'a AgentConfig) -> Vec<(&'a zmq::Socket, &'a str)> {
+    pub fn sockets(&self) -> Vec<(&zmq::Socket, &str)> {
         match self {
-            Uplink::Link { dealer } => vec![(dealer, config.manager_endpoint.as_str())],
-            Uplink::Pair { sub, push } => vec![
-                (sub, config.manager_endpoint.as_str()),
-                (push, config.sink_endpoint.as_str()),
-            ],
+            Uplink::Link { dealer, endpoint } => vec![(dealer, endpoint.as_str())],
+            Uplink::Pair {
+                sub,
+                push,
+                endpoint,
+                sink,
+            } => vec![(sub, endpoint.as_str()), (push, sink.as_str())],
         }
     }
 

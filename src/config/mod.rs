@@ -272,14 +272,17 @@ pub enum ServiceManagerKind {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentConfig {
-    /// The manager's backend (XPUB) endpoint.
+    /// The manager's agent (backend) endpoint; several managers comma-separated,
+    /// each of which the agent stays connected to.
     pub manager_endpoint: String,
-    /// The manager's sink (PULL) endpoint.
+    /// The manager's sink (PULL) endpoint, plaintext only; with several
+    /// managers one per manager, in the same order.
     pub sink_endpoint: String,
     /// The manager's public key (a manager.key.pub file or its line), pinned:
     /// the agent talks to nobody else. "plaintext" for a 0.1 or allow_unsigned
     /// manager. Default: manager.key.pub in the config directory, else that of
-    /// a manager on this host.
+    /// a manager on this host. With several managers: one for all (they share
+    /// their key pair), or one per manager, comma-separated in the same order.
     pub manager_key: Option<String>,
     /// REP socket for management commands.
     pub mgmt_endpoint: String,
@@ -341,7 +344,60 @@ pub struct AgentConfig {
     pub policy: Vec<PolicyRule>,
 }
 
+/// One manager of an agent's list: where it is and how to know it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ManagerAddr {
+    pub endpoint: String,
+    /// Its sink (plaintext only).
+    pub sink: String,
+    /// Its `manager_key` setting.
+    pub key: Option<String>,
+}
+
 impl AgentConfig {
+    /// The managers the agent connects to: `manager_endpoint` split at commas,
+    /// each with its sink and key (one given for all, or one per manager).
+    pub fn managers(&self) -> Result<Vec<ManagerAddr>> {
+        let split = |s: &str| -> Vec<String> {
+            s.split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let endpoints = split(&self.manager_endpoint);
+        anyhow::ensure!(
+            !endpoints.is_empty(),
+            "manager_endpoint is empty; set it to the manager's tcp://HOST:5600 (several comma-separated)"
+        );
+        let n = endpoints.len();
+        let per_manager = |what: &str, list: Vec<String>| -> Result<Vec<Option<String>>> {
+            match list.len() {
+                0 => Ok(vec![None; n]),
+                1 => Ok(vec![list.into_iter().next(); n]),
+                m if m == n => Ok(list.into_iter().map(Some).collect()),
+                m => anyhow::bail!(
+                    "{what} lists {m} values for {n} managers in manager_endpoint; give one for all                      or one per manager, in the same order"
+                ),
+            }
+        };
+        let sinks = per_manager("sink_endpoint", split(&self.sink_endpoint))?;
+        let keys = per_manager(
+            "manager_key",
+            self.manager_key.as_deref().map(split).unwrap_or_default(),
+        )?;
+        Ok(endpoints
+            .into_iter()
+            .zip(sinks)
+            .zip(keys)
+            .map(|((endpoint, sink), key)| ManagerAddr {
+                endpoint,
+                sink: sink.unwrap_or_default(),
+                key,
+            })
+            .collect())
+    }
+
     pub fn key_file(&self) -> PathBuf {
         self.key_file
             .clone()
