@@ -57,6 +57,8 @@ pub struct ClientArgs {
     pub debug: bool,
     /// The manager's frontend endpoint, else `endpoint` in client.conf
     /// [default: tcp://localhost:5500] ($SERVICE_MGR_PORT moves the default port).
+    /// Several managers comma-separated: the first that answers is asked, and
+    /// a job whose manager goes away continues through another.
     #[arg(short = 'e', long = "endpoint", value_name = "ENDPOINT")]
     pub endpoint: Option<String>,
     /// Who runs it: `any`, an OS name (`Linux`, `FreeBSD`), a node name or a custom topic
@@ -146,18 +148,20 @@ impl ClientArgs {
         if !(self.batch_wait.is_finite() && self.batch_wait >= 0.0) {
             return usage("--batch-wait must be a number of seconds".into());
         }
-        let e = endpoint;
-        let endpoint_ok = match e.split_once("://") {
-            Some(("tcp", rest)) => rest.rsplit_once(':').is_some_and(|(host, port)| {
-                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
-            }),
-            Some(("ipc", rest)) => !rest.is_empty(),
-            _ => false,
-        };
-        if !endpoint_ok {
-            return usage(format!(
-                "-e {e:?} is not a manager endpoint; say tcp://HOST:PORT, e.g. tcp://localhost:5500"
-            ));
+        for e in endpoint.split(',').map(str::trim) {
+            let endpoint_ok = match e.split_once("://") {
+                Some(("tcp", rest)) => rest.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                }),
+                Some(("ipc", rest)) => !rest.is_empty(),
+                _ => false,
+            };
+            if !endpoint_ok {
+                return usage(format!(
+                    "-e {e:?} is not a manager endpoint; say tcp://HOST:PORT, e.g. tcp://localhost:5500 \
+                     (several managers comma-separated)"
+                ));
+            }
         }
         if let Some(t) = &self.topic {
             if t.contains(['*', '?', '[']) {
@@ -209,7 +213,10 @@ impl ClientArgs {
 /// What to ask, of whom.
 #[derive(Debug, Clone)]
 pub struct Request {
+    /// The manager's frontend; several managers comma-separated (see [`Request::managers`]).
     pub endpoint: String,
+    /// Which of them answered last (an index into the list): asked first next time.
+    pub preferred: std::cell::Cell<usize>,
     pub request: ServiceRequest,
     /// Upper bound on the wait for results; `None` for the defaults above.
     pub wait: Option<Duration>,
@@ -222,6 +229,70 @@ pub struct Request {
     pub key: Option<std::sync::Arc<KeyPair>>,
     /// How we reach the manager: CURVE to its pinned key, or plaintext.
     pub wire: transport::Wire,
+}
+
+impl Request {
+    /// The managers `endpoint` names, the one that answered last first.
+    pub fn managers(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .endpoint
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let first = self.preferred.get().min(all.len().saturating_sub(1));
+        all.rotate_left(first);
+        all
+    }
+
+    /// `endpoint` answered: ask it first from now on.
+    fn prefer(&self, endpoint: &str) {
+        let all = self
+            .endpoint
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty());
+        if let Some(i) = all.into_iter().position(|e| e == endpoint) {
+            self.preferred.set(i);
+        }
+    }
+
+    /// Ask the managers in turn, the one that answered last first: `-r`
+    /// rounds, each manager one try of `-t` per round (one manager: its `-r`
+    /// tries, watched as [`transport::request`] watches them). The first
+    /// answer wins; returns it with the manager that gave it.
+    fn ask<T>(&self, mut one: impl FnMut(&str, u32) -> Result<T>) -> Result<(T, String)> {
+        let managers = self.managers();
+        if let [only] = managers.as_slice() {
+            return Ok((one(only, self.retries)?, only.clone()));
+        }
+        let mut last = None;
+        for _ in 0..self.retries.max(1) {
+            for m in &managers {
+                match one(m, 1) {
+                    Ok(t) => {
+                        self.prefer(m);
+                        return Ok((t, m.clone()));
+                    }
+                    Err(e) => match e.downcast::<transport::NoAnswer>() {
+                        Ok(no) => last = Some(no),
+                        Err(other) => return Err(other),
+                    },
+                }
+            }
+        }
+        let last = last.map_or_else(String::new, |n| n.to_string());
+        Err(transport::NoAnswer {
+            // One unwatched try each: any of them may have got it.
+            reached: true,
+            why: format!(
+                "none of the {} managers answered (the last: {last})",
+                managers.len()
+            ),
+        }
+        .into())
+    }
 }
 
 /// Sign a request with the client's key: a fresh id and time, our key line.
@@ -242,9 +313,10 @@ pub fn sign_until(request: &mut ServiceRequest, key: &KeyPair, wait: Option<Dura
     id
 }
 
-/// How long the client waits for the manager's accept in all: `-r` tries of `-t` ms.
+/// How long the client waits for the manager's accept in all: `-r` tries of
+/// `-t` ms, of each manager it knows.
 fn accept_wait(req: &Request) -> Duration {
-    req.timeout * req.retries.max(1)
+    req.timeout * req.retries.max(1) * req.managers().len().max(1) as u32
 }
 
 /// What the client says when the manager never accepted a signed request,
@@ -516,7 +588,15 @@ pub fn collect(
         .key
         .as_ref()
         .map(|key| sign_until(&mut request, key, Some(accept_wait(req))));
-    exchange(ctx, req, &p::encode(&request), id.as_deref(), log, watch)
+    exchange(
+        ctx,
+        req,
+        &p::encode(&request),
+        Some(&request),
+        id.as_deref(),
+        log,
+        watch,
+    )
 }
 
 /// Re-attach to a job the manager still holds: its results so far, then the rest.
@@ -531,19 +611,20 @@ pub fn follow(
         attach: req.wire.is_curve(),
         ..FollowRequest::new(job)
     });
-    exchange(ctx, req, &payload, None, log, watch)
+    exchange(ctx, req, &payload, None, None, log, watch)
 }
 
 /// Ask the manager which nodes a request would reach, running nothing.
 pub fn plan(ctx: &zmq::Context, req: &Request, asked: &str) -> Result<Vec<String>> {
     // A 0.1 manager would run the dry run as a real request on every agent
     // of the topic: recognise it first by a harmless question (issue 15).
-    if manager_is_01(ctx, &req.endpoint, &req.wire, req.timeout, req.retries)? {
+    let (is_01, endpoint) =
+        req.ask(|m, tries| manager_is_01(ctx, m, &req.wire, req.timeout, tries))?;
+    if is_01 {
         bail!(
-            "{asked} needs a service-mgr 0.2 manager: the manager at {} is 0.1, which cannot \
-             address single nodes and would send the request to every agent of topic {:?}; \
+            "{asked} needs a service-mgr 0.2 manager: the manager at {endpoint} is 0.1, which \
+             cannot address single nodes and would send the request to every agent of topic {:?}; \
              nothing was sent (leave out {asked}, or upgrade the manager)",
-            req.endpoint,
             req.request.topic
         );
     }
@@ -554,14 +635,9 @@ pub fn plan(ctx: &zmq::Context, req: &Request, asked: &str) -> Result<Vec<String
     if let Some(key) = &req.key {
         sign(&mut dry, key);
     }
-    let reply = transport::request(
-        ctx,
-        &req.endpoint,
-        &req.wire,
-        &p::encode(&dry),
-        req.timeout,
-        req.retries,
-    )?;
+    let payload = p::encode(&dry);
+    let (reply, _) =
+        req.ask(|m, tries| transport::request(ctx, m, &req.wire, &payload, req.timeout, tries))?;
     parse_accept(&reply)?.expected.with_context(|| {
         format!("the manager cannot say which nodes a request reaches; {asked} needs a service-mgr 0.2 manager")
     })
@@ -591,30 +667,55 @@ pub fn manager_is_01(
     Ok(serde_json::from_slice::<Accepted>(&reply).is_ok_and(|a| a.v.is_none()))
 }
 
+/// The socket options of a connection that receives results.
+fn for_results(s: &zmq::Socket) -> Result<()> {
+    Ok(s.set_maxmsgsize(p::RESULT_FRAME_LIMIT)?)
+}
+
+/// Send `payload` (the signed `request`, or a follow) to the first manager
+/// that answers, and collect the results; when that manager goes away
+/// before they are all in, another takes the job over ([`take_over`]).
+#[allow(clippy::too_many_arguments)]
 fn exchange(
     ctx: &zmq::Context,
     req: &Request,
     payload: &[u8],
+    request: Option<&ServiceRequest>,
     request_id: Option<&str>,
     log: &Logger,
     mut watch: Option<Watch<'_>>,
 ) -> Result<Collected> {
     let started = Instant::now();
-    let host = transport::endpoint_host(&req.endpoint)
-        .with_context(|| format!("endpoint {} is not tcp://HOST:PORT", req.endpoint))?;
-    let sent = transport::request_keeping(
-        ctx,
-        &req.endpoint,
-        &req.wire,
-        payload,
-        req.timeout,
-        req.retries,
-        |s| Ok(s.set_maxmsgsize(p::RESULT_FRAME_LIMIT)?),
-    );
-    let (reply, conn) = sent.map_err(|e| match request_id {
+    let several = req.managers().len() > 1;
+    let sent = req.ask(|m, tries| {
+        let (reply, conn) = transport::request_keeping(
+            ctx,
+            m,
+            &req.wire,
+            payload,
+            req.timeout,
+            tries,
+            for_results,
+        )?;
+        // A job one manager does not know, another (sharing a job store) may.
+        if several && request.is_none() {
+            if let Ok(FrontendReply::Refused(e)) = FrontendReply::decode(&reply) {
+                return Err(transport::NoAnswer {
+                    reached: true,
+                    why: format!("{m}: {}", e.msg),
+                }
+                .into());
+            }
+        }
+        Ok((reply, conn))
+    });
+    let ((reply, conn), mut endpoint) = sent.map_err(|e| match request_id {
         Some(id) => gave_up(e, req, id),
         None => e,
     })?;
+    let host = transport::endpoint_host(&endpoint)
+        .with_context(|| format!("endpoint {endpoint} is not tcp://HOST:PORT"))?
+        .to_owned();
     let accepted = match FrontendReply::decode(&reply)? {
         FrontendReply::Record(mut r) => {
             // A stored job's results come in pages of bounded size.
@@ -625,7 +726,7 @@ fn exchange(
                 };
                 let reply = transport::request(
                     ctx,
-                    &req.endpoint,
+                    &endpoint,
                     &req.wire,
                     &p::encode(&page),
                     req.timeout,
@@ -663,7 +764,7 @@ fn exchange(
     // The results come on the request's connection, or (a 0.1 manager, or
     // plaintext) from the result publisher, as `[uuid, result]` both ways.
     let attached = accepted.attached && conn.is_some();
-    let sub = match conn.filter(|_| attached) {
+    let mut sub = match conn.filter(|_| attached) {
         Some(conn) => conn,
         None => {
             let sub = transport::socket(ctx, zmq::SUB)?;
@@ -703,6 +804,7 @@ fn exchange(
         |missing: usize, extra: usize| wanted.is_some() && missing == 0 && extra >= extra_wanted;
     let mut heard = Instant::now();
     let mut ports = vec![accepted.port];
+    let mut notes = Vec::new();
     while !complete(missing, extra) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -716,15 +818,51 @@ fn exchange(
                 continue;
             }
             heard = Instant::now();
-            incoming = refollow(ctx, req, &accepted.uuid, left, request_id, log, |port| {
-                // An attached connection reconnects by itself.
-                if attached || ports.contains(&port) {
-                    return Ok(());
+            let asked = refollow(
+                ctx,
+                req,
+                &endpoint,
+                &accepted.uuid,
+                left,
+                request_id,
+                log,
+                |port| {
+                    // An attached connection reconnects by itself.
+                    if attached || ports.contains(&port) {
+                        return Ok(());
+                    }
+                    debug!(log, "the manager publishes results on a new port"; "port" => port);
+                    ports.push(port);
+                    transport::connect(&sub, &format!("tcp://{host}:{port}"), "the -e endpoint")
+                },
+            )?;
+            match asked {
+                Some(results) => incoming = results,
+                // Silent: gone, or stalled. Another manager takes the job over.
+                None if attached && several => {
+                    let over = take_over(
+                        ctx,
+                        req,
+                        &endpoint,
+                        payload,
+                        request,
+                        &accepted.uuid,
+                        left,
+                        request_id,
+                        log,
+                    )?;
+                    if let Some((conn, manager, results)) = over {
+                        notes.push(format!(
+                            "the manager at {endpoint} stopped answering; job {} continued through {manager}",
+                            accepted.uuid
+                        ));
+                        sub = conn;
+                        endpoint = manager;
+                        incoming = results;
+                    }
                 }
-                debug!(log, "the manager publishes results on a new port"; "port" => port);
-                ports.push(port);
-                transport::connect(&sub, &format!("tcp://{host}:{port}"), "the -e endpoint")
-            })?;
+                None => {}
+            }
         }
         while let Some(frames) = transport::try_recv(&sub)? {
             heard = Instant::now();
@@ -768,6 +906,7 @@ fn exchange(
         }
     }
     let mut hints = hints(&accepted, &req.request.topic);
+    hints.extend(notes);
     hints.extend(unsigned_mode_hint(req, &results));
     let silent = extra_wanted.saturating_sub(extra);
     if wanted.is_some() && silent > 0 {
@@ -791,50 +930,118 @@ fn exchange(
     })
 }
 
-/// Ask the manager about a job the client waits for and hears nothing of:
-/// a port it publishes the job's results on is passed to `subscribe`; a job
-/// it no longer holds in memory (it restarted) comes back as its record,
-/// whose answers are returned, checked as if they had just arrived. A manager
-/// that does not answer (restarting) is asked again later.
+/// Ask the manager at `endpoint` about a job the client waits for and hears
+/// nothing of: a port it publishes the job's results on is passed to
+/// `subscribe`; a job it no longer holds in memory (it restarted) comes back
+/// as its record, whose answers are returned, checked as if they had just
+/// arrived. `None` when it does not answer (restarting, or gone).
+#[allow(clippy::too_many_arguments)]
 fn refollow(
     ctx: &zmq::Context,
     req: &Request,
+    endpoint: &str,
     uuid: &str,
     left: Duration,
     request_id: Option<&str>,
     log: &Logger,
     mut subscribe: impl FnMut(u16) -> Result<()>,
-) -> Result<Vec<Map<String, Value>>> {
+) -> Result<Option<Vec<Map<String, Value>>>> {
     let payload = p::encode(&FollowRequest::new(uuid));
-    let reply = match transport::request(
-        ctx,
-        &req.endpoint,
-        &req.wire,
-        &payload,
-        req.timeout.min(left),
-        1,
-    ) {
-        Ok(r) => r,
-        Err(e) => {
-            debug!(log, "the manager did not answer about the job"; "error" => format!("{e:#}"));
-            return Ok(Vec::new());
-        }
-    };
+    let reply =
+        match transport::request(ctx, endpoint, &req.wire, &payload, req.timeout.min(left), 1) {
+            Ok(r) => r,
+            Err(e) => {
+                debug!(log, "the manager did not answer about the job"; "endpoint" => endpoint,
+                "error" => format!("{e:#}"));
+                return Ok(None);
+            }
+        };
     match FrontendReply::decode(&reply) {
         Ok(FrontendReply::Accepted(a)) => {
             subscribe(a.port)?;
-            Ok(Vec::new())
+            Ok(Some(Vec::new()))
         }
-        Ok(FrontendReply::Record(r)) => Ok(record_results(*r, req.key.as_deref(), request_id).1),
+        Ok(FrontendReply::Record(r)) => {
+            Ok(Some(record_results(*r, req.key.as_deref(), request_id).1))
+        }
         Ok(FrontendReply::Refused(e)) => {
             debug!(log, "the manager knows the job no more"; "why" => e.msg);
-            Ok(Vec::new())
+            Ok(Some(Vec::new()))
         }
         Err(e) => {
             debug!(log, "unreadable answer about the job"; "error" => format!("{e:#}"));
-            Ok(Vec::new())
+            Ok(Some(Vec::new()))
         }
     }
+}
+
+/// A job taken over: the new connection, its manager, and the answers a
+/// stored record of the job held.
+type TakenOver = (zmq::Socket, String, Vec<Map<String, Value>>);
+
+/// The manager at `gone`, which accepted the job, stopped answering: another
+/// of the client's managers takes it over. A request goes again under the
+/// job's id (`resume`, signed as it was): an agent that answered it answers
+/// again from memory, one still running it sends its result to both, and
+/// one it never reached runs it only within its deadline. A follow
+/// (`--job`) is asked as it was (a shared job store has the job). Returns the
+/// new connection, its manager and the answers a stored record holds.
+#[allow(clippy::too_many_arguments)]
+fn take_over(
+    ctx: &zmq::Context,
+    req: &Request,
+    gone: &str,
+    payload: &[u8],
+    request: Option<&ServiceRequest>,
+    uuid: &str,
+    left: Duration,
+    request_id: Option<&str>,
+    log: &Logger,
+) -> Result<Option<TakenOver>> {
+    let payload = match request {
+        Some(r) => {
+            let mut again = r.clone();
+            again.resume = Some(uuid.to_owned());
+            again.attach = true;
+            p::encode(&again)
+        }
+        None => payload.to_vec(),
+    };
+    for m in req.managers().into_iter().filter(|m| m != gone) {
+        let got = transport::request_keeping(
+            ctx,
+            &m,
+            &req.wire,
+            &payload,
+            req.timeout.min(left),
+            1,
+            for_results,
+        );
+        let (reply, conn) = match got {
+            Ok((reply, Some(conn))) => (reply, conn),
+            Ok(_) => continue,
+            Err(e) => {
+                debug!(log, "no manager to take the job over here"; "endpoint" => &m, "error" => format!("{e:#}"));
+                continue;
+            }
+        };
+        match FrontendReply::decode(&reply) {
+            Ok(FrontendReply::Accepted(a)) if a.uuid == uuid => {
+                req.prefer(&m);
+                return Ok(Some((conn, m, Vec::new())));
+            }
+            Ok(FrontendReply::Record(r)) if r.uuid == uuid => {
+                req.prefer(&m);
+                let results = record_results(*r, req.key.as_deref(), request_id).1;
+                return Ok(Some((conn, m, results)));
+            }
+            Ok(FrontendReply::Refused(e)) => {
+                debug!(log, "the manager cannot take the job over"; "endpoint" => &m, "why" => e.msg);
+            }
+            _ => debug!(log, "unexpected answer to a takeover"; "endpoint" => &m),
+        }
+    }
+    Ok(None)
 }
 
 /// The answers a job record holds (a stored `no_response` has none), each
@@ -1050,6 +1257,7 @@ pub fn run(a: &ClientArgs, legacy_name: bool) -> Result<Exit> {
     let wire = manager.wire(key.as_deref())?;
     let mut req = Request {
         endpoint,
+        preferred: Default::default(),
         request,
         wait,
         retries: a.retries.or(conf.retries).unwrap_or(3),
@@ -1270,6 +1478,7 @@ mod tests {
         }
         let req = |key: Option<std::sync::Arc<KeyPair>>| Request {
             endpoint: "tcp://localhost:5500".into(),
+            preferred: Default::default(),
             request: ServiceRequest::new("status", "cron", "any"),
             wait: None,
             retries: 1,
@@ -1329,6 +1538,7 @@ mod tests {
     fn giving_up_says_whether_the_request_may_have_run() {
         let req = Request {
             endpoint: "tcp://localhost:5500".into(),
+            preferred: Default::default(),
             request: ServiceRequest::new("restart", "ghost", "any"),
             wait: None,
             retries: 3,

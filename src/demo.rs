@@ -129,6 +129,7 @@ fn run_in(dir: &Path, service: &str, args: &DemoArgs, log: &slog::Logger) -> Res
             .context("the demo manager did not say its key")?;
         let req = client::Request {
             endpoint: ep("frontend_endpoint"),
+            preferred: Default::default(),
             request: crate::protocol::ServiceRequest::new(&args.cmd, service, &node),
             wait: Some(Duration::from_secs(30)),
             retries: 3,

@@ -859,6 +859,7 @@ impl<'a> Bench<'a> {
     fn broadcast_once(&self, ctx: &zmq::Context, frontend: &str, n: usize) -> Result<Duration> {
         let req = client::Request {
             endpoint: frontend.to_owned(),
+            preferred: Default::default(),
             request: ServiceRequest::new("status", SERVICE, protocol::TOPIC_ANY),
             wait: Some(Duration::from_secs(30)),
             retries: 1,
