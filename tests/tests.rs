@@ -20,6 +20,7 @@ mod fleet_drop;
 mod fuzz_smoke;
 mod install;
 mod limits;
+mod managers;
 mod metrics;
 mod output;
 mod pgkeys;
