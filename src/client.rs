@@ -9,7 +9,7 @@ use crate::logging;
 use crate::output::{self, Format};
 use crate::protocol::{
     self as p, Accepted, FollowRecord, FollowRequest, FrontendReply, RequestBody, ResultEnvelope,
-    ResultFrame, ServiceRequest, SignedResult,
+    ResultFrame, ResultMsg, ServiceRequest, SignedResult,
 };
 use crate::report::{NodeResult, Report, Status};
 use crate::security::{self, KeyPair, PublicKey, Purpose};
@@ -851,14 +851,30 @@ fn exchange(
                         request_id,
                         log,
                     )?;
-                    if let Some((conn, manager, results)) = over {
+                    if let Some(over) = over {
                         notes.push(format!(
-                            "the manager at {endpoint} stopped answering; job {} continued through {manager}",
-                            accepted.uuid
+                            "the manager at {endpoint} stopped answering; job {} continued through {}",
+                            accepted.uuid, over.manager
                         ));
-                        sub = conn;
-                        endpoint = manager;
-                        incoming = results;
+                        // Nodes the new manager does not reach will not answer: said now.
+                        if let (Some(w), Some(reaches)) = (&wanted, &over.reaches) {
+                            for n in w.iter().filter(|n| {
+                                !seen.contains(**n) && !reaches.iter().any(|r| r == **n)
+                            }) {
+                                let why = format!(
+                                    "no answer: its manager went away, and the manager at {} that took the job over does not reach this node",
+                                    over.manager
+                                );
+                                if let Ok(Value::Object(m)) = serde_json::to_value(
+                                    ResultMsg::no_response(&accepted.uuid, n, &why),
+                                ) {
+                                    incoming.push(m);
+                                }
+                            }
+                        }
+                        sub = over.conn;
+                        endpoint = over.manager;
+                        incoming.extend(over.results);
                     }
                 }
                 None => {}
@@ -975,9 +991,15 @@ fn refollow(
     }
 }
 
-/// A job taken over: the new connection, its manager, and the answers a
-/// stored record of the job held.
-type TakenOver = (zmq::Socket, String, Vec<Map<String, Value>>);
+/// A job taken over by another manager.
+struct TakenOver {
+    conn: zmq::Socket,
+    manager: String,
+    /// The answers a stored record of the job held.
+    results: Vec<Map<String, Value>>,
+    /// The nodes the new manager sent the request to (`None`: a record).
+    reaches: Option<Vec<String>>,
+}
 
 /// The manager at `gone`, which accepted the job, stopped answering: another
 /// of the client's managers takes it over. A request goes again under the
@@ -1028,12 +1050,22 @@ fn take_over(
         match FrontendReply::decode(&reply) {
             Ok(FrontendReply::Accepted(a)) if a.uuid == uuid => {
                 req.prefer(&m);
-                return Ok(Some((conn, m, Vec::new())));
+                return Ok(Some(TakenOver {
+                    conn,
+                    manager: m,
+                    results: Vec::new(),
+                    reaches: a.expected,
+                }));
             }
             Ok(FrontendReply::Record(r)) if r.uuid == uuid => {
                 req.prefer(&m);
                 let results = record_results(*r, req.key.as_deref(), request_id).1;
-                return Ok(Some((conn, m, results)));
+                return Ok(Some(TakenOver {
+                    conn,
+                    manager: m,
+                    results,
+                    reaches: None,
+                }));
             }
             Ok(FrontendReply::Refused(e)) => {
                 debug!(log, "the manager cannot take the job over"; "endpoint" => &m, "why" => e.msg);

@@ -218,3 +218,116 @@ fn a_rollout_goes_on_through_another_manager_when_its_manager_is_killed() {
         assert_eq!(doc["results"].as_array().unwrap().len(), 2, "{doc}");
     });
 }
+
+/// A node only the killed manager reached: once another manager takes the
+/// job over it is reported `no_response` at once (exit 4), saying why,
+/// instead of after the whole wait; the node both reach answers.
+#[test]
+fn a_node_the_new_manager_does_not_reach_is_reported_at_once() {
+    with_timeout(120, || {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mut m1 = manager(&[]);
+        let m2 = second(&m1);
+        let _a1 = agent_of_both(&m1, &m2, "n1", &fake);
+        let _a3 = agent(&m1, "n3", &fake, &["-O", "topics=[\"web\"]"]);
+        let client = client_of_both(&m1, &m2)
+            .topic("web")
+            .cmd("restart")
+            .service("snooze-one")
+            .format("json")
+            .spawn();
+        wait_for(15, "both nodes to be running it", || {
+            (calls_of(dir.path(), "snooze-one restart") == 2).then_some(())
+        });
+        m1.signal_and_wait(libc::SIGKILL, 10);
+        let out = client.output();
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(4), "{doc}");
+        let by_node = |n: &str| {
+            doc["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|r| r["node"] == n)
+                .cloned()
+                .unwrap_or_else(|| panic!("no line for {n}: {doc}"))
+        };
+        assert_eq!(by_node("n1")["status"], "ok", "{doc}");
+        assert_eq!(by_node("n3")["status"], "no_response", "{doc}");
+        let why = by_node("n3")["msg"].as_str().unwrap().to_owned();
+        assert!(why.contains("does not reach this node"), "{why}");
+        assert!(doc["elapsed_ms"].as_u64().unwrap() < 30_000, "{doc}");
+    });
+}
+
+/// Three managers sharing a PostgreSQL job store, two agents on every one:
+/// a rollout whose manager is killed goes on through another, and the third,
+/// which neither dispatched nor took the job over, reads it from the database.
+#[test]
+fn three_managers_on_postgres_survive_a_kill_and_any_reads_the_job() {
+    let Some(server) =
+        pg::server("managers::three_managers_on_postgres_survive_a_kill_and_any_reads_the_job")
+    else {
+        return;
+    };
+    with_timeout(180, move || {
+        let db = pg::Db::new(&server);
+        let dir = tempfile::tempdir().unwrap();
+        let fake = fake_service(dir.path());
+        let mut m1 = manager(&["-O", &pg::job_store(&db.url)]);
+        let pki = m1.pki.as_ref().unwrap();
+        let m2 = pg::manager_on(pki, &db.url, None);
+        let m3 = pg::manager_on(pki, &db.url, None);
+        let list = |key: &str| {
+            let eps: Vec<String> = [&m1, &m2, &m3].iter().map(|m| m.ep(key)).collect();
+            eps.join(",")
+        };
+        let managers = format!("manager_endpoint={}", toml_str(&list("backend_endpoint")));
+        let agents: Vec<Proc> = ["n1", "n2"]
+            .iter()
+            .map(|n| {
+                let a = agent(&m1, n, &fake, &["-O", &managers, "-O", "topics=[\"web\"]"]);
+                wait_registered(&m2, n);
+                wait_registered(&m3, n);
+                a
+            })
+            .collect();
+        let key = m1.ready["manager_key"].as_str().unwrap().to_owned();
+        let client = || {
+            Client::at(&list("frontend_endpoint"))
+                .key(&pki.client_key())
+                .env("SERVICE_MGR_MANAGER_KEY", &key)
+                .format("json")
+        };
+        let running = client()
+            .topic("web")
+            .arg("--batch")
+            .arg("1")
+            .cmd("restart")
+            .service("snooze-db")
+            .spawn();
+        wait_for(15, "the first batch to be running", || {
+            (calls_of(dir.path(), "snooze-db restart") == 1).then_some(())
+        });
+        m1.signal_and_wait(libc::SIGKILL, 10);
+        let out = running.output();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(0), "{doc}\n{stderr}");
+        assert_eq!(doc["summary"]["ok"], 2, "{doc}\n{stderr}");
+        assert_eq!(calls_of(dir.path(), "snooze-db restart"), 2);
+        let first_job = doc["jobs"][0].as_str().unwrap().to_owned();
+        // The third manager never saw the job: it reads it from the database.
+        let results = wait_for(10, "the first batch's result in the database", || {
+            let r = job_results(&m3, &first_job);
+            (r.len() == 1).then_some(r)
+        });
+        assert_eq!(results[0]["status"], "ok", "{results:?}");
+        assert!(
+            !m3.log_text().contains(&first_job),
+            "m3 neither dispatched nor took it over"
+        );
+        drop(agents);
+    });
+}
