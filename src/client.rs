@@ -805,37 +805,48 @@ fn exchange(
     let mut heard = Instant::now();
     let mut ports = vec![accepted.port];
     let mut notes = Vec::new();
+    // With several managers the attached connection is watched: a manager
+    // that goes away is noticed when its connection closes, not after RECHECK.
+    let mut dropped = match attached && several {
+        true => Some(transport::watch_disconnects(ctx, &sub)?),
+        false => None,
+    };
     while !complete(missing, extra) {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break;
         }
         let mut incoming = Vec::new();
-        let mut items = [sub.as_poll_item(zmq::POLLIN)];
-        if transport::poll(&mut items, left.min(RECHECK).as_millis().max(1) as i64)? == 0 {
-            // Only a 0.2 manager knows `!follow`.
-            if accepted.v.is_none() || heard.elapsed() < RECHECK {
-                continue;
-            }
+        let mut items = vec![sub.as_poll_item(zmq::POLLIN)];
+        items.extend(dropped.as_ref().map(|w| w.as_poll_item(zmq::POLLIN)));
+        let quiet = transport::poll(&mut items, left.min(RECHECK).as_millis().max(1) as i64)? == 0;
+        // The connection to the manager closed: another takes over at once.
+        let gone = dropped.as_ref().is_some_and(transport::saw_event);
+        // Only a 0.2 manager knows `!follow`.
+        if gone || (quiet && accepted.v.is_some() && heard.elapsed() >= RECHECK) {
             heard = Instant::now();
-            let asked = refollow(
-                ctx,
-                req,
-                &endpoint,
-                &accepted.uuid,
-                left,
-                request_id,
-                log,
-                |port| {
-                    // An attached connection reconnects by itself.
-                    if attached || ports.contains(&port) {
-                        return Ok(());
-                    }
-                    debug!(log, "the manager publishes results on a new port"; "port" => port);
-                    ports.push(port);
-                    transport::connect(&sub, &format!("tcp://{host}:{port}"), "the -e endpoint")
-                },
-            )?;
+            let asked = if gone {
+                None
+            } else {
+                refollow(
+                    ctx,
+                    req,
+                    &endpoint,
+                    &accepted.uuid,
+                    left,
+                    request_id,
+                    log,
+                    |port| {
+                        // An attached connection reconnects by itself.
+                        if attached || ports.contains(&port) {
+                            return Ok(());
+                        }
+                        debug!(log, "the manager publishes results on a new port"; "port" => port);
+                        ports.push(port);
+                        transport::connect(&sub, &format!("tcp://{host}:{port}"), "the -e endpoint")
+                    },
+                )?
+            };
             match asked {
                 Some(results) => incoming = results,
                 // Silent: gone, or stalled. Another manager takes the job over.
@@ -873,6 +884,7 @@ fn exchange(
                             }
                         }
                         sub = over.conn;
+                        dropped = Some(transport::watch_disconnects(ctx, &sub)?);
                         endpoint = over.manager;
                         incoming.extend(over.results);
                     }

@@ -613,6 +613,20 @@ impl HandshakeWatch {
 }
 
 /// A PAIR socket receiving `s`'s connection `events`.
+/// A monitor of `s` that reports its connections closing (see [`saw_event`]).
+pub fn watch_disconnects(ctx: &zmq::Context, s: &zmq::Socket) -> Result<zmq::Socket> {
+    monitor(ctx, s, zmq::SocketEvent::DISCONNECTED as i32)
+}
+
+/// Whether a monitor reported anything since last asked (its queue is emptied).
+pub fn saw_event(monitor: &zmq::Socket) -> bool {
+    let mut any = false;
+    while monitor.recv_multipart(zmq::DONTWAIT).is_ok() {
+        any = true;
+    }
+    any
+}
+
 fn monitor(ctx: &zmq::Context, s: &zmq::Socket, events: i32) -> Result<zmq::Socket> {
     let endpoint = format!("inproc://monitor-{}", uuid::Uuid::new_v4().simple());
     s.monitor(&endpoint, events)?;
