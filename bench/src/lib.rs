@@ -25,6 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+mod failover;
 mod fleet;
 
 /// Measure latency, throughput and memory of service-mgr with a simulated fleet (see BENCHMARKS.md).
@@ -403,6 +404,11 @@ fn run_all(plan: &Plan, dir: &Path, exe: &Path) -> Vec<Figure> {
         plan.reps
     );
     figures.push(bench.client_exit());
+    eprintln!(
+        "bench: failover between two managers, {} kills ...",
+        plan.reps.min(5)
+    );
+    figures.push(bench.failover(plan.reps.min(5)));
     if plan.fleet > 0 && !plan.real_agents {
         figures.extend(bench.fleet(plan.fleet));
     }
