@@ -1,7 +1,7 @@
 complete -c service-mgr-client -s w -l wait -d 'Seconds to wait for results at most [default: 60 when the manager says which nodes will answer (the client returns as soon as they all did); 0.1 against a 0.1 manager]' -r
 complete -c service-mgr-client -s r -l retries -d 'Tries to reach the manager [default: 3]' -r
 complete -c service-mgr-client -s t -l timeout -d 'Milliseconds to wait for the manager\'s answer per try [default: 1000]' -r
-complete -c service-mgr-client -s e -l endpoint -d 'The manager\'s frontend endpoint, else `endpoint` in client.conf [default: tcp://localhost:5500] ($SERVICE_MGR_PORT moves the default port)' -r
+complete -c service-mgr-client -s e -l endpoint -d 'The manager\'s frontend endpoint, else `endpoint` in client.conf [default: tcp://localhost:5500] ($SERVICE_MGR_PORT moves the default port). Several managers comma-separated: the first that answers is asked, and a job whose manager goes away continues through another' -r
 complete -c service-mgr-client -s T -l topic -d 'Who runs it: `any`, an OS name (`Linux`, `FreeBSD`), a node name or a custom topic [default with -N or -G: any]' -r -f -a "(__fish_service_mgr_targets topics)"
 complete -c service-mgr-client -s N -l nodes -d 'Only these nodes (comma-separated), combined with -T' -r -f -a "(__fish_service_mgr_targets nodes)"
 complete -c service-mgr-client -s G -l glob -d 'Only registered nodes whose name matches this glob (e.g. \'web*\'), combined with -T and -N' -r

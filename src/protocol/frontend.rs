@@ -45,7 +45,7 @@ pub struct ServiceRequest {
     pub attach: bool,
     /// The job id another manager gave this very request, which then went
     /// away before the job was done: this manager takes the job over under
-    /// that id (several managers, see docs/protocol.md §4.6). Not signed:
+    /// that id (several managers, see docs/protocol.md §4.1.1). Not signed:
     /// the signed body and its request id are the first request's, and an
     /// agent that ran it answers again from memory instead of running it twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -468,6 +468,11 @@ fn client_examples(r: &mut Roff, prog: &str) {
     );
     example(
         r,
+        "Two managers: the first that answers takes the request; if it goes away mid-job, the other takes the job over:",
+        &format!("{prog} -e tcp://m1:5500,tcp://m2:5500 \\\n    -T web -c restart -s nginx"),
+    );
+    example(
+        r,
         "Show an earlier job again:",
         &format!("{prog} -e tcp://mgr:5500 \\\n    --job 75375cec60854df1b86888b5342bd0a9"),
     );
