@@ -160,7 +160,10 @@ fn big_and_many_backend_subscriptions_are_refused() {
             s.set_subscribe(b"any").unwrap();
             std::thread::sleep(Duration::from_millis(2));
         }
-        answered_within(&mgr, 3, "100,000 backend subscriptions");
+        // A debug manager on 2 shared cores may still be refusing the flood's
+        // tail (one full run saw > 3 s beside the 1,000-agent drop test); the
+        // regression was no answer at all.
+        answered_within(&mgr, 10, "100,000 backend subscriptions");
         // The agent's connection came from the same address and was closed
         // with the flood's; it reconnects.
         wait_registered(&mgr, "n1");
