@@ -85,6 +85,27 @@ fn job_results(mgr: &Proc, uuid: &str) -> Vec<Value> {
     doc["results"].as_array().unwrap().clone()
 }
 
+/// Run `client` (JSON output) until the fake service ran `what` `n` times,
+/// SIGKILL `m1`, and return the client's exit code, report and stderr.
+fn kill_mid_job(
+    m1: &mut Proc,
+    client: Client,
+    dir: &Path,
+    what: &str,
+    n: usize,
+) -> (Option<i32>, Value, String) {
+    let running = client.format("json").spawn();
+    wait_for(15, "the nodes to be running it", || {
+        (calls_of(dir, what) == n).then_some(())
+    });
+    m1.signal_and_wait(libc::SIGKILL, 10);
+    let out = running.output();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let doc: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.code(), doc, stderr)
+}
+
 /// Calls of the fake service that name `what` (e.g. "brief-x restart").
 fn calls_of(dir: &Path, what: &str) -> usize {
     calls(dir).iter().filter(|c| c.as_str() == what).count()
@@ -130,7 +151,7 @@ fn a_request_retried_through_a_second_manager_runs_once() {
                 "{results:?}"
             );
         }
-        // A third time, through the first manager once more: answered again.
+        // A third time, through the second manager again: its first answer.
         std::thread::sleep(Duration::from_millis(500));
         let third = json(&req_raw(&m2.ep("frontend_endpoint"), &frame));
         assert_eq!(
@@ -165,20 +186,12 @@ fn a_rollout_goes_on_through_another_manager_when_its_manager_is_killed() {
             .arg("--batch")
             .arg("1")
             .cmd("restart")
-            .service("snooze-web")
-            .format("json")
-            .spawn();
-        wait_for(15, "the first batch to be running", || {
-            (calls_of(dir.path(), "snooze-web restart") == 1).then_some(())
-        });
-        let killed = Instant::now();
-        m1.signal_and_wait(libc::SIGKILL, 10);
-        let out = client.output();
-        let took = killed.elapsed();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let doc: Value = serde_json::from_slice(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}: {}\n{stderr}", String::from_utf8_lossy(&out.stdout)));
-        assert_eq!(out.status.code(), Some(0), "{doc}\n{stderr}");
+            .service("snooze-web");
+        let started = Instant::now();
+        let (code, doc, stderr) =
+            kill_mid_job(&mut m1, client, dir.path(), "snooze-web restart", 1);
+        let took = started.elapsed();
+        assert_eq!(code, Some(0), "{doc}\n{stderr}");
         let results = doc["results"].as_array().unwrap();
         let mut nodes: Vec<(&str, &str)> = results
             .iter()
@@ -194,7 +207,7 @@ fn a_rollout_goes_on_through_another_manager_when_its_manager_is_killed() {
             calls(dir.path())
         );
         eprintln!(
-            "rollout finished {:.1} s after the kill",
+            "rollout finished {:.1} s after it started (the kill in its first batch)",
             took.as_secs_f64()
         );
         // Both batches' jobs, through any manager that answers (m1 is gone).
@@ -234,16 +247,10 @@ fn a_node_the_new_manager_does_not_reach_is_reported_at_once() {
         let client = client_of_both(&m1, &m2)
             .topic("web")
             .cmd("restart")
-            .service("snooze-one")
-            .format("json")
-            .spawn();
-        wait_for(15, "both nodes to be running it", || {
-            (calls_of(dir.path(), "snooze-one restart") == 2).then_some(())
-        });
-        m1.signal_and_wait(libc::SIGKILL, 10);
-        let out = client.output();
-        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(out.status.code(), Some(4), "{doc}");
+            .service("snooze-one");
+        let (code, doc, stderr) =
+            kill_mid_job(&mut m1, client, dir.path(), "snooze-one restart", 2);
+        assert_eq!(code, Some(4), "{doc}\n{stderr}");
         let by_node = |n: &str| {
             doc["results"]
                 .as_array()
@@ -300,21 +307,15 @@ fn three_managers_on_postgres_survive_a_kill_and_any_reads_the_job() {
                 .env("SERVICE_MGR_MANAGER_KEY", &key)
                 .format("json")
         };
-        let running = client()
+        let rollout = client()
             .topic("web")
             .arg("--batch")
             .arg("1")
             .cmd("restart")
-            .service("snooze-db")
-            .spawn();
-        wait_for(15, "the first batch to be running", || {
-            (calls_of(dir.path(), "snooze-db restart") == 1).then_some(())
-        });
-        m1.signal_and_wait(libc::SIGKILL, 10);
-        let out = running.output();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(out.status.code(), Some(0), "{doc}\n{stderr}");
+            .service("snooze-db");
+        let (code, doc, stderr) =
+            kill_mid_job(&mut m1, rollout, dir.path(), "snooze-db restart", 1);
+        assert_eq!(code, Some(0), "{doc}\n{stderr}");
         assert_eq!(doc["summary"]["ok"], 2, "{doc}\n{stderr}");
         assert_eq!(calls_of(dir.path(), "snooze-db restart"), 2);
         let first_job = doc["jobs"][0].as_str().unwrap().to_owned();

@@ -150,19 +150,7 @@ impl Bench<'_> {
     /// Real agent `i` (its own key) with `config`.
     fn real_agent(&self, config: &Path, i: usize) -> Result<Proc> {
         let node = super::node_name(i);
-        let key = self.dir.join("real-agents").join(format!("{node}.key"));
-        let args = vec![
-            "agent".to_owned(),
-            "-f".into(),
-            config.display().to_string(),
-            "-n".into(),
-            node.clone(),
-            "-O".into(),
-            format!(
-                "key_file={}",
-                toml::Value::String(key.display().to_string())
-            ),
-        ];
+        let args = super::real_agent_args(config, &self.dir.join("real-agents"), &node);
         spawn(
             &self.exe,
             &self.dir,

@@ -766,19 +766,7 @@ impl<'a> Bench<'a> {
             let keys = self.dir.join("real-agents");
             for i in 1..=n {
                 let node = node_name(i);
-                let key = keys.join(format!("{node}.key"));
-                let args = vec![
-                    "agent".to_owned(),
-                    "-f".into(),
-                    config.display().to_string(),
-                    "-n".into(),
-                    node.clone(),
-                    "-O".into(),
-                    format!(
-                        "key_file={}",
-                        toml::Value::String(key.display().to_string())
-                    ),
-                ];
+                let args = real_agent_args(&config, &keys, &node);
                 d.agents.push(spawn(
                     &self.exe,
                     &self.dir,
@@ -1272,6 +1260,23 @@ fn jobstore(plan: &Plan, dir: &Path, kind: StoreKind) -> Figure {
 
 fn node_name(i: usize) -> String {
     service_mgr::agent::simulate::node_name(PREFIX, i)
+}
+
+/// A real agent's command line: `node` with `config` and its key in `keys`.
+fn real_agent_args(config: &Path, keys: &Path, node: &str) -> Vec<String> {
+    let key = keys.join(format!("{node}.key"));
+    vec![
+        "agent".to_owned(),
+        "-f".into(),
+        config.display().to_string(),
+        "-n".into(),
+        node.to_owned(),
+        "-O".into(),
+        format!(
+            "key_file={}",
+            toml::Value::String(key.display().to_string())
+        ),
+    ]
 }
 
 fn ms(d: Duration) -> f64 {
