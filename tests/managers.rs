@@ -220,13 +220,34 @@ fn a_rollout_goes_on_through_another_manager_when_its_manager_is_killed() {
             assert_eq!(out.status.code(), Some(0), "{rec}");
             assert_eq!(rec["results"].as_array().unwrap().len(), 1, "{rec}");
         }
-        // A new request with the first manager down: the second answers.
-        let (out, doc) = client_of_both(&m1, &m2)
-            .topic("web")
-            .cmd("status")
-            .service("sshd")
-            .format("json")
-            .run();
+        // A new request with the first manager down, the managers listed in
+        // a client.conf as a user would: the second answers.
+        let conf = dir.path().join("client.conf");
+        let endpoints = format!(
+            "{},{}",
+            m1.ep("frontend_endpoint"),
+            m2.ep("frontend_endpoint")
+        );
+        std::fs::write(
+            &conf,
+            format!(
+                "endpoint = {}\nkey = {}\nmanager_key = {}\nformat = \"json\"\n",
+                toml_str(&endpoints),
+                toml_str(&m1.pki.as_ref().unwrap().client_key()),
+                toml_str(m1.ready["manager_key"].as_str().unwrap()),
+            ),
+        )
+        .unwrap();
+        let out = std::process::Command::new(bin())
+            .args(["client", "--conf"])
+            .arg(&conf)
+            .args(["-T", "web", "-c", "status", "-s", "sshd"])
+            .env_remove("SERVICE_MGR_KEY")
+            .env_remove("SERVICE_MGR_MANAGER_KEY")
+            .output()
+            .unwrap();
+        let doc: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
         assert_eq!(out.status.code(), Some(0), "{doc}");
         assert_eq!(doc["results"].as_array().unwrap().len(), 2, "{doc}");
     });
