@@ -612,7 +612,6 @@ impl HandshakeWatch {
     }
 }
 
-/// A PAIR socket receiving `s`'s connection `events`.
 /// A monitor of `s` that reports its connections closing (see [`saw_event`]).
 pub fn watch_disconnects(ctx: &zmq::Context, s: &zmq::Socket) -> Result<zmq::Socket> {
     monitor(ctx, s, zmq::SocketEvent::DISCONNECTED as i32)
@@ -627,6 +626,7 @@ pub fn saw_event(monitor: &zmq::Socket) -> bool {
     any
 }
 
+/// A PAIR socket receiving `s`'s connection `events`.
 fn monitor(ctx: &zmq::Context, s: &zmq::Socket, events: i32) -> Result<zmq::Socket> {
     let endpoint = format!("inproc://monitor-{}", uuid::Uuid::new_v4().simple());
     s.monitor(&endpoint, events)?;
