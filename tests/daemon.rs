@@ -100,6 +100,10 @@ fn c_detached_daemon_start_second_start_status_stop() {
                 .filter(|t| t.contains("service manager started"))
         });
         let mgmt_ep = doc["mgmt_endpoint"].as_str().unwrap().to_owned();
+        // Not started by the harness: keys registered for an earlier daemon
+        // on this port (another test's agent, gone) must not be applied to
+        // the command lines below (CI once pinned such an agent's key here).
+        crate::util::keys::forget(&mgmt_ep);
 
         // A second start with the same pid file: refused on the terminal, exit 1.
         let ready2 = dir.path().join("ready2.json");
@@ -576,6 +580,8 @@ fn c_relative_pid_file_is_removed_at_stop() {
             read_pid(&pidfile).unwrap_or_else(|| panic!("no pid file at {}", pidfile.display()));
         let _guard = Detached::new(pid);
         assert_eq!(doc["pid"], pid);
+        // Not the harness's daemon: no keys of an earlier one on this port.
+        crate::util::keys::forget(doc["mgmt_endpoint"].as_str().unwrap());
         let stop = [
             "daemon",
             "-f",

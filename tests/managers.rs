@@ -95,9 +95,20 @@ fn kill_mid_job(
     n: usize,
 ) -> (Option<i32>, Value, String) {
     let running = client.format("json").spawn();
-    wait_for(15, "the nodes to be running it", || {
-        (calls_of(dir, what) == n).then_some(())
-    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while calls_of(dir, what) < n {
+        if Instant::now() > deadline {
+            let out = running.output();
+            panic!(
+                "the nodes never ran {what:?} ({:?}); the client exited {}: {}{}",
+                calls(dir),
+                out.status,
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     m1.signal_and_wait(libc::SIGKILL, 10);
     let out = running.output();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
