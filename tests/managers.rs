@@ -337,7 +337,6 @@ fn three_managers_on_postgres_survive_a_kill_and_any_reads_the_job() {
             Client::at(&list("frontend_endpoint"))
                 .key(&pki.client_key())
                 .env("SERVICE_MGR_MANAGER_KEY", &key)
-                .format("json")
         };
         let rollout = client()
             .topic("web")
