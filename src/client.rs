@@ -234,13 +234,7 @@ pub struct Request {
 impl Request {
     /// The managers `endpoint` names, the one that answered last first.
     pub fn managers(&self) -> Vec<String> {
-        let mut all: Vec<String> = self
-            .endpoint
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(str::to_owned)
-            .collect();
+        let mut all: Vec<String> = self.listed().map(str::to_owned).collect();
         let first = self.preferred.get().min(all.len().saturating_sub(1));
         all.rotate_left(first);
         all
@@ -248,14 +242,17 @@ impl Request {
 
     /// `endpoint` answered: ask it first from now on.
     fn prefer(&self, endpoint: &str) {
-        let all = self
-            .endpoint
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty());
-        if let Some(i) = all.into_iter().position(|e| e == endpoint) {
+        if let Some(i) = self.listed().position(|e| e == endpoint) {
             self.preferred.set(i);
         }
+    }
+
+    /// The managers `endpoint` names, in its order.
+    fn listed(&self) -> impl Iterator<Item = &str> {
+        self.endpoint
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
     }
 
     /// Ask the managers in turn, the one that answered last first: `-r`
@@ -869,19 +866,13 @@ fn exchange(
                         ));
                         // Nodes the new manager does not reach will not answer: said now.
                         if let (Some(w), Some(reaches)) = (&wanted, &over.reaches) {
-                            for n in w.iter().filter(|n| {
-                                !seen.contains(**n) && !reaches.iter().any(|r| r == **n)
-                            }) {
-                                let why = format!(
-                                    "no answer: its manager went away, and the manager at {} that took the job over does not reach this node",
-                                    over.manager
-                                );
-                                if let Ok(Value::Object(m)) = serde_json::to_value(
-                                    ResultMsg::no_response(&accepted.uuid, n, &why),
-                                ) {
-                                    incoming.push(m);
-                                }
-                            }
+                            let silent = w.iter().filter(|n| !seen.contains(**n));
+                            incoming.extend(unreached(
+                                silent,
+                                reaches,
+                                &accepted.uuid,
+                                &over.manager,
+                            ));
                         }
                         sub = over.conn;
                         dropped = Some(transport::watch_disconnects(ctx, &sub)?);
@@ -1001,6 +992,29 @@ fn refollow(
             Ok(Some(Vec::new()))
         }
     }
+}
+
+/// A `no_response` for each of `nodes` that the manager that took job
+/// `uuid` over (at `manager`) does not reach: they cannot answer any more.
+fn unreached<'n>(
+    nodes: impl Iterator<Item = &'n &'n str>,
+    reaches: &[String],
+    uuid: &str,
+    manager: &str,
+) -> Vec<Map<String, Value>> {
+    let why = format!(
+        "no answer: its manager went away, and the manager at {manager} that took the job over \
+         does not reach this node"
+    );
+    nodes
+        .filter(|n| !reaches.iter().any(|r| r == **n))
+        .filter_map(
+            |n| match serde_json::to_value(ResultMsg::no_response(uuid, n, &why)) {
+                Ok(Value::Object(m)) => Some(m),
+                _ => None,
+            },
+        )
+        .collect()
 }
 
 /// A job taken over by another manager.
