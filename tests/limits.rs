@@ -258,7 +258,11 @@ fn resubscribing_to_a_job_does_not_replay_its_results_again() {
 #[test]
 fn job_list_and_job_reads_come_in_pages() {
     with_timeout(120, || {
+        // Where the time goes, printed with a failure (a CI run once timed out here).
+        let t0 = std::time::Instant::now();
+        let step = |what: &str| eprintln!("{:>6} ms: {what}", t0.elapsed().as_millis());
         let mgr = manager_compat(&[]);
+        step("manager up");
         let mgmt_ep = mgr.ep("mgmt_endpoint");
         let ctx = zmq::Context::new();
         let push = connect(&ctx, zmq::PUSH, &mgr.ep("sink_endpoint"));
@@ -285,6 +289,7 @@ fn job_list_and_job_reads_come_in_pages() {
             push.send(result(&format!("{i:032x}"), "n1", "ok").as_bytes(), 0)
                 .unwrap();
         }
+        step("results sent");
         let job = |uuid: &str, offset: Option<usize>| {
             mgmt_req(
                 &mgmt_ep,
@@ -295,6 +300,7 @@ fn job_list_and_job_reads_come_in_pages() {
             let r = job(&wide, None);
             (r["result"]["results_total"] == 1500).then_some(())
         });
+        step("1500 results stored");
         // A job's results: 1000 a page by default, the reply says where the next starts.
         let first = job(&wide, None);
         assert_eq!(first["result"]["results"].as_array().unwrap().len(), 1000);
@@ -307,6 +313,7 @@ fn job_list_and_job_reads_come_in_pages() {
         wait_for(30, "the big results to be stored", || {
             (job(&big, None)["result"]["results_total"] == 20).then_some(())
         });
+        step("big results stored");
         let page = job(&big, None);
         let n = page["result"]["results"].as_array().unwrap().len();
         assert!((1..=8).contains(&n), "a page of {n} results of 1 MiB");
@@ -322,6 +329,7 @@ fn job_list_and_job_reads_come_in_pages() {
         let page = jobs(json!({"cmd": "manager.jobs", "limit": 40, "offset": 80}));
         assert_eq!(page["result"].as_array().unwrap().len(), 22);
         assert!(page.get("next").is_none());
+        step("job list read");
         // The command line says how to get the next page.
         let out = run(&[
             "mgmt",
@@ -341,6 +349,7 @@ fn job_list_and_job_reads_come_in_pages() {
             "{text}{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        step("mgmt jobs run");
         // client --job gets every page.
         let (out, doc) = Client::new(&mgr).unsigned().arg("--job").arg(&wide).run();
         assert_eq!(

@@ -20,13 +20,14 @@ pub fn bin() -> &'static str {
 /// untouched.
 #[derive(Default)]
 struct Scope {
-    children: Mutex<Vec<Weak<Mutex<Child>>>>,
+    /// Each child with its command line, named when a timeout finds it running.
+    children: Mutex<Vec<(Weak<Mutex<Child>>, String)>>,
     detached: Mutex<Vec<i32>>,
 }
 
 impl Scope {
     fn kill_all(&self) {
-        for child in self.children.lock().unwrap().iter() {
+        for (child, _) in self.children.lock().unwrap().iter() {
             if let Some(child) = child.upgrade() {
                 // A reaped child is not signalled again (std checks), so a
                 // recycled pid is never hit.
@@ -36,6 +37,18 @@ impl Scope {
         for &pid in self.detached.lock().unwrap().iter() {
             kill_detached(pid);
         }
+    }
+
+    /// The command lines of the children still running: what a timed-out
+    /// body was most likely waiting for.
+    fn running(&self) -> Vec<String> {
+        let children = self.children.lock().unwrap();
+        let alive = children.iter().filter_map(|(child, cmd)| {
+            let child = child.upgrade()?;
+            let running = matches!(child.lock().unwrap().try_wait(), Ok(None));
+            running.then(|| cmd.clone())
+        });
+        alive.collect()
     }
 }
 
@@ -74,8 +87,12 @@ pub fn with_timeout<F: FnOnce() + Send + 'static>(secs: u64, f: F) {
             }
         }
         Err(_) => {
+            let running = scope.running();
             scope.kill_all();
-            panic!("test timed out after {secs} s");
+            panic!(
+                "test timed out after {secs} s; still running: {}",
+                if running.is_empty() { "none of its processes".into() } else { running.join("; ") }
+            );
         }
     }
 }
@@ -87,7 +104,8 @@ impl Tracked {
     fn spawn(cmd: &mut Command) -> Tracked {
         let child = cmd.spawn().unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
         let child = Arc::new(Mutex::new(child));
-        with_scope(|s| s.children.lock().unwrap().push(Arc::downgrade(&child)));
+        let line = format!("{cmd:?}");
+        with_scope(|s| s.children.lock().unwrap().push((Arc::downgrade(&child), line)));
         Tracked(child)
     }
     fn id(&self) -> u32 {
@@ -382,9 +400,13 @@ fn a_timed_out_test_leaves_no_children() {
         })
     });
     let msg = timed_out.expect_err("the body should have timed out");
-    assert_eq!(
-        msg.downcast_ref::<String>().map(String::as_str),
-        Some("test timed out after 5 s")
+    let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+    // The message names what was still running (what the body waited for).
+    assert!(
+        msg.starts_with("test timed out after 5 s; still running: ")
+            && msg.contains("\"daemon\"")
+            && msg.contains("\"sleep\" \"60\""),
+        "{msg}"
     );
     let pids = pids.lock().unwrap().clone();
     assert_eq!(pids.len(), 2);
