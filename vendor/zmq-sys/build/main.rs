@@ -6,6 +6,8 @@
 
 fn main() {
     println!("cargo:rerun-if-changed=build/main.rs");
+    // Our patched libzmq (cargo sees a path dependency's Rust files only).
+    println!("cargo:rerun-if-changed=../zeromq-src/vendor");
     println!("cargo:rerun-if-env-changed=PROFILE");
 
     // Set by libsodium-sys-stable (`links = "sodium"`) for its direct dependents.

@@ -55,18 +55,23 @@ void zmq::poller_base_t::add_timer (int timeout_, i_poll_events *sink_, int id_)
 {
     uint64_t expiration = _clock.now_ms () + timeout_;
     timer_info_t info = {sink_, id_};
-    _timers.insert (timers_t::value_type (expiration, info));
+    const timers_t::iterator it =
+      _timers.insert (timers_t::value_type (expiration, info));
+    _timer_index.insert (
+      timer_index_t::value_type (timer_key_t (sink_, id_), it));
 }
 
 void zmq::poller_base_t::cancel_timer (i_poll_events *sink_, int id_)
 {
-    //  Complexity of this operation is O(n). We assume it is rarely used.
-    for (timers_t::iterator it = _timers.begin (), end = _timers.end ();
-         it != end; ++it)
-        if (it->second.sink == sink_ && it->second.id == id_) {
-            _timers.erase (it);
-            return;
-        }
+    //  service-mgr patch: O(log n) through the index (upstream: a walk of
+    //  every timer of this thread).
+    const timer_index_t::iterator found =
+      _timer_index.find (timer_key_t (sink_, id_));
+    if (found != _timer_index.end ()) {
+        _timers.erase (found->second);
+        _timer_index.erase (found);
+        return;
+    }
 
     //  We should generally never get here. Calling 'cancel_timer ()' on
     //  an already expired or canceled timer (or even worse - on a timer which
@@ -106,6 +111,7 @@ uint64_t zmq::poller_base_t::execute_timers ()
         //  Save and remove the timer because timer_event() call might delete
         //  exactly this timer and then the iterator will be invalid.
         timer_temp = it->second;
+        unindex (it);
         _timers.erase (it);
 
         //  Trigger the timer.
@@ -116,6 +122,18 @@ uint64_t zmq::poller_base_t::execute_timers ()
     //  Return the time to wait for the next timer (at least 1ms), or 0, if
     //  there are no more timers.
     return res;
+}
+
+void zmq::poller_base_t::unindex (timers_t::iterator timer_)
+{
+    const std::pair<timer_index_t::iterator, timer_index_t::iterator> range =
+      _timer_index.equal_range (
+        timer_key_t (timer_->second.sink, timer_->second.id));
+    for (timer_index_t::iterator it = range.first; it != range.second; ++it)
+        if (it->second == timer_) {
+            _timer_index.erase (it);
+            return;
+        }
 }
 
 zmq::worker_poller_base_t::worker_poller_base_t (const thread_ctx_t &ctx_) :
