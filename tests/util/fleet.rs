@@ -48,6 +48,14 @@ pub fn register_manager(p: &Proc, pki: &Pki) {
         ]
     };
     let Some(line) = p.ready["manager_key"].as_str() else {
+        // Its other ports may have been a secure manager's a moment ago: a
+        // raw socket must not speak CURVE to them (CI once hung a PUSH
+        // handshaking with a plaintext sink that way).
+        for k in ["backend_endpoint", "sink_endpoint", "result_endpoint"] {
+            if let Some(ep) = p.ready[k].as_str() {
+                super::keys::forget(ep);
+            }
+        }
         for k in ["frontend_endpoint", "mgmt_endpoint"] {
             register(
                 &p.ep(k),
@@ -462,4 +470,36 @@ pub fn agent_with_own_key(mgr: &Proc, node: &str, dir: &Path) -> (Proc, String) 
         ],
     );
     (agent, pk.fingerprint())
+}
+
+/// Regression: a 0.1-compatible manager that got a port a secure manager of
+/// an earlier test had used kept that port's CURVE registration, so a raw
+/// PUSH to its sink handshook CURVE with a plaintext socket and blocked
+/// forever (CI: `limits::job_list_and_job_reads_come_in_pages` timed out).
+#[test]
+fn a_plaintext_manager_on_a_former_secure_port_is_reached_in_plaintext() {
+    super::with_timeout(60, || {
+        let mut secure = manager(&[]);
+        let sink = secure.ep("sink_endpoint");
+        assert_eq!(secure.signal_and_wait(libc::SIGTERM, 10).code(), Some(0));
+        let sink_on = format!("sink_endpoint={sink}");
+        let compat = manager_compat(&["-O", &sink_on]);
+        assert_eq!(compat.ep("sink_endpoint"), sink);
+        let ctx = zmq::Context::new();
+        let push = super::connect(&ctx, zmq::PUSH, &sink);
+        let uuid = "c".repeat(32);
+        let result = serde_json::json!({"msg": "Executed service status request",
+            "uuid": uuid, "node": "n1", "result": {"node": "n1", "service": "s",
+            "returncode": 0, "stdout": "ok", "stderr": "", "system": "Linux", "version": "1"}});
+        push.send(result.to_string().as_bytes(), zmq::DONTWAIT)
+            .unwrap();
+        let mgmt = compat.ep("mgmt_endpoint");
+        wait_for(20, "the result sent in plaintext to be stored", || {
+            let job = super::mgmt_req(
+                &mgmt,
+                serde_json::json!({"cmd": "manager.job", "uuid": uuid}),
+            );
+            (job["result"]["results_total"] == 1).then_some(())
+        });
+    });
 }
