@@ -1,7 +1,7 @@
 //! Secret key files: TOML with the two secrets, mode 0600, written atomically;
 //! and [`keygen`], which writes a new key pair and its `.pub` line.
 
-use super::{check_name, decode_array, hex, malformed, AuthError, KeyPair, PublicKey, Role};
+use super::{check_name, decode_array, malformed, AuthError, KeyPair, PublicKey, Role};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use ed25519_dalek::SigningKey;
@@ -237,7 +237,11 @@ pub(super) fn write_file(
             .ok_or_else(|| KeyFileError::NotAFile(path.to_owned()))?;
         let mut rnd = [0u8; 6];
         OsRng.fill_bytes(&mut rnd);
-        dir.join(format!(".{}.{}.tmp", name.to_string_lossy(), hex(&rnd)))
+        dir.join(format!(
+            ".{}.{}.tmp",
+            name.to_string_lossy(),
+            hex::encode(rnd)
+        ))
     } else {
         path.to_owned()
     };

@@ -1,7 +1,7 @@
 //! Keys: a peer's [`KeyPair`], the [`PublicKey`] others hold of it and its
 //! one-line text form, the [`Role`] a key plays, key names and fingerprints.
 
-use super::{decode_array, hex, malformed, AuthError};
+use super::{decode_array, malformed, AuthError};
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use chacha20poly1305::Key;
@@ -174,7 +174,7 @@ impl PublicKey {
 
     /// Short form for humans and file names: 16 hex digits of SHA-256 of the key bytes.
     pub fn fingerprint(&self) -> String {
-        hex(&Sha256::digest(self.bytes())[..8])
+        hex::encode(&Sha256::digest(self.bytes())[..8])
     }
 }
 
@@ -187,7 +187,7 @@ pub fn fingerprint_of_id(key_id: &str) -> Option<String> {
 
 /// The fingerprint of a key id, for errors about keys we do not hold.
 pub(super) fn fingerprint_of(key_bytes: &[u8; 64]) -> String {
-    hex(&Sha256::digest(key_bytes)[..8])
+    hex::encode(&Sha256::digest(key_bytes)[..8])
 }
 
 impl fmt::Display for PublicKey {

@@ -118,13 +118,6 @@ fn malformed(msg: impl Into<String>) -> AuthError {
     AuthError::Malformed(msg.into())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::new(), |mut s, b| {
-        s.push_str(&format!("{b:02x}"));
-        s
-    })
-}
-
 fn decode_array<const N: usize>(
     engine: &impl Engine,
     text: &str,
