@@ -103,6 +103,9 @@ pub struct Gate {
     announced: HashMap<String, (String, u64)>,
     /// Per instance, the signed time of the last presence token granted.
     presence_ts: HashMap<String, u64>,
+    /// Key lines of proven announcements, parsed: parsing one decompresses
+    /// a curve point, and a fleet sends the same line in every heartbeat.
+    parsed: HashMap<String, PublicKey>,
     window: Duration,
     pub allow_unsigned: bool,
     /// Modification times of the key store's directories, to notice `mgmt keys` edits.
@@ -178,6 +181,7 @@ impl Gate {
             replay: journal("replay.journal", window)?,
             retired: journal("instances.journal", window * 2)?,
             announced: HashMap::new(),
+            parsed: HashMap::new(),
             presence_ts: HashMap::new(),
             window,
             allow_unsigned,
@@ -475,6 +479,21 @@ impl Gate {
         self.check_announce_on(a, source, false)
     }
 
+    /// `line` parsed, from memory when seen before. Only lines proven by a
+    /// CURVE handshake come here, yet the memory is capped all the same.
+    fn parsed_key(&mut self, line: &str) -> Option<PublicKey> {
+        const PARSED_MAX: usize = 100_000;
+        if let Some(key) = self.parsed.get(line) {
+            return Some(key.clone());
+        }
+        let key = line.parse::<PublicKey>().ok()?;
+        if self.parsed.len() >= PARSED_MAX {
+            self.parsed.clear();
+        }
+        self.parsed.insert(line.to_owned(), key.clone());
+        Some(key)
+    }
+
     /// As [`Gate::check_announce`]; `proven`: it came on a CURVE connection
     /// of the very key that signed it, which the handshake already proved,
     /// so the signature is not checked again. (An ed25519 verification per
@@ -501,9 +520,7 @@ impl Gate {
             AnnounceRefused::Other(format!("announcement refused: bad signed body: {e}"))
         })?;
         let pk = if proven {
-            body.key
-                .parse::<PublicKey>()
-                .ok()
+            self.parsed_key(&body.key)
                 .filter(|k| k.key_id() == auth.key)
                 .ok_or_else(|| {
                     AnnounceRefused::Other(
