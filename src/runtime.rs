@@ -409,9 +409,9 @@ pub fn one_malloc_arena() {
     }
 }
 
-/// Give back to the system the heap that start-up used and freed (the
-/// command line, the config, the policy's globs): called once a role is
-/// ready, so an idle daemon does not hold it.
+/// Give back to the system the heap that was used and freed: start-up's
+/// (the command line, the config, the policy's globs), called once a role is
+/// ready, so an idle daemon does not hold it; and the manager's, now and then.
 pub fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap pages to the kernel.

@@ -198,9 +198,10 @@ pub fn poll(items: &mut [zmq::PollItem], timeout_ms: i64) -> Result<i32> {
 
 /// ZMTP heartbeats: a peer that stops answering (a cut cable sends no FIN)
 /// has its connection dropped within 20 s; libzmq then reconnects or, on the
-/// manager, ends the peer's subscriptions. Not faster: each ping re-arms a
-/// timer, which libzmq cancels by a linear scan; at 1 s with 1000 agents
-/// that scan alone took 11 % of the manager's time (perf, BENCHMARKS.md).
+/// manager, ends the peer's subscriptions. Not faster: each ping costs the
+/// manager a timer armed and cancelled per connection (upstream libzmq
+/// cancelled by a linear scan, half the manager's CPU with 10,000 agents; our
+/// vendored libzmq indexes them, vendor/zeromq-src/PATCHES.md).
 pub fn set_heartbeats(s: &zmq::Socket) -> Result<()> {
     s.set_heartbeat_ivl(5000)?;
     s.set_heartbeat_timeout(15000)?;

@@ -91,7 +91,11 @@ pub fn with_timeout<F: FnOnce() + Send + 'static>(secs: u64, f: F) {
             scope.kill_all();
             panic!(
                 "test timed out after {secs} s; still running: {}",
-                if running.is_empty() { "none of its processes".into() } else { running.join("; ") }
+                if running.is_empty() {
+                    "none of its processes".into()
+                } else {
+                    running.join("; ")
+                }
             );
         }
     }
@@ -105,7 +109,12 @@ impl Tracked {
         let child = cmd.spawn().unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
         let child = Arc::new(Mutex::new(child));
         let line = format!("{cmd:?}");
-        with_scope(|s| s.children.lock().unwrap().push((Arc::downgrade(&child), line)));
+        with_scope(|s| {
+            s.children
+                .lock()
+                .unwrap()
+                .push((Arc::downgrade(&child), line))
+        });
         Tracked(child)
     }
     fn id(&self) -> u32 {
