@@ -393,7 +393,10 @@ fn bind_all(
             b.set_router_mandatory(true)?;
             transport::set_router_notify_disconnect(&mut b)?;
             transport::set_hello_msg(&mut b, &p::encode(&p::ManagerHello::default()))?;
-            transport::set_batch_sizes(&mut b, 2048)?;
+            // Buffers every agent's connection holds (8 KiB by default):
+            // agents' frames are mostly small, and a big result takes a few
+            // more reads (BENCHMARKS.md: the manager's memory per agent).
+            transport::set_batch_sizes(&mut b, 1024)?;
             b
         }
         None => {

@@ -39,10 +39,11 @@ enum
     //  Number of new messages in message pipe needed to trigger new memory
     //  allocation. Setting this parameter to 256 decreases the impact of
     //  memory allocation by approximately 99.6%
-    //  service-mgr patch: 32 (upstream 256). Each pipe allocates its messages
-    //  in chunks of this many 64-byte msg_t, two pipes per connection: a
-    //  server holding 10,000 mostly idle peers spent ~17 KiB each on them.
-    message_pipe_granularity = 32,
+    //  service-mgr patch: 16 (upstream 256). Each pipe allocates its messages
+    //  in chunks of this many 64-byte msg_t (and keeps a spare), two queues
+    //  per connection: a server holding 10,000 mostly idle peers spent
+    //  ~17 KiB each on them.
+    message_pipe_granularity = 16,
 
     //  Commands in pipe per allocation event.
     command_pipe_granularity = 16,
