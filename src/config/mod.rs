@@ -13,7 +13,7 @@ pub mod policy;
 
 pub use policy::{Decision, DenyRule, Policy, PolicyConfig, PolicyError, PolicyRule};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use serde::{de, Deserialize, Deserializer, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -539,6 +539,13 @@ pub fn load<T: for<'de> Deserialize<'de> + Default>(path: &Path, explicit: bool)
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => return Ok(T::default()),
+        // Typically root's daemon config met by a user trying things out.
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && !explicit => bail!(
+            "cannot read config file {}: permission denied; it is the default for this role \
+             and another user's: run as that user, or name a config of your own with \
+             -f FILE (-f /dev/null: the built-in defaults)",
+            path.display()
+        ),
         Err(e) => {
             return Err(e).with_context(|| format!("cannot read config file {}", path.display()))
         }
