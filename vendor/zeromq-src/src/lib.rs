@@ -407,6 +407,14 @@ impl Build {
 
             build.define("HAVE_STRNLEN", "1");
             build.define("ZMQ_HAVE_UIO", "1");
+            // service-mgr patch: what libzmq's own Linux builds detect. An
+            // eventfd per socket mailbox instead of a socketpair (one
+            // descriptor, not two: a simulator of 2,500 agents has 2,500
+            // sockets), and descriptors made close-on-exec as they are made.
+            build.define("ZMQ_HAVE_EVENTFD", "1");
+            build.define("ZMQ_HAVE_EVENTFD_CLOEXEC", "1");
+            build.define("ZMQ_HAVE_SOCK_CLOEXEC", "1");
+            build.define("HAVE_ACCEPT4", "1");
 
             if target.contains("android") {
                 has_strlcpy = true;
