@@ -63,7 +63,13 @@ impl Bench<'_> {
             "ms",
         )
         .target(Target::Below(1000.0));
+        let mut broadcast = Figure::new(
+            format!("fleet_{n}_broadcast"),
+            label("broadcast status, request to last result, all verified"),
+            "ms",
+        );
         if n >= 10_000 {
+            broadcast = broadcast.target(Target::Below(1000.0));
             cold = cold.target(Target::Below(30.0));
             restart = restart.target(Target::Below(30.0));
             rss = rss.target(Target::Below(200.0));
@@ -82,6 +88,15 @@ impl Bench<'_> {
                 .and_then(|s| super::proc_kib(&s, "VmHWM:"))
             {
                 rss.detail.insert("peak_mib".into(), json!(hwm / 1024));
+            }
+
+            eprintln!("bench: fleet of {n}: broadcast ...");
+            let ctx = zmq::Context::new();
+            let front = d.manager.ep("frontend_endpoint")?;
+            // One run unmeasured, as for the smaller broadcasts.
+            self.broadcast_once(&ctx, &front, n)?;
+            for _ in 0..self.plan.reps.min(5) {
+                broadcast.samples.push(ms(self.broadcast_once(&ctx, &front, n)?));
             }
 
             eprintln!("bench: fleet of {n}: manager restart ...");
@@ -106,7 +121,7 @@ impl Bench<'_> {
             drop_ask.samples = asked;
             Ok(())
         })();
-        let mut figures = vec![cold, rss, restart, restart_ask, drop, drop_ask];
+        let mut figures = vec![cold, rss, broadcast, restart, restart_ask, drop, drop_ask];
         let mut said: Option<String> = None;
         for f in &mut figures {
             f.detail.insert("agents".into(), json!(n));
