@@ -96,7 +96,9 @@ impl Bench<'_> {
             // One run unmeasured, as for the smaller broadcasts.
             self.broadcast_once(&ctx, &front, n)?;
             for _ in 0..self.plan.reps.min(5) {
-                broadcast.samples.push(ms(self.broadcast_once(&ctx, &front, n)?));
+                broadcast
+                    .samples
+                    .push(ms(self.broadcast_once(&ctx, &front, n)?));
             }
 
             eprintln!("bench: fleet of {n}: manager restart ...");
