@@ -479,14 +479,19 @@ impl Gate {
         self.check_announce_on(a, source, false)
     }
 
-    /// `line` parsed, from memory when seen before. Only lines proven by a
-    /// CURVE handshake come here, yet the memory is capped all the same.
-    fn parsed_key(&mut self, line: &str) -> Option<PublicKey> {
+    /// `line` parsed if it is the key `key_id`, from memory when seen
+    /// before. Only a line naming the key its connection proved is kept (a
+    /// pending key's holder cannot fill the memory with other lines), and
+    /// the memory is capped all the same.
+    fn parsed_key(&mut self, line: &str, key_id: &str) -> Option<PublicKey> {
         const PARSED_MAX: usize = 100_000;
         if let Some(key) = self.parsed.get(line) {
-            return Some(key.clone());
+            return (key.key_id() == key_id).then(|| key.clone());
         }
         let key = line.parse::<PublicKey>().ok()?;
+        if key.key_id() != key_id {
+            return None;
+        }
         if self.parsed.len() >= PARSED_MAX {
             self.parsed.clear();
         }
@@ -520,13 +525,11 @@ impl Gate {
             AnnounceRefused::Other(format!("announcement refused: bad signed body: {e}"))
         })?;
         let pk = if proven {
-            self.parsed_key(&body.key)
-                .filter(|k| k.key_id() == auth.key)
-                .ok_or_else(|| {
-                    AnnounceRefused::Other(
-                        "announcement refused: its key line is not the key that signed it".into(),
-                    )
-                })?
+            self.parsed_key(&body.key, &auth.key).ok_or_else(|| {
+                AnnounceRefused::Other(
+                    "announcement refused: its key line is not the key that signed it".into(),
+                )
+            })?
         } else {
             security::verify_announced(auth, Some(&body.key))
                 .map_err(|e| AnnounceRefused::Other(format!("announcement refused: {e}")))?
@@ -994,6 +997,42 @@ mod tests {
             auth: Some(auth),
             ..a
         }
+    }
+
+    /// On a CURVE connection (proven), an announcement whose key line is
+    /// another agent's key is refused, whether that line was parsed before
+    /// (remembered) or not.
+    #[test]
+    fn a_proven_announcement_must_carry_its_own_key_line() {
+        let mut f = fixture(false);
+        let now = crate::clock::now_ms();
+        let web2 = KeyPair::generate(Role::Agent, "web2").unwrap();
+        let own = signed_hello(&f.web1, hello("web1"), now);
+        let body = SignedAnnounce {
+            announce: hello("web1"),
+            key: f.web1.public().to_string(),
+            ts: now + 1,
+        };
+        let auth = sign_body(
+            &web2,
+            Purpose::Announce,
+            &serde_json::to_value(&body).unwrap(),
+        );
+        let borrowed = Announce {
+            auth: Some(auth),
+            ..hello("web1")
+        };
+        let refused = |g: &mut Gate| match g.check_announce_on(&borrowed, "test", true) {
+            Err(why) => assert!(
+                why.to_string().contains("not the key that signed it"),
+                "{why}"
+            ),
+            Ok(_) => panic!("web2 announced with web1's key line and was believed"),
+        };
+        refused(&mut f.gate);
+        assert!(f.gate.check_announce_on(&own, "test", true).is_ok());
+        // web1's line is remembered now: still not web2's.
+        refused(&mut f.gate);
     }
 
     #[test]
