@@ -370,16 +370,16 @@ pub(crate) fn verify_result(
                 env.node
             )
         })?;
-    let agent: PublicKey = line
-        .parse()
-        .map_err(|e| format!("bad agent key from the manager: {e}"))?;
     // The signed text is decoded once, for the seal and for the signature path.
     let body = SignedResult::from_signed(&env.auth.body);
     if let Ok(body) = &body {
-        if let Some(m) = opened_from(&env, body, &agent, &accepted.uuid, key) {
+        if let Some(m) = opened_from(&env, body, line, &accepted.uuid, key) {
             return Ok(m);
         }
     }
+    let agent: PublicKey = line
+        .parse()
+        .map_err(|e| format!("bad agent key from the manager: {e}"))?;
     security::verify_signature(&env.auth, Purpose::Result, |id| {
         (id == agent.key_id()).then(|| agent.clone())
     })
@@ -496,13 +496,13 @@ fn names(m: &Map<String, Value>, node: &str, uuid: &str) -> bool {
 fn opened_from(
     env: &ResultEnvelope,
     body: &SignedResult,
-    agent: &PublicKey,
+    agent_line: &str,
     uuid: &str,
     key: Option<&KeyPair>,
 ) -> Option<Map<String, Value>> {
     let key = key?;
     let sealed = body.sealed.as_ref()?;
-    if sealed.epk != agent.box_key_base64() {
+    if security::box_key_base64_of_line(agent_line)? != sealed.epk {
         return None;
     }
     let plain = security::open(key, sealed).ok()?;

@@ -47,7 +47,8 @@ pub use envelope::{
 };
 pub use keyfile::{keygen, KeyFileError};
 pub use keys::{
-    check_name, fingerprint_of_id, parse_key_lines, KeyPair, PublicKey, Role, KEY_PREFIX,
+    box_key_base64_of_line, check_name, fingerprint_of_id, parse_key_lines, KeyPair, PublicKey,
+    Role, KEY_PREFIX,
 };
 pub use keystore::{
     KeyState, KeyStore, KeyStoreError, Submission, TurnedAway, TurnedAwayReason, MAX_PENDING,
