@@ -79,16 +79,10 @@ impl Bench<'_> {
             let (mut d, took) = self.deploy_split(n)?;
             cold.samples.push(took.as_secs_f64());
             // Holding them, settled: after the manager's next return of freed
-            // heap (every 15 s), not amid the cold start's backlog; that peak
-            // is kept as a detail.
+            // heap (every 15 s), not amid the cold start's backlog (its peak is
+            // the figure's `peak_mib`).
             std::thread::sleep(Duration::from_secs(16));
             super::sample_memory(&mut rss, d.manager.pid(), 5)?;
-            if let Some(hwm) = std::fs::read_to_string(format!("/proc/{}/status", d.manager.pid()))
-                .ok()
-                .and_then(|s| super::proc_kib(&s, "VmHWM:"))
-            {
-                rss.detail.insert("peak_mib".into(), json!(hwm / 1024));
-            }
 
             eprintln!("bench: fleet of {n}: broadcast ...");
             let ctx = zmq::Context::new();

@@ -1402,6 +1402,10 @@ fn sample_memory(f: &mut Figure, pid: u32, count: usize) -> Result<()> {
         let rss = proc_kib(&status, "VmRSS:")
             .with_context(|| format!("no VmRSS in /proc/{pid}/status"))?;
         f.samples.push(rss as f64 / 1024.0);
+        // The process's peak so far (a cold start's backlog, say).
+        if let Some(hwm) = proc_kib(&status, "VmHWM:") {
+            f.detail.insert("peak_mib".into(), json!(hwm / 1024));
+        }
         if let Ok(rollup) = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) {
             if let Some(kib) = proc_kib(&rollup, "Pss:") {
                 pss.push(kib as f64 / 1024.0);
