@@ -208,6 +208,31 @@ impl fmt::Debug for PublicKey {
     }
 }
 
+/// The fields of a public key line `smgr1 ROLE NAME KEY_ID` (blanks around
+/// and between fields are ignored): role, name and the key id's 64 bytes,
+/// checked to be in canonical form but not yet as curve points.
+fn line_fields(line: &str) -> Result<(&str, &str, [u8; 64]), AuthError> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let [prefix, role, name, id] = fields[..] else {
+        return Err(malformed(format!(
+            "a public key is `{KEY_PREFIX} ROLE NAME KEY` on one line, got {} fields",
+            fields.len()
+        )));
+    };
+    if prefix != KEY_PREFIX {
+        return Err(malformed(format!(
+            "a public key line starts with `{KEY_PREFIX}`, not {prefix:?}"
+        )));
+    }
+    let bytes = decode_array::<64>(&URL_SAFE_NO_PAD, id, "key")?;
+    // One key, one id (ids are compared as text): X25519 ignores the top
+    // bit of its last byte, so two ids would name one key (found by fuzzing).
+    if URL_SAFE_NO_PAD.encode(bytes) != id || bytes[63] & 0x80 != 0 {
+        return Err(malformed("the key id is not in canonical form".to_owned()));
+    }
+    Ok((role, name, bytes))
+}
+
 /// The x25519 half of the public key line `line`, as
 /// [`PublicKey::box_key_base64`] names it, without decoding the ed25519
 /// half: opening a sealed result needs only this, and a broadcast's client
@@ -215,12 +240,7 @@ impl fmt::Debug for PublicKey {
 /// full parse was a fifth of its time). The line is the manager's, which
 /// parsed it in full when the key was accepted.
 pub fn box_key_base64_of_line(line: &str) -> Option<String> {
-    let mut fields = line.split_whitespace();
-    if fields.next()? != KEY_PREFIX {
-        return None;
-    }
-    let id = fields.nth(2)?;
-    let bytes = decode_array::<64>(&URL_SAFE_NO_PAD, id, "key").ok()?;
+    let (_, _, bytes) = line_fields(line).ok()?;
     Some(STANDARD.encode(&bytes[32..]))
 }
 
@@ -228,24 +248,7 @@ impl FromStr for PublicKey {
     type Err = AuthError;
     /// Parse `smgr1 ROLE NAME KEY_ID` (blanks around and between fields are ignored).
     fn from_str(line: &str) -> Result<PublicKey, AuthError> {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        let [prefix, role, name, id] = fields[..] else {
-            return Err(malformed(format!(
-                "a public key is `{KEY_PREFIX} ROLE NAME KEY` on one line, got {} fields",
-                fields.len()
-            )));
-        };
-        if prefix != KEY_PREFIX {
-            return Err(malformed(format!(
-                "a public key line starts with `{KEY_PREFIX}`, not {prefix:?}"
-            )));
-        }
-        let bytes = decode_array::<64>(&URL_SAFE_NO_PAD, id, "key")?;
-        // One key, one id (ids are compared as text): X25519 ignores the top
-        // bit of its last byte, so two ids would name one key (found by fuzzing).
-        if URL_SAFE_NO_PAD.encode(bytes) != id || bytes[63] & 0x80 != 0 {
-            return Err(malformed("the key id is not in canonical form".to_owned()));
-        }
+        let (role, name, bytes) = line_fields(line)?;
         PublicKey::from_parts(role.parse()?, name, &bytes)
     }
 }
@@ -332,6 +335,8 @@ impl fmt::Debug for KeyPair {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::security::testing::client;
 
     #[test]
     fn the_box_key_of_a_line_is_the_parsed_keys() {
@@ -347,8 +352,7 @@ mod tests {
             None
         );
     }
-    use super::*;
-    use crate::security::testing::client;
+
     #[test]
     fn low_order_keys_are_exactly_the_weak_ones() {
         let mut weak: Vec<[u8; 32]> = curve25519_dalek::constants::EIGHT_TORSION
